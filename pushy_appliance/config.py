@@ -1,0 +1,458 @@
+"""Typed, frozen configuration for the server and the agent.
+
+Loaded once, from three sources in order, later ones winning:
+
+1. a TOML file (``--config FILE``);
+2. ``PUSHY_*`` environment variables: section and key upper-cased and joined by ``_``
+   (``heartbeat.interval`` → ``PUSHY_HEARTBEAT_INTERVAL``);
+3. command-line flags, given as a mapping of dotted keys.
+
+Unknown keys in the file are an error naming them. Environment variables that start with
+``PUSHY_`` but name no key are ignored (the CLI uses ``PUSHY_SERVER``, ``PUSHY_USER`` and
+friends), except within a known section prefix where they are almost certainly typos
+(``PUSHY_HEARTBEAT_INTERVL``): those are an error too.
+
+This module is pure: it parses values handed to it and never reads files or the
+environment by itself beyond :func:`load_server_config` / :func:`load_agent_config`, which
+read exactly the file they are given and the mapping passed as ``environ``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+from .errors import ConfigError
+
+__all__ = [
+    "AgentConfig",
+    "AllowEntry",
+    "FeedsConfig",
+    "HeartbeatConfig",
+    "JobsConfig",
+    "LimitsConfig",
+    "LogConfig",
+    "OutputConfig",
+    "ServerConfig",
+    "TLSConfig",
+    "load_agent_config",
+    "load_server_config",
+    "parse_host_port",
+]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TLSConfig:
+    cert: str | None = None
+    """PEM certificate chain to serve; unset: the generated ``DATA/tls/server.pem``."""
+    key: str | None = None
+    """PEM private key for ``cert``; unset: the generated ``DATA/tls/server.key``."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class BootstrapConfig:
+    org: str = "default"
+    """Name of the organization created on first start."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class HeartbeatConfig:
+    interval: float = 10.0
+    """Seconds between heartbeats, both ways (0.5 … 3600)."""
+    offline_threshold: int = 3
+    """Intervals without a frame after which a node is offline."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class JobsConfig:
+    voting_timeout: float = 60.0
+    """Seconds a job waits for votes."""
+    default_run_timeout: int = 3600
+    """``run_timeout`` of a job that does not give one."""
+    reconnect_grace: float | None = None
+    """Seconds a running node may be away; unset: 2 × heartbeat interval + 10."""
+    retention_days: float = 30.0
+    """Days finished jobs are kept; 0 keeps them forever."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class OutputConfig:
+    max_bytes_per_channel: int = 1_048_576
+    """Captured bytes kept per node and channel; the rest is counted, not kept."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class FeedsConfig:
+    keepalive: float = 15.0
+    """Seconds of silence after which a feed sends a keep-alive comment."""
+    org_retention: float = 60.0
+    """Seconds the org feed keeps events for ``Last-Event-ID`` resume."""
+    subscriber_buffer: int = 1024
+    """Events a feed subscriber may fall behind before it is cut off with ``lagged``."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class LimitsConfig:
+    max_body_bytes: int = 1_000_000
+    """Largest request body accepted."""
+    max_file_bytes: int = 100_000
+    """Largest decoded job ``file``."""
+    max_frame_bytes: int = 1_048_576
+    """Largest node WebSocket frame; larger ones close the connection (1009)."""
+    max_nodes_per_job: int = 100_000
+    """Most nodes one job may name."""
+    node_outbox: int = 256
+    """Frames queued for one node before the connection is dropped as stuck."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class LogConfig:
+    level: str = "info"
+    """One of debug, info, warning, error."""
+    format: str = "text"
+    """``text`` or ``json`` (one object per line)."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """Everything ``pushy serve`` needs."""
+
+    listen: str = "0.0.0.0:10003"
+    """HOST:PORT of the HTTP API."""
+    node_listen: str | None = None
+    """HOST:PORT of the node WebSocket listener; unset: the API's host, port 10002 (0 with 0)."""
+    server_name: str | None = None
+    """Host name put in URLs and the certificate; unset: the request's Host."""
+    data_dir: str | None = None
+    """Data directory; unset: /var/lib/pushy as root, else $XDG_DATA_HOME/pushy."""
+    insecure_http: bool = False
+    """Serve plain HTTP (development only)."""
+    tls: TLSConfig = TLSConfig()
+    bootstrap: BootstrapConfig = BootstrapConfig()
+    heartbeat: HeartbeatConfig = HeartbeatConfig()
+    jobs: JobsConfig = JobsConfig()
+    output: OutputConfig = OutputConfig()
+    feeds: FeedsConfig = FeedsConfig()
+    limits: LimitsConfig = LimitsConfig()
+    log: LogConfig = LogConfig()
+
+    @property
+    def reconnect_grace(self) -> float:
+        """The effective reconnect grace in seconds."""
+        if self.jobs.reconnect_grace is not None:
+            return self.jobs.reconnect_grace
+        return 2 * self.heartbeat.interval + 10.0
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AllowEntry:
+    """One whitelist entry of the agent: exactly one of ``command`` and ``pattern``."""
+
+    command: str | None = None
+    pattern: str | None = None
+    run: str | None = None
+    shell: bool = False
+
+
+DEFAULT_ALLOW = (AllowEntry(command="chef-client"),)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AgentConfig:
+    """Everything ``pushy agent`` needs."""
+
+    server_url: str | None = None
+    """The org URL, ``https://host:10003/organizations/ORG``."""
+    node_name: str | None = None
+    """This node's name, also its client name; unset: the host name."""
+    client_key: str | None = None
+    """PEM private key of the node's client."""
+    ca_cert: str | None = None
+    """CA file that signs the server's certificate."""
+    server_fingerprint: str | None = None
+    """``SHA256:HEX`` of the server certificate to pin instead of a CA."""
+    state_dir: str | None = None
+    """Where the agent keeps its state file; unset: /var/lib/pushy-agent or ~/.local/state."""
+    working_dir: str = "/"
+    """Directory commands run in when a job gives no ``dir``."""
+    protected_env: tuple[str, ...] = ("PATH", "LD_PRELOAD", "LD_LIBRARY_PATH")
+    """Variables a job's ``env`` cannot set."""
+    allow: tuple[AllowEntry, ...] = DEFAULT_ALLOW
+    """The whitelist."""
+    log: LogConfig = LogConfig()
+
+
+# --- loading --------------------------------------------------------------------------------
+
+T = TypeVar("T")
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,255}$")
+
+
+def parse_host_port(value: str, *, key: str = "listen", source: str = "config") -> tuple[str, int]:
+    """Split ``HOST:PORT`` (``[v6]:PORT`` too) into its parts.
+
+    Raises:
+        ConfigError: when the value is not of that form or the port is out of range.
+    """
+    m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d+)|([^:\s]+):(\d+)", value.strip())
+    if not m:
+        raise ConfigError(source, key, f"expected HOST:PORT, got {value!r}")
+    host = m.group(1) or m.group(3)
+    port = int(m.group(2) or m.group(4))
+    if not 0 <= port <= 65535:
+        raise ConfigError(source, key, f"port {port} out of range 0..65535")
+    return host, port
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str, source: str, from_text: bool) -> Any:
+    """Check (or, for environment text, convert) ``value`` against the annotation ``tp``."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None or (from_text and value == ""):
+            return None
+        return _coerce(value, args[0], key, source, from_text)
+    if tp is bool:
+        if from_text and isinstance(value, str):
+            low = value.strip().lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off"):
+                return False
+            raise ConfigError(source, key, f"expected a boolean, got {value!r}")
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(source, key, f"expected a boolean, got {type(value).__name__}")
+    if tp is int:
+        if from_text and isinstance(value, str):
+            try:
+                return int(value.strip())
+            except ValueError:
+                raise ConfigError(source, key, f"expected an integer, got {value!r}") from None
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(source, key, f"expected an integer, got {type(value).__name__}")
+    if tp is float:
+        if from_text and isinstance(value, str):
+            try:
+                return float(value.strip())
+            except ValueError:
+                raise ConfigError(source, key, f"expected a number, got {value!r}") from None
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(source, key, f"expected a number, got {type(value).__name__}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(source, key, f"expected a string, got {type(value).__name__}")
+    if origin is tuple:
+        (item_tp, _ellipsis) = typing.get_args(tp)
+        if from_text and isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list | tuple):
+            raise ConfigError(source, key, f"expected a list, got {type(value).__name__}")
+        return tuple(
+            _coerce(v, item_tp, f"{key}[{i}]", source, from_text) for i, v in enumerate(value)
+        )
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, Mapping):
+            raise ConfigError(source, key, f"expected a table, got {type(value).__name__}")
+        return _build(tp, value, source, prefix=f"{key}.")
+    raise ConfigError(source, key, f"unsupported type {_type_name(tp)}")  # pragma: no cover
+
+
+def _build(cls: type[T], data: Mapping[str, Any], source: str, prefix: str = "") -> T:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        names = ", ".join(prefix + u for u in unknown)
+        raise ConfigError(source, None, f"unknown key(s): {names}")
+    kwargs = {
+        name: _coerce(value, hints[name], prefix + name, source, from_text=False)
+        for name, value in data.items()
+    }
+    return cls(**kwargs)
+
+
+def _merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in override.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
+            out[k] = _merge(dict(out[k]), v)
+        else:
+            out[k] = v
+    return out
+
+
+def _read_toml(path: str | Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(str(path), None, "file not found") from None
+    except OSError as e:
+        raise ConfigError(str(path), None, e.strerror or str(e)) from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(str(path), None, f"invalid TOML: {e}") from None
+
+
+def _is_table_list(tp: Any) -> bool:
+    """A tuple of tables (``[[allow]]``): only settable from the file."""
+    if typing.get_origin(tp) is not tuple:
+        return False
+    return dataclasses.is_dataclass(typing.get_args(tp)[0])
+
+
+def _env_overrides(cls: type[Any], environ: Mapping[str, str]) -> dict[str, Any]:
+    """Map ``PUSHY_SECTION_KEY`` variables onto the dataclass ``cls``'s keys (text values)."""
+    hints = typing.get_type_hints(cls)
+    out: dict[str, Any] = {}
+    sections: dict[str, tuple[str, type[Any]]] = {}
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            sections[f"PUSHY_{f.name.upper()}_"] = (f.name, tp)  # type: ignore[assignment]
+        elif not _is_table_list(tp):
+            var = f"PUSHY_{f.name.upper()}"
+            if var in environ:
+                out[f.name] = _coerce(environ[var], tp, var, "environment", from_text=True)
+    for var, text in environ.items():
+        for prefix, (section, sub_cls) in sections.items():
+            if not var.startswith(prefix):
+                continue
+            sub_hints = typing.get_type_hints(sub_cls)
+            key = var[len(prefix) :].lower()
+            if key not in sub_hints:
+                raise ConfigError("environment", var, f"no key {section}.{key}")
+            out.setdefault(section, {})[key] = _coerce(
+                text, sub_hints[key], var, "environment", from_text=True
+            )
+    return out
+
+
+def _to_plain(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: _to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, tuple):
+        return [_to_plain(v) for v in obj]
+    return obj
+
+
+def _load(
+    cls: type[T],
+    path: str | Path | None,
+    environ: Mapping[str, str],
+    flags: Mapping[str, Any] | None,
+) -> T:
+    data: dict[str, Any] = {}
+    if path is not None:
+        data = _read_toml(path)
+        _build(cls, data, str(path))  # type- and key-check the file on its own
+    env = _env_overrides(cls, environ)
+    # Environment values are already typed; merge them as plain data.
+    data = _merge(data, {k: _to_plain(v) for k, v in env.items()})
+    flag_tree: dict[str, Any] = {}
+    for dotted, value in (flags or {}).items():
+        if value is None:
+            continue
+        node = flag_tree
+        *parents, leaf = dotted.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    data = _merge(data, flag_tree)
+    config = _build(cls, data, "flags" if flags else (str(path) if path else "defaults"))
+    return config
+
+
+def _check_server(c: ServerConfig) -> ServerConfig:
+    parse_host_port(c.listen, key="listen")
+    if c.node_listen is not None:
+        parse_host_port(c.node_listen, key="node_listen")
+    if not 0.05 <= c.heartbeat.interval <= 3600:
+        raise ConfigError("config", "heartbeat.interval", "must be between 0.05 and 3600")
+    if c.heartbeat.offline_threshold < 1:
+        raise ConfigError("config", "heartbeat.offline_threshold", "must be at least 1")
+    if c.jobs.voting_timeout <= 0:
+        raise ConfigError("config", "jobs.voting_timeout", "must be positive")
+    if not 1 <= c.jobs.default_run_timeout <= 86_400:
+        raise ConfigError("config", "jobs.default_run_timeout", "must be 1 … 86400")
+    if c.jobs.retention_days < 0:
+        raise ConfigError("config", "jobs.retention_days", "must be 0 or more")
+    for key, val in (
+        ("output.max_bytes_per_channel", c.output.max_bytes_per_channel),
+        ("limits.max_body_bytes", c.limits.max_body_bytes),
+        ("limits.max_file_bytes", c.limits.max_file_bytes),
+        ("limits.max_frame_bytes", c.limits.max_frame_bytes),
+        ("limits.max_nodes_per_job", c.limits.max_nodes_per_job),
+        ("limits.node_outbox", c.limits.node_outbox),
+        ("feeds.subscriber_buffer", c.feeds.subscriber_buffer),
+    ):
+        if val < 1:
+            raise ConfigError("config", key, "must be positive")
+    if c.log.level not in ("debug", "info", "warning", "error"):
+        raise ConfigError("config", "log.level", "must be debug, info, warning or error")
+    if c.log.format not in ("text", "json"):
+        raise ConfigError("config", "log.format", "must be text or json")
+    if c.bootstrap.org and not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,254}", c.bootstrap.org):
+        raise ConfigError("config", "bootstrap.org", f"invalid organization name {c.bootstrap.org!r}")
+    return c
+
+
+def load_server_config(
+    path: str | Path | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    flags: Mapping[str, Any] | None = None,
+) -> ServerConfig:
+    """Load the server's configuration.
+
+    Args:
+        path: TOML file, or ``None`` for none.
+        environ: the environment to read ``PUSHY_*`` variables from (``{}`` for none).
+        flags: dotted keys from the command line; ``None`` values are ignored.
+
+    Raises:
+        ConfigError: naming the source and key of the first problem found.
+    """
+    return _check_server(_load(ServerConfig, path, environ or {}, flags))
+
+
+def _check_agent(c: AgentConfig) -> AgentConfig:
+    if c.node_name is not None and not _NAME_RE.match(c.node_name):
+        raise ConfigError("config", "node_name", f"invalid node name {c.node_name!r}")
+    if c.ca_cert and c.server_fingerprint:
+        raise ConfigError("config", "ca_cert", "give either ca_cert or server_fingerprint, not both")
+    for i, entry in enumerate(c.allow):
+        if (entry.command is None) == (entry.pattern is None):
+            raise ConfigError("config", f"allow[{i}]", "needs exactly one of command and pattern")
+        if entry.pattern is not None:
+            try:
+                re.compile(entry.pattern)
+            except re.error as e:
+                raise ConfigError("config", f"allow[{i}].pattern", f"invalid regex: {e}") from None
+    if c.log.level not in ("debug", "info", "warning", "error"):
+        raise ConfigError("config", "log.level", "must be debug, info, warning or error")
+    return c
+
+
+def load_agent_config(
+    path: str | Path | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    flags: Mapping[str, Any] | None = None,
+) -> AgentConfig:
+    """Load the agent's configuration; same sources and errors as :func:`load_server_config`."""
+    return _check_agent(_load(AgentConfig, path, environ or {}, flags))

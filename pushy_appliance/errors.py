@@ -1,0 +1,256 @@
+"""The one exception tree of the appliance.
+
+Every error the appliance raises on purpose derives from :class:`PushyError`. Messages are
+built from fields kept as attributes, so callers can act on the fields and the HTTP layer can
+map the tree to status codes in one place (``http/_errors.py``)::
+
+    PushyError
+    ├── ConfigError              bad configuration file, environment variable or flag
+    ├── StoreError               the store cannot be opened, read or written
+    │   └── StoreCorruptError    a record failed its CRC or could not be decoded
+    ├── ProtocolError            a node frame that is not what the protocol says
+    │   └── FrameTooLargeError   a frame over the size cap
+    ├── ApiError                 a request the API refuses: has ``status`` and ``body()``
+    │   ├── ValidationError      400, ``{"error": "<message naming the field>"}``
+    │   ├── AuthError            400/401/403/404 from signing checks, list-form body
+    │   ├── NotFoundError        404
+    │   ├── ConflictError        409
+    │   ├── PayloadTooLargeError 413
+    │   ├── NotAcceptableError   406
+    │   ├── UnsupportedMediaError 415
+    │   └── MethodNotAllowedError 405
+    ├── AgentError               the node agent cannot go on (bad key, untrusted server, …)
+    │   └── CommitRefused        a commit the agent nacks; ``reason`` is the wire reason
+    └── ClientError              the CLI's view of a failed call
+        ├── ServerUnreachableError
+        ├── TLSUntrustedError    carries the server's fingerprint to pin
+        └── ServerRefusedError   carries the HTTP status and the server's message
+
+``trio.Cancelled`` is never caught and re-raised as one of these.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class PushyError(Exception):
+    """Root of every error the appliance raises on purpose."""
+
+
+class ConfigError(PushyError):
+    """A configuration source holds something invalid.
+
+    Attributes:
+        source: where the value came from (a file path, ``environment`` or ``flags``).
+        key: the dotted key, or ``None`` for errors about the source as a whole.
+        reason: what is wrong.
+    """
+
+    def __init__(self, source: str, key: str | None, reason: str) -> None:
+        self.source = source
+        self.key = key
+        self.reason = reason
+        where = f"{source}: {key}" if key else source
+        super().__init__(f"{where}: {reason}")
+
+
+class StoreError(PushyError):
+    """The store cannot be opened, read or written."""
+
+
+class StoreCorruptError(StoreError):
+    """A record failed its CRC check or could not be decoded.
+
+    Attributes:
+        path: the segment or snapshot file.
+        offset: byte offset of the bad record.
+        reason: what failed.
+    """
+
+    def __init__(self, path: str, offset: int, reason: str) -> None:
+        self.path = path
+        self.offset = offset
+        self.reason = reason
+        super().__init__(f"{path} at byte {offset}: {reason}")
+
+
+class ProtocolError(PushyError):
+    """A node frame that does not follow the node protocol.
+
+    Attributes:
+        reason: what was wrong with it.
+    """
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
+class FrameTooLargeError(ProtocolError):
+    """A frame larger than the negotiated maximum (WebSocket close code 1009)."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        self.size = size
+        self.limit = limit
+        super().__init__(f"frame of {size} bytes exceeds the {limit}-byte limit")
+
+
+class ApiError(PushyError):
+    """A request the HTTP API refuses. Subclasses fix ``status``.
+
+    Attributes:
+        status: the HTTP status code.
+        message: the human-readable message.
+        headers: extra response headers.
+    """
+
+    status = 400
+
+    def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
+        self.message = message
+        self.headers = dict(headers or {})
+        super().__init__(message)
+
+    def body(self) -> dict[str, Any]:
+        """The JSON body of the response."""
+        return {"error": self.message}
+
+
+class ValidationError(ApiError):
+    """400 with the string-form body of the original server (``{"error": "..."}``)."""
+
+    status = 400
+
+
+class AuthError(ApiError):
+    """An authentication or authorization refusal, with the list-form body of Chef Server."""
+
+    def __init__(
+        self, status: int, message: str, *, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(message, headers=headers)
+        self.status = status
+
+    def body(self) -> dict[str, Any]:
+        return {"error": [self.message]}
+
+
+class NotFoundError(ApiError):
+    """404. ``list_form`` selects ``{"error": [msg]}`` (Chef Server style) over a string."""
+
+    status = 404
+
+    def __init__(self, message: str = "not found", *, list_form: bool = True) -> None:
+        super().__init__(message)
+        self.list_form = list_form
+
+    def body(self) -> dict[str, Any]:
+        return {"error": [self.message]} if self.list_form else {"error": self.message}
+
+
+class ConflictError(ApiError):
+    """409. ``list_form`` as for :class:`NotFoundError`."""
+
+    status = 409
+
+    def __init__(self, message: str, *, list_form: bool = True) -> None:
+        super().__init__(message)
+        self.list_form = list_form
+
+    def body(self) -> dict[str, Any]:
+        return {"error": [self.message]} if self.list_form else {"error": self.message}
+
+
+class PayloadTooLargeError(ApiError):
+    """413: the body is over ``limits.max_body_bytes``."""
+
+    status = 413
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        super().__init__(f"JSON must be no more than {limit} bytes.")
+
+
+class NotAcceptableError(ApiError):
+    """406: the ``Accept`` header excludes what the route produces."""
+
+    status = 406
+
+    def __init__(self, produces: str) -> None:
+        self.produces = produces
+        super().__init__(f"this resource produces {produces}")
+
+
+class UnsupportedMediaError(ApiError):
+    """415: a POST/PUT body whose ``Content-Type`` is not JSON."""
+
+    status = 415
+
+    def __init__(self, content_type: str) -> None:
+        self.content_type = content_type
+        super().__init__(f"Content-Type must be application/json, not {content_type!r}")
+
+
+class MethodNotAllowedError(ApiError):
+    """405 with an ``Allow`` header."""
+
+    status = 405
+
+    def __init__(self, allowed: list[str]) -> None:
+        self.allowed = allowed
+        super().__init__("method not allowed", headers={"Allow": ", ".join(allowed)})
+
+    def body(self) -> dict[str, Any]:
+        return {"error": [self.message]}
+
+
+class AgentError(PushyError):
+    """The node agent cannot go on (bad key, untrusted server, refused connection)."""
+
+
+class CommitRefused(AgentError):
+    """A commit the agent refuses. ``reason`` is the wire reason of ``nack_commit``."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+
+
+class ClientError(PushyError):
+    """A CLI call that failed; the CLI turns these into messages and exit codes."""
+
+
+class ServerUnreachableError(ClientError):
+    """The server could not be reached at all."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        self.url = url
+        self.reason = reason
+        super().__init__(f"cannot reach {url}: {reason}")
+
+
+class TLSUntrustedError(ClientError):
+    """The server's certificate is not trusted; ``fingerprint`` is what to pin."""
+
+    def __init__(self, url: str, fingerprint: str | None, reason: str) -> None:
+        self.url = url
+        self.fingerprint = fingerprint
+        self.reason = reason
+        hint = f" (server fingerprint {fingerprint}; pin it with --fingerprint)" if fingerprint else ""
+        super().__init__(f"TLS certificate of {url} is not trusted: {reason}{hint}")
+
+
+class ServerRefusedError(ClientError):
+    """The server answered with an error status.
+
+    Attributes:
+        status: HTTP status code.
+        message: the server's error message, flattened to one string.
+    """
+
+    def __init__(self, status: int, message: str) -> None:
+        self.status = status
+        self.message = message
+        super().__init__(f"server refused the request ({status}): {message}")
