@@ -1,0 +1,449 @@
+"""Event fan-out where publishing never blocks, and the org feed's short-term memory.
+
+:class:`Hub` delivers items published on a topic to every current subscriber of that topic.
+Each subscriber has its own bounded buffer. Publishing is a plain synchronous call: it
+appends to each buffer and wakes any waiting reader, so a job engine can publish from any
+point of its state machine without awaiting and without being slowed by a slow client. A
+subscriber whose buffer is full when an item arrives is *lagged*: it is detached at once and
+receives nothing more; its reader drains what is buffered, then the subscription ends with
+``lagged`` set, and the feed tells the client to resume with ``Last-Event-ID``.
+
+:class:`OrgEventLog` keeps an organization's feed events for a retention window so a
+reconnecting client can resume. It is pure and driven by the ``now`` it is given.
+
+Typical feed handler::
+
+    with hub.subscribe(topic) as sub:
+        async for item in sub:
+            await send(item)
+        if sub.lagged:
+            await send(lagged_event)
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import itertools
+import logging
+from collections.abc import Mapping
+from types import TracebackType
+from typing import Any, Final
+
+import trio
+
+from .sse import encode_event
+
+__all__ = [
+    "Hub",
+    "HubStatistics",
+    "OrgEvent",
+    "OrgEventLog",
+    "Subscription",
+]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class HubStatistics:
+    """A snapshot of a :class:`Hub`.
+
+    Attributes:
+        subscribers: subscriptions currently attached, over all topics.
+        topics: topics with at least one attached subscription.
+        published: calls to :meth:`Hub.publish` so far.
+        lagged_disconnects: subscriptions cut off because their buffer was full.
+    """
+
+    subscribers: int
+    topics: int
+    published: int
+    lagged_disconnects: int
+
+
+class Subscription:
+    """One reader's bounded view of a topic; made by :meth:`Hub.subscribe`.
+
+    Use it as a (synchronous) context manager: leaving the ``with`` block, for any reason
+    including cancellation, detaches it from the hub at once. Iterate it with ``async for``
+    to get items in publish order; iteration ends when the subscription is detached and
+    its buffer drained, and :attr:`lagged` then tells whether it was cut off for falling
+    behind.
+
+    Attributes:
+        topic: the topic subscribed to.
+    """
+
+    __slots__ = ("_attached", "_closed", "_hub", "_lagged", "_lot", "_queue", "topic")
+
+    def __init__(self, hub: Hub, topic: str) -> None:
+        self.topic = topic
+        self._hub = hub
+        self._queue: collections.deque[Any] = collections.deque()
+        self._lot = trio.lowlevel.ParkingLot()
+        self._attached = True
+        self._lagged = False
+        self._closed = False
+
+    @property
+    def lagged(self) -> bool:
+        """True when the hub cut this subscription off because its buffer was full."""
+        return self._lagged
+
+    @property
+    def attached(self) -> bool:
+        """True while the hub still delivers new items to this subscription."""
+        return self._attached
+
+    def __enter__(self) -> Subscription:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Detach from the hub and drop buffered items. Idempotent; never blocks.
+
+        Tasks blocked in :meth:`receive` on this subscription get
+        :exc:`trio.ClosedResourceError`.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.clear()
+        if self._attached:
+            self._hub._detach(self)
+        if self._lot:
+            self._lot.unpark_all()
+
+    def receive_nowait(self) -> Any:
+        """Take the next buffered item without blocking.
+
+        Returns:
+            The oldest item not yet received.
+
+        Raises:
+            trio.WouldBlock: nothing is buffered yet and the subscription is attached.
+            trio.EndOfChannel: the subscription was cut off (see :attr:`lagged`) and its
+                buffer is drained.
+            trio.ClosedResourceError: :meth:`close` was called.
+        """
+        if self._closed:
+            raise trio.ClosedResourceError("subscription is closed")
+        if self._queue:
+            return self._queue.popleft()
+        if self._attached:
+            raise trio.WouldBlock
+        raise trio.EndOfChannel
+
+    async def receive(self) -> Any:
+        """Wait for the next item.
+
+        Returns:
+            The oldest item not yet received.
+
+        Raises:
+            trio.EndOfChannel: the subscription was cut off (see :attr:`lagged`) and its
+                buffer is drained.
+            trio.ClosedResourceError: :meth:`close` was called, before or during the wait.
+
+        Cancellation: safe. A cancelled ``receive`` consumes nothing, so it can be wrapped in
+        ``trio.move_on_after`` to send keep-alives between items.
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        while True:
+            try:
+                item = self.receive_nowait()
+            except trio.WouldBlock:
+                await self._lot.park()
+            else:
+                await trio.lowlevel.cancel_shielded_checkpoint()
+                return item
+
+    def __aiter__(self) -> Subscription:
+        return self
+
+    async def __anext__(self) -> Any:
+        try:
+            return await self.receive()
+        except trio.EndOfChannel:
+            raise StopAsyncIteration from None
+
+    def __repr__(self) -> str:
+        state = "lagged" if self._lagged else "attached" if self._attached else "detached"
+        return f"<Subscription {self.topic!r} {state} buffered={len(self._queue)}>"
+
+
+class Hub:
+    """Topic-based fan-out with a bounded buffer per subscriber and a non-blocking publish.
+
+    Not thread-safe: use it from the trio thread that runs the appliance.
+    """
+
+    def __init__(self, *, buffer: int = 1024) -> None:
+        """Create an empty hub.
+
+        Args:
+            buffer: items each subscriber may have unread before it is cut off
+                (``feeds.subscriber_buffer``).
+
+        Raises:
+            ValueError: ``buffer`` is less than 1.
+        """
+        if buffer < 1:
+            raise ValueError(f"buffer must be at least 1, not {buffer}")
+        self.buffer: Final = buffer
+        # A dict keeps subscription order, which makes lag decisions and tests deterministic.
+        self._topics: dict[str, dict[Subscription, None]] = {}
+        self._subscribers = 0
+        self._published = 0
+        self._lagged_disconnects = 0
+
+    def subscribe(self, topic: str) -> Subscription:
+        """Attach a new subscription to ``topic``; it sees every item published from now on.
+
+        Args:
+            topic: the topic name (the hub gives names no meaning).
+
+        Returns:
+            The subscription, to be used as a ``with`` block so it is released on exit.
+        """
+        sub = Subscription(self, topic)
+        subs = self._topics.get(topic)
+        if subs is None:
+            subs = self._topics[topic] = {}
+        subs[sub] = None
+        self._subscribers += 1
+        return sub
+
+    def publish(self, topic: str, item: Any) -> None:
+        """Deliver ``item`` to every subscriber of ``topic``. Never blocks, never raises.
+
+        A subscriber whose buffer already holds ``buffer`` unread items does not get
+        ``item``; it is detached and marked lagged instead. Costs O(subscribers of topic),
+        with no task spawned.
+
+        Args:
+            topic: the topic to publish on; without subscribers the item is dropped.
+            item: the item; the same object is handed to every subscriber, so it should be
+                immutable (encoded bytes, a frozen record).
+        """
+        self._published += 1
+        subs = self._topics.get(topic)
+        if not subs:
+            return
+        limit = self.buffer
+        lagging: list[Subscription] | None = None
+        for sub in subs:
+            queue = sub._queue
+            if len(queue) >= limit:
+                if lagging is None:
+                    lagging = []
+                lagging.append(sub)
+                continue
+            queue.append(item)
+            if sub._lot:
+                sub._lot.unpark()
+        if lagging is not None:
+            for sub in lagging:
+                self._cut_off(sub)
+
+    def close_topic(self, topic: str) -> None:
+        """Detach every subscriber of ``topic``; each reader drains its buffer, then ends.
+
+        The subscriptions end normally (``lagged`` stays false). Used when a topic is
+        finished for good, such as a job's feed after ``job_complete``.
+
+        Args:
+            topic: the topic to end; unknown topics are ignored.
+        """
+        subs = self._topics.pop(topic, None)
+        if not subs:
+            return
+        self._subscribers -= len(subs)
+        for sub in subs:
+            sub._attached = False
+            if sub._lot:
+                sub._lot.unpark_all()
+
+    def statistics(self) -> HubStatistics:
+        """Return a snapshot of the hub's counters.
+
+        Returns:
+            The current :class:`HubStatistics`.
+        """
+        return HubStatistics(
+            subscribers=self._subscribers,
+            topics=len(self._topics),
+            published=self._published,
+            lagged_disconnects=self._lagged_disconnects,
+        )
+
+    def _cut_off(self, sub: Subscription) -> None:
+        sub._lagged = True
+        self._lagged_disconnects += 1
+        self._detach(sub)
+        logger.warning(
+            "feed subscriber on %s fell %d events behind and was disconnected",
+            sub.topic,
+            self.buffer,
+        )
+        # A reader parks only on an empty buffer, so none should be waiting on a full one;
+        # waking any is a guard that keeps a waiter from sleeping past the end.
+        if sub._lot:
+            sub._lot.unpark_all()
+
+    def _detach(self, sub: Subscription) -> None:
+        sub._attached = False
+        subs = self._topics.get(sub.topic)
+        if subs is None or sub not in subs:
+            return
+        del subs[sub]
+        self._subscribers -= 1
+        if not subs:
+            del self._topics[sub.topic]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class OrgEvent:
+    """One event of an organization's feed.
+
+    Attributes:
+        seq: its sequence number in the log (``N`` of ``org-N``).
+        name: the event type (``start`` or ``job_complete``).
+        data: the payload, ``timestamp`` first then ``job`` (built by the caller).
+        time: when it was appended, used for expiry.
+    """
+
+    seq: int
+    name: str
+    data: Mapping[str, Any]
+    time: float
+
+    @property
+    def id(self) -> str:
+        """The SSE id, ``org-N``."""
+        return f"org-{self.seq}"
+
+    def encode(self) -> bytes:
+        """Encode this event for the wire.
+
+        Returns:
+            The SSE bytes of this event.
+
+        Raises:
+            ValueError: the payload cannot be encoded (see :func:`.sse.encode_event`).
+        """
+        return encode_event(self.name, self.id, self.data)
+
+
+_ORG_ID_PREFIX: Final = "org-"
+
+
+class OrgEventLog:
+    """The recent events of one organization's feed, for ``Last-Event-ID`` resume.
+
+    Events expire ``retention`` seconds after they were appended; expiry happens on every
+    call, from the ``now`` given, so the log is deterministic and needs no timer. The log
+    also never holds more than ``max_events`` events (the oldest go first), which bounds its
+    memory when jobs start faster than retention expects.
+    """
+
+    def __init__(self, retention: float, *, max_events: int = 65_536) -> None:
+        """Create an empty log whose first event will be ``org-1``.
+
+        Args:
+            retention: seconds an event stays available (``feeds.org_retention``).
+            max_events: most events kept regardless of age.
+
+        Raises:
+            ValueError: ``retention`` is negative or ``max_events`` is less than 1.
+        """
+        if retention < 0:
+            raise ValueError(f"retention must not be negative, not {retention}")
+        if max_events < 1:
+            raise ValueError(f"max_events must be at least 1, not {max_events}")
+        self.retention: Final = retention
+        self.max_events: Final = max_events
+        self._events: collections.deque[OrgEvent] = collections.deque()
+        self._last_seq = 0
+
+    def append(self, name: str, data: Mapping[str, Any], now: float) -> OrgEvent:
+        """Record a new event with the next id.
+
+        Args:
+            name: the event type.
+            data: the payload (``timestamp`` first, then ``job``).
+            now: the current time in seconds (any clock, used consistently).
+
+        Returns:
+            The recorded event, ``org-N`` with ``N`` one more than the previous event's.
+        """
+        self._expire(now)
+        self._last_seq += 1
+        event = OrgEvent(seq=self._last_seq, name=name, data=data, time=now)
+        self._events.append(event)
+        if len(self._events) > self.max_events:
+            self._events.popleft()
+        return event
+
+    def after(self, last_event_id: str | None, now: float) -> tuple[bool, list[OrgEvent]]:
+        """Decide what a (re)connecting reader must be sent before live events.
+
+        Args:
+            last_event_id: the request's ``Last-Event-ID``, or ``None`` when absent.
+            now: the current time, on the clock given to :meth:`append`.
+
+        Returns:
+            ``(start_of_history, events)``: ``(False, [])`` without an id (live events
+            only); ``(False, events after it)`` for an id still retained; ``(True, every
+            retained event)`` for an id that is malformed, never issued, or expired.
+        """
+        self._expire(now)
+        if last_event_id is None:
+            return False, []
+        seq = _parse_org_id(last_event_id)
+        events = self._events
+        if seq is None or not events or not events[0].seq <= seq <= events[-1].seq:
+            return True, list(events)
+        # Sequence numbers are consecutive, so the retained event ``seq`` sits at this index.
+        start = seq - events[0].seq + 1
+        return False, list(itertools.islice(events, start, None))
+
+    def events(self, now: float) -> list[OrgEvent]:
+        """Return every retained event, oldest first.
+
+        Args:
+            now: the current time, on the clock given to :meth:`append`.
+
+        Returns:
+            The retained events.
+        """
+        self._expire(now)
+        return list(self._events)
+
+    @property
+    def last_id(self) -> str | None:
+        """The id of the newest event ever appended, or ``None`` for an empty log."""
+        return f"{_ORG_ID_PREFIX}{self._last_seq}" if self._last_seq else None
+
+    def _expire(self, now: float) -> None:
+        horizon = now - self.retention
+        events = self._events
+        while events and events[0].time < horizon:
+            events.popleft()
+
+
+def _parse_org_id(event_id: str) -> int | None:
+    if not event_id.startswith(_ORG_ID_PREFIX):
+        return None
+    digits = event_id[len(_ORG_ID_PREFIX) :]
+    if not (digits.isascii() and digits.isdigit()) or (len(digits) > 1 and digits[0] == "0"):
+        return None
+    return int(digits)

@@ -1,0 +1,131 @@
+"""Configuration: example file, precedence, unknown keys, types."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pushy_appliance.config import (
+    AgentConfig,
+    AllowEntry,
+    ServerConfig,
+    load_agent_config,
+    load_server_config,
+    parse_host_port,
+)
+from pushy_appliance.errors import ConfigError
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
+
+
+def test_example_file_parses_to_exactly_the_defaults() -> None:
+    assert load_server_config(CONFIG_DIR / "pushy.example.toml") == ServerConfig()
+
+
+def test_agent_example_parses_and_keeps_default_fields() -> None:
+    config = load_agent_config(CONFIG_DIR / "agent.example.toml")
+    defaults = AgentConfig()
+    assert config.working_dir == defaults.working_dir
+    assert config.protected_env == defaults.protected_env
+    assert AllowEntry(command="chef-client") in config.allow
+
+
+def test_precedence_file_then_environment_then_flags(tmp_path: Path) -> None:
+    f = tmp_path / "c.toml"
+    f.write_text('listen = "127.0.0.1:1"\n[heartbeat]\ninterval = 2\noffline_threshold = 4\n')
+    c = load_server_config(
+        f,
+        environ={"PUSHY_HEARTBEAT_INTERVAL": "0.5", "PUSHY_LISTEN": "127.0.0.1:2"},
+        flags={"listen": "127.0.0.1:3", "data_dir": None},
+    )
+    assert c.listen == "127.0.0.1:3"
+    assert c.heartbeat.interval == 0.5
+    assert c.heartbeat.offline_threshold == 4
+
+
+def test_integer_accepted_for_float_durations(tmp_path: Path) -> None:
+    f = tmp_path / "c.toml"
+    f.write_text("[jobs]\nvoting_timeout = 5\n")
+    assert load_server_config(f).jobs.voting_timeout == 5.0
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ('listn = "x"\n', "unknown key(s): listn"),
+        ("[heartbeat]\nintervall = 1\n", "unknown key(s): heartbeat.intervall"),
+        ('[heartbeat]\ninterval = "fast"\n', "heartbeat.interval: expected a number"),
+        ("[jobs]\ndefault_run_timeout = 1.5\n", "jobs.default_run_timeout: expected an integer"),
+        ("insecure_http = 1\n", "insecure_http: expected a boolean"),
+        ('[log]\nformat = "xml"\n', "log.format"),
+        ('listen = "nowhere"\n', "expected HOST:PORT"),
+        ("[limits]\nmax_body_bytes = 0\n", "limits.max_body_bytes"),
+        ("not toml [", "invalid TOML"),
+    ],
+)
+def test_bad_files_name_the_problem(tmp_path: Path, text: str, needle: str) -> None:
+    f = tmp_path / "c.toml"
+    f.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_server_config(f)
+    assert needle in str(info.value)
+
+
+def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="file not found"):
+        load_server_config(tmp_path / "absent.toml")
+
+
+def test_environment_typo_inside_a_section_is_an_error() -> None:
+    with pytest.raises(ConfigError, match="PUSHY_HEARTBEAT_INTERVL"):
+        load_server_config(environ={"PUSHY_HEARTBEAT_INTERVL": "1"})
+
+
+def test_environment_bad_value_names_the_variable() -> None:
+    with pytest.raises(ConfigError, match="PUSHY_HEARTBEAT_INTERVAL: expected a number"):
+        load_server_config(environ={"PUSHY_HEARTBEAT_INTERVAL": "soon"})
+
+
+def test_cli_variables_are_not_config_keys() -> None:
+    c = load_server_config(environ={"PUSHY_SERVER": "https://x", "PUSHY_USER": "u"})
+    assert c == ServerConfig()
+
+
+def test_config_is_frozen() -> None:
+    c = ServerConfig()
+    with pytest.raises(AttributeError):
+        c.listen = "x"  # type: ignore[misc]
+
+
+def test_reconnect_grace_default_follows_interval() -> None:
+    c = load_server_config(environ={"PUSHY_HEARTBEAT_INTERVAL": "0.5"})
+    assert c.reconnect_grace == 11.0
+    c = load_server_config(environ={"PUSHY_JOBS_RECONNECT_GRACE": "3"})
+    assert c.reconnect_grace == 3.0
+
+
+def test_agent_whitelist_entries_validated(tmp_path: Path) -> None:
+    f = tmp_path / "a.toml"
+    f.write_text('[[allow]]\ncommand = "x"\npattern = "^y$"\n')
+    with pytest.raises(ConfigError, match=r"allow\[0\]"):
+        load_agent_config(f)
+    f.write_text('[[allow]]\npattern = "^(unclosed$"\n')
+    with pytest.raises(ConfigError, match="invalid regex"):
+        load_agent_config(f)
+    f.write_text('[[allow]]\npattern = "^sleep [0-9]+$"\n[[allow]]\ncommand = "true"\nshell = true\n')
+    c = load_agent_config(f)
+    assert c.allow == (AllowEntry(pattern="^sleep [0-9]+$"), AllowEntry(command="true", shell=True))
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("127.0.0.1:0", ("127.0.0.1", 0)), ("[::1]:10003", ("::1", 10003)), ("h:1", ("h", 1))],
+)
+def test_parse_host_port(text: str, expected: tuple[str, int]) -> None:
+    assert parse_host_port(text) == expected
+
+
+def test_parse_host_port_rejects_bad_port() -> None:
+    with pytest.raises(ConfigError, match="out of range"):
+        parse_host_port("h:70000")
