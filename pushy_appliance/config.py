@@ -20,6 +20,7 @@ read exactly the file they are given and the mapping passed as ``environ``.
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import tomllib
 import types
@@ -44,6 +45,7 @@ __all__ = [
     "load_agent_config",
     "load_server_config",
     "parse_host_port",
+    "resolve_data_dir",
 ]
 
 
@@ -407,7 +409,9 @@ def _check_server(c: ServerConfig) -> ServerConfig:
     if c.log.format not in ("text", "json"):
         raise ConfigError("config", "log.format", "must be text or json")
     if c.bootstrap.org and not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,254}", c.bootstrap.org):
-        raise ConfigError("config", "bootstrap.org", f"invalid organization name {c.bootstrap.org!r}")
+        raise ConfigError(
+            "config", "bootstrap.org", f"invalid organization name {c.bootstrap.org!r}"
+        )
     return c
 
 
@@ -434,7 +438,9 @@ def _check_agent(c: AgentConfig) -> AgentConfig:
     if c.node_name is not None and not _NAME_RE.match(c.node_name):
         raise ConfigError("config", "node_name", f"invalid node name {c.node_name!r}")
     if c.ca_cert and c.server_fingerprint:
-        raise ConfigError("config", "ca_cert", "give either ca_cert or server_fingerprint, not both")
+        raise ConfigError(
+            "config", "ca_cert", "give either ca_cert or server_fingerprint, not both"
+        )
     for i, entry in enumerate(c.allow):
         if (entry.command is None) == (entry.pattern is None):
             raise ConfigError("config", f"allow[{i}]", "needs exactly one of command and pattern")
@@ -456,3 +462,17 @@ def load_agent_config(
 ) -> AgentConfig:
     """Load the agent's configuration; same sources and errors as :func:`load_server_config`."""
     return _check_agent(_load(AgentConfig, path, environ or {}, flags))
+
+
+def resolve_data_dir(configured: str | None, environ: Mapping[str, str] | None = None) -> Path:
+    """The data directory: configured, else ``PUSHY_DATA_DIR``, else /var/lib/pushy as root,
+    else ``$XDG_DATA_HOME/pushy`` (``~/.local/share/pushy``)."""
+    env = os.environ if environ is None else environ
+    if configured:
+        return Path(configured).expanduser()
+    if env.get("PUSHY_DATA_DIR"):
+        return Path(env["PUSHY_DATA_DIR"]).expanduser()
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        return Path("/var/lib/pushy")
+    xdg = env.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(xdg) / "pushy"

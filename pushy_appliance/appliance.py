@@ -1,0 +1,277 @@
+"""``serve()``: the whole appliance under one root nursery.
+
+Start-up order: open the store and recover; bootstrap the data directory; start the engines;
+bind the node listener; bind the HTTP API; write ``run/server.json``; report ready.
+
+Shutdown (``stop`` set, e.g. by SIGTERM): the HTTP server stops accepting and drains in-flight
+requests for up to ``DRAIN_SECONDS``; agents are told the server is going away (close code
+1001); the store is flushed under a shielded, bounded cancel scope; ``run/server.json`` is
+removed. Cancellation of ``serve()`` itself is the hard stop used by tests: the store still
+flushes what it had acknowledged (it fsyncs before acknowledging, so nothing acknowledged is
+lost either way).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import json
+import logging
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import trio
+from cryptography import x509
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve as hypercorn_serve
+
+from . import __version__, chef_auth, tls
+from .bootstrap import atomic_write, bootstrap, write_credentials
+from .config import ServerConfig, parse_host_port, resolve_data_dir
+from .db import Database
+from .errors import StoreError
+from .http import Services, asgi_app
+from .model import IdentityModel
+from .nodes.registry import CLOSE_DELETED, CLOSE_GOING_AWAY, NodeModel, NodeRegistry
+from .nodesock import serve_nodes
+from .store import Store, open_store
+
+__all__ = ["DRAIN_SECONDS", "ServerInfo", "compact_store", "lock_data_dir", "new_database", "serve"]
+
+log = logging.getLogger(__name__)
+
+DRAIN_SECONDS = 10.0
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ServerInfo:
+    """What ``serve()`` reports once it is ready (also written to ``run/server.json``)."""
+
+    url: str
+    node_url: str
+    pid: int
+    incarnation_id: str
+    version: str
+    data_dir: Path
+    services: Services = dataclasses.field(repr=False, compare=False)
+
+    def document(self) -> dict[str, Any]:
+        return {
+            "url": self.url,
+            "node_url": self.node_url,
+            "pid": self.pid,
+            "incarnation_id": self.incarnation_id,
+            "version": self.version,
+        }
+
+
+def new_database(store: Store) -> Database:
+    """A database over ``store`` with every model of the appliance."""
+    return Database(store, {"identity": IdentityModel(), "nodes": NodeModel()})
+
+
+@contextlib.contextmanager
+def lock_data_dir(data_dir: Path) -> Iterator[None]:
+    """Hold the data directory exclusively (one server, or one offline tool, at a time).
+
+    Raises:
+        StoreError: another process holds it.
+    """
+    (data_dir / "run").mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(data_dir / "run" / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StoreError(f"{data_dir} is in use by another pushy process") from None
+        yield
+    finally:
+        os.close(fd)
+
+
+async def compact_store(data_dir: Path) -> int:
+    """Offline compaction: replay the store, write a snapshot, drop what it covers.
+
+    Returns:
+        The sequence number the snapshot covers.
+
+    Raises:
+        StoreError: the store is in use or cannot be read.
+    """
+    with lock_data_dir(data_dir):
+        async with open_store(data_dir / "store") as store:
+            db = new_database(store)
+            db.recover()
+            return await db.snapshot()
+
+
+def _url_host(host: str) -> str:
+    if host in ("0.0.0.0", ""):
+        return "127.0.0.1"
+    if host == "::":
+        return "[::1]"
+    return f"[{host}]" if ":" in host else host
+
+
+def _hypercorn_config(
+    config: ServerConfig, data_dir: Path, host: str, port: int
+) -> HypercornConfig:
+    hc = HypercornConfig()
+    hc.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    hc.graceful_timeout = DRAIN_SECONDS
+    hc.keep_alive_timeout = 75.0
+    hc.accesslog = None
+    hc.errorlog = logging.getLogger("pushy_appliance.http.server")
+    hc.include_server_header = False
+    hc.h11_max_incomplete_size = 64 * 1024
+    if not config.insecure_http:
+        hc.certfile = config.tls.cert or str(data_dir / "tls" / "server.pem")
+        hc.keyfile = config.tls.key or str(data_dir / "tls" / "server.key")
+        hc.alpn_protocols = ["h2", "http/1.1"]
+    return hc
+
+
+async def serve(
+    config: ServerConfig,
+    *,
+    stop: trio.Event | None = None,
+    task_status: trio.TaskStatus[ServerInfo] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run the appliance until ``stop`` is set (graceful) or the caller cancels (hard).
+
+    Args:
+        config: the server configuration.
+        stop: set it to shut down gracefully; ``None`` runs until cancelled.
+
+    Start-up:
+        ``task_status.started(ServerInfo)`` once the store is recovered, both listeners are
+        bound and ``run/server.json`` is written.
+
+    Raises:
+        ConfigError, StoreError: the data directory or store cannot be used.
+    """
+    stop = stop if stop is not None else trio.Event()
+    data_dir = resolve_data_dir(config.data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    host, port = parse_host_port(config.listen)
+    incarnation = str(uuid.uuid4())
+    if config.insecure_http:
+        log.warning("serving plain HTTP (--insecure-http): for development only")
+
+    with lock_data_dir(data_dir):
+        await _serve_locked(config, data_dir, host, port, incarnation, stop, task_status)
+    log.info("stopped")
+
+
+async def _serve_locked(
+    config: ServerConfig,
+    data_dir: Path,
+    host: str,
+    port: int,
+    incarnation: str,
+    stop: trio.Event,
+    task_status: trio.TaskStatus[ServerInfo],
+) -> None:
+    async with open_store(data_dir / "store") as store:
+        db = new_database(store)
+        replayed = db.recover()
+        log.info(
+            "store recovered: %d records replayed, snapshot at %d",
+            replayed,
+            store.recovered.snapshot_seq,
+        )
+        await bootstrap(db, data_dir, config)
+        svc = Services(
+            config=config,
+            db=db,
+            incarnation_id=incarnation,
+            started_at=trio.current_time(),
+            server_public_pem=_server_public_pem(config, data_dir),
+            node_scheme="ws" if config.insecure_http else "wss",
+        )
+        registry = NodeRegistry(
+            db,
+            incarnation,
+            interval=config.heartbeat.interval,
+            offline_threshold=config.heartbeat.offline_threshold,
+            outbox_size=config.limits.node_outbox,
+        )
+        svc.nodes = registry
+
+        async def close_deleted_client(org: str, name: str) -> None:
+            registry.disconnect(org, name, CLOSE_DELETED, "client deleted")
+
+        svc.on_client_deleted.append(close_deleted_client)
+        app = asgi_app(svc)
+        hc = _hypercorn_config(config, data_dir, host, port)
+        node_host, node_port = _node_listen(config, host, port)
+        node_ssl = None
+        if not config.insecure_http:
+            node_ssl = tls.server_ssl_context(hc.certfile, hc.keyfile)
+        http_done = trio.Event()
+        server_json = data_dir / "run" / "server.json"
+        async with trio.open_nursery() as nursery:
+            await nursery.start(registry.run)
+            svc.node_port = await nursery.start(
+                serve_nodes, svc, registry, node_host, node_port, node_ssl
+            )
+            binds: list[str] = await nursery.start(_run_http, app, hc, stop, http_done)
+            bound_port = int(binds[0].rsplit(":", 1)[1])
+            scheme = "http" if config.insecure_http else "https"
+            url = f"{scheme}://{_url_host(host)}:{bound_port}"
+            node_url = f"{svc.node_scheme}://{_url_host(host)}:{svc.node_port}"
+            ca_file = None if config.insecure_http else data_dir / "tls" / "ca.pem"
+            write_credentials(data_dir, url, config.bootstrap.org, ca_file=ca_file)
+            info = ServerInfo(url, node_url, os.getpid(), incarnation, __version__, data_dir, svc)
+            atomic_write(server_json, json.dumps(info.document()).encode())
+            if hc.certfile:
+                log.info("server certificate fingerprint %s", _fingerprint_of(hc.certfile))
+            log.info("serving %s (nodes %s)", url, node_url)
+            task_status.started(info)
+            try:
+                await stop.wait()
+                log.info("shutting down: draining requests for up to %.0f s", DRAIN_SECONDS)
+                registry.close_all(CLOSE_GOING_AWAY, "server going away")
+                await http_done.wait()
+            finally:
+                server_json.unlink(missing_ok=True)
+                nursery.cancel_scope.cancel()
+
+
+def _server_public_pem(config: ServerConfig, data_dir: Path) -> str:
+    """The public key agents see in ``config/NODE``: the TLS certificate's, else pivotal's."""
+    if not config.insecure_http:
+        cert = Path(config.tls.cert or data_dir / "tls" / "server.pem").read_bytes()
+        key: Any = x509.load_pem_x509_certificate(cert).public_key()
+    else:
+        key = chef_auth.load_private_key((data_dir / "keys" / "pivotal.pem").read_bytes())
+    return chef_auth.public_key_pem(key)
+
+
+def _node_listen(config: ServerConfig, host: str, port: int) -> tuple[str, int]:
+    if config.node_listen is not None:
+        return parse_host_port(config.node_listen, key="node_listen")
+    return host, (0 if port == 0 else 10002)
+
+
+def _fingerprint_of(cert_file: str) -> str:
+    with open(cert_file, "rb") as f:
+        return tls.fingerprint(f.read())
+
+
+async def _run_http(
+    app: Any,
+    hc: HypercornConfig,
+    stop: trio.Event,
+    done: trio.Event,
+    *,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    try:
+        await hypercorn_serve(app, hc, shutdown_trigger=stop.wait, task_status=task_status)
+    finally:
+        done.set()

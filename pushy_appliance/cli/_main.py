@@ -1,0 +1,238 @@
+"""Argument parsing and dispatch for ``pushy``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+from .. import __version__
+from ..errors import ClientError, ConfigError, PushyError, ServerRefusedError, StoreError
+from . import _admin, _serve
+
+__all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_UNREACHABLE", "EXIT_USAGE", "main"]
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_UNREACHABLE = 3
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _add_credentials(p: argparse.ArgumentParser, signer_flag: str = "--user") -> None:
+    g = p.add_argument_group(
+        "credentials (first match wins: flags, PUSHY_*, ~/.chef/credentials, data dir)"
+    )
+    g.add_argument(
+        "--server",
+        metavar="URL",
+        help="org URL, https://HOST:PORT/organizations/ORG (PUSHY_SERVER)",
+    )
+    g.add_argument(
+        signer_flag, dest="signer", metavar="NAME", help="user or client to sign as (PUSHY_USER)"
+    )
+    g.add_argument("--key", metavar="FILE", help="its private key (PUSHY_KEY)")
+    g.add_argument(
+        "--profile",
+        metavar="NAME",
+        help="profile of ~/.chef/credentials (PUSHY_PROFILE, default 'default')",
+    )
+    g.add_argument("--ca-cert", metavar="FILE", help="CA certificate to trust (PUSHY_CA_CERT)")
+    g.add_argument(
+        "--fingerprint", metavar="SHA256", help="pin the server certificate (PUSHY_FINGERPRINT)"
+    )
+    g.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        help="server data directory whose credentials to use (PUSHY_DATA_DIR)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line, every option described."""
+    parser = argparse.ArgumentParser(
+        prog="pushy",
+        description="Pushy Appliance: Chef Push Jobs server, node agent and operator CLI.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    _serve.add_parser(sub)
+
+    p = sub.add_parser("version", help="print the version and bundled library versions")
+    p.set_defaults(handler=_admin.cmd_version)
+
+    # org / user / client / group
+    org = sub.add_parser("org", help="manage organizations").add_subparsers(
+        dest="sub", metavar="ACTION"
+    )
+    org.required = True
+    p = org.add_parser("create", help="create an organization (superuser)")
+    p.add_argument("name", metavar="ORG")
+    p.add_argument("--full-name", help="display name (default: ORG)")
+    _add_credentials(p)
+    p.set_defaults(handler=_admin.cmd_org_create, superuser=True)
+
+    user = sub.add_parser("user", help="manage users").add_subparsers(dest="sub", metavar="ACTION")
+    user.required = True
+    p = user.add_parser("create", help="create a user (superuser), optionally joining an org")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--org", help="organization to join the user to")
+    p.add_argument("--admin", action="store_true", help="also add the user to the org's admins")
+    p.add_argument(
+        "--key-out", metavar="FILE", help="write the new private key here (default: stdout)"
+    )
+    p.add_argument("--email", default="", help="e-mail address")
+    _add_credentials(p)
+    p.set_defaults(handler=_admin.cmd_user_create, superuser=True)
+
+    client = sub.add_parser("client", help="manage clients (nodes)").add_subparsers(
+        dest="sub", metavar="ACTION"
+    )
+    client.required = True
+    p = client.add_parser("create", help="create a client with a new key")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--org", help="organization (default: the credentials' org)")
+    p.add_argument(
+        "--key-out", metavar="FILE", help="write the new private key here (default: stdout)"
+    )
+    _add_credentials(p)
+    p.set_defaults(handler=_admin.cmd_client_create)
+    p = client.add_parser("delete", help="delete a client (closes its node connection)")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--org", help="organization (default: the credentials' org)")
+    _add_credentials(p)
+    p.set_defaults(handler=_admin.cmd_client_delete)
+
+    group = sub.add_parser("group", help="manage groups").add_subparsers(
+        dest="sub", metavar="ACTION"
+    )
+    group.required = True
+    p = group.add_parser("add", help="add users, clients or groups to a group (created if absent)")
+    p.add_argument("name", metavar="GROUP")
+    p.add_argument(
+        "--user",
+        dest="users",
+        action="append",
+        default=[],
+        metavar="U",
+        help="user to add (repeatable)",
+    )
+    p.add_argument(
+        "--client",
+        dest="clients",
+        action="append",
+        default=[],
+        metavar="C",
+        help="client to add (repeatable)",
+    )
+    p.add_argument(
+        "--group",
+        dest="groups",
+        action="append",
+        default=[],
+        metavar="G",
+        help="group to nest (repeatable)",
+    )
+    p.add_argument("--org", help="organization (default: the credentials' org)")
+    _add_credentials(p, signer_flag="--sign-as")
+    p.set_defaults(handler=_admin.cmd_group_add)
+    p = group.add_parser("show", help="show a group's members")
+    p.add_argument("name", metavar="GROUP")
+    p.add_argument("--org", help="organization (default: the credentials' org)")
+    _add_credentials(p)
+    p.set_defaults(handler=_admin.cmd_group_show)
+
+    store = sub.add_parser("store", help="check or compact the store (offline)").add_subparsers(
+        dest="sub", metavar="ACTION"
+    )
+    store.required = True
+    p = store.add_parser("verify", help="check every record's CRC and every snapshot")
+    p.add_argument(
+        "--data-dir", metavar="DIR", help="data directory (default: PUSHY_DATA_DIR or the default)"
+    )
+    p.set_defaults(handler=_admin.cmd_store_verify)
+    p = store.add_parser(
+        "compact", help="write a snapshot and drop what it covers (server stopped)"
+    )
+    p.add_argument(
+        "--data-dir", metavar="DIR", help="data directory (default: PUSHY_DATA_DIR or the default)"
+    )
+    p.set_defaults(handler=_admin.cmd_store_compact)
+
+    for register in _extensions():
+        register(sub, _add_credentials)
+    return parser
+
+
+def _extensions() -> list[Callable[..., None]]:
+    """Subcommand groups defined in their own modules (agent, job, node)."""
+    return []
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``pushy`` and return its exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:
+        return int(e.code or 0) if isinstance(e.code, int) else EXIT_USAGE
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except KeyboardInterrupt:
+        return 130
+    except ConfigError as e:
+        print(f"pushy: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except ServerRefusedError as e:
+        print(f"pushy: {e.message} (HTTP {e.status}){_hint(e.status)}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    except ClientError as e:
+        print(f"pushy: {e}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    except StoreError as e:
+        print(f"pushy: store: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    except PushyError as e:
+        print(f"pushy: {e}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+def _hint(status: int) -> str:
+    if status == 401:
+        return (
+            "\n  check the user name, that --key is that user's or client's private key,"
+            " and the clock"
+        )
+    if status == 403:
+        return "\n  not permitted: check the org membership and groups (admins, pushy_job_writers)"
+    return ""
+
+
+def version_text() -> str:
+    """``pushy version``: ours, Python's and the bundled libraries'."""
+    from importlib import metadata
+
+    lines = [f"pushy {__version__}", f"python {sys.version.split()[0]}"]
+    for dist in (
+        "trio",
+        "hypercorn",
+        "quart-trio",
+        "quart",
+        "trio-websocket",
+        "cryptography",
+        "msgpack",
+        "httpx",
+    ):
+        try:
+            lines.append(f"{dist} {metadata.version(dist)}")
+        except metadata.PackageNotFoundError:
+            lines.append(f"{dist} (unknown)")
+    return "\n".join(lines)
+
+
+def environ() -> dict[str, str]:
+    return dict(os.environ)

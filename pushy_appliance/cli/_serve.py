@@ -1,0 +1,74 @@
+"""``pushy serve``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+
+import trio
+
+from ..appliance import serve
+from ..config import load_server_config
+from ._logging import setup_logging
+
+__all__ = ["add_parser", "cmd_serve"]
+
+log = logging.getLogger("pushy_appliance.cli")
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="run the push-jobs server",
+        description="Run the push-jobs server (HTTP API, event feeds and node listener). "
+        "With no arguments it creates its data directory and serves https://0.0.0.0:10003.",
+    )
+    p.add_argument("--config", metavar="FILE", help="TOML configuration file")
+    p.add_argument("--data-dir", metavar="DIR", help="data directory (PUSHY_DATA_DIR)")
+    p.add_argument("--listen", metavar="HOST:PORT", help="API listener (default 0.0.0.0:10003)")
+    p.add_argument(
+        "--node-listen",
+        metavar="HOST:PORT",
+        help="node WebSocket listener (default: the API's host, port 10002; 0 with --listen …:0)",
+    )
+    p.add_argument(
+        "--insecure-http",
+        action="store_true",
+        default=None,
+        help="serve plain HTTP instead of TLS (development only)",
+    )
+    p.set_defaults(handler=cmd_serve)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    config = load_server_config(
+        args.config,
+        environ=dict(os.environ),
+        flags={
+            "data_dir": args.data_dir,
+            "listen": args.listen,
+            "node_listen": args.node_listen,
+            "insecure_http": args.insecure_http,
+        },
+    )
+    setup_logging(config.log.level, config.log.format)
+    trio.run(_serve_until_signal, config)
+    return 0
+
+
+async def _serve_until_signal(config: object) -> None:
+    stop = trio.Event()
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+
+            async def watch() -> None:
+                async for signum in signals:
+                    log.info("received %s", signal.Signals(signum).name)
+                    stop.set()
+                    return
+
+            nursery.start_soon(watch)
+            await serve(config, stop=stop)  # type: ignore[arg-type]
+            nursery.cancel_scope.cancel()

@@ -1,0 +1,115 @@
+"""The database: the store plus the in-memory models it rebuilds.
+
+Every change is a record; :meth:`Database.commit` makes it durable in the store, then applies
+it to the models, so nothing is visible (or acknowledged) before it is on disk. Readers read
+the models directly (no I/O on reads).
+
+Models are plain objects with ``apply(record)``, ``snapshot()`` and ``load(snapshot)``; the
+database owns one per family (``identity``, ``jobs``, ``nodes``) and snapshots them together.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+import trio
+
+from .store import Store
+
+__all__ = ["Database", "Model"]
+
+log = logging.getLogger(__name__)
+
+
+class Model(Protocol):
+    """What the database needs of a model."""
+
+    def apply(self, record: dict[str, Any]) -> None: ...
+
+    def snapshot(self) -> Any: ...
+
+    def load(self, snapshot: Any) -> None: ...
+
+
+class Database:
+    """The store and the models, kept in step.
+
+    Args:
+        store: an open store.
+        models: the models by family name; each sees every record.
+    """
+
+    def __init__(self, store: Store, models: Mapping[str, Model]) -> None:
+        self.store = store
+        self.models = dict(models)
+        self.write_lock = trio.Lock()
+        """Held around check-then-commit sequences that must not interleave (identity writes)."""
+        self._in_flight = 0
+        self._idle = trio.Event()
+        self._idle.set()
+        self._gate: trio.Event | None = None
+
+    def recover(self) -> int:
+        """Rebuild the models from what the store recovered. Returns the records replayed."""
+        rec = self.store.recovered
+        if rec.snapshot is not None:
+            for name, model in self.models.items():
+                if name in rec.snapshot:
+                    model.load(rec.snapshot[name])
+        for _seq, record in rec.records:
+            self._apply(record)
+        return len(rec.records)
+
+    def _apply(self, record: dict[str, Any]) -> None:
+        for model in self.models.values():
+            model.apply(record)
+
+    async def commit(self, *records: dict[str, Any]) -> int:
+        """Make ``records`` durable, then apply them to the models.
+
+        Returns:
+            The sequence number of the last record.
+
+        Raises:
+            StoreError: when the store cannot write; nothing was applied.
+
+        Cancellation: once the records were handed to the store they are applied even if the
+        caller is cancelled while waiting, so the models never lag behind the store.
+        """
+        while self._gate is not None:
+            await self._gate.wait()
+        self._in_flight += 1
+        self._idle = trio.Event() if self._in_flight == 1 else self._idle
+        try:
+            with trio.CancelScope(shield=True):
+                seq = await self.store.append_many(list(records))
+                for record in records:
+                    self._apply(record)
+        finally:
+            self._in_flight -= 1
+            if self._in_flight == 0:
+                self._idle.set()
+        return seq
+
+    async def snapshot(self) -> int:
+        """Write a snapshot of every model at the store's newest record.
+
+        New commits wait while the models are copied, so the snapshot matches its sequence
+        number exactly. Returns that sequence number.
+        """
+        gate = trio.Event()
+        while self._gate is not None:
+            await self._gate.wait()
+        self._gate = gate
+        try:
+            await self._idle.wait()
+            seq = self.store.last_seq
+            state = {name: model.snapshot() for name, model in self.models.items()}
+        finally:
+            self._gate = None
+            gate.set()
+        await self.store.write_snapshot(state, seq)
+        log.info("snapshot written at record %d", seq)
+        return seq

@@ -1,0 +1,15 @@
+"""The HTTP API adapter: Quart-trio routes over the engines (``API.md``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ._app import NormalizePaths, create_app
+from ._context import KeyCache, Services
+
+__all__ = ["KeyCache", "Services", "asgi_app", "create_app"]
+
+
+def asgi_app(svc: Services) -> Any:
+    """The application as hypercorn serves it: paths normalised, then the Quart app."""
+    return NormalizePaths(create_app(svc))

@@ -1,0 +1,447 @@
+"""Identity routes: the Chef Infra Server API subset push jobs needs (``API.md`` §4).
+
+Every write takes the database's write lock around check-then-commit so two creations of the
+same name cannot both succeed; the response is sent after the record is durable.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from quart import Response, request
+from quart_trio import QuartTrio
+
+from .. import chef_auth
+from ..errors import ConflictError, KeyFormatError, NotFoundError, ValidationError
+from ..model import (
+    DEFAULT_GROUPS,
+    PIVOTAL,
+    client_record,
+    group_record,
+    org_records,
+    user_record,
+    valid_name,
+    valid_org,
+)
+from ._app import json_response, read_json, require_accept, signed
+from ._auth import Principal, forbidden, org_not_found, require
+from ._context import Services
+
+__all__ = ["base_url", "register"]
+
+
+def base_url() -> str:
+    """``scheme://host`` of the current request (``X-Forwarded-Proto`` honoured)."""
+    scheme = request.headers.get("X-Forwarded-Proto", "").split(",")[0].strip() or request.scheme
+    host = request.headers.get("Host") or request.host
+    return f"{scheme}://{host}"
+
+
+def _check_name(value: object, field: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValidationError(f"field '{field}' missing or not a string")
+    if not valid_name(value):
+        raise ValidationError(f"invalid {field} '{value[:300]}'")
+    return value
+
+
+def _check_org_name(value: object, field: str = "name") -> str:
+    if not isinstance(value, str) or not value:
+        raise ValidationError(f"field '{field}' missing or not a string")
+    if not valid_org(value):
+        raise ValidationError(f"invalid {field} '{value[:300]}'")
+    return value
+
+
+def _route_name(value: str, what: str) -> str:
+    """A name taken from the path: a bad one is simply not found."""
+    if not valid_name(value):
+        raise NotFoundError(f"{what} '{value[:300]}' not found")
+    return value
+
+
+def _route_org(svc: Services, org: str) -> str:
+    if not valid_org(org) or org not in svc.identity.orgs:
+        raise org_not_found(org[:300])
+    return org
+
+
+def _optional_str(body: dict[str, Any], field: str, default: str = "") -> str:
+    value = body.get(field, default)
+    if value is None:
+        return default
+    if not isinstance(value, str) or len(value) > 1024:
+        raise ValidationError(f"field '{field}' must be a string of at most 1024 characters")
+    return value
+
+
+def _key_material(body: dict[str, Any]) -> tuple[str, str | None]:
+    """``(public PEM, private PEM or None)`` from ``create_key`` / ``public_key``."""
+    create = body.get("create_key", False)
+    public = body.get("public_key")
+    if not isinstance(create, bool):
+        raise ValidationError("field 'create_key' must be a boolean")
+    if public is not None and not isinstance(public, str):
+        raise ValidationError("field 'public_key' must be a PEM string")
+    if public is not None and create:
+        raise ValidationError("give either 'create_key' or 'public_key', not both")
+    if public is not None:
+        try:
+            key = chef_auth.load_public_key(public)
+        except KeyFormatError as e:
+            raise ValidationError(f"invalid public_key: {e}") from None
+        return chef_auth.public_key_pem(key), None
+    private = chef_auth.generate_private_key()
+    return chef_auth.public_key_pem(private), chef_auth.private_key_pem(private)
+
+
+def _chef_key(public: str, private: str | None) -> dict[str, Any]:
+    key: dict[str, Any] = {"name": "default", "public_key": public, "expiration_date": "infinity"}
+    if private is not None:
+        key["private_key"] = private
+    return key
+
+
+def _actor_lists(value: object) -> tuple[list[str], list[str], list[str]]:
+    if value is None:
+        return [], [], []
+    if not isinstance(value, dict):
+        raise ValidationError("field 'actors' must be an object")
+    unknown = set(value) - {"users", "clients", "groups"}
+    if unknown:
+        raise ValidationError(f"field 'actors' has unknown key '{sorted(unknown)[0]}'")
+    out: list[list[str]] = []
+    for kind in ("users", "clients", "groups"):
+        names = value.get(kind, [])
+        if not isinstance(names, list) or len(names) > 100_000:
+            raise ValidationError(f"field 'actors.{kind}' must be a list of names")
+        out.append(sorted({_check_name(n, f"actors.{kind}") for n in names}))
+    return out[0], out[1], out[2]
+
+
+def group_document(svc: Services, org: str, name: str) -> dict[str, Any]:
+    g = svc.identity.groups[org][name]
+    users, clients, groups = sorted(g.users), sorted(g.clients), sorted(g.groups)
+    return {
+        "name": name,
+        "groupname": name,
+        "orgname": org,
+        "actors": users + clients,
+        "users": users,
+        "clients": clients,
+        "groups": groups,
+    }
+
+
+def register(app: QuartTrio, svc: Services) -> None:
+    """Register the identity routes on ``app``."""
+    db = svc.db
+
+    def require_pivotal(who: Principal) -> None:
+        if not who.is_pivotal:
+            raise forbidden(who.name)
+
+    # --- organizations ----------------------------------------------------------------------
+
+    @app.route("/organizations", methods=["GET", "POST"])
+    async def organizations() -> Response:
+        require_accept()
+        who = await signed(svc, None)
+        if request.method == "GET":
+            if who.is_pivotal:
+                names = sorted(svc.identity.orgs)
+            else:
+                names = sorted(o for o in svc.identity.orgs if who.name in svc.identity.members[o])
+            return json_response({o: f"{base_url()}/organizations/{o}" for o in names})
+        require_pivotal(who)
+        body = await read_json()
+        name = _check_org_name(body.get("name"))
+        full_name = _optional_str(body, "full_name", name)
+        async with db.write_lock:
+            if name in svc.identity.orgs:
+                raise ConflictError(f"organization '{name}' already exists")
+            await db.commit(*org_records(name, full_name))
+        uri = f"{base_url()}/organizations/{name}"
+        return json_response({"uri": uri}, 201, {"Location": uri})
+
+    @app.route("/organizations/<org>", methods=["GET", "DELETE"])
+    async def organization(org: str) -> Response:
+        require_accept()
+        org = _route_org(svc, org)
+        who = await signed(svc, org)
+        o = svc.identity.orgs[org]
+        doc = {"name": o.name, "full_name": o.full_name, "guid": org}
+        if request.method == "DELETE":
+            require_pivotal(who)
+            async with db.write_lock:
+                await db.commit({"t": "org.del", "name": org})
+        return json_response(doc)
+
+    # --- users ------------------------------------------------------------------------------
+
+    @app.route("/users", methods=["GET", "POST"])
+    async def users() -> Response:
+        require_accept()
+        who = await signed(svc, None)
+        require_pivotal(who)
+        if request.method == "GET":
+            return json_response({u: f"{base_url()}/users/{u}" for u in sorted(svc.identity.users)})
+        body = await read_json()
+        name = _check_name(body.get("username"), "username")
+        display = _optional_str(body, "display_name", name)
+        email = _optional_str(body, "email")
+        public, private = _key_material(body)
+        async with db.write_lock:
+            if name in svc.identity.users:
+                raise ConflictError(f"user '{name}' already exists")
+            await db.commit(user_record(name, display, email, public))
+        uri = f"{base_url()}/users/{name}"
+        return json_response(
+            {"uri": uri, "chef_key": _chef_key(public, private)}, 201, {"Location": uri}
+        )
+
+    @app.route("/users/<name>", methods=["GET", "DELETE"])
+    async def user(name: str) -> Response:
+        require_accept()
+        who = await signed(svc, None)
+        name = _route_name(name, "user")
+        if not (who.is_pivotal or (who.kind == "user" and who.name == name)):
+            raise forbidden(who.name)
+        u = svc.identity.users.get(name)
+        if u is None:
+            raise NotFoundError(f"user '{name}' not found")
+        doc = {
+            "username": u.name,
+            "display_name": u.display_name,
+            "email": u.email,
+            "public_key": u.keys[0] if u.keys else None,
+        }
+        if request.method == "DELETE":
+            require_pivotal(who)
+            if name == PIVOTAL:
+                raise ValidationError("the superuser cannot be deleted")
+            async with db.write_lock:
+                await db.commit({"t": "user.del", "name": name})
+        return json_response(doc)
+
+    # --- org membership -----------------------------------------------------------------------
+
+    @app.route("/organizations/<org>/users", methods=["GET", "POST"])
+    async def org_users(org: str) -> Response:
+        require_accept()
+        org = _route_org(svc, org)
+        who = await signed(svc, org)
+        if request.method == "GET":
+            require(svc, org, who, "member")
+            names = sorted(svc.identity.members.get(org, set()))
+            return json_response([{"user": {"username": n}} for n in names])
+        require(svc, org, who, "admin")
+        body = await read_json()
+        name = _check_name(body.get("username"), "username")
+        async with db.write_lock:
+            if name not in svc.identity.users:
+                raise NotFoundError(f"user '{name}' not found")
+            if name in svc.identity.members.get(org, set()):
+                raise ConflictError(f"user '{name}' is already a member of '{org}'")
+            records: list[dict[str, Any]] = [{"t": "member.add", "org": org, "user": name}]
+            users_group = svc.identity.groups.get(org, {}).get("users")
+            if users_group is not None:
+                records.append(
+                    group_record(
+                        org,
+                        "users",
+                        sorted(users_group.users | {name}),
+                        sorted(users_group.clients),
+                        sorted(users_group.groups),
+                    )
+                )
+            await db.commit(*records)
+        uri = f"{base_url()}/organizations/{org}/users/{name}"
+        return json_response({"uri": uri}, 201, {"Location": uri})
+
+    @app.route("/organizations/<org>/users/<name>", methods=["GET", "DELETE"])
+    async def org_user(org: str, name: str) -> Response:
+        require_accept()
+        org = _route_org(svc, org)
+        who = await signed(svc, org)
+        name = _route_name(name, "user")
+        if name not in svc.identity.members.get(org, set()):
+            raise NotFoundError(f"user '{name}' is not a member of '{org}'")
+        u = svc.identity.users[name]
+        doc = {"username": u.name, "display_name": u.display_name, "email": u.email}
+        if request.method == "DELETE":
+            require(svc, org, who, "admin")
+            async with db.write_lock:
+                records: list[dict[str, Any]] = [{"t": "member.del", "org": org, "user": name}]
+                for g in svc.identity.groups.get(org, {}).values():
+                    if name in g.users:
+                        records.append(
+                            group_record(
+                                org,
+                                g.name,
+                                sorted(g.users - {name}),
+                                sorted(g.clients),
+                                sorted(g.groups),
+                            )
+                        )
+                await db.commit(*records)
+        return json_response(doc)
+
+    # --- clients ----------------------------------------------------------------------------
+
+    @app.route("/organizations/<org>/clients", methods=["GET", "POST"])
+    async def clients(org: str) -> Response:
+        require_accept()
+        org = _route_org(svc, org)
+        who = await signed(svc, org)
+        if request.method == "GET":
+            require(svc, org, who, "member")
+            names = sorted(svc.identity.clients.get(org, {}))
+            base = f"{base_url()}/organizations/{org}/clients"
+            return json_response({n: f"{base}/{n}" for n in names})
+        require(svc, org, who, "admin")
+        body = await read_json()
+        name = _check_name(body.get("name", body.get("clientname")), "name")
+        admin = body.get("admin", False)
+        if not isinstance(admin, bool):
+            raise ValidationError("field 'admin' must be a boolean")
+        public, private = _key_material(body)
+        async with db.write_lock:
+            if name in svc.identity.clients.get(org, {}):
+                raise ConflictError(f"client '{name}' already exists")
+            records = [client_record(org, name, public, admin)]
+            group = svc.identity.groups.get(org, {}).get("clients")
+            if group is not None:
+                records.append(
+                    group_record(
+                        org,
+                        "clients",
+                        sorted(group.users),
+                        sorted(group.clients | {name}),
+                        sorted(group.groups),
+                    )
+                )
+            await db.commit(*records)
+        uri = f"{base_url()}/organizations/{org}/clients/{name}"
+        return json_response(
+            {"uri": uri, "chef_key": _chef_key(public, private)}, 201, {"Location": uri}
+        )
+
+    @app.route("/organizations/<org>/clients/<name>", methods=["GET", "DELETE"])
+    async def client(org: str, name: str) -> Response:
+        require_accept()
+        org = _route_org(svc, org)
+        who = await signed(svc, org)
+        name = _route_name(name, "client")
+        c = svc.identity.clients.get(org, {}).get(name)
+        if c is None:
+            raise NotFoundError(f"client '{name}' not found")
+        doc = {
+            "name": c.name,
+            "clientname": c.name,
+            "orgname": org,
+            "validator": False,
+            "admin": c.admin,
+            "public_key": c.keys[0] if c.keys else None,
+        }
+        if request.method == "DELETE":
+            if not (who.kind == "client" and who.name == name):
+                require(svc, org, who, "admin")
+            async with db.write_lock:
+                await db.commit({"t": "client.del", "org": org, "name": name})
+            for hook in svc.on_client_deleted:
+                await hook(org, name)
+        else:
+            require(svc, org, who, "member")
+        return json_response(doc)
+
+    # --- groups -----------------------------------------------------------------------------
+
+    @app.route("/organizations/<org>/groups", methods=["GET", "POST"])
+    async def groups(org: str) -> Response:
+        require_accept()
+        org = _route_org(svc, org)
+        who = await signed(svc, org)
+        if request.method == "GET":
+            require(svc, org, who, "member")
+            base = f"{base_url()}/organizations/{org}/groups"
+            return json_response({g: f"{base}/{g}" for g in sorted(svc.identity.groups[org])})
+        require(svc, org, who, "admin")
+        body = await read_json()
+        name = _check_name(body.get("groupname", body.get("name")), "groupname")
+        users, clients_, subgroups = _actor_lists(body.get("actors"))
+        async with db.write_lock:
+            if name in svc.identity.groups.get(org, {}):
+                raise ConflictError(f"group '{name}' already exists")
+            _check_actors_exist(svc, org, users, clients_, subgroups)
+            await db.commit(group_record(org, name, users, clients_, subgroups))
+        uri = f"{base_url()}/organizations/{org}/groups/{name}"
+        return json_response({"uri": uri}, 201, {"Location": uri})
+
+    @app.route("/organizations/<org>/groups/<name>", methods=["GET", "PUT", "DELETE"])
+    async def group(org: str, name: str) -> Response:
+        require_accept()
+        org = _route_org(svc, org)
+        who = await signed(svc, org)
+        name = _route_name(name, "group")
+        if name not in svc.identity.groups.get(org, {}):
+            raise NotFoundError(f"group '{name}' not found")
+        if request.method == "GET":
+            require(svc, org, who, "member")
+            return json_response(group_document(svc, org, name))
+        require(svc, org, who, "admin")
+        if request.method == "DELETE":
+            doc = group_document(svc, org, name)
+            if name in DEFAULT_GROUPS:
+                raise ValidationError(f"group '{name}' cannot be deleted")
+            async with db.write_lock:
+                await db.commit({"t": "group.del", "org": org, "name": name})
+            return json_response(doc)
+        body = await read_json()
+        if "groupname" in body and body["groupname"] != name:
+            raise ValidationError("renaming a group is not supported (field 'groupname')")
+        users, clients_, subgroups = _actor_lists(body.get("actors"))
+        async with db.write_lock:
+            _check_actors_exist(svc, org, users, clients_, subgroups)
+            await db.commit(group_record(org, name, users, clients_, subgroups))
+        return json_response(group_document(svc, org, name))
+
+    # --- principals (no authentication) -------------------------------------------------------
+
+    @app.route("/organizations/<org>/principals/<name>", methods=["GET"])
+    async def principal(org: str, name: str) -> Response:
+        require_accept()
+        org = _route_org(svc, org)
+        name = _route_name(name, "principal")
+        found = svc.identity.principal(org, name)
+        if found is None:
+            raise NotFoundError(f"principal '{name}' not found")
+        kind, keys = found
+        return json_response(
+            {
+                "principals": [
+                    {
+                        "name": name,
+                        "type": kind,
+                        "public_key": keys[0] if keys else None,
+                        "authz_id": f"{kind}-{name}",
+                        "org_member": svc.identity.is_org_member(org, kind, name),
+                    }
+                ]
+            }
+        )
+
+
+def _check_actors_exist(
+    svc: Services, org: str, users: list[str], clients: list[str], groups: list[str]
+) -> None:
+    ident = svc.identity
+    for u in users:
+        if u not in ident.users:
+            raise ValidationError(f"invalid actors.users: user '{u}' does not exist")
+    for c in clients:
+        if c not in ident.clients.get(org, {}):
+            raise ValidationError(f"invalid actors.clients: client '{c}' does not exist")
+    for g in groups:
+        if g not in ident.groups.get(org, {}):
+            raise ValidationError(f"invalid actors.groups: group '{g}' does not exist")

@@ -1,0 +1,98 @@
+"""Node routes: ``config/NODE``, ``node_states`` and ``node_states/NODE`` (``API.md`` §3)."""
+
+from __future__ import annotations
+
+from email.utils import formatdate
+from typing import Any
+from urllib.parse import urlsplit
+
+from quart import Response, request
+from quart_trio import QuartTrio
+
+from ..errors import AuthError, NotFoundError
+from ..model import valid_name
+from ..nodes.registry import NodeRegistry
+from ._app import json_response, require_accept, signed
+from ._auth import require
+from ._context import Services
+from ._identity import _route_org
+
+__all__ = ["register", "rfc1123"]
+
+
+def rfc1123(t: float) -> str:
+    """``Tue, 04 Sep 2012 23:01:02 GMT``."""
+    return formatdate(t, usegmt=True)
+
+
+def _state_doc(registry: NodeRegistry, org: str, name: str) -> dict[str, Any]:
+    doc = registry.state(org, name)
+    if "updated_at" in doc:
+        doc["updated_at"] = rfc1123(doc["updated_at"])
+    return doc
+
+
+def register(app: QuartTrio, svc: Services) -> None:
+    """Register the node routes on ``app``."""
+    registry: NodeRegistry = svc.nodes
+
+    @app.route("/organizations/<org>/pushy/config/<node>", methods=["GET"])
+    async def node_config(org: str, node: str) -> Response:
+        require_accept()
+        org = _route_org(svc, org)
+        who = await signed(svc, org)
+        if who.kind == "client" and who.name != node and not who.is_pivotal:
+            raise AuthError(403, "Client and node name must match")
+        require(svc, org, who, "read")
+        if not valid_name(node):
+            raise NotFoundError(f"node '{node[:300]}' not found")
+        host = svc.config.server_name or urlsplit(f"//{request.headers.get('Host', '')}").hostname
+        host = host or "localhost"
+        url_host = f"[{host}]" if ":" in host else host
+        hb = svc.config.heartbeat
+        return json_response(
+            {
+                "type": "config",
+                "host": host,
+                "node": node,
+                "organization": org,
+                "public_key": svc.server_public_pem,
+                "push_jobs": {
+                    "heartbeat": {
+                        "interval": hb.interval,
+                        "offline_threshold": hb.offline_threshold,
+                        "online_threshold": 2,
+                    },
+                    "connect_url": f"{svc.node_scheme}://{url_host}:{svc.node_port}"
+                    f"/organizations/{org}/pushy/connect/{node}",
+                },
+                "lifetime": 3600,
+                "max_message_skew": 300,
+                "max_body_size": svc.config.limits.max_frame_bytes,
+                "incarnation_id": svc.incarnation_id,
+            }
+        )
+
+    @app.route("/organizations/<org>/pushy/config", methods=["GET"])
+    async def node_config_without_node(org: str) -> Response:
+        raise NotFoundError("not found")
+
+    @app.route("/organizations/<org>/pushy/node_states", methods=["GET"])
+    async def node_states(org: str) -> Response:
+        require_accept()
+        org = _route_org(svc, org)
+        who = await signed(svc, org)
+        require(svc, org, who, "read")
+        clients = svc.identity.clients.get(org, {})
+        names = [n for n in registry.known_nodes(org) if n in clients]
+        return json_response([_state_doc(registry, org, n) for n in names])
+
+    @app.route("/organizations/<org>/pushy/node_states/<node>", methods=["GET"])
+    async def node_state(org: str, node: str) -> Response:
+        require_accept()
+        org = _route_org(svc, org)
+        who = await signed(svc, org)
+        require(svc, org, who, "read")
+        if node not in svc.identity.clients.get(org, {}):
+            raise NotFoundError(f"node '{node[:300]}' not found")
+        return json_response(_state_doc(registry, org, node))

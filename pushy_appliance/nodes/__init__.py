@@ -1,0 +1,1 @@
+"""Nodes on the server side: the registry of live sessions and stored node states."""

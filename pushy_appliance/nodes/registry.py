@@ -1,0 +1,392 @@
+"""The node registry: live node sessions, heartbeats, offline detection and node states.
+
+One :class:`NodeSession` per connected node. Frames to a node go through its bounded outbox
+(:meth:`NodeSession.send`, never blocking); a node whose outbox is full is disconnected as
+stuck rather than slowing anyone else. One ticker task sends the server heartbeat to every
+node each interval (the frame body is packed once per tick) and closes the sessions that sent
+nothing for ``offline_threshold`` intervals.
+
+Status changes (online, offline) are stored as ``node.seen`` records (see :class:`NodeModel`),
+not every heartbeat. The job engine plugs in as a :class:`JobLink`; without one, every node
+that reports a job is sent to rehab.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import trio
+
+from .. import protocol
+from ..db import Database
+from ..protocol import Frame
+
+__all__ = [
+    "CLOSE_DELETED",
+    "CLOSE_GOING_AWAY",
+    "CLOSE_PROTOCOL",
+    "CLOSE_REPLACED",
+    "CLOSE_STUCK",
+    "CLOSE_TIMEOUT",
+    "JobLink",
+    "NodeModel",
+    "NodeRegistry",
+    "NodeSession",
+    "RegistryStatistics",
+]
+
+log = logging.getLogger(__name__)
+
+CLOSE_GOING_AWAY = 1001
+CLOSE_PROTOCOL = 1008
+CLOSE_REPLACED = 4001
+CLOSE_DELETED = 4003
+CLOSE_STUCK = 4008
+CLOSE_TIMEOUT = 4009
+
+
+class NodeModel:
+    """Stored node facts: last status change and facts per ``(org, node)``.
+
+    Records: ``node.seen {org, name, status, at, facts}`` where ``status`` is ``online`` or
+    ``offline`` and ``at`` is seconds since the epoch.
+    """
+
+    def __init__(self) -> None:
+        self.nodes: dict[tuple[str, str], dict[str, Any]] = {}
+
+    def apply(self, r: dict[str, Any]) -> None:
+        t = r.get("t")
+        if t == "node.seen":
+            entry = self.nodes.setdefault((r["org"], r["name"]), {})
+            entry["status"] = r["status"]
+            entry["at"] = r["at"]
+            if r.get("facts") is not None:
+                entry["facts"] = r["facts"]
+        elif t == "client.del":
+            self.nodes.pop((r["org"], r["name"]), None)
+        elif t == "org.del":
+            for key in [k for k in self.nodes if k[0] == r["name"]]:
+                del self.nodes[key]
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        return [{"org": o, "name": n, **v} for (o, n), v in self.nodes.items()]
+
+    def load(self, snap: list[dict[str, Any]]) -> None:
+        self.nodes = {}
+        for entry in snap:
+            e = dict(entry)
+            self.nodes[(e.pop("org"), e.pop("name"))] = e
+
+
+class JobLink(Protocol):
+    """What the registry asks of the job engine."""
+
+    async def node_hello(self, session: NodeSession, hello: protocol.Hello) -> None:
+        """A node connected (``welcome`` already sent). Re-attach it or send it to rehab."""
+
+    async def node_frame(self, session: NodeSession, frame: Frame) -> None:
+        """A job frame from a node (``ack_commit`` … ``result``, ``aborted``)."""
+
+    async def node_lost(self, session: NodeSession) -> None:
+        """A node's session ended."""
+
+
+class RehabOnly:
+    """The :class:`JobLink` used without a job engine: every held job is sent to rehab."""
+
+    async def node_hello(self, session: NodeSession, hello: protocol.Hello) -> None:
+        if hello.job_id is not None or hello.pending_result is not None:
+            session.start_rehab()
+
+    async def node_frame(self, session: NodeSession, frame: Frame) -> None:
+        if isinstance(frame, protocol.Aborted):
+            session.end_rehab()
+        elif isinstance(frame, protocol.Result):
+            session.send(protocol.ResultAck, job_id=frame.job_id)
+        else:
+            session.start_rehab()
+
+    async def node_lost(self, session: NodeSession) -> None:
+        return None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RegistryStatistics:
+    sessions: int
+    online: int
+    available: int
+    dropped_stuck: int
+    timed_out: int
+
+
+class NodeSession:
+    """One live node connection.
+
+    Attributes:
+        org, name: who it is.
+        incarnation_id: the agent's incarnation from ``hello``.
+        facts: the node facts from ``hello``.
+        job_id: the job the server has this node in, or ``None``.
+        rehab: waiting for ``aborted`` after a rehab ``abort``.
+        close_code: set once the session is closing.
+    """
+
+    __slots__ = (
+        "_close_requested",
+        "_outbox",
+        "_seq",
+        "close_code",
+        "close_reason",
+        "connected_at",
+        "facts",
+        "incarnation_id",
+        "job_id",
+        "last_received",
+        "last_sent",
+        "name",
+        "org",
+        "rehab",
+    )
+
+    def __init__(
+        self,
+        org: str,
+        name: str,
+        hello: protocol.Hello,
+        outbox: trio.MemorySendChannel[bytes],
+        close_requested: Callable[[NodeSession], None],
+    ) -> None:
+        self.org = org
+        self.name = name
+        self.incarnation_id = hello.incarnation_id
+        self.facts = dict(hello.facts)
+        self.job_id: str | None = None
+        self.rehab = False
+        self.connected_at = trio.current_time()
+        self.last_received = self.connected_at
+        self.last_sent = self.connected_at
+        self.close_code: int | None = None
+        self.close_reason = ""
+        self._outbox = outbox
+        self._seq = protocol.Sequencer()
+        self._close_requested = close_requested
+
+    def __repr__(self) -> str:
+        return f"<node {self.org}/{self.name} incarnation {self.incarnation_id[:8]}>"
+
+    @property
+    def available(self) -> bool:
+        return self.close_code is None and not self.rehab and self.job_id is None
+
+    def send(self, cls: type[Any], **fields: Any) -> bool:
+        """Queue a frame of type ``cls`` (``seq`` and ``ts`` filled in). Never blocks.
+
+        Returns:
+            ``False`` when the session is closing or its outbox is full (it is then closed
+            as stuck).
+        """
+        frame = cls(seq=self._seq.next(), ts=time.time(), **fields)
+        return self.send_bytes(protocol.encode(frame))
+
+    def send_bytes(self, data: bytes) -> bool:
+        """Queue already-encoded bytes (the caller took ``seq`` from :meth:`next_seq`)."""
+        if self.close_code is not None:
+            return False
+        try:
+            self._outbox.send_nowait(data)
+        except trio.WouldBlock:
+            log.warning("node %s/%s: outbox full, dropping the connection", self.org, self.name)
+            self.close(CLOSE_STUCK, "outbox full")
+            return False
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return False
+        self.last_sent = trio.current_time()
+        return True
+
+    def next_seq(self) -> int:
+        return self._seq.next()
+
+    def start_rehab(self) -> None:
+        """Send ``abort {job_id: nil}`` and hold the node unavailable until ``aborted``."""
+        self.rehab = True
+        self.send(protocol.Abort, job_id=None)
+
+    def end_rehab(self) -> None:
+        self.rehab = False
+
+    def close(self, code: int, reason: str) -> None:
+        """Ask the connection to close with ``code`` (idempotent, never blocks)."""
+        if self.close_code is None:
+            self.close_code = code
+            self.close_reason = reason
+            self._close_requested(self)
+
+
+class NodeRegistry:
+    """Live sessions by ``(org, node)``, the heartbeat ticker and stored node states.
+
+    Args:
+        db: the database (its ``nodes`` model is a :class:`NodeModel`).
+        incarnation_id: the server's incarnation, sent in heartbeats.
+        interval: heartbeat interval in seconds.
+        offline_threshold: intervals of silence after which a node is offline.
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        incarnation_id: str,
+        *,
+        interval: float,
+        offline_threshold: int,
+        outbox_size: int = 256,
+    ) -> None:
+        self.db = db
+        self.incarnation_id = incarnation_id
+        self.interval = interval
+        self.offline_threshold = offline_threshold
+        self.outbox_size = outbox_size
+        self.sessions: dict[tuple[str, str], NodeSession] = {}
+        self.link: JobLink = RehabOnly()
+        self._template = protocol.HeartbeatTemplate(incarnation_id)
+        self._dropped_stuck = 0
+        self._timed_out = 0
+        self._closers: dict[NodeSession, Callable[[int, str], None]] = {}
+
+    @property
+    def model(self) -> NodeModel:
+        model = self.db.models["nodes"]
+        assert isinstance(model, NodeModel)
+        return model
+
+    # --- sessions ---------------------------------------------------------------------------
+
+    def open_session(
+        self,
+        org: str,
+        name: str,
+        hello: protocol.Hello,
+        closer: Callable[[int, str], None],
+    ) -> tuple[NodeSession, trio.MemoryReceiveChannel[bytes]]:
+        """Register a new connection, replacing (and closing) an older one for the node.
+
+        Args:
+            closer: called (never blocking) when the session must close, with code and reason.
+
+        Returns:
+            The session and the receiving end of its outbox, for the connection's writer.
+        """
+        send, receive = trio.open_memory_channel[bytes](self.outbox_size)
+        session = NodeSession(org, name, hello, send, self._on_close_requested)
+        self._closers[session] = closer
+        old = self.sessions.get((org, name))
+        if old is not None:
+            log.info("node %s/%s: new connection replaces the old one", org, name)
+            old.close(CLOSE_REPLACED, "replaced by a new connection")
+        self.sessions[(org, name)] = session
+        return session, receive
+
+    def _on_close_requested(self, session: NodeSession) -> None:
+        if session.close_code == CLOSE_STUCK:
+            self._dropped_stuck += 1
+        closer = self._closers.get(session)
+        if closer is not None:
+            closer(session.close_code or 1000, session.close_reason)
+
+    def forget(self, session: NodeSession) -> bool:
+        """Remove a session that ended. Returns whether it was the node's current session."""
+        self._closers.pop(session, None)
+        if session.close_code is None:
+            session.close_code = 1006
+        if self.sessions.get((session.org, session.name)) is session:
+            del self.sessions[(session.org, session.name)]
+            return True
+        return False
+
+    def get(self, org: str, name: str) -> NodeSession | None:
+        return self.sessions.get((org, name))
+
+    def is_available(self, org: str, name: str) -> bool:
+        s = self.sessions.get((org, name))
+        return s is not None and s.available
+
+    def disconnect(self, org: str, name: str, code: int, reason: str) -> None:
+        """Close the node's session, if it has one (client deleted, …)."""
+        s = self.sessions.get((org, name))
+        if s is not None:
+            s.close(code, reason)
+
+    def close_all(self, code: int, reason: str) -> None:
+        for s in list(self.sessions.values()):
+            s.close(code, reason)
+
+    def statistics(self) -> RegistryStatistics:
+        online = len(self.sessions)
+        available = sum(1 for s in self.sessions.values() if s.available)
+        return RegistryStatistics(online, online, available, self._dropped_stuck, self._timed_out)
+
+    # --- stored states ----------------------------------------------------------------------
+
+    async def record_status(
+        self, org: str, name: str, status: str, facts: dict[str, Any] | None = None
+    ) -> None:
+        await self.db.commit(
+            {"t": "node.seen", "org": org, "name": name, "status": status, "at": time.time(), "facts": facts}
+        )
+
+    def state(self, org: str, name: str) -> dict[str, Any]:
+        """``{"node_name","status","availability","updated_at"?}`` with ``updated_at`` a float."""
+        s = self.sessions.get((org, name))
+        stored = self.model.nodes.get((org, name))
+        doc: dict[str, Any] = {
+            "node_name": name,
+            "status": "online" if s is not None else "offline",
+            "availability": "available" if s is not None and s.available else "unavailable",
+        }
+        if stored is not None:
+            doc["updated_at"] = stored["at"]
+        return doc
+
+    def known_nodes(self, org: str) -> list[str]:
+        """Nodes of ``org`` that ever connected (and still exist as clients)."""
+        names = {n for (o, n) in self.model.nodes if o == org}
+        names.update(n for (o, n) in self.sessions if o == org)
+        return sorted(names)
+
+    # --- ticker -----------------------------------------------------------------------------
+
+    def tick(self) -> None:
+        """Send heartbeats where due and close sessions that went silent."""
+        now = trio.current_time()
+        ts = time.time()
+        render = self._template.render
+        silent_after = self.offline_threshold * self.interval
+        due = now - self.interval * 0.999
+        for s in list(self.sessions.values()):
+            if now - s.last_received > silent_after:
+                self._timed_out += 1
+                log.info(
+                    "node %s/%s: no frame for %.1f s, marking offline",
+                    s.org,
+                    s.name,
+                    now - s.last_received,
+                )
+                s.close(CLOSE_TIMEOUT, "heartbeat timeout")
+                continue
+            if s.last_sent <= due:
+                s.send_bytes(render(s.next_seq(), ts))
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run the heartbeat ticker until cancelled.
+
+        Start-up: ready at once.
+        """
+        task_status.started()
+        while True:
+            await trio.sleep(self.interval)
+            self.tick()

@@ -1,0 +1,97 @@
+"""Test helpers: an in-process appliance on port 0 and a signed HTTP client."""
+
+from __future__ import annotations
+
+import json
+import ssl
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import trio
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from pushy_appliance import chef_auth
+from pushy_appliance.appliance import ServerInfo, serve
+from pushy_appliance.config import ServerConfig, load_server_config
+
+
+def test_config(data_dir: Path, **flags: Any) -> ServerConfig:
+    """A server config on 127.0.0.1 port 0 with fast heartbeats, for tests."""
+    base = {"data_dir": str(data_dir), "listen": "127.0.0.1:0"}
+    base.update(flags)
+    return load_server_config(
+        environ={"PUSHY_HEARTBEAT_INTERVAL": "0.5", "PUSHY_LOG_LEVEL": "debug"}, flags=base
+    )
+
+
+test_config.__test__ = False  # type: ignore[attr-defined]
+
+
+@asynccontextmanager
+async def running_server(config: ServerConfig) -> AsyncIterator[ServerInfo]:
+    """The whole appliance in-process; cancelled (hard stop) on exit."""
+    async with trio.open_nursery() as nursery:
+        info: ServerInfo = await nursery.start(serve, config)
+        try:
+            yield info
+        finally:
+            nursery.cancel_scope.cancel()
+
+
+class Signed:
+    """A signed JSON client for one principal against a running appliance."""
+
+    def __init__(
+        self, http: httpx.AsyncClient, base: str, user: str, key: rsa.RSAPrivateKey
+    ) -> None:
+        self.http = http
+        self.base = base
+        self.user = user
+        self.key = key
+
+    @classmethod
+    def from_file(cls, http: httpx.AsyncClient, base: str, user: str, path: Path) -> Signed:
+        return cls(http, base, user, chef_auth.load_private_key(path.read_bytes()))
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        raw: bytes | None = None,
+        headers: dict[str, str] | None = None,
+        version: str = "1.3",
+    ) -> httpx.Response:
+        data = raw if raw is not None else (b"" if body is None else json.dumps(body).encode())
+        h = chef_auth.sign_request(method, path, data, self.user, self.key, version=version)
+        if data:
+            h["Content-Type"] = "application/json"
+        h.update(headers or {})
+        return await self.http.request(method, self.base + path, content=data or None, headers=h)
+
+    async def get(self, path: str, **kw: Any) -> httpx.Response:
+        return await self.request("GET", path, **kw)
+
+    async def post(self, path: str, body: Any = None, **kw: Any) -> httpx.Response:
+        return await self.request("POST", path, body, **kw)
+
+    async def put(self, path: str, body: Any = None, **kw: Any) -> httpx.Response:
+        return await self.request("PUT", path, body, **kw)
+
+    async def delete(self, path: str, **kw: Any) -> httpx.Response:
+        return await self.request("DELETE", path, **kw)
+
+
+@asynccontextmanager
+async def admin_client(info: ServerInfo, user: str = "admin") -> AsyncIterator[Signed]:
+    """A :class:`Signed` client as ``admin`` (or ``pivotal``) trusting the data dir's CA."""
+    ca = info.data_dir / "tls" / "ca.pem"
+    verify: Any = False
+    if info.url.startswith("https"):
+        verify = ssl.create_default_context(cafile=str(ca))
+    async with httpx.AsyncClient(verify=verify, timeout=30) as http:
+        yield Signed.from_file(http, info.url, user, info.data_dir / "keys" / f"{user}.pem")

@@ -1,0 +1,181 @@
+"""The identity routes and the HTTP error contract, against the real appliance on port 0."""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+
+import httpx
+import pytest
+
+from pushy_appliance import chef_auth
+
+from helpers import Signed, admin_client, running_server, test_config
+
+
+async def test_status_over_tls_verified_by_the_data_dir_ca(tmp_path: Path) -> None:
+    async with running_server(test_config(tmp_path)) as info:
+        assert info.url.startswith("https://127.0.0.1:")
+        ctx = ssl.create_default_context(cafile=str(tmp_path / "tls" / "ca.pem"))
+        async with httpx.AsyncClient(verify=ctx) as http:
+            r = await http.get(info.url + "/pushy/_status")
+            assert r.status_code == 200
+            doc = r.json()
+            assert doc["status"] == "it's alive"
+            assert doc["incarnation_id"] == info.incarnation_id
+            assert doc["store"]["records"] >= 1
+            r = await http.post(info.url + "/pushy/_status")
+            assert r.status_code == 405
+            assert "GET" in r.headers["Allow"]
+        # an untrusting client is refused by TLS itself
+        async with httpx.AsyncClient(verify=ssl.create_default_context()) as http:
+            with pytest.raises(httpx.ConnectError):
+                await http.get(info.url + "/pushy/_status")
+
+
+async def test_first_start_layout(tmp_path: Path) -> None:
+    async with running_server(test_config(tmp_path)) as info:
+        for rel in ("keys/pivotal.pem", "keys/admin.pem", "tls/server.key", "tls/ca.key"):
+            assert (tmp_path / rel).stat().st_mode & 0o777 == 0o600, rel
+        assert (tmp_path / "tls" / "ca.pem").exists()
+        creds = (tmp_path / "credentials").read_text()
+        assert f'chef_server_url = "{info.url}/organizations/default"' in creds
+        assert 'client_name = "admin"' in creds
+        server_json = (tmp_path / "run" / "server.json").read_text()
+        assert info.url in server_json
+        async with admin_client(info) as admin:
+            r = await admin.get("/organizations/default/groups/admins")
+            assert r.status_code == 200
+            assert r.json()["users"] == ["admin"]
+
+
+async def test_client_lifecycle_and_conflicts(tmp_path: Path) -> None:
+    async with running_server(test_config(tmp_path)) as info, admin_client(info) as admin:
+        r = await admin.post(
+            "/organizations/default/clients", {"name": "node1", "create_key": True}
+        )
+        assert r.status_code == 201, r.text
+        doc = r.json()
+        assert doc["uri"].endswith("/organizations/default/clients/node1")
+        assert r.headers["Location"] == doc["uri"]
+        key = chef_auth.load_private_key(doc["chef_key"]["private_key"])
+        r = await admin.post(
+            "/organizations/default/clients", {"name": "node1", "create_key": True}
+        )
+        assert r.status_code == 409
+        assert r.json() == {"error": ["client 'node1' already exists"]}
+        r = await admin.get("/organizations/default/clients")
+        assert set(r.json()) == {"node1"}
+        # the new client can sign requests
+        node = Signed(admin.http, admin.base, "node1", key)
+        r = await node.get("/organizations/default/clients/node1")
+        assert r.status_code == 200
+        assert r.json()["name"] == "node1"
+        # but not write
+        r = await node.post("/organizations/default/clients", {"name": "x", "create_key": True})
+        assert r.status_code == 403
+        assert r.json() == {
+            "error": ["User or client 'node1' does not have access to that action on this server."]
+        }
+        r = await admin.delete("/organizations/default/clients/node1")
+        assert r.status_code == 200
+        r = await node.get("/organizations/default/clients")
+        assert r.status_code == 401
+
+
+async def test_org_user_group_routes(tmp_path: Path) -> None:
+    async with running_server(test_config(tmp_path)) as info:
+        async with admin_client(info, "pivotal") as piv:
+            r = await piv.post("/organizations", {"name": "acme", "full_name": "Acme"})
+            assert r.status_code == 201, r.text
+            r = await piv.post("/organizations", {"name": "acme"})
+            assert r.status_code == 409
+            r = await piv.post("/users", {"username": "alice", "create_key": True})
+            assert r.status_code == 201
+            alice = Signed(
+                piv.http,
+                piv.base,
+                "alice",
+                chef_auth.load_private_key(r.json()["chef_key"]["private_key"]),
+            )
+            # not a member yet
+            r = await alice.get("/organizations/acme/clients")
+            assert r.status_code == 403
+            assert r.json() == {"error": ["'alice' is not associated with organization 'acme'"]}
+            r = await piv.post("/organizations/acme/users", {"username": "alice"})
+            assert r.status_code == 201
+            r = await alice.get("/organizations/acme/clients")
+            assert r.status_code == 200
+            # nested groups: ops contains alice, admins contains ops
+            r = await piv.post(
+                "/organizations/acme/groups", {"groupname": "ops", "actors": {"users": ["alice"]}}
+            )
+            assert r.status_code == 201, r.text
+            r = await alice.post("/organizations/acme/clients", {"name": "n1", "create_key": True})
+            assert r.status_code == 403
+            r = await piv.put(
+                "/organizations/acme/groups/admins",
+                {"groupname": "admins", "actors": {"users": [], "clients": [], "groups": ["ops"]}},
+            )
+            assert r.status_code == 200, r.text
+            assert r.json()["groups"] == ["ops"]
+            r = await alice.post("/organizations/acme/clients", {"name": "n1", "create_key": True})
+            assert r.status_code == 201
+            n1_key = chef_auth.load_private_key(r.json()["chef_key"]["private_key"])
+            r = await piv.get("/organizations/acme/principals/n1")
+            assert r.json()["principals"][0]["type"] == "client"
+            # a client of acme is an unknown principal in default
+            n1 = Signed(piv.http, piv.base, "n1", n1_key)
+            assert (await n1.get("/organizations/acme/clients")).status_code == 200
+            r = await n1.get("/organizations/default/clients")
+            assert r.status_code == 401
+            assert "WWW-Authenticate" in r.headers
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "needle"),
+    [
+        (b"{not json", 400, "invalid JSON body"),
+        (b"[1,2]", 400, "invalid JSON body"),
+        (b'{"name": 5}', 400, "field 'name'"),
+        (b'{"name": "a/b", "create_key": true}', 400, "invalid name"),
+        (b'{"name": "..", "create_key": true}', 400, "invalid name"),
+        (b'{"name": "x", "create_key": "yes"}', 400, "create_key"),
+        (b'{"name": "x", "public_key": "not a key"}', 400, "public_key"),
+    ],
+)
+async def test_bad_input_is_a_4xx_naming_the_problem(
+    tmp_path: Path, body: bytes, status: int, needle: str
+) -> None:
+    async with running_server(test_config(tmp_path)) as info, admin_client(info) as admin:
+        r = await admin.post("/organizations/default/clients", raw=body)
+        assert r.status_code == status, r.text
+        assert needle in r.text
+        # and the server keeps serving
+        r = await admin.get("/organizations/default/clients")
+        assert r.status_code == 200
+
+
+async def test_limits_and_content_types(tmp_path: Path) -> None:
+    async with running_server(test_config(tmp_path)) as info, admin_client(info) as admin:
+        big = b'{"name":"' + b"x" * 1_000_001 + b'"}'
+        r = await admin.post("/organizations/default/clients", raw=big)
+        assert r.status_code == 413
+        assert r.json() == {"error": "JSON must be no more than 1000000 bytes."}
+        r = await admin.post(
+            "/organizations/default/clients", raw=b"name=x", headers={"Content-Type": "text/plain"}
+        )
+        assert r.status_code == 415
+        r = await admin.get("/organizations/default/clients", headers={"Accept": "text/html"})
+        assert r.status_code == 406
+        r = await admin.get("/organizations/default/nothing-here")
+        assert r.status_code == 404
+        assert r.json() == {"error": ["not found"]}
+        r = await admin.request("PATCH", "/organizations/default/clients")
+        assert r.status_code == 405
+        # a trailing slash is ignored
+        r = await admin.get("/organizations/default/clients/")
+        assert r.status_code == 200
+        r = await admin.get("/organizations/nope/clients")
+        assert r.status_code == 404
+        assert r.json() == {"error": ["organization 'nope' does not exist."]}
