@@ -6,6 +6,7 @@ map the tree to status codes in one place (``http/_errors.py``)::
 
     PushyError
     ├── ConfigError              bad configuration file, environment variable or flag
+    ├── KeyFormatError           a key (PEM) that cannot be read or used for signing
     ├── StoreError               the store cannot be opened, read or written
     │   └── StoreCorruptError    a record failed its CRC or could not be decoded
     ├── ProtocolError            a node frame that is not what the protocol says
@@ -53,6 +54,18 @@ class ConfigError(PushyError):
         self.reason = reason
         where = f"{source}: {key}" if key else source
         super().__init__(f"{where}: {reason}")
+
+
+class KeyFormatError(PushyError):
+    """A key that cannot be read, or cannot be used for what was asked of it.
+
+    Attributes:
+        reason: what is wrong with the key (never the key material itself).
+    """
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
 
 
 class StoreError(PushyError):
@@ -126,9 +139,7 @@ class ValidationError(ApiError):
 class AuthError(ApiError):
     """An authentication or authorization refusal, with the list-form body of Chef Server."""
 
-    def __init__(
-        self, status: int, message: str, *, headers: dict[str, str] | None = None
-    ) -> None:
+    def __init__(self, status: int, message: str, *, headers: dict[str, str] | None = None) -> None:
         super().__init__(message, headers=headers)
         self.status = status
 
@@ -238,7 +249,9 @@ class TLSUntrustedError(ClientError):
         self.url = url
         self.fingerprint = fingerprint
         self.reason = reason
-        hint = f" (server fingerprint {fingerprint}; pin it with --fingerprint)" if fingerprint else ""
+        hint = (
+            f" (server fingerprint {fingerprint}; pin it with --fingerprint)" if fingerprint else ""
+        )
         super().__init__(f"TLS certificate of {url} is not trusted: {reason}{hint}")
 
 
