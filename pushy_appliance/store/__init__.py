@@ -1,0 +1,113 @@
+"""The append-only store: records made durable before they are acknowledged.
+
+``open_store(directory)`` recovers the store in ``directory`` (``None``: a MemoryStore),
+starts its single writer task and yields a :class:`Store`::
+
+    async with open_store(data_dir / "store") as store:
+        state = rebuild(store.recovered.snapshot, store.recovered.records)
+        seq = await store.append({"type": "job_created", "id": job_id})  # durable now
+        ...
+        await store.write_snapshot(state_as_msgpack(), seq)
+
+The on-disk format is specified in ``_format``'s docstring; recovery and its rules on damage
+in ``_file``'s; the group commit in ``_base``'s. ``verify_store`` checks a store without
+changing it (``pushy store verify``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import trio
+
+from ._base import GroupCommitStore, Recovered, Store, StoreStatistics
+from ._file import FileStore
+from ._format import MAX_RECORD_BYTES
+from ._memory import MemoryStore
+from ._verify import VerifyReport, verify_store
+
+__all__ = [
+    "MAX_RECORD_BYTES",
+    "FileStore",
+    "MemoryStore",
+    "Recovered",
+    "Store",
+    "StoreStatistics",
+    "VerifyReport",
+    "open_store",
+    "verify_store",
+]
+
+log = logging.getLogger(__name__)
+
+
+@asynccontextmanager
+async def open_store(
+    directory: str | os.PathLike[str] | None,
+    *,
+    fsync: bool = True,
+    segment_bytes: int = 64 * 1024 * 1024,
+    queue_size: int = 4096,
+    close_timeout: float = 30.0,
+) -> AsyncIterator[Store]:
+    """Open (creating it if needed) and recover a store, and run its writer.
+
+    Args:
+        directory: the store's directory (``DATA/store``), created with ``quarantine/`` if
+            missing; ``None`` for a :class:`MemoryStore`.
+        fsync: fsync every group, snapshot and directory change. ``False`` is for fast unit
+            tests only: nothing is durable then.
+        segment_bytes: size after which the writer starts a new segment.
+        queue_size: capacity of the writer's request channel; appends wait when it is full.
+        close_timeout: seconds the exit may spend committing what is still queued.
+
+    Yields:
+        The store, recovered, with its writer running.
+
+    Raises:
+        ValueError: when ``segment_bytes`` or ``queue_size`` is below 1.
+        StoreCorruptError: damage that recovery must not cut: in a segment other than the
+            newest, or missing seqs.
+        StoreError: the directory cannot be created, locked, read or written.
+
+    Start-up: recovery runs in a worker thread before the block is entered.
+
+    Cancellation: on exit, by exception or cancellation too, the writer commits everything
+    already queued under a shielded cancel scope bounded by ``close_timeout``, then the files
+    are closed and the lock released. Appends still waiting after that get StoreError.
+    """
+    if segment_bytes < 1:
+        raise ValueError("segment_bytes must be at least 1")
+    store: GroupCommitStore
+    if directory is None:
+        store = MemoryStore(queue_size=queue_size)
+    else:
+        store = await FileStore.open(
+            directory, fsync=fsync, segment_bytes=segment_bytes, queue_size=queue_size
+        )
+    body_error: BaseException | None = None
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(store.run)
+            try:
+                yield store
+            except BaseException as e:
+                # Re-raised below, outside the nursery, so that it is not wrapped in an
+                # ExceptionGroup on its way out.
+                body_error = e
+            finally:
+                with trio.move_on_after(close_timeout, shield=True) as scope:
+                    await store.aclose()
+                if scope.cancelled_caught:
+                    log.error(
+                        "store: pending records not flushed within %.1f s; they are lost",
+                        close_timeout,
+                    )
+                nursery.cancel_scope.cancel()
+    finally:
+        store.release()
+    if body_error is not None:
+        raise body_error

@@ -1,0 +1,414 @@
+"""What every store is, and the group-commit writer both implementations share.
+
+One writer task owns the log. :meth:`GroupCommitStore.append_many` frames the records in the
+caller's task (so a record msgpack cannot represent fails right there), puts them on a
+bounded channel with an event, and waits. The writer takes everything queued at that moment,
+commits it as ONE group (one write, one fsync), assigns the seqs, then wakes every caller of
+the group. A failed commit fails every caller of the group and the store itself: later calls
+raise :class:`~pushy_appliance.errors.StoreError` at once, because after a failed fsync
+nobody knows what reached the disk.
+
+Work that must not interleave with appends (rotating the segment after a snapshot, deleting
+what the snapshot made obsolete) travels down the same channel as a control item and runs in
+the writer, between two groups.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol
+
+import trio
+
+from ..errors import StoreError
+from ._format import encode_record, encode_snapshot
+
+__all__ = ["GroupCommitStore", "Recovered", "Store", "StoreStatistics"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Recovered:
+    """What replay found when the store was opened.
+
+    Attributes:
+        snapshot: the state of the newest valid snapshot, or ``None`` if there was none.
+        snapshot_seq: the seq that snapshot is as of (0 without one).
+        records: ``(seq, record)`` for every record with seq > ``snapshot_seq``, in order.
+    """
+
+    snapshot: Any | None
+    snapshot_seq: int
+    records: list[tuple[int, dict[str, Any]]]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class StoreStatistics:
+    """A cheap picture of a store (see :meth:`Store.statistics`).
+
+    Attributes:
+        records: records with seq > ``snapshot_seq``: what a reopen would replay.
+        bytes: total size of the segment files (MemoryStore: of the frames it holds).
+        segments: number of segment files (0 for MemoryStore).
+        last_seq: seq of the newest durable record (0 when empty).
+        snapshot_seq: seq of the newest snapshot (0 without one).
+        fsyncs: groups committed since open; each is one fsync when ``fsync=True``.
+        pending: records handed to ``append``/``append_many`` that are not durable yet.
+    """
+
+    records: int
+    bytes: int
+    segments: int
+    last_seq: int
+    snapshot_seq: int
+    fsyncs: int
+    pending: int
+
+
+class Store(Protocol):
+    """The append-only store, as :func:`~pushy_appliance.store.open_store` yields it."""
+
+    @property
+    def recovered(self) -> Recovered:
+        """What replay found at open."""
+        ...
+
+    @property
+    def last_seq(self) -> int:
+        """Seq of the newest durable record (0 when empty)."""
+        ...
+
+    async def append(self, record: dict[str, Any]) -> int:
+        """Append one record; return its seq once it is durable."""
+        ...
+
+    async def append_many(self, records: list[dict[str, Any]]) -> int:
+        """Append records as one group; return the last seq once all are durable."""
+        ...
+
+    async def write_snapshot(self, state: Any, seq: int) -> None:
+        """Persist ``state`` as everything up to ``seq`` and drop what it makes obsolete."""
+        ...
+
+    def statistics(self) -> StoreStatistics:
+        """Counters, without I/O."""
+        ...
+
+
+@dataclasses.dataclass(eq=False, slots=True)
+class _Append:
+    frames: list[bytes]
+    done: trio.Event = dataclasses.field(default_factory=trio.Event)
+    last_seq: int = 0
+    error: str | None = None
+    cause: BaseException | None = None
+
+
+@dataclasses.dataclass(eq=False, slots=True)
+class _Control:
+    action: Callable[[], Awaitable[None]]
+    done: trio.Event = dataclasses.field(default_factory=trio.Event)
+    error: BaseException | None = None
+
+
+class GroupCommitStore:
+    """Base of both stores: the request channel, the writer task, seqs and counters.
+
+    Subclasses implement :meth:`_commit` (make frames durable), :meth:`_save_snapshot`
+    (make a snapshot file durable, outside the writer) and :meth:`_after_snapshot` (run in
+    the writer once the snapshot is durable), plus :meth:`_segment_figures`.
+
+    Args:
+        recovered: what the subclass's recovery found.
+        last_seq: the newest seq on disk after recovery.
+        queue_size: capacity of the request channel (requests, not records).
+    """
+
+    def __init__(self, recovered: Recovered, last_seq: int, *, queue_size: int) -> None:
+        if queue_size < 1:
+            raise ValueError("queue_size must be at least 1")
+        self._recovered = recovered
+        self._last_seq = last_seq
+        self._snapshot_seq = recovered.snapshot_seq
+        self._send, self._receive = trio.open_memory_channel[_Append | _Control](queue_size)
+        self._snapshot_lock = trio.Lock()
+        self._writer_done = trio.Event()
+        self._failure: str | None = None
+        self._closed = False
+        self._groups = 0
+        self._pending = 0
+
+    # --- the public face ---------------------------------------------------------------------
+
+    @property
+    def recovered(self) -> Recovered:
+        """What replay found at open."""
+        return self._recovered
+
+    @property
+    def last_seq(self) -> int:
+        """Seq of the newest durable record (0 when empty)."""
+        return self._last_seq
+
+    async def append(self, record: dict[str, Any]) -> int:
+        """Append one record and wait until it is durable.
+
+        Args:
+            record: a dict with string keys whose values msgpack can represent (bytes, str,
+                int, float, bool, None, lists and maps of those).
+
+        Returns:
+            The record's seq.
+
+        Raises:
+            TypeError: when the record is not a msgpack-serializable dict.
+            ValueError: when the record is larger than ``MAX_RECORD_BYTES``.
+            StoreError: when the store is closed or failed, or the write or fsync failed.
+
+        Cancellation: cancelled while the queue is full, nothing was appended. Cancelled
+        while waiting for the fsync, the record may still become durable (and be replayed),
+        but its seq is not returned.
+        """
+        return await self.append_many([record])
+
+    async def append_many(self, records: list[dict[str, Any]]) -> int:
+        """Append records as one group: all become durable with the same fsync.
+
+        Args:
+            records: dicts as for :meth:`append`. An empty list writes nothing.
+
+        Returns:
+            The seq of the last record (``last_seq`` for an empty list).
+
+        Raises:
+            TypeError, ValueError, StoreError: as for :meth:`append`; a record that cannot
+            be encoded fails the call before anything is queued.
+
+        Cancellation: as for :meth:`append`.
+        """
+        self._check_usable()
+        frames = [encode_record(r) for r in records]
+        if not frames:
+            await trio.lowlevel.checkpoint()
+            return self._last_seq
+        request = _Append(frames)
+        # Counted before the send: the writer may commit it before send() returns.
+        self._pending += len(frames)
+        try:
+            await self._send.send(request)
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            self._pending -= len(frames)
+            raise StoreError("the store is closed") from None
+        except BaseException:
+            self._pending -= len(frames)  # cancelled while the queue was full: not queued
+            raise
+        await request.done.wait()
+        if request.error is not None:
+            raise StoreError(request.error) from request.cause
+        return request.last_seq
+
+    async def write_snapshot(self, state: Any, seq: int) -> None:
+        """Persist ``state`` as the state after every record up to and including ``seq``.
+
+        The state is serialized in the calling task, so the caller may go on mutating its
+        objects once this returns or is cancelled. Then the snapshot file is written and
+        made durable, the writer starts a new segment, and only the newest two snapshots are
+        kept, with the segments the older one still needs.
+
+        Args:
+            state: a msgpack-serializable object.
+            seq: the seq it is as of: ``statistics().snapshot_seq <= seq <= last_seq``.
+
+        Raises:
+            ValueError: when ``seq`` is out of that range.
+            TypeError: when ``state`` is not msgpack-serializable.
+            StoreError: when the store is closed or failed, or a file operation failed.
+
+        Cancellation: the state is encoded before anything is written; from then on the work
+        is shielded (file I/O in a worker thread cannot be interrupted anyway), so a
+        cancellation takes effect once the snapshot and its clean-up are done.
+        """
+        self._check_usable()
+        async with self._snapshot_lock:
+            if not self._snapshot_seq <= seq <= self._last_seq:
+                raise ValueError(
+                    f"snapshot seq {seq} outside {self._snapshot_seq}..{self._last_seq}"
+                )
+            contents = encode_snapshot(state, seq)
+            control = _Control(lambda: self._after_snapshot(seq))
+            with trio.CancelScope(shield=True):
+                await self._save_snapshot(contents, seq)
+                self._snapshot_seq = seq
+                try:
+                    await self._send.send(control)
+                except (trio.ClosedResourceError, trio.BrokenResourceError):
+                    raise StoreError("the store closed during a snapshot") from None
+                await control.done.wait()
+            if control.error is not None:
+                raise StoreError(f"after the snapshot: {control.error}") from control.error
+
+    def statistics(self) -> StoreStatistics:
+        """Counters of the store. Cheap: no I/O.
+
+        Returns:
+            A frozen :class:`StoreStatistics`.
+        """
+        segments, size = self._segment_figures()
+        return StoreStatistics(
+            records=self._last_seq - self._snapshot_seq,
+            bytes=size,
+            segments=segments,
+            last_seq=self._last_seq,
+            snapshot_seq=self._snapshot_seq,
+            fsyncs=self._groups,
+            pending=self._pending,
+        )
+
+    # --- for subclasses ----------------------------------------------------------------------
+
+    async def _commit(self, frames: list[bytes], first_seq: int) -> None:
+        """Make ``frames`` durable as seqs ``first_seq``…; raise StoreError on failure."""
+        raise NotImplementedError
+
+    async def _save_snapshot(self, contents: bytes, seq: int) -> None:
+        """Make a snapshot file durable (outside the writer); raise StoreError on failure."""
+        raise NotImplementedError
+
+    async def _after_snapshot(self, seq: int) -> None:
+        """In the writer, once snapshot ``seq`` is durable: rotate and drop the obsolete."""
+        raise NotImplementedError
+
+    def _segment_figures(self) -> tuple[int, int]:
+        """``(segments, bytes)`` for :meth:`statistics`; no I/O."""
+        raise NotImplementedError
+
+    def release(self) -> None:
+        """Give back what the store holds (files, locks); call once the writer stopped."""
+
+    # --- the writer --------------------------------------------------------------------------
+
+    def _check_usable(self) -> None:
+        if self._failure is not None:
+            raise StoreError(f"the store failed earlier: {self._failure}")
+        if self._closed:
+            raise StoreError("the store is closed")
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The writer task: commit queued groups until the channel is closed.
+
+        Start-up: ready at once (``task_status.started()``).
+
+        Cancellation: a group being committed finishes its thread call first; its callers and
+        everything still queued are told the store closed. Normal shutdown is
+        :meth:`aclose`, which lets the writer drain the queue instead.
+        """
+        task_status.started()
+        try:
+            while True:
+                try:
+                    batch = [await self._receive.receive()]
+                except trio.EndOfChannel:
+                    break
+                while True:
+                    try:
+                        batch.append(self._receive.receive_nowait())
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        break
+                await self._process(batch)
+        finally:
+            # Tell everyone still queued before closing, or their waits would never end.
+            self._abandon_queued()
+            self._receive.close()
+            self._writer_done.set()
+
+    async def _process(self, batch: list[_Append | _Control]) -> None:
+        group: list[_Append] = []
+        for index, item in enumerate(batch):
+            if isinstance(item, _Append):
+                group.append(item)
+                continue
+            try:
+                await self._commit_group(group)
+                group = []
+                await self._control(item)
+            except BaseException:
+                self._abandon([*group, *batch[index:]])
+                raise
+        try:
+            await self._commit_group(group)
+        except BaseException:
+            self._abandon(group)
+            raise
+
+    async def _commit_group(self, group: list[_Append]) -> None:
+        if not group:
+            return
+        frames = [f for request in group for f in request.frames]
+        error: str | None = "the store closed before the record was durable"
+        cause: BaseException | None = None
+        try:
+            if self._failure is not None:
+                error = f"the store failed earlier: {self._failure}"
+                return
+            first = self._last_seq + 1
+            try:
+                await self._commit(frames, first)
+            except StoreError as e:
+                self._failure = str(e)
+                log.error("store: write failed, the store accepts no more records: %s", e)
+                error, cause = str(e), e
+                return
+            error = None
+            self._groups += 1
+            self._last_seq += len(frames)
+            seq = first - 1
+            for request in group:
+                seq += len(request.frames)
+                request.last_seq = seq
+        finally:
+            # Whatever happened (even cancellation), every caller of the group hears of it.
+            self._pending -= len(frames)
+            for request in group:
+                request.error, request.cause = error, cause
+                request.done.set()
+
+    async def _control(self, item: _Control) -> None:
+        try:
+            await item.action()
+        except StoreError as e:
+            item.error = e
+        item.done.set()
+
+    def _abandon(self, items: Sequence[_Append | _Control]) -> None:
+        """Answer every item not answered yet with "closed" (the writer is going away)."""
+        for item in items:
+            if item.done.is_set():
+                continue
+            if isinstance(item, _Append):
+                self._pending -= len(item.frames)
+                item.error = "the store closed before the record was durable"
+            else:
+                item.error = StoreError("the store closed")
+            item.done.set()
+
+    def _abandon_queued(self) -> None:
+        leftovers: list[_Append | _Control] = []
+        while True:
+            try:
+                leftovers.append(self._receive.receive_nowait())
+            except (trio.WouldBlock, trio.EndOfChannel):
+                break
+        self._abandon(leftovers)
+
+    async def aclose(self) -> None:
+        """Stop taking requests, let the writer commit what is queued, and wait for it.
+
+        Cancellation: if cancelled, the writer goes on draining the queue in its own task;
+        ``open_store`` calls this under a shielded scope bounded by its ``close_timeout``.
+        """
+        self._closed = True
+        await self._send.aclose()
+        await self._writer_done.wait()

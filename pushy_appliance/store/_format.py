@@ -1,0 +1,332 @@
+"""The store's on-disk format. Pure: encodes and decodes bytes, never touches a file.
+
+Directory layout (``DATA/store/``)::
+
+    segment-<first seq, 16 digits>.log        append-only log of records
+    snapshot-<seq, 16 digits>.msgpack          the whole state as of record <seq>
+    snapshot-<seq, 16 digits>.msgpack.tmp      a snapshot being written; removed at open
+    quarantine/<segment>.<offset>.bad          bytes cut off a damaged segment tail
+    quarantine/<snapshot>.bad                  a snapshot that failed its check
+    lock                                       flock()ed by the process that has the store open
+
+Integers are unsigned and big-endian. CRC-32 is ``zlib.crc32`` (ISO-HDLC, as in zip/PNG).
+
+Segment file: a 24-byte header, then records back to back::
+
+    offset size field
+    0      8    magic       b"PUSHYLOG"
+    8      2    version     1
+    10     2    flags       0 (reserved)
+    12     8    first_seq   seq of the segment's first record; equals the number in the name
+    20     4    crc32       CRC-32 of header bytes 0..19
+
+    record (at any offset >= 24):
+    0      4    length      payload size in bytes, 1 .. MAX_RECORD_BYTES
+    4      4    crc32       CRC-32 of the 4 length bytes followed by the payload
+    8      n    payload     the record: a msgpack map (use_bin_type=True)
+
+A record's seq is not written down: it is ``first_seq`` plus the record's index in its
+segment. Seqs are global, 1-based and without gaps, so the next segment's ``first_seq`` is
+this one's ``first_seq`` plus its record count. A segment is appended to only by the single
+writer, one group of records per fsync; a crash can therefore leave at most a torn group at
+the end of the newest segment, never damage in the middle of the log.
+
+Snapshot file: a 32-byte header, then one msgpack object (the state)::
+
+    offset size field
+    0      8    magic       b"PUSHYSNP"
+    8      2    version     1
+    10     2    flags       0 (reserved)
+    12     8    seq         the state includes every record up to and including seq;
+                            equals the number in the name
+    20     8    length      payload size in bytes; the file is exactly 32 + length bytes
+    28     4    crc32       CRC-32 of header bytes 0..27 followed by the payload
+    32     n    payload     msgpack (use_bin_type=True)
+
+Payloads are decoded with ``raw=False`` (str stays str, bytes stay bytes) and
+``strict_map_key=False`` (a nested map may have integer keys). A record whose frame or
+payload fails any of these checks is *damaged*; everything from its first byte to the end of
+the file is treated as one damaged tail.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import struct
+import zlib
+from collections.abc import Mapping
+from typing import Any, Final
+
+import msgpack
+from msgpack.exceptions import UnpackException
+
+from ..errors import StoreCorruptError
+
+__all__ = [
+    "FORMAT_VERSION",
+    "FRAME_HEADER",
+    "MAX_RECORD_BYTES",
+    "SEGMENT_HEADER",
+    "SEGMENT_MAGIC",
+    "SNAPSHOT_HEADER",
+    "SNAPSHOT_MAGIC",
+    "SegmentScan",
+    "decode_snapshot",
+    "encode_record",
+    "encode_segment_header",
+    "encode_snapshot",
+    "pack",
+    "parse_segment_name",
+    "parse_snapshot_name",
+    "scan_segment",
+    "segment_name",
+    "snapshot_name",
+    "unpack",
+]
+
+FORMAT_VERSION: Final = 1
+SEGMENT_MAGIC: Final = b"PUSHYLOG"
+SNAPSHOT_MAGIC: Final = b"PUSHYSNP"
+MAX_RECORD_BYTES: Final = 64 * 1024 * 1024
+"""Largest payload a record may have; a larger length field marks a damaged frame."""
+
+_SEGMENT_HEAD = struct.Struct(">8sHHQ")
+_SNAPSHOT_HEAD = struct.Struct(">8sHHQQ")
+_U32 = struct.Struct(">I")
+_FRAME = struct.Struct(">II")
+
+SEGMENT_HEADER: Final = _SEGMENT_HEAD.size + 4
+"""Size of a segment header (24)."""
+SNAPSHOT_HEADER: Final = _SNAPSHOT_HEAD.size + 4
+"""Size of a snapshot header (32)."""
+FRAME_HEADER: Final = _FRAME.size
+"""Size of a record's length + CRC (8)."""
+
+_SEGMENT_RE = re.compile(r"^segment-(\d{16})\.log$")
+_SNAPSHOT_RE = re.compile(r"^snapshot-(\d{16})\.msgpack$")
+
+
+# --- names ----------------------------------------------------------------------------------
+
+
+def segment_name(first_seq: int) -> str:
+    """The file name of the segment whose first record is ``first_seq``."""
+    return f"segment-{first_seq:016d}.log"
+
+
+def snapshot_name(seq: int) -> str:
+    """The file name of the snapshot as of ``seq``."""
+    return f"snapshot-{seq:016d}.msgpack"
+
+
+def parse_segment_name(name: str) -> int | None:
+    """The first seq named by a segment file name, or ``None`` if it is not one."""
+    m = _SEGMENT_RE.match(name)
+    return int(m.group(1)) if m else None
+
+
+def parse_snapshot_name(name: str) -> int | None:
+    """The seq named by a snapshot file name, or ``None`` if it is not one."""
+    m = _SNAPSHOT_RE.match(name)
+    return int(m.group(1)) if m else None
+
+
+# --- msgpack --------------------------------------------------------------------------------
+
+
+def pack(obj: Any) -> bytes:
+    """Serialize ``obj`` as msgpack.
+
+    Raises:
+        TypeError: when ``obj`` holds something msgpack cannot represent.
+    """
+    try:
+        data: bytes = msgpack.packb(obj, use_bin_type=True)
+    except (TypeError, ValueError, OverflowError) as e:
+        raise TypeError(f"not msgpack-serializable: {e}") from None
+    return data
+
+
+def unpack(data: bytes) -> Any:
+    """Deserialize one msgpack object that fills ``data`` exactly.
+
+    Raises:
+        ValueError: when ``data`` is not exactly one valid msgpack object.
+    """
+    try:
+        return msgpack.unpackb(data, raw=False, strict_map_key=False)
+    except (ValueError, TypeError, UnpackException) as e:
+        raise ValueError(f"undecodable msgpack: {e}") from None
+
+
+# --- segments -------------------------------------------------------------------------------
+
+
+def encode_segment_header(first_seq: int) -> bytes:
+    """The 24-byte header of a segment starting at ``first_seq``."""
+    head = _SEGMENT_HEAD.pack(SEGMENT_MAGIC, FORMAT_VERSION, 0, first_seq)
+    return head + _U32.pack(zlib.crc32(head))
+
+
+def encode_record(record: Mapping[str, Any]) -> bytes:
+    """Frame one record: length, CRC, msgpack payload.
+
+    Args:
+        record: a map with string keys whose values msgpack can represent.
+
+    Returns:
+        The bytes to append to a segment.
+
+    Raises:
+        TypeError: when ``record`` is not a dict or is not msgpack-serializable.
+        ValueError: when its payload is larger than :data:`MAX_RECORD_BYTES`.
+    """
+    if not isinstance(record, dict):
+        raise TypeError(f"a record must be a dict, not {type(record).__name__}")
+    payload = pack(record)
+    if len(payload) > MAX_RECORD_BYTES:
+        raise ValueError(f"record of {len(payload)} bytes exceeds {MAX_RECORD_BYTES}")
+    length = _U32.pack(len(payload))
+    return length + _U32.pack(zlib.crc32(payload, zlib.crc32(length))) + payload
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SegmentScan:
+    """What :func:`scan_segment` found in one segment file.
+
+    Attributes:
+        first_seq: the seq of the first record (from the file name).
+        records: the intact records, in order; record ``i`` has seq ``first_seq + i``.
+        end: offset just past the last intact record (0 if the header is bad).
+        damage: the first problem found, or ``None`` if the whole file is intact. When set,
+            every byte from ``damage.offset`` (== ``end``) to the end of the file is damaged.
+    """
+
+    first_seq: int
+    records: list[dict[str, Any]]
+    end: int
+    damage: StoreCorruptError | None
+
+    @property
+    def header_ok(self) -> bool:
+        """Whether the header was intact (if not, the file holds no usable record)."""
+        return self.end > 0
+
+
+def _check_segment_header(data: bytes, path: str, first_seq: int) -> StoreCorruptError | None:
+    if len(data) < SEGMENT_HEADER:
+        return StoreCorruptError(path, 0, f"torn header ({len(data)} of {SEGMENT_HEADER} bytes)")
+    magic, version, _flags, named = _SEGMENT_HEAD.unpack_from(data)
+    if magic != SEGMENT_MAGIC:
+        return StoreCorruptError(path, 0, f"bad magic {magic!r}")
+    (crc,) = _U32.unpack_from(data, _SEGMENT_HEAD.size)
+    if crc != zlib.crc32(data[: _SEGMENT_HEAD.size]):
+        return StoreCorruptError(path, 0, "header CRC mismatch")
+    if version != FORMAT_VERSION:
+        return StoreCorruptError(path, 0, f"unsupported format version {version}")
+    if named != first_seq:
+        return StoreCorruptError(path, 0, f"header says first seq {named}, name says {first_seq}")
+    return None
+
+
+def scan_segment(data: bytes, *, path: str, first_seq: int) -> SegmentScan:
+    """Check and decode every record of a segment file's contents.
+
+    Args:
+        data: the whole file.
+        path: the file's path, for messages.
+        first_seq: the seq in the file's name.
+
+    Returns:
+        The intact records and where the damage, if any, starts. Never raises for damage.
+    """
+    bad_header = _check_segment_header(data, path, first_seq)
+    if bad_header is not None:
+        return SegmentScan(first_seq, [], 0, bad_header)
+    records: list[dict[str, Any]] = []
+    offset = SEGMENT_HEADER
+    size = len(data)
+    damage: StoreCorruptError | None = None
+    while offset < size:
+        if size - offset < FRAME_HEADER:
+            damage = StoreCorruptError(path, offset, f"torn frame header ({size - offset} bytes)")
+            break
+        length, crc = _FRAME.unpack_from(data, offset)
+        if not 1 <= length <= MAX_RECORD_BYTES:
+            damage = StoreCorruptError(path, offset, f"impossible record length {length}")
+            break
+        start = offset + FRAME_HEADER
+        if start + length > size:
+            damage = StoreCorruptError(
+                path, offset, f"torn record ({size - start} of {length} payload bytes)"
+            )
+            break
+        payload = data[start : start + length]
+        if crc != zlib.crc32(payload, zlib.crc32(data[offset : offset + 4])):
+            damage = StoreCorruptError(path, offset, "record CRC mismatch")
+            break
+        try:
+            record = unpack(payload)
+        except ValueError as e:
+            damage = StoreCorruptError(path, offset, str(e))
+            break
+        if not isinstance(record, dict):
+            damage = StoreCorruptError(path, offset, f"record is a {type(record).__name__}")
+            break
+        records.append(record)
+        offset = start + length
+    return SegmentScan(first_seq, records, offset, damage)
+
+
+# --- snapshots ------------------------------------------------------------------------------
+
+
+def encode_snapshot(state: Any, seq: int) -> bytes:
+    """The whole contents of the snapshot file for ``state`` as of ``seq``.
+
+    Raises:
+        TypeError: when ``state`` is not msgpack-serializable.
+    """
+    payload = pack(state)
+    head = _SNAPSHOT_HEAD.pack(SNAPSHOT_MAGIC, FORMAT_VERSION, 0, seq, len(payload))
+    return head + _U32.pack(zlib.crc32(payload, zlib.crc32(head))) + payload
+
+
+def decode_snapshot(data: bytes, *, path: str, seq: int) -> Any:
+    """Check a snapshot file's contents and decode its state.
+
+    Args:
+        data: the whole file.
+        path: the file's path, for messages.
+        seq: the seq in the file's name.
+
+    Returns:
+        The state.
+
+    Raises:
+        StoreCorruptError: when any check fails.
+    """
+    if len(data) < SNAPSHOT_HEADER:
+        raise StoreCorruptError(path, 0, f"torn header ({len(data)} of {SNAPSHOT_HEADER} bytes)")
+    magic, version, _flags, named, length = _SNAPSHOT_HEAD.unpack_from(data)
+    if magic != SNAPSHOT_MAGIC:
+        raise StoreCorruptError(path, 0, f"bad magic {magic!r}")
+    if len(data) != SNAPSHOT_HEADER + length:
+        raise StoreCorruptError(
+            path,
+            SNAPSHOT_HEADER,
+            f"{len(data) - SNAPSHOT_HEADER} payload bytes, header says {length}",
+        )
+    (crc,) = _U32.unpack_from(data, _SNAPSHOT_HEAD.size)
+    payload = data[SNAPSHOT_HEADER:]
+    if crc != zlib.crc32(payload, zlib.crc32(data[: _SNAPSHOT_HEAD.size])):
+        raise StoreCorruptError(path, 0, "snapshot CRC mismatch")
+    if version != FORMAT_VERSION:
+        raise StoreCorruptError(path, 0, f"unsupported format version {version}")
+    if named != seq:
+        raise StoreCorruptError(path, 0, f"header says seq {named}, name says {seq}")
+    try:
+        return unpack(payload)
+    except ValueError as e:
+        raise StoreCorruptError(path, SNAPSHOT_HEADER, str(e)) from None
