@@ -210,7 +210,7 @@ async def _serve_locked(
         hc = _hypercorn_config(config, data_dir, host, port)
         node_host, node_port = _node_listen(config, host, port)
         node_ssl = None
-        if not config.insecure_http:
+        if hc.certfile and hc.keyfile:
             node_ssl = tls.server_ssl_context(hc.certfile, hc.keyfile)
         http_done = trio.Event()
         server_json = data_dir / "run" / "server.json"

@@ -270,7 +270,7 @@ def _coerce(value: Any, tp: Any, key: str, source: str, from_text: bool) -> Any:
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, Mapping):
             raise ConfigError(source, key, f"expected a table, got {type(value).__name__}")
-        return _build(tp, value, source, prefix=f"{key}.")
+        return _build(typing.cast(type[Any], tp), value, source, prefix=f"{key}.")
     raise ConfigError(source, key, f"unsupported type {_type_name(tp)}")  # pragma: no cover
 
 

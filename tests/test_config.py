@@ -113,7 +113,9 @@ def test_agent_whitelist_entries_validated(tmp_path: Path) -> None:
     f.write_text('[[allow]]\npattern = "^(unclosed$"\n')
     with pytest.raises(ConfigError, match="invalid regex"):
         load_agent_config(f)
-    f.write_text('[[allow]]\npattern = "^sleep [0-9]+$"\n[[allow]]\ncommand = "true"\nshell = true\n')
+    f.write_text(
+        '[[allow]]\npattern = "^sleep [0-9]+$"\n[[allow]]\ncommand = "true"\nshell = true\n'
+    )
     c = load_agent_config(f)
     assert c.allow == (AllowEntry(pattern="^sleep [0-9]+$"), AllowEntry(command="true", shell=True))
 

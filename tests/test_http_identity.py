@@ -84,52 +84,51 @@ async def test_client_lifecycle_and_conflicts(tmp_path: Path) -> None:
 
 
 async def test_org_user_group_routes(tmp_path: Path) -> None:
-    async with running_server(test_config(tmp_path)) as info:
-        async with admin_client(info, "pivotal") as piv:
-            r = await piv.post("/organizations", {"name": "acme", "full_name": "Acme"})
-            assert r.status_code == 201, r.text
-            r = await piv.post("/organizations", {"name": "acme"})
-            assert r.status_code == 409
-            r = await piv.post("/users", {"username": "alice", "create_key": True})
-            assert r.status_code == 201
-            alice = Signed(
-                piv.http,
-                piv.base,
-                "alice",
-                chef_auth.load_private_key(r.json()["chef_key"]["private_key"]),
-            )
-            # not a member yet
-            r = await alice.get("/organizations/acme/clients")
-            assert r.status_code == 403
-            assert r.json() == {"error": ["'alice' is not associated with organization 'acme'"]}
-            r = await piv.post("/organizations/acme/users", {"username": "alice"})
-            assert r.status_code == 201
-            r = await alice.get("/organizations/acme/clients")
-            assert r.status_code == 200
-            # nested groups: ops contains alice, admins contains ops
-            r = await piv.post(
-                "/organizations/acme/groups", {"groupname": "ops", "actors": {"users": ["alice"]}}
-            )
-            assert r.status_code == 201, r.text
-            r = await alice.post("/organizations/acme/clients", {"name": "n1", "create_key": True})
-            assert r.status_code == 403
-            r = await piv.put(
-                "/organizations/acme/groups/admins",
-                {"groupname": "admins", "actors": {"users": [], "clients": [], "groups": ["ops"]}},
-            )
-            assert r.status_code == 200, r.text
-            assert r.json()["groups"] == ["ops"]
-            r = await alice.post("/organizations/acme/clients", {"name": "n1", "create_key": True})
-            assert r.status_code == 201
-            n1_key = chef_auth.load_private_key(r.json()["chef_key"]["private_key"])
-            r = await piv.get("/organizations/acme/principals/n1")
-            assert r.json()["principals"][0]["type"] == "client"
-            # a client of acme is an unknown principal in default
-            n1 = Signed(piv.http, piv.base, "n1", n1_key)
-            assert (await n1.get("/organizations/acme/clients")).status_code == 200
-            r = await n1.get("/organizations/default/clients")
-            assert r.status_code == 401
-            assert "WWW-Authenticate" in r.headers
+    async with running_server(test_config(tmp_path)) as info, admin_client(info, "pivotal") as piv:
+        r = await piv.post("/organizations", {"name": "acme", "full_name": "Acme"})
+        assert r.status_code == 201, r.text
+        r = await piv.post("/organizations", {"name": "acme"})
+        assert r.status_code == 409
+        r = await piv.post("/users", {"username": "alice", "create_key": True})
+        assert r.status_code == 201
+        alice = Signed(
+            piv.http,
+            piv.base,
+            "alice",
+            chef_auth.load_private_key(r.json()["chef_key"]["private_key"]),
+        )
+        # not a member yet
+        r = await alice.get("/organizations/acme/clients")
+        assert r.status_code == 403
+        assert r.json() == {"error": ["'alice' is not associated with organization 'acme'"]}
+        r = await piv.post("/organizations/acme/users", {"username": "alice"})
+        assert r.status_code == 201
+        r = await alice.get("/organizations/acme/clients")
+        assert r.status_code == 200
+        # nested groups: ops contains alice, admins contains ops
+        r = await piv.post(
+            "/organizations/acme/groups", {"groupname": "ops", "actors": {"users": ["alice"]}}
+        )
+        assert r.status_code == 201, r.text
+        r = await alice.post("/organizations/acme/clients", {"name": "n1", "create_key": True})
+        assert r.status_code == 403
+        r = await piv.put(
+            "/organizations/acme/groups/admins",
+            {"groupname": "admins", "actors": {"users": [], "clients": [], "groups": ["ops"]}},
+        )
+        assert r.status_code == 200, r.text
+        assert r.json()["groups"] == ["ops"]
+        r = await alice.post("/organizations/acme/clients", {"name": "n1", "create_key": True})
+        assert r.status_code == 201
+        n1_key = chef_auth.load_private_key(r.json()["chef_key"]["private_key"])
+        r = await piv.get("/organizations/acme/principals/n1")
+        assert r.json()["principals"][0]["type"] == "client"
+        # a client of acme is an unknown principal in default
+        n1 = Signed(piv.http, piv.base, "n1", n1_key)
+        assert (await n1.get("/organizations/acme/clients")).status_code == 200
+        r = await n1.get("/organizations/default/clients")
+        assert r.status_code == 401
+        assert "WWW-Authenticate" in r.headers
 
 
 @pytest.mark.parametrize(

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import typing
 from typing import Any
 
-from ._app import NormalizePaths, create_app
+from ._app import ASGIApp, NormalizePaths, create_app
 from ._context import KeyCache, Services
 
 __all__ = ["KeyCache", "Services", "asgi_app", "create_app"]
@@ -12,4 +13,4 @@ __all__ = ["KeyCache", "Services", "asgi_app", "create_app"]
 
 def asgi_app(svc: Services) -> Any:
     """The application as hypercorn serves it: paths normalised, then the Quart app."""
-    return NormalizePaths(create_app(svc))
+    return NormalizePaths(typing.cast(ASGIApp, create_app(svc)))

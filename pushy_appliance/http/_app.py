@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 import logging
 import re
+import typing
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 from urllib.parse import unquote
 
@@ -101,7 +102,7 @@ async def signed(svc: Services, org: str | None) -> Principal:
         org,
         method=request.method,
         path=_signed_path(),
-        headers=request.headers,
+        headers=typing.cast(Mapping[str, str], request.headers),
         body=body,
     )
 
