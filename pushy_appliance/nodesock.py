@@ -75,7 +75,9 @@ class _Connection:
             self.errors.popleft()
         log.warning("node %s: protocol error, frame dropped: %s", who, e.reason)
         if len(self.errors) >= PROTOCOL_ERRORS_ALLOWED:
-            log.warning("node %s: %d protocol errors within a minute, closing", who, len(self.errors))
+            log.warning(
+                "node %s: %d protocol errors within a minute, closing", who, len(self.errors)
+            )
             self.request_close(CLOSE_PROTOCOL, "too many protocol errors")
 
     async def writer(self, outbox: trio.MemoryReceiveChannel[bytes]) -> None:
@@ -163,9 +165,19 @@ class _Connection:
                 continue
             if isinstance(frame, protocol.Heartbeat):
                 continue
-            if isinstance(frame, protocol.Hello | protocol.Welcome | protocol.Commit | protocol.Run
-                          | protocol.ResultAck | protocol.Abort | protocol.Reload):
-                self.protocol_error(who, ProtocolError(f"unexpected {frame.TYPE} frame from a node"))
+            if isinstance(
+                frame,
+                protocol.Hello
+                | protocol.Welcome
+                | protocol.Commit
+                | protocol.Run
+                | protocol.ResultAck
+                | protocol.Abort
+                | protocol.Reload,
+            ):
+                self.protocol_error(
+                    who, ProtocolError(f"unexpected {frame.TYPE} frame from a node")
+                )
                 continue
             await link.node_frame(session, frame)
 

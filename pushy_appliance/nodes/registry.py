@@ -336,7 +336,14 @@ class NodeRegistry:
         self, org: str, name: str, status: str, facts: dict[str, Any] | None = None
     ) -> None:
         await self.db.commit(
-            {"t": "node.seen", "org": org, "name": name, "status": status, "at": time.time(), "facts": facts}
+            {
+                "t": "node.seen",
+                "org": org,
+                "name": name,
+                "status": status,
+                "at": time.time(),
+                "facts": facts,
+            }
         )
 
     def state(self, org: str, name: str) -> dict[str, Any]:
