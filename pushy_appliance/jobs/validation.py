@@ -1,0 +1,418 @@
+"""Validation of a ``POST jobs`` body into a :class:`JobRequest`, pure.
+
+The checks run in the order of ``API.md`` §3 "POST jobs" and the first failure wins, so a body
+that breaks two rules reports the same message as the original server did::
+
+    1. invalid command supplied                 command missing, not a string, empty, over
+                                                4096 UTF-8 bytes, or holding NUL
+    2. at least one node must be supplied       nodes missing, not a list of strings, or empty
+    3. invalid type supplied for run_timeout (expected a number)
+    4. invalid type supplied for quorum (expected a number)      (an "N%" string is a number)
+    5. invalid type supplied for capture_output (expected a boolean)
+    6. invalid key supplied                     a key outside the table, or a duplicated key
+    7. invalid environment value (duplicate key)
+    8. invalid file contents (expected 'base64:...' or 'raw:...')
+    9. invalid file contents (couldn't decode base64 string)
+   10. invalid file size (must be <= 100000 bytes)
+
+then our own range checks, each naming its field, in this order: nodes (count, names,
+duplicates), quorum, run_timeout, user, dir, env, max_concurrency, max_failures.
+
+``null`` is treated as "not given" for ``user``, ``dir``, ``env``, ``file``,
+``max_concurrency`` and ``max_failures``; for ``run_timeout``, ``quorum`` and
+``capture_output`` it is the wrong type (as in the original). A number with a zero fraction
+(``300.0``) counts as the integer.
+
+Duplicate keys. A parsed JSON object cannot show a duplicated key, so the JSON decoder has to
+report it: the HTTP layer parses the body with :func:`parse_json_body` (or passes
+:func:`detect_duplicates` as ``object_pairs_hook`` to ``json.loads`` itself). The hook does not
+raise; it returns a :class:`DuplicateKeyDict` (last value wins, like ``json.loads``) that
+remembers the duplicated names, and validation reports it at its place in the order above:
+a duplicate inside ``env`` as rule 7, a duplicate top-level key as rule 6. A body decoded
+without the hook simply keeps the last value.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import json
+import math
+import re
+from fractions import Fraction
+from typing import Any, Final
+
+from ..errors import ValidationError
+from ..model import valid_name
+
+__all__ = [
+    "ALLOWED_KEYS",
+    "MAX_COMMAND_BYTES",
+    "MAX_DIR_BYTES",
+    "MAX_RUN_TIMEOUT",
+    "MAX_USER_CHARS",
+    "DuplicateKeyDict",
+    "JobRequest",
+    "detect_duplicates",
+    "parse_json_body",
+    "resolve_quorum",
+    "validate_job_request",
+]
+
+ALLOWED_KEYS: Final = frozenset(
+    {
+        "command",
+        "nodes",
+        "quorum",
+        "run_timeout",
+        "user",
+        "dir",
+        "env",
+        "file",
+        "capture_output",
+        "max_concurrency",
+        "max_failures",
+    }
+)
+"""The keys a ``POST jobs`` body may hold."""
+
+MAX_COMMAND_BYTES: Final = 4096
+MAX_RUN_TIMEOUT: Final = 86_400
+MAX_USER_CHARS: Final = 32
+MAX_DIR_BYTES: Final = 4096
+
+_PERCENT_RE: Final = re.compile(r"([0-9]+(?:\.[0-9]+)?)%")
+
+MSG_COMMAND: Final = "invalid command supplied"
+MSG_NODES: Final = "at least one node must be supplied"
+MSG_RUN_TIMEOUT_TYPE: Final = "invalid type supplied for run_timeout (expected a number)"
+MSG_QUORUM_TYPE: Final = "invalid type supplied for quorum (expected a number)"
+MSG_CAPTURE_TYPE: Final = "invalid type supplied for capture_output (expected a boolean)"
+MSG_KEY: Final = "invalid key supplied"
+MSG_ENV_DUPLICATE: Final = "invalid environment value (duplicate key)"
+MSG_FILE_PREFIX: Final = "invalid file contents (expected 'base64:...' or 'raw:...')"
+MSG_FILE_BASE64: Final = "invalid file contents (couldn't decode base64 string)"
+MSG_JSON: Final = "invalid JSON body"
+
+
+class DuplicateKeyDict(dict[str, Any]):
+    """A JSON object in which some key appeared more than once (the last value is kept).
+
+    Attributes:
+        duplicates: the repeated keys, in order of first repetition.
+    """
+
+    duplicates: tuple[str, ...]
+
+
+def detect_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``object_pairs_hook`` for ``json.loads`` that remembers duplicated keys.
+
+    Args:
+        pairs: the object's members in document order.
+
+    Returns:
+        A plain ``dict`` when every key is unique, else a :class:`DuplicateKeyDict`.
+    """
+    result: dict[str, Any] = dict(pairs)
+    if len(result) == len(pairs):
+        return result
+    seen: set[str] = set()
+    repeated: dict[str, None] = {}
+    for key, _ in pairs:
+        if key in seen:
+            repeated[key] = None
+        seen.add(key)
+    marked = DuplicateKeyDict(result)
+    marked.duplicates = tuple(repeated)
+    return marked
+
+
+def _reject_constant(name: str) -> object:
+    raise ValueError(f"{name} is not JSON")
+
+
+def parse_json_body(raw: bytes | str) -> object:
+    """Decode a request body as strict JSON, marking duplicated keys.
+
+    Args:
+        raw: the body (UTF-8 when bytes).
+
+    Returns:
+        The decoded value; objects with repeated keys are :class:`DuplicateKeyDict`.
+
+    Raises:
+        ValidationError: ``invalid JSON body`` for bytes that are not UTF-8 or not JSON
+            (including ``NaN`` and ``Infinity``, which ``json.loads`` would otherwise accept).
+    """
+    try:
+        text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+        return json.loads(
+            text, object_pairs_hook=detect_duplicates, parse_constant=_reject_constant
+        )
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise ValidationError(MSG_JSON) from None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class JobRequest:
+    """A validated ``POST jobs`` body, defaults applied.
+
+    Attributes:
+        command: the command, as given.
+        nodes: node names, in request order, unique.
+        quorum: resolved quorum (0 … ``len(nodes)``).
+        run_timeout: seconds (1 … 86,400).
+        user: run-as user, or ``None``.
+        dir: absolute working directory, or ``None``.
+        env: extra environment, or ``None``.
+        file: the file as given, with its ``raw:``/``base64:`` prefix, or ``None``.
+        file_bytes: the decoded file, or ``None``.
+        capture_output: whether output is captured.
+        max_concurrency: most nodes running at once (≥ 1), or ``None`` (all).
+        max_failures: failures tolerated before no further node starts (≥ 0), or ``None``.
+    """
+
+    command: str
+    nodes: tuple[str, ...]
+    quorum: int
+    run_timeout: int
+    user: str | None
+    dir: str | None
+    env: dict[str, str] | None
+    file: str | None
+    file_bytes: bytes | None
+    capture_output: bool
+    max_concurrency: int | None
+    max_failures: int | None
+
+
+def resolve_quorum(quorum: int | str, node_count: int) -> int:
+    """Turn a quorum as given (a count or ``"N%"``) into a node count.
+
+    Args:
+        quorum: an integer, or a percentage string ``"N%"`` (N from 0 to 100, decimals
+            allowed).
+        node_count: the job's node count.
+
+    Returns:
+        The count; a percentage is rounded up (``"50%"`` of 3 nodes is 2).
+
+    Raises:
+        ValidationError: a percentage outside 0 … 100 %, or a string that is not one.
+    """
+    if isinstance(quorum, int):
+        return quorum
+    match = _PERCENT_RE.fullmatch(quorum)
+    if match is None:
+        raise ValidationError(MSG_QUORUM_TYPE)
+    percent = Fraction(match.group(1))
+    if percent > 100:
+        raise ValidationError("invalid quorum (percentage must be 0% .. 100%)")
+    return math.ceil(percent * node_count / 100)
+
+
+def validate_job_request(
+    body: object,
+    *,
+    max_file_bytes: int = 100_000,
+    max_nodes: int = 100_000,
+    default_run_timeout: int = 3600,
+) -> JobRequest:
+    """Check a decoded ``POST jobs`` body and apply the defaults.
+
+    Args:
+        body: the decoded JSON body (ideally from :func:`parse_json_body`).
+        max_file_bytes: largest decoded ``file`` (``limits.max_file_bytes``).
+        max_nodes: most nodes in one job (``limits.max_nodes_per_job``).
+        default_run_timeout: ``run_timeout`` when none is given (``jobs.default_run_timeout``).
+
+    Returns:
+        The request.
+
+    Raises:
+        ValidationError: the first rule the body breaks, in the order of the module docstring;
+            ``invalid JSON body`` when ``body`` is not a JSON object.
+    """
+    if not isinstance(body, dict):
+        raise ValidationError(MSG_JSON)
+
+    # 1-5: the original server's schema checks.
+    command = body.get("command")
+    if (
+        not isinstance(command, str)
+        or not command
+        or "\0" in command
+        or len(command.encode("utf-8", "surrogatepass")) > MAX_COMMAND_BYTES
+    ):
+        raise ValidationError(MSG_COMMAND)
+    nodes = body.get("nodes")
+    if not isinstance(nodes, list) or not nodes or not all(isinstance(n, str) for n in nodes):
+        raise ValidationError(MSG_NODES)
+    run_timeout_raw = body.get("run_timeout", default_run_timeout)
+    if not _is_number(run_timeout_raw):
+        raise ValidationError(MSG_RUN_TIMEOUT_TYPE)
+    quorum_raw = body.get("quorum", len(nodes))
+    if not (_is_number(quorum_raw) or _is_percent(quorum_raw)):
+        raise ValidationError(MSG_QUORUM_TYPE)
+    capture = body.get("capture_output", False)
+    if not isinstance(capture, bool):
+        raise ValidationError(MSG_CAPTURE_TYPE)
+
+    # 6-10: keys, env duplicates, file.
+    if not ALLOWED_KEYS.issuperset(body) or isinstance(body, DuplicateKeyDict):
+        raise ValidationError(MSG_KEY)
+    env_raw = body.get("env")
+    if isinstance(env_raw, DuplicateKeyDict):
+        raise ValidationError(MSG_ENV_DUPLICATE)
+    file, file_bytes = _check_file(body.get("file"), max_file_bytes)
+
+    # Our own range checks.
+    names = _check_nodes(nodes, max_nodes)
+    quorum = _check_quorum(quorum_raw, len(names))
+    run_timeout = _whole(run_timeout_raw, "run_timeout")
+    if not 1 <= run_timeout <= MAX_RUN_TIMEOUT:
+        raise ValidationError(f"invalid run_timeout (must be 1 .. {MAX_RUN_TIMEOUT})")
+    user = _check_user(body.get("user"))
+    workdir = _check_dir(body.get("dir"))
+    env = _check_env(env_raw)
+    max_concurrency = _check_limit(body.get("max_concurrency"), "max_concurrency", 1)
+    max_failures = _check_limit(body.get("max_failures"), "max_failures", 0)
+    return JobRequest(
+        command=command,
+        nodes=names,
+        quorum=quorum,
+        run_timeout=run_timeout,
+        user=user,
+        dir=workdir,
+        env=env,
+        file=file,
+        file_bytes=file_bytes,
+        capture_output=capture,
+        max_concurrency=max_concurrency,
+        max_failures=max_failures,
+    )
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_percent(value: object) -> bool:
+    return isinstance(value, str) and _PERCENT_RE.fullmatch(value) is not None
+
+
+def _whole(value: object, field: str) -> int:
+    """``value`` (already known to be a number) as an int, if it has no fraction."""
+    if isinstance(value, int):
+        return value
+    if not isinstance(value, float) or not value.is_integer():
+        raise ValidationError(f"invalid {field} (must be a whole number)")
+    return int(value)
+
+
+def _check_file(value: object, max_file_bytes: int) -> tuple[str | None, bytes | None]:
+    if value is None:
+        return None, None
+    if not isinstance(value, str):
+        raise ValidationError(MSG_FILE_PREFIX)
+    if value.startswith("base64:"):
+        # Line-wrapped base64 (MIME style) is common; whitespace carries no data.
+        compact = "".join(value[len("base64:") :].split())
+        try:
+            data = base64.b64decode(compact.encode("ascii"), validate=True)
+        except (binascii.Error, UnicodeEncodeError):
+            raise ValidationError(MSG_FILE_BASE64) from None
+    elif value.startswith("raw:"):
+        data = value[len("raw:") :].encode("utf-8", "surrogatepass")
+    else:
+        raise ValidationError(MSG_FILE_PREFIX)
+    if len(data) > max_file_bytes:
+        raise ValidationError(f"invalid file size (must be <= {max_file_bytes} bytes)")
+    return value, data
+
+
+def _show(name: str) -> str:
+    """A name for an error message, cut short so a message stays small."""
+    return repr(name if len(name) <= 64 else name[:64] + "…")
+
+
+def _check_nodes(nodes: list[str], max_nodes: int) -> tuple[str, ...]:
+    if len(nodes) > max_nodes:
+        raise ValidationError(f"invalid nodes (at most {max_nodes} names)")
+    for name in nodes:
+        if not valid_name(name):
+            raise ValidationError(f"invalid node name {_show(name)}")
+    if len(set(nodes)) != len(nodes):
+        seen: set[str] = set()
+        for name in nodes:
+            if name in seen:
+                raise ValidationError(f"invalid nodes (duplicate node {_show(name)})")
+            seen.add(name)
+    return tuple(nodes)
+
+
+def _check_quorum(value: object, node_count: int) -> int:
+    if isinstance(value, str):
+        return resolve_quorum(value, node_count)
+    quorum = _whole(value, "quorum")
+    if not 0 <= quorum <= node_count:
+        raise ValidationError(f"invalid quorum (must be 0 .. {node_count})")
+    return quorum
+
+
+def _check_user(value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValidationError("invalid user (expected a string)")
+    if not value:
+        raise ValidationError("invalid user (must not be empty)")
+    if len(value) > MAX_USER_CHARS:
+        raise ValidationError(f"invalid user (at most {MAX_USER_CHARS} characters)")
+    if "\0" in value:
+        raise ValidationError("invalid user (contains NUL)")
+    return value
+
+
+def _check_dir(value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValidationError("invalid dir (expected a string)")
+    if not value.startswith("/"):
+        raise ValidationError("invalid dir (must be absolute)")
+    if "\0" in value:
+        raise ValidationError("invalid dir (contains NUL)")
+    if len(value.encode("utf-8", "surrogatepass")) > MAX_DIR_BYTES:
+        raise ValidationError(f"invalid dir (at most {MAX_DIR_BYTES} bytes)")
+    return value
+
+
+def _check_env(value: object) -> dict[str, str] | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ValidationError("invalid env (expected an object of strings)")
+    env: dict[str, str] = {}
+    for key, item in value.items():
+        if not isinstance(key, str) or not key or "=" in key or "\0" in key:
+            raise ValidationError(f"invalid env name {_show(str(key))}")
+        if not isinstance(item, str):
+            raise ValidationError(f"invalid env value for {_show(key)} (expected a string)")
+        if "\0" in item:
+            raise ValidationError(f"invalid env value for {_show(key)} (contains NUL)")
+        env[key] = item
+    return env
+
+
+def _check_limit(value: object, field: str, minimum: int) -> int | None:
+    if value is None:
+        return None
+    if not _is_number(value):
+        raise ValidationError(f"invalid {field} (must be an integer >= {minimum})")
+    number = _whole(value, field)
+    if number < minimum:
+        raise ValidationError(f"invalid {field} (must be an integer >= {minimum})")
+    return number
