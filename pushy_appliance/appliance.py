@@ -35,6 +35,9 @@ from .config import ServerConfig, parse_host_port, resolve_data_dir
 from .db import Database
 from .errors import StoreError
 from .http import Services, asgi_app
+from .hub import Hub
+from .jobs.model import JobsModel
+from .jobs.runner import JobRunner
 from .model import IdentityModel
 from .nodes.registry import CLOSE_DELETED, CLOSE_GOING_AWAY, NodeModel, NodeRegistry
 from .nodesock import serve_nodes
@@ -69,9 +72,12 @@ class ServerInfo:
         }
 
 
-def new_database(store: Store) -> Database:
+def new_database(store: Store, output_cap: int = 1_048_576) -> Database:
     """A database over ``store`` with every model of the appliance."""
-    return Database(store, {"identity": IdentityModel(), "nodes": NodeModel()})
+    return Database(
+        store,
+        {"identity": IdentityModel(), "nodes": NodeModel(), "jobs": JobsModel(output_cap)},
+    )
 
 
 @contextlib.contextmanager
@@ -177,7 +183,7 @@ async def _serve_locked(
     task_status: trio.TaskStatus[ServerInfo],
 ) -> None:
     async with open_store(data_dir / "store") as store:
-        db = new_database(store)
+        db = new_database(store, config.output.max_bytes_per_channel)
         replayed = db.recover()
         log.info(
             "store recovered: %d records replayed, snapshot at %d",
@@ -201,6 +207,18 @@ async def _serve_locked(
             outbox_size=config.limits.node_outbox,
         )
         svc.nodes = registry
+        hub = Hub(buffer=config.feeds.subscriber_buffer)
+        runner = JobRunner(
+            db,
+            registry,
+            hub,
+            voting_timeout=config.jobs.voting_timeout,
+            reconnect_grace=config.reconnect_grace,
+            org_retention=config.feeds.org_retention,
+            retention_days=config.jobs.retention_days,
+        )
+        svc.hub = hub
+        svc.jobs = runner
 
         async def close_deleted_client(org: str, name: str) -> None:
             registry.disconnect(org, name, CLOSE_DELETED, "client deleted")
@@ -216,6 +234,7 @@ async def _serve_locked(
         server_json = data_dir / "run" / "server.json"
         async with trio.open_nursery() as nursery:
             await nursery.start(registry.run)
+            await nursery.start(runner.run)
             svc.node_port = await nursery.start(
                 serve_nodes, svc, registry, node_host, node_port, node_ssl
             )

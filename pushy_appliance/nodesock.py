@@ -123,14 +123,16 @@ class _Connection:
             hello.agent_version,
         )
         try:
-            await self.registry.record_status(org, node, "online", dict(hello.facts))
+            await self.registry.record_status(
+                org, node, "online", dict(hello.facts), hello.incarnation_id
+            )
             with self.scope:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self.writer, outbox)
                     await self.registry.link.node_hello(session, hello)
                     await self._read(session, seqs, who, max_size)
                     nursery.cancel_scope.cancel()
-        except ConnectionClosed:
+        except* ConnectionClosed:
             pass
         finally:
             with trio.CancelScope(shield=True):

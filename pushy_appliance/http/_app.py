@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 from urllib.parse import unquote
 
+import trio
 from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
@@ -177,7 +178,34 @@ class NormalizePaths:
                     if len(r) > 1 and r.endswith(b"/"):
                         r = r.rstrip(b"/") or b"/"
                     scope["raw_path"] = r
+        if scope.get("type") == "http":
+            send = _shield_end_of_response(send)
         await self.app(scope, receive, send)
+
+
+def _shield_end_of_response(send: Any) -> Any:
+    """Send the last, empty message of a response shielded from cancellation.
+
+    Quart-trio cancels its request nursery as soon as hypercorn reports the disconnect that
+    follows the response, which happens while that last ``send`` is still inside hypercorn's
+    keep-alive bookkeeping. Cancelled there, the connection loses its idle timer: an idle
+    keep-alive connection then never times out and holds a graceful shutdown for the whole
+    drain period. The message carries no data, so the shield (on a short deadline) cannot
+    wait on a slow client.
+    """
+
+    async def end_shielded(message: dict[str, Any]) -> None:
+        if (
+            message.get("type") == "http.response.body"
+            and not message.get("more_body")
+            and not message.get("body")
+        ):
+            with trio.CancelScope(shield=True, deadline=trio.current_time() + 5.0):
+                await send(message)
+        else:
+            await send(message)
+
+    return end_shielded
 
 
 def _install_error_handlers(app: QuartTrio, svc: Services) -> None:
@@ -222,7 +250,7 @@ def create_app(svc: Services) -> QuartTrio:
     Args:
         svc: the services handed to every handler.
     """
-    from . import _identity, _status  # local: the route modules import helpers from here
+    from . import _identity, _jobs, _nodes, _status  # route modules import helpers from here
 
     app = QuartTrio("pushy_appliance")
     app.config["MAX_CONTENT_LENGTH"] = 2 * svc.config.limits.max_body_bytes + 65536
@@ -233,16 +261,6 @@ def create_app(svc: Services) -> QuartTrio:
     _install_error_handlers(app, svc)
     _status.register(app, svc)
     _identity.register(app, svc)
-    for register in svc_route_extensions(svc):
-        register(app, svc)
+    _nodes.register(app, svc)
+    _jobs.register(app, svc)
     return app
-
-
-def svc_route_extensions(svc: Services) -> list[Callable[[QuartTrio, Services], None]]:
-    """Route modules present for the engines the services carry."""
-    out: list[Callable[[QuartTrio, Services], None]] = []
-    if svc.nodes is not None:
-        from . import _nodes
-
-        out.append(_nodes.register)
-    return out

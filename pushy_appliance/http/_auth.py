@@ -66,7 +66,14 @@ def authenticate(
         AuthError: 400/401/403 as ``API.md`` §1 lists.
         NotFoundError: the organization does not exist.
     """
-    signed = chef_auth.parse_signed_headers(headers, now=now or datetime.now(UTC))
+    try:
+        signed = chef_auth.parse_signed_headers(headers, now=now or datetime.now(UTC))
+    except AuthError as e:
+        # Every 401 names the scheme (RFC 9110 §11.6.1), the clock and timestamp ones too,
+        # as the Chef Server does.
+        if e.status == 401:
+            e.headers.setdefault("WWW-Authenticate", chef_auth.WWW_AUTHENTICATE)
+        raise
     identity = svc.identity
     if org is not None and org not in identity.orgs:
         raise org_not_found(org)

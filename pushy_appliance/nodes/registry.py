@@ -67,6 +67,8 @@ class NodeModel:
             entry["at"] = r["at"]
             if r.get("facts") is not None:
                 entry["facts"] = r["facts"]
+            if r.get("incarnation") is not None:
+                entry["incarnation"] = r["incarnation"]
         elif t == "client.del":
             self.nodes.pop((r["org"], r["name"]), None)
         elif t == "org.del":
@@ -150,6 +152,7 @@ class NodeSession:
         "last_sent",
         "name",
         "org",
+        "previous_incarnation",
         "rehab",
     )
 
@@ -172,6 +175,8 @@ class NodeSession:
         self.last_sent = self.connected_at
         self.close_code: int | None = None
         self.close_reason = ""
+        self.previous_incarnation: str | None = None
+        """The incarnation this node had when it was last seen (``None``: never seen)."""
         self._outbox = outbox
         self._seq = protocol.Sequencer()
         self._close_requested = close_requested
@@ -283,6 +288,7 @@ class NodeRegistry:
         """
         send, receive = trio.open_memory_channel[bytes](self.outbox_size)
         session = NodeSession(org, name, hello, send, self._on_close_requested)
+        session.previous_incarnation = self.model.nodes.get((org, name), {}).get("incarnation")
         self._closers[session] = closer
         old = self.sessions.get((org, name))
         if old is not None:
@@ -333,10 +339,16 @@ class NodeRegistry:
     # --- stored states ----------------------------------------------------------------------
 
     async def record_status(
-        self, org: str, name: str, status: str, facts: dict[str, Any] | None = None
+        self,
+        org: str,
+        name: str,
+        status: str,
+        facts: dict[str, Any] | None = None,
+        incarnation: str | None = None,
     ) -> None:
         await self.db.commit(
             {
+                "incarnation": incarnation,
                 "t": "node.seen",
                 "org": org,
                 "name": name,

@@ -1,0 +1,209 @@
+"""Job routes: ``jobs``, ``jobs/ID``, ``jobs/ID/abort`` and the output routes (``API.md`` §3)."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from typing import Any
+
+from quart import Response, request
+from quart_trio import QuartTrio
+
+from ..errors import NotAcceptableError, NotFoundError, UnsupportedMediaError, ValidationError
+from ..jobs.model import JobEntry
+from ..jobs.runner import JobRunner
+from ..jobs.validation import parse_json_body, validate_job_request
+from ._app import json_response, request_body, require_accept, signed
+from ._auth import require
+from ._context import Services
+from ._identity import _route_org, base_url
+from ._nodes import rfc1123
+
+__all__ = ["job_document", "register"]
+
+_JOB_ID = re.compile(r"[0-9a-f]{32}")
+_STATUSES = frozenset(
+    {"new", "voting", "running", "complete", "quorum_failed", "timed_out", "aborted", "crashed"}
+)
+
+
+def _summary(e: JobEntry) -> dict[str, Any]:
+    spec = e.spec
+    doc: dict[str, Any] = {
+        "id": e.id,
+        "command": spec["command"],
+        "status": e.status,
+        "run_timeout": spec["run_timeout"],
+        "created_at": rfc1123(e.created_at),
+        "updated_at": rfc1123(e.updated_at),
+    }
+    if spec["user"] is not None:
+        doc["user"] = spec["user"]
+    if spec["dir"] is not None:
+        doc["dir"] = spec["dir"]
+    if spec["env"] is not None:
+        doc["env"] = spec["env"]
+    if spec["capture"]:
+        doc["capture_output"] = True
+    if spec["file"] is not None:
+        doc["file_specified"] = True
+    return doc
+
+
+def job_document(e: JobEntry, *, include_file: bool = False) -> dict[str, Any]:
+    """The ``GET jobs/ID`` document (the original's shape plus ``quorum``, ``nack_reasons``)."""
+    doc = _summary(e)
+    doc["nodes"] = e.buckets()
+    doc["quorum"] = e.job["quorum"]
+    if include_file and e.spec["file"] is not None:
+        doc.pop("file_specified", None)
+        doc["file"] = e.spec["file"]
+    reasons = e.nack_reasons()
+    if reasons:
+        doc["nack_reasons"] = reasons
+    if e.spec.get("max_concurrency") is not None:
+        doc["max_concurrency"] = e.spec["max_concurrency"]
+    if e.spec.get("max_failures") is not None:
+        doc["max_failures"] = e.spec["max_failures"]
+    return doc
+
+
+def find_job(svc: Services, org: str, job_id: str) -> JobEntry:
+    """The job ``job_id`` of ``org``; 404 for another org's job too (**fix** of the original)."""
+    runner: JobRunner = svc.jobs
+    entry = runner.model.jobs.get(job_id) if _JOB_ID.fullmatch(job_id) else None
+    if entry is None or entry.org != org:
+        raise NotFoundError(f"job '{job_id[:64]}' not found", list_form=False)
+    return entry
+
+
+def _int_param(name: str, low: int, high: int) -> int | None:
+    raw = request.args.get(name)
+    if raw is None:
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValidationError(f"invalid {name} (must be an integer {low} .. {high})") from None
+    if not low <= value <= high:
+        raise ValidationError(f"invalid {name} (must be an integer {low} .. {high})")
+    return value
+
+
+def register(app: QuartTrio, svc: Services) -> None:
+    """Register the job routes on ``app``."""
+    runner: JobRunner = svc.jobs
+    limits = svc.config.limits
+
+    @app.route("/organizations/<org>/pushy/jobs", methods=["GET", "POST"])
+    async def jobs(org: str) -> Response:
+        require_accept()
+        org = _route_org(svc, org)
+        who = await signed(svc, org)
+        if request.method == "GET":
+            require(svc, org, who, "read")
+            return json_response(_list_jobs(runner, org))
+        require(svc, org, who, "write")
+        raw = await request_body(svc)
+        media = request.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
+        if media != "application/json" and not media.endswith("+json"):
+            raise UnsupportedMediaError(request.headers.get("Content-Type", ""))
+        body = parse_json_body(raw)
+        if not isinstance(body, dict):
+            raise ValidationError("invalid JSON body")
+        req = validate_job_request(
+            body,
+            max_file_bytes=limits.max_file_bytes,
+            max_nodes=limits.max_nodes_per_job,
+            default_run_timeout=svc.config.jobs.default_run_timeout,
+        )
+        job_id = await runner.create(org, req, who.name)
+        uri = f"{base_url()}/organizations/{org}/pushy/jobs/{job_id}"
+        return json_response({"id": job_id, "uri": uri}, 201, {"Location": uri})
+
+    @app.route("/organizations/<org>/pushy/jobs/<job_id>", methods=["GET"])
+    async def job(org: str, job_id: str) -> Response:
+        require_accept()
+        org = _route_org(svc, org)
+        who = await signed(svc, org)
+        require(svc, org, who, "read")
+        entry = find_job(svc, org, job_id)
+        include = request.args.get("include_file", "").lower() == "true"
+        return json_response(job_document(entry, include_file=include))
+
+    @app.route("/organizations/<org>/pushy/jobs/<job_id>/abort", methods=["POST"])
+    async def abort(org: str, job_id: str) -> Response:
+        require_accept()
+        org = _route_org(svc, org)
+        who = await signed(svc, org)
+        require(svc, org, who, "write")
+        raw = await request_body(svc)
+        if raw.strip():
+            media = request.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
+            if media != "application/json":
+                raise UnsupportedMediaError(request.headers.get("Content-Type", ""))
+            body = parse_json_body(raw)
+            if body != {}:
+                raise ValidationError("abort takes an empty body or {}")
+        entry = find_job(svc, org, job_id)
+        await runner.abort(org, job_id)
+        return json_response(job_document(entry))
+
+    @app.route("/organizations/<org>/pushy/jobs/<job_id>/output/<node>/<channel>", methods=["GET"])
+    async def output(org: str, job_id: str, node: str, channel: str) -> Response:
+        accept = request.headers.get("Accept", "")
+        if accept.strip().lower() == "application/json":
+            raise NotAcceptableError("application/octet-stream")
+        org = _route_org(svc, org)
+        who = await signed(svc, org)
+        require(svc, org, who, "read")
+        if channel not in ("stdout", "stderr"):
+            raise NotFoundError(f"no channel '{channel[:32]}' (stdout or stderr)", list_form=False)
+        entry = find_job(svc, org, job_id)
+        if node not in entry.nodes:
+            raise NotFoundError(f"node '{node[:300]}' is not part of job {job_id}", list_form=False)
+        if not entry.spec["capture"]:
+            raise NotFoundError(f"job {job_id} did not capture output", list_form=False)
+        buf = entry.output.get(node)
+        if buf is None or not buf.finished:
+            raise NotFoundError(f"node '{node}' has not finished job {job_id}", list_form=False)
+        data = bytes(buf.channel(channel))
+        total = buf.stdout_total if channel == "stdout" else buf.stderr_total
+        headers = {"X-Pushy-Output-Total-Bytes": str(max(total, len(data)))}
+        if total > len(data):
+            headers["X-Pushy-Output-Truncated"] = "true"
+        return Response(data, status=200, headers=headers, content_type="application/octet-stream")
+
+
+def _list_jobs(runner: JobRunner, org: str) -> list[dict[str, Any]]:
+    status = request.args.get("status")
+    if status is not None and status not in _STATUSES:
+        raise ValidationError(f"invalid status '{status[:40]}'")
+    limit = _int_param("limit", 1, 10_000)
+    before = request.args.get("before")
+    since_text = request.args.get("since")
+    since: float | None = None
+    if since_text is not None:
+        try:
+            since = datetime.fromisoformat(since_text.replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            raise ValidationError("invalid since (expected an RFC 3339 time)") from None
+        if datetime.fromisoformat(since_text.replace("Z", "+00:00")).tzinfo is None:
+            since = datetime.fromisoformat(since_text).replace(tzinfo=UTC).timestamp()
+    out: list[dict[str, Any]] = []
+    skipping = before is not None
+    for e in reversed(runner.model.jobs.values()):
+        if skipping:
+            if e.id == before:
+                skipping = False
+            continue
+        if e.org != org:
+            continue
+        if status is not None and e.status != status:
+            continue
+        if since is not None and e.created_at < since:
+            break
+        out.append(_summary(e))
+        if limit is not None and len(out) >= limit:
+            break
+    return out

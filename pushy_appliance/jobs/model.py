@@ -1,0 +1,233 @@
+"""The stored view of jobs: what the API reads and what a restart resumes from (pure).
+
+The runner owns each live job's :class:`~.machine.JobState`; this model keeps the durable
+*record form* of every job, updated by records in O(changed nodes):
+
+=================  ==================================================================
+``t``              fields
+=================  ==================================================================
+``job.create``     ``id, org, spec, state`` (``machine.to_record``), ``events``, ``at``
+``job.step``       ``id, job`` (``machine.job_record``), ``nodes`` (changed
+                   ``machine.node_record`` entries), ``events``, ``at``, ``results``
+                   (``{node: result fields}`` of results received in this step)
+``job.output``     ``id, node, channel, offset, data`` (bytes), ``events``
+``job.purge``      ``id``
+=================  ==================================================================
+
+``events`` are ``[n, name, data]`` with ``data`` already carrying its ``timestamp`` first;
+``n`` is the job-feed id number (``job-n``). ``spec`` holds the request fields the machine
+does not keep (command, user, dir, env, file, capture, requester, quorum as asked).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from .machine import NodeStatus
+
+__all__ = ["BUCKETS", "JobEntry", "JobsModel", "OutputBuffer"]
+
+BUCKETS = tuple(str(s) for s in NodeStatus)
+FINISHED = frozenset({"complete", "quorum_failed", "timed_out", "aborted", "crashed"})
+
+
+@dataclasses.dataclass(slots=True)
+class OutputBuffer:
+    """One node's captured output: bytes kept up to the cap, totals counted beyond it."""
+
+    stdout: bytearray = dataclasses.field(default_factory=bytearray)
+    stderr: bytearray = dataclasses.field(default_factory=bytearray)
+    stdout_total: int = 0
+    stderr_total: int = 0
+    truncated: bool = False
+    finished: bool = False
+
+    def channel(self, name: str) -> bytearray:
+        return self.stdout if name == "stdout" else self.stderr
+
+    def add(self, channel: str, offset: int, data: bytes, cap: int) -> None:
+        """Append ``data`` found at ``offset`` of ``channel``; overlap is dropped, the part
+        beyond ``cap`` is counted but not kept."""
+        total = self.stdout_total if channel == "stdout" else self.stderr_total
+        if offset + len(data) <= total:
+            return  # already have it (a re-send after a reconnect)
+        if offset < total:
+            data = data[total - offset :]
+            offset = total
+        new_total = offset + len(data)
+        buf = self.channel(channel)
+        room = cap - len(buf)
+        if room > 0:
+            buf += data[:room]
+        if len(data) > max(room, 0):
+            self.truncated = True
+        if channel == "stdout":
+            self.stdout_total = new_total
+        else:
+            self.stderr_total = new_total
+
+    def to_plain(self) -> dict[str, Any]:
+        return {
+            "stdout": bytes(self.stdout),
+            "stderr": bytes(self.stderr),
+            "stdout_total": self.stdout_total,
+            "stderr_total": self.stderr_total,
+            "truncated": self.truncated,
+            "finished": self.finished,
+        }
+
+    @classmethod
+    def from_plain(cls, d: dict[str, Any]) -> OutputBuffer:
+        return cls(
+            bytearray(d["stdout"]),
+            bytearray(d["stderr"]),
+            d["stdout_total"],
+            d["stderr_total"],
+            d["truncated"],
+            d["finished"],
+        )
+
+
+@dataclasses.dataclass(slots=True)
+class JobEntry:
+    """One job as stored."""
+
+    id: str
+    org: str
+    spec: dict[str, Any]
+    job: dict[str, Any]
+    nodes: dict[str, list[Any]]
+    events: list[list[Any]]
+    created_at: float
+    updated_at: float
+    output: dict[str, OutputBuffer] = dataclasses.field(default_factory=dict)
+    finished_at: float | None = None
+
+    @property
+    def status(self) -> str:
+        return str(self.job["status"])
+
+    @property
+    def finished(self) -> bool:
+        return self.status in FINISHED
+
+    def state_record(self) -> dict[str, Any]:
+        """The full ``machine.to_record`` form, for ``from_record``."""
+        return {**self.job, "nodes": list(self.nodes.values())}
+
+    def buckets(self) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for name, entry in self.nodes.items():
+            out.setdefault(entry[1], []).append(name)
+        return {b: sorted(out[b]) for b in BUCKETS if b in out}
+
+    def nack_reasons(self) -> dict[str, str]:
+        return {
+            name: entry[4]
+            for name, entry in self.nodes.items()
+            if entry[1] == "nacked" and entry[4] is not None
+        }
+
+    def last_event_n(self) -> int:
+        return self.events[-1][0] if self.events else 0
+
+
+class JobsModel:
+    """Every stored job, by id, with the records that change them.
+
+    Args:
+        output_cap: bytes kept per node and channel.
+    """
+
+    def __init__(self, output_cap: int = 1_048_576) -> None:
+        self.jobs: dict[str, JobEntry] = {}
+        self.output_cap = output_cap
+        self.last_at = 0.0
+        """Time of the newest job record applied (when the server last wrote)."""
+
+    def apply(self, r: dict[str, Any]) -> None:
+        t = r.get("t")
+        if t is None or not t.startswith("job."):
+            if t == "org.del":
+                for job_id in [j.id for j in self.jobs.values() if j.org == r["name"]]:
+                    del self.jobs[job_id]
+            return
+        at = r.get("at")
+        if isinstance(at, int | float):
+            self.last_at = max(self.last_at, float(at))
+        if t == "job.create":
+            state = r["state"]
+            job = {k: v for k, v in state.items() if k != "nodes"}
+            entry = JobEntry(
+                id=r["id"],
+                org=r["org"],
+                spec=r["spec"],
+                job=job,
+                nodes={n[0]: n for n in state["nodes"]},
+                events=list(r["events"]),
+                created_at=r["at"],
+                updated_at=r["at"],
+            )
+            self.jobs[entry.id] = entry
+            if entry.finished:
+                entry.finished_at = r["at"]
+            return
+        found = self.jobs.get(r["id"])
+        if found is None:
+            return
+        entry = found
+        if t == "job.step":
+            if r["job"]["status"] != entry.job["status"]:
+                entry.updated_at = r["at"]
+                if r["job"]["status"] in FINISHED:
+                    entry.finished_at = r["at"]
+            entry.job = r["job"]
+            for n in r["nodes"]:
+                entry.nodes[n[0]] = n
+            entry.events.extend(r["events"])
+            for node, res in (r.get("results") or {}).items():
+                buf = entry.output.setdefault(node, OutputBuffer())
+                buf.finished = True
+                buf.truncated = buf.truncated or bool(res.get("truncated"))
+                buf.stdout_total = max(buf.stdout_total, int(res.get("stdout_bytes") or 0))
+                buf.stderr_total = max(buf.stderr_total, int(res.get("stderr_bytes") or 0))
+        elif t == "job.output":
+            buf = entry.output.setdefault(r["node"], OutputBuffer())
+            buf.add(r["channel"], r["offset"], r["data"], self.output_cap)
+            entry.events.extend(r["events"])
+        elif t == "job.purge":
+            del self.jobs[r["id"]]
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "id": e.id,
+                "org": e.org,
+                "spec": e.spec,
+                "job": e.job,
+                "nodes": list(e.nodes.values()),
+                "events": e.events,
+                "created_at": e.created_at,
+                "updated_at": e.updated_at,
+                "finished_at": e.finished_at,
+                "output": {n: b.to_plain() for n, b in e.output.items()},
+            }
+            for e in self.jobs.values()
+        ]
+
+    def load(self, snap: list[dict[str, Any]]) -> None:
+        self.jobs = {}
+        for d in snap:
+            self.jobs[d["id"]] = JobEntry(
+                id=d["id"],
+                org=d["org"],
+                spec=d["spec"],
+                job=d["job"],
+                nodes={n[0]: n for n in d["nodes"]},
+                events=d["events"],
+                created_at=d["created_at"],
+                updated_at=d["updated_at"],
+                finished_at=d["finished_at"],
+                output={n: OutputBuffer.from_plain(b) for n, b in d["output"].items()},
+            )

@@ -1,0 +1,565 @@
+"""The job runner: feeds events to the pure job machine and performs its effects.
+
+Each live job has one task that drains the job's inbox in batches: every event in the batch
+goes through :func:`machine.transition`; the changes of the whole batch (job fields, changed
+nodes, published feed events) become ONE ``job.step`` record, committed durably; only then
+are the effects performed (frames sent, timers armed, events published to the hub). So a
+crash loses effects, never state, and a fan-out to thousands of nodes costs a handful of
+fsyncs, not one per vote. After a restart :meth:`JobRunner.resume` sends ``Resume`` to every
+unfinished job; the machine re-derives what a lost effect would have done.
+
+The runner is also the registry's :class:`~..nodes.registry.JobLink`: node frames become
+machine events for the job they name.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections import deque
+from collections.abc import Iterable
+from typing import Any
+
+import trio
+
+from .. import protocol
+from ..db import Database
+from ..errors import ConflictError, NotFoundError
+from ..hub import Hub, OrgEventLog
+from ..nodes.registry import NodeRegistry, NodeSession
+from ..sse import MonotonicStamper, format_timestamp
+from . import machine as m
+from .model import JobEntry, JobsModel
+from .validation import JobRequest
+
+__all__ = ["JobRunner", "job_topic", "org_topic"]
+
+log = logging.getLogger(__name__)
+
+FINAL_NODE = frozenset(str(s) for s in m.NodeStatus) - {"new", "ready", "running"}
+
+
+def job_topic(job_id: str) -> str:
+    return f"job:{job_id}"
+
+
+def org_topic(org: str) -> str:
+    return f"org:{org}"
+
+
+class _LiveJob:
+    """A job the runner is driving."""
+
+    def __init__(self, entry: JobEntry, state: m.JobState) -> None:
+        self.entry = entry
+        self.state = state
+        self.inbox: deque[tuple[m.Event, Any]] = deque()
+        self.wakeup = trio.Event()
+        self.timers: dict[str, trio.CancelScope] = {}
+        self.stamper = MonotonicStamper()
+        self.done = trio.Event()
+        self.nursery: trio.Nursery | None = None
+
+    @property
+    def id(self) -> str:
+        return self.entry.id
+
+    def post(self, event: m.Event, extra: Any = None) -> None:
+        self.inbox.append((event, extra))
+        self.wakeup.set()
+
+
+class JobRunner:
+    """Drives every live job.
+
+    Args:
+        db: the database; its ``jobs`` model is a :class:`JobsModel`.
+        registry: the node registry (sessions to send frames to).
+        hub: where feed events are published (``job:ID`` and ``org:ORG`` topics).
+        voting_timeout, reconnect_grace: seconds, from the configuration.
+        org_retention: seconds the org feed keeps events.
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        registry: NodeRegistry,
+        hub: Hub,
+        *,
+        voting_timeout: float,
+        reconnect_grace: float,
+        org_retention: float,
+        retention_days: float = 0.0,
+    ) -> None:
+        self.db = db
+        self.registry = registry
+        self.hub = hub
+        self.voting_timeout = voting_timeout
+        self.reconnect_grace = reconnect_grace
+        self.org_retention = org_retention
+        self.retention_days = retention_days
+        self.live: dict[str, _LiveJob] = {}
+        self.node_jobs: dict[tuple[str, str], set[str]] = {}
+        """Live jobs in which the node is still live (new, ready or running)."""
+        self.org_logs: dict[str, OrgEventLog] = {}
+        self._nursery: trio.Nursery | None = None
+        registry.link = self
+
+    @property
+    def model(self) -> JobsModel:
+        model = self.db.models["jobs"]
+        assert isinstance(model, JobsModel)
+        return model
+
+    def live_job_ids(self) -> list[str]:
+        return sorted(self.live)
+
+    def org_log(self, org: str) -> OrgEventLog:
+        log_ = self.org_logs.get(org)
+        if log_ is None:
+            log_ = self.org_logs[org] = OrgEventLog(self.org_retention)
+        return log_
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run jobs until cancelled; resumes the unfinished jobs of the store first.
+
+        Start-up: ready once every unfinished job has been resumed.
+        """
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            await self.resume()
+            nursery.start_soon(self._retention)
+            task_status.started()
+            await trio.sleep_forever()
+
+    async def resume(self) -> None:
+        """Restart every unfinished job of the store (``Resume`` with its remaining time)."""
+        now = time.time()
+        stopped_at = self.model.last_at or None
+        for entry in list(self.model.jobs.values()):
+            if entry.finished:
+                continue
+            state = m.from_record(entry.state_record())
+            job = await self._adopt(entry, state)
+            if state.status == m.JobStatus.NEW:
+                job.post(m.Start(now, self._online(entry.org, state.nodes)))
+            else:
+                job.post(m.Resume(now, stopped_at))
+            log.info("job %s: resumed (%s, %d nodes)", entry.id, state.status, len(state.nodes))
+
+    async def _adopt(self, entry: JobEntry, state: m.JobState) -> _LiveJob:
+        job = _LiveJob(entry, state)
+        self.live[entry.id] = job
+        for node, status in state.nodes.items():
+            if status in m.LIVE_NODE_STATUSES:
+                self.node_jobs.setdefault((entry.org, node), set()).add(entry.id)
+        assert self._nursery is not None
+        await self._nursery.start(self._drive, job)
+        return job
+
+    def _online(self, org: str, nodes: Iterable[str]) -> frozenset[str]:
+        out = set()
+        for n in nodes:
+            s = self.registry.get(org, n)
+            if s is not None and s.close_code is None and not s.rehab:
+                out.add(n)
+        return frozenset(out)
+
+    # --- API operations ---------------------------------------------------------------------
+
+    async def create(self, org: str, req: JobRequest, requester: str) -> str:
+        """Create and start a job; returns once its record is durable.
+
+        Returns:
+            The new job id (32 lowercase hex characters).
+        """
+        job_id = secrets.token_hex(16)
+        now = time.time()
+        state0 = m.new_job(
+            job_id,
+            req.nodes,
+            quorum=req.quorum,
+            run_timeout=req.run_timeout,
+            voting_timeout=self.voting_timeout,
+            reconnect_grace=self.reconnect_grace,
+            max_concurrency=req.max_concurrency,
+            max_failures=req.max_failures,
+        )
+        spec: dict[str, Any] = {
+            "command": req.command,
+            "run_timeout": req.run_timeout,
+            "quorum": req.quorum,
+            "user": req.user,
+            "dir": req.dir,
+            "env": req.env,
+            "file": req.file,
+            "capture": req.capture_output,
+            "requester": requester,
+            "max_concurrency": req.max_concurrency,
+            "max_failures": req.max_failures,
+        }
+        stamper = MonotonicStamper()
+        start_data: dict[str, Any] = {
+            "command": req.command,
+            "run_timeout": req.run_timeout,
+            "quorum": req.quorum,
+            "node_count": len(req.nodes),
+            "user": requester,
+        }
+        if req.user is not None:
+            start_data["job_user"] = req.user
+        if req.dir is not None:
+            start_data["dir"] = req.dir
+        if req.env is not None:
+            start_data["env"] = req.env
+        if req.file is not None:
+            start_data["file_specified"] = True
+        start_data["capture"] = req.capture_output
+        start_event = {"timestamp": format_timestamp(stamper.stamp(now)), **start_data}
+        events: list[list[Any]] = [[1, "start", start_event]]
+        state, effects = m.transition(state0, m.Start(now, self._online(org, req.nodes)))
+        events += self._stamp(effects, stamper, 2, now)
+        record = {
+            "t": "job.create",
+            "id": job_id,
+            "org": org,
+            "spec": spec,
+            "state": m.to_record(state),
+            "events": events,
+            "at": now,
+        }
+        await self.db.commit(record)
+        entry = self.model.jobs[job_id]
+        job = await self._adopt(entry, state)
+        job.stamper = stamper
+        log.info(
+            "job %s: started by %s in %s on %d node(s): %r",
+            job_id,
+            requester,
+            org,
+            len(req.nodes),
+            req.command,
+        )
+        self._org_event(org, "start", job_id, start_event, now)
+        self._perform(job, effects, events)
+        return job_id
+
+    async def abort(self, org: str, job_id: str) -> None:
+        """Abort a voting or running job and wait until that is durable.
+
+        Raises:
+            NotFoundError: no such job in ``org``.
+            ConflictError: the job already finished.
+        """
+        entry = self.model.jobs.get(job_id)
+        if entry is None or entry.org != org:
+            raise NotFoundError(f"job '{job_id}' not found", list_form=False)
+        job = self.live.get(job_id)
+        if job is None or entry.finished:
+            raise ConflictError("job already finished", list_form=False)
+        job.post(m.Abort(time.time()))
+        await job.done.wait()
+
+    # --- the per-job task -------------------------------------------------------------------
+
+    async def _drive(
+        self, job: _LiveJob, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        async with trio.open_nursery() as nursery:
+            job.nursery = nursery
+            task_status.started()
+            try:
+                while not m.is_finished(job.state):
+                    await job.wakeup.wait()
+                    job.wakeup = trio.Event()
+                    await self._batch(job)
+            finally:
+                nursery.cancel_scope.cancel()
+        self._retire(job)
+
+    async def _batch(self, job: _LiveJob) -> None:
+        batch = list(job.inbox)
+        job.inbox.clear()
+        state = job.state
+        effects: list[m.Effect] = []
+        touched: dict[str, None] = {}
+        changed = False
+        results: dict[str, Any] = {}
+        now = time.time()
+        for event, extra in batch:
+            new, fx = m.transition(state, event)
+            if new is not state:
+                changed = True
+                touched.update(dict.fromkeys(new.touched))
+            state = new
+            effects.extend(fx)
+            if isinstance(event, m.Result | m.NodeBack) and extra is not None:
+                results[event.node] = extra
+        job.state = state
+        if not changed and not results:
+            self._perform(job, effects, [])
+            return
+        first = job.entry.last_event_n() + 1
+        events = self._stamp(effects, job.stamper, first, now)
+        record = {
+            "t": "job.step",
+            "id": job.id,
+            "job": m.job_record(state),
+            "nodes": [m.node_record(state, n) for n in touched],
+            "events": events,
+            "results": results,
+            "at": now,
+        }
+        await self.db.commit(record)
+        for n in touched:
+            if state.nodes[n] not in m.LIVE_NODE_STATUSES:
+                self._node_done(job.entry.org, n, job.id)
+        self._perform(job, effects, events)
+
+    def _stamp(
+        self, effects: Iterable[m.Effect], stamper: MonotonicStamper, first: int, now: float
+    ) -> list[list[Any]]:
+        out: list[list[Any]] = []
+        for fx in effects:
+            if isinstance(fx, m.Publish):
+                data = {"timestamp": format_timestamp(stamper.stamp(now)), **fx.data}
+                out.append([first + len(out), fx.event, data])
+        return out
+
+    def _node_done(self, org: str, node: str, job_id: str) -> None:
+        jobs = self.node_jobs.get((org, node))
+        if jobs is not None:
+            jobs.discard(job_id)
+            if not jobs:
+                del self.node_jobs[(org, node)]
+        s = self.registry.get(org, node)
+        if s is not None and s.job_id == job_id:
+            s.job_id = None
+
+    def _retire(self, job: _LiveJob) -> None:
+        self.live.pop(job.id, None)
+        for node in job.state.nodes:
+            self._node_done(job.entry.org, node, job.id)
+        job.done.set()
+        log.info("job %s: finished %s", job.id, job.state.status)
+
+    # --- effects ----------------------------------------------------------------------------
+
+    def _perform(self, job: _LiveJob, effects: Iterable[m.Effect], events: list[list[Any]]) -> None:
+        org = job.entry.org
+        for ev in events:
+            self.hub.publish(job_topic(job.id), ev)
+            if ev[1] == "job_complete":
+                self._org_event(org, "job_complete", job.id, ev[2], time.time())
+        for fx in effects:
+            if isinstance(fx, m.SendCommit):
+                spec = job.entry.spec
+                fields: dict[str, Any] = {
+                    "job_id": job.id,
+                    "command": spec["command"],
+                    "capture": spec["capture"],
+                    "run_timeout": float(spec["run_timeout"]),
+                    "env": spec["env"] or {},
+                }
+                for key in ("user", "dir", "file"):
+                    if spec[key] is not None:
+                        fields[key] = spec[key]
+                for node in fx.nodes:
+                    self._send(org, node, protocol.Commit, **fields)
+            elif isinstance(fx, m.SendRun):
+                for node in fx.nodes:
+                    self._send(org, node, protocol.Run, job_id=job.id)
+            elif isinstance(fx, m.SendAbort | m.ReleaseNodes):
+                for node in fx.nodes:
+                    self._send(org, node, protocol.Abort, job_id=job.id)
+            elif isinstance(fx, m.SendRehab):
+                s = self.registry.get(org, fx.node)
+                if s is not None:
+                    s.start_rehab()
+            elif isinstance(fx, m.SendResultAck):
+                self._send(org, fx.node, protocol.ResultAck, job_id=job.id)
+            elif isinstance(fx, m.StartTimer):
+                self._arm(job, fx.kind, fx.deadline)
+            elif isinstance(fx, m.CancelTimer):
+                scope = job.timers.pop(fx.kind, None)
+                if scope is not None:
+                    scope.cancel()
+
+    def _send(self, org: str, node: str, cls: type[Any], **fields: Any) -> None:
+        s = self.registry.get(org, node)
+        if s is not None:
+            s.send(cls, **fields)
+
+    def _arm(self, job: _LiveJob, kind: str, deadline: float) -> None:
+        old = job.timers.pop(kind, None)
+        if old is not None:
+            old.cancel()
+        if m.is_finished(job.state):
+            return
+        scope = trio.CancelScope()
+        job.timers[kind] = scope
+        assert job.nursery is not None
+        job.nursery.start_soon(self._timer, job, kind, deadline, scope)
+
+    async def _timer(
+        self, job: _LiveJob, kind: str, deadline: float, scope: trio.CancelScope
+    ) -> None:
+        with scope:
+            await trio.sleep(max(0.0, deadline - time.time()))
+            if job.timers.get(kind) is scope:
+                del job.timers[kind]
+            now = time.time()
+            if kind == "voting":
+                job.post(m.VotingTimeout(now))
+            elif kind == "run":
+                job.post(m.RunTimeout(now))
+            elif kind.startswith("grace:"):
+                job.post(m.GraceExpired(kind[len("grace:") :], now))
+
+    def _org_event(
+        self, org: str, name: str, job_id: str, data: dict[str, Any], now: float
+    ) -> None:
+        fields = {k: v for k, v in data.items() if k != "timestamp"}
+        payload = {"timestamp": data["timestamp"], "job": job_id, **fields}
+        event = self.org_log(org).append(name, payload, now)
+        self.hub.publish(org_topic(org), event)
+
+    # --- JobLink: node frames ---------------------------------------------------------------
+
+    async def node_hello(self, session: NodeSession, hello: protocol.Hello) -> None:
+        org, node = session.org, session.name
+        now = time.time()
+        previous = session.previous_incarnation
+        same = previous is not None and previous == hello.incarnation_id
+        held = hello.job_id
+        pending = hello.pending_result
+        jobs = self.node_jobs.get((org, node), set())
+        for job_id in list(jobs):
+            job = self.live.get(job_id)
+            if job is None:
+                continue
+            job_state = hello.job_state if held == job_id else "idle"
+            result = None
+            extra = None
+            if pending is not None and pending.job_id == job_id:
+                result = m.Result(node, pending.status, pending.exit_code, now)
+                extra = _result_meta(pending)
+            if job_state != "idle":
+                session.job_id = job_id
+            job.post(m.NodeBack(node, now, same, job_state, result), extra)
+        if pending is not None and pending.job_id not in jobs:
+            # a result for a job that is over (or unknown): acknowledge so the agent forgets it
+            session.send(protocol.ResultAck, job_id=pending.job_id)
+        if held is not None and held not in jobs:
+            session.start_rehab()
+
+    async def node_frame(self, session: NodeSession, frame: protocol.Frame) -> None:
+        org, node = session.org, session.name
+        if isinstance(frame, protocol.Aborted):
+            session.end_rehab()
+            if frame.job_id is None or session.job_id == frame.job_id:
+                session.job_id = None
+            return
+        job_id = getattr(frame, "job_id", None)
+        job = self.live.get(job_id) if isinstance(job_id, str) else None
+        if job is None or job.entry.org != org or node not in job.state.nodes:
+            if isinstance(frame, protocol.Result):
+                session.send(protocol.ResultAck, job_id=frame.job_id)
+                if session.job_id == frame.job_id:
+                    session.job_id = None
+                return
+            if isinstance(frame, protocol.Output):
+                return  # output of a job that is over: nothing to keep
+            log.info("node %s/%s: %s for unknown job %s: rehab", org, node, frame.TYPE, job_id)
+            session.start_rehab()
+            return
+        now = time.time()
+        if isinstance(frame, protocol.AckCommit):
+            session.job_id = job.id
+            job.post(m.AckCommit(node, now))
+        elif isinstance(frame, protocol.NackCommit):
+            job.post(m.NackCommit(node, frame.reason, now))
+        elif isinstance(frame, protocol.AckRun):
+            job.post(m.AckRun(node, now))
+        elif isinstance(frame, protocol.NackRun):
+            job.post(m.NackRun(node, frame.reason, now))
+        elif isinstance(frame, protocol.Result):
+            if session.job_id == job.id:
+                session.job_id = None
+            job.post(m.Result(node, frame.status, frame.exit_code, now), _result_meta(frame))
+        elif isinstance(frame, protocol.Output):
+            await self._output(job, node, frame)
+
+    async def _output(self, job: _LiveJob, node: str, frame: protocol.Output) -> None:
+        if not job.entry.spec["capture"]:
+            return
+        events: list[list[Any]] = []
+        n = job.entry.last_event_n() + 1
+        data = {
+            "timestamp": format_timestamp(job.stamper.stamp(time.time())),
+            "node": node,
+            "channel": frame.channel,
+            "data": frame.data.decode("utf-8", "replace"),
+        }
+        events.append([n, "output", data])
+        await self.db.commit(
+            {
+                "t": "job.output",
+                "id": job.id,
+                "node": node,
+                "channel": frame.channel,
+                "offset": frame.offset,
+                "data": frame.data,
+                "events": events,
+                "at": time.time(),
+            }
+        )
+        self.hub.publish(job_topic(job.id), events[0])
+
+    async def node_lost(self, session: NodeSession) -> None:
+        now = time.time()
+        for job_id in list(self.node_jobs.get((session.org, session.name), ())):
+            job = self.live.get(job_id)
+            if job is not None:
+                job.post(m.NodeDown(session.name, now))
+
+    # --- retention --------------------------------------------------------------------------
+
+    async def purge_expired(self, now: float | None = None) -> int:
+        """Purge finished jobs older than ``retention_days``. Returns how many."""
+        if self.retention_days <= 0:
+            return 0
+        cutoff = (now or time.time()) - self.retention_days * 86400
+        old = [
+            e.id
+            for e in self.model.jobs.values()
+            if e.finished_at is not None and e.finished_at < cutoff and e.id not in self.live
+        ]
+        for job_id in old:
+            await self.db.commit({"t": "job.purge", "id": job_id})
+            self.hub.close_topic(job_topic(job_id))
+        if old:
+            log.info(
+                "purged %d job(s) finished more than %g days ago", len(old), self.retention_days
+            )
+        return len(old)
+
+    async def _retention(self) -> None:
+        while True:
+            await self.purge_expired()
+            await trio.sleep(3600)
+
+
+def _result_meta(r: protocol.Result | protocol.ResultBody) -> dict[str, Any]:
+    return {
+        "status": r.status,
+        "exit_code": r.exit_code,
+        "signal": r.signal,
+        "stdout_bytes": r.stdout_bytes,
+        "stderr_bytes": r.stderr_bytes,
+        "truncated": r.truncated,
+        "duration_s": r.duration_s,
+    }

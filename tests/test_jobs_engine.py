@@ -1,0 +1,153 @@
+"""The job engine through the real API, with fake nodes speaking the real node protocol."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from fakenode import Behaviour, fake_nodes
+from helpers import Signed, admin_client, running_server, test_config
+
+FINISHED = {"complete", "quorum_failed", "timed_out", "aborted", "crashed"}
+
+
+async def wait_job(admin: Signed, job_id: str, timeout: float = 10) -> dict[str, Any]:
+    with trio.fail_after(timeout):
+        while True:
+            r = await admin.get(f"/organizations/default/pushy/jobs/{job_id}")
+            assert r.status_code == 200, r.text
+            doc: dict[str, Any] = r.json()
+            if doc["status"] in FINISHED:
+                return doc
+            await trio.sleep(0.05)
+
+
+async def start(admin: Signed, body: dict[str, Any]) -> str:
+    r = await admin.post("/organizations/default/pushy/jobs", body)
+    assert r.status_code == 201, r.text
+    doc = r.json()
+    assert r.headers["Location"] == doc["uri"]
+    assert doc["uri"].endswith(doc["id"])
+    return str(doc["id"])
+
+
+async def test_success_failure_and_output(tmp_path: Path) -> None:
+    async with running_server(test_config(tmp_path)) as info, admin_client(info) as admin:
+        behaviours = {
+            "n1": Behaviour(stdout=b"hello\xff\n", stderr=b"warn\n"),
+            "n2": Behaviour(),
+            "n3": Behaviour(exit_code=1),
+        }
+        async with fake_nodes(info, admin, behaviours):
+            job_id = await start(
+                admin,
+                {
+                    "command": "chef-client",
+                    "nodes": ["n1", "n2", "n3"],
+                    "quorum": 3,
+                    "capture_output": True,
+                },
+            )
+            doc = await wait_job(admin, job_id)
+            assert doc["status"] == "complete"
+            assert doc["nodes"] == {"succeeded": ["n1", "n2"], "failed": ["n3"]}
+            assert doc["capture_output"] is True
+            assert doc["quorum"] == 3
+            r = await admin.get(f"/organizations/default/pushy/jobs/{job_id}/output/n1/stdout")
+            assert r.status_code == 200
+            assert r.content == b"hello\xff\n"
+            assert r.headers["content-type"] == "application/octet-stream"
+            r = await admin.get(f"/organizations/default/pushy/jobs/{job_id}/output/n1/stderr")
+            assert r.content == b"warn\n"
+            r = await admin.get(f"/organizations/default/pushy/jobs/{job_id}/output/n2/stdout")
+            assert r.status_code == 200 and r.content == b""
+            r = await admin.get(
+                f"/organizations/default/pushy/jobs/{job_id}/output/n1/stdout",
+                headers={"Accept": "application/json"},
+            )
+            assert r.status_code == 406
+            r = await admin.get("/organizations/default/pushy/jobs")
+            assert [j["id"] for j in r.json()] == [job_id]
+            assert "nodes" not in r.json()[0]
+
+
+async def test_nack_quorum_and_unavailable(tmp_path: Path) -> None:
+    async with running_server(test_config(tmp_path)) as info, admin_client(info) as admin:
+        r = await admin.post(
+            "/organizations/default/clients", {"name": "offline1", "create_key": True}
+        )
+        assert r.status_code == 201
+        behaviours = {"n1": Behaviour(nack_commit="not_whitelisted"), "n2": Behaviour()}
+        async with fake_nodes(info, admin, behaviours):
+            job_id = await start(admin, {"command": "rm -rf /", "nodes": ["n1", "n2"]})
+            doc = await wait_job(admin, job_id)
+            assert doc["status"] == "quorum_failed"
+            assert doc["nodes"]["nacked"] == ["n1"]
+            assert doc["nack_reasons"] == {"n1": "not_whitelisted"}
+            job_id = await start(
+                admin, {"command": "x", "nodes": ["n1", "n2", "offline1", "ghost"], "quorum": 1}
+            )
+            doc = await wait_job(admin, job_id)
+            assert doc["status"] == "complete"
+            assert doc["nodes"] == {
+                "succeeded": ["n2"],
+                "unavailable": ["ghost", "offline1"],
+                "nacked": ["n1"],
+            }
+
+
+async def test_abort_and_run_timeout(tmp_path: Path) -> None:
+    async with running_server(test_config(tmp_path)) as info, admin_client(info) as admin:
+        behaviours = {"n1": Behaviour(run_seconds=30), "n2": Behaviour(ignore_run=True)}
+        async with fake_nodes(info, admin, behaviours) as nodes:
+            job_id = await start(admin, {"command": "sleep 30", "nodes": ["n1"]})
+            with trio.fail_after(5):
+                while (await admin.get(f"/organizations/default/pushy/jobs/{job_id}")).json()[
+                    "status"
+                ] != "running":
+                    await trio.sleep(0.05)
+            r = await admin.post(f"/organizations/default/pushy/jobs/{job_id}/abort")
+            assert r.status_code == 200, r.text
+            assert r.json()["status"] == "aborted"
+            assert r.json()["nodes"] == {"aborted": ["n1"]}
+            r = await admin.post(f"/organizations/default/pushy/jobs/{job_id}/abort")
+            assert r.status_code == 409
+            assert r.json() == {"error": "job already finished"}
+            job_id = await start(admin, {"command": "sleep 30", "nodes": ["n2"], "run_timeout": 1})
+            doc = await wait_job(admin, job_id)
+            assert doc["status"] == "timed_out"
+            assert doc["nodes"] == {"timed_out": ["n2"]}
+            del nodes
+
+
+async def test_busy_node_nacks_second_job(tmp_path: Path) -> None:
+    async with running_server(test_config(tmp_path)) as info, admin_client(info) as admin:
+        async with fake_nodes(info, admin, {"n1": Behaviour(run_seconds=2)}):
+            first = await start(admin, {"command": "a", "nodes": ["n1"]})
+            with trio.fail_after(5):
+                while (await admin.get(f"/organizations/default/pushy/jobs/{first}")).json()[
+                    "status"
+                ] != "running":
+                    await trio.sleep(0.05)
+            second = await start(admin, {"command": "b", "nodes": ["n1"], "quorum": 0})
+            doc = await wait_job(admin, second)
+            assert doc["nodes"] in ({"nacked": ["n1"]}, {"unavailable": ["n1"]})
+            doc = await wait_job(admin, first)
+            assert doc["status"] == "complete"
+
+
+async def test_job_routes_refuse_bad_input(tmp_path: Path) -> None:
+    async with running_server(test_config(tmp_path)) as info, admin_client(info) as admin:
+        r = await admin.post("/organizations/default/pushy/jobs", {"command": "", "nodes": ["a"]})
+        assert r.status_code == 400
+        assert r.json() == {"error": "invalid command supplied"}
+        r = await admin.post("/organizations/default/pushy/jobs", raw=b"nope")
+        assert r.status_code == 400
+        assert r.json() == {"error": "invalid JSON body"}
+        r = await admin.get("/organizations/default/pushy/jobs/" + "0" * 32)
+        assert r.status_code == 404
+        r = await admin.get("/organizations/default/pushy/jobs?limit=0")
+        assert r.status_code == 400
+        assert "limit" in r.json()["error"]
