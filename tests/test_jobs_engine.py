@@ -13,13 +13,16 @@ from helpers import Signed, admin_client, running_server, test_config
 FINISHED = {"complete", "quorum_failed", "timed_out", "aborted", "crashed"}
 
 
-async def wait_job(admin: Signed, job_id: str, timeout: float = 10) -> dict[str, Any]:
-    with trio.fail_after(timeout):
+async def wait_job(
+    admin: Signed, job_id: str, statuses: set[str] = FINISHED, limit: float = 10
+) -> dict[str, Any]:
+    """Poll the job document until its status is one of ``statuses``."""
+    with trio.fail_after(limit):
         while True:
             r = await admin.get(f"/organizations/default/pushy/jobs/{job_id}")
             assert r.status_code == 200, r.text
             doc: dict[str, Any] = r.json()
-            if doc["status"] in FINISHED:
+            if doc["status"] in statuses:
                 return doc
             await trio.sleep(0.05)
 
@@ -101,13 +104,9 @@ async def test_nack_quorum_and_unavailable(tmp_path: Path) -> None:
 async def test_abort_and_run_timeout(tmp_path: Path) -> None:
     async with running_server(test_config(tmp_path)) as info, admin_client(info) as admin:
         behaviours = {"n1": Behaviour(run_seconds=30), "n2": Behaviour(ignore_run=True)}
-        async with fake_nodes(info, admin, behaviours) as nodes:
+        async with fake_nodes(info, admin, behaviours):
             job_id = await start(admin, {"command": "sleep 30", "nodes": ["n1"]})
-            with trio.fail_after(5):
-                while (await admin.get(f"/organizations/default/pushy/jobs/{job_id}")).json()[
-                    "status"
-                ] != "running":
-                    await trio.sleep(0.05)
+            await wait_job(admin, job_id, {"running"})
             r = await admin.post(f"/organizations/default/pushy/jobs/{job_id}/abort")
             assert r.status_code == 200, r.text
             assert r.json()["status"] == "aborted"
@@ -119,23 +118,21 @@ async def test_abort_and_run_timeout(tmp_path: Path) -> None:
             doc = await wait_job(admin, job_id)
             assert doc["status"] == "timed_out"
             assert doc["nodes"] == {"timed_out": ["n2"]}
-            del nodes
 
 
 async def test_busy_node_nacks_second_job(tmp_path: Path) -> None:
-    async with running_server(test_config(tmp_path)) as info, admin_client(info) as admin:
-        async with fake_nodes(info, admin, {"n1": Behaviour(run_seconds=2)}):
-            first = await start(admin, {"command": "a", "nodes": ["n1"]})
-            with trio.fail_after(5):
-                while (await admin.get(f"/organizations/default/pushy/jobs/{first}")).json()[
-                    "status"
-                ] != "running":
-                    await trio.sleep(0.05)
-            second = await start(admin, {"command": "b", "nodes": ["n1"], "quorum": 0})
-            doc = await wait_job(admin, second)
-            assert doc["nodes"] in ({"nacked": ["n1"]}, {"unavailable": ["n1"]})
-            doc = await wait_job(admin, first)
-            assert doc["status"] == "complete"
+    async with (
+        running_server(test_config(tmp_path)) as info,
+        admin_client(info) as admin,
+        fake_nodes(info, admin, {"n1": Behaviour(run_seconds=2)}),
+    ):
+        first = await start(admin, {"command": "a", "nodes": ["n1"]})
+        await wait_job(admin, first, {"running"})
+        second = await start(admin, {"command": "b", "nodes": ["n1"], "quorum": 0})
+        doc = await wait_job(admin, second)
+        assert doc["nodes"] in ({"nacked": ["n1"]}, {"unavailable": ["n1"]})
+        doc = await wait_job(admin, first)
+        assert doc["status"] == "complete"
 
 
 async def test_job_routes_refuse_bad_input(tmp_path: Path) -> None:
