@@ -48,6 +48,9 @@ __all__ = ["DRAIN_SECONDS", "ServerInfo", "compact_store", "lock_data_dir", "new
 log = logging.getLogger(__name__)
 
 DRAIN_SECONDS = 10.0
+SNAPSHOT_RECORDS = 100_000
+"""Records replayed at start-up beyond which the compactor writes a snapshot."""
+COMPACT_CHECK_SECONDS = 60.0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -235,6 +238,7 @@ async def _serve_locked(
         async with trio.open_nursery() as nursery:
             await nursery.start(registry.run)
             await nursery.start(runner.run)
+            nursery.start_soon(_compactor, db)
             svc.node_port = await nursery.start(
                 serve_nodes, svc, registry, node_host, node_port, node_ssl
             )
@@ -259,6 +263,15 @@ async def _serve_locked(
             finally:
                 server_json.unlink(missing_ok=True)
                 nursery.cancel_scope.cancel()
+
+
+async def _compactor(db: Database) -> None:
+    """Snapshot whenever the records a restart would replay pass ``SNAPSHOT_RECORDS``, so
+    start-up time stays bounded; the store then drops the segments the snapshot covers."""
+    while True:
+        await trio.sleep(COMPACT_CHECK_SECONDS)
+        if db.store.statistics().records >= SNAPSHOT_RECORDS:
+            await db.snapshot()
 
 
 def _server_public_pem(config: ServerConfig, data_dir: Path) -> str:

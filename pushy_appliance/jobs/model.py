@@ -207,7 +207,7 @@ class JobsModel:
                 "spec": e.spec,
                 "job": e.job,
                 "nodes": list(e.nodes.values()),
-                "events": e.events,
+                "events": list(e.events),
                 "created_at": e.created_at,
                 "updated_at": e.updated_at,
                 "finished_at": e.finished_at,
