@@ -264,12 +264,23 @@ class PushyClient:
 
     async def _transport_error(self, e: httpx.HTTPError) -> ClientError:
         text = str(e) or type(e).__name__
-        if "CERTIFICATE_VERIFY_FAILED" in text or isinstance(
-            getattr(e, "__cause__", None), ssl.SSLCertVerificationError
-        ):
+        if _cert_verify_failed(e):
             fp = await _server_fingerprint(self.creds.base_url)
             return TLSUntrustedError(self.creds.base_url, fp, "certificate verify failed")
         return ServerUnreachableError(self.creds.base_url, text)
+
+
+def _cert_verify_failed(e: BaseException) -> bool:
+    """Whether a certificate verification failure is anywhere in ``e``'s chain (under trio it
+    sits several exceptions deep: httpx → httpcore → trio.BrokenResourceError → ssl)."""
+    cur: BaseException | None = e
+    seen: set[int] = set()
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY_FAILED" in str(cur):
+            return True
+        cur = cur.__cause__ or cur.__context__
+    return False
 
 
 async def _server_fingerprint(base_url: str) -> str | None:

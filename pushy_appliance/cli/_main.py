@@ -169,7 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _extensions() -> list[Callable[..., None]]:
     """Subcommand groups defined in their own modules (agent, job, node)."""
-    return []
+    from . import _jobs
+
+    return [_jobs.add_parsers]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

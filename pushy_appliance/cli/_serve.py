@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import signal
@@ -11,6 +12,7 @@ import trio
 
 from ..appliance import serve
 from ..config import load_server_config
+from ..errors import ConfigError
 from ._logging import setup_logging
 
 __all__ = ["add_parser", "cmd_serve"]
@@ -54,8 +56,28 @@ def cmd_serve(args: argparse.Namespace) -> int:
         },
     )
     setup_logging(config.log.level, config.log.format)
-    trio.run(_serve_until_signal, config)
+    try:
+        trio.run(_serve_until_signal, config)
+    except (BaseExceptionGroup, OSError) as caught:
+        # Nurseries wrap a lone failure in a group; main() reports our errors by class.
+        error = _sole(caught)
+        if isinstance(error, OSError) and error.errno in (errno.EADDRINUSE, errno.EADDRNOTAVAIL):
+            raise ConfigError(
+                "listen",
+                None,
+                f"cannot listen on {config.listen} or the node port: {error.strerror}",
+            ) from None
+        if error is caught:
+            raise
+        raise error from None
     return 0
+
+
+def _sole(error: BaseException) -> BaseException:
+    """The one exception inside nested single-member exception groups, else ``error``."""
+    while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
+        error = error.exceptions[0]
+    return error
 
 
 async def _serve_until_signal(config: object) -> None:

@@ -1,0 +1,102 @@
+"""``pushy agent``: the node agent (``APPLIANCE.md`` §1 and §3)."""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import logging
+import os
+import signal
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+from ..agent import connect_settings, run_agent
+from ..agent.whitelist import Whitelist
+from ..config import AgentConfig, load_agent_config
+from ._logging import setup_logging
+
+__all__ = ["add_parsers", "cmd_agent"]
+
+log = logging.getLogger("pushy_appliance.cli")
+
+
+def add_parsers(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser],
+    add_credentials: Callable[..., None],
+) -> None:
+    """Register ``pushy agent``.
+
+    Args:
+        sub: the ``pushy`` subcommand parsers.
+        add_credentials: the client commands' credential options (unused: the agent has its
+            own ``--node`` and ``--key``; accepted so every extension registers alike).
+    """
+    del add_credentials
+    p = sub.add_parser(
+        "agent",
+        help="run the node agent",
+        description="Run the node agent: keep a connection to the push-jobs server and run the "
+        "whitelisted commands of jobs. Settings come from the config file, then PUSHY_* "
+        "environment variables, then these flags (later ones win).",
+    )
+    p.add_argument("--config", metavar="FILE", help="agent TOML configuration file")
+    p.add_argument(
+        "--server",
+        metavar="URL",
+        help="org URL of the server, https://HOST:PORT/organizations/ORG (server_url)",
+    )
+    p.add_argument("--node", metavar="NAME", help="node (client) name; default: the host name")
+    p.add_argument("--key", metavar="FILE", help="the node client's private key (client_key)")
+    trust = p.add_mutually_exclusive_group()
+    trust.add_argument("--ca-cert", metavar="FILE", help="CA certificate to trust (ca_cert)")
+    trust.add_argument(
+        "--fingerprint",
+        metavar="SHA256",
+        help="pin the server certificate, SHA256:HEX (server_fingerprint)",
+    )
+    p.add_argument("--state-dir", metavar="DIR", help="where the agent keeps its state file")
+    p.add_argument(
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        help="log level (log.level; default info)",
+    )
+    p.set_defaults(handler=cmd_agent)
+
+
+def cmd_agent(args: argparse.Namespace) -> int:
+    """Run the agent until SIGTERM or SIGINT.
+
+    Returns:
+        0 after a signal.
+
+    Raises:
+        ConfigError: the configuration is incomplete or invalid.
+    """
+    flags: dict[str, Any] = {
+        "server_url": args.server,
+        "node_name": args.node,
+        "client_key": args.key,
+        "ca_cert": args.ca_cert,
+        "server_fingerprint": args.fingerprint,
+        "state_dir": args.state_dir,
+        "log.level": args.log_level,
+    }
+    config = load_agent_config(args.config, environ=dict(os.environ), flags=flags)
+    # Fail here, with a plain ConfigError and exit code 2, rather than inside the nursery.
+    connect_settings(config)
+    Whitelist.from_entries(config.allow)
+    setup_logging(config.log.level, config.log.format)
+    trio.run(_run_until_signal, config, args.config)
+    return 0
+
+
+async def _run_until_signal(config: AgentConfig, config_path: str | None) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(functools.partial(run_agent, config, config_path=config_path))
+            async for signum in signals:
+                log.info("received %s, stopping the agent", signal.Signals(signum).name)
+                break
+            nursery.cancel_scope.cancel()
