@@ -10,9 +10,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-import trio
+from typing import TYPE_CHECKING
 
-from ..client import Credentials, PushyClient, load_credentials, open_client
 from ..config import resolve_data_dir
 from ..errors import ServerRefusedError
 
@@ -30,6 +29,9 @@ __all__ = [
     "run_client",
 ]
 
+if TYPE_CHECKING:
+    from ..client import Credentials, PushyClient
+
 T = TypeVar("T")
 
 
@@ -39,6 +41,8 @@ def credentials_from(args: argparse.Namespace, *, superuser: bool = False) -> Cr
     With ``superuser``, and no explicit user, the data directory's ``pivotal`` key is used
     when it can be found, so org and user creation work on the server box with no setup.
     """
+    from ..client import Credentials, load_credentials
+
     creds = load_credentials(
         server=getattr(args, "server", None),
         user=getattr(args, "signer", None),
@@ -65,6 +69,10 @@ def run_client(
     superuser: bool = False,
 ) -> T:
     """Run ``fn`` with an open client for the resolved credentials."""
+    import trio
+
+    from ..client import open_client
+
     creds = credentials_from(args, superuser=superuser)
 
     async def go() -> T:
@@ -210,6 +218,8 @@ def cmd_store_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_store_compact(args: argparse.Namespace) -> int:
+    import trio
+
     from ..appliance import compact_store
 
     data_dir = resolve_data_dir(args.data_dir)

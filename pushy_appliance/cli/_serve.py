@@ -8,10 +8,7 @@ import logging
 import os
 import signal
 
-import trio
-
-from ..appliance import serve
-from ..config import load_server_config
+from ..config import ServerConfig, load_server_config
 from ..errors import ConfigError
 from ._logging import setup_logging
 
@@ -45,6 +42,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    import trio  # here, not at the top: other commands start faster without the server stack
+
     config = load_server_config(
         args.config,
         environ=dict(os.environ),
@@ -80,7 +79,11 @@ def _sole(error: BaseException) -> BaseException:
     return error
 
 
-async def _serve_until_signal(config: object) -> None:
+async def _serve_until_signal(config: ServerConfig) -> None:
+    import trio
+
+    from ..appliance import serve
+
     stop = trio.Event()
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
@@ -92,5 +95,5 @@ async def _serve_until_signal(config: object) -> None:
                     return
 
             nursery.start_soon(watch)
-            await serve(config, stop=stop)  # type: ignore[arg-type]
+            await serve(config, stop=stop)
             nursery.cancel_scope.cancel()
