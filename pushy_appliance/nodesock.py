@@ -223,11 +223,19 @@ async def serve_nodes(
         ws = await request.accept()
         await _Connection(svc, registry, ws).run(org, node)
 
+    async def guarded_handler(request: WebSocketRequest) -> None:
+        # A peer that vanishes before hello (or during the upgrade) must not take the
+        # listener, and every other node with it, down.
+        try:
+            await handler(request)
+        except ConnectionClosed:
+            log.info("node connection %s closed before hello", request.path[:120])
+
     host_arg: Any = host or None
     async with trio.open_nursery() as nursery:
         server = await nursery.start(
             lambda task_status: serve_websocket(
-                handler,
+                guarded_handler,
                 host_arg,
                 port,
                 ssl_context,

@@ -10,10 +10,6 @@ import signal
 from collections.abc import Callable
 from typing import Any
 
-import trio
-
-from ..agent import connect_settings, run_agent
-from ..agent.whitelist import Whitelist
 from ..config import AgentConfig, load_agent_config
 from ._logging import setup_logging
 
@@ -83,6 +79,12 @@ def cmd_agent(args: argparse.Namespace) -> int:
         "state_dir": args.state_dir,
         "log.level": args.log_level,
     }
+    # Imported here, not at the top: other commands start faster without the agent stack.
+    import trio
+
+    from ..agent import connect_settings
+    from ..agent.whitelist import Whitelist
+
     config = load_agent_config(args.config, environ=dict(os.environ), flags=flags)
     # Fail here, with a plain ConfigError and exit code 2, rather than inside the nursery.
     connect_settings(config)
@@ -93,6 +95,10 @@ def cmd_agent(args: argparse.Namespace) -> int:
 
 
 async def _run_until_signal(config: AgentConfig, config_path: str | None) -> None:
+    import trio
+
+    from ..agent import run_agent
+
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
             await nursery.start(functools.partial(run_agent, config, config_path=config_path))

@@ -169,9 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _extensions() -> list[Callable[..., None]]:
     """Subcommand groups defined in their own modules (agent, job, node)."""
-    from . import _jobs
+    from . import _agent, _jobs
 
-    return [_jobs.add_parsers]
+    return [_agent.add_parsers, _jobs.add_parsers]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
