@@ -69,7 +69,8 @@ def main() -> None:
     print(f"binary: {binary} ({binary.stat().st_size / 2**20:.1f} MiB)")
     v = time_version(binary, args.runs)
     print(
-        f"pushy version: median {statistics.median(v):.3f} s (min {min(v):.3f}, max {max(v):.3f}, n={len(v)})"
+        f"pushy version: median {statistics.median(v):.3f} s"
+        f" (min {min(v):.3f}, max {max(v):.3f}, n={len(v)})"
     )
     first, again = [], []
     for _ in range(args.runs):
