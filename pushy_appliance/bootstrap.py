@@ -26,6 +26,8 @@ import socket
 from pathlib import Path
 from typing import Any
 
+import trio
+
 from . import chef_auth, tls
 from .config import ServerConfig
 from .db import Database
@@ -107,7 +109,7 @@ async def bootstrap(db: Database, data_dir: Path, config: ServerConfig) -> None:
     admin_pub = _private_key(data_dir / "keys" / "admin.pem")
     if config.tls.cert is None:
         names, ips = _hostnames(config)
-        tls.write_tls_material(data_dir / "tls", names, ips)
+        await trio.to_thread.run_sync(tls.write_tls_material, data_dir / "tls", names, ips)
     org = config.bootstrap.org
     async with db.write_lock:
         records: list[dict[str, Any]] = []

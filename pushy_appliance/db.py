@@ -2,7 +2,8 @@
 
 Every change is a record; :meth:`Database.commit` makes it durable in the store, then applies
 it to the models, so nothing is visible (or acknowledged) before it is on disk. Readers read
-the models directly (no I/O on reads).
+the models directly (no I/O on reads). Several records committed together are stored as one
+``batch`` record, so a torn write can never keep half of a change.
 
 Models are plain objects with ``apply(record)``, ``snapshot()`` and ``load(snapshot)``; the
 database owns one per family (``identity``, ``jobs``, ``nodes``) and snapshots them together.
@@ -11,7 +12,8 @@ database owns one per family (``identity``, ``jobs``, ``nodes``) and snapshots t
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Hashable, Mapping
+from contextlib import asynccontextmanager
 from typing import Any, Protocol
 
 import trio
@@ -45,7 +47,8 @@ class Database:
         self.store = store
         self.models = dict(models)
         self.write_lock = trio.Lock()
-        """Held around check-then-commit sequences that must not interleave (identity writes)."""
+        """Held around check-then-commit sequences that must not interleave (bootstrap)."""
+        self._key_locks: dict[Hashable, tuple[trio.Lock, int]] = {}
         self._in_flight = 0
         self._idle = trio.Event()
         self._idle.set()
@@ -63,8 +66,34 @@ class Database:
         return len(rec.records)
 
     def _apply(self, record: dict[str, Any]) -> None:
+        if record.get("t") == "batch":
+            for inner in record["records"]:
+                self._apply(inner)
+            return
         for model in self.models.values():
             model.apply(record)
+
+    @asynccontextmanager
+    async def exclusive(self, key: Hashable) -> AsyncIterator[None]:
+        """Serialize check-then-commit sequences on one name (``("client", org, name)``…).
+
+        Writes to different names proceed concurrently, so their fsyncs are batched by the
+        store's group commit; two creations of the same name run one after the other, and
+        the second sees the first.
+        """
+        lock, users = self._key_locks.get(key, (None, 0))
+        if lock is None:
+            lock = trio.Lock()
+        self._key_locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock_, users = self._key_locks[key]
+            if users == 1:
+                del self._key_locks[key]
+            else:
+                self._key_locks[key] = (lock_, users - 1)
 
     async def commit(self, *records: dict[str, Any]) -> int:
         """Make ``records`` durable, then apply them to the models.
@@ -83,9 +112,12 @@ class Database:
         self._in_flight += 1
         self._idle = trio.Event() if self._in_flight == 1 else self._idle
         try:
+            stored = (
+                list(records) if len(records) == 1 else [{"t": "batch", "records": list(records)}]
+            )
             with trio.CancelScope(shield=True):
-                seq = await self.store.append_many(list(records))
-                for record in records:
+                seq = await self.store.append_many(stored)
+                for record in stored:
                     self._apply(record)
         finally:
             self._in_flight -= 1

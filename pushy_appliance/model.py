@@ -132,12 +132,18 @@ class IdentityModel:
                         groups[g.name] = dataclasses.replace(g, users=g.users - {r["name"]})
         elif t == "member.add":
             self.members.setdefault(r["org"], set()).add(r["user"])
+            self._add_to(r["org"], "users", users={r["user"]})
         elif t == "member.del":
             self.members.get(r["org"], set()).discard(r["user"])
+            groups = self.groups.get(r["org"], {})
+            for g in list(groups.values()):
+                if r["user"] in g.users:
+                    groups[g.name] = dataclasses.replace(g, users=g.users - {r["user"]})
         elif t == "client.put":
             self.clients.setdefault(r["org"], {})[r["name"]] = Client(
                 r["org"], r["name"], tuple(r["keys"]), bool(r["admin"])
             )
+            self._add_to(r["org"], "clients", clients={r["name"]})
         elif t == "client.del":
             self.clients.get(r["org"], {}).pop(r["name"], None)
             groups = self.groups.get(r["org"], {})
@@ -154,6 +160,21 @@ class IdentityModel:
             )
         elif t == "group.del":
             self.groups.get(r["org"], {}).pop(r["name"], None)
+
+    def _add_to(
+        self,
+        org: str,
+        group: str,
+        *,
+        users: set[str] | frozenset[str] = frozenset(),
+        clients: set[str] | frozenset[str] = frozenset(),
+    ) -> None:
+        """Every member of an org is in its ``users`` group, every client in ``clients``."""
+        g = self.groups.get(org, {}).get(group)
+        if g is not None:
+            self.groups[org][group] = dataclasses.replace(
+                g, users=g.users | users, clients=g.clients | clients
+            )
 
     def snapshot(self) -> dict[str, Any]:
         """The whole model as plain data (msgpack-able); :meth:`load` reads it back."""

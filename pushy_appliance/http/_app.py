@@ -250,7 +250,7 @@ def create_app(svc: Services) -> QuartTrio:
     Args:
         svc: the services handed to every handler.
     """
-    from . import _identity, _jobs, _nodes, _status  # route modules import helpers from here
+    from . import _feeds, _identity, _jobs, _nodes, _status  # routes import helpers from here
 
     app = QuartTrio("pushy_appliance")
     app.config["MAX_CONTENT_LENGTH"] = 2 * svc.config.limits.max_body_bytes + 65536
@@ -263,4 +263,5 @@ def create_app(svc: Services) -> QuartTrio:
     _identity.register(app, svc)
     _nodes.register(app, svc)
     _jobs.register(app, svc)
+    _feeds.register(app, svc)
     return app

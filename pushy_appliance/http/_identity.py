@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import trio
 from quart import Response, request
 from quart_trio import QuartTrio
 
@@ -75,7 +76,7 @@ def _optional_str(body: dict[str, Any], field: str, default: str = "") -> str:
     return value
 
 
-def _key_material(body: dict[str, Any]) -> tuple[str, str | None]:
+async def _key_material(body: dict[str, Any]) -> tuple[str, str | None]:
     """``(public PEM, private PEM or None)`` from ``create_key`` / ``public_key``."""
     create = body.get("create_key", False)
     public = body.get("public_key")
@@ -91,7 +92,8 @@ def _key_material(body: dict[str, Any]) -> tuple[str, str | None]:
         except KeyFormatError as e:
             raise ValidationError(f"invalid public_key: {e}") from None
         return chef_auth.public_key_pem(key), None
-    private = chef_auth.generate_private_key()
+    # RSA key generation takes tens of milliseconds of CPU: keep it off the event loop.
+    private = await trio.to_thread.run_sync(chef_auth.generate_private_key)
     return chef_auth.public_key_pem(private), chef_auth.private_key_pem(private)
 
 
@@ -157,7 +159,7 @@ def register(app: QuartTrio, svc: Services) -> None:
         body = await read_json()
         name = _check_org_name(body.get("name"))
         full_name = _optional_str(body, "full_name", name)
-        async with db.write_lock:
+        async with db.exclusive(("org", name)):
             if name in svc.identity.orgs:
                 raise ConflictError(f"organization '{name}' already exists")
             await db.commit(*org_records(name, full_name))
@@ -173,7 +175,7 @@ def register(app: QuartTrio, svc: Services) -> None:
         doc = {"name": o.name, "full_name": o.full_name, "guid": org}
         if request.method == "DELETE":
             require_pivotal(who)
-            async with db.write_lock:
+            async with db.exclusive(("org", org)):
                 await db.commit({"t": "org.del", "name": org})
         return json_response(doc)
 
@@ -190,8 +192,8 @@ def register(app: QuartTrio, svc: Services) -> None:
         name = _check_name(body.get("username"), "username")
         display = _optional_str(body, "display_name", name)
         email = _optional_str(body, "email")
-        public, private = _key_material(body)
-        async with db.write_lock:
+        public, private = await _key_material(body)
+        async with db.exclusive(("user", name)):
             if name in svc.identity.users:
                 raise ConflictError(f"user '{name}' already exists")
             await db.commit(user_record(name, display, email, public))
@@ -220,7 +222,7 @@ def register(app: QuartTrio, svc: Services) -> None:
             require_pivotal(who)
             if name == PIVOTAL:
                 raise ValidationError("the superuser cannot be deleted")
-            async with db.write_lock:
+            async with db.exclusive(("user", name)):
                 await db.commit({"t": "user.del", "name": name})
         return json_response(doc)
 
@@ -238,24 +240,12 @@ def register(app: QuartTrio, svc: Services) -> None:
         require(svc, org, who, "admin")
         body = await read_json()
         name = _check_name(body.get("username"), "username")
-        async with db.write_lock:
+        async with db.exclusive(("member", org, name)):
             if name not in svc.identity.users:
                 raise NotFoundError(f"user '{name}' not found")
             if name in svc.identity.members.get(org, set()):
                 raise ConflictError(f"user '{name}' is already a member of '{org}'")
-            records: list[dict[str, Any]] = [{"t": "member.add", "org": org, "user": name}]
-            users_group = svc.identity.groups.get(org, {}).get("users")
-            if users_group is not None:
-                records.append(
-                    group_record(
-                        org,
-                        "users",
-                        sorted(users_group.users | {name}),
-                        sorted(users_group.clients),
-                        sorted(users_group.groups),
-                    )
-                )
-            await db.commit(*records)
+            await db.commit({"t": "member.add", "org": org, "user": name})
         uri = f"{base_url()}/organizations/{org}/users/{name}"
         return json_response({"uri": uri}, 201, {"Location": uri})
 
@@ -271,20 +261,8 @@ def register(app: QuartTrio, svc: Services) -> None:
         doc = {"username": u.name, "display_name": u.display_name, "email": u.email}
         if request.method == "DELETE":
             require(svc, org, who, "admin")
-            async with db.write_lock:
-                records: list[dict[str, Any]] = [{"t": "member.del", "org": org, "user": name}]
-                for g in svc.identity.groups.get(org, {}).values():
-                    if name in g.users:
-                        records.append(
-                            group_record(
-                                org,
-                                g.name,
-                                sorted(g.users - {name}),
-                                sorted(g.clients),
-                                sorted(g.groups),
-                            )
-                        )
-                await db.commit(*records)
+            async with db.exclusive(("member", org, name)):
+                await db.commit({"t": "member.del", "org": org, "user": name})
         return json_response(doc)
 
     # --- clients ----------------------------------------------------------------------------
@@ -305,23 +283,11 @@ def register(app: QuartTrio, svc: Services) -> None:
         admin = body.get("admin", False)
         if not isinstance(admin, bool):
             raise ValidationError("field 'admin' must be a boolean")
-        public, private = _key_material(body)
-        async with db.write_lock:
+        public, private = await _key_material(body)
+        async with db.exclusive(("client", org, name)):
             if name in svc.identity.clients.get(org, {}):
                 raise ConflictError(f"client '{name}' already exists")
-            records = [client_record(org, name, public, admin)]
-            group = svc.identity.groups.get(org, {}).get("clients")
-            if group is not None:
-                records.append(
-                    group_record(
-                        org,
-                        "clients",
-                        sorted(group.users),
-                        sorted(group.clients | {name}),
-                        sorted(group.groups),
-                    )
-                )
-            await db.commit(*records)
+            await db.commit(client_record(org, name, public, admin))
         uri = f"{base_url()}/organizations/{org}/clients/{name}"
         return json_response(
             {"uri": uri, "chef_key": _chef_key(public, private)}, 201, {"Location": uri}
@@ -347,7 +313,7 @@ def register(app: QuartTrio, svc: Services) -> None:
         if request.method == "DELETE":
             if not (who.kind == "client" and who.name == name):
                 require(svc, org, who, "admin")
-            async with db.write_lock:
+            async with db.exclusive(("client", org, name)):
                 await db.commit({"t": "client.del", "org": org, "name": name})
             for hook in svc.on_client_deleted:
                 await hook(org, name)
@@ -370,7 +336,7 @@ def register(app: QuartTrio, svc: Services) -> None:
         body = await read_json()
         name = _check_name(body.get("groupname", body.get("name")), "groupname")
         users, clients_, subgroups = _actor_lists(body.get("actors"))
-        async with db.write_lock:
+        async with db.exclusive(("group", org, name)):
             if name in svc.identity.groups.get(org, {}):
                 raise ConflictError(f"group '{name}' already exists")
             _check_actors_exist(svc, org, users, clients_, subgroups)
@@ -394,14 +360,14 @@ def register(app: QuartTrio, svc: Services) -> None:
             doc = group_document(svc, org, name)
             if name in DEFAULT_GROUPS:
                 raise ValidationError(f"group '{name}' cannot be deleted")
-            async with db.write_lock:
+            async with db.exclusive(("group", org, name)):
                 await db.commit({"t": "group.del", "org": org, "name": name})
             return json_response(doc)
         body = await read_json()
         if "groupname" in body and body["groupname"] != name:
             raise ValidationError("renaming a group is not supported (field 'groupname')")
         users, clients_, subgroups = _actor_lists(body.get("actors"))
-        async with db.write_lock:
+        async with db.exclusive(("group", org, name)):
             _check_actors_exist(svc, org, users, clients_, subgroups)
             await db.commit(group_record(org, name, users, clients_, subgroups))
         return json_response(group_document(svc, org, name))
