@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import UTC, datetime
 from typing import Any
@@ -109,7 +110,7 @@ def register(app: QuartTrio, svc: Services) -> None:
         if media != "application/json" and not media.endswith("+json"):
             raise UnsupportedMediaError(request.headers.get("Content-Type", ""))
         body = parse_json_body(raw)
-        if not isinstance(body, dict):
+        if not isinstance(body, dict) or (b"\\u" in raw and _lone_surrogates(body)):
             raise ValidationError("invalid JSON body")
         req = validate_job_request(
             body,
@@ -175,6 +176,16 @@ def register(app: QuartTrio, svc: Services) -> None:
         return Response(data, status=200, headers=headers, content_type="application/octet-stream")
 
 
+def _lone_surrogates(body: dict[str, Any]) -> bool:
+    """Whether a string of ``body`` holds a lone surrogate (a ``\\ud800`` escape): it is no
+    text, so no command, name or value may carry one (nor could the store encode it)."""
+    try:
+        json.dumps(body, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
 def _list_jobs(runner: JobRunner, org: str) -> list[dict[str, Any]]:
     status = request.args.get("status")
     if status is not None and status not in _STATUSES:
@@ -185,11 +196,11 @@ def _list_jobs(runner: JobRunner, org: str) -> list[dict[str, Any]]:
     since: float | None = None
     if since_text is not None:
         try:
-            since = datetime.fromisoformat(since_text.replace("Z", "+00:00")).timestamp()
+            parsed = datetime.fromisoformat(since_text.replace("Z", "+00:00"))
         except ValueError:
             raise ValidationError("invalid since (expected an RFC 3339 time)") from None
-        if datetime.fromisoformat(since_text.replace("Z", "+00:00")).tzinfo is None:
-            since = datetime.fromisoformat(since_text).replace(tzinfo=UTC).timestamp()
+        # Without an offset: UTC (never local time, whose conversion fails for year 1).
+        since = (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
     out: list[dict[str, Any]] = []
     skipping = before is not None
     for e in reversed(runner.model.jobs.values()):

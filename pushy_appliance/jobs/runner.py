@@ -60,6 +60,10 @@ class _LiveJob:
         self.stamper = MonotonicStamper()
         self.done = trio.Event()
         self.nursery: trio.Nursery | None = None
+        self.feed_lock = trio.Lock()
+        """Held from numbering feed events to publishing them, so that the job's events are
+        stored and published in ``n`` order (a step and an output record may be committed
+        concurrently, and the store wakes the waiters of one group commit in any order)."""
 
     @property
     def id(self) -> str:
@@ -178,6 +182,10 @@ class JobRunner:
         """
         job_id = secrets.token_hex(16)
         now = time.time()
+        # Limits beyond the node count change nothing; clamped, any integer the request may
+        # carry (2**64 and more) fits the store's msgpack records.
+        max_concurrency = _at_most(req.max_concurrency, len(req.nodes))
+        max_failures = _at_most(req.max_failures, len(req.nodes))
         state0 = m.new_job(
             job_id,
             req.nodes,
@@ -185,8 +193,8 @@ class JobRunner:
             run_timeout=req.run_timeout,
             voting_timeout=self.voting_timeout,
             reconnect_grace=self.reconnect_grace,
-            max_concurrency=req.max_concurrency,
-            max_failures=req.max_failures,
+            max_concurrency=max_concurrency,
+            max_failures=max_failures,
         )
         spec: dict[str, Any] = {
             "command": req.command,
@@ -198,8 +206,8 @@ class JobRunner:
             "file": req.file,
             "capture": req.capture_output,
             "requester": requester,
-            "max_concurrency": req.max_concurrency,
-            "max_failures": req.max_failures,
+            "max_concurrency": max_concurrency,
+            "max_failures": max_failures,
         }
         stamper = MonotonicStamper()
         start_data: dict[str, Any] = {
@@ -302,22 +310,23 @@ class JobRunner:
         if not changed and not results:
             self._perform(job, effects, [])
             return
-        first = job.entry.last_event_n() + 1
-        events = self._stamp(effects, job.stamper, first, now)
-        record = {
-            "t": "job.step",
-            "id": job.id,
-            "job": m.job_record(state),
-            "nodes": [m.node_record(state, n) for n in touched],
-            "events": events,
-            "results": results,
-            "at": now,
-        }
-        await self.db.commit(record)
-        for n in touched:
-            if state.nodes[n] not in m.LIVE_NODE_STATUSES:
-                self._node_done(job.entry.org, n, job.id)
-        self._perform(job, effects, events)
+        async with job.feed_lock:
+            first = job.entry.last_event_n() + 1
+            events = self._stamp(effects, job.stamper, first, now)
+            record = {
+                "t": "job.step",
+                "id": job.id,
+                "job": m.job_record(state),
+                "nodes": [m.node_record(state, n) for n in touched],
+                "events": events,
+                "results": results,
+                "at": now,
+            }
+            await self.db.commit(record)
+            for n in touched:
+                if state.nodes[n] not in m.LIVE_NODE_STATUSES:
+                    self._node_done(job.entry.org, n, job.id)
+            self._perform(job, effects, events)
 
     def _stamp(
         self, effects: Iterable[m.Effect], stamper: MonotonicStamper, first: int, now: float
@@ -353,6 +362,8 @@ class JobRunner:
         for ev in events:
             self.hub.publish(job_topic(job.id), ev)
             if ev[1] == "job_complete":
+                # the feed's last event: its readers drain what they have, then end
+                self.hub.close_topic(job_topic(job.id))
                 self._org_event(org, "job_complete", job.id, ev[2], time.time())
         for fx in effects:
             if isinstance(fx, m.SendCommit):
@@ -374,7 +385,11 @@ class JobRunner:
                     self._send(org, node, protocol.Run, job_id=job.id)
             elif isinstance(fx, m.SendAbort | m.ReleaseNodes):
                 for node in fx.nodes:
-                    self._send(org, node, protocol.Abort, job_id=job.id)
+                    s = self.registry.get(org, node)
+                    if s is not None and s.send(protocol.Abort, job_id=job.id):
+                        # Unavailable until the agent answers ``aborted``: a process it is
+                        # still stopping would make it nack the next commit as busy.
+                        s.rehab = True
             elif isinstance(fx, m.SendRehab):
                 s = self.registry.get(org, fx.node)
                 if s is not None:
@@ -453,7 +468,9 @@ class JobRunner:
         if pending is not None and pending.job_id not in jobs:
             # a result for a job that is over (or unknown): acknowledge so the agent forgets it
             session.send(protocol.ResultAck, job_id=pending.job_id)
-        if held is not None and held not in jobs:
+        if held is not None and (held not in jobs or not same):
+            # A job held by another incarnation is a ghost (its process is not the agent's
+            # any more; the job ends the node crashed or unavailable): free the agent of it.
             session.start_rehab()
 
     async def node_frame(self, session: NodeSession, frame: protocol.Frame) -> None:
@@ -496,28 +513,31 @@ class JobRunner:
     async def _output(self, job: _LiveJob, node: str, frame: protocol.Output) -> None:
         if not job.entry.spec["capture"]:
             return
-        events: list[list[Any]] = []
-        n = job.entry.last_event_n() + 1
-        data = {
-            "timestamp": format_timestamp(job.stamper.stamp(time.time())),
-            "node": node,
-            "channel": frame.channel,
-            "data": frame.data.decode("utf-8", "replace"),
-        }
-        events.append([n, "output", data])
-        await self.db.commit(
-            {
-                "t": "job.output",
-                "id": job.id,
+        async with job.feed_lock:
+            if m.is_finished(job.state):
+                return  # job_complete is the feed's last event; the output is over too
+            events: list[list[Any]] = []
+            n = job.entry.last_event_n() + 1
+            data = {
+                "timestamp": format_timestamp(job.stamper.stamp(time.time())),
                 "node": node,
                 "channel": frame.channel,
-                "offset": frame.offset,
-                "data": frame.data,
-                "events": events,
-                "at": time.time(),
+                "data": frame.data.decode("utf-8", "replace"),
             }
-        )
-        self.hub.publish(job_topic(job.id), events[0])
+            events.append([n, "output", data])
+            await self.db.commit(
+                {
+                    "t": "job.output",
+                    "id": job.id,
+                    "node": node,
+                    "channel": frame.channel,
+                    "offset": frame.offset,
+                    "data": frame.data,
+                    "events": events,
+                    "at": time.time(),
+                }
+            )
+            self.hub.publish(job_topic(job.id), events[0])
 
     async def node_lost(self, session: NodeSession) -> None:
         now = time.time()
@@ -551,6 +571,10 @@ class JobRunner:
         while True:
             await self.purge_expired()
             await trio.sleep(3600)
+
+
+def _at_most(value: int | None, limit: int) -> int | None:
+    return None if value is None else min(value, limit)
 
 
 def _result_meta(r: protocol.Result | protocol.ResultBody) -> dict[str, Any]:
