@@ -4,7 +4,7 @@
 # dir and port 0, client create, agent with a whitelist, job start (exit 0), job output, SIGTERM.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python3 -m pip install -q '.[build]' 2>&1 | grep -v "Running pip as the 'root' user" || true
+python3 -m pip install -q -e '.[build]' 2>&1 | grep -v "Running pip as the 'root' user" || true
 python3 -m PyInstaller --noconfirm --clean --log-level WARN pyinstaller.spec
 
 work=$(mktemp -d /tmp/pushy-smoke.XXXXXX)
