@@ -8,9 +8,9 @@ The runner owns each live job's :class:`~.machine.JobState`; this model keeps th
 =================  ==================================================================
 ``job.create``     ``id, org, spec, state`` (``machine.to_record``), ``events``, ``at``
 ``job.step``       ``id, job`` (``machine.job_record``), ``nodes`` (changed
-                   ``machine.node_record`` entries), ``events``, ``at``, ``results``
+                   ``machine.node_record`` entries), ``events``, ``at``, ``outputs``
+                   (``[node, channel, offset, data]`` chunks, data as bytes), ``results``
                    (``{node: result fields}`` of results received in this step)
-``job.output``     ``id, node, channel, offset, data`` (bytes), ``events``
 ``job.purge``      ``id``
 =================  ==================================================================
 
@@ -186,16 +186,16 @@ class JobsModel:
             for n in r["nodes"]:
                 entry.nodes[n[0]] = n
             entry.events.extend(r["events"])
+            for node, channel, offset, data in r.get("outputs") or ():
+                entry.output.setdefault(node, OutputBuffer()).add(
+                    channel, offset, data, self.output_cap
+                )
             for node, res in (r.get("results") or {}).items():
                 buf = entry.output.setdefault(node, OutputBuffer())
                 buf.finished = True
                 buf.truncated = buf.truncated or bool(res.get("truncated"))
                 buf.stdout_total = max(buf.stdout_total, int(res.get("stdout_bytes") or 0))
                 buf.stderr_total = max(buf.stderr_total, int(res.get("stderr_bytes") or 0))
-        elif t == "job.output":
-            buf = entry.output.setdefault(r["node"], OutputBuffer())
-            buf.add(r["channel"], r["offset"], r["data"], self.output_cap)
-            entry.events.extend(r["events"])
         elif t == "job.purge":
             del self.jobs[r["id"]]
 

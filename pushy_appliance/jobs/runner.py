@@ -14,6 +14,7 @@ machine events for the job they name.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import secrets
 import time
@@ -48,28 +49,35 @@ def org_topic(org: str) -> str:
     return f"org:{org}"
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class _OutputChunk:
+    """An ``output`` frame queued with the job's machine events, so that it is numbered,
+    stored and published in arrival order in the same step record."""
+
+    node: str
+    channel: str
+    offset: int
+    data: bytes
+
+
 class _LiveJob:
     """A job the runner is driving."""
 
     def __init__(self, entry: JobEntry, state: m.JobState) -> None:
         self.entry = entry
         self.state = state
-        self.inbox: deque[tuple[m.Event, Any]] = deque()
+        self.inbox: deque[tuple[m.Event | _OutputChunk, Any]] = deque()
         self.wakeup = trio.Event()
         self.timers: dict[str, trio.CancelScope] = {}
         self.stamper = MonotonicStamper()
         self.done = trio.Event()
         self.nursery: trio.Nursery | None = None
-        self.feed_lock = trio.Lock()
-        """Held from numbering feed events to publishing them, so that the job's events are
-        stored and published in ``n`` order (a step and an output record may be committed
-        concurrently, and the store wakes the waiters of one group commit in any order)."""
 
     @property
     def id(self) -> str:
         return self.entry.id
 
-    def post(self, event: m.Event, extra: Any = None) -> None:
+    def post(self, event: m.Event | _OutputChunk, extra: Any = None) -> None:
         self.inbox.append((event, extra))
         self.wakeup.set()
 
@@ -289,6 +297,12 @@ class JobRunner:
         self._retire(job)
 
     async def _batch(self, job: _LiveJob) -> None:
+        """Run every queued event through the machine; store the batch as one ``job.step``
+        (job fields, changed nodes, feed events, output chunks, results); then act on it.
+
+        The job's events are numbered here, in arrival order, by this one task: stored and
+        published in ``n`` order with no lock.
+        """
         batch = list(job.inbox)
         job.inbox.clear()
         state = job.state
@@ -296,37 +310,57 @@ class JobRunner:
         touched: dict[str, None] = {}
         changed = False
         results: dict[str, Any] = {}
+        outputs: list[list[Any]] = []
+        events: list[list[Any]] = []
+        n = job.entry.last_event_n() + 1
         now = time.time()
+        capture = bool(job.entry.spec["capture"])
         for event, extra in batch:
+            if isinstance(event, _OutputChunk):
+                # after job_complete (the feed's last event) output is over too
+                if capture and not m.is_finished(state):
+                    outputs.append([event.node, event.channel, event.offset, event.data])
+                    data = {
+                        "timestamp": format_timestamp(job.stamper.stamp(now)),
+                        "node": event.node,
+                        "channel": event.channel,
+                        "data": event.data.decode("utf-8", "replace"),
+                    }
+                    events.append([n, "output", data])
+                    n += 1
+                continue
             new, fx = m.transition(state, event)
             if new is not state:
                 changed = True
                 touched.update(dict.fromkeys(new.touched))
             state = new
             effects.extend(fx)
+            for f in fx:
+                if isinstance(f, m.Publish):
+                    stamped = {"timestamp": format_timestamp(job.stamper.stamp(now)), **f.data}
+                    events.append([n, f.event, stamped])
+                    n += 1
             if isinstance(event, m.Result | m.NodeBack) and extra is not None:
                 results[event.node] = extra
         job.state = state
-        if not changed and not results:
+        if not changed and not results and not outputs:
             self._perform(job, effects, [])
             return
-        async with job.feed_lock:
-            first = job.entry.last_event_n() + 1
-            events = self._stamp(effects, job.stamper, first, now)
-            record = {
-                "t": "job.step",
-                "id": job.id,
-                "job": m.job_record(state),
-                "nodes": [m.node_record(state, n) for n in touched],
-                "events": events,
-                "results": results,
-                "at": now,
-            }
-            await self.db.commit(record)
-            for n in touched:
-                if state.nodes[n] not in m.LIVE_NODE_STATUSES:
-                    self._node_done(job.entry.org, n, job.id)
-            self._perform(job, effects, events)
+        record = {
+            "t": "job.step",
+            "id": job.id,
+            "job": m.job_record(state),
+            "nodes": [m.node_record(state, name) for name in touched],
+            "events": events,
+            "outputs": outputs,
+            "results": results,
+            "at": now,
+        }
+        await self.db.commit(record)
+        for name in touched:
+            if state.nodes[name] not in m.LIVE_NODE_STATUSES:
+                self._node_done(job.entry.org, name, job.id)
+        self._perform(job, effects, events)
 
     def _stamp(
         self, effects: Iterable[m.Effect], stamper: MonotonicStamper, first: int, now: float
@@ -508,36 +542,7 @@ class JobRunner:
                 session.job_id = None
             job.post(m.Result(node, frame.status, frame.exit_code, now), _result_meta(frame))
         elif isinstance(frame, protocol.Output):
-            await self._output(job, node, frame)
-
-    async def _output(self, job: _LiveJob, node: str, frame: protocol.Output) -> None:
-        if not job.entry.spec["capture"]:
-            return
-        async with job.feed_lock:
-            if m.is_finished(job.state):
-                return  # job_complete is the feed's last event; the output is over too
-            events: list[list[Any]] = []
-            n = job.entry.last_event_n() + 1
-            data = {
-                "timestamp": format_timestamp(job.stamper.stamp(time.time())),
-                "node": node,
-                "channel": frame.channel,
-                "data": frame.data.decode("utf-8", "replace"),
-            }
-            events.append([n, "output", data])
-            await self.db.commit(
-                {
-                    "t": "job.output",
-                    "id": job.id,
-                    "node": node,
-                    "channel": frame.channel,
-                    "offset": frame.offset,
-                    "data": frame.data,
-                    "events": events,
-                    "at": time.time(),
-                }
-            )
-            self.hub.publish(job_topic(job.id), events[0])
+            job.post(_OutputChunk(node, frame.channel, frame.offset, frame.data))
 
     async def node_lost(self, session: NodeSession) -> None:
         now = time.time()
