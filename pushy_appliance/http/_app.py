@@ -29,7 +29,7 @@ from ..errors import (
     UnsupportedMediaError,
     ValidationError,
 )
-from ._auth import Principal, authenticate
+from ._auth import Principal, authenticate, require
 from ._context import Services
 
 __all__ = [
@@ -106,6 +106,19 @@ async def signed(svc: Services, org: str | None) -> Principal:
         headers=typing.cast(Mapping[str, str], request.headers),
         body=body,
     )
+
+
+async def authorized(
+    svc: Services, org: str, action: str | None = None, *, produces: str = "application/json"
+) -> Principal:
+    """The common start of an org route: ``Accept`` allows ``produces`` (406), it is signed
+    by a member of ``org`` (the checks of ``API.md`` §1, in their order, including 404 for an
+    unknown org), and, with ``action``, the caller may do it (see :func:`._auth.require`)."""
+    require_accept(produces)
+    who = await signed(svc, org)
+    if action is not None:
+        require(svc, org, who, action)
+    return who
 
 
 def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

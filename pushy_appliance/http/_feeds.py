@@ -58,10 +58,8 @@ from ..hub import Hub, OrgEvent, Subscription
 from ..jobs.model import JobEntry
 from ..jobs.runner import JobRunner, job_topic, org_topic
 from ..sse import KEEPALIVE, encode_event, format_timestamp
-from ._app import require_accept, signed
-from ._auth import require
+from ._app import authorized
 from ._context import Services
-from ._identity import _route_org
 from ._jobs import find_job, job_document
 
 __all__ = ["EVENT_STREAM", "START_ID", "register"]
@@ -313,18 +311,12 @@ def register(app: QuartTrio, svc: Services) -> None:
     feeds = _Feeds(svc)
 
     async def job_feed(org: str, job_id: str) -> Response:
-        require_accept(EVENT_STREAM)
-        org = _route_org(svc, org)
-        who = await signed(svc, org)
-        require(svc, org, who, "read")
+        await authorized(svc, org, "read", produces=EVENT_STREAM)
         entry = find_job(svc, org, job_id)
         return _stream(feeds.job_chunks(entry, request.headers.get("Last-Event-ID")))
 
     async def org_feed(org: str) -> Response:
-        require_accept(EVENT_STREAM)
-        org = _route_org(svc, org)
-        who = await signed(svc, org)
-        require(svc, org, who, "read")
+        await authorized(svc, org, "read", produces=EVENT_STREAM)
         return _stream(feeds.org_chunks(org, request.headers.get("Last-Event-ID")))
 
     for name in ("job_status_feed", "jobs_status_feed"):

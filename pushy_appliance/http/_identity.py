@@ -24,7 +24,7 @@ from ..model import (
     valid_name,
     valid_org,
 )
-from ._app import json_response, read_json, require_accept, signed
+from ._app import authorized, json_response, read_json, require_accept, signed
 from ._auth import Principal, forbidden, org_not_found, require
 from ._context import Services
 
@@ -168,9 +168,7 @@ def register(app: QuartTrio, svc: Services) -> None:
 
     @app.route("/organizations/<org>", methods=["GET", "DELETE"])
     async def organization(org: str) -> Response:
-        require_accept()
-        org = _route_org(svc, org)
-        who = await signed(svc, org)
+        who = await authorized(svc, org)
         o = svc.identity.orgs[org]
         doc = {"name": o.name, "full_name": o.full_name, "guid": org}
         if request.method == "DELETE":
@@ -230,9 +228,7 @@ def register(app: QuartTrio, svc: Services) -> None:
 
     @app.route("/organizations/<org>/users", methods=["GET", "POST"])
     async def org_users(org: str) -> Response:
-        require_accept()
-        org = _route_org(svc, org)
-        who = await signed(svc, org)
+        who = await authorized(svc, org)
         if request.method == "GET":
             require(svc, org, who, "member")
             names = sorted(svc.identity.members.get(org, set()))
@@ -251,9 +247,7 @@ def register(app: QuartTrio, svc: Services) -> None:
 
     @app.route("/organizations/<org>/users/<name>", methods=["GET", "DELETE"])
     async def org_user(org: str, name: str) -> Response:
-        require_accept()
-        org = _route_org(svc, org)
-        who = await signed(svc, org)
+        who = await authorized(svc, org)
         name = _route_name(name, "user")
         if name not in svc.identity.members.get(org, set()):
             raise NotFoundError(f"user '{name}' is not a member of '{org}'")
@@ -269,9 +263,7 @@ def register(app: QuartTrio, svc: Services) -> None:
 
     @app.route("/organizations/<org>/clients", methods=["GET", "POST"])
     async def clients(org: str) -> Response:
-        require_accept()
-        org = _route_org(svc, org)
-        who = await signed(svc, org)
+        who = await authorized(svc, org)
         if request.method == "GET":
             require(svc, org, who, "member")
             names = sorted(svc.identity.clients.get(org, {}))
@@ -295,9 +287,7 @@ def register(app: QuartTrio, svc: Services) -> None:
 
     @app.route("/organizations/<org>/clients/<name>", methods=["GET", "DELETE"])
     async def client(org: str, name: str) -> Response:
-        require_accept()
-        org = _route_org(svc, org)
-        who = await signed(svc, org)
+        who = await authorized(svc, org)
         name = _route_name(name, "client")
         c = svc.identity.clients.get(org, {}).get(name)
         if c is None:
@@ -325,9 +315,7 @@ def register(app: QuartTrio, svc: Services) -> None:
 
     @app.route("/organizations/<org>/groups", methods=["GET", "POST"])
     async def groups(org: str) -> Response:
-        require_accept()
-        org = _route_org(svc, org)
-        who = await signed(svc, org)
+        who = await authorized(svc, org)
         if request.method == "GET":
             require(svc, org, who, "member")
             base = f"{base_url()}/organizations/{org}/groups"
@@ -346,9 +334,7 @@ def register(app: QuartTrio, svc: Services) -> None:
 
     @app.route("/organizations/<org>/groups/<name>", methods=["GET", "PUT", "DELETE"])
     async def group(org: str, name: str) -> Response:
-        require_accept()
-        org = _route_org(svc, org)
-        who = await signed(svc, org)
+        who = await authorized(svc, org)
         name = _route_name(name, "group")
         if name not in svc.identity.groups.get(org, {}):
             raise NotFoundError(f"group '{name}' not found")

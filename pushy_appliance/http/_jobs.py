@@ -14,10 +14,10 @@ from ..errors import NotAcceptableError, NotFoundError, UnsupportedMediaError, V
 from ..jobs.model import JobEntry
 from ..jobs.runner import JobRunner
 from ..jobs.validation import parse_json_body, validate_job_request
-from ._app import json_response, request_body, require_accept, signed
+from ._app import authorized, json_response, request_body, signed
 from ._auth import require
 from ._context import Services
-from ._identity import _route_org, base_url
+from ._identity import base_url
 from ._nodes import rfc1123
 
 __all__ = ["job_document", "register"]
@@ -98,9 +98,7 @@ def register(app: QuartTrio, svc: Services) -> None:
 
     @app.route("/organizations/<org>/pushy/jobs", methods=["GET", "POST"])
     async def jobs(org: str) -> Response:
-        require_accept()
-        org = _route_org(svc, org)
-        who = await signed(svc, org)
+        who = await authorized(svc, org)
         if request.method == "GET":
             require(svc, org, who, "read")
             return json_response(_list_jobs(runner, org))
@@ -124,20 +122,14 @@ def register(app: QuartTrio, svc: Services) -> None:
 
     @app.route("/organizations/<org>/pushy/jobs/<job_id>", methods=["GET"])
     async def job(org: str, job_id: str) -> Response:
-        require_accept()
-        org = _route_org(svc, org)
-        who = await signed(svc, org)
-        require(svc, org, who, "read")
+        await authorized(svc, org, "read")
         entry = find_job(svc, org, job_id)
         include = request.args.get("include_file", "").lower() == "true"
         return json_response(job_document(entry, include_file=include))
 
     @app.route("/organizations/<org>/pushy/jobs/<job_id>/abort", methods=["POST"])
     async def abort(org: str, job_id: str) -> Response:
-        require_accept()
-        org = _route_org(svc, org)
-        who = await signed(svc, org)
-        require(svc, org, who, "write")
+        await authorized(svc, org, "write")
         raw = await request_body(svc)
         if raw.strip():
             media = request.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
@@ -155,7 +147,6 @@ def register(app: QuartTrio, svc: Services) -> None:
         accept = request.headers.get("Accept", "")
         if accept.strip().lower() == "application/json":
             raise NotAcceptableError("application/octet-stream")
-        org = _route_org(svc, org)
         who = await signed(svc, org)
         require(svc, org, who, "read")
         if channel not in ("stdout", "stderr"):

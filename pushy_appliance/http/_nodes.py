@@ -12,10 +12,9 @@ from quart_trio import QuartTrio
 from ..errors import AuthError, NotFoundError
 from ..model import valid_name
 from ..nodes.registry import NodeRegistry
-from ._app import json_response, require_accept, signed
+from ._app import authorized, json_response
 from ._auth import require
 from ._context import Services
-from ._identity import _route_org
 
 __all__ = ["register", "rfc1123"]
 
@@ -38,9 +37,7 @@ def register(app: QuartTrio, svc: Services) -> None:
 
     @app.route("/organizations/<org>/pushy/config/<node>", methods=["GET"])
     async def node_config(org: str, node: str) -> Response:
-        require_accept()
-        org = _route_org(svc, org)
-        who = await signed(svc, org)
+        who = await authorized(svc, org)
         if who.kind == "client" and who.name != node and not who.is_pivotal:
             raise AuthError(403, "Client and node name must match")
         require(svc, org, who, "read")
@@ -79,20 +76,14 @@ def register(app: QuartTrio, svc: Services) -> None:
 
     @app.route("/organizations/<org>/pushy/node_states", methods=["GET"])
     async def node_states(org: str) -> Response:
-        require_accept()
-        org = _route_org(svc, org)
-        who = await signed(svc, org)
-        require(svc, org, who, "read")
+        await authorized(svc, org, "read")
         clients = svc.identity.clients.get(org, {})
         names = [n for n in registry.known_nodes(org) if n in clients]
         return json_response([_state_doc(registry, org, n) for n in names])
 
     @app.route("/organizations/<org>/pushy/node_states/<node>", methods=["GET"])
     async def node_state(org: str, node: str) -> Response:
-        require_accept()
-        org = _route_org(svc, org)
-        who = await signed(svc, org)
-        require(svc, org, who, "read")
+        await authorized(svc, org, "read")
         if node not in svc.identity.clients.get(org, {}):
             raise NotFoundError(f"node '{node[:300]}' not found")
         return json_response(_state_doc(registry, org, node))
