@@ -24,6 +24,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import msgpack
+
 from .machine import NodeStatus
 
 __all__ = ["BUCKETS", "JobEntry", "JobsModel", "OutputBuffer"]
@@ -89,20 +91,95 @@ class OutputBuffer:
         )
 
 
-@dataclasses.dataclass(slots=True)
 class JobEntry:
-    """One job as stored."""
+    """One job as stored.
 
-    id: str
-    org: str
-    spec: dict[str, Any]
-    job: dict[str, Any]
-    nodes: dict[str, list[Any]]
-    events: list[list[Any]]
-    created_at: float
-    updated_at: float
-    output: dict[str, OutputBuffer] = dataclasses.field(default_factory=dict)
-    finished_at: float | None = None
+    A finished job's bulk (node table, feed events, captured output) may be held *packed*:
+    one msgpack ``bytes`` value, decoded the first time it is read. Start-up then loads
+    100,000 finished jobs as 100,000 small byte strings instead of millions of objects, and
+    memory holds old jobs compactly until someone reads them.
+    """
+
+    __slots__ = (
+        "_events",
+        "_nodes",
+        "_output",
+        "_packed",
+        "created_at",
+        "finished_at",
+        "id",
+        "job",
+        "org",
+        "spec",
+        "updated_at",
+    )
+
+    def __init__(
+        self,
+        *,
+        id: str,
+        org: str,
+        spec: dict[str, Any],
+        job: dict[str, Any],
+        created_at: float,
+        updated_at: float,
+        finished_at: float | None = None,
+        nodes: dict[str, list[Any]] | None = None,
+        events: list[list[Any]] | None = None,
+        output: dict[str, OutputBuffer] | None = None,
+        packed: bytes | None = None,
+    ) -> None:
+        self.id = id
+        self.org = org
+        self.spec = spec
+        self.job = job
+        self.created_at = created_at
+        self.updated_at = updated_at
+        self.finished_at = finished_at
+        self._nodes = nodes if nodes is not None else {}
+        self._events = events if events is not None else []
+        self._output = output if output is not None else {}
+        self._packed = packed
+
+    def _unpack(self) -> None:
+        packed, self._packed = self._packed, None
+        if packed is not None:
+            nodes, events, output = msgpack.unpackb(packed, raw=False, strict_map_key=False)
+            self._nodes = {n[0]: n for n in nodes}
+            self._events = events
+            self._output = {n: OutputBuffer.from_plain(b) for n, b in output.items()}
+
+    @property
+    def nodes(self) -> dict[str, list[Any]]:
+        if self._packed is not None:
+            self._unpack()
+        return self._nodes
+
+    @property
+    def events(self) -> list[list[Any]]:
+        if self._packed is not None:
+            self._unpack()
+        return self._events
+
+    @property
+    def output(self) -> dict[str, OutputBuffer]:
+        if self._packed is not None:
+            self._unpack()
+        return self._output
+
+    def packed(self) -> bytes:
+        """The bulk as one msgpack value (without unpacking a packed entry)."""
+        if self._packed is not None:
+            return self._packed
+        packed: bytes = msgpack.packb(
+            [
+                list(self._nodes.values()),
+                self._events,
+                {n: b.to_plain() for n, b in self._output.items()},
+            ],
+            use_bin_type=True,
+        )
+        return packed
 
     @property
     def status(self) -> str:
@@ -130,7 +207,8 @@ class JobEntry:
         }
 
     def last_event_n(self) -> int:
-        return self.events[-1][0] if self.events else 0
+        events = self.events
+        return events[-1][0] if events else 0
 
 
 class JobsModel:
@@ -200,34 +278,52 @@ class JobsModel:
             del self.jobs[r["id"]]
 
     def snapshot(self) -> list[dict[str, Any]]:
-        return [
-            {
+        """Every job; finished ones with their bulk packed (see :class:`JobEntry`)."""
+        out: list[dict[str, Any]] = []
+        for e in self.jobs.values():
+            doc: dict[str, Any] = {
                 "id": e.id,
                 "org": e.org,
                 "spec": e.spec,
                 "job": e.job,
-                "nodes": list(e.nodes.values()),
-                "events": list(e.events),
                 "created_at": e.created_at,
                 "updated_at": e.updated_at,
                 "finished_at": e.finished_at,
-                "output": {n: b.to_plain() for n, b in e.output.items()},
             }
-            for e in self.jobs.values()
-        ]
+            if e.finished:
+                doc["packed"] = e.packed()
+            else:
+                doc["nodes"] = list(e.nodes.values())
+                doc["events"] = list(e.events)
+                doc["output"] = {n: b.to_plain() for n, b in e.output.items()}
+            out.append(doc)
+        return out
 
     def load(self, snap: list[dict[str, Any]]) -> None:
         self.jobs = {}
         for d in snap:
-            self.jobs[d["id"]] = JobEntry(
-                id=d["id"],
-                org=d["org"],
-                spec=d["spec"],
-                job=d["job"],
-                nodes={n[0]: n for n in d["nodes"]},
-                events=d["events"],
-                created_at=d["created_at"],
-                updated_at=d["updated_at"],
-                finished_at=d["finished_at"],
-                output={n: OutputBuffer.from_plain(b) for n, b in d["output"].items()},
-            )
+            if "packed" in d:
+                entry = JobEntry(
+                    id=d["id"],
+                    org=d["org"],
+                    spec=d["spec"],
+                    job=d["job"],
+                    created_at=d["created_at"],
+                    updated_at=d["updated_at"],
+                    finished_at=d["finished_at"],
+                    packed=d["packed"],
+                )
+            else:
+                entry = JobEntry(
+                    id=d["id"],
+                    org=d["org"],
+                    spec=d["spec"],
+                    job=d["job"],
+                    created_at=d["created_at"],
+                    updated_at=d["updated_at"],
+                    finished_at=d["finished_at"],
+                    nodes={n[0]: n for n in d["nodes"]},
+                    events=d["events"],
+                    output={n: OutputBuffer.from_plain(b) for n, b in d["output"].items()},
+                )
+            self.jobs[entry.id] = entry

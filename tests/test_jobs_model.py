@@ -1,0 +1,101 @@
+"""The stored job model: records, output buffers, and snapshots with packed finished jobs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+
+from pushy_appliance.jobs import machine as m
+from pushy_appliance.jobs.model import JobsModel, OutputBuffer
+
+
+def _create(job_id: str, nodes: list[str], status: str = "voting") -> dict[str, Any]:
+    state = m.to_record(
+        m.new_job(
+            job_id, nodes, quorum=len(nodes), run_timeout=60, voting_timeout=60, reconnect_grace=10
+        )
+    )
+    state["status"] = status
+    return {
+        "t": "job.create",
+        "id": job_id,
+        "org": "default",
+        "spec": {"command": "x", "capture": True},
+        "state": state,
+        "events": [[1, "start", {"timestamp": "t1"}]],
+        "at": 100.0,
+    }
+
+
+def _finish(model: JobsModel, job_id: str) -> None:
+    job = dict(model.jobs[job_id].job, status="complete")
+    model.apply(
+        {
+            "t": "job.step",
+            "id": job_id,
+            "job": job,
+            "nodes": [["a", "succeeded", False, None, None], ["b", "failed", False, None, None]],
+            "events": [
+                [2, "output", {"timestamp": "t2", "node": "a"}],
+                [3, "job_complete", {"timestamp": "t3", "status": "complete"}],
+            ],
+            "outputs": [["a", "stdout", 0, b"hello\xff"], ["a", "stdout", 3, b"lo\xffworld"]],
+            "results": {"a": {"stdout_bytes": 11, "stderr_bytes": 0, "truncated": False}},
+            "at": 200.0,
+        }
+    )
+
+
+def test_steps_update_nodes_events_output_and_times() -> None:
+    model = JobsModel()
+    model.apply(_create("j1", ["a", "b"]))
+    _finish(model, "j1")
+    e = model.jobs["j1"]
+    assert e.finished and e.finished_at == 200.0 and e.updated_at == 200.0
+    assert e.buckets() == {"succeeded": ["a"], "failed": ["b"]}
+    assert [ev[0] for ev in e.events] == [1, 2, 3]
+    assert bytes(e.output["a"].stdout) == b"hello\xffworld"  # the overlap was dropped
+    assert e.output["a"].finished
+    assert model.last_at == 200.0
+
+
+def test_snapshot_packs_finished_jobs_and_loads_them_lazily() -> None:
+    model = JobsModel()
+    model.apply(_create("done", ["a", "b"]))
+    _finish(model, "done")
+    model.apply(_create("live", ["c"]))
+    snap = model.snapshot()
+    by_id = {d["id"]: d for d in snap}
+    assert "packed" in by_id["done"] and "nodes" not in by_id["done"]
+    assert "nodes" in by_id["live"]
+    # the snapshot goes through msgpack like the store's
+    restored = JobsModel()
+    restored.load(msgpack.unpackb(msgpack.packb(snap, use_bin_type=True), raw=False))
+    done = restored.jobs["done"]
+    assert done._packed is not None  # not decoded until read
+    assert restored.snapshot() == msgpack.unpackb(msgpack.packb(snap, use_bin_type=True), raw=False)
+    assert done.buckets() == model.jobs["done"].buckets()
+    assert done._packed is None
+    assert done.events == model.jobs["done"].events
+    assert bytes(done.output["a"].stdout) == b"hello\xffworld"
+    assert list(restored.jobs) == ["done", "live"]  # creation order kept (newest-first lists)
+
+
+def test_purge_and_org_delete_remove_jobs() -> None:
+    model = JobsModel()
+    model.apply(_create("j1", ["a"]))
+    model.apply(_create("j2", ["a"]))
+    model.apply({"t": "job.purge", "id": "j1"})
+    assert list(model.jobs) == ["j2"]
+    model.apply({"t": "org.del", "name": "default"})
+    assert model.jobs == {}
+
+
+def test_output_buffer_caps_and_counts() -> None:
+    buf = OutputBuffer()
+    buf.add("stdout", 0, b"a" * 10, cap=4)
+    buf.add("stdout", 10, b"b" * 5, cap=4)
+    assert bytes(buf.stdout) == b"aaaa" and buf.stdout_total == 15 and buf.truncated
+    buf.add("stdout", 0, b"a" * 10, cap=4)  # a re-send changes nothing
+    assert buf.stdout_total == 15
