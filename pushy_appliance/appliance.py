@@ -52,6 +52,9 @@ DRAIN_SECONDS = 10.0
 SNAPSHOT_RECORDS = 100_000
 """Records replayed at start-up beyond which the compactor writes a snapshot."""
 COMPACT_CHECK_SECONDS = 60.0
+SHUTDOWN_SNAPSHOT_RECORDS = 10_000
+"""Records a restart would replay beyond which a graceful stop writes a snapshot first."""
+SHUTDOWN_SNAPSHOT_SECONDS = 20.0
 GC_CHECK_SECONDS = 1.0
 GC_REFREEZE_SESSIONS = 256
 """New node sessions after which the collector's view is frozen again."""
@@ -286,6 +289,10 @@ async def _serve_locked(
                 log.info("shutting down: draining requests for up to %.0f s", DRAIN_SECONDS)
                 registry.close_all(CLOSE_GOING_AWAY, "server going away")
                 await http_done.wait()
+                if store.statistics().records >= SHUTDOWN_SNAPSHOT_RECORDS:
+                    # the next start loads a snapshot instead of replaying the log
+                    with trio.move_on_after(SHUTDOWN_SNAPSHOT_SECONDS):
+                        await db.snapshot()
             finally:
                 server_json.unlink(missing_ok=True)
                 nursery.cancel_scope.cancel()
