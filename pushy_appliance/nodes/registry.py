@@ -406,6 +406,9 @@ class NodeRegistry:
         Start-up: ready at once.
         """
         task_status.started()
+        deadline = trio.current_time()
         while True:
-            await trio.sleep(self.interval)
+            # a fixed period: a tick that takes long (many nodes) does not stretch the next
+            deadline = max(deadline + self.interval, trio.current_time())
+            await trio.sleep_until(deadline)
             self.tick()
