@@ -15,6 +15,7 @@ the writer, between two groups.
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import logging
 from collections.abc import Awaitable, Callable, Sequence
@@ -114,7 +115,7 @@ class _Control:
     error: BaseException | None = None
 
 
-class GroupCommitStore:
+class GroupCommitStore(abc.ABC):
     """Base of both stores: the request channel, the writer task, seqs and counters.
 
     Subclasses implement :meth:`_commit` (make frames durable), :meth:`_save_snapshot`
@@ -269,23 +270,23 @@ class GroupCommitStore:
 
     # --- for subclasses ----------------------------------------------------------------------
 
+    @abc.abstractmethod
     async def _commit(self, frames: list[bytes], first_seq: int) -> None:
         """Make ``frames`` durable as seqs ``first_seq``…; raise StoreError on failure."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     async def _save_snapshot(self, contents: bytes, seq: int) -> None:
         """Make a snapshot file durable (outside the writer); raise StoreError on failure."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     async def _after_snapshot(self, seq: int) -> None:
         """In the writer, once snapshot ``seq`` is durable: rotate and drop the obsolete."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _segment_figures(self) -> tuple[int, int]:
         """``(segments, bytes)`` for :meth:`statistics`; no I/O."""
-        raise NotImplementedError
 
-    def release(self) -> None:
+    def release(self) -> None:  # noqa: B027 - a hook: only the file store holds anything
         """Give back what the store holds (files, locks); call once the writer stopped."""
 
     # --- the writer --------------------------------------------------------------------------
