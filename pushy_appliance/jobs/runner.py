@@ -60,6 +60,10 @@ class _OutputChunk:
     data: bytes
 
 
+INBOX_HIGH_WATER = 10_000
+"""Queued events beyond which node frames for a job wait (back-pressure on their sockets)."""
+
+
 class _LiveJob:
     """A job the runner is driving."""
 
@@ -68,6 +72,8 @@ class _LiveJob:
         self.state = state
         self.inbox: deque[tuple[m.Event | _OutputChunk, Any]] = deque()
         self.wakeup = trio.Event()
+        self.room = trio.Event()
+        self.room.set()
         self.timers: dict[str, trio.CancelScope] = {}
         self.stamper = MonotonicStamper()
         self.done = trio.Event()
@@ -78,8 +84,19 @@ class _LiveJob:
         return self.entry.id
 
     def post(self, event: m.Event | _OutputChunk, extra: Any = None) -> None:
+        """Queue an event (never blocks: timers, operator requests, connection changes)."""
         self.inbox.append((event, extra))
         self.wakeup.set()
+        if len(self.inbox) >= INBOX_HIGH_WATER and self.room.is_set():
+            self.room = trio.Event()
+
+    async def post_from_node(self, event: m.Event | _OutputChunk, extra: Any = None) -> None:
+        """Queue a node's event, first waiting while the inbox is over its high-water mark:
+        a node that floods frames is slowed down at its own socket, and the inbox stays
+        bounded."""
+        while not self.room.is_set():
+            await self.room.wait()
+        self.post(event, extra)
 
 
 class JobRunner:
@@ -247,9 +264,12 @@ class JobRunner:
             "events": events,
             "at": now,
         }
-        await self.db.commit(record)
-        entry = self.model.jobs[job_id]
-        job = await self._adopt(entry, state)
+        # Once stored, the job must also run: a client that hangs up (cancelling this
+        # request) must not leave a stored job that nobody drives until the next restart.
+        with trio.CancelScope(shield=True):
+            await self.db.commit(record)
+            entry = self.model.jobs[job_id]
+            job = await self._adopt(entry, state)
         job.stamper = stamper
         log.info(
             "job %s: started by %s in %s on %d node(s): %r",
@@ -305,6 +325,7 @@ class JobRunner:
         """
         batch = list(job.inbox)
         job.inbox.clear()
+        job.room.set()
         state = job.state
         effects: list[m.Effect] = []
         touched: dict[str, None] = {}
@@ -384,6 +405,7 @@ class JobRunner:
 
     def _retire(self, job: _LiveJob) -> None:
         self.live.pop(job.id, None)
+        job.room.set()  # nobody drains this inbox any more: let waiting nodes go on
         for node in job.state.nodes:
             self._node_done(job.entry.org, node, job.id)
         job.done.set()
@@ -530,19 +552,21 @@ class JobRunner:
         now = time.time()
         if isinstance(frame, protocol.AckCommit):
             session.job_id = job.id
-            job.post(m.AckCommit(node, now))
+            await job.post_from_node(m.AckCommit(node, now))
         elif isinstance(frame, protocol.NackCommit):
-            job.post(m.NackCommit(node, frame.reason, now))
+            await job.post_from_node(m.NackCommit(node, frame.reason, now))
         elif isinstance(frame, protocol.AckRun):
-            job.post(m.AckRun(node, now))
+            await job.post_from_node(m.AckRun(node, now))
         elif isinstance(frame, protocol.NackRun):
-            job.post(m.NackRun(node, frame.reason, now))
+            await job.post_from_node(m.NackRun(node, frame.reason, now))
         elif isinstance(frame, protocol.Result):
             if session.job_id == job.id:
                 session.job_id = None
-            job.post(m.Result(node, frame.status, frame.exit_code, now), _result_meta(frame))
+            await job.post_from_node(
+                m.Result(node, frame.status, frame.exit_code, now), _result_meta(frame)
+            )
         elif isinstance(frame, protocol.Output):
-            job.post(_OutputChunk(node, frame.channel, frame.offset, frame.data))
+            await job.post_from_node(_OutputChunk(node, frame.channel, frame.offset, frame.data))
 
     async def node_lost(self, session: NodeSession) -> None:
         now = time.time()
