@@ -54,6 +54,9 @@ def _reject_body(e: ApiError) -> bytes:
 class _Connection:
     """One node connection after the upgrade."""
 
+    # Ten thousand of these stay alive at once: slots, and no error deque until an error.
+    __slots__ = ("close_code", "close_reason", "errors", "registry", "scope", "svc", "ws")
+
     def __init__(self, svc: Services, registry: NodeRegistry, ws: WebSocketConnection) -> None:
         self.svc = svc
         self.registry = registry
@@ -61,7 +64,7 @@ class _Connection:
         self.scope = trio.CancelScope()
         self.close_code = 1000
         self.close_reason = ""
-        self.errors: deque[float] = deque()
+        self.errors: deque[float] | None = None
 
     def request_close(self, code: int, reason: str) -> None:
         self.close_code = code
@@ -70,14 +73,13 @@ class _Connection:
 
     def protocol_error(self, who: str, e: ProtocolError) -> None:
         now = trio.current_time()
-        self.errors.append(now)
-        while self.errors and now - self.errors[0] > PROTOCOL_ERROR_WINDOW:
-            self.errors.popleft()
+        errors = self.errors = self.errors if self.errors is not None else deque()
+        errors.append(now)
+        while errors and now - errors[0] > PROTOCOL_ERROR_WINDOW:
+            errors.popleft()
         log.warning("node %s: protocol error, frame dropped: %s", who, e.reason)
-        if len(self.errors) >= PROTOCOL_ERRORS_ALLOWED:
-            log.warning(
-                "node %s: %d protocol errors within a minute, closing", who, len(self.errors)
-            )
+        if len(errors) >= PROTOCOL_ERRORS_ALLOWED:
+            log.warning("node %s: %d protocol errors within a minute, closing", who, len(errors))
             self.request_close(CLOSE_PROTOCOL, "too many protocol errors")
 
     async def writer(self, outbox: trio.MemoryReceiveChannel[bytes]) -> None:
@@ -123,8 +125,9 @@ class _Connection:
             hello.agent_version,
         )
         try:
+            # one facts dict, shared by the session and the stored node state
             await self.registry.record_status(
-                org, node, "online", dict(hello.facts), hello.incarnation_id
+                org, node, "online", session.facts, hello.incarnation_id
             )
             with self.scope:
                 async with trio.open_nursery() as nursery:
