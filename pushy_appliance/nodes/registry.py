@@ -385,7 +385,11 @@ class NodeRegistry:
         ts = time.time()
         render = self._template.render
         silent_after = self.offline_threshold * self.interval
-        due = now - self.interval * 0.999
+        # A node that got any frame in the last half interval skips this heartbeat (its next
+        # one comes at most 1.5 intervals after that frame). Comparing with a full interval
+        # would skip nodes whose previous heartbeat went out a moment after the previous
+        # tick began, halving their heartbeat rate.
+        due = now - self.interval * 0.5
         for s in list(self.sessions.values()):
             if now - s.last_received > silent_after:
                 self._timed_out += 1
