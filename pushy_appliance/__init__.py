@@ -3,13 +3,16 @@
 The layer rule. A module may import only from its own layer or the layers below it; never
 upward. Tests pin nothing of this mechanically, reviews do.
 
-1. Pure (no I/O, no trio tasks): ``errors``, ``config``, ``names``, ``chef_auth``,
-   ``protocol``, ``sse``, ``model``, ``jobs.machine``, ``nodes.machine``, ``validation``.
-2. Resources: ``store`` (files), ``hub`` (event fan-out), ``tls`` (key and certificate files).
-3. Engines: ``db`` (store + model), ``nodes.registry``, ``jobs.runner``.
+1. Pure (no I/O, no trio tasks): ``errors``, ``config``, ``chef_auth``, ``protocol``,
+   ``sse``, ``model`` (identity), ``jobs.machine``, ``jobs.validation``, ``jobs.model``,
+   ``agent.whitelist``.
+2. Resources: ``store`` (files), ``hub`` (event fan-out), ``tls`` (key and certificate files),
+   ``agent.state`` (the agent's state file).
+3. Engines: ``db`` (store + models), ``nodes.registry``, ``jobs.runner``,
+   ``agent.executor`` and ``agent.runtime`` (the node side's engine).
 4. Adapters: ``http`` (the REST API and feeds), ``nodesock`` (the node WebSocket listener),
-   ``agent`` (the node side), ``client`` (the signed HTTP client used by the CLI and agent).
-5. ``appliance`` (``serve()``: the root nursery) and ``bootstrap``.
+   ``client`` (the signed HTTP client of the CLI and agent), ``agent.connection``.
+5. ``appliance`` (``serve()``: the root nursery), ``bootstrap``, ``agent.run_agent``.
 6. ``cli`` (argument parsing and printing; the only place that prints).
 """
 
