@@ -1,7 +1,7 @@
 """Pushy Appliance: a Chef Push Jobs server, node agent and operator CLI.
 
 The layer rule. A module may import only from its own layer or the layers below it; never
-upward. Tests pin nothing of this mechanically, reviews do.
+upward. ``tests/test_layers.py`` checks this on the source.
 
 1. Pure (no I/O, no trio tasks): ``errors``, ``config``, ``chef_auth``, ``protocol``,
    ``sse``, ``model`` (identity), ``jobs.machine``, ``jobs.validation``, ``jobs.model``,
