@@ -5,9 +5,7 @@ same data directory and ports."""
 from __future__ import annotations
 
 import signal
-import sys
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AsyncExitStack
 from pathlib import Path
 
 import httpx
@@ -22,7 +20,7 @@ from test_jobs_e2e import (
     wait_online,
     write_scripts,
 )
-from test_node_e2e import Proc, free_port, spawn
+from test_node_e2e import free_port, server_process
 
 from pushy_appliance import chef_auth, tls
 
@@ -42,27 +40,6 @@ ENV = {
 }
 
 
-@asynccontextmanager
-async def server_process(data: Path, api_port: int, node_port: int) -> AsyncIterator[Proc]:
-    """``pushy serve`` on fixed ports; ready once it logged its URL."""
-    argv = [
-        sys.executable,
-        "-m",
-        "pushy_appliance.cli",
-        "serve",
-        "--data-dir",
-        str(data),
-        "--listen",
-        f"127.0.0.1:{api_port}",
-        "--node-listen",
-        f"127.0.0.1:{node_port}",
-    ]
-    async with spawn(f"server :{api_port}", argv, ENV) as server:
-        with trio.fail_after(LIMIT):
-            await server.wait_for_line("serving https://")
-        yield server
-
-
 async def test_kill_9_during_a_run_and_a_vote_then_restart(tmp_path: Path) -> None:
     data = tmp_path / "data"
     api_port, node_port = free_port(), free_port()
@@ -73,7 +50,7 @@ async def test_kill_9_during_a_run_and_a_vote_then_restart(tmp_path: Path) -> No
     everyone = [*runners, "reborn", "voter"]
 
     async with AsyncExitStack() as agents:
-        server = await agents.enter_async_context(server_process(data, api_port, node_port))
+        server = await agents.enter_async_context(server_process(data, api_port, node_port, ENV))
         verify = tls.client_ssl_context(ca_file=data / "tls" / "ca.pem")
         http = await agents.enter_async_context(httpx.AsyncClient(verify=verify, timeout=10))
         admin = Signed.from_file(http, url, "admin", data / "keys" / "admin.pem")
@@ -107,7 +84,7 @@ async def test_kill_9_during_a_run_and_a_vote_then_restart(tmp_path: Path) -> No
         await c.agents["reborn"].process.wait()
         await c.restart_agent(agents, "reborn")  # a new incarnation, holding the job in its state
 
-        async with server_process(data, api_port, node_port) as server:
+        async with server_process(data, api_port, node_port, ENV) as server:
             with trio.fail_after(LIMIT):
                 doc = await job_doc(admin, voting)
                 assert doc["status"] == "voting"  # resumed with the time it had left

@@ -444,7 +444,11 @@ def free_port() -> int:
 
 
 @asynccontextmanager
-async def server_process(data: Path, api_port: int, node_port: int) -> AsyncIterator[Proc]:
+async def server_process(
+    data: Path, api_port: int, node_port: int, env: dict[str, str] | None = None
+) -> AsyncIterator[Proc]:
+    """``pushy serve`` on fixed ports (agents reconnect to the same URL after a restart);
+    ready once it logged its URL."""
     argv = [
         sys.executable,
         "-m",
@@ -457,9 +461,10 @@ async def server_process(data: Path, api_port: int, node_port: int) -> AsyncIter
         "--node-listen",
         f"127.0.0.1:{node_port}",
     ]
-    env = {"PUSHY_HEARTBEAT_INTERVAL": str(INTERVAL)}
+    env = env if env is not None else {"PUSHY_HEARTBEAT_INTERVAL": str(INTERVAL)}
     async with spawn(f"server :{api_port}", argv, env) as server:
-        await server.wait_for_line("serving https://")
+        with trio.fail_after(30):
+            await server.wait_for_line("serving https://")
         yield server
 
 
