@@ -178,3 +178,17 @@ async def test_limits_and_content_types(tmp_path: Path) -> None:
         r = await admin.get("/organizations/nope/clients")
         assert r.status_code == 404
         assert r.json() == {"error": ["organization 'nope' does not exist."]}
+
+
+async def test_lone_surrogates_are_refused_not_stored(tmp_path: Path) -> None:
+    async with running_server(test_config(tmp_path)) as info, admin_client(info, "pivotal") as piv:
+        for path, raw in (
+            ("/users", b'{"username":"u1","email":"\\ud800","create_key":true}'),
+            ("/organizations", b'{"name":"o1","full_name":"\\udfff"}'),
+        ):
+            r = await piv.post(path, raw=raw)
+            assert r.status_code == 400, r.text
+            assert r.json() == {"error": "invalid JSON body"}
+        # a paired surrogate escape is ordinary text
+        r = await piv.post("/organizations", raw=b'{"name":"o2","full_name":"\\ud83d\\ude00"}')
+        assert r.status_code == 201, r.text

@@ -134,6 +134,19 @@ def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def has_lone_surrogates(value: Any) -> bool:
+    """Whether a decoded JSON value holds a lone surrogate (a ``"\\ud800"`` escape).
+
+    Such a string is not text: no name or value may carry one, and the store (UTF-8 msgpack)
+    could not encode it. Every JSON body is checked once, here, rather than field by field.
+    """
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
 async def read_json(*, allow_empty: bool = False) -> dict[str, Any]:
     """The request body as a JSON object.
 
@@ -159,7 +172,7 @@ async def read_json(*, allow_empty: bool = False) -> dict[str, Any]:
         raise ValidationError("invalid JSON body") from None
     except RecursionError:
         raise ValidationError("invalid JSON body") from None
-    if not isinstance(value, dict):
+    if not isinstance(value, dict) or (b"\\u" in body and has_lone_surrogates(value)):
         raise ValidationError("invalid JSON body")
     return value
 

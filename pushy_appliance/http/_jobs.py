@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 from datetime import UTC, datetime
 from typing import Any
@@ -14,7 +13,7 @@ from ..errors import NotAcceptableError, NotFoundError, UnsupportedMediaError, V
 from ..jobs.model import JobEntry
 from ..jobs.runner import JobRunner
 from ..jobs.validation import parse_json_body, validate_job_request
-from ._app import authorized, json_response, request_body, signed
+from ._app import authorized, has_lone_surrogates, json_response, request_body, signed
 from ._auth import require
 from ._context import Services
 from ._identity import base_url
@@ -108,7 +107,7 @@ def register(app: QuartTrio, svc: Services) -> None:
         if media != "application/json" and not media.endswith("+json"):
             raise UnsupportedMediaError(request.headers.get("Content-Type", ""))
         body = parse_json_body(raw)
-        if not isinstance(body, dict) or (b"\\u" in raw and _lone_surrogates(body)):
+        if not isinstance(body, dict) or (b"\\u" in raw and has_lone_surrogates(body)):
             raise ValidationError("invalid JSON body")
         req = validate_job_request(
             body,
@@ -165,16 +164,6 @@ def register(app: QuartTrio, svc: Services) -> None:
         if total > len(data):
             headers["X-Pushy-Output-Truncated"] = "true"
         return Response(data, status=200, headers=headers, content_type="application/octet-stream")
-
-
-def _lone_surrogates(body: dict[str, Any]) -> bool:
-    """Whether a string of ``body`` holds a lone surrogate (a ``\\ud800`` escape): it is no
-    text, so no command, name or value may carry one (nor could the store encode it)."""
-    try:
-        json.dumps(body, ensure_ascii=False).encode()
-    except UnicodeEncodeError:
-        return True
-    return False
 
 
 def _list_jobs(runner: JobRunner, org: str) -> list[dict[str, Any]]:
