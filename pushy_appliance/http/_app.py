@@ -147,6 +147,15 @@ def has_lone_surrogates(value: Any) -> bool:
     return False
 
 
+def require_json_content() -> None:
+    """Raise 415 unless the request's ``Content-Type`` is JSON (``application/json`` or
+    ``…+json``, parameters allowed)."""
+    ctype = request.headers.get("Content-Type", "")
+    media = ctype.split(";", 1)[0].strip().lower()
+    if media != "application/json" and not media.endswith("+json"):
+        raise UnsupportedMediaError(ctype)
+
+
 async def read_json(*, allow_empty: bool = False) -> dict[str, Any]:
     """The request body as a JSON object.
 
@@ -158,12 +167,7 @@ async def read_json(*, allow_empty: bool = False) -> dict[str, Any]:
     assert isinstance(body, bytes)
     if not body.strip() and allow_empty:
         return {}
-    ctype = request.headers.get("Content-Type", "")
-    media = ctype.split(";", 1)[0].strip().lower()
-    if media not in ("application/json", "") and not media.endswith("+json"):
-        raise UnsupportedMediaError(ctype)
-    if not media:
-        raise UnsupportedMediaError(ctype)
+    require_json_content()
     try:
         value = json.loads(body.decode("utf-8"), object_pairs_hook=_no_duplicate_keys)
     except (UnicodeDecodeError, ValueError) as e:

@@ -9,11 +9,18 @@ from typing import Any
 from quart import Response, request
 from quart_trio import QuartTrio
 
-from ..errors import NotAcceptableError, NotFoundError, UnsupportedMediaError, ValidationError
+from ..errors import NotAcceptableError, NotFoundError, ValidationError
 from ..jobs.model import JobEntry
 from ..jobs.runner import JobRunner
 from ..jobs.validation import parse_json_body, validate_job_request
-from ._app import authorized, has_lone_surrogates, json_response, request_body, signed
+from ._app import (
+    authorized,
+    has_lone_surrogates,
+    json_response,
+    request_body,
+    require_json_content,
+    signed,
+)
 from ._auth import require
 from ._context import Services
 from ._identity import base_url
@@ -103,9 +110,7 @@ def register(app: QuartTrio, svc: Services) -> None:
             return json_response(_list_jobs(runner, org))
         require(svc, org, who, "write")
         raw = await request_body(svc)
-        media = request.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
-        if media != "application/json" and not media.endswith("+json"):
-            raise UnsupportedMediaError(request.headers.get("Content-Type", ""))
+        require_json_content()
         body = parse_json_body(raw)
         if not isinstance(body, dict) or (b"\\u" in raw and has_lone_surrogates(body)):
             raise ValidationError("invalid JSON body")
@@ -131,9 +136,7 @@ def register(app: QuartTrio, svc: Services) -> None:
         await authorized(svc, org, "write")
         raw = await request_body(svc)
         if raw.strip():
-            media = request.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
-            if media != "application/json":
-                raise UnsupportedMediaError(request.headers.get("Content-Type", ""))
+            require_json_content()
             body = parse_json_body(raw)
             if body != {}:
                 raise ValidationError("abort takes an empty body or {}")

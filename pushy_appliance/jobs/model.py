@@ -302,28 +302,22 @@ class JobsModel:
     def load(self, snap: list[dict[str, Any]]) -> None:
         self.jobs = {}
         for d in snap:
+            bulk: dict[str, Any]
             if "packed" in d:
-                entry = JobEntry(
-                    id=d["id"],
-                    org=d["org"],
-                    spec=d["spec"],
-                    job=d["job"],
-                    created_at=d["created_at"],
-                    updated_at=d["updated_at"],
-                    finished_at=d["finished_at"],
-                    packed=d["packed"],
-                )
+                bulk = {"packed": d["packed"]}
             else:
-                entry = JobEntry(
-                    id=d["id"],
-                    org=d["org"],
-                    spec=d["spec"],
-                    job=d["job"],
-                    created_at=d["created_at"],
-                    updated_at=d["updated_at"],
-                    finished_at=d["finished_at"],
-                    nodes={n[0]: n for n in d["nodes"]},
-                    events=d["events"],
-                    output={n: OutputBuffer.from_plain(b) for n, b in d["output"].items()},
-                )
-            self.jobs[entry.id] = entry
+                bulk = {
+                    "nodes": {n[0]: n for n in d["nodes"]},
+                    "events": d["events"],
+                    "output": {n: OutputBuffer.from_plain(b) for n, b in d["output"].items()},
+                }
+            self.jobs[d["id"]] = JobEntry(
+                id=d["id"],
+                org=d["org"],
+                spec=d["spec"],
+                job=d["job"],
+                created_at=d["created_at"],
+                updated_at=d["updated_at"],
+                finished_at=d["finished_at"],
+                **bulk,
+            )

@@ -19,7 +19,7 @@ import logging
 import secrets
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import trio
@@ -251,10 +251,12 @@ class JobRunner:
         if req.file is not None:
             start_data["file_specified"] = True
         start_data["capture"] = req.capture_output
-        start_event = {"timestamp": format_timestamp(stamper.stamp(now)), **start_data}
-        events: list[list[Any]] = [[1, "start", start_event]]
+        events: list[list[Any]] = [_feed_event(1, "start", start_data, stamper, now)]
+        start_event = events[0][2]
         state, effects = m.transition(state0, m.Start(now, self._online(org, req.nodes)))
-        events += self._stamp(effects, stamper, 2, now)
+        for fx in effects:
+            if isinstance(fx, m.Publish):
+                events.append(_feed_event(len(events) + 1, fx.event, fx.data, stamper, now))
         record = {
             "t": "job.create",
             "id": job_id,
@@ -341,13 +343,9 @@ class JobRunner:
                 # after job_complete (the feed's last event) output is over too
                 if capture and not m.is_finished(state):
                     outputs.append([event.node, event.channel, event.offset, event.data])
-                    data = {
-                        "timestamp": format_timestamp(job.stamper.stamp(now)),
-                        "node": event.node,
-                        "channel": event.channel,
-                        "data": event.data.decode("utf-8", "replace"),
-                    }
-                    events.append([n, "output", data])
+                    text = event.data.decode("utf-8", "replace")
+                    fields = {"node": event.node, "channel": event.channel, "data": text}
+                    events.append(_feed_event(n, "output", fields, job.stamper, now))
                     n += 1
                 continue
             new, fx = m.transition(state, event)
@@ -358,8 +356,7 @@ class JobRunner:
             effects.extend(fx)
             for f in fx:
                 if isinstance(f, m.Publish):
-                    stamped = {"timestamp": format_timestamp(job.stamper.stamp(now)), **f.data}
-                    events.append([n, f.event, stamped])
+                    events.append(_feed_event(n, f.event, f.data, job.stamper, now))
                     n += 1
             if isinstance(event, m.Result | m.NodeBack) and extra is not None:
                 results[event.node] = extra
@@ -382,16 +379,6 @@ class JobRunner:
             if state.nodes[name] not in m.LIVE_NODE_STATUSES:
                 self._node_done(job.entry.org, name, job.id)
         self._perform(job, effects, events)
-
-    def _stamp(
-        self, effects: Iterable[m.Effect], stamper: MonotonicStamper, first: int, now: float
-    ) -> list[list[Any]]:
-        out: list[list[Any]] = []
-        for fx in effects:
-            if isinstance(fx, m.Publish):
-                data = {"timestamp": format_timestamp(stamper.stamp(now)), **fx.data}
-                out.append([first + len(out), fx.event, data])
-        return out
 
     def _node_done(self, org: str, node: str, job_id: str) -> None:
         jobs = self.node_jobs.get((org, node))
@@ -604,6 +591,13 @@ class JobRunner:
 
 def _at_most(value: int | None, limit: int) -> int | None:
     return None if value is None else min(value, limit)
+
+
+def _feed_event(
+    n: int, name: str, fields: Mapping[str, Any], stamper: MonotonicStamper, now: float
+) -> list[Any]:
+    """A job-feed event as stored and published: ``[n, name, data]``, ``timestamp`` first."""
+    return [n, name, {"timestamp": format_timestamp(stamper.stamp(now)), **fields}]
 
 
 def _result_meta(r: protocol.Result | protocol.ResultBody) -> dict[str, Any]:
