@@ -273,10 +273,13 @@ def issue_server_cert(
 
 
 def _cert_der(cert_pem_or_der: bytes) -> bytes:
-    data = cert_pem_or_der.strip()
+    # Only PEM is text: DER is binary and may well end in a byte that ``strip()`` would cut
+    # (0x20, 0x0a, ...), so DER bytes are taken exactly as given.
+    data = cert_pem_or_der
     try:
-        if data.startswith(b"-----BEGIN"):
-            return x509.load_pem_x509_certificate(data).public_bytes(serialization.Encoding.DER)
+        if data.lstrip().startswith(b"-----BEGIN"):
+            pem = data.strip()
+            return x509.load_pem_x509_certificate(pem).public_bytes(serialization.Encoding.DER)
         x509.load_der_x509_certificate(data)
     except ValueError as exc:
         raise ConfigError("certificate", None, f"not a PEM or DER certificate: {exc}") from None

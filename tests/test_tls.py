@@ -180,6 +180,25 @@ def test_fingerprint_of_pem_and_der(material: Material) -> None:
     assert re.fullmatch(r"SHA256:[0-9a-f]{64}", expected)
 
 
+def test_der_ending_in_a_whitespace_byte_is_taken_whole(material: Material) -> None:
+    # A DER certificate is binary: about one in forty ends in a byte such as 0x20 or 0x0a.
+    # Such a certificate once failed pinning ("not a PEM or DER certificate") because its
+    # last byte was stripped as if it were text.
+    ca_pem = material.ca_file.read_bytes()
+    ca_key = (material.dir / tls.CA_KEY_FILE).read_bytes()
+    for _ in range(5000):
+        pem, _key = tls.issue_server_cert(ca_pem, ca_key, ["localhost"], [])
+        der = x509.load_pem_x509_certificate(pem).public_bytes(serialization.Encoding.DER)
+        if der[-1:].isspace():
+            break
+    else:
+        pytest.fail("no certificate ending in a whitespace byte in 5000 tries")
+    assert tls.fingerprint(der) == "SHA256:" + hashlib.sha256(der).hexdigest()
+    assert tls.fingerprint(pem) == tls.fingerprint(der)
+    context = tls.client_ssl_context(pinned_cert_der=der)
+    assert context.cert_store_stats()["x509"] == 1
+
+
 def test_fingerprint_of_garbage() -> None:
     with pytest.raises(ConfigError):
         tls.fingerprint(b"not a certificate")
