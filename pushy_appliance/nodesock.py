@@ -7,9 +7,10 @@ upgrade. After the upgrade: the agent's ``hello`` (within ``HELLO_TIMEOUT``), th
 ``welcome``, then frames both ways until either side closes.
 
 Per connection there is a reader (this handler's task) and a writer draining the session's
-bounded outbox. Protocol errors are logged with the node name and the frame dropped; three
-within a minute close the connection (1008). Frames over the size cap close it with 1009
-(trio-websocket enforces the cap before a frame is buffered).
+bounded outbox; the heartbeat ticker and the job engine write directly when nothing is queued
+(see :mod:`.nodes.registry`). Protocol errors are logged with the node name and the frame
+dropped; three within a minute close the connection (1008). Frames over the size cap close it
+with 1009 (trio-websocket enforces the cap before a frame is buffered).
 """
 
 from __future__ import annotations
@@ -82,10 +83,12 @@ class _Connection:
             log.warning("node %s: %d protocol errors within a minute, closing", who, len(errors))
             self.request_close(CLOSE_PROTOCOL, "too many protocol errors")
 
-    async def writer(self, outbox: trio.MemoryReceiveChannel[bytes]) -> None:
-        async with outbox:
-            async for data in outbox:
-                await self.ws.send_message(data)
+    async def send_message(self, data: bytes) -> bool:
+        try:
+            await self.ws.send_message(data)
+        except ConnectionClosed:
+            return False
+        return True
 
     async def run(self, org: str, node: str) -> None:
         who = f"{org}/{node}"
@@ -106,7 +109,9 @@ class _Connection:
             log.warning("node %s: no hello within %.0f s", who, HELLO_TIMEOUT)
             await self.ws.aclose(CLOSE_PROTOCOL, "no hello")
             return
-        session, outbox = self.registry.open_session(org, node, hello, self.request_close)
+        session, outbox = self.registry.open_session(
+            org, node, hello, self.request_close, self.send_message
+        )
         seqs = protocol.SeqTracker()
         seqs.check(hello.seq)
         config = self.svc.config
@@ -131,7 +136,7 @@ class _Connection:
             )
             with self.scope:
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self.writer, outbox)
+                    nursery.start_soon(session.run_writer, outbox)
                     await self.registry.link.node_hello(session, hello)
                     await self._read(session, seqs, who, max_size)
                     nursery.cancel_scope.cancel()

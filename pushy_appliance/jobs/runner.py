@@ -78,6 +78,9 @@ class _LiveJob:
         self.stamper = MonotonicStamper()
         self.done = trio.Event()
         self.nursery: trio.Nursery | None = None
+        self.outgoing: list[tuple[NodeSession, type[Any], dict[str, Any]]] = []
+        """Frames the machine asked for, written by the job's task after the step is stored
+        (directly to each node's connection when nothing is queued for it)."""
 
     @property
     def id(self) -> str:
@@ -283,6 +286,7 @@ class JobRunner:
         )
         self._org_event(org, "start", job_id, start_event, now)
         self._perform(job, effects, events)
+        job.wakeup.set()  # the job's task writes the frames (commit …) to the nodes
         return job_id
 
     async def abort(self, org: str, job_id: str) -> None:
@@ -310,7 +314,10 @@ class JobRunner:
             job.nursery = nursery
             task_status.started()
             try:
-                while not m.is_finished(job.state):
+                while True:
+                    await self._write(job)
+                    if m.is_finished(job.state):
+                        break
                     await job.wakeup.wait()
                     job.wakeup = trio.Event()
                     await self._batch(job)
@@ -422,23 +429,25 @@ class JobRunner:
                     if spec[key] is not None:
                         fields[key] = spec[key]
                 for node in fx.nodes:
-                    self._send(org, node, protocol.Commit, **fields)
+                    self._send(job, node, protocol.Commit, fields)
             elif isinstance(fx, m.SendRun):
+                run = {"job_id": job.id}
                 for node in fx.nodes:
-                    self._send(org, node, protocol.Run, job_id=job.id)
+                    self._send(job, node, protocol.Run, run)
             elif isinstance(fx, m.SendAbort | m.ReleaseNodes):
+                abort = {"job_id": job.id}
                 for node in fx.nodes:
-                    s = self.registry.get(org, node)
-                    if s is not None and s.send(protocol.Abort, job_id=job.id):
+                    s = self._send(job, node, protocol.Abort, abort)
+                    if s is not None:
                         # Unavailable until the agent answers ``aborted``: a process it is
                         # still stopping would make it nack the next commit as busy.
                         s.rehab = True
             elif isinstance(fx, m.SendRehab):
-                s = self.registry.get(org, fx.node)
+                s = self._send(job, fx.node, protocol.Abort, {"job_id": None})
                 if s is not None:
-                    s.start_rehab()
+                    s.rehab = True
             elif isinstance(fx, m.SendResultAck):
-                self._send(org, fx.node, protocol.ResultAck, job_id=job.id)
+                self._send(job, fx.node, protocol.ResultAck, {"job_id": job.id})
             elif isinstance(fx, m.StartTimer):
                 self._arm(job, fx.kind, fx.deadline)
             elif isinstance(fx, m.CancelTimer):
@@ -446,10 +455,26 @@ class JobRunner:
                 if scope is not None:
                     scope.cancel()
 
-    def _send(self, org: str, node: str, cls: type[Any], **fields: Any) -> None:
-        s = self.registry.get(org, node)
-        if s is not None:
-            s.send(cls, **fields)
+    def _send(
+        self, job: _LiveJob, node: str, cls: type[Any], fields: dict[str, Any]
+    ) -> NodeSession | None:
+        """Queue a frame for the node's current session (if it has one that is not closing)
+        on the job's outgoing list; returns that session."""
+        s = self.registry.get(job.entry.org, node)
+        if s is None or s.close_code is not None:
+            return None
+        job.outgoing.append((s, cls, fields))
+        return s
+
+    async def _write(self, job: _LiveJob) -> None:
+        """Write the job's outgoing frames, in order. Each frame's ``seq`` is taken just before
+        its write, so that frames other tasks send the node (heartbeats, …) stay in order."""
+        while job.outgoing:
+            batch, job.outgoing = job.outgoing, []
+            ts = time.time()
+            for s, cls, fields in batch:
+                if s.close_code is None:
+                    await s.send_now(protocol.encode(cls(seq=s.next_seq(), ts=ts, **fields)))
 
     def _arm(self, job: _LiveJob, kind: str, deadline: float) -> None:
         old = job.timers.pop(kind, None)

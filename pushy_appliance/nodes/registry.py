@@ -1,10 +1,22 @@
 """The node registry: live node sessions, heartbeats, offline detection and node states.
 
-One :class:`NodeSession` per connected node. Frames to a node go through its bounded outbox
-(:meth:`NodeSession.send`, never blocking); a node whose outbox is full is disconnected as
-stuck rather than slowing anyone else. One ticker task sends the server heartbeat to every
-node each interval (the frame body is packed once per tick) and closes the sessions that sent
-nothing for ``offline_threshold`` intervals.
+One :class:`NodeSession` per connected node. Frames to a node go out one of two ways:
+
+* queued in its bounded outbox (:meth:`NodeSession.send`, never blocking), drained by the
+  connection's writer task; a node whose outbox is full is disconnected as stuck rather than
+  slowing anyone else;
+* sent at once by an async caller (:meth:`NodeSession.send_now`: the heartbeat ticker, the
+  job engine's fan-out) when nothing is queued, which saves the hop through the outbox and
+  the writer's task switch per frame. A direct send that stalls for ``DIRECT_SEND_TIMEOUT``
+  (the node stopped reading and its socket buffer is full) closes the node as stuck.
+
+Either way frames leave in the order they were handed over: a direct send is taken only
+when the outbox is empty, and the WebSocket layer frames a message synchronously when it is
+called, then writes under a first-in-first-out lock.
+
+One ticker task sends the server heartbeat to every node each interval (the frame body is
+packed once per tick) and closes the sessions that sent nothing for ``offline_threshold``
+intervals.
 
 Status changes (online, offline) are stored as ``node.seen`` records (see :class:`NodeModel`),
 not every heartbeat. The job engine plugs in as a :class:`JobLink`; without one, every node
@@ -16,7 +28,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 import trio
@@ -32,11 +44,13 @@ __all__ = [
     "CLOSE_REPLACED",
     "CLOSE_STUCK",
     "CLOSE_TIMEOUT",
+    "DIRECT_SEND_TIMEOUT",
     "JobLink",
     "NodeModel",
     "NodeRegistry",
     "NodeSession",
     "RegistryStatistics",
+    "Sender",
 ]
 
 log = logging.getLogger(__name__)
@@ -47,6 +61,12 @@ CLOSE_REPLACED = 4001
 CLOSE_DELETED = 4003
 CLOSE_STUCK = 4008
 CLOSE_TIMEOUT = 4009
+
+DIRECT_SEND_TIMEOUT = 1.0
+"""Seconds a direct send may wait (socket buffer full) before the node is closed as stuck."""
+
+Sender = Callable[[bytes], Awaitable[bool]]
+"""Writes one frame to the node's connection; ``False`` when the connection is closed."""
 
 
 class NodeModel:
@@ -141,6 +161,8 @@ class NodeSession:
     __slots__ = (
         "_close_requested",
         "_outbox",
+        "_pending",
+        "_sender",
         "_seq",
         "close_code",
         "close_reason",
@@ -163,6 +185,7 @@ class NodeSession:
         hello: protocol.Hello,
         outbox: trio.MemorySendChannel[bytes],
         close_requested: Callable[[NodeSession], None],
+        sender: Sender | None = None,
     ) -> None:
         self.org = org
         self.name = name
@@ -178,6 +201,9 @@ class NodeSession:
         self.previous_incarnation: str | None = None
         """The incarnation this node had when it was last seen (``None``: never seen)."""
         self._outbox = outbox
+        self._pending = 0
+        """Frames queued in the outbox and not yet written by :meth:`run_writer`."""
+        self._sender = sender
         self._seq = protocol.Sequencer()
         self._close_requested = close_requested
 
@@ -210,8 +236,48 @@ class NodeSession:
             return False
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             return False
+        self._pending += 1
         self.last_sent = trio.current_time()
         return True
+
+    async def send_now(self, data: bytes) -> bool:
+        """Write already-encoded bytes at once when nothing is queued; else queue them.
+
+        The caller took ``seq`` from :meth:`next_seq` just before (no checkpoint between), so
+        frames stay in ``seq`` order. A write that stalls for :data:`DIRECT_SEND_TIMEOUT`
+        closes the session as stuck.
+
+        Returns:
+            ``False`` when the session is closing, closed, or was closed by this call.
+        """
+        sender = self._sender
+        if sender is None or self._pending or self.close_code is not None:
+            return self.send_bytes(data)
+        self.last_sent = trio.current_time()
+        with trio.move_on_after(DIRECT_SEND_TIMEOUT):
+            return await sender(data)
+        log.warning(
+            "node %s/%s: a send stalled for %.0f s, dropping the connection",
+            self.org,
+            self.name,
+            DIRECT_SEND_TIMEOUT,
+        )
+        self.close(CLOSE_STUCK, "send stalled")
+        return False
+
+    async def run_writer(self, outbox: trio.MemoryReceiveChannel[bytes]) -> None:
+        """Write the queued frames with the session's sender until the outbox closes.
+
+        Start-up: none (started with ``start_soon`` by the connection it belongs to).
+        """
+        sender = self._sender
+        assert sender is not None, "a session without a sender has no writer"
+        async with outbox:
+            async for data in outbox:
+                ok = await sender(data)
+                self._pending -= 1
+                if not ok:
+                    return
 
     def next_seq(self) -> int:
         return self._seq.next()
@@ -277,17 +343,21 @@ class NodeRegistry:
         name: str,
         hello: protocol.Hello,
         closer: Callable[[int, str], None],
+        sender: Sender | None = None,
     ) -> tuple[NodeSession, trio.MemoryReceiveChannel[bytes]]:
         """Register a new connection, replacing (and closing) an older one for the node.
 
         Args:
             closer: called (never blocking) when the session must close, with code and reason.
+            sender: writes a frame to the connection, for :meth:`NodeSession.send_now` and
+                :meth:`NodeSession.run_writer`; without one, every frame stays queued in the
+                outbox (tests read it).
 
         Returns:
             The session and the receiving end of its outbox, for the connection's writer.
         """
         send, receive = trio.open_memory_channel[bytes](self.outbox_size)
-        session = NodeSession(org, name, hello, send, self._on_close_requested)
+        session = NodeSession(org, name, hello, send, self._on_close_requested, sender)
         session.previous_incarnation = self.model.nodes.get((org, name), {}).get("incarnation")
         self._closers[session] = closer
         old = self.sessions.get((org, name))
@@ -379,7 +449,7 @@ class NodeRegistry:
 
     # --- ticker -----------------------------------------------------------------------------
 
-    def tick(self) -> None:
+    async def tick(self) -> None:
         """Send heartbeats where due and close sessions that went silent."""
         now = trio.current_time()
         ts = time.time()
@@ -402,7 +472,7 @@ class NodeRegistry:
                 s.close(CLOSE_TIMEOUT, "heartbeat timeout")
                 continue
             if s.last_sent <= due:
-                s.send_bytes(render(s.next_seq(), ts))
+                await s.send_now(render(s.next_seq(), ts))
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run the heartbeat ticker until cancelled.
@@ -415,4 +485,4 @@ class NodeRegistry:
             # a fixed period: a tick that takes long (many nodes) does not stretch the next
             deadline = max(deadline + self.interval, trio.current_time())
             await trio.sleep_until(deadline)
-            self.tick()
+            await self.tick()

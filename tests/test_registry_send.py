@@ -1,0 +1,167 @@
+"""How frames leave a node session: direct writes when nothing is queued, the outbox and its
+writer otherwise, in ``seq`` order either way, and a stalled write closing the node as stuck.
+On trio's autojump clock, with a recording sender in place of the WebSocket."""
+
+from __future__ import annotations
+
+import time
+
+import trio
+import trio.testing
+
+from pushy_appliance import protocol
+from pushy_appliance.db import Database
+from pushy_appliance.nodes.registry import (
+    CLOSE_STUCK,
+    DIRECT_SEND_TIMEOUT,
+    NodeModel,
+    NodeRegistry,
+)
+from pushy_appliance.store import open_store
+
+
+def _hello() -> protocol.Hello:
+    return protocol.Hello(
+        incarnation_id="i",
+        protocol_version=1,
+        agent_version="t",
+        job_id=None,
+        job_state="idle",
+        pending_result=None,
+        facts={},
+        seq=1,
+        ts=time.time(),
+    )
+
+
+class Wire:
+    """A sender that records frames; ``gate`` (when set) holds every write until opened."""
+
+    def __init__(self) -> None:
+        self.frames: list[protocol.Frame] = []
+        self.gate: trio.Event | None = None
+        self.open = True
+        self.calls = 0
+
+    async def send(self, data: bytes) -> bool:
+        self.calls += 1
+        frame = protocol.decode(data)  # framed when called, like the WebSocket layer
+        if self.gate is not None:
+            await self.gate.wait()
+        await trio.lowlevel.checkpoint()
+        if not self.open:
+            return False
+        self.frames.append(frame)
+        return True
+
+
+async def test_direct_sends_and_queued_frames_keep_seq_order(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_store(None) as store:
+        registry = NodeRegistry(
+            Database(store, {"nodes": NodeModel()}), "srv", interval=10.0, offline_threshold=3
+        )
+        wire = Wire()
+        session, outbox = registry.open_session(
+            "o", "n", _hello(), lambda code, reason: None, wire.send
+        )
+        async with trio.open_nursery() as nursery:
+            # a direct send with nothing queued goes straight to the wire
+            assert await session.send_now(protocol.encode(_beat(session.next_seq())))
+            assert outbox.statistics().current_buffer_used == 0
+            # queued frames (no writer running yet) make the next direct send queue behind them
+            assert session.send(protocol.Reload)
+            assert session.send(protocol.Reload)
+            assert await session.send_now(protocol.encode(_beat(session.next_seq())))
+            assert outbox.statistics().current_buffer_used == 3
+            nursery.start_soon(session.run_writer, outbox)
+            await trio.sleep(1)
+            # drained: direct again
+            calls = wire.calls
+            assert await session.send_now(protocol.encode(_beat(session.next_seq())))
+            assert wire.calls == calls + 1
+            assert outbox.statistics().current_buffer_used == 0
+            nursery.cancel_scope.cancel()
+        assert [f.TYPE for f in wire.frames] == [
+            "heartbeat",
+            "reload",
+            "reload",
+            "heartbeat",
+            "heartbeat",
+        ]
+        assert [f.seq for f in wire.frames] == [1, 2, 3, 4, 5]
+
+
+async def test_a_stalled_direct_send_closes_the_node_as_stuck(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_store(None) as store:
+        registry = NodeRegistry(
+            Database(store, {"nodes": NodeModel()}), "srv", interval=10.0, offline_threshold=3
+        )
+        wire = Wire()
+        wire.gate = trio.Event()
+        closed: list[int] = []
+        session, _ = registry.open_session(
+            "o", "n", _hello(), lambda code, reason: closed.append(code), wire.send
+        )
+        started = trio.current_time()
+        assert not await session.send_now(protocol.encode(_beat(session.next_seq())))
+        assert trio.current_time() - started == DIRECT_SEND_TIMEOUT
+        assert closed == [CLOSE_STUCK]
+        assert registry.statistics().dropped_stuck == 1
+        # a closing session sends nothing more
+        assert not await session.send_now(protocol.encode(_beat(session.next_seq())))
+        assert wire.calls == 1
+
+
+async def test_a_closed_connection_fails_the_send(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_store(None) as store:
+        registry = NodeRegistry(
+            Database(store, {"nodes": NodeModel()}), "srv", interval=10.0, offline_threshold=3
+        )
+        wire = Wire()
+        wire.open = False
+        session, _ = registry.open_session("o", "n", _hello(), lambda code, reason: None, wire.send)
+        assert not await session.send_now(protocol.encode(_beat(session.next_seq())))
+
+
+async def test_the_ticker_writes_heartbeats_directly(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_store(None) as store:
+        registry = NodeRegistry(
+            Database(store, {"nodes": NodeModel()}), "srv", interval=10.0, offline_threshold=3
+        )
+        wires = {f"n{i}": Wire() for i in range(50)}
+        outboxes = []
+        for name, wire in wires.items():
+            _, outbox = registry.open_session(
+                "o", name, _hello(), lambda code, reason: None, wire.send
+            )
+            outboxes.append(outbox)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(registry.run)
+
+            async def agents() -> None:
+                while True:
+                    for s in registry.sessions.values():
+                        s.last_received = trio.current_time()
+                    await trio.sleep(5)
+
+            nursery.start_soon(agents)
+            await trio.sleep(35)
+            nursery.cancel_scope.cancel()
+        for wire in wires.values():
+            assert [f.TYPE for f in wire.frames] == ["heartbeat"] * 3
+            assert [f.seq for f in wire.frames] == [1, 2, 3]
+        assert all(o.statistics().current_buffer_used == 0 for o in outboxes)
+
+
+def _beat(seq: int) -> protocol.Heartbeat:
+    return protocol.Heartbeat(
+        server_incarnation_id="srv", job_id=None, job_state=None, seq=seq, ts=0.0
+    )
