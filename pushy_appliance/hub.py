@@ -355,24 +355,32 @@ class OrgEventLog:
     memory when jobs start faster than retention expects.
     """
 
-    def __init__(self, retention: float, *, max_events: int = 65_536) -> None:
-        """Create an empty log whose first event will be ``org-1``.
+    def __init__(self, retention: float, *, max_events: int = 65_536, first: int = 1) -> None:
+        """Create an empty log whose first event will be ``org-FIRST``.
 
         Args:
             retention: seconds an event stays available (``feeds.org_retention``).
             max_events: most events kept regardless of age.
+            first: the number of the first event. The server starts each run's logs above
+                every number an earlier run can have issued, so that a reader resuming with
+                an id from before a restart gets ``start_of_history``, never the events
+                after some unrelated event that happens to have the same id.
 
         Raises:
-            ValueError: ``retention`` is negative or ``max_events`` is less than 1.
+            ValueError: ``retention`` is negative, or ``max_events`` or ``first`` is less
+                than 1.
         """
         if retention < 0:
             raise ValueError(f"retention must not be negative, not {retention}")
         if max_events < 1:
             raise ValueError(f"max_events must be at least 1, not {max_events}")
+        if first < 1:
+            raise ValueError(f"first must be at least 1, not {first}")
         self.retention: Final = retention
         self.max_events: Final = max_events
         self._events: collections.deque[OrgEvent] = collections.deque()
-        self._last_seq = 0
+        self._first = first
+        self._last_seq = first - 1
 
     def append(self, name: str, data: Mapping[str, Any], now: float) -> OrgEvent:
         """Record a new event with the next id.
@@ -431,7 +439,7 @@ class OrgEventLog:
     @property
     def last_id(self) -> str | None:
         """The id of the newest event ever appended, or ``None`` for an empty log."""
-        return f"{_ORG_ID_PREFIX}{self._last_seq}" if self._last_seq else None
+        return f"{_ORG_ID_PREFIX}{self._last_seq}" if self._last_seq >= self._first else None
 
     def _expire(self, now: float) -> None:
         horizon = now - self.retention

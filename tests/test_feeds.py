@@ -322,9 +322,12 @@ async def test_org_feed_live_resume_and_start_of_history(tmp_path: Path) -> None
                     await first.wait_comment()  # subscribed, and idle feeds keep alive
                     job1 = await start_job(admin, {"command": "one", "nodes": ["n1"]})
                     events = await first.wait_for(2)
+                    # ids start above any an earlier run of the server issued
+                    base = info.services.jobs.org_feed_first
+                    assert base > 1_700_000_000 * 10**6
                     assert [(e.id, e.name) for e in events] == [
-                        ("org-1", "start"),
-                        ("org-2", "job_complete"),
+                        (f"org-{base}", "start"),
+                        (f"org-{base + 1}", "job_complete"),
                     ]
                     for e in events:
                         assert isinstance(e.data, dict)
@@ -342,7 +345,10 @@ async def test_org_feed_live_resume_and_start_of_history(tmp_path: Path) -> None
                         await second.wait_for(2)
                         await first.wait_for(4)
                         assert second.events == first.events[2:]
-                        assert [e.id for e in second.events] == ["org-3", "org-4"]
+                        assert [e.id for e in second.events] == [
+                            f"org-{base + 2}",
+                            f"org-{base + 3}",
+                        ]
                         assert shape(second.events)[1] == (
                             "job_complete",
                             {"job": job2, "status": "complete"},
@@ -350,11 +356,12 @@ async def test_org_feed_live_resume_and_start_of_history(tmp_path: Path) -> None
                     every = first.events
                 # A known id: the retained events after it, then live ones.
                 for known in range(1, 5):
-                    async with open_feed(admin, path, last_event_id=f"org-{known}") as feed:
+                    last = f"org-{base + known - 1}"
+                    async with open_feed(admin, path, last_event_id=last) as feed:
                         await feed.wait_comment()
                         assert feed.events == every[known:]
                 # Unknown ids: start_of_history, then every retained event.
-                for unknown in ("org-99", "org-0", "job-3", "start_id", "x"):
+                for unknown in (f"org-{base + 4}", "org-1", "org-0", "job-3", "start_id", "x"):
                     async with open_feed(admin, path, last_event_id=unknown) as feed:
                         await feed.wait_comment()
                         head, *rest = feed.events
@@ -363,11 +370,48 @@ async def test_org_feed_live_resume_and_start_of_history(tmp_path: Path) -> None
                         assert rest == every
                 # Never ends on its own; the alias serves the same feed.
                 async with open_feed(
-                    admin, f"{ORG}/jobs_status_feed", last_event_id="org-2"
+                    admin, f"{ORG}/jobs_status_feed", last_event_id=f"org-{base + 1}"
                 ) as feed:
                     await feed.wait_comment()
                     assert feed.events == every[2:]
                     assert not feed.ended
+
+
+async def test_org_feed_ids_of_an_earlier_run_are_unknown_after_a_restart(
+    tmp_path: Path,
+) -> None:
+    path = f"{ORG}/job_status_feed"
+    config = test_config(tmp_path, **{"feeds.keepalive": 0.2})
+
+    async def one_job(admin: Signed, node: str) -> list[Event]:
+        async with open_feed(admin, path) as feed:
+            await feed.wait_comment()
+            await start_job(admin, {"command": "x", "nodes": [node]})
+            return await feed.wait_for(2)
+
+    async with (
+        running_server(config) as info,
+        admin_client(info) as admin,
+        fake_nodes(info, admin, {"n1": Behaviour()}),
+    ):
+        with trio.fail_after(DEADLINE):
+            before = await one_job(admin, "n1")
+    async with (
+        running_server(config) as info,
+        admin_client(info) as admin,
+        fake_nodes(info, admin, {"n2": Behaviour()}),  # n1 is a client already
+    ):
+        with trio.fail_after(DEADLINE):
+            after = await one_job(admin, "n2")
+            # New ids are above the old ones; an old id resumes from the top.
+            numbers = [int(str(e.id).removeprefix("org-")) for e in before + after]
+            assert numbers == sorted(numbers) and len(set(numbers)) == 4
+            for old in before:
+                async with open_feed(admin, path, last_event_id=old.id) as resumed:
+                    await resumed.wait_comment()
+                    head, *rest = resumed.events
+                    assert (head.name, head.id) == ("start_of_history", "start_id")
+                    assert rest == after
 
 
 # --- refusals -------------------------------------------------------------------------------

@@ -287,6 +287,18 @@ def test_org_ids_increase_from_one() -> None:
     )
 
 
+def test_org_ids_start_at_first() -> None:
+    log = OrgEventLog(60.0, first=1000)
+    assert log.last_id is None
+    log.append("start", {"timestamp": "t", "job": "j"}, 0.0)
+    log.append("job_complete", {"timestamp": "u", "job": "j"}, 1.0)
+    assert ids(log.events(1.0)) == ["org-1000", "org-1001"]
+    assert log.last_id == "org-1001"
+    assert ids(log.after("org-1000", 1.0)[1]) == ["org-1001"]
+    assert log.after("org-999", 1.0)[0]
+    assert log.after("org-1", 1.0)[0]
+
+
 def test_org_no_last_event_id_means_live_only() -> None:
     log = make_log([0.0, 1.0, 2.0])
     assert log.after(None, 3.0) == (False, [])
@@ -344,3 +356,5 @@ def test_org_log_arguments_are_checked() -> None:
         OrgEventLog(-1.0)
     with pytest.raises(ValueError, match="at least 1"):
         OrgEventLog(1.0, max_events=0)
+    with pytest.raises(ValueError, match="first must be at least 1"):
+        OrgEventLog(1.0, first=0)

@@ -20,10 +20,11 @@ Ids and special events:
   job document) and ends. A finished job's feed takes no subscription: its history is
   complete. The runner closes a job's topic right after ``job_complete``, so no subscription
   outlives its job.
-* org feed: ids ``org-N``; never ends on its own. Without ``Last-Event-ID`` only live events
-  are sent. An unknown or expired id gets ``start_of_history`` (id ``start_id``, data just the
-  ``timestamp``) and then every retained event; a client that resumes with ``start_id`` gets
-  the same again.
+* org feed: ids ``org-N``, ``N`` counting up from the server's start time in microseconds, so
+  ids never repeat across restarts; never ends on its own. Without ``Last-Event-ID`` only live
+  events are sent. An unknown or expired id gets ``start_of_history`` (id ``start_id``, data
+  just the ``timestamp``) and then every retained event; a client that resumes with
+  ``start_id`` gets the same again.
 * both: a subscriber the hub cut off for falling behind gets what was buffered, then a final
   ``lagged`` event, and the stream ends. ``lagged`` carries the id of the last event the
   client was sent (``job-0`` or ``start_id`` when none: those resume from the start), so a

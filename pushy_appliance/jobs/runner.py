@@ -135,6 +135,10 @@ class JobRunner:
         self.node_jobs: dict[tuple[str, str], set[str]] = {}
         """Live jobs in which the node is still live (new, ready or running)."""
         self.org_logs: dict[str, OrgEventLog] = {}
+        # Org feed ids of this run start at the start time in microseconds: above every id
+        # an earlier run issued (unless it issued more than one event per microsecond, or
+        # the clock was set back), so an id from before a restart is unknown, not reused.
+        self.org_feed_first = time.time_ns() // 1000
         self._nursery: trio.Nursery | None = None
         registry.link = self
 
@@ -150,7 +154,7 @@ class JobRunner:
     def org_log(self, org: str) -> OrgEventLog:
         log_ = self.org_logs.get(org)
         if log_ is None:
-            log_ = self.org_logs[org] = OrgEventLog(self.org_retention)
+            log_ = self.org_logs[org] = OrgEventLog(self.org_retention, first=self.org_feed_first)
         return log_
 
     # --- lifecycle --------------------------------------------------------------------------
