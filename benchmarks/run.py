@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import resource
 import secrets
 import shutil
 import subprocess
@@ -738,6 +739,22 @@ SCENARIOS = {
 }
 
 
+def _raise_fd_limit(need: int) -> None:
+    """Let the server and the simulators (children inherit it) open ``need`` descriptors.
+
+    The soft limit goes up to the hard one; beyond that only a privileged user (root, as the
+    appliance's systemd unit does with ``LimitNOFILE``) can raise the hard limit itself.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= need:
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (need, max(need, hard)))
+    except (ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        print(f"  descriptor limit {hard}, under the {need} wanted: a fleet near it may be refused")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("scenario", choices=sorted(SCENARIOS))
@@ -768,6 +785,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.scenario in ("api", "store") and args.seconds == 60.0:
         args.seconds = 10.0
+    if args.scenario == "presence":
+        _raise_fd_limit(args.nodes + 2_000)
     bench = Bench(args)
     try:
         trio.run(SCENARIOS[args.scenario], bench)
