@@ -168,6 +168,17 @@ def test_state_round_trip_and_empty_default(tmp_path: Path) -> None:
     assert [p.name for p in (tmp_path / "s").iterdir()] == [STATE_FILE_NAME]
 
 
+def test_one_agent_per_state_directory(tmp_path: Path) -> None:
+    first, second = StateFile(tmp_path / "s"), StateFile(tmp_path / "s")
+    with first.lock():
+        assert (tmp_path / "s").stat().st_mode & 0o777 == 0o700
+        with pytest.raises(AgentError, match="in use by another agent"), second.lock():
+            pass
+        first.save(AgentState())  # the holder goes on
+    with second.lock():  # released with the first
+        pass
+
+
 @pytest.mark.parametrize(
     "data",
     [

@@ -308,6 +308,29 @@ async def test_agent_online_offline_and_back(tmp_path: Path) -> None:
                 await wait_state(admin, "node1", "offline", "unavailable")
 
 
+async def test_a_second_agent_on_the_same_state_directory_is_refused(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    async with running_server(test_config(data)) as info, admin_client(info) as admin:
+        with trio.fail_after(LIMIT):
+            pem = await create_client(admin, "node1")
+            assert pem is not None
+            key = write_key(tmp_path / "node1.pem", pem)
+            state_dir = tmp_path / "state"
+            argv = agent_argv(
+                info.url, "node1", key, state_dir, "--ca-cert", str(data / "tls" / "ca.pem")
+            )
+            async with spawn("agent", argv) as agent:
+                await wait_state(admin, "node1", "online", "available")
+                async with spawn("second agent", argv) as second:
+                    await second.process.wait()
+                    assert second.process.returncode == 1
+                    assert second.count(f"state directory {state_dir} is in use by another agent")
+                    assert second.count("agent starting") == 0
+                assert agent.process.returncode is None
+                assert (await node_state(admin, "node1"))["status"] == "online"
+                assert agent.count("connected (server incarnation") == 1
+
+
 async def test_a_client_key_cannot_act_as_another_node(tmp_path: Path) -> None:
     async with running_server(test_config(tmp_path)) as info, admin_client(info) as admin:
         with trio.fail_after(LIMIT):

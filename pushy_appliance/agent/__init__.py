@@ -105,27 +105,29 @@ async def run_agent(
 
     Raises:
         ConfigError: the configuration lacks the server or key, or the whitelist is invalid.
-        AgentError: the state directory cannot be used.
+        AgentError: the state directory cannot be used, or another agent holds it.
     """
     settings = connect_settings(config)
+    state_file = StateFile(config.state_dir or default_state_dir())
     runtime = AgentRuntime(
         node_name=settings.node_name,
         whitelist=Whitelist.from_entries(config.allow),
-        state_file=StateFile(config.state_dir or default_state_dir()),
+        state_file=state_file,
         config_path=config_path,
         working_dir=config.working_dir,
         protected_env=config.protected_env,
         kill_grace=kill_grace,
     )
-    log.info(
-        "node %s: agent starting (incarnation %s, %d whitelist entries)",
-        settings.node_name,
-        runtime.incarnation_id[:8],
-        len(runtime.whitelist),
-    )
-    async with trio.open_nursery() as nursery:
-        await nursery.start(runtime.run)
-        if handle_sighup:
-            await nursery.start(_reload_on_sighup, runtime)
-        await nursery.start(functools.partial(maintain_connection, runtime, settings, rng=rng))
-        task_status.started(runtime)
+    with state_file.lock():
+        log.info(
+            "node %s: agent starting (incarnation %s, %d whitelist entries)",
+            settings.node_name,
+            runtime.incarnation_id[:8],
+            len(runtime.whitelist),
+        )
+        async with trio.open_nursery() as nursery:
+            await nursery.start(runtime.run)
+            if handle_sighup:
+                await nursery.start(_reload_on_sighup, runtime)
+            await nursery.start(functools.partial(maintain_connection, runtime, settings, rng=rng))
+            task_status.started(runtime)

@@ -20,16 +20,23 @@ The incarnation is *not* stored: it is new at every agent start. A file that can
 is moved aside (``agent-state.msgpack.corrupt-<unix time>``, bytes kept for inspection) and
 the agent starts with an empty state.
 
+One agent at a time: :meth:`StateFile.lock` holds ``STATE_DIR/agent.lock`` (``flock``) for
+the agent's life, so a second agent started on the same directory fails at once instead of
+both overwriting each other's results.
+
 :func:`encode_state` and :func:`decode_state` are pure; :class:`StateFile` does the I/O
 (blocking; call it through ``trio.to_thread.run_sync`` from async code).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import logging
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +46,7 @@ from ..errors import AgentError, ProtocolError
 from ..protocol import Result, ResultBody, decode
 
 __all__ = [
+    "LOCK_FILE_NAME",
     "STATE_FILE_NAME",
     "AgentState",
     "PendingResult",
@@ -51,6 +59,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 STATE_FILE_NAME = "agent-state.msgpack"
+LOCK_FILE_NAME = "agent.lock"
 _MAGIC = "pushy-agent-state"
 _VERSION = 1
 _HELD_STATES = frozenset({"committed", "running"})
@@ -203,6 +212,31 @@ class StateFile:
     def __init__(self, directory: str | os.PathLike[str]) -> None:
         self.directory = Path(directory)
         self.path = self.directory / STATE_FILE_NAME
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the state directory for this agent alone (created 0700 when missing).
+
+        Raises:
+            AgentError: another agent holds it, or it cannot be created or locked.
+        """
+        try:
+            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd = os.open(
+                self.directory / LOCK_FILE_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600
+            )
+        except OSError as exc:
+            raise AgentError(f"cannot lock {self.directory}: {exc.strerror or exc}") from None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise AgentError(
+                    f"state directory {self.directory} is in use by another agent"
+                ) from None
+            yield
+        finally:
+            os.close(fd)
 
     def load(self) -> AgentState:
         """Read the state; an absent file is the empty state.

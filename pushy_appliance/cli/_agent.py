@@ -52,7 +52,11 @@ def add_parsers(
         metavar="SHA256",
         help="pin the server certificate, SHA256:HEX (server_fingerprint)",
     )
-    p.add_argument("--state-dir", metavar="DIR", help="where the agent keeps its state file")
+    p.add_argument(
+        "--state-dir",
+        metavar="DIR",
+        help="where the agent keeps its state file (one agent per directory: a second is refused)",
+    )
     p.add_argument(
         "--log-level",
         choices=["debug", "info", "warning", "error"],
