@@ -405,6 +405,11 @@ async def test_whitelist_quorum_and_offline_node(tmp_path: Path) -> None:
             # the quorum (2) is out of reach at once: n1 is released before it could vote
             assert doc["status"] == "quorum_failed"
             assert doc["nodes"] == {"unavailable": ["n1", "offline1"]}
+            # released means sent an abort: n1 answers it and is available again at once
+            with trio.fail_after(3):
+                await wait_online(admin, ["n1"])
+            job = await start_job(admin, {"command": "say hi", "nodes": ["n1"]})
+            assert (await wait_job(admin, job))["status"] == "complete"
 
 
 async def test_run_timeout_abort_and_busy(tmp_path: Path) -> None:

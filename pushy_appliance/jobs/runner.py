@@ -186,14 +186,29 @@ class JobRunner:
                 job.post(m.Resume(now, stopped_at))
             log.info("job %s: resumed (%s, %d nodes)", entry.id, state.status, len(state.nodes))
 
-    async def _adopt(self, entry: JobEntry, state: m.JobState) -> _LiveJob:
+    async def _adopt(
+        self,
+        entry: JobEntry,
+        state: m.JobState,
+        stamper: MonotonicStamper | None = None,
+        first: tuple[Iterable[m.Effect], list[list[Any]]] | None = None,
+    ) -> _LiveJob:
+        """Start driving a stored job.
+
+        Args:
+            stamper: the stamper that made the job's first events (a new job).
+            first: effects and feed events of the step that created the job, performed by
+                the job's task before anything else (a job can be over at once).
+        """
         job = _LiveJob(entry, state)
+        if stamper is not None:
+            job.stamper = stamper
         self.live[entry.id] = job
         for node, status in state.nodes.items():
             if status in m.LIVE_NODE_STATUSES:
                 self.node_jobs.setdefault((entry.org, node), set()).add(entry.id)
         assert self._nursery is not None
-        await self._nursery.start(self._drive, job)
+        await self._nursery.start(self._drive, job, first)
         return job
 
     def _online(self, org: str, nodes: Iterable[str]) -> frozenset[str]:
@@ -277,20 +292,16 @@ class JobRunner:
         # request) must not leave a stored job that nobody drives until the next restart.
         with trio.CancelScope(shield=True):
             await self.db.commit(record)
-            entry = self.model.jobs[job_id]
-            job = await self._adopt(entry, state)
-        job.stamper = stamper
-        log.info(
-            "job %s: started by %s in %s on %d node(s): %r",
-            job_id,
-            requester,
-            org,
-            len(req.nodes),
-            req.command,
-        )
-        self._org_event(org, "start", job_id, start_event, now)
-        self._perform(job, effects, events)
-        job.wakeup.set()  # the job's task writes the frames (commit …) to the nodes
+            log.info(
+                "job %s: started by %s in %s on %d node(s): %r",
+                job_id,
+                requester,
+                org,
+                len(req.nodes),
+                req.command,
+            )
+            self._org_event(org, "start", job_id, start_event, now)
+            await self._adopt(self.model.jobs[job_id], state, stamper, (effects, events))
         return job_id
 
     async def abort(self, org: str, job_id: str) -> None:
@@ -312,10 +323,16 @@ class JobRunner:
     # --- the per-job task -------------------------------------------------------------------
 
     async def _drive(
-        self, job: _LiveJob, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+        self,
+        job: _LiveJob,
+        first: tuple[Iterable[m.Effect], list[list[Any]]] | None,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         async with trio.open_nursery() as nursery:
             job.nursery = nursery
+            if first is not None:
+                self._perform(job, *first)
             task_status.started()
             try:
                 while True:
