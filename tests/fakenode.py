@@ -26,6 +26,8 @@ class Behaviour:
     stdout: bytes = b""
     stderr: bytes = b""
     ignore_run: bool = False
+    deaf: bool = False
+    """Stop reading after ``welcome`` (heartbeats still go out): a node whose socket fills."""
 
 
 class FakeNode:
@@ -76,6 +78,8 @@ class FakeNode:
                         if isinstance(f, protocol.Welcome):
                             self.welcomed.set()
                             task_status.started()
+                            if self.b.deaf:
+                                await trio.sleep_forever()
                         await self._handle(ws, nursery, f)
                 except ConnectionClosed:
                     nursery.cancel_scope.cancel()

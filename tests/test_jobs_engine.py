@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import os
 from pathlib import Path
 from typing import Any
 
@@ -148,3 +150,27 @@ async def test_job_routes_refuse_bad_input(tmp_path: Path) -> None:
         r = await admin.get("/organizations/default/pushy/jobs?limit=0")
         assert r.status_code == 400
         assert "limit" in r.json()["error"]
+
+
+async def test_a_node_that_stops_reading_is_closed_as_stuck(tmp_path: Path) -> None:
+    # The deaf node stops reading after welcome, but its heartbeats keep it online. Commits
+    # with big files fill its socket until a direct write stalls: after 1 s the node is
+    # closed as stuck (4008) and goes offline; the server and the other node carry on.
+    config = test_config(tmp_path, **{"limits.max_file_bytes": 700_000})
+    async with running_server(config) as info, admin_client(info) as admin:
+        behaviours = {"deaf": Behaviour(deaf=True), "n1": Behaviour()}
+        async with fake_nodes(info, admin, behaviours):
+            registry = info.services.nodes
+            big = "base64:" + base64.b64encode(os.urandom(690_000)).decode()
+            with trio.fail_after(60):
+                jobs = 0
+                while registry.get("default", "deaf") is not None:
+                    assert jobs < 100, "the deaf node was never closed"
+                    await start(admin, {"command": "chef-client", "nodes": ["deaf"], "file": big})
+                    jobs += 1
+                    await trio.sleep(0.1)
+                assert registry.statistics().dropped_stuck == 1
+                r = await admin.get("/organizations/default/pushy/node_states/deaf")
+                assert r.json()["status"] == "offline"
+                job_id = await start(admin, {"command": "chef-client", "nodes": ["n1"]})
+                assert (await wait_job(admin, job_id))["status"] == "complete"
