@@ -8,8 +8,10 @@ import os
 import pwd
 import signal
 import stat
+import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -253,6 +255,53 @@ async def test_file_removed_after_abort_and_grandchild_killed(private_tmp: Path)
     assert _gone(watcher.pid)
     assert handle.pid is not None and _gone(handle.pid)
     assert _entries(private_tmp) == []
+
+
+async def test_abort_does_not_wait_the_grace_for_a_zombie_grandchild() -> None:
+    # SIGTERM ends the shell and its background sleep; the sleep, orphaned, goes to PID 1.
+    # Where PID 1 does not reap at once (containers without an init: this machine's reaps
+    # every second or two) it stays a zombie in the job's process group for a while: the
+    # abort must not wait for it (before: 1.5 s here, up to the whole grace elsewhere).
+    watcher = PidWatcher()
+    spec = _spec("sh", "-c", "sleep 100 & echo $!; wait")
+    with trio.fail_after(LIMIT):
+        async with trio.open_nursery() as nursery:
+            handle: RunningJob = await nursery.start(
+                functools.partial(run_job, spec, on_output=watcher, kill_grace=10.0)
+            )
+            await watcher.first_line.wait()
+            started = trio.current_time()
+            handle.abort()
+            result = await handle.wait()
+            took = trio.current_time() - started
+    assert result.status == "aborted"
+    assert result.signal == signal.SIGTERM
+    assert took < 1.0, took
+    assert _gone(watcher.pid)
+
+
+def test_a_group_of_zombies_is_not_alive() -> None:
+    # our own child, never reaped until the end: a zombie that killpg(pgid, 0) still finds
+    process = subprocess.Popen(["true"], start_new_session=True)
+    try:
+        deadline = time.monotonic() + LIMIT
+        while not _gone(process.pid):
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        os.killpg(process.pid, 0)  # the kernel still counts the zombie in its group
+        assert not executor._group_alive(process.pid)
+    finally:
+        process.wait()
+    assert not executor._group_alive(process.pid)
+
+
+def test_a_group_with_a_running_member_is_alive() -> None:
+    process = subprocess.Popen(["sleep", "30"], start_new_session=True)
+    try:
+        assert executor._group_alive(process.pid)
+    finally:
+        process.kill()
+        process.wait()
 
 
 async def test_timeout_kills_grandchild_and_removes_file(private_tmp: Path) -> None:
