@@ -16,6 +16,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import msgpack
 import pytest
 import trio
 from trio_websocket import CloseReason, ConnectionClosed
@@ -166,6 +167,17 @@ def test_state_round_trip_and_empty_default(tmp_path: Path) -> None:
     assert (tmp_path / "s").stat().st_mode & 0o777 == 0o700
     assert (tmp_path / "s" / STATE_FILE_NAME).stat().st_mode & 0o777 == 0o600
     assert [p.name for p in (tmp_path / "s").iterdir()] == [STATE_FILE_NAME]
+
+
+def test_held_process_group_round_trip_and_checks() -> None:
+    state = AgentState("j1", "running", (), (4242, 123456))
+    assert decode_state(encode_state(state)) == state
+    good = encode_state(state)
+    for bad in ([4242], [4242, -1], [4242, "x"], "4242", [4242, 1.5]):
+        doc = msgpack.unpackb(good)
+        doc["held"]["group"] = bad
+        with pytest.raises(AgentError, match="process group"):
+            decode_state(msgpack.packb(doc))
 
 
 def test_one_agent_per_state_directory(tmp_path: Path) -> None:

@@ -295,6 +295,24 @@ def test_a_group_of_zombies_is_not_alive() -> None:
     assert not executor._group_alive(process.pid)
 
 
+async def test_a_leftover_group_is_ended_only_when_it_is_the_same_one() -> None:
+    process = await trio.lowlevel.open_process(["sleep", "30"], start_new_session=True)
+    try:
+        started = executor.process_start_time(process.pid)
+        assert started is not None
+        # another start time: a pid reused since, left alone
+        assert not await executor.end_leftover_group(process.pid, started + 1, GRACE)
+        assert executor._group_alive(process.pid)
+        with trio.fail_after(LIMIT):
+            assert await executor.end_leftover_group(process.pid, started, 10.0)
+            assert await process.wait() == -signal.SIGTERM
+        # gone now: nothing to end
+        assert not await executor.end_leftover_group(process.pid, started, GRACE)
+    finally:
+        process.kill()
+        await process.wait()
+
+
 def test_a_group_with_a_running_member_is_alive() -> None:
     process = subprocess.Popen(["sleep", "30"], start_new_session=True)
     try:

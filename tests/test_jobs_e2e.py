@@ -8,6 +8,7 @@ import base64
 import itertools
 import json
 import os
+import signal
 import sys
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -455,6 +456,30 @@ async def test_run_timeout_abort_and_busy(tmp_path: Path) -> None:
             job = await start_job(admin, {"command": "say ok", "nodes": nodes})
             doc = await wait_job(admin, job)
             assert doc["nodes"] == {"succeeded": nodes}
+
+
+async def test_a_restarted_agent_ends_the_job_process_its_crash_left(tmp_path: Path) -> None:
+    async with cluster(tmp_path, ["n1"]) as c:
+        admin = c.admin
+        with trio.fail_after(LIMIT):
+            job = await start_job(admin, {"command": "sleep-pid 30", "nodes": ["n1"]})
+            await wait_job(admin, job, {"running"}, running=1)
+            pids = await read_pids(c.scripts, "n1")
+            killed = c.agents["n1"]
+            killed.process.send_signal(signal.SIGKILL)
+            await killed.process.wait()
+            await trio.sleep(0.3)
+            assert all(alive(p) for p in pids)  # a killed agent cannot stop its job
+        async with AsyncExitStack() as stack:
+            again = await c.restart_agent(stack, "n1")
+            with trio.fail_after(LIMIT):
+                await wait_gone(pids)
+                await again.wait_for_line("left running by the previous agent run")
+                doc = await wait_job(admin, job)
+                assert doc["nodes"] != {"succeeded": ["n1"]}
+                await wait_online(admin, ["n1"])
+                job = await start_job(admin, {"command": "say hi", "nodes": ["n1"]})
+                assert (await wait_job(admin, job))["status"] == "complete"
 
 
 async def test_max_concurrency_one_never_overlaps(tmp_path: Path) -> None:

@@ -50,6 +50,8 @@ __all__ = [
     "RunningJob",
     "check_runnable",
     "decode_file",
+    "end_leftover_group",
+    "process_start_time",
     "run_job",
 ]
 
@@ -165,7 +167,7 @@ class ExecResult:
 class RunningJob:
     """The handle :func:`run_job` passes to ``task_status.started()``."""
 
-    __slots__ = ("_abort", "_done", "_result", "job_id", "pid")
+    __slots__ = ("_abort", "_done", "_result", "_spawned", "job_id", "pid")
 
     def __init__(self, job_id: str) -> None:
         self.job_id = job_id
@@ -173,7 +175,17 @@ class RunningJob:
         """The process id once started (also its process group id)."""
         self._abort = trio.Event()
         self._done = trio.Event()
+        self._spawned = trio.Event()
         self._result: ExecResult | None = None
+
+    async def wait_spawned(self) -> int | None:
+        """Wait until the process started (its pid) or the job ended without one (``None``)."""
+        await self._spawned.wait()
+        return self.pid
+
+    def _spawn(self, pid: int) -> None:
+        self.pid = pid
+        self._spawned.set()
 
     def abort(self) -> None:
         """Ask the job to stop: SIGTERM to its process group, SIGKILL after the grace period.
@@ -210,6 +222,7 @@ class RunningJob:
     def _finish(self, result: ExecResult | None) -> None:
         self._result = result
         self._done.set()
+        self._spawned.set()
 
 
 def decode_file(text: str) -> bytes:
@@ -602,7 +615,7 @@ async def _run(
         except (OSError, ValueError, subprocess.SubprocessError) as exc:
             reason = f"cannot start {spec.argv[0]!r}: {exc}"
             return _not_started(spec, "failed", reason, trio.current_time() - begin)
-        handle.pid = process.pid
+        handle._spawn(process.pid)
         logger.info(
             "job %s on %s: started pid %d: %s",
             spec.job_id,
@@ -617,16 +630,58 @@ async def _run(
                 await trio.to_thread.run_sync(_remove_dir, private_dir)
 
 
-async def _terminate_group(process: trio.Process, kill_grace: float) -> None:
-    """SIGTERM the group, give it ``kill_grace`` seconds to go, then SIGKILL what is left."""
-    pgid = process.pid
+async def _terminate_group(
+    pgid: int, kill_grace: float, process: trio.Process | None = None
+) -> None:
+    """SIGTERM the group, give it ``kill_grace`` seconds to go, then SIGKILL what is left.
+
+    ``process``: the group's leader when it is our child (reaped here).
+    """
     _signal_group(pgid, signal.SIGTERM)
     with trio.move_on_after(kill_grace):
-        await process.wait()
+        if process is not None:
+            await process.wait()
         # No event tells when the last member of a process group is gone: poll.
         while _group_alive(pgid):  # noqa: ASYNC110
             await trio.sleep(_GROUP_POLL)
     _signal_group(pgid, signal.SIGKILL)
+
+
+def process_start_time(pid: int) -> int | None:
+    """When process ``pid`` started (clock ticks after boot), or ``None`` when there is none.
+
+    With the pid it names one process for good: a pid reused later has another start time.
+    Blocking (reads ``/proc``).
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    fields = stat[stat.rfind(b")") + 2 :].split()  # from field 3, the state
+    return int(fields[19]) if len(fields) > 19 else None  # field 22, starttime
+
+
+async def end_leftover_group(pgid: int, started: int, kill_grace: float) -> bool:
+    """Terminate a job's process group that an earlier run of the agent left running.
+
+    An agent killed with SIGKILL cannot stop its job: the job's group (the leader ``pgid``,
+    started at ``started`` by :func:`process_start_time`) runs on. A restarted agent ends it
+    (SIGTERM, then SIGKILL after ``kill_grace``) so that it does not run beside the next job.
+    Nothing is signalled unless the group is that one: a live leader must have the same
+    start time (a pid reused since is left alone); with the leader gone, the group can only
+    be the same one (Linux does not hand out a pid that still names a process group).
+
+    Returns:
+        Whether a live group was found and terminated.
+    """
+    leader = await trio.to_thread.run_sync(process_start_time, pgid)
+    if leader is not None and leader != started:
+        return False
+    if not await trio.to_thread.run_sync(_group_alive, pgid):
+        return False
+    await _terminate_group(pgid, kill_grace)
+    return True
 
 
 async def _supervise(
@@ -659,7 +714,7 @@ async def _supervise(
                 return
             outcome = "timed_out"
         logger.info("job %s on %s: %s, terminating", spec.job_id, spec.node_name, outcome)
-        await _terminate_group(process, kill_grace)
+        await _terminate_group(process.pid, kill_grace, process)
 
     async def run_flushers() -> None:
         with flushers:

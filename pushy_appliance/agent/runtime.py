@@ -23,7 +23,9 @@ States: ``idle → committed → running → idle``, one job at a time.
 * A job held in the state file by a previous run of the agent (a *ghost*: its process is no
   longer ours) is reported in ``hello`` and heartbeats with its stored state until the server
   aborts it (answered ``aborted {job_id}``), or until the commit timeout clears it. A ghost
-  refuses commits (``busy``) and runs (``nack_run``).
+  refuses commits (``busy``) and runs (``nack_run``). When the previous run was killed while
+  the job ran, its process group may still run: it is terminated (SIGTERM, then SIGKILL
+  after the kill grace) if the state file names it and it is still the same group.
 
 Frames reach the server through the current connection's :class:`Link`; without one they
 are dropped (what matters is re-sent on the next connection).
@@ -72,6 +74,8 @@ from .executor import (
     RunningJob,
     check_runnable,
     decode_file,
+    end_leftover_group,
+    process_start_time,
     run_job,
 )
 from .state import AgentState, PendingResult, StateFile
@@ -166,6 +170,8 @@ class AgentRuntime:
         self._ghost = False
         self._spec: JobSpec | None = None
         self._handle: RunningJob | None = None
+        self._group: tuple[int, int] | None = None
+        """The running job's process group, ``(pgid, start time)``, kept in the state file."""
         self._aborting = False
         self._timer: trio.CancelScope | None = None
         self._pending: dict[str, PendingResult] = {}
@@ -314,7 +320,10 @@ class AgentRuntime:
                 self._phase = state.held_job_state
                 self._job_id = state.held_job_id
                 self._ghost = True
+                self._group = state.held_group
                 self._start_timer(state.held_job_id)
+                if state.held_group is not None:
+                    nursery.start_soon(self._end_leftover, state.held_job_id, *state.held_group)
             task_status.started()
             await trio.sleep_forever()
 
@@ -339,7 +348,12 @@ class AgentRuntime:
 
     def _snapshot(self) -> AgentState:
         held = self._job_id if self._phase != "idle" else None
-        return AgentState(held, self._phase if held else "idle", tuple(self._pending.values()))
+        return AgentState(
+            held,
+            self._phase if held else "idle",
+            tuple(self._pending.values()),
+            self._group if held else None,
+        )
 
     async def _persist(self) -> None:
         try:
@@ -355,6 +369,7 @@ class AgentRuntime:
         self._ghost = False
         self._spec = None
         self._handle = None
+        self._group = None
         self._aborting = False
 
     def _start_timer(self, job_id: str) -> None:
@@ -456,7 +471,9 @@ class AgentRuntime:
         self._job_epoch = self._link_epoch
         await self._persist()
         await self._send(AckRun, job_id=frame.job_id)
-        self._handle = await self._require_nursery().start(self._job_task, spec)
+        nursery = self._require_nursery()
+        self._handle = handle = await nursery.start(self._job_task, spec)
+        nursery.start_soon(self._record_group, handle)
 
     async def _on_abort(self, frame: Abort) -> None:
         if self._phase == "idle":
@@ -503,6 +520,29 @@ class AgentRuntime:
         )
         async with self._lock:
             await self._job_ended(spec.job_id, result)
+
+    async def _record_group(self, handle: RunningJob) -> None:
+        """Keep the started job's process group in the state file (see :meth:`_end_leftover`)."""
+        pid = await handle.wait_spawned()
+        if pid is None:
+            return  # never started
+        started = await self._run_blocking(process_start_time, pid)
+        if started is None:
+            return  # already gone
+        async with self._lock:
+            if self._handle is handle:
+                self._group = (pid, started)
+                await self._persist()
+
+    async def _end_leftover(self, job_id: str, pgid: int, started: int) -> None:
+        if await end_leftover_group(pgid, started, self._kill_grace):
+            log.warning(
+                "job %s on %s: terminated its process group %d, left running by the previous"
+                " agent run",
+                job_id,
+                self.node_name,
+                pgid,
+            )
 
     async def _on_output(self, job_id: str, channel: str, data: bytes, offset: int) -> None:
         await self._send(Output, job_id=job_id, channel=channel, data=data, offset=offset)

@@ -7,7 +7,8 @@ directory fsynced), so a crash leaves either the old or the new state, never a m
     {
       "format":  "pushy-agent-state",       # magic
       "version": 1,
-      "held":    {"job_id": str, "job_state": "committed" | "running"} | nil,
+      "held":    {"job_id": str, "job_state": "committed" | "running",
+                  "group": [int, int]} | nil,   # running: pgid and its start time (optional)
       "pending": [                           # oldest first
         {"result": {<the fields of a result frame, without type/seq/ts>},
          "stdout": bin, "stderr": bin},      # the captured output kept with it
@@ -15,7 +16,10 @@ directory fsynced), so a crash leaves either the old or the new state, never a m
       ]
     }
 
-``held`` is the job the agent had committed to or was running when it last wrote the file.
+``held`` is the job the agent had committed to or was running when it last wrote the file;
+``group`` names the running job's process group (its leader's pid and start time, see
+:func:`~pushy_appliance.agent.executor.process_start_time`), so that an agent restarted after
+a crash can end a job process the crash left behind.
 The incarnation is *not* stored: it is new at every agent start. A file that cannot be read
 is moved aside (``agent-state.msgpack.corrupt-<unix time>``, bytes kept for inspection) and
 the agent starts with an empty state.
@@ -88,11 +92,13 @@ class AgentState:
         held_job_id: the job committed to or running, or ``None``.
         held_job_state: ``committed`` or ``running`` with a held job, else ``idle``.
         pending: unacknowledged results, oldest first.
+        held_group: a running job's process group: ``(pgid, start time)``.
     """
 
     held_job_id: str | None = None
     held_job_state: str = "idle"
     pending: tuple[PendingResult, ...] = ()
+    held_group: tuple[int, int] | None = None
 
 
 def encode_state(state: AgentState) -> bytes:
@@ -104,9 +110,11 @@ def encode_state(state: AgentState) -> bytes:
     Returns:
         The file's bytes.
     """
-    held = None
+    held: dict[str, Any] | None = None
     if state.held_job_id is not None:
         held = {"job_id": state.held_job_id, "job_state": state.held_job_state}
+        if state.held_group is not None:
+            held["group"] = list(state.held_group)
     doc = {
         "format": _MAGIC,
         "version": _VERSION,
@@ -150,6 +158,7 @@ def decode_state(data: bytes) -> AgentState:
         raise _fail(f"version {doc.get('version')!r}, this agent reads {_VERSION}")
     held_id: str | None = None
     held_state = "idle"
+    held_group: tuple[int, int] | None = None
     held = doc.get("held")
     if held is not None:
         if not isinstance(held, dict):
@@ -158,6 +167,15 @@ def decode_state(data: bytes) -> AgentState:
         if not isinstance(job_id, str) or job_state not in _HELD_STATES:
             raise _fail(f"bad held job {held!r:.80}")
         held_id, held_state = job_id, str(job_state)
+        group = held.get("group")
+        if group is not None:
+            if not (
+                isinstance(group, list)
+                and len(group) == 2
+                and all(type(v) is int and v > 0 for v in group)
+            ):
+                raise _fail(f"bad held process group {group!r:.80}")
+            held_group = (group[0], group[1])
     pending_docs = doc.get("pending")
     if not isinstance(pending_docs, list):
         raise _fail("'pending' is not a list")
@@ -170,7 +188,7 @@ def decode_state(data: bytes) -> AgentState:
             raise _fail("pending output is not bytes")
         body = _result_body(entry.get("result"))
         pending.append(PendingResult(body, stdout, stderr))
-    return AgentState(held_id, held_state, tuple(pending))
+    return AgentState(held_id, held_state, tuple(pending), held_group)
 
 
 def _result_body(fields: Any) -> ResultBody:
