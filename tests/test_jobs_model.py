@@ -60,6 +60,31 @@ def test_steps_update_nodes_events_output_and_times() -> None:
     assert model.last_at == 200.0
 
 
+def test_buckets_and_nack_reasons_follow_every_step() -> None:
+    model = JobsModel()
+    model.apply(_create("j1", ["a", "b"]))
+    e = model.jobs["j1"]
+    assert e.buckets() == {"new": ["a", "b"]}
+    e.buckets()["new"].append("x")  # a caller's copy: the entry is not changed
+    assert e.buckets() == {"new": ["a", "b"]}
+    assert e.nack_reasons() == {}
+    model.apply(
+        {
+            "t": "job.step",
+            "id": "j1",
+            "job": e.job,
+            "nodes": [["b", "nacked", False, None, "busy"]],
+            "events": [],
+            "at": 150.0,
+        }
+    )
+    assert e.buckets() == {"new": ["a"], "nacked": ["b"]}
+    assert e.nack_reasons() == {"b": "busy"}
+    _finish(model, "j1")
+    assert e.buckets() == {"succeeded": ["a"], "failed": ["b"]}
+    assert e.nack_reasons() == {}
+
+
 def test_snapshot_packs_finished_jobs_and_loads_them_lazily() -> None:
     model = JobsModel()
     model.apply(_create("done", ["a", "b"]))

@@ -101,7 +101,9 @@ class JobEntry:
     """
 
     __slots__ = (
+        "_buckets",
         "_events",
+        "_nack_reasons",
         "_nodes",
         "_output",
         "_packed",
@@ -137,6 +139,8 @@ class JobEntry:
         self.updated_at = updated_at
         self.finished_at = finished_at
         self._nodes = nodes if nodes is not None else {}
+        self._buckets: dict[str, list[str]] | None = None
+        self._nack_reasons: dict[str, str] | None = None
         self._events = events if events is not None else []
         self._output = output if output is not None else {}
         self._packed = packed
@@ -193,18 +197,31 @@ class JobEntry:
         """The full ``machine.to_record`` form, for ``from_record``."""
         return {**self.job, "nodes": list(self.nodes.values())}
 
+    def set_nodes(self, records: list[list[Any]]) -> None:
+        """Store changed node records (the only way node records change after loading)."""
+        if records:
+            nodes = self.nodes
+            for n in records:
+                nodes[n[0]] = n
+            self._buckets = self._nack_reasons = None
+
     def buckets(self) -> dict[str, list[str]]:
-        out: dict[str, list[str]] = {}
-        for name, entry in self.nodes.items():
-            out.setdefault(entry[1], []).append(name)
-        return {b: sorted(out[b]) for b in BUCKETS if b in out}
+        """Node names by status, sorted (computed once per change: big jobs are polled)."""
+        if self._buckets is None:
+            out: dict[str, list[str]] = {}
+            for name, entry in self.nodes.items():
+                out.setdefault(entry[1], []).append(name)
+            self._buckets = {b: sorted(out[b]) for b in BUCKETS if b in out}
+        return {b: list(names) for b, names in self._buckets.items()}
 
     def nack_reasons(self) -> dict[str, str]:
-        return {
-            name: entry[4]
-            for name, entry in self.nodes.items()
-            if entry[1] == "nacked" and entry[4] is not None
-        }
+        if self._nack_reasons is None:
+            self._nack_reasons = {
+                name: entry[4]
+                for name, entry in self.nodes.items()
+                if entry[1] == "nacked" and entry[4] is not None
+            }
+        return dict(self._nack_reasons)
 
     def last_event_n(self) -> int:
         events = self.events
@@ -261,8 +278,7 @@ class JobsModel:
                 if r["job"]["status"] in FINISHED:
                     entry.finished_at = r["at"]
             entry.job = r["job"]
-            for n in r["nodes"]:
-                entry.nodes[n[0]] = n
+            entry.set_nodes(r["nodes"])
             entry.events.extend(r["events"])
             for node, channel, offset, data in r.get("outputs") or ():
                 entry.output.setdefault(node, OutputBuffer()).add(
