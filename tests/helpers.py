@@ -1,9 +1,11 @@
-"""Test helpers: an in-process appliance on port 0 and a signed HTTP client."""
+"""Test helpers: an in-process appliance on port 0, a signed HTTP client, and a node registry
+on an in-memory store."""
 
 from __future__ import annotations
 
 import json
 import ssl
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -13,9 +15,12 @@ import httpx
 import trio
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from pushy_appliance import chef_auth
+from pushy_appliance import chef_auth, protocol
 from pushy_appliance.appliance import ServerInfo, serve
 from pushy_appliance.config import ServerConfig, load_server_config
+from pushy_appliance.db import Database
+from pushy_appliance.nodes.registry import NodeModel, NodeRegistry
+from pushy_appliance.store import open_store
 
 
 def test_config(data_dir: Path, **flags: Any) -> ServerConfig:
@@ -95,3 +100,28 @@ async def admin_client(info: ServerInfo, user: str = "admin") -> AsyncIterator[S
         verify = ssl.create_default_context(cafile=str(ca))
     async with httpx.AsyncClient(verify=verify, timeout=30) as http:
         yield Signed.from_file(http, info.url, user, info.data_dir / "keys" / f"{user}.pem")
+
+
+def idle_hello() -> protocol.Hello:
+    """The ``hello`` of an idle agent holding nothing."""
+    return protocol.Hello(
+        incarnation_id="i",
+        protocol_version=1,
+        agent_version="t",
+        job_id=None,
+        job_state="idle",
+        pending_result=None,
+        facts={},
+        seq=1,
+        ts=time.time(),
+    )
+
+
+@asynccontextmanager
+async def memory_registry(
+    *, interval: float = 10.0, offline_threshold: int = 3
+) -> AsyncIterator[NodeRegistry]:
+    """A node registry (server incarnation ``srv``) on an in-memory store."""
+    async with open_store(None) as store:
+        db = Database(store, {"nodes": NodeModel()})
+        yield NodeRegistry(db, "srv", interval=interval, offline_threshold=offline_threshold)

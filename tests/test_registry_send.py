@@ -4,34 +4,16 @@ On trio's autojump clock, with a recording sender in place of the WebSocket."""
 
 from __future__ import annotations
 
-import time
-
 import trio
 import trio.testing
 
 from pushy_appliance import protocol
-from pushy_appliance.db import Database
 from pushy_appliance.nodes.registry import (
     CLOSE_STUCK,
     DIRECT_SEND_TIMEOUT,
-    NodeModel,
-    NodeRegistry,
 )
-from pushy_appliance.store import open_store
 
-
-def _hello() -> protocol.Hello:
-    return protocol.Hello(
-        incarnation_id="i",
-        protocol_version=1,
-        agent_version="t",
-        job_id=None,
-        job_state="idle",
-        pending_result=None,
-        facts={},
-        seq=1,
-        ts=time.time(),
-    )
+from helpers import idle_hello, memory_registry
 
 
 class Wire:
@@ -58,13 +40,10 @@ class Wire:
 async def test_direct_sends_and_queued_frames_keep_seq_order(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    async with open_store(None) as store:
-        registry = NodeRegistry(
-            Database(store, {"nodes": NodeModel()}), "srv", interval=10.0, offline_threshold=3
-        )
+    async with memory_registry(interval=10.0, offline_threshold=3) as registry:
         wire = Wire()
         session, outbox = registry.open_session(
-            "o", "n", _hello(), lambda code, reason: None, wire.send
+            "o", "n", idle_hello(), lambda code, reason: None, wire.send
         )
         async with trio.open_nursery() as nursery:
             # a direct send with nothing queued goes straight to the wire
@@ -96,15 +75,12 @@ async def test_direct_sends_and_queued_frames_keep_seq_order(
 async def test_a_stalled_direct_send_closes_the_node_as_stuck(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    async with open_store(None) as store:
-        registry = NodeRegistry(
-            Database(store, {"nodes": NodeModel()}), "srv", interval=10.0, offline_threshold=3
-        )
+    async with memory_registry(interval=10.0, offline_threshold=3) as registry:
         wire = Wire()
         wire.gate = trio.Event()
         closed: list[int] = []
         session, _ = registry.open_session(
-            "o", "n", _hello(), lambda code, reason: closed.append(code), wire.send
+            "o", "n", idle_hello(), lambda code, reason: closed.append(code), wire.send
         )
         started = trio.current_time()
         assert not await session.send_now(protocol.encode(_beat(session.next_seq())))
@@ -119,28 +95,24 @@ async def test_a_stalled_direct_send_closes_the_node_as_stuck(
 async def test_a_closed_connection_fails_the_send(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    async with open_store(None) as store:
-        registry = NodeRegistry(
-            Database(store, {"nodes": NodeModel()}), "srv", interval=10.0, offline_threshold=3
-        )
+    async with memory_registry(interval=10.0, offline_threshold=3) as registry:
         wire = Wire()
         wire.open = False
-        session, _ = registry.open_session("o", "n", _hello(), lambda code, reason: None, wire.send)
+        session, _ = registry.open_session(
+            "o", "n", idle_hello(), lambda code, reason: None, wire.send
+        )
         assert not await session.send_now(protocol.encode(_beat(session.next_seq())))
 
 
 async def test_the_ticker_writes_heartbeats_directly(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    async with open_store(None) as store:
-        registry = NodeRegistry(
-            Database(store, {"nodes": NodeModel()}), "srv", interval=10.0, offline_threshold=3
-        )
+    async with memory_registry(interval=10.0, offline_threshold=3) as registry:
         wires = {f"n{i}": Wire() for i in range(50)}
         outboxes = []
         for name, wire in wires.items():
             _, outbox = registry.open_session(
-                "o", name, _hello(), lambda code, reason: None, wire.send
+                "o", name, idle_hello(), lambda code, reason: None, wire.send
             )
             outboxes.append(outbox)
         async with trio.open_nursery() as nursery:

@@ -3,44 +3,25 @@ offline detection after ``offline_threshold`` silent intervals."""
 
 from __future__ import annotations
 
-import time
-
 import trio
 import trio.testing
 
 from pushy_appliance import protocol
-from pushy_appliance.db import Database
-from pushy_appliance.nodes.registry import CLOSE_TIMEOUT, NodeModel, NodeRegistry
-from pushy_appliance.store import open_store
+from pushy_appliance.nodes.registry import CLOSE_TIMEOUT
 
-
-def _hello() -> protocol.Hello:
-    return protocol.Hello(
-        incarnation_id="i",
-        protocol_version=1,
-        agent_version="t",
-        job_id=None,
-        job_state="idle",
-        pending_result=None,
-        facts={},
-        seq=1,
-        ts=time.time(),
-    )
+from helpers import idle_hello, memory_registry
 
 
 async def test_every_node_gets_a_heartbeat_every_interval(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    async with open_store(None) as store:
-        registry = NodeRegistry(
-            Database(store, {"nodes": NodeModel()}), "srv", interval=10.0, offline_threshold=3
-        )
+    async with memory_registry(interval=10.0, offline_threshold=3) as registry:
         closed: list[tuple[str, int]] = []
         outboxes = {}
         for i in range(200):
             name = f"n{i}"
             _, outboxes[name] = registry.open_session(
-                "o", name, _hello(), lambda code, reason, name=name: closed.append((name, code))
+                "o", name, idle_hello(), lambda code, reason, name=name: closed.append((name, code))
             )
         async with trio.open_nursery() as nursery:
             await nursery.start(registry.run)
@@ -75,12 +56,9 @@ async def test_every_node_gets_a_heartbeat_every_interval(
 async def test_a_silent_node_is_closed_after_the_threshold(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    async with open_store(None) as store:
-        registry = NodeRegistry(
-            Database(store, {"nodes": NodeModel()}), "srv", interval=1.0, offline_threshold=3
-        )
+    async with memory_registry(interval=1.0, offline_threshold=3) as registry:
         closed: list[int] = []
-        registry.open_session("o", "quiet", _hello(), lambda code, reason: closed.append(code))
+        registry.open_session("o", "quiet", idle_hello(), lambda code, reason: closed.append(code))
         async with trio.open_nursery() as nursery:
             await nursery.start(registry.run)
             await trio.sleep(3.5)
