@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import gc
 import json
 import logging
@@ -39,6 +38,7 @@ from .http import Services, asgi_app
 from .hub import Hub
 from .jobs.model import JobsModel
 from .jobs.runner import JobRunner
+from .lockfile import exclusive_lock
 from .model import IdentityModel
 from .nodes.registry import CLOSE_DELETED, CLOSE_GOING_AWAY, NodeModel, NodeRegistry
 from .nodesock import serve_nodes
@@ -102,16 +102,11 @@ def lock_data_dir(data_dir: Path) -> Iterator[None]:
     Raises:
         StoreError: another process holds it.
     """
-    (data_dir / "run").mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(data_dir / "run" / "lock", os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise StoreError(f"{data_dir} is in use by another pushy process") from None
+    with exclusive_lock(
+        data_dir / "run" / "lock",
+        lambda: StoreError(f"{data_dir} is in use by another pushy process"),
+    ):
         yield
-    finally:
-        os.close(fd)
 
 
 async def compact_store(data_dir: Path) -> int:

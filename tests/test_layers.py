@@ -23,6 +23,7 @@ LAYERS = {
     "store": 2,
     "hub": 2,
     "tls": 2,
+    "lockfile": 2,
     "agent.state": 2,
     "db": 3,
     "nodes": 3,

@@ -393,23 +393,31 @@ def _group_alive(pgid: int) -> bool:
     return _group_has_live_member(pgid)
 
 
+def _proc_stat(pid: int | str) -> list[bytes] | None:
+    """The fields of ``/proc/PID/stat`` from the third (the state) on, or ``None`` (gone).
+
+    "PID (COMM) STATE PPID PGRP …": COMM may hold spaces and parentheses, so the fields are
+    those after the last ``)``. Index 0 is the state, 2 the process group, 19 the start time.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    fields = stat[stat.rfind(b")") + 2 :].split()
+    return fields if len(fields) > 19 else None
+
+
 def _group_has_live_member(pgid: int) -> bool:
     try:
         entries = os.listdir("/proc")
     except OSError:
         return True  # no /proc: trust killpg
     for entry in entries:
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue  # gone meanwhile
-        # "PID (COMM) STATE PPID PGRP ...": COMM may hold spaces and parentheses
-        fields = stat[stat.rfind(b")") + 2 :].split()
-        if len(fields) >= 3 and int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
-            return True
+        if entry.isdigit():
+            fields = _proc_stat(entry)
+            if fields is not None and int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
+                return True
     return False
 
 
@@ -653,13 +661,8 @@ def process_start_time(pid: int) -> int | None:
     With the pid it names one process for good: a pid reused later has another start time.
     Blocking (reads ``/proc``).
     """
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return None
-    fields = stat[stat.rfind(b")") + 2 :].split()  # from field 3, the state
-    return int(fields[19]) if len(fields) > 19 else None  # field 22, starttime
+    fields = _proc_stat(pid)
+    return None if fields is None else int(fields[19])
 
 
 async def end_leftover_group(pgid: int, started: int, kill_grace: float) -> bool:

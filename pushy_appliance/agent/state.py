@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import logging
 import os
 import time
@@ -47,6 +46,7 @@ from typing import Any
 import msgpack
 
 from ..errors import AgentError, ProtocolError
+from ..lockfile import exclusive_lock
 from ..protocol import Result, ResultBody, decode
 
 __all__ = [
@@ -238,23 +238,19 @@ class StateFile:
         Raises:
             AgentError: another agent holds it, or it cannot be created or locked.
         """
-        try:
-            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-            fd = os.open(
-                self.directory / LOCK_FILE_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600
-            )
-        except OSError as exc:
-            raise AgentError(f"cannot lock {self.directory}: {exc.strerror or exc}") from None
-        try:
+        with contextlib.ExitStack() as stack:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise AgentError(
-                    f"state directory {self.directory} is in use by another agent"
-                ) from None
+                stack.enter_context(
+                    exclusive_lock(
+                        self.directory / LOCK_FILE_NAME,
+                        lambda: AgentError(
+                            f"state directory {self.directory} is in use by another agent"
+                        ),
+                    )
+                )
+            except OSError as exc:
+                raise AgentError(f"cannot lock {self.directory}: {exc.strerror or exc}") from None
             yield
-        finally:
-            os.close(fd)
 
     def load(self) -> AgentState:
         """Read the state; an absent file is the empty state.

@@ -458,15 +458,9 @@ class JobRunner:
             elif isinstance(fx, m.SendAbort | m.ReleaseNodes):
                 abort = {"job_id": job.id}
                 for node in fx.nodes:
-                    s = self._send(job, node, protocol.Abort, abort)
-                    if s is not None:
-                        # Unavailable until the agent answers ``aborted``: a process it is
-                        # still stopping would make it nack the next commit as busy.
-                        s.rehab = True
+                    self._send_abort(job, node, abort)
             elif isinstance(fx, m.SendRehab):
-                s = self._send(job, fx.node, protocol.Abort, {"job_id": None})
-                if s is not None:
-                    s.rehab = True
+                self._send_abort(job, fx.node, {"job_id": None})
             elif isinstance(fx, m.SendResultAck):
                 self._send(job, fx.node, protocol.ResultAck, {"job_id": job.id})
             elif isinstance(fx, m.StartTimer):
@@ -486,6 +480,14 @@ class JobRunner:
             return None
         job.outgoing.append((s, cls, fields))
         return s
+
+    def _send_abort(self, job: _LiveJob, node: str, fields: dict[str, Any]) -> None:
+        """Queue an ``abort`` (of the job, or ``job_id: nil`` for rehab). The node is
+        unavailable until its agent answers ``aborted``: a process it is still stopping would
+        make it nack the next commit as busy."""
+        s = self._send(job, node, protocol.Abort, fields)
+        if s is not None:
+            s.rehab = True
 
     async def _write(self, job: _LiveJob) -> None:
         """Write the job's outgoing frames, in order. Each frame's ``seq`` is taken just before
