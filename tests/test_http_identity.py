@@ -192,3 +192,35 @@ async def test_lone_surrogates_are_refused_not_stored(tmp_path: Path) -> None:
         # a paired surrogate escape is ordinary text
         r = await piv.post("/organizations", raw=b'{"name":"o2","full_name":"\\ud83d\\ude00"}')
         assert r.status_code == 201, r.text
+
+
+@pytest.mark.parametrize(
+    ("raw", "client_error", "job_error"),
+    [
+        (
+            b'{"name":"x","name":"y","command":"c","nodes":["n1"],"env":{"A":"1"}}',
+            "invalid JSON body (duplicate key 'name')",
+            "invalid key supplied",
+        ),
+        (
+            b'{"command":"c","nodes":["n1"],"env":{"A":"1","A":"2"}}',
+            "invalid JSON body (duplicate key 'A')",
+            "invalid environment value (duplicate key)",
+        ),
+        (b'{"name":"x","create_key":true,"admin":NaN}', "invalid JSON body", "invalid JSON body"),
+        (b'{"name":"\\ud800","command":"\\ud800"}', "invalid JSON body", "invalid JSON body"),
+        (b'{"name":' + b"[" * 65 + b"]" * 65 + b"}", "invalid JSON body", "invalid JSON body"),
+    ],
+)
+async def test_one_json_policy_for_identity_and_job_bodies(
+    tmp_path: Path, raw: bytes, client_error: str, job_error: str
+) -> None:
+    """Identity and job routes decode bodies alike; only where the job schema places a
+    duplicate key (a top-level key, an ``env`` key) does it report it its own way."""
+    async with running_server(test_config(tmp_path)) as info, admin_client(info) as admin:
+        r = await admin.post("/organizations/default/clients", raw=raw)
+        assert (r.status_code, r.json()) == (400, {"error": client_error})
+        r = await admin.post("/organizations/default/pushy/jobs", raw=raw)
+        assert (r.status_code, r.json()) == (400, {"error": job_error})
+        r = await admin.get("/organizations/default/clients")
+        assert r.json() == {}

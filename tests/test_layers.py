@@ -16,6 +16,7 @@ LAYERS = {
     "protocol": 1,
     "sse": 1,
     "model": 1,
+    "jsonbody": 1,
     "jobs.machine": 1,
     "jobs.validation": 1,
     "jobs.model": 1,

@@ -29,6 +29,7 @@ from ..errors import (
     UnsupportedMediaError,
     ValidationError,
 )
+from ..jsonbody import MSG_JSON, parse_json_body
 from ._auth import Principal, authenticate, require
 from ._context import Services
 
@@ -121,32 +122,6 @@ async def authorized(
     return who
 
 
-def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise ValidationError(
-                "invalid environment value (duplicate key)"
-                if isinstance(value, str)
-                else f"invalid JSON body (duplicate key '{key}')"
-            )
-        out[key] = value
-    return out
-
-
-def has_lone_surrogates(value: Any) -> bool:
-    """Whether a decoded JSON value holds a lone surrogate (a ``"\\ud800"`` escape).
-
-    Such a string is not text: no name or value may carry one, and the store (UTF-8 msgpack)
-    could not encode it. Every JSON body is checked once, here, rather than field by field.
-    """
-    try:
-        json.dumps(value, ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError:
-        return True
-    return False
-
-
 def require_json_content() -> None:
     """Raise 415 unless the request's ``Content-Type`` is JSON (``application/json`` or
     ``…+json``, parameters allowed)."""
@@ -156,28 +131,19 @@ def require_json_content() -> None:
         raise UnsupportedMediaError(ctype)
 
 
-async def read_json(*, allow_empty: bool = False) -> dict[str, Any]:
-    """The request body as a JSON object.
+async def read_json() -> dict[str, Any]:
+    """The request body as a JSON object (decoded by :func:`jsonbody.parse_json_body`).
 
     Raises:
-        UnsupportedMediaError: a non-empty body whose Content-Type is not JSON (415).
-        ValidationError: a body that is not JSON or not an object (400 ``invalid JSON body``).
+        UnsupportedMediaError: a body whose Content-Type is not JSON (415).
+        ValidationError: a body that is not JSON by that policy, or not an object (400).
     """
     body = await request.get_data(cache=True)
     assert isinstance(body, bytes)
-    if not body.strip() and allow_empty:
-        return {}
     require_json_content()
-    try:
-        value = json.loads(body.decode("utf-8"), object_pairs_hook=_no_duplicate_keys)
-    except (UnicodeDecodeError, ValueError) as e:
-        if isinstance(e, ValidationError):
-            raise
-        raise ValidationError("invalid JSON body") from None
-    except RecursionError:
-        raise ValidationError("invalid JSON body") from None
-    if not isinstance(value, dict) or (b"\\u" in body and has_lone_surrogates(value)):
-        raise ValidationError("invalid JSON body")
+    value = parse_json_body(body)
+    if not isinstance(value, dict):
+        raise ValidationError(MSG_JSON)
     return value
 
 

@@ -12,10 +12,10 @@ from quart_trio import QuartTrio
 from ..errors import NotAcceptableError, NotFoundError, ValidationError
 from ..jobs.model import JobEntry
 from ..jobs.runner import JobRunner
-from ..jobs.validation import parse_json_body, validate_job_request
+from ..jobs.validation import validate_job_request
+from ..jsonbody import parse_json_body
 from ._app import (
     authorized,
-    has_lone_surrogates,
     json_response,
     request_body,
     require_json_content,
@@ -111,11 +111,8 @@ def register(app: QuartTrio, svc: Services) -> None:
         require(svc, org, who, "write")
         raw = await request_body(svc)
         require_json_content()
-        body = parse_json_body(raw)
-        if not isinstance(body, dict) or (b"\\u" in raw and has_lone_surrogates(body)):
-            raise ValidationError("invalid JSON body")
         req = validate_job_request(
-            body,
+            parse_json_body(raw, mark_duplicates=True),
             max_file_bytes=limits.max_file_bytes,
             max_nodes=limits.max_nodes_per_job,
             default_run_timeout=svc.config.jobs.default_run_timeout,
