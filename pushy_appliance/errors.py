@@ -11,6 +11,9 @@ map the tree to status codes in one place (``http/_errors.py``)::
     │   └── StoreCorruptError    a record failed its CRC or could not be decoded
     ├── ProtocolError            a node frame that is not what the protocol says
     │   └── FrameTooLargeError   a frame over the size cap
+    ├── DomainError              what a model or engine refuses, whoever asked; no status code
+    │   ├── NoSuchJobError       no job ``job_id`` (in that organization)
+    │   └── JobFinishedError     job ``job_id`` has already finished (abort)
     ├── ApiError                 a request the API refuses: has ``status`` and ``body()``
     │   ├── ValidationError      400, ``{"error": "<message naming the field>"}``
     │   ├── AuthError            400/401/403/404 from signing checks, list-form body
@@ -107,6 +110,38 @@ class FrameTooLargeError(ProtocolError):
         self.size = size
         self.limit = limit
         super().__init__(f"frame of {size} bytes exceeds the {limit}-byte limit")
+
+
+class DomainError(PushyError):
+    """A lookup or change that a model or engine refuses, whoever asked.
+
+    These carry no HTTP shape (status, body form): each adapter maps them, the HTTP API in
+    one place (``http/_errors.py``).
+    """
+
+
+class NoSuchJobError(DomainError):
+    """No job ``job_id`` (or none in the organization asked about).
+
+    Attributes:
+        job_id: the id as given (the message shows at most 64 characters of it).
+    """
+
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+        super().__init__(f"job '{job_id[:64]}' not found")
+
+
+class JobFinishedError(DomainError):
+    """The job has already finished, so it cannot be aborted.
+
+    Attributes:
+        job_id: the job.
+    """
+
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+        super().__init__("job already finished")
 
 
 class ApiError(PushyError):

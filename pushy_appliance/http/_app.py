@@ -23,7 +23,10 @@ from werkzeug.exceptions import HTTPException
 
 from ..errors import (
     ApiError,
+    DomainError,
+    JobFinishedError,
     MethodNotAllowedError,
+    NoSuchJobError,
     NotAcceptableError,
     PayloadTooLargeError,
     UnsupportedMediaError,
@@ -204,10 +207,23 @@ def _shield_end_of_response(send: Any) -> Any:
     return end_shielded
 
 
+def _domain_response(e: DomainError) -> Response:
+    """The status and body of a domain error (``API.md`` §3: string-form job errors)."""
+    if isinstance(e, NoSuchJobError):
+        return json_response({"error": str(e)}, 404)
+    if isinstance(e, JobFinishedError):
+        return json_response({"error": str(e)}, 409)
+    return _internal(e)
+
+
 def _install_error_handlers(app: QuartTrio, svc: Services) -> None:
     @app.errorhandler(ApiError)
     async def _api_error(e: ApiError) -> Response:
         return json_response(e.body(), e.status, e.headers)
+
+    @app.errorhandler(DomainError)
+    async def _domain_error(e: DomainError) -> Response:
+        return _domain_response(e)
 
     @app.errorhandler(HTTPException)
     async def _http_error(e: HTTPException) -> Response:

@@ -9,7 +9,7 @@ from typing import Any
 from quart import Response, request
 from quart_trio import QuartTrio
 
-from ..errors import NotAcceptableError, NotFoundError, ValidationError
+from ..errors import NoSuchJobError, NotAcceptableError, NotFoundError, ValidationError
 from ..jobs.model import JobEntry
 from ..jobs.runner import JobRunner
 from ..jobs.validation import validate_job_request
@@ -80,7 +80,7 @@ def find_job(svc: Services, org: str, job_id: str) -> JobEntry:
     runner: JobRunner = svc.jobs
     entry = runner.model.jobs.get(job_id) if _JOB_ID.fullmatch(job_id) else None
     if entry is None or entry.org != org:
-        raise NotFoundError(f"job '{job_id[:64]}' not found", list_form=False)
+        raise NoSuchJobError(job_id)
     return entry
 
 
