@@ -13,6 +13,7 @@ import re
 import typing
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import unquote
 
@@ -21,6 +22,7 @@ from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
+from ..auth import Principal
 from ..errors import (
     ApiError,
     DomainError,
@@ -33,8 +35,7 @@ from ..errors import (
     ValidationError,
 )
 from ..jsonbody import MSG_JSON, parse_json_body
-from ._auth import Principal, authenticate, require
-from ._context import Services
+from ..services import Services
 
 __all__ = [
     "accepts",
@@ -100,15 +101,15 @@ async def request_body(svc: Services) -> bytes:
 
 
 async def signed(svc: Services, org: str | None) -> Principal:
-    """Authenticate the current request (see :func:`._auth.authenticate`)."""
+    """Authenticate the current request (see :meth:`auth.Authenticator.authenticate`)."""
     body = await request_body(svc)
-    return authenticate(
-        svc,
+    return svc.auth.authenticate(
         org,
         method=request.method,
         path=_signed_path(),
         headers=typing.cast(Mapping[str, str], request.headers),
         body=body,
+        now=datetime.now(UTC),
     )
 
 
@@ -117,11 +118,12 @@ async def authorized(
 ) -> Principal:
     """The common start of an org route: ``Accept`` allows ``produces`` (406), it is signed
     by a member of ``org`` (the checks of ``API.md`` §1, in their order, including 404 for an
-    unknown org), and, with ``action``, the caller may do it (see :func:`._auth.require`)."""
+    unknown org), and, with ``action``, the caller may do it (see
+    :meth:`auth.Authenticator.require`)."""
     require_accept(produces)
     who = await signed(svc, org)
     if action is not None:
-        require(svc, org, who, action)
+        svc.auth.require(org, who, action)
     return who
 
 

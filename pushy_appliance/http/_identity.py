@@ -13,6 +13,7 @@ from quart import Response, request
 from quart_trio import QuartTrio
 
 from .. import chef_auth
+from ..auth import Principal, forbidden, org_not_found
 from ..errors import ConflictError, KeyFormatError, NotFoundError, ValidationError
 from ..model import (
     DEFAULT_GROUPS,
@@ -24,9 +25,8 @@ from ..model import (
     valid_name,
     valid_org,
 )
+from ..services import Services
 from ._app import authorized, json_response, read_json, require_accept, signed
-from ._auth import Principal, forbidden, org_not_found, require
-from ._context import Services
 
 __all__ = ["base_url", "register"]
 
@@ -230,10 +230,10 @@ def register(app: QuartTrio, svc: Services) -> None:
     async def org_users(org: str) -> Response:
         who = await authorized(svc, org)
         if request.method == "GET":
-            require(svc, org, who, "member")
+            svc.auth.require(org, who, "member")
             names = sorted(svc.identity.members.get(org, set()))
             return json_response([{"user": {"username": n}} for n in names])
-        require(svc, org, who, "admin")
+        svc.auth.require(org, who, "admin")
         body = await read_json()
         name = _check_name(body.get("username"), "username")
         async with db.exclusive(("member", org, name)):
@@ -254,7 +254,7 @@ def register(app: QuartTrio, svc: Services) -> None:
         u = svc.identity.users[name]
         doc = {"username": u.name, "display_name": u.display_name, "email": u.email}
         if request.method == "DELETE":
-            require(svc, org, who, "admin")
+            svc.auth.require(org, who, "admin")
             async with db.exclusive(("member", org, name)):
                 await db.commit({"t": "member.del", "org": org, "user": name})
         return json_response(doc)
@@ -265,11 +265,11 @@ def register(app: QuartTrio, svc: Services) -> None:
     async def clients(org: str) -> Response:
         who = await authorized(svc, org)
         if request.method == "GET":
-            require(svc, org, who, "member")
+            svc.auth.require(org, who, "member")
             names = sorted(svc.identity.clients.get(org, {}))
             base = f"{base_url()}/organizations/{org}/clients"
             return json_response({n: f"{base}/{n}" for n in names})
-        require(svc, org, who, "admin")
+        svc.auth.require(org, who, "admin")
         body = await read_json()
         name = _check_name(body.get("name", body.get("clientname")), "name")
         admin = body.get("admin", False)
@@ -302,13 +302,13 @@ def register(app: QuartTrio, svc: Services) -> None:
         }
         if request.method == "DELETE":
             if not (who.kind == "client" and who.name == name):
-                require(svc, org, who, "admin")
+                svc.auth.require(org, who, "admin")
             async with db.exclusive(("client", org, name)):
                 await db.commit({"t": "client.del", "org": org, "name": name})
             for hook in svc.on_client_deleted:
                 await hook(org, name)
         else:
-            require(svc, org, who, "member")
+            svc.auth.require(org, who, "member")
         return json_response(doc)
 
     # --- groups -----------------------------------------------------------------------------
@@ -317,10 +317,10 @@ def register(app: QuartTrio, svc: Services) -> None:
     async def groups(org: str) -> Response:
         who = await authorized(svc, org)
         if request.method == "GET":
-            require(svc, org, who, "member")
+            svc.auth.require(org, who, "member")
             base = f"{base_url()}/organizations/{org}/groups"
             return json_response({g: f"{base}/{g}" for g in sorted(svc.identity.groups[org])})
-        require(svc, org, who, "admin")
+        svc.auth.require(org, who, "admin")
         body = await read_json()
         name = _check_name(body.get("groupname", body.get("name")), "groupname")
         users, clients_, subgroups = _actor_lists(body.get("actors"))
@@ -339,9 +339,9 @@ def register(app: QuartTrio, svc: Services) -> None:
         if name not in svc.identity.groups.get(org, {}):
             raise NotFoundError(f"group '{name}' not found")
         if request.method == "GET":
-            require(svc, org, who, "member")
+            svc.auth.require(org, who, "member")
             return json_response(group_document(svc, org, name))
-        require(svc, org, who, "admin")
+        svc.auth.require(org, who, "admin")
         if request.method == "DELETE":
             doc = group_document(svc, org, name)
             if name in DEFAULT_GROUPS:

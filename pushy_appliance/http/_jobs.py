@@ -14,6 +14,7 @@ from ..jobs.model import JobEntry
 from ..jobs.runner import JobRunner
 from ..jobs.validation import validate_job_request
 from ..jsonbody import parse_json_body
+from ..services import Services
 from ._app import (
     authorized,
     json_response,
@@ -21,8 +22,6 @@ from ._app import (
     require_json_content,
     signed,
 )
-from ._auth import require
-from ._context import Services
 from ._identity import base_url
 from ._nodes import rfc1123
 
@@ -106,9 +105,9 @@ def register(app: QuartTrio, svc: Services) -> None:
     async def jobs(org: str) -> Response:
         who = await authorized(svc, org)
         if request.method == "GET":
-            require(svc, org, who, "read")
+            svc.auth.require(org, who, "read")
             return json_response(_list_jobs(runner, org))
-        require(svc, org, who, "write")
+        svc.auth.require(org, who, "write")
         raw = await request_body(svc)
         require_json_content()
         req = validate_job_request(
@@ -147,7 +146,7 @@ def register(app: QuartTrio, svc: Services) -> None:
         if accept.strip().lower() == "application/json":
             raise NotAcceptableError("application/octet-stream")
         who = await signed(svc, org)
-        require(svc, org, who, "read")
+        svc.auth.require(org, who, "read")
         if channel not in ("stdout", "stderr"):
             raise NotFoundError(f"no channel '{channel[:32]}' (stdout or stderr)", list_form=False)
         entry = find_job(svc, org, job_id)

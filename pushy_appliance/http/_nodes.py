@@ -12,9 +12,8 @@ from quart_trio import QuartTrio
 from ..errors import AuthError, NotFoundError
 from ..model import valid_name
 from ..nodes.registry import NodeRegistry
+from ..services import Services
 from ._app import authorized, json_response
-from ._auth import require
-from ._context import Services
 
 __all__ = ["register", "rfc1123"]
 
@@ -40,7 +39,7 @@ def register(app: QuartTrio, svc: Services) -> None:
         who = await authorized(svc, org)
         if who.kind == "client" and who.name != node and not who.is_pivotal:
             raise AuthError(403, "Client and node name must match")
-        require(svc, org, who, "read")
+        svc.auth.require(org, who, "read")
         if not valid_name(node):
             raise NotFoundError(f"node '{node[:300]}' not found")
         host = svc.config.server_name or urlsplit(f"//{request.headers.get('Host', '')}").hostname
