@@ -26,16 +26,9 @@ from ..model import (
     valid_org,
 )
 from ..services import Services
-from ._app import authorized, json_response, read_json, require_accept, signed
+from ._request import authorized, base_url, json_response, read_json, require_accept, signed
 
-__all__ = ["base_url", "register"]
-
-
-def base_url() -> str:
-    """``scheme://host`` of the current request (``X-Forwarded-Proto`` honoured)."""
-    scheme = request.headers.get("X-Forwarded-Proto", "").split(",")[0].strip() or request.scheme
-    host = request.headers.get("Host") or request.host
-    return f"{scheme}://{host}"
+__all__ = ["register"]
 
 
 def _check_name(value: object, field: str) -> str:

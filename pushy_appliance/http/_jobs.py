@@ -2,32 +2,31 @@
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, datetime
 from typing import Any
 
 from quart import Response, request
 from quart_trio import QuartTrio
 
-from ..errors import NoSuchJobError, NotAcceptableError, NotFoundError, ValidationError
+from ..errors import NotAcceptableError, NotFoundError, ValidationError
 from ..jobs.model import JobEntry
 from ..jobs.runner import JobRunner
 from ..jobs.validation import validate_job_request
 from ..jsonbody import parse_json_body
 from ..services import Services
-from ._app import (
+from ._request import (
     authorized,
+    base_url,
+    find_job,
     json_response,
     request_body,
     require_json_content,
+    rfc1123,
     signed,
 )
-from ._identity import base_url
-from ._nodes import rfc1123
 
 __all__ = ["job_document", "register"]
 
-_JOB_ID = re.compile(r"[0-9a-f]{32}")
 _STATUSES = frozenset(
     {"new", "voting", "running", "complete", "quorum_failed", "timed_out", "aborted", "crashed"}
 )
@@ -72,15 +71,6 @@ def job_document(e: JobEntry, *, include_file: bool = False) -> dict[str, Any]:
     if e.spec.get("max_failures") is not None:
         doc["max_failures"] = e.spec["max_failures"]
     return doc
-
-
-def find_job(svc: Services, org: str, job_id: str) -> JobEntry:
-    """The job ``job_id`` of ``org``; 404 for another org's job too (**fix** of the original)."""
-    runner: JobRunner = svc.jobs
-    entry = runner.model.jobs.get(job_id) if _JOB_ID.fullmatch(job_id) else None
-    if entry is None or entry.org != org:
-        raise NoSuchJobError(job_id)
-    return entry
 
 
 def _int_param(name: str, low: int, high: int) -> int | None:

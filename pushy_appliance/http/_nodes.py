@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from email.utils import formatdate
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -13,14 +12,9 @@ from ..errors import AuthError, NotFoundError
 from ..model import valid_name
 from ..nodes.registry import NodeRegistry
 from ..services import Services
-from ._app import authorized, json_response
+from ._request import authorized, json_response, rfc1123
 
-__all__ = ["register", "rfc1123"]
-
-
-def rfc1123(t: float) -> str:
-    """``Tue, 04 Sep 2012 23:01:02 GMT``."""
-    return formatdate(t, usegmt=True)
+__all__ = ["register"]
 
 
 def _state_doc(registry: NodeRegistry, org: str, name: str) -> dict[str, Any]:

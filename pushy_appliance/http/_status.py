@@ -8,7 +8,7 @@ from quart_trio import QuartTrio
 
 from .. import __version__
 from ..services import Services
-from ._app import json_response
+from ._request import json_response
 
 
 def status_document(svc: Services) -> dict[str, object]:
