@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -118,7 +119,7 @@ async def bootstrap(db: Database, data_dir: Path, config: ServerConfig) -> None:
         if ADMIN not in identity.users:
             records.append(user_record(ADMIN, "Pushy administrator", "", admin_pub))
         if org not in identity.orgs:
-            records.extend(org_records(org, org, ADMIN))
+            records.extend(org_records(org, org, ADMIN, created_at=time.time()))
         if records:
             await db.commit(*records)
     atomic_write(done, b"1\n")

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import time
 from typing import Any
 
 __all__ = [
@@ -253,10 +252,19 @@ class IdentityModel:
 # --- record builders -----------------------------------------------------------
 
 
-def org_records(name: str, full_name: str, admin: str | None = None) -> list[dict[str, Any]]:
-    """The records that create an organization with its default groups."""
+def org_records(
+    name: str, full_name: str, admin: str | None = None, *, created_at: float
+) -> list[dict[str, Any]]:
+    """The records that create an organization with its default groups.
+
+    Args:
+        name, full_name: the organization.
+        admin: a user made a member and an admin of it, or ``None``.
+        created_at: the creation time (Unix seconds), read by the caller: this module does
+            not read the clock.
+    """
     records: list[dict[str, Any]] = [
-        {"t": "org.put", "name": name, "full_name": full_name, "created_at": time.time()}
+        {"t": "org.put", "name": name, "full_name": full_name, "created_at": created_at}
     ]
     for g in DEFAULT_GROUPS:
         users = [admin] if admin and g in ("admins", "users") else []

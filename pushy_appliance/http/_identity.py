@@ -6,6 +6,7 @@ same name cannot both succeed; the response is sent after the record is durable.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import trio
@@ -155,7 +156,7 @@ def register(app: QuartTrio, svc: Services) -> None:
         async with db.exclusive(("org", name)):
             if name in svc.identity.orgs:
                 raise ConflictError(f"organization '{name}' already exists")
-            await db.commit(*org_records(name, full_name))
+            await db.commit(*org_records(name, full_name, created_at=time.time()))
         uri = f"{base_url()}/organizations/{name}"
         return json_response({"uri": uri}, 201, {"Location": uri})
 
