@@ -17,7 +17,7 @@ from datetime import datetime
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from . import chef_auth
-from .errors import AuthError, NotFoundError
+from .errors import AuthError, NoSuchIdentityError, NotFoundError
 from .model import PIVOTAL, IdentityModel
 
 __all__ = ["Authenticator", "KeyCache", "Principal", "forbidden", "org_not_found"]
@@ -66,7 +66,8 @@ def forbidden(name: str) -> AuthError:
 
 
 def org_not_found(org: str) -> NotFoundError:
-    return NotFoundError(f"organization '{org}' does not exist.")
+    """The 404 of ``API.md`` §1 for an unknown organization, in the identity model's words."""
+    return NotFoundError(str(NoSuchIdentityError("organization", org)))
 
 
 class Authenticator:
@@ -114,7 +115,7 @@ class Authenticator:
                 e.headers.setdefault("WWW-Authenticate", chef_auth.WWW_AUTHENTICATE)
             raise
         identity = self.identity
-        if org is not None and org not in identity.orgs:
+        if org is not None and not identity.has_org(org):
             raise org_not_found(org)
         found = identity.principal(org, signed.user_id)
         if found is None:
@@ -135,23 +136,25 @@ class Authenticator:
         if who.is_pivotal:
             return
         identity = self.identity
-        groups = identity.groups.get(org, {})
         if action == "member":
             return
         if action == "read":
-            if "pushy_job_readers" not in groups:
+            if not identity.has_group(org, "pushy_job_readers"):
                 return
             if identity.in_group(org, "pushy_job_readers", who.kind, who.name):
                 return
         elif action == "write":
-            group = "pushy_job_writers" if "pushy_job_writers" in groups else "admins"
+            writers = identity.has_group(org, "pushy_job_writers")
+            group = "pushy_job_writers" if writers else "admins"
             if identity.in_group(org, group, who.kind, who.name):
                 return
         elif action == "admin":
             if identity.in_group(org, "admins", who.kind, who.name):
                 return
-            if who.kind == "client":
-                client = identity.clients.get(org, {}).get(who.name)
-                if client is not None and client.admin:
-                    return
+            if (
+                who.kind == "client"
+                and identity.has_client(org, who.name)
+                and identity.client(org, who.name).admin
+            ):
+                return
         raise forbidden(who.name)

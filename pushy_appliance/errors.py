@@ -13,7 +13,9 @@ map the tree to status codes in one place (``http/_errors.py``)::
     │   └── FrameTooLargeError   a frame over the size cap
     ├── DomainError              what a model or engine refuses, whoever asked; no status code
     │   ├── NoSuchJobError       no job ``job_id`` (in that organization)
-    │   └── JobFinishedError     job ``job_id`` has already finished (abort)
+    │   ├── JobFinishedError     job ``job_id`` has already finished (abort)
+    │   ├── NoSuchIdentityError  no organization, user, member, client, group or principal
+    │   └── IdentityExistsError  that organization, user, member, client or group exists
     ├── ApiError                 a request the API refuses: has ``status`` and ``body()``
     │   ├── ValidationError      400, ``{"error": "<message naming the field>"}``
     │   ├── AuthError            400/401/403/404 from signing checks, list-form body
@@ -142,6 +144,49 @@ class JobFinishedError(DomainError):
     def __init__(self, job_id: str) -> None:
         self.job_id = job_id
         super().__init__("job already finished")
+
+
+class NoSuchIdentityError(DomainError):
+    """The identity model has no such organization, user, member, client, group or principal.
+
+    Attributes:
+        kind: ``organization``, ``user``, ``member`` (a user of ``org``), ``client``,
+            ``group`` or ``principal``.
+        name: the name asked for.
+        org: the organization asked about, or ``None`` for global names.
+    """
+
+    def __init__(self, kind: str, name: str, org: str | None = None) -> None:
+        self.kind = kind
+        self.name = name
+        self.org = org
+        if kind == "organization":
+            message = f"organization '{name}' does not exist."
+        elif kind == "member":
+            message = f"user '{name}' is not a member of '{org}'"
+        else:
+            message = f"{kind} '{name}' not found"
+        super().__init__(message)
+
+
+class IdentityExistsError(DomainError):
+    """The organization, user, member, client or group to create exists already.
+
+    Attributes:
+        kind: as for :class:`NoSuchIdentityError` (``principal`` excepted).
+        name: the name.
+        org: the organization, or ``None`` for global names.
+    """
+
+    def __init__(self, kind: str, name: str, org: str | None = None) -> None:
+        self.kind = kind
+        self.name = name
+        self.org = org
+        if kind == "member":
+            message = f"user '{name}' is already a member of '{org}'"
+        else:
+            message = f"{kind} '{name}' already exists"
+        super().__init__(message)
 
 
 class ApiError(PushyError):

@@ -224,3 +224,39 @@ async def test_one_json_policy_for_identity_and_job_bodies(
         assert (r.status_code, r.json()) == (400, {"error": job_error})
         r = await admin.get("/organizations/default/clients")
         assert r.json() == {}
+
+
+async def test_identity_refusals_have_the_contract_bodies(tmp_path: Path) -> None:
+    """The identity model's refusals (domain errors) answered in Chef Server's list form."""
+    async with running_server(test_config(tmp_path)) as info, admin_client(info, "pivotal") as piv:
+        org = "/organizations/default"
+        cases: list[tuple[str, str, dict[str, object] | None, int, object]] = [
+            ("POST", "/organizations", {"name": "default"}, 409,
+             ["organization 'default' already exists"]),
+            ("POST", "/users", {"username": "admin", "create_key": True}, 409,
+             ["user 'admin' already exists"]),
+            ("GET", "/users/ghost", None, 404, ["user 'ghost' not found"]),
+            ("DELETE", "/users/pivotal", None, 400, "the superuser cannot be deleted"),
+            ("POST", f"{org}/users", {"username": "admin"}, 409,
+             ["user 'admin' is already a member of 'default'"]),
+            ("POST", f"{org}/users", {"username": "ghost"}, 404, ["user 'ghost' not found"]),
+            ("GET", f"{org}/users/pivotal", None, 404,
+             ["user 'pivotal' is not a member of 'default'"]),
+            ("DELETE", f"{org}/users/ghost", None, 404,
+             ["user 'ghost' is not a member of 'default'"]),
+            ("GET", f"{org}/clients/ghost", None, 404, ["client 'ghost' not found"]),
+            ("DELETE", f"{org}/clients/ghost", None, 404, ["client 'ghost' not found"]),
+            ("POST", f"{org}/groups", {"groupname": "admins"}, 409,
+             ["group 'admins' already exists"]),
+            ("POST", f"{org}/groups", {"groupname": "g", "actors": {"users": ["ghost"]}}, 400,
+             "invalid actors.users: user 'ghost' does not exist"),
+            ("GET", f"{org}/groups/ghost", None, 404, ["group 'ghost' not found"]),
+            ("PUT", f"{org}/groups/ghost", {"actors": {}}, 404, ["group 'ghost' not found"]),
+            ("DELETE", f"{org}/groups/users", None, 400, "group 'users' cannot be deleted"),
+            ("GET", f"{org}/principals/ghost", None, 404, ["principal 'ghost' not found"]),
+            ("GET", "/organizations/nope/principals/admin", None, 404,
+             ["organization 'nope' does not exist."]),
+        ]  # fmt: skip
+        for method, path, body, status, error in cases:
+            r = await piv.request(method, path, body)
+            assert (r.status_code, r.json()) == (status, {"error": error}), (method, path)

@@ -19,8 +19,10 @@ from werkzeug.exceptions import HTTPException
 from ..errors import (
     ApiError,
     DomainError,
+    IdentityExistsError,
     JobFinishedError,
     MethodNotAllowedError,
+    NoSuchIdentityError,
     NoSuchJobError,
     PayloadTooLargeError,
 )
@@ -32,13 +34,22 @@ __all__ = ["install_error_handlers"]
 log = logging.getLogger("pushy_appliance.http")
 
 
+_DOMAIN_ERRORS: dict[type[DomainError], tuple[int, bool]] = {
+    NoSuchJobError: (404, False),
+    JobFinishedError: (409, False),
+    NoSuchIdentityError: (404, True),
+    IdentityExistsError: (409, True),
+}
+"""Status and body form by domain error: the job routes answer ``{"error": "…"}`` (``API.md``
+§3), the identity routes Chef Server's list form ``{"error": ["…"]}`` (§4)."""
+
+
 def _domain_response(e: DomainError) -> Response:
-    """The status and body of a domain error (``API.md`` §3: string-form job errors)."""
-    if isinstance(e, NoSuchJobError):
-        return json_response({"error": str(e)}, 404)
-    if isinstance(e, JobFinishedError):
-        return json_response({"error": str(e)}, 409)
-    return _internal(e)
+    mapped = _DOMAIN_ERRORS.get(type(e))
+    if mapped is None:
+        return _internal(e)
+    status, list_form = mapped
+    return json_response({"error": [str(e)] if list_form else str(e)}, status)
 
 
 def install_error_handlers(app: QuartTrio, svc: Services) -> None:

@@ -70,13 +70,12 @@ def register(app: QuartTrio, svc: Services) -> None:
     @app.route("/organizations/<org>/pushy/node_states", methods=["GET"])
     async def node_states(org: str) -> Response:
         await authorized(svc, org, "read")
-        clients = svc.identity.clients.get(org, {})
-        names = [n for n in registry.known_nodes(org) if n in clients]
+        names = [n for n in registry.known_nodes(org) if svc.identity.has_client(org, n)]
         return json_response([_state_doc(registry, org, n) for n in names])
 
     @app.route("/organizations/<org>/pushy/node_states/<node>", methods=["GET"])
     async def node_state(org: str, node: str) -> Response:
         await authorized(svc, org, "read")
-        if node not in svc.identity.clients.get(org, {}):
+        if not svc.identity.has_client(org, node):
             raise NotFoundError(f"node '{node[:300]}' not found")
         return json_response(_state_doc(registry, org, node))
