@@ -20,6 +20,15 @@ with a ``t`` (type) key:
 ========================  ===========================================================
 
 Records of other families (jobs, nodes) are ignored here; their own models apply them.
+
+Membership is stored once. A user belongs to an organization by ``member.add`` (kept in the
+members table); a client belongs to the organization it was created in. The default groups
+``users`` and ``clients`` list exactly those: their ``users`` (resp. ``clients``) are derived
+from the memberships when asked, never stored. A ``group.put`` of ``users`` therefore stores
+only its clients and subgroups (and one of ``clients`` only its users and subgroups); a list
+of the derived kind in it is ignored. Stores written before this rule (whose ``member.add``
+and ``client.put`` also wrote the default group, and whose snapshots list the derived actors)
+replay to the same answers, since those lists only ever held the members.
 """
 
 from __future__ import annotations
@@ -51,6 +60,8 @@ __all__ = [
 ORG_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,254}")
 NAME_RE = re.compile(r"[A-Za-z0-9_.:-]{1,255}")
 DEFAULT_GROUPS = ("admins", "users", "clients")
+_DERIVED = {"users": "users", "clients": "clients"}
+"""Default group -> the kind of actor it lists by derivation (every member, every client)."""
 PIVOTAL = "pivotal"
 """The superuser: may do anything in any organization."""
 
@@ -144,7 +155,6 @@ class IdentityModel:
                         groups[g.name] = dataclasses.replace(g, users=g.users - {r["name"]})
         elif t == "member.add":
             self._members.setdefault(r["org"], set()).add(r["user"])
-            self._add_to(r["org"], "users", users={r["user"]})
         elif t == "member.del":
             self._members.get(r["org"], set()).discard(r["user"])
             groups = self._groups.get(r["org"], {})
@@ -155,7 +165,6 @@ class IdentityModel:
             self._clients.setdefault(r["org"], {})[r["name"]] = Client(
                 r["org"], r["name"], tuple(r["keys"]), bool(r["admin"])
             )
-            self._add_to(r["org"], "clients", clients={r["name"]})
         elif t == "client.del":
             self._clients.get(r["org"], {}).pop(r["name"], None)
             groups = self._groups.get(r["org"], {})
@@ -163,33 +172,23 @@ class IdentityModel:
                 if r["name"] in g.clients:
                     groups[g.name] = dataclasses.replace(g, clients=g.clients - {r["name"]})
         elif t == "group.put":
+            derived = _DERIVED.get(r["name"])
             self._groups.setdefault(r["org"], {})[r["name"]] = Group(
                 r["org"],
                 r["name"],
-                frozenset(r["users"]),
-                frozenset(r["clients"]),
+                frozenset() if derived == "users" else frozenset(r["users"]),
+                frozenset() if derived == "clients" else frozenset(r["clients"]),
                 frozenset(r["groups"]),
             )
         elif t == "group.del":
             self._groups.get(r["org"], {}).pop(r["name"], None)
 
-    def _add_to(
-        self,
-        org: str,
-        group: str,
-        *,
-        users: set[str] | frozenset[str] = frozenset(),
-        clients: set[str] | frozenset[str] = frozenset(),
-    ) -> None:
-        """Every member of an org is in its ``users`` group, every client in ``clients``."""
-        g = self._groups.get(org, {}).get(group)
-        if g is not None:
-            self._groups[org][group] = dataclasses.replace(
-                g, users=g.users | users, clients=g.clients | clients
-            )
-
     def snapshot(self) -> dict[str, Any]:
-        """The whole model as plain data (msgpack-able); :meth:`load` reads it back."""
+        """The whole model as plain data (msgpack-able); :meth:`load` reads it back.
+
+        Groups are written as stored: the derived actors of ``users`` and ``clients`` are
+        not (they are the ``members`` and ``clients`` tables).
+        """
         return {
             "orgs": [dataclasses.asdict(o) for o in self._orgs.values()],
             "users": [dataclasses.asdict(u) for u in self._users.values()],
@@ -317,7 +316,8 @@ class IdentityModel:
         return name in self._groups.get(org, {})
 
     def group(self, org: str, name: str) -> Group:
-        """The group ``name`` of ``org``.
+        """The group ``name`` of ``org``, the derived actors of ``users`` and ``clients``
+        filled in.
 
         Raises:
             NoSuchIdentityError: no such group (or organization).
@@ -326,6 +326,11 @@ class IdentityModel:
         if found is None:
             self.org(org)
             raise NoSuchIdentityError("group", name, org)
+        derived = _DERIVED.get(name)
+        if derived == "users":
+            return dataclasses.replace(found, users=frozenset(self._members.get(org, ())))
+        if derived == "clients":
+            return dataclasses.replace(found, clients=frozenset(self._clients.get(org, {})))
         return found
 
     def group_names(self, org: str) -> list[str]:
@@ -369,9 +374,18 @@ class IdentityModel:
             if g is None or g.name in seen:
                 continue
             seen.add(g.name)
-            if (kind == "user" and name in g.users) or (kind == "client" and name in g.clients):
+            if self._lists(g, kind, name):
                 return True
             todo.extend(g.groups)
+        return False
+
+    def _lists(self, g: Group, kind: str, name: str) -> bool:
+        """Whether the group lists the principal itself (not through subgroups)."""
+        derived = _DERIVED.get(g.name)
+        if kind == "user":
+            return name in (self._members.get(g.org, ()) if derived == "users" else g.users)
+        if kind == "client":
+            return name in (self._clients.get(g.org, {}) if derived == "clients" else g.clients)
         return False
 
     # --- changes: check, then return the records that make them -------------------------
@@ -492,11 +506,29 @@ class IdentityModel:
     ) -> list[dict[str, Any]]:
         """The record that sets the actors of the group ``name`` of ``org``.
 
+        The derived actors of ``users`` (every member) and ``clients`` (every client) are not
+        set here: the request must list them as they are, and the record leaves them out.
+
         Raises:
             NoSuchIdentityError: no such group (or organization).
-            ValidationError: an actor that does not exist.
+            ValidationError: an actor that does not exist, or a derived list that differs.
         """
-        self.group(org, name)
+        current = self.group(org, name)
+        derived = _DERIVED.get(name)
+        if derived == "users":
+            if set(users) != current.users:
+                raise ValidationError(
+                    f"invalid actors.users: the users of group 'users' are the members of "
+                    f"'{org}' (add or remove members instead)"
+                )
+            users = []
+        elif derived == "clients":
+            if set(clients) != current.clients:
+                raise ValidationError(
+                    f"invalid actors.clients: the clients of group 'clients' are the clients "
+                    f"of '{org}' (create or delete clients instead)"
+                )
+            clients = []
         self._check_actors(org, users, clients, groups)
         return [group_record(org, name, users, clients, groups)]
 
@@ -544,7 +576,8 @@ def org_records(
         {"t": "org.put", "name": name, "full_name": full_name, "created_at": created_at}
     ]
     for g in DEFAULT_GROUPS:
-        users = [admin] if admin and g in ("admins", "users") else []
+        # the admin is in ``users`` by the member.add below: that group's users are derived
+        users = [admin] if admin and g == "admins" else []
         records.append(group_record(name, g, users, [], []))
     if admin:
         records.append({"t": "member.add", "org": name, "user": admin})

@@ -260,3 +260,33 @@ async def test_identity_refusals_have_the_contract_bodies(tmp_path: Path) -> Non
         for method, path, body, status, error in cases:
             r = await piv.request(method, path, body)
             assert (r.status_code, r.json()) == (status, {"error": error}), (method, path)
+
+
+async def test_the_users_and_clients_groups_list_the_memberships(tmp_path: Path) -> None:
+    """Membership is stored once; the default groups show it as they always did."""
+    async with running_server(test_config(tmp_path)) as info, admin_client(info, "pivotal") as piv:
+        org = "/organizations/default"
+        assert (await piv.post("/users", {"username": "alice", "create_key": True})).is_success
+        assert (await piv.post("/users", {"username": "carol", "create_key": True})).is_success
+        assert (await piv.post(f"{org}/users", {"username": "alice"})).status_code == 201
+        assert (await piv.post(f"{org}/clients", {"name": "n1", "create_key": True})).is_success
+        r = await piv.get(f"{org}/groups/users")
+        assert (r.json()["users"], r.json()["clients"]) == (["admin", "alice"], [])
+        r = await piv.get(f"{org}/groups/clients")
+        assert (r.json()["users"], r.json()["clients"]) == ([], ["n1"])
+        # a PUT may add other actors to a default group, not change who is a member
+        r = await piv.put(
+            f"{org}/groups/users", {"actors": {"users": ["admin", "alice"], "clients": ["n1"]}}
+        )
+        assert r.status_code == 200, r.text
+        assert r.json()["actors"] == ["admin", "alice", "n1"]
+        r = await piv.put(f"{org}/groups/users", {"actors": {"users": ["admin", "carol"]}})
+        assert r.status_code == 400
+        assert r.json()["error"].startswith("invalid actors.users: the users of group 'users'")
+        r = await piv.delete(f"{org}/users/alice")
+        assert r.status_code == 200
+        r = await piv.get(f"{org}/groups/users")
+        assert (r.json()["users"], r.json()["clients"]) == (["admin"], ["n1"])
+        assert (await piv.delete(f"{org}/clients/n1")).status_code == 200
+        r = await piv.get(f"{org}/groups/clients")
+        assert r.json()["clients"] == []
