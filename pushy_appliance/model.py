@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Set as AbstractSet
 from typing import Any
 
 from .errors import IdentityExistsError, NoSuchIdentityError, ValidationError
@@ -112,7 +113,8 @@ class IdentityModel:
     """Who exists, which keys they hold, and who belongs where.
 
     Readers ask the query methods (``org(name)``, ``client(org, name)``, ``members(org)``, …),
-    which return values or raise :class:`NoSuchIdentityError`. A change is asked of a change
+    which return values or raise :class:`NoSuchIdentityError` for a name (or the
+    organization asked about) that does not exist. A change is asked of a change
     method (``create_client(…)``, ``add_member(…)``, …): it checks the change against the
     model (raising :class:`IdentityExistsError`, :class:`NoSuchIdentityError` or
     :class:`ValidationError`) and returns the records that make it, which the caller commits
@@ -149,28 +151,20 @@ class IdentityModel:
             self._users.pop(r["name"], None)
             for members in self._members.values():
                 members.discard(r["name"])
-            for groups in self._groups.values():
-                for g in list(groups.values()):
-                    if r["name"] in g.users:
-                        groups[g.name] = dataclasses.replace(g, users=g.users - {r["name"]})
+            for org in self._groups:
+                self._leave_groups(org, users={r["name"]})
         elif t == "member.add":
             self._members.setdefault(r["org"], set()).add(r["user"])
         elif t == "member.del":
             self._members.get(r["org"], set()).discard(r["user"])
-            groups = self._groups.get(r["org"], {})
-            for g in list(groups.values()):
-                if r["user"] in g.users:
-                    groups[g.name] = dataclasses.replace(g, users=g.users - {r["user"]})
+            self._leave_groups(r["org"], users={r["user"]})
         elif t == "client.put":
             self._clients.setdefault(r["org"], {})[r["name"]] = Client(
                 r["org"], r["name"], tuple(r["keys"]), bool(r["admin"])
             )
         elif t == "client.del":
             self._clients.get(r["org"], {}).pop(r["name"], None)
-            groups = self._groups.get(r["org"], {})
-            for g in list(groups.values()):
-                if r["name"] in g.clients:
-                    groups[g.name] = dataclasses.replace(g, clients=g.clients - {r["name"]})
+            self._leave_groups(r["org"], clients={r["name"]})
         elif t == "group.put":
             derived = _DERIVED.get(r["name"])
             self._groups.setdefault(r["org"], {})[r["name"]] = Group(
@@ -182,6 +176,21 @@ class IdentityModel:
             )
         elif t == "group.del":
             self._groups.get(r["org"], {}).pop(r["name"], None)
+
+    def _leave_groups(
+        self,
+        org: str,
+        *,
+        users: AbstractSet[str] = frozenset(),
+        clients: AbstractSet[str] = frozenset(),
+    ) -> None:
+        """Take the users and clients out of every group of ``org``."""
+        groups = self._groups.get(org, {})
+        for g in list(groups.values()):
+            if g.users & users or g.clients & clients:
+                groups[g.name] = dataclasses.replace(
+                    g, users=g.users - users, clients=g.clients - clients
+                )
 
     def snapshot(self) -> dict[str, Any]:
         """The whole model as plain data (msgpack-able); :meth:`load` reads it back.
@@ -230,11 +239,7 @@ class IdentityModel:
         return name in self._orgs
 
     def org(self, name: str) -> Org:
-        """The organization ``name``.
-
-        Raises:
-            NoSuchIdentityError: it does not exist.
-        """
+        """The organization ``name`` (else :class:`NoSuchIdentityError`)."""
         found = self._orgs.get(name)
         if found is None:
             raise NoSuchIdentityError("organization", name)
@@ -251,11 +256,7 @@ class IdentityModel:
         return name in self._users
 
     def user(self, name: str) -> User:
-        """The user ``name``.
-
-        Raises:
-            NoSuchIdentityError: no such user.
-        """
+        """The user ``name`` (else :class:`NoSuchIdentityError`)."""
         found = self._users.get(name)
         if found is None:
             raise NoSuchIdentityError("user", name)
@@ -268,19 +269,14 @@ class IdentityModel:
     def members(self, org: str) -> list[str]:
         """The names of the users who belong to ``org``, sorted.
 
-        Raises:
-            NoSuchIdentityError: no such organization.
+        :class:`NoSuchIdentityError` when the organization does not exist.
         """
         self.org(org)
         return sorted(self._members.get(org, ()))
 
     def member(self, org: str, name: str) -> User:
-        """The user ``name``, a member of ``org``.
-
-        Raises:
-            NoSuchIdentityError: the user is not a member (``member``) or the organization
-                does not exist.
-        """
+        """The user ``name``, a member of ``org`` (else :class:`NoSuchIdentityError`: kind
+        ``member``, or ``organization``)."""
         self.org(org)
         if name not in self._members.get(org, ()):
             raise NoSuchIdentityError("member", name, org)
@@ -291,11 +287,7 @@ class IdentityModel:
         return name in self._clients.get(org, {})
 
     def client(self, org: str, name: str) -> Client:
-        """The client ``name`` of ``org``.
-
-        Raises:
-            NoSuchIdentityError: no such client (or organization).
-        """
+        """The client ``name`` of ``org`` (else :class:`NoSuchIdentityError`)."""
         found = self._clients.get(org, {}).get(name)
         if found is None:
             self.org(org)
@@ -305,8 +297,7 @@ class IdentityModel:
     def client_names(self, org: str) -> list[str]:
         """The names of ``org``'s clients, sorted.
 
-        Raises:
-            NoSuchIdentityError: no such organization.
+        :class:`NoSuchIdentityError` when the organization does not exist.
         """
         self.org(org)
         return sorted(self._clients.get(org, {}))
@@ -316,12 +307,8 @@ class IdentityModel:
         return name in self._groups.get(org, {})
 
     def group(self, org: str, name: str) -> Group:
-        """The group ``name`` of ``org``, the derived actors of ``users`` and ``clients``
-        filled in.
-
-        Raises:
-            NoSuchIdentityError: no such group (or organization).
-        """
+        """The group ``name`` of ``org`` (else :class:`NoSuchIdentityError`), the derived
+        actors of ``users`` and ``clients`` filled in."""
         found = self._groups.get(org, {}).get(name)
         if found is None:
             self.org(org)
@@ -336,8 +323,7 @@ class IdentityModel:
     def group_names(self, org: str) -> list[str]:
         """The names of ``org``'s groups, sorted.
 
-        Raises:
-            NoSuchIdentityError: no such organization.
+        :class:`NoSuchIdentityError` when the organization does not exist.
         """
         self.org(org)
         return sorted(self._groups.get(org, {}))
