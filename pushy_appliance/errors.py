@@ -20,7 +20,6 @@ map the tree to status codes in one place (``http/_errors.py``)::
     │   ├── ValidationError      400, ``{"error": "<message naming the field>"}``
     │   ├── AuthError            400/401/403/404 from signing checks, list-form body
     │   ├── NotFoundError        404
-    │   ├── ConflictError        409
     │   ├── PayloadTooLargeError 413
     │   ├── NotAcceptableError   406
     │   ├── UnsupportedMediaError 415
@@ -233,19 +232,6 @@ class NotFoundError(ApiError):
     status = 404
 
     def __init__(self, message: str = "not found", *, list_form: bool = True) -> None:
-        super().__init__(message)
-        self.list_form = list_form
-
-    def body(self) -> dict[str, Any]:
-        return {"error": [self.message]} if self.list_form else {"error": self.message}
-
-
-class ConflictError(ApiError):
-    """409. ``list_form`` as for :class:`NotFoundError`."""
-
-    status = 409
-
-    def __init__(self, message: str, *, list_form: bool = True) -> None:
         super().__init__(message)
         self.list_form = list_form
 
