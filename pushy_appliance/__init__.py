@@ -4,12 +4,14 @@ The layer rule. A module may import only from its own layer or the layers below 
 upward. ``tests/test_layers.py`` checks this on the source.
 
 1. Pure (no I/O, no trio tasks): ``errors``, ``config``, ``chef_auth``, ``protocol``,
-   ``sse``, ``model`` (identity), ``jobs.machine``, ``jobs.validation``, ``jobs.model``,
-   ``agent.whitelist``.
+   ``sse``, ``model`` (identity), ``auth`` (request authentication and authorization over
+   the identity model), ``jsonbody`` (the JSON body policy), ``jobs.machine``,
+   ``jobs.validation``, ``jobs.model``, ``agent.whitelist``.
 2. Resources: ``store`` (files), ``hub`` (event fan-out), ``tls`` (key and certificate files),
    ``lockfile`` (one process per directory), ``agent.state`` (the agent's state file).
 3. Engines: ``db`` (store + models), ``nodes.registry``, ``jobs.runner``,
-   ``agent.executor`` and ``agent.runtime`` (the node side's engine).
+   ``agent.executor`` and ``agent.runtime`` (the node side's engine); ``services`` (the
+   engines of one running server, handed to the adapters).
 4. Adapters: ``http`` (the REST API and feeds), ``nodesock`` (the node WebSocket listener),
    ``client`` (the signed HTTP client of the CLI and agent), ``agent.connection``.
 5. ``appliance`` (``serve()``: the root nursery), ``bootstrap``, ``agent.run_agent``.

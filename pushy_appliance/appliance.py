@@ -30,11 +30,12 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 
 from . import __version__, chef_auth, tls
+from .auth import Authenticator
 from .bootstrap import atomic_write, bootstrap, write_credentials
 from .config import ServerConfig, parse_host_port, resolve_data_dir
 from .db import Database
 from .errors import StoreError
-from .http import Services, asgi_app
+from .http import asgi_app
 from .hub import Hub
 from .jobs.model import JobsModel
 from .jobs.runner import JobRunner
@@ -42,6 +43,7 @@ from .lockfile import exclusive_lock
 from .model import IdentityModel
 from .nodes.registry import CLOSE_DELETED, CLOSE_GOING_AWAY, NodeModel, NodeRegistry
 from .nodesock import serve_nodes
+from .services import Services
 from .store import Store, open_store
 
 __all__ = ["DRAIN_SECONDS", "ServerInfo", "compact_store", "lock_data_dir", "new_database", "serve"]
@@ -212,14 +214,11 @@ async def _serve_locked(
             store.recovered.snapshot_seq,
         )
         await bootstrap(db, data_dir, config)
-        svc = Services(
-            config=config,
-            db=db,
-            incarnation_id=incarnation,
-            started_at=trio.current_time(),
-            server_public_pem=_server_public_pem(config, data_dir),
-            node_scheme="ws" if config.insecure_http else "wss",
-        )
+        started_at = trio.current_time()
+        server_public_pem = _server_public_pem(config, data_dir)
+        identity = db.models["identity"]
+        assert isinstance(identity, IdentityModel)
+        auth = Authenticator(identity)
         registry = NodeRegistry(
             db,
             incarnation,
@@ -227,7 +226,6 @@ async def _serve_locked(
             offline_threshold=config.heartbeat.offline_threshold,
             outbox_size=config.limits.node_outbox,
         )
-        svc.nodes = registry
         hub = Hub(buffer=config.feeds.subscriber_buffer)
         runner = JobRunner(
             db,
@@ -238,14 +236,11 @@ async def _serve_locked(
             org_retention=config.feeds.org_retention,
             retention_days=config.jobs.retention_days,
         )
-        svc.hub = hub
-        svc.jobs = runner
 
         async def close_deleted_client(org: str, name: str) -> None:
             registry.disconnect(org, name, CLOSE_DELETED, "client deleted")
 
-        svc.on_client_deleted.append(close_deleted_client)
-        app = asgi_app(svc)
+        node_scheme = "ws" if config.insecure_http else "wss"
         hc = _hypercorn_config(config, data_dir, host, port)
         node_host, node_port = _node_listen(config, host, port)
         node_ssl = None
@@ -258,14 +253,29 @@ async def _serve_locked(
             await nursery.start(runner.run)
             nursery.start_soon(_compactor, db)
             nursery.start_soon(_gc_keeper, registry)
-            svc.node_port = await nursery.start(
-                serve_nodes, svc, registry, node_host, node_port, node_ssl
+            bound_node_port: int = await nursery.start(
+                serve_nodes, config, auth, registry, node_host, node_port, node_ssl
             )
+            svc = Services(
+                config=config,
+                db=db,
+                auth=auth,
+                nodes=registry,
+                jobs=runner,
+                hub=hub,
+                incarnation_id=incarnation,
+                started_at=started_at,
+                server_public_pem=server_public_pem,
+                node_port=bound_node_port,
+                node_scheme=node_scheme,
+                on_client_deleted=(close_deleted_client,),
+            )
+            app = asgi_app(svc)
             binds: list[str] = await nursery.start(_run_http, app, hc, stop, http_done)
             bound_port = int(binds[0].rsplit(":", 1)[1])
             scheme = "http" if config.insecure_http else "https"
             url = f"{scheme}://{_url_host(host)}:{bound_port}"
-            node_url = f"{svc.node_scheme}://{_url_host(host)}:{svc.node_port}"
+            node_url = f"{node_scheme}://{_url_host(host)}:{bound_node_port}"
             ca_file = None if config.insecure_http else data_dir / "tls" / "ca.pem"
             write_credentials(data_dir, url, config.bootstrap.org, ca_file=ca_file)
             info = ServerInfo(url, node_url, os.getpid(), incarnation, __version__, data_dir, svc)

@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -98,7 +99,7 @@ async def bootstrap(db: Database, data_dir: Path, config: ServerConfig) -> None:
     identity = db.models["identity"]
     assert isinstance(identity, IdentityModel)
     if done.exists():
-        if PIVOTAL not in identity.users:
+        if not identity.has_user(PIVOTAL):
             raise StoreError(
                 f"{data_dir} was initialised but its store holds no superuser; "
                 "restore the store or start with an empty data directory"
@@ -113,12 +114,12 @@ async def bootstrap(db: Database, data_dir: Path, config: ServerConfig) -> None:
     org = config.bootstrap.org
     async with db.write_lock:
         records: list[dict[str, Any]] = []
-        if PIVOTAL not in identity.users:
+        if not identity.has_user(PIVOTAL):
             records.append(user_record(PIVOTAL, "Pushy superuser", "", pivotal_pub))
-        if ADMIN not in identity.users:
+        if not identity.has_user(ADMIN):
             records.append(user_record(ADMIN, "Pushy administrator", "", admin_pub))
-        if org not in identity.orgs:
-            records.extend(org_records(org, org, ADMIN))
+        if not identity.has_org(org):
+            records.extend(org_records(org, org, ADMIN, created_at=time.time()))
         if records:
             await db.commit(*records)
     atomic_write(done, b"1\n")

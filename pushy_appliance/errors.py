@@ -11,11 +11,15 @@ map the tree to status codes in one place (``http/_errors.py``)::
     │   └── StoreCorruptError    a record failed its CRC or could not be decoded
     ├── ProtocolError            a node frame that is not what the protocol says
     │   └── FrameTooLargeError   a frame over the size cap
+    ├── DomainError              what a model or engine refuses, whoever asked; no status code
+    │   ├── NoSuchJobError       no job ``job_id`` (in that organization)
+    │   ├── JobFinishedError     job ``job_id`` has already finished (abort)
+    │   ├── NoSuchIdentityError  no organization, user, member, client, group or principal
+    │   └── IdentityExistsError  that organization, user, member, client or group exists
     ├── ApiError                 a request the API refuses: has ``status`` and ``body()``
     │   ├── ValidationError      400, ``{"error": "<message naming the field>"}``
     │   ├── AuthError            400/401/403/404 from signing checks, list-form body
     │   ├── NotFoundError        404
-    │   ├── ConflictError        409
     │   ├── PayloadTooLargeError 413
     │   ├── NotAcceptableError   406
     │   ├── UnsupportedMediaError 415
@@ -109,6 +113,81 @@ class FrameTooLargeError(ProtocolError):
         super().__init__(f"frame of {size} bytes exceeds the {limit}-byte limit")
 
 
+class DomainError(PushyError):
+    """A lookup or change that a model or engine refuses, whoever asked.
+
+    These carry no HTTP shape (status, body form): each adapter maps them, the HTTP API in
+    one place (``http/_errors.py``).
+    """
+
+
+class NoSuchJobError(DomainError):
+    """No job ``job_id`` (or none in the organization asked about).
+
+    Attributes:
+        job_id: the id as given (the message shows at most 64 characters of it).
+    """
+
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+        super().__init__(f"job '{job_id[:64]}' not found")
+
+
+class JobFinishedError(DomainError):
+    """The job has already finished, so it cannot be aborted.
+
+    Attributes:
+        job_id: the job.
+    """
+
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+        super().__init__("job already finished")
+
+
+class NoSuchIdentityError(DomainError):
+    """The identity model has no such organization, user, member, client, group or principal.
+
+    Attributes:
+        kind: ``organization``, ``user``, ``member`` (a user of ``org``), ``client``,
+            ``group`` or ``principal``.
+        name: the name asked for.
+        org: the organization asked about, or ``None`` for global names.
+    """
+
+    def __init__(self, kind: str, name: str, org: str | None = None) -> None:
+        self.kind = kind
+        self.name = name
+        self.org = org
+        if kind == "organization":
+            message = f"organization '{name}' does not exist."
+        elif kind == "member":
+            message = f"user '{name}' is not a member of '{org}'"
+        else:
+            message = f"{kind} '{name}' not found"
+        super().__init__(message)
+
+
+class IdentityExistsError(DomainError):
+    """The organization, user, member, client or group to create exists already.
+
+    Attributes:
+        kind: as for :class:`NoSuchIdentityError` (``principal`` excepted).
+        name: the name.
+        org: the organization, or ``None`` for global names.
+    """
+
+    def __init__(self, kind: str, name: str, org: str | None = None) -> None:
+        self.kind = kind
+        self.name = name
+        self.org = org
+        if kind == "member":
+            message = f"user '{name}' is already a member of '{org}'"
+        else:
+            message = f"{kind} '{name}' already exists"
+        super().__init__(message)
+
+
 class ApiError(PushyError):
     """A request the HTTP API refuses. Subclasses fix ``status``.
 
@@ -153,19 +232,6 @@ class NotFoundError(ApiError):
     status = 404
 
     def __init__(self, message: str = "not found", *, list_form: bool = True) -> None:
-        super().__init__(message)
-        self.list_form = list_form
-
-    def body(self) -> dict[str, Any]:
-        return {"error": [self.message]} if self.list_form else {"error": self.message}
-
-
-class ConflictError(ApiError):
-    """409. ``list_form`` as for :class:`NotFoundError`."""
-
-    status = 409
-
-    def __init__(self, message: str, *, list_form: bool = True) -> None:
         super().__init__(message)
         self.list_form = list_form
 

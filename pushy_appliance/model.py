@@ -20,14 +20,25 @@ with a ``t`` (type) key:
 ========================  ===========================================================
 
 Records of other families (jobs, nodes) are ignored here; their own models apply them.
+
+Membership is stored once. A user belongs to an organization by ``member.add`` (kept in the
+members table); a client belongs to the organization it was created in. The default groups
+``users`` and ``clients`` list exactly those: their ``users`` (resp. ``clients``) are derived
+from the memberships when asked, never stored. A ``group.put`` of ``users`` therefore stores
+only its clients and subgroups (and one of ``clients`` only its users and subgroups); a list
+of the derived kind in it is ignored. Stores written before this rule (whose ``member.add``
+and ``client.put`` also wrote the default group, and whose snapshots list the derived actors)
+replay to the same answers, since those lists only ever held the members.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import re
-import time
+from collections.abc import Set as AbstractSet
 from typing import Any
+
+from .errors import IdentityExistsError, NoSuchIdentityError, ValidationError
 
 __all__ = [
     "DEFAULT_GROUPS",
@@ -50,6 +61,8 @@ __all__ = [
 ORG_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,254}")
 NAME_RE = re.compile(r"[A-Za-z0-9_.:-]{1,255}")
 DEFAULT_GROUPS = ("admins", "users", "clients")
+_DERIVED = {"users": "users", "clients": "clients"}
+"""Default group -> the kind of actor it lists by derivation (every member, every client)."""
 PIVOTAL = "pivotal"
 """The superuser: may do anything in any organization."""
 
@@ -97,14 +110,24 @@ class Group:
 
 
 class IdentityModel:
-    """Who exists, which keys they hold, and who belongs where."""
+    """Who exists, which keys they hold, and who belongs where.
+
+    Readers ask the query methods (``org(name)``, ``client(org, name)``, ``members(org)``, …),
+    which return values or raise :class:`NoSuchIdentityError` for a name (or the
+    organization asked about) that does not exist. A change is asked of a change
+    method (``create_client(…)``, ``add_member(…)``, …): it checks the change against the
+    model (raising :class:`IdentityExistsError`, :class:`NoSuchIdentityError` or
+    :class:`ValidationError`) and returns the records that make it, which the caller commits
+    while it holds the name's lock (``Database.exclusive``); the model itself changes only
+    when a committed record is applied.
+    """
 
     def __init__(self) -> None:
-        self.orgs: dict[str, Org] = {}
-        self.users: dict[str, User] = {}
-        self.members: dict[str, set[str]] = {}
-        self.clients: dict[str, dict[str, Client]] = {}
-        self.groups: dict[str, dict[str, Group]] = {}
+        self._orgs: dict[str, Org] = {}
+        self._users: dict[str, User] = {}
+        self._members: dict[str, set[str]] = {}
+        self._clients: dict[str, dict[str, Client]] = {}
+        self._groups: dict[str, dict[str, Group]] = {}
 
     # --- records ------------------------------------------------------------------------
 
@@ -112,77 +135,76 @@ class IdentityModel:
         """Apply one record. Unknown record types are ignored (other models own them)."""
         t = r.get("t")
         if t == "org.put":
-            self.orgs[r["name"]] = Org(r["name"], r["full_name"], r["created_at"])
-            self.members.setdefault(r["name"], set())
-            self.clients.setdefault(r["name"], {})
-            self.groups.setdefault(r["name"], {})
+            self._orgs[r["name"]] = Org(r["name"], r["full_name"], r["created_at"])
+            self._members.setdefault(r["name"], set())
+            self._clients.setdefault(r["name"], {})
+            self._groups.setdefault(r["name"], {})
         elif t == "org.del":
             name = r["name"]
-            for table in (self.orgs, self.members, self.clients, self.groups):
+            for table in (self._orgs, self._members, self._clients, self._groups):
                 table.pop(name, None)
         elif t == "user.put":
-            self.users[r["name"]] = User(r["name"], r["display_name"], r["email"], tuple(r["keys"]))
+            self._users[r["name"]] = User(
+                r["name"], r["display_name"], r["email"], tuple(r["keys"])
+            )
         elif t == "user.del":
-            self.users.pop(r["name"], None)
-            for members in self.members.values():
+            self._users.pop(r["name"], None)
+            for members in self._members.values():
                 members.discard(r["name"])
-            for groups in self.groups.values():
-                for g in list(groups.values()):
-                    if r["name"] in g.users:
-                        groups[g.name] = dataclasses.replace(g, users=g.users - {r["name"]})
+            for org in self._groups:
+                self._leave_groups(org, users={r["name"]})
         elif t == "member.add":
-            self.members.setdefault(r["org"], set()).add(r["user"])
-            self._add_to(r["org"], "users", users={r["user"]})
+            self._members.setdefault(r["org"], set()).add(r["user"])
         elif t == "member.del":
-            self.members.get(r["org"], set()).discard(r["user"])
-            groups = self.groups.get(r["org"], {})
-            for g in list(groups.values()):
-                if r["user"] in g.users:
-                    groups[g.name] = dataclasses.replace(g, users=g.users - {r["user"]})
+            self._members.get(r["org"], set()).discard(r["user"])
+            self._leave_groups(r["org"], users={r["user"]})
         elif t == "client.put":
-            self.clients.setdefault(r["org"], {})[r["name"]] = Client(
+            self._clients.setdefault(r["org"], {})[r["name"]] = Client(
                 r["org"], r["name"], tuple(r["keys"]), bool(r["admin"])
             )
-            self._add_to(r["org"], "clients", clients={r["name"]})
         elif t == "client.del":
-            self.clients.get(r["org"], {}).pop(r["name"], None)
-            groups = self.groups.get(r["org"], {})
-            for g in list(groups.values()):
-                if r["name"] in g.clients:
-                    groups[g.name] = dataclasses.replace(g, clients=g.clients - {r["name"]})
+            self._clients.get(r["org"], {}).pop(r["name"], None)
+            self._leave_groups(r["org"], clients={r["name"]})
         elif t == "group.put":
-            self.groups.setdefault(r["org"], {})[r["name"]] = Group(
+            derived = _DERIVED.get(r["name"])
+            self._groups.setdefault(r["org"], {})[r["name"]] = Group(
                 r["org"],
                 r["name"],
-                frozenset(r["users"]),
-                frozenset(r["clients"]),
+                frozenset() if derived == "users" else frozenset(r["users"]),
+                frozenset() if derived == "clients" else frozenset(r["clients"]),
                 frozenset(r["groups"]),
             )
         elif t == "group.del":
-            self.groups.get(r["org"], {}).pop(r["name"], None)
+            self._groups.get(r["org"], {}).pop(r["name"], None)
 
-    def _add_to(
+    def _leave_groups(
         self,
         org: str,
-        group: str,
         *,
-        users: set[str] | frozenset[str] = frozenset(),
-        clients: set[str] | frozenset[str] = frozenset(),
+        users: AbstractSet[str] = frozenset(),
+        clients: AbstractSet[str] = frozenset(),
     ) -> None:
-        """Every member of an org is in its ``users`` group, every client in ``clients``."""
-        g = self.groups.get(org, {}).get(group)
-        if g is not None:
-            self.groups[org][group] = dataclasses.replace(
-                g, users=g.users | users, clients=g.clients | clients
-            )
+        """Take the users and clients out of every group of ``org``."""
+        groups = self._groups.get(org, {})
+        for g in list(groups.values()):
+            if g.users & users or g.clients & clients:
+                groups[g.name] = dataclasses.replace(
+                    g, users=g.users - users, clients=g.clients - clients
+                )
 
     def snapshot(self) -> dict[str, Any]:
-        """The whole model as plain data (msgpack-able); :meth:`load` reads it back."""
+        """The whole model as plain data (msgpack-able); :meth:`load` reads it back.
+
+        Groups are written as stored: the derived actors of ``users`` and ``clients`` are
+        not (they are the ``members`` and ``clients`` tables).
+        """
         return {
-            "orgs": [dataclasses.asdict(o) for o in self.orgs.values()],
-            "users": [dataclasses.asdict(u) for u in self.users.values()],
-            "members": {org: sorted(m) for org, m in self.members.items()},
-            "clients": [dataclasses.asdict(c) for cs in self.clients.values() for c in cs.values()],
+            "orgs": [dataclasses.asdict(o) for o in self._orgs.values()],
+            "users": [dataclasses.asdict(u) for u in self._users.values()],
+            "members": {org: sorted(m) for org, m in self._members.items()},
+            "clients": [
+                dataclasses.asdict(c) for cs in self._clients.values() for c in cs.values()
+            ],
             "groups": [
                 {
                     "org": g.org,
@@ -191,7 +213,7 @@ class IdentityModel:
                     "clients": sorted(g.clients),
                     "groups": sorted(g.groups),
                 }
-                for gs in self.groups.values()
+                for gs in self._groups.values()
                 for g in gs.values()
             ],
         }
@@ -204,7 +226,7 @@ class IdentityModel:
         for u in snap["users"]:
             self.apply({"t": "user.put", **u})
         for org, users in snap["members"].items():
-            self.members.setdefault(org, set()).update(users)
+            self._members.setdefault(org, set()).update(users)
         for c in snap["clients"]:
             self.apply({"t": "client.put", **c})
         for g in snap["groups"]:
@@ -212,16 +234,110 @@ class IdentityModel:
 
     # --- queries ------------------------------------------------------------------------
 
+    def has_org(self, name: str) -> bool:
+        """Whether the organization ``name`` exists."""
+        return name in self._orgs
+
+    def org(self, name: str) -> Org:
+        """The organization ``name`` (else :class:`NoSuchIdentityError`)."""
+        found = self._orgs.get(name)
+        if found is None:
+            raise NoSuchIdentityError("organization", name)
+        return found
+
+    def org_names(self, *, member: str | None = None) -> list[str]:
+        """Every organization's name, sorted; with ``member``, those that user belongs to."""
+        if member is None:
+            return sorted(self._orgs)
+        return sorted(o for o in self._orgs if member in self._members.get(o, ()))
+
+    def has_user(self, name: str) -> bool:
+        """Whether the user ``name`` exists."""
+        return name in self._users
+
+    def user(self, name: str) -> User:
+        """The user ``name`` (else :class:`NoSuchIdentityError`)."""
+        found = self._users.get(name)
+        if found is None:
+            raise NoSuchIdentityError("user", name)
+        return found
+
+    def user_names(self) -> list[str]:
+        """Every user's name, sorted."""
+        return sorted(self._users)
+
+    def members(self, org: str) -> list[str]:
+        """The names of the users who belong to ``org``, sorted.
+
+        :class:`NoSuchIdentityError` when the organization does not exist.
+        """
+        self.org(org)
+        return sorted(self._members.get(org, ()))
+
+    def member(self, org: str, name: str) -> User:
+        """The user ``name``, a member of ``org`` (else :class:`NoSuchIdentityError`: kind
+        ``member``, or ``organization``)."""
+        self.org(org)
+        if name not in self._members.get(org, ()):
+            raise NoSuchIdentityError("member", name, org)
+        return self.user(name)
+
+    def has_client(self, org: str, name: str) -> bool:
+        """Whether ``org`` has the client ``name``."""
+        return name in self._clients.get(org, {})
+
+    def client(self, org: str, name: str) -> Client:
+        """The client ``name`` of ``org`` (else :class:`NoSuchIdentityError`)."""
+        found = self._clients.get(org, {}).get(name)
+        if found is None:
+            self.org(org)
+            raise NoSuchIdentityError("client", name, org)
+        return found
+
+    def client_names(self, org: str) -> list[str]:
+        """The names of ``org``'s clients, sorted.
+
+        :class:`NoSuchIdentityError` when the organization does not exist.
+        """
+        self.org(org)
+        return sorted(self._clients.get(org, {}))
+
+    def has_group(self, org: str, name: str) -> bool:
+        """Whether ``org`` has the group ``name``."""
+        return name in self._groups.get(org, {})
+
+    def group(self, org: str, name: str) -> Group:
+        """The group ``name`` of ``org`` (else :class:`NoSuchIdentityError`), the derived
+        actors of ``users`` and ``clients`` filled in."""
+        found = self._groups.get(org, {}).get(name)
+        if found is None:
+            self.org(org)
+            raise NoSuchIdentityError("group", name, org)
+        derived = _DERIVED.get(name)
+        if derived == "users":
+            return dataclasses.replace(found, users=frozenset(self._members.get(org, ())))
+        if derived == "clients":
+            return dataclasses.replace(found, clients=frozenset(self._clients.get(org, {})))
+        return found
+
+    def group_names(self, org: str) -> list[str]:
+        """The names of ``org``'s groups, sorted.
+
+        :class:`NoSuchIdentityError` when the organization does not exist.
+        """
+        self.org(org)
+        return sorted(self._groups.get(org, {}))
+
     def principal(self, org: str | None, name: str) -> tuple[str, tuple[str, ...]] | None:
         """``(kind, public keys)`` of the user or client ``name`` seen from ``org``.
 
         A client of another organization is unknown here. Users are global.
         """
         if org is not None:
-            client = self.clients.get(org, {}).get(name)
+            client = self._clients.get(org, {}).get(name)
             if client is not None:
                 return "client", client.keys
-        user = self.users.get(name)
+        user = self._users.get(name)
         if user is not None:
             return "user", user.keys
         return None
@@ -231,12 +347,12 @@ class IdentityModel:
         if name == PIVOTAL and kind == "user":
             return True
         if kind == "client":
-            return name in self.clients.get(org, {})
-        return name in self.members.get(org, set())
+            return name in self._clients.get(org, {})
+        return name in self._members.get(org, set())
 
     def in_group(self, org: str, group: str, kind: str, name: str) -> bool:
         """Whether the principal is in ``group``, directly or through nested groups."""
-        groups = self.groups.get(org, {})
+        groups = self._groups.get(org, {})
         seen: set[str] = set()
         todo = [group]
         while todo:
@@ -244,22 +360,210 @@ class IdentityModel:
             if g is None or g.name in seen:
                 continue
             seen.add(g.name)
-            if (kind == "user" and name in g.users) or (kind == "client" and name in g.clients):
+            if self._lists(g, kind, name):
                 return True
             todo.extend(g.groups)
         return False
+
+    def _lists(self, g: Group, kind: str, name: str) -> bool:
+        """Whether the group lists the principal itself (not through subgroups)."""
+        derived = _DERIVED.get(g.name)
+        if kind == "user":
+            return name in (self._members.get(g.org, ()) if derived == "users" else g.users)
+        if kind == "client":
+            return name in (self._clients.get(g.org, {}) if derived == "clients" else g.clients)
+        return False
+
+    # --- changes: check, then return the records that make them -------------------------
+
+    def create_org(
+        self, name: str, full_name: str, *, created_at: float, admin: str | None = None
+    ) -> list[dict[str, Any]]:
+        """The records that create the organization ``name`` with its default groups.
+
+        Args:
+            name, full_name: the organization.
+            created_at: the creation time (Unix seconds, read by the caller).
+            admin: a user made a member and an admin of it, or ``None``.
+
+        Raises:
+            IdentityExistsError: the organization exists.
+        """
+        if name in self._orgs:
+            raise IdentityExistsError("organization", name)
+        return org_records(name, full_name, admin, created_at=created_at)
+
+    def delete_org(self, name: str) -> list[dict[str, Any]]:
+        """The record that deletes the organization ``name`` and everything in it.
+
+        Raises:
+            NoSuchIdentityError: no such organization.
+        """
+        self.org(name)
+        return [{"t": "org.del", "name": name}]
+
+    def create_user(
+        self, name: str, display_name: str, email: str, public_pem: str
+    ) -> list[dict[str, Any]]:
+        """The record that creates the user ``name`` with one public key.
+
+        Raises:
+            IdentityExistsError: the user exists.
+        """
+        if name in self._users:
+            raise IdentityExistsError("user", name)
+        return [user_record(name, display_name, email, public_pem)]
+
+    def delete_user(self, name: str) -> list[dict[str, Any]]:
+        """The record that deletes the user ``name`` (and every membership of it).
+
+        Raises:
+            ValidationError: ``name`` is the superuser.
+            NoSuchIdentityError: no such user.
+        """
+        if name == PIVOTAL:
+            raise ValidationError("the superuser cannot be deleted")
+        self.user(name)
+        return [{"t": "user.del", "name": name}]
+
+    def add_member(self, org: str, user: str) -> list[dict[str, Any]]:
+        """The record that makes ``user`` a member of ``org``.
+
+        Raises:
+            NoSuchIdentityError: no such organization or user.
+            IdentityExistsError: the user is a member already (``member``).
+        """
+        self.org(org)
+        self.user(user)
+        if user in self._members.get(org, ()):
+            raise IdentityExistsError("member", user, org)
+        return [{"t": "member.add", "org": org, "user": user}]
+
+    def remove_member(self, org: str, user: str) -> list[dict[str, Any]]:
+        """The record that ends ``user``'s membership of ``org`` (and of its groups).
+
+        Raises:
+            NoSuchIdentityError: the user is not a member, or no such organization.
+        """
+        self.member(org, user)
+        return [{"t": "member.del", "org": org, "user": user}]
+
+    def create_client(
+        self, org: str, name: str, public_pem: str, admin: bool = False
+    ) -> list[dict[str, Any]]:
+        """The record that creates the client ``name`` of ``org`` with one public key.
+
+        Raises:
+            NoSuchIdentityError: no such organization.
+            IdentityExistsError: the client exists.
+        """
+        self.org(org)
+        if name in self._clients.get(org, {}):
+            raise IdentityExistsError("client", name, org)
+        return [client_record(org, name, public_pem, admin)]
+
+    def delete_client(self, org: str, name: str) -> list[dict[str, Any]]:
+        """The record that deletes the client ``name`` of ``org`` (and its group places).
+
+        Raises:
+            NoSuchIdentityError: no such client (or organization).
+        """
+        self.client(org, name)
+        return [{"t": "client.del", "org": org, "name": name}]
+
+    def create_group(
+        self, org: str, name: str, users: list[str], clients: list[str], groups: list[str]
+    ) -> list[dict[str, Any]]:
+        """The record that creates the group ``name`` of ``org`` with these actors.
+
+        Raises:
+            NoSuchIdentityError: no such organization.
+            IdentityExistsError: the group exists.
+            ValidationError: an actor that does not exist (naming the field and the actor).
+        """
+        self.org(org)
+        if name in self._groups.get(org, {}):
+            raise IdentityExistsError("group", name, org)
+        self._check_actors(org, users, clients, groups)
+        return [group_record(org, name, users, clients, groups)]
+
+    def update_group(
+        self, org: str, name: str, users: list[str], clients: list[str], groups: list[str]
+    ) -> list[dict[str, Any]]:
+        """The record that sets the actors of the group ``name`` of ``org``.
+
+        The derived actors of ``users`` (every member) and ``clients`` (every client) are not
+        set here: the request must list them as they are, and the record leaves them out.
+
+        Raises:
+            NoSuchIdentityError: no such group (or organization).
+            ValidationError: an actor that does not exist, or a derived list that differs.
+        """
+        current = self.group(org, name)
+        derived = _DERIVED.get(name)
+        if derived == "users":
+            if set(users) != current.users:
+                raise ValidationError(
+                    f"invalid actors.users: the users of group 'users' are the members of "
+                    f"'{org}' (add or remove members instead)"
+                )
+            users = []
+        elif derived == "clients":
+            if set(clients) != current.clients:
+                raise ValidationError(
+                    f"invalid actors.clients: the clients of group 'clients' are the clients "
+                    f"of '{org}' (create or delete clients instead)"
+                )
+            clients = []
+        self._check_actors(org, users, clients, groups)
+        return [group_record(org, name, users, clients, groups)]
+
+    def delete_group(self, org: str, name: str) -> list[dict[str, Any]]:
+        """The record that deletes the group ``name`` of ``org``.
+
+        Raises:
+            NoSuchIdentityError: no such group (or organization).
+            ValidationError: a default group (``admins``, ``users``, ``clients``).
+        """
+        self.group(org, name)
+        if name in DEFAULT_GROUPS:
+            raise ValidationError(f"group '{name}' cannot be deleted")
+        return [{"t": "group.del", "org": org, "name": name}]
+
+    def _check_actors(
+        self, org: str, users: list[str], clients: list[str], groups: list[str]
+    ) -> None:
+        for u in users:
+            if u not in self._users:
+                raise ValidationError(f"invalid actors.users: user '{u}' does not exist")
+        for c in clients:
+            if c not in self._clients.get(org, {}):
+                raise ValidationError(f"invalid actors.clients: client '{c}' does not exist")
+        for g in groups:
+            if g not in self._groups.get(org, {}):
+                raise ValidationError(f"invalid actors.groups: group '{g}' does not exist")
 
 
 # --- record builders -----------------------------------------------------------
 
 
-def org_records(name: str, full_name: str, admin: str | None = None) -> list[dict[str, Any]]:
-    """The records that create an organization with its default groups."""
+def org_records(
+    name: str, full_name: str, admin: str | None = None, *, created_at: float
+) -> list[dict[str, Any]]:
+    """The records that create an organization with its default groups.
+
+    Args:
+        name, full_name: the organization.
+        admin: a user made a member and an admin of it, or ``None``.
+        created_at: the creation time (Unix seconds), read by the caller: this module does
+            not read the clock.
+    """
     records: list[dict[str, Any]] = [
-        {"t": "org.put", "name": name, "full_name": full_name, "created_at": time.time()}
+        {"t": "org.put", "name": name, "full_name": full_name, "created_at": created_at}
     ]
     for g in DEFAULT_GROUPS:
-        users = [admin] if admin and g in ("admins", "users") else []
+        # the admin is in ``users`` by the member.add below: that group's users are derived
+        users = [admin] if admin and g == "admins" else []
         records.append(group_record(name, g, users, [], []))
     if admin:
         records.append({"t": "member.add", "org": name, "user": admin})

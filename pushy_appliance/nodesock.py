@@ -20,6 +20,7 @@ import logging
 import re
 import ssl
 from collections import deque
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import unquote
 
@@ -32,9 +33,9 @@ from trio_websocket import (
 )
 
 from . import protocol
+from .auth import Authenticator
+from .config import ServerConfig
 from .errors import ApiError, AuthError, NotFoundError, ProtocolError
-from .http import Services
-from .http._auth import authenticate
 from .nodes.registry import CLOSE_PROTOCOL, NodeRegistry, NodeSession
 
 __all__ = ["HELLO_TIMEOUT", "serve_nodes"]
@@ -56,10 +57,12 @@ class _Connection:
     """One node connection after the upgrade."""
 
     # Ten thousand of these stay alive at once: slots, and no error deque until an error.
-    __slots__ = ("close_code", "close_reason", "errors", "registry", "scope", "svc", "ws")
+    __slots__ = ("close_code", "close_reason", "config", "errors", "registry", "scope", "ws")
 
-    def __init__(self, svc: Services, registry: NodeRegistry, ws: WebSocketConnection) -> None:
-        self.svc = svc
+    def __init__(
+        self, config: ServerConfig, registry: NodeRegistry, ws: WebSocketConnection
+    ) -> None:
+        self.config = config
         self.registry = registry
         self.ws = ws
         self.scope = trio.CancelScope()
@@ -92,7 +95,7 @@ class _Connection:
 
     async def run(self, org: str, node: str) -> None:
         who = f"{org}/{node}"
-        max_size = self.svc.config.limits.max_frame_bytes
+        max_size = self.config.limits.max_frame_bytes
         hello: protocol.Hello | None = None
         with trio.move_on_after(HELLO_TIMEOUT):
             try:
@@ -114,7 +117,7 @@ class _Connection:
         )
         seqs = protocol.SeqTracker()
         seqs.check(hello.seq)
-        config = self.svc.config
+        config = self.config
         session.send(
             protocol.Welcome,
             server_incarnation_id=self.registry.incarnation_id,
@@ -199,7 +202,8 @@ def _as_bytes(message: str | bytes) -> bytes:
 
 
 async def serve_nodes(
-    svc: Services,
+    config: ServerConfig,
+    auth: Authenticator,
     registry: NodeRegistry,
     host: str,
     port: int,
@@ -208,6 +212,13 @@ async def serve_nodes(
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve node connections until cancelled.
+
+    Args:
+        config: the server configuration (frame cap, heartbeat, job timings).
+        auth: authenticates the upgrade requests.
+        registry: the node registry the connections join.
+        host, port: where to listen (port 0: any free port).
+        ssl_context: TLS for ``wss``, or ``None`` for plain ``ws``.
 
     Start-up: ``task_status.started(port)`` with the bound port once listening.
     """
@@ -220,7 +231,9 @@ async def serve_nodes(
                 raise NotFoundError("not found")
             org, node = m.group(1), m.group(2)
             headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in request.headers}
-            who = authenticate(svc, org, method="GET", path=path, headers=headers, body=b"")
+            who = auth.authenticate(
+                org, method="GET", path=path, headers=headers, body=b"", now=datetime.now(UTC)
+            )
             if who.kind != "client" or who.name != node:
                 raise AuthError(403, "Client and node name must match")
         except ApiError as e:
@@ -229,7 +242,7 @@ async def serve_nodes(
             await request.reject(e.status, extra_headers=extra, body=_reject_body(e))
             return
         ws = await request.accept()
-        await _Connection(svc, registry, ws).run(org, node)
+        await _Connection(config, registry, ws).run(org, node)
 
     async def guarded_handler(request: WebSocketRequest) -> None:
         # A peer that vanishes before hello (or during the upgrade) must not take the
@@ -249,7 +262,7 @@ async def serve_nodes(
                 ssl_context,
                 handler_nursery=nursery,
                 message_queue_size=4,
-                max_message_size=svc.config.limits.max_frame_bytes,
+                max_message_size=config.limits.max_frame_bytes,
                 connect_timeout=10,
                 disconnect_timeout=5,
                 task_status=task_status,

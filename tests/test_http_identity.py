@@ -192,3 +192,101 @@ async def test_lone_surrogates_are_refused_not_stored(tmp_path: Path) -> None:
         # a paired surrogate escape is ordinary text
         r = await piv.post("/organizations", raw=b'{"name":"o2","full_name":"\\ud83d\\ude00"}')
         assert r.status_code == 201, r.text
+
+
+@pytest.mark.parametrize(
+    ("raw", "client_error", "job_error"),
+    [
+        (
+            b'{"name":"x","name":"y","command":"c","nodes":["n1"],"env":{"A":"1"}}',
+            "invalid JSON body (duplicate key 'name')",
+            "invalid key supplied",
+        ),
+        (
+            b'{"command":"c","nodes":["n1"],"env":{"A":"1","A":"2"}}',
+            "invalid JSON body (duplicate key 'A')",
+            "invalid environment value (duplicate key)",
+        ),
+        (b'{"name":"x","create_key":true,"admin":NaN}', "invalid JSON body", "invalid JSON body"),
+        (b'{"name":"\\ud800","command":"\\ud800"}', "invalid JSON body", "invalid JSON body"),
+        (b'{"name":' + b"[" * 65 + b"]" * 65 + b"}", "invalid JSON body", "invalid JSON body"),
+    ],
+)
+async def test_one_json_policy_for_identity_and_job_bodies(
+    tmp_path: Path, raw: bytes, client_error: str, job_error: str
+) -> None:
+    """Identity and job routes decode bodies alike; only where the job schema places a
+    duplicate key (a top-level key, an ``env`` key) does it report it its own way."""
+    async with running_server(test_config(tmp_path)) as info, admin_client(info) as admin:
+        r = await admin.post("/organizations/default/clients", raw=raw)
+        assert (r.status_code, r.json()) == (400, {"error": client_error})
+        r = await admin.post("/organizations/default/pushy/jobs", raw=raw)
+        assert (r.status_code, r.json()) == (400, {"error": job_error})
+        r = await admin.get("/organizations/default/clients")
+        assert r.json() == {}
+
+
+async def test_identity_refusals_have_the_contract_bodies(tmp_path: Path) -> None:
+    """The identity model's refusals (domain errors) answered in Chef Server's list form."""
+    async with running_server(test_config(tmp_path)) as info, admin_client(info, "pivotal") as piv:
+        org = "/organizations/default"
+        cases: list[tuple[str, str, dict[str, object] | None, int, object]] = [
+            ("POST", "/organizations", {"name": "default"}, 409,
+             ["organization 'default' already exists"]),
+            ("POST", "/users", {"username": "admin", "create_key": True}, 409,
+             ["user 'admin' already exists"]),
+            ("GET", "/users/ghost", None, 404, ["user 'ghost' not found"]),
+            ("DELETE", "/users/pivotal", None, 400, "the superuser cannot be deleted"),
+            ("POST", f"{org}/users", {"username": "admin"}, 409,
+             ["user 'admin' is already a member of 'default'"]),
+            ("POST", f"{org}/users", {"username": "ghost"}, 404, ["user 'ghost' not found"]),
+            ("GET", f"{org}/users/pivotal", None, 404,
+             ["user 'pivotal' is not a member of 'default'"]),
+            ("DELETE", f"{org}/users/ghost", None, 404,
+             ["user 'ghost' is not a member of 'default'"]),
+            ("GET", f"{org}/clients/ghost", None, 404, ["client 'ghost' not found"]),
+            ("DELETE", f"{org}/clients/ghost", None, 404, ["client 'ghost' not found"]),
+            ("POST", f"{org}/groups", {"groupname": "admins"}, 409,
+             ["group 'admins' already exists"]),
+            ("POST", f"{org}/groups", {"groupname": "g", "actors": {"users": ["ghost"]}}, 400,
+             "invalid actors.users: user 'ghost' does not exist"),
+            ("GET", f"{org}/groups/ghost", None, 404, ["group 'ghost' not found"]),
+            ("PUT", f"{org}/groups/ghost", {"actors": {}}, 404, ["group 'ghost' not found"]),
+            ("DELETE", f"{org}/groups/users", None, 400, "group 'users' cannot be deleted"),
+            ("GET", f"{org}/principals/ghost", None, 404, ["principal 'ghost' not found"]),
+            ("GET", "/organizations/nope/principals/admin", None, 404,
+             ["organization 'nope' does not exist."]),
+        ]  # fmt: skip
+        for method, path, body, status, error in cases:
+            r = await piv.request(method, path, body)
+            assert (r.status_code, r.json()) == (status, {"error": error}), (method, path)
+
+
+async def test_the_users_and_clients_groups_list_the_memberships(tmp_path: Path) -> None:
+    """Membership is stored once; the default groups show it as they always did."""
+    async with running_server(test_config(tmp_path)) as info, admin_client(info, "pivotal") as piv:
+        org = "/organizations/default"
+        assert (await piv.post("/users", {"username": "alice", "create_key": True})).is_success
+        assert (await piv.post("/users", {"username": "carol", "create_key": True})).is_success
+        assert (await piv.post(f"{org}/users", {"username": "alice"})).status_code == 201
+        assert (await piv.post(f"{org}/clients", {"name": "n1", "create_key": True})).is_success
+        r = await piv.get(f"{org}/groups/users")
+        assert (r.json()["users"], r.json()["clients"]) == (["admin", "alice"], [])
+        r = await piv.get(f"{org}/groups/clients")
+        assert (r.json()["users"], r.json()["clients"]) == ([], ["n1"])
+        # a PUT may add other actors to a default group, not change who is a member
+        r = await piv.put(
+            f"{org}/groups/users", {"actors": {"users": ["admin", "alice"], "clients": ["n1"]}}
+        )
+        assert r.status_code == 200, r.text
+        assert r.json()["actors"] == ["admin", "alice", "n1"]
+        r = await piv.put(f"{org}/groups/users", {"actors": {"users": ["admin", "carol"]}})
+        assert r.status_code == 400
+        assert r.json()["error"].startswith("invalid actors.users: the users of group 'users'")
+        r = await piv.delete(f"{org}/users/alice")
+        assert r.status_code == 200
+        r = await piv.get(f"{org}/groups/users")
+        assert (r.json()["users"], r.json()["clients"]) == (["admin"], ["n1"])
+        assert (await piv.delete(f"{org}/clients/n1")).status_code == 200
+        r = await piv.get(f"{org}/groups/clients")
+        assert r.json()["clients"] == []

@@ -9,13 +9,11 @@ import pytest
 
 from pushy_appliance.errors import ValidationError
 from pushy_appliance.jobs.validation import (
-    DuplicateKeyDict,
     JobRequest,
-    detect_duplicates,
-    parse_json_body,
     resolve_quorum,
     validate_job_request,
 )
+from pushy_appliance.jsonbody import DuplicateKeyDict, detect_duplicates, parse_json_body
 
 NODES = ["n1", "n2", "n3"]
 
@@ -32,7 +30,9 @@ def body(**fields: Any) -> dict[str, Any]:
 
 
 def dup_env() -> dict[str, Any]:
-    parsed = parse_json_body(b'{"command":"x","nodes":["n1"],"env":{"A":"1","A":"2"}}')
+    parsed = parse_json_body(
+        b'{"command":"x","nodes":["n1"],"env":{"A":"1","A":"2"}}', mark_duplicates=True
+    )
     assert isinstance(parsed, dict)
     assert isinstance(parsed["env"], DuplicateKeyDict)
     return parsed
@@ -103,7 +103,7 @@ ERROR_ROWS: list[tuple[str, object, str]] = [
     ("unknown-key", body(timeout=5), "invalid key supplied"),
     (
         "duplicate-top-key",
-        parse_json_body(b'{"command":"x","command":"y","nodes":["n1"]}'),
+        parse_json_body(b'{"command":"x","command":"y","nodes":["n1"]}', mark_duplicates=True),
         "invalid key supplied",
     ),
     # 7. env duplicate
@@ -236,7 +236,7 @@ def test_rejects_with_exact_message(body_: object, message: str) -> None:
 def test_env_duplicate_comes_before_file_errors() -> None:
     raw = b'{"command":"x","nodes":["n1"],"env":{"A":"1","A":"2"},"file":"nope"}'
     with pytest.raises(ValidationError) as info:
-        validate_job_request(parse_json_body(raw))
+        validate_job_request(parse_json_body(raw, mark_duplicates=True))
     assert info.value.message == "invalid environment value (duplicate key)"
 
 
@@ -363,7 +363,7 @@ def test_detect_duplicates_marks_only_duplicates() -> None:
 
 def test_duplicate_keys_elsewhere_are_harmless() -> None:
     # A duplicate inside a value the schema rejects anyway reports that rule.
-    parsed = parse_json_body(b'{"command":"x","nodes":[{"a":1,"a":2}]}')
+    parsed = parse_json_body(b'{"command":"x","nodes":[{"a":1,"a":2}]}', mark_duplicates=True)
     with pytest.raises(ValidationError) as info:
         validate_job_request(parsed)
     assert info.value.message == "at least one node must be supplied"

@@ -7,7 +7,10 @@ import os
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
+
+from pushy_appliance.errors import ApiError, JobFinishedError, NoSuchJobError
 
 from fakenode import Behaviour, fake_nodes
 from helpers import Signed, admin_client, running_server, test_config
@@ -120,6 +123,28 @@ async def test_abort_and_run_timeout(tmp_path: Path) -> None:
             doc = await wait_job(admin, job_id)
             assert doc["status"] == "timed_out"
             assert doc["nodes"] == {"timed_out": ["n2"]}
+
+
+async def test_abort_refusals_are_domain_errors_mapped_to_the_contract(tmp_path: Path) -> None:
+    """The runner refuses an abort with domain errors; the API answers them as before."""
+    async with running_server(test_config(tmp_path)) as info, admin_client(info) as admin:
+        jobs = "/organizations/default/pushy/jobs"
+        # a job on a node that is not connected finishes at once
+        job_id = await start(admin, {"command": "x", "nodes": ["ghost"]})
+        await wait_job(admin, job_id)
+        runner = info.services.jobs
+        with pytest.raises(JobFinishedError) as finished:
+            await runner.abort("default", job_id)
+        with pytest.raises(NoSuchJobError) as missing:
+            await runner.abort("other-org", job_id)
+        assert not isinstance(finished.value, ApiError)
+        assert not isinstance(missing.value, ApiError)
+        assert missing.value.job_id == job_id
+        r = await admin.post(f"{jobs}/{job_id}/abort")
+        assert (r.status_code, r.json()) == (409, {"error": "job already finished"})
+        for unknown in ("0" * 32, "x" * 100):
+            r = await admin.post(f"{jobs}/{unknown}/abort")
+            assert (r.status_code, r.json()) == (404, {"error": f"job '{unknown[:64]}' not found"})
 
 
 async def test_busy_node_nacks_second_job(tmp_path: Path) -> None:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import typing
 from typing import Any
 
+from ..services import Services
 from ._app import ASGIApp, NormalizePaths, create_app
-from ._context import KeyCache, Services
 
-__all__ = ["KeyCache", "Services", "asgi_app", "create_app"]
+__all__ = ["asgi_app", "create_app"]
 
 
 def asgi_app(svc: Services) -> Any:

@@ -58,10 +58,10 @@ from quart_trio import QuartTrio
 from ..hub import Hub, OrgEvent, Subscription
 from ..jobs.model import JobEntry
 from ..jobs.runner import JobRunner, job_topic, org_topic
+from ..services import Services
 from ..sse import KEEPALIVE, encode_event, format_timestamp
-from ._app import authorized
-from ._context import Services
-from ._jobs import find_job, job_document
+from ._jobs import job_document
+from ._request import authorized, find_job
 
 __all__ = ["EVENT_STREAM", "START_ID", "register"]
 

@@ -1,11 +1,14 @@
 """Identity routes: the Chef Infra Server API subset push jobs needs (``API.md`` §4).
 
-Every write takes the database's write lock around check-then-commit so two creations of the
-same name cannot both succeed; the response is sent after the record is durable.
+The routes parse and authorize; the identity model owns the rules. Reads ask its query
+methods; a write holds the name's lock (``Database.exclusive``) around the model's change
+method (which checks the change and returns its records) and the commit, so two creations
+of the same name cannot both succeed. The response is sent after the record is durable.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import trio
@@ -13,29 +16,13 @@ from quart import Response, request
 from quart_trio import QuartTrio
 
 from .. import chef_auth
-from ..errors import ConflictError, KeyFormatError, NotFoundError, ValidationError
-from ..model import (
-    DEFAULT_GROUPS,
-    PIVOTAL,
-    client_record,
-    group_record,
-    org_records,
-    user_record,
-    valid_name,
-    valid_org,
-)
-from ._app import authorized, json_response, read_json, require_accept, signed
-from ._auth import Principal, forbidden, org_not_found, require
-from ._context import Services
+from ..auth import Principal, forbidden, org_not_found
+from ..errors import KeyFormatError, NoSuchIdentityError, ValidationError
+from ..model import Group, valid_name, valid_org
+from ..services import Services
+from ._request import authorized, base_url, json_response, read_json, require_accept, signed
 
-__all__ = ["base_url", "register"]
-
-
-def base_url() -> str:
-    """``scheme://host`` of the current request (``X-Forwarded-Proto`` honoured)."""
-    scheme = request.headers.get("X-Forwarded-Proto", "").split(",")[0].strip() or request.scheme
-    host = request.headers.get("Host") or request.host
-    return f"{scheme}://{host}"
+__all__ = ["register"]
 
 
 def _check_name(value: object, field: str) -> str:
@@ -57,12 +44,12 @@ def _check_org_name(value: object, field: str = "name") -> str:
 def _route_name(value: str, what: str) -> str:
     """A name taken from the path: a bad one is simply not found."""
     if not valid_name(value):
-        raise NotFoundError(f"{what} '{value[:300]}' not found")
+        raise NoSuchIdentityError(what, value[:300])
     return value
 
 
 def _route_org(svc: Services, org: str) -> str:
-    if not valid_org(org) or org not in svc.identity.orgs:
+    if not valid_org(org) or not svc.identity.has_org(org):
         raise org_not_found(org[:300])
     return org
 
@@ -121,12 +108,11 @@ def _actor_lists(value: object) -> tuple[list[str], list[str], list[str]]:
     return out[0], out[1], out[2]
 
 
-def group_document(svc: Services, org: str, name: str) -> dict[str, Any]:
-    g = svc.identity.groups[org][name]
+def group_document(org: str, g: Group) -> dict[str, Any]:
     users, clients, groups = sorted(g.users), sorted(g.clients), sorted(g.groups)
     return {
-        "name": name,
-        "groupname": name,
+        "name": g.name,
+        "groupname": g.name,
         "orgname": org,
         "actors": users + clients,
         "users": users,
@@ -138,6 +124,7 @@ def group_document(svc: Services, org: str, name: str) -> dict[str, Any]:
 def register(app: QuartTrio, svc: Services) -> None:
     """Register the identity routes on ``app``."""
     db = svc.db
+    identity = svc.identity
 
     def require_pivotal(who: Principal) -> None:
         if not who.is_pivotal:
@@ -150,31 +137,26 @@ def register(app: QuartTrio, svc: Services) -> None:
         require_accept()
         who = await signed(svc, None)
         if request.method == "GET":
-            if who.is_pivotal:
-                names = sorted(svc.identity.orgs)
-            else:
-                names = sorted(o for o in svc.identity.orgs if who.name in svc.identity.members[o])
+            names = identity.org_names(member=None if who.is_pivotal else who.name)
             return json_response({o: f"{base_url()}/organizations/{o}" for o in names})
         require_pivotal(who)
         body = await read_json()
         name = _check_org_name(body.get("name"))
         full_name = _optional_str(body, "full_name", name)
         async with db.exclusive(("org", name)):
-            if name in svc.identity.orgs:
-                raise ConflictError(f"organization '{name}' already exists")
-            await db.commit(*org_records(name, full_name))
+            await db.commit(*identity.create_org(name, full_name, created_at=time.time()))
         uri = f"{base_url()}/organizations/{name}"
         return json_response({"uri": uri}, 201, {"Location": uri})
 
     @app.route("/organizations/<org>", methods=["GET", "DELETE"])
     async def organization(org: str) -> Response:
         who = await authorized(svc, org)
-        o = svc.identity.orgs[org]
+        o = identity.org(org)
         doc = {"name": o.name, "full_name": o.full_name, "guid": org}
         if request.method == "DELETE":
             require_pivotal(who)
             async with db.exclusive(("org", org)):
-                await db.commit({"t": "org.del", "name": org})
+                await db.commit(*identity.delete_org(org))
         return json_response(doc)
 
     # --- users ------------------------------------------------------------------------------
@@ -185,16 +167,14 @@ def register(app: QuartTrio, svc: Services) -> None:
         who = await signed(svc, None)
         require_pivotal(who)
         if request.method == "GET":
-            return json_response({u: f"{base_url()}/users/{u}" for u in sorted(svc.identity.users)})
+            return json_response({u: f"{base_url()}/users/{u}" for u in identity.user_names()})
         body = await read_json()
         name = _check_name(body.get("username"), "username")
         display = _optional_str(body, "display_name", name)
         email = _optional_str(body, "email")
         public, private = await _key_material(body)
         async with db.exclusive(("user", name)):
-            if name in svc.identity.users:
-                raise ConflictError(f"user '{name}' already exists")
-            await db.commit(user_record(name, display, email, public))
+            await db.commit(*identity.create_user(name, display, email, public))
         uri = f"{base_url()}/users/{name}"
         return json_response(
             {"uri": uri, "chef_key": _chef_key(public, private)}, 201, {"Location": uri}
@@ -207,9 +187,7 @@ def register(app: QuartTrio, svc: Services) -> None:
         name = _route_name(name, "user")
         if not (who.is_pivotal or (who.kind == "user" and who.name == name)):
             raise forbidden(who.name)
-        u = svc.identity.users.get(name)
-        if u is None:
-            raise NotFoundError(f"user '{name}' not found")
+        u = identity.user(name)
         doc = {
             "username": u.name,
             "display_name": u.display_name,
@@ -218,10 +196,8 @@ def register(app: QuartTrio, svc: Services) -> None:
         }
         if request.method == "DELETE":
             require_pivotal(who)
-            if name == PIVOTAL:
-                raise ValidationError("the superuser cannot be deleted")
             async with db.exclusive(("user", name)):
-                await db.commit({"t": "user.del", "name": name})
+                await db.commit(*identity.delete_user(name))
         return json_response(doc)
 
     # --- org membership -----------------------------------------------------------------------
@@ -230,18 +206,13 @@ def register(app: QuartTrio, svc: Services) -> None:
     async def org_users(org: str) -> Response:
         who = await authorized(svc, org)
         if request.method == "GET":
-            require(svc, org, who, "member")
-            names = sorted(svc.identity.members.get(org, set()))
-            return json_response([{"user": {"username": n}} for n in names])
-        require(svc, org, who, "admin")
+            svc.auth.require(org, who, "member")
+            return json_response([{"user": {"username": n}} for n in identity.members(org)])
+        svc.auth.require(org, who, "admin")
         body = await read_json()
         name = _check_name(body.get("username"), "username")
         async with db.exclusive(("member", org, name)):
-            if name not in svc.identity.users:
-                raise NotFoundError(f"user '{name}' not found")
-            if name in svc.identity.members.get(org, set()):
-                raise ConflictError(f"user '{name}' is already a member of '{org}'")
-            await db.commit({"t": "member.add", "org": org, "user": name})
+            await db.commit(*identity.add_member(org, name))
         uri = f"{base_url()}/organizations/{org}/users/{name}"
         return json_response({"uri": uri}, 201, {"Location": uri})
 
@@ -249,14 +220,12 @@ def register(app: QuartTrio, svc: Services) -> None:
     async def org_user(org: str, name: str) -> Response:
         who = await authorized(svc, org)
         name = _route_name(name, "user")
-        if name not in svc.identity.members.get(org, set()):
-            raise NotFoundError(f"user '{name}' is not a member of '{org}'")
-        u = svc.identity.users[name]
+        u = identity.member(org, name)
         doc = {"username": u.name, "display_name": u.display_name, "email": u.email}
         if request.method == "DELETE":
-            require(svc, org, who, "admin")
+            svc.auth.require(org, who, "admin")
             async with db.exclusive(("member", org, name)):
-                await db.commit({"t": "member.del", "org": org, "user": name})
+                await db.commit(*identity.remove_member(org, name))
         return json_response(doc)
 
     # --- clients ----------------------------------------------------------------------------
@@ -265,11 +234,10 @@ def register(app: QuartTrio, svc: Services) -> None:
     async def clients(org: str) -> Response:
         who = await authorized(svc, org)
         if request.method == "GET":
-            require(svc, org, who, "member")
-            names = sorted(svc.identity.clients.get(org, {}))
+            svc.auth.require(org, who, "member")
             base = f"{base_url()}/organizations/{org}/clients"
-            return json_response({n: f"{base}/{n}" for n in names})
-        require(svc, org, who, "admin")
+            return json_response({n: f"{base}/{n}" for n in identity.client_names(org)})
+        svc.auth.require(org, who, "admin")
         body = await read_json()
         name = _check_name(body.get("name", body.get("clientname")), "name")
         admin = body.get("admin", False)
@@ -277,9 +245,7 @@ def register(app: QuartTrio, svc: Services) -> None:
             raise ValidationError("field 'admin' must be a boolean")
         public, private = await _key_material(body)
         async with db.exclusive(("client", org, name)):
-            if name in svc.identity.clients.get(org, {}):
-                raise ConflictError(f"client '{name}' already exists")
-            await db.commit(client_record(org, name, public, admin))
+            await db.commit(*identity.create_client(org, name, public, admin))
         uri = f"{base_url()}/organizations/{org}/clients/{name}"
         return json_response(
             {"uri": uri, "chef_key": _chef_key(public, private)}, 201, {"Location": uri}
@@ -289,9 +255,7 @@ def register(app: QuartTrio, svc: Services) -> None:
     async def client(org: str, name: str) -> Response:
         who = await authorized(svc, org)
         name = _route_name(name, "client")
-        c = svc.identity.clients.get(org, {}).get(name)
-        if c is None:
-            raise NotFoundError(f"client '{name}' not found")
+        c = identity.client(org, name)
         doc = {
             "name": c.name,
             "clientname": c.name,
@@ -302,13 +266,13 @@ def register(app: QuartTrio, svc: Services) -> None:
         }
         if request.method == "DELETE":
             if not (who.kind == "client" and who.name == name):
-                require(svc, org, who, "admin")
+                svc.auth.require(org, who, "admin")
             async with db.exclusive(("client", org, name)):
-                await db.commit({"t": "client.del", "org": org, "name": name})
+                await db.commit(*identity.delete_client(org, name))
             for hook in svc.on_client_deleted:
                 await hook(org, name)
         else:
-            require(svc, org, who, "member")
+            svc.auth.require(org, who, "member")
         return json_response(doc)
 
     # --- groups -----------------------------------------------------------------------------
@@ -317,18 +281,15 @@ def register(app: QuartTrio, svc: Services) -> None:
     async def groups(org: str) -> Response:
         who = await authorized(svc, org)
         if request.method == "GET":
-            require(svc, org, who, "member")
+            svc.auth.require(org, who, "member")
             base = f"{base_url()}/organizations/{org}/groups"
-            return json_response({g: f"{base}/{g}" for g in sorted(svc.identity.groups[org])})
-        require(svc, org, who, "admin")
+            return json_response({g: f"{base}/{g}" for g in identity.group_names(org)})
+        svc.auth.require(org, who, "admin")
         body = await read_json()
         name = _check_name(body.get("groupname", body.get("name")), "groupname")
         users, clients_, subgroups = _actor_lists(body.get("actors"))
         async with db.exclusive(("group", org, name)):
-            if name in svc.identity.groups.get(org, {}):
-                raise ConflictError(f"group '{name}' already exists")
-            _check_actors_exist(svc, org, users, clients_, subgroups)
-            await db.commit(group_record(org, name, users, clients_, subgroups))
+            await db.commit(*identity.create_group(org, name, users, clients_, subgroups))
         uri = f"{base_url()}/organizations/{org}/groups/{name}"
         return json_response({"uri": uri}, 201, {"Location": uri})
 
@@ -336,27 +297,22 @@ def register(app: QuartTrio, svc: Services) -> None:
     async def group(org: str, name: str) -> Response:
         who = await authorized(svc, org)
         name = _route_name(name, "group")
-        if name not in svc.identity.groups.get(org, {}):
-            raise NotFoundError(f"group '{name}' not found")
+        doc = group_document(org, identity.group(org, name))
         if request.method == "GET":
-            require(svc, org, who, "member")
-            return json_response(group_document(svc, org, name))
-        require(svc, org, who, "admin")
+            svc.auth.require(org, who, "member")
+            return json_response(doc)
+        svc.auth.require(org, who, "admin")
         if request.method == "DELETE":
-            doc = group_document(svc, org, name)
-            if name in DEFAULT_GROUPS:
-                raise ValidationError(f"group '{name}' cannot be deleted")
             async with db.exclusive(("group", org, name)):
-                await db.commit({"t": "group.del", "org": org, "name": name})
+                await db.commit(*identity.delete_group(org, name))
             return json_response(doc)
         body = await read_json()
         if "groupname" in body and body["groupname"] != name:
             raise ValidationError("renaming a group is not supported (field 'groupname')")
         users, clients_, subgroups = _actor_lists(body.get("actors"))
         async with db.exclusive(("group", org, name)):
-            _check_actors_exist(svc, org, users, clients_, subgroups)
-            await db.commit(group_record(org, name, users, clients_, subgroups))
-        return json_response(group_document(svc, org, name))
+            await db.commit(*identity.update_group(org, name, users, clients_, subgroups))
+        return json_response(group_document(org, identity.group(org, name)))
 
     # --- principals (no authentication) -------------------------------------------------------
 
@@ -365,9 +321,9 @@ def register(app: QuartTrio, svc: Services) -> None:
         require_accept()
         org = _route_org(svc, org)
         name = _route_name(name, "principal")
-        found = svc.identity.principal(org, name)
+        found = identity.principal(org, name)
         if found is None:
-            raise NotFoundError(f"principal '{name}' not found")
+            raise NoSuchIdentityError("principal", name)
         kind, keys = found
         return json_response(
             {
@@ -377,23 +333,8 @@ def register(app: QuartTrio, svc: Services) -> None:
                         "type": kind,
                         "public_key": keys[0] if keys else None,
                         "authz_id": f"{kind}-{name}",
-                        "org_member": svc.identity.is_org_member(org, kind, name),
+                        "org_member": identity.is_org_member(org, kind, name),
                     }
                 ]
             }
         )
-
-
-def _check_actors_exist(
-    svc: Services, org: str, users: list[str], clients: list[str], groups: list[str]
-) -> None:
-    ident = svc.identity
-    for u in users:
-        if u not in ident.users:
-            raise ValidationError(f"invalid actors.users: user '{u}' does not exist")
-    for c in clients:
-        if c not in ident.clients.get(org, {}):
-            raise ValidationError(f"invalid actors.clients: client '{c}' does not exist")
-    for g in groups:
-        if g not in ident.groups.get(org, {}):
-            raise ValidationError(f"invalid actors.groups: group '{g}' does not exist")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -12,23 +11,22 @@ from quart_trio import QuartTrio
 from ..errors import NotAcceptableError, NotFoundError, ValidationError
 from ..jobs.model import JobEntry
 from ..jobs.runner import JobRunner
-from ..jobs.validation import parse_json_body, validate_job_request
-from ._app import (
+from ..jobs.validation import validate_job_request
+from ..jsonbody import parse_json_body
+from ..services import Services
+from ._request import (
     authorized,
-    has_lone_surrogates,
+    base_url,
+    find_job,
     json_response,
     request_body,
     require_json_content,
+    rfc1123,
     signed,
 )
-from ._auth import require
-from ._context import Services
-from ._identity import base_url
-from ._nodes import rfc1123
 
 __all__ = ["job_document", "register"]
 
-_JOB_ID = re.compile(r"[0-9a-f]{32}")
 _STATUSES = frozenset(
     {"new", "voting", "running", "complete", "quorum_failed", "timed_out", "aborted", "crashed"}
 )
@@ -75,15 +73,6 @@ def job_document(e: JobEntry, *, include_file: bool = False) -> dict[str, Any]:
     return doc
 
 
-def find_job(svc: Services, org: str, job_id: str) -> JobEntry:
-    """The job ``job_id`` of ``org``; 404 for another org's job too (**fix** of the original)."""
-    runner: JobRunner = svc.jobs
-    entry = runner.model.jobs.get(job_id) if _JOB_ID.fullmatch(job_id) else None
-    if entry is None or entry.org != org:
-        raise NotFoundError(f"job '{job_id[:64]}' not found", list_form=False)
-    return entry
-
-
 def _int_param(name: str, low: int, high: int) -> int | None:
     raw = request.args.get(name)
     if raw is None:
@@ -106,16 +95,13 @@ def register(app: QuartTrio, svc: Services) -> None:
     async def jobs(org: str) -> Response:
         who = await authorized(svc, org)
         if request.method == "GET":
-            require(svc, org, who, "read")
+            svc.auth.require(org, who, "read")
             return json_response(_list_jobs(runner, org))
-        require(svc, org, who, "write")
+        svc.auth.require(org, who, "write")
         raw = await request_body(svc)
         require_json_content()
-        body = parse_json_body(raw)
-        if not isinstance(body, dict) or (b"\\u" in raw and has_lone_surrogates(body)):
-            raise ValidationError("invalid JSON body")
         req = validate_job_request(
-            body,
+            parse_json_body(raw, mark_duplicates=True),
             max_file_bytes=limits.max_file_bytes,
             max_nodes=limits.max_nodes_per_job,
             default_run_timeout=svc.config.jobs.default_run_timeout,
@@ -150,7 +136,7 @@ def register(app: QuartTrio, svc: Services) -> None:
         if accept.strip().lower() == "application/json":
             raise NotAcceptableError("application/octet-stream")
         who = await signed(svc, org)
-        require(svc, org, who, "read")
+        svc.auth.require(org, who, "read")
         if channel not in ("stdout", "stderr"):
             raise NotFoundError(f"no channel '{channel[:32]}' (stdout or stderr)", list_form=False)
         entry = find_job(svc, org, job_id)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from email.utils import formatdate
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -12,16 +11,10 @@ from quart_trio import QuartTrio
 from ..errors import AuthError, NotFoundError
 from ..model import valid_name
 from ..nodes.registry import NodeRegistry
-from ._app import authorized, json_response
-from ._auth import require
-from ._context import Services
+from ..services import Services
+from ._request import authorized, json_response, rfc1123
 
-__all__ = ["register", "rfc1123"]
-
-
-def rfc1123(t: float) -> str:
-    """``Tue, 04 Sep 2012 23:01:02 GMT``."""
-    return formatdate(t, usegmt=True)
+__all__ = ["register"]
 
 
 def _state_doc(registry: NodeRegistry, org: str, name: str) -> dict[str, Any]:
@@ -40,7 +33,7 @@ def register(app: QuartTrio, svc: Services) -> None:
         who = await authorized(svc, org)
         if who.kind == "client" and who.name != node and not who.is_pivotal:
             raise AuthError(403, "Client and node name must match")
-        require(svc, org, who, "read")
+        svc.auth.require(org, who, "read")
         if not valid_name(node):
             raise NotFoundError(f"node '{node[:300]}' not found")
         host = svc.config.server_name or urlsplit(f"//{request.headers.get('Host', '')}").hostname
@@ -77,13 +70,12 @@ def register(app: QuartTrio, svc: Services) -> None:
     @app.route("/organizations/<org>/pushy/node_states", methods=["GET"])
     async def node_states(org: str) -> Response:
         await authorized(svc, org, "read")
-        clients = svc.identity.clients.get(org, {})
-        names = [n for n in registry.known_nodes(org) if n in clients]
+        names = [n for n in registry.known_nodes(org) if svc.identity.has_client(org, n)]
         return json_response([_state_doc(registry, org, n) for n in names])
 
     @app.route("/organizations/<org>/pushy/node_states/<node>", methods=["GET"])
     async def node_state(org: str, node: str) -> Response:
         await authorized(svc, org, "read")
-        if node not in svc.identity.clients.get(org, {}):
+        if not svc.identity.has_client(org, node):
             raise NotFoundError(f"node '{node[:300]}' not found")
         return json_response(_state_doc(registry, org, node))

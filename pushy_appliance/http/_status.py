@@ -7,8 +7,8 @@ from quart import Response
 from quart_trio import QuartTrio
 
 from .. import __version__
-from ._app import json_response
-from ._context import Services
+from ..services import Services
+from ._request import json_response
 
 
 def status_document(svc: Services) -> dict[str, object]:

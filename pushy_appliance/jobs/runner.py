@@ -26,7 +26,7 @@ import trio
 
 from .. import protocol
 from ..db import Database
-from ..errors import ConflictError, NotFoundError
+from ..errors import JobFinishedError, NoSuchJobError
 from ..hub import Hub, OrgEventLog
 from ..nodes.registry import NodeRegistry, NodeSession
 from ..sse import MonotonicStamper, format_timestamp
@@ -308,15 +308,15 @@ class JobRunner:
         """Abort a voting or running job and wait until that is durable.
 
         Raises:
-            NotFoundError: no such job in ``org``.
-            ConflictError: the job already finished.
+            NoSuchJobError: no such job in ``org``.
+            JobFinishedError: the job already finished.
         """
         entry = self.model.jobs.get(job_id)
         if entry is None or entry.org != org:
-            raise NotFoundError(f"job '{job_id}' not found", list_form=False)
+            raise NoSuchJobError(job_id)
         job = self.live.get(job_id)
         if job is None or entry.finished:
-            raise ConflictError("job already finished", list_form=False)
+            raise JobFinishedError(job_id)
         job.post(m.Abort(time.time()))
         await job.done.wait()
 

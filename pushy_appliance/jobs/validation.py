@@ -24,12 +24,12 @@ duplicates), quorum, run_timeout, user, dir, env, max_concurrency, max_failures.
 (``300.0``) counts as the integer.
 
 Duplicate keys. A parsed JSON object cannot show a duplicated key, so the JSON decoder has to
-report it: the HTTP layer parses the body with :func:`parse_json_body` (or passes
-:func:`detect_duplicates` as ``object_pairs_hook`` to ``json.loads`` itself). The hook does not
-raise; it returns a :class:`DuplicateKeyDict` (last value wins, like ``json.loads``) that
-remembers the duplicated names, and validation reports it at its place in the order above:
-a duplicate inside ``env`` as rule 7, a duplicate top-level key as rule 6. A body decoded
-without the hook simply keeps the last value.
+report it: the HTTP layer decodes the body with
+``jsonbody.parse_json_body(raw, mark_duplicates=True)``, which returns an object with a
+repeated key as a :class:`~pushy_appliance.jsonbody.DuplicateKeyDict` (last value wins, like
+``json.loads``) that remembers the duplicated names, and validation reports it at its place in
+the order above: a duplicate inside ``env`` as rule 7, a duplicate top-level key as rule 6. A
+body decoded without the marks simply keeps the last value.
 """
 
 from __future__ import annotations
@@ -37,13 +37,13 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
-import json
 import math
 import re
 from fractions import Fraction
-from typing import Any, Final
+from typing import Final
 
 from ..errors import ValidationError
+from ..jsonbody import MSG_JSON, DuplicateKeyDict
 from ..model import valid_name
 
 __all__ = [
@@ -52,10 +52,7 @@ __all__ = [
     "MAX_DIR_BYTES",
     "MAX_RUN_TIMEOUT",
     "MAX_USER_CHARS",
-    "DuplicateKeyDict",
     "JobRequest",
-    "detect_duplicates",
-    "parse_json_body",
     "resolve_quorum",
     "validate_job_request",
 ]
@@ -93,66 +90,6 @@ MSG_KEY: Final = "invalid key supplied"
 MSG_ENV_DUPLICATE: Final = "invalid environment value (duplicate key)"
 MSG_FILE_PREFIX: Final = "invalid file contents (expected 'base64:...' or 'raw:...')"
 MSG_FILE_BASE64: Final = "invalid file contents (couldn't decode base64 string)"
-MSG_JSON: Final = "invalid JSON body"
-
-
-class DuplicateKeyDict(dict[str, Any]):
-    """A JSON object in which some key appeared more than once (the last value is kept).
-
-    Attributes:
-        duplicates: the repeated keys, in order of first repetition.
-    """
-
-    duplicates: tuple[str, ...]
-
-
-def detect_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """``object_pairs_hook`` for ``json.loads`` that remembers duplicated keys.
-
-    Args:
-        pairs: the object's members in document order.
-
-    Returns:
-        A plain ``dict`` when every key is unique, else a :class:`DuplicateKeyDict`.
-    """
-    result: dict[str, Any] = dict(pairs)
-    if len(result) == len(pairs):
-        return result
-    seen: set[str] = set()
-    repeated: dict[str, None] = {}
-    for key, _ in pairs:
-        if key in seen:
-            repeated[key] = None
-        seen.add(key)
-    marked = DuplicateKeyDict(result)
-    marked.duplicates = tuple(repeated)
-    return marked
-
-
-def _reject_constant(name: str) -> object:
-    raise ValueError(f"{name} is not JSON")
-
-
-def parse_json_body(raw: bytes | str) -> object:
-    """Decode a request body as strict JSON, marking duplicated keys.
-
-    Args:
-        raw: the body (UTF-8 when bytes).
-
-    Returns:
-        The decoded value; objects with repeated keys are :class:`DuplicateKeyDict`.
-
-    Raises:
-        ValidationError: ``invalid JSON body`` for bytes that are not UTF-8 or not JSON
-            (including ``NaN`` and ``Infinity``, which ``json.loads`` would otherwise accept).
-    """
-    try:
-        text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
-        return json.loads(
-            text, object_pairs_hook=detect_duplicates, parse_constant=_reject_constant
-        )
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        raise ValidationError(MSG_JSON) from None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -223,7 +160,7 @@ def validate_job_request(
     """Check a decoded ``POST jobs`` body and apply the defaults.
 
     Args:
-        body: the decoded JSON body (ideally from :func:`parse_json_body`).
+        body: the decoded JSON body, duplicates marked (see the module docstring).
         max_file_bytes: largest decoded ``file`` (``limits.max_file_bytes``).
         max_nodes: most nodes in one job (``limits.max_nodes_per_job``).
         default_run_timeout: ``run_timeout`` when none is given (``jobs.default_run_timeout``).

@@ -1,0 +1,58 @@
+"""What the adapters serve from: the engines and facts of one running appliance.
+
+Built once, complete, by ``appliance.serve()`` after the engines are made and the node
+listener is bound; the HTTP handlers get it explicitly (no globals).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Awaitable, Callable
+
+from .auth import Authenticator
+from .config import ServerConfig
+from .db import Database
+from .hub import Hub
+from .jobs.runner import JobRunner
+from .model import IdentityModel
+from .nodes.registry import NodeRegistry
+
+__all__ = ["Services"]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Services:
+    """The engines and facts the handlers use.
+
+    Attributes:
+        config: the server configuration.
+        db: the database (store and models).
+        auth: request authentication and authorization over the identity model.
+        nodes: the node registry.
+        jobs: the job runner.
+        hub: the event hub of the feeds.
+        incarnation_id: this server process's UUID.
+        started_at: ``trio.current_time()`` at start-up, for ``uptime_s``.
+        server_public_pem: the server's public key, for ``config/NODE``.
+        node_port: the node listener's bound port, for ``connect_url``.
+        node_scheme: ``wss`` or ``ws``.
+        on_client_deleted: callbacks run after a client is deleted (closes its socket).
+    """
+
+    config: ServerConfig
+    db: Database
+    auth: Authenticator
+    nodes: NodeRegistry
+    jobs: JobRunner
+    hub: Hub
+    incarnation_id: str
+    started_at: float
+    server_public_pem: str
+    node_port: int
+    node_scheme: str
+    on_client_deleted: tuple[Callable[[str, str], Awaitable[None]], ...] = ()
+
+    @property
+    def identity(self) -> IdentityModel:
+        """The identity model (the one :attr:`auth` answers from)."""
+        return self.auth.identity
