@@ -23,7 +23,7 @@ import httpx
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from . import chef_auth, tls
-from .config import resolve_data_dir
+from .config_files import resolve_data_dir
 from .errors import (
     ClientError,
     ConfigError,

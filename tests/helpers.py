@@ -17,7 +17,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from pushy_appliance import chef_auth, protocol
 from pushy_appliance.appliance import ServerInfo, serve
-from pushy_appliance.config import ServerConfig, load_server_config
+from pushy_appliance.config import ServerConfig
+from pushy_appliance.config_files import load_server_config
 from pushy_appliance.db import Database
 from pushy_appliance.nodes.registry import NodeModel, NodeRegistry
 from pushy_appliance.store import open_store

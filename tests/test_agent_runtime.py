@@ -35,7 +35,8 @@ from pushy_appliance.agent.state import (
 )
 from pushy_appliance.agent.whitelist import Whitelist
 from pushy_appliance.cli import _agent
-from pushy_appliance.config import AllowEntry, load_agent_config
+from pushy_appliance.config import AllowEntry
+from pushy_appliance.config_files import load_agent_config
 from pushy_appliance.errors import AgentError, ConfigError
 from pushy_appliance.protocol import Frame, ResultBody
 

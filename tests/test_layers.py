@@ -21,6 +21,7 @@ LAYERS = {
     "jobs.model": 1,
     "agent.whitelist": 1,
     "store": 2,
+    "config_files": 2,
     "hub": 2,
     "tls": 2,
     "lockfile": 2,

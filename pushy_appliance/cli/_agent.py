@@ -10,7 +10,8 @@ import signal
 from collections.abc import Callable
 from typing import Any
 
-from ..config import AgentConfig, load_agent_config
+from ..config import AgentConfig
+from ..config_files import load_agent_config
 from ._logging import setup_logging
 
 __all__ = ["add_parsers", "cmd_agent"]
