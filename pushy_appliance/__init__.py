@@ -13,7 +13,7 @@ upward. ``tests/test_layers.py`` checks this on the source.
    ``agent.executor`` and ``agent.runtime`` (the node side's engine).
 4. Adapters: ``http`` (the REST API and feeds), ``nodesock`` (the node WebSocket listener),
    ``client`` (the signed HTTP client of the CLI and agent), ``agent.connection``.
-5. ``appliance`` (``serve()``: the root nursery), ``bootstrap``, ``agent.run_agent``.
+5. ``appliance`` (``serve()``: the root nursery), ``bootstrap``, ``agent.main`` (``run_agent``).
 6. ``cli`` (argument parsing and printing; the only place that prints).
 """
 

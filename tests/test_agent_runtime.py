@@ -22,8 +22,9 @@ import trio
 from trio_websocket import CloseReason, ConnectionClosed
 
 from pushy_appliance import chef_auth, protocol
-from pushy_appliance.agent import connect_settings, connection, run_agent
+from pushy_appliance.agent import connection
 from pushy_appliance.agent.connection import Backoff, SessionEnd, run_session
+from pushy_appliance.agent.main import connect_settings, run_agent
 from pushy_appliance.agent.runtime import COMMIT_GRACE, AgentRuntime
 from pushy_appliance.agent.state import (
     STATE_FILE_NAME,

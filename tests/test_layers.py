@@ -35,6 +35,7 @@ LAYERS = {
     "nodesock": 4,
     "client": 4,
     "agent.connection": 4,
+    "agent.main": 5,
     "agent.multi": 5,
     "agent": 5,
     "jobs": 1,
