@@ -8,6 +8,7 @@ import ssl
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -73,7 +74,9 @@ class Signed:
         version: str = "1.3",
     ) -> httpx.Response:
         data = raw if raw is not None else (b"" if body is None else json.dumps(body).encode())
-        h = chef_auth.sign_request(method, path, data, self.user, self.key, version=version)
+        h = chef_auth.sign_request(
+            method, path, data, self.user, self.key, version=version, timestamp=datetime.now(UTC)
+        )
         if data:
             h["Content-Type"] = "application/json"
         h.update(headers or {})

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import signal
 from contextlib import AsyncExitStack
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -131,7 +132,9 @@ async def test_kill_9_during_a_run_and_a_vote_then_restart(tmp_path: Path) -> No
 async def wait_for_output_events(admin: Signed, job_id: str, count: int) -> None:
     """Read the (live) job feed until it carried ``count`` ``output`` events."""
     path = f"/organizations/default/pushy/job_status_feed/{job_id}"
-    headers = chef_auth.sign_request("GET", path, b"", admin.user, admin.key)
+    headers = chef_auth.sign_request(
+        "GET", path, b"", admin.user, admin.key, timestamp=datetime.now(UTC)
+    )
     headers["Accept"] = "text/event-stream"
     seen = 0
     # Leaving by cancellation (not ``break``) unwinds httpx's stream generators at once.

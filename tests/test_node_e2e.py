@@ -17,6 +17,7 @@ import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -188,7 +189,9 @@ async def raw_node(
 ) -> AsyncIterator[WebSocketConnection]:
     """A WebSocket to ``connect/NODE`` signed as ``sign_as`` (default the node itself)."""
     path = f"{ORG}/pushy/connect/{node}"
-    signed = chef_auth.sign_request("GET", path, b"", sign_as or node, key)
+    signed = chef_auth.sign_request(
+        "GET", path, b"", sign_as or node, key, timestamp=datetime.now(UTC)
+    )
     async with open_node_socket(
         info.node_url + path,
         ca_context(info),
@@ -214,7 +217,11 @@ async def refused_upgrade(
         "Sec-WebSocket-Version": "13",
     }
     if key is not None:
-        headers.update(chef_auth.sign_request("GET", path, b"", sign_as or node, key))
+        headers.update(
+            chef_auth.sign_request(
+                "GET", path, b"", sign_as or node, key, timestamp=datetime.now(UTC)
+            )
+        )
     request = f"GET {path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
     host, port = info.node_url.split("//", 1)[1].rsplit(":", 1)
     stream = await trio.open_ssl_over_tcp_stream(
