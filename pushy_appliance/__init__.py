@@ -1,7 +1,11 @@
 """Pushy Appliance: a Chef Push Jobs server, node agent and operator CLI.
 
 The layer rule. A module may import only from its own layer or the layers below it; never
-upward. ``tests/test_layers.py`` checks this on the source.
+upward. A package's ``__init__`` imports nothing above the lowest layer of its submodules
+(importing a submodule runs it first); no module imports another package's private
+``_module``; no import cycles, function-local imports included. ``tests/test_layers.py`` checks
+all of this on the source, and that the pure layer does no I/O (no file, environment, clock,
+network, subprocess, task or thread); ``tests/test_exports.py`` pins each package's ``__all__``.
 
 1. Pure (no I/O, no trio tasks): ``errors``, ``config``, ``chef_auth``, ``protocol``,
    ``sse``, ``model`` (identity), ``jobs.machine``, ``jobs.validation``, ``jobs.model``,
