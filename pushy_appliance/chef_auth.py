@@ -356,8 +356,7 @@ def sign_request(
         user_id: the user or client name.
         key: the user's or client's private key.
         version: the protocol version, one of :data:`SUPPORTED_VERSIONS`.
-        timestamp: the signing time, from the caller's clock (this module reads none). A
-            naive value is taken as UTC.
+        timestamp: the signing time, from the caller's clock; a naive value is taken as UTC.
         server_api_version: value of ``X-Ops-Server-API-Version`` (signed in 1.3 only).
 
     Returns:
