@@ -152,7 +152,9 @@ async def _client_main(args: argparse.Namespace, key_pem: bytes) -> None:
 
     async def one() -> None:
         async with connecting:
-            headers = chef_auth.sign_request("GET", args.path, b"", "admin", key)
+            headers = chef_auth.sign_request(
+                "GET", args.path, b"", "admin", key, timestamp=datetime.datetime.now(datetime.UTC)
+            )
             headers["Accept"] = "text/event-stream"
             headers["Connection"] = "close"
         results.append(await _subscriber(host, int(port), args.path, headers, ctx))
@@ -282,7 +284,14 @@ async def _run(
 
         async def call(method: str, path: str, body: Any = None) -> httpx.Response:
             data = b"" if body is None else json.dumps(body).encode()
-            headers = chef_auth.sign_request(method, path, data, "admin", admin_key)
+            headers = chef_auth.sign_request(
+                method,
+                path,
+                data,
+                "admin",
+                admin_key,
+                timestamp=datetime.datetime.now(datetime.UTC),
+            )
             if data:
                 headers["Content-Type"] = "application/json"
             return await http.request(method, url + path, content=data or None, headers=headers)

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -285,7 +286,7 @@ def signed_request_bytes(
     request may be replayed within the server's clock-skew window; the server still checks
     the signature of every request.
     """
-    headers = chef_auth.sign_request(method, path, body, user, key)
+    headers = chef_auth.sign_request(method, path, body, user, key, timestamp=datetime.now(UTC))
     headers["Accept"] = "application/json"
     headers["X-Chef-Version"] = "12.0.0"
     headers["Host"] = host

@@ -31,6 +31,7 @@ import random
 import ssl
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -157,7 +158,9 @@ class _Node:
         tcp = await trio.open_tcp_stream(w.host, w.port, local_address=source_address(self.index))
         self.stream = trio.SSLStream(tcp, w.ssl, server_hostname=w.host, https_compatible=True)
         await self.stream.do_handshake()
-        signed = chef_auth.sign_request("GET", self.path, b"", self.name, w.key)
+        signed = chef_auth.sign_request(
+            "GET", self.path, b"", self.name, w.key, timestamp=datetime.now(UTC)
+        )
         headers = [(k.encode(), v.encode()) for k, v in signed.items()]
         await self.stream.send_all(
             self.ws.send(

@@ -1,20 +1,25 @@
 """Pushy Appliance: a Chef Push Jobs server, node agent and operator CLI.
 
 The layer rule. A module may import only from its own layer or the layers below it; never
-upward. ``tests/test_layers.py`` checks this on the source.
+upward. A package's ``__init__`` imports nothing above the lowest layer of its submodules
+(importing a submodule runs it first); no module imports another package's private
+``_module``; no import cycles, function-local imports included. ``tests/test_layers.py`` checks
+all of this on the source, and that the pure layer does no I/O (no file, environment, clock,
+network, subprocess, task or thread); ``tests/test_exports.py`` pins each package's ``__all__``.
 
 1. Pure (no I/O, no trio tasks): ``errors``, ``config``, ``chef_auth``, ``protocol``,
    ``sse``, ``model`` (identity), ``auth`` (request authentication and authorization over
    the identity model), ``jsonbody`` (the JSON body policy), ``jobs.machine``,
    ``jobs.validation``, ``jobs.model``, ``agent.whitelist``.
 2. Resources: ``store`` (files), ``hub`` (event fan-out), ``tls`` (key and certificate files),
-   ``lockfile`` (one process per directory), ``agent.state`` (the agent's state file).
+   ``lockfile`` (one process per directory), ``agent.state`` (the agent's state file),
+   ``config_files`` (the configuration file and the default data directory).
 3. Engines: ``db`` (store + models), ``nodes.registry``, ``jobs.runner``,
    ``agent.executor`` and ``agent.runtime`` (the node side's engine); ``services`` (the
    engines of one running server, handed to the adapters).
 4. Adapters: ``http`` (the REST API and feeds), ``nodesock`` (the node WebSocket listener),
    ``client`` (the signed HTTP client of the CLI and agent), ``agent.connection``.
-5. ``appliance`` (``serve()``: the root nursery), ``bootstrap``, ``agent.run_agent``.
+5. ``appliance`` (``serve()``: the root nursery), ``bootstrap``, ``agent.main`` (``run_agent``).
 6. ``cli`` (argument parsing and printing; the only place that prints).
 """
 

@@ -32,7 +32,8 @@ from hypercorn.trio import serve as hypercorn_serve
 from . import __version__, chef_auth, tls
 from .auth import Authenticator
 from .bootstrap import atomic_write, bootstrap, write_credentials
-from .config import ServerConfig, parse_host_port, resolve_data_dir
+from .config import ServerConfig, parse_host_port
+from .config_files import resolve_data_dir
 from .db import Database
 from .errors import StoreError
 from .http import asgi_app

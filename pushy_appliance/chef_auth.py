@@ -344,7 +344,7 @@ def sign_request(
     key: rsa.RSAPrivateKey,
     *,
     version: str = "1.3",
-    timestamp: datetime | None = None,
+    timestamp: datetime,
     server_api_version: str = "0",
 ) -> dict[str, str]:
     """Sign a request as a Chef client would.
@@ -356,7 +356,7 @@ def sign_request(
         user_id: the user or client name.
         key: the user's or client's private key.
         version: the protocol version, one of :data:`SUPPORTED_VERSIONS`.
-        timestamp: the signing time; default now. A naive value is taken as UTC.
+        timestamp: the signing time, from the caller's clock; a naive value is taken as UTC.
         server_api_version: value of ``X-Ops-Server-API-Version`` (signed in 1.3 only).
 
     Returns:
@@ -370,7 +370,7 @@ def sign_request(
     """
     if version not in _ALGORITHM_FOR_VERSION:
         raise ValueError(f"unsupported signing protocol version {version!r}")
-    when = _canonical_time(timestamp if timestamp is not None else datetime.now(UTC))
+    when = _canonical_time(timestamp)
     content_hash = _content_hash(body, version)
     canonical = _canonical_request(
         method=method,

@@ -15,6 +15,7 @@ import ssl
 import tomllib
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -23,7 +24,7 @@ import httpx
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from . import chef_auth, tls
-from .config import resolve_data_dir
+from .config_files import resolve_data_dir
 from .errors import (
     ClientError,
     ConfigError,
@@ -195,7 +196,9 @@ class PushyClient:
         self._origin = f"{parts.scheme}://{parts.netloc}"
 
     def _headers(self, method: str, path: str, body: bytes, accept: str) -> dict[str, str]:
-        headers = chef_auth.sign_request(method, path, body, self.creds.user, self._key)
+        headers = chef_auth.sign_request(
+            method, path, body, self.creds.user, self._key, timestamp=datetime.now(UTC)
+        )
         headers["Accept"] = accept
         headers["X-Chef-Version"] = "12.0.0"
         if body:

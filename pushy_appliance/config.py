@@ -12,21 +12,20 @@ Unknown keys in the file are an error naming them. Environment variables that st
 friends), except within a known section prefix where they are almost certainly typos
 (``PUSHY_HEARTBEAT_INTERVL``): those are an error too.
 
-This module is pure: it parses values handed to it and never reads files or the
-environment by itself beyond :func:`load_server_config` / :func:`load_agent_config`, which
-read exactly the file they are given and the mapping passed as ``environ``.
+This module is pure: it parses what it is handed (the file's bytes, the environment as a
+mapping, the flags) and reads no file, environment or clock itself. ``config_files`` reads the
+file (:func:`~pushy_appliance.config_files.load_server_config`,
+:func:`~pushy_appliance.config_files.load_agent_config`) and finds the data directory.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
 import tomllib
 import types
 import typing
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any, TypeVar
 
 from .errors import ConfigError
@@ -42,10 +41,10 @@ __all__ = [
     "OutputConfig",
     "ServerConfig",
     "TLSConfig",
-    "load_agent_config",
-    "load_server_config",
+    "build_agent_config",
+    "build_server_config",
     "parse_host_port",
-    "resolve_data_dir",
+    "parse_toml",
 ]
 
 
@@ -298,16 +297,20 @@ def _merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _read_toml(path: str | Path) -> dict[str, Any]:
+def parse_toml(data: bytes, source: str) -> dict[str, Any]:
+    """Parse a configuration file's bytes (UTF-8 TOML).
+
+    Args:
+        data: the file's content.
+        source: what errors call the file (its path).
+
+    Raises:
+        ConfigError: the bytes are not valid TOML.
+    """
     try:
-        with open(path, "rb") as f:
-            return tomllib.load(f)
-    except FileNotFoundError:
-        raise ConfigError(str(path), None, "file not found") from None
-    except OSError as e:
-        raise ConfigError(str(path), None, e.strerror or str(e)) from None
+        return tomllib.loads(data.decode())
     except tomllib.TOMLDecodeError as e:
-        raise ConfigError(str(path), None, f"invalid TOML: {e}") from None
+        raise ConfigError(source, None, f"invalid TOML: {e}") from None
 
 
 def _is_table_list(tp: Any) -> bool:
@@ -354,14 +357,15 @@ def _to_plain(obj: Any) -> Any:
 
 def _load(
     cls: type[T],
-    path: str | Path | None,
+    file: Mapping[str, Any] | None,
+    source: str,
     environ: Mapping[str, str],
     flags: Mapping[str, Any] | None,
 ) -> T:
     data: dict[str, Any] = {}
-    if path is not None:
-        data = _read_toml(path)
-        _build(cls, data, str(path))  # type- and key-check the file on its own
+    if file is not None:
+        data = dict(file)
+        _build(cls, data, source)  # type- and key-check the file on its own
     env = _env_overrides(cls, environ)
     # Environment values are already typed; merge them as plain data.
     data = _merge(data, {k: _to_plain(v) for k, v in env.items()})
@@ -375,7 +379,7 @@ def _load(
             node = node.setdefault(p, {})
         node[leaf] = value
     data = _merge(data, flag_tree)
-    config = _build(cls, data, "flags" if flags else (str(path) if path else "defaults"))
+    config = _build(cls, data, "flags" if flags else (source if file is not None else "defaults"))
     return config
 
 
@@ -415,23 +419,25 @@ def _check_server(c: ServerConfig) -> ServerConfig:
     return c
 
 
-def load_server_config(
-    path: str | Path | None = None,
+def build_server_config(
+    file: Mapping[str, Any] | None = None,
     *,
+    source: str = "config",
     environ: Mapping[str, str] | None = None,
     flags: Mapping[str, Any] | None = None,
 ) -> ServerConfig:
-    """Load the server's configuration.
+    """Build the server's configuration from its three sources, later ones winning.
 
     Args:
-        path: TOML file, or ``None`` for none.
-        environ: the environment to read ``PUSHY_*`` variables from (``{}`` for none).
+        file: the parsed TOML file (:func:`parse_toml`), or ``None`` for none.
+        source: what errors call the file (its path).
+        environ: the environment to read ``PUSHY_*`` variables from (``None``: none).
         flags: dotted keys from the command line; ``None`` values are ignored.
 
     Raises:
         ConfigError: naming the source and key of the first problem found.
     """
-    return _check_server(_load(ServerConfig, path, environ or {}, flags))
+    return _check_server(_load(ServerConfig, file, source, environ or {}, flags))
 
 
 def _check_agent(c: AgentConfig) -> AgentConfig:
@@ -454,25 +460,12 @@ def _check_agent(c: AgentConfig) -> AgentConfig:
     return c
 
 
-def load_agent_config(
-    path: str | Path | None = None,
+def build_agent_config(
+    file: Mapping[str, Any] | None = None,
     *,
+    source: str = "config",
     environ: Mapping[str, str] | None = None,
     flags: Mapping[str, Any] | None = None,
 ) -> AgentConfig:
-    """Load the agent's configuration; same sources and errors as :func:`load_server_config`."""
-    return _check_agent(_load(AgentConfig, path, environ or {}, flags))
-
-
-def resolve_data_dir(configured: str | None, environ: Mapping[str, str] | None = None) -> Path:
-    """The data directory: configured, else ``PUSHY_DATA_DIR``, else /var/lib/pushy as root,
-    else ``$XDG_DATA_HOME/pushy`` (``~/.local/share/pushy``)."""
-    env = os.environ if environ is None else environ
-    if configured:
-        return Path(configured).expanduser()
-    if env.get("PUSHY_DATA_DIR"):
-        return Path(env["PUSHY_DATA_DIR"]).expanduser()
-    if hasattr(os, "geteuid") and os.geteuid() == 0:
-        return Path("/var/lib/pushy")
-    xdg = env.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(xdg) / "pushy"
+    """Build the agent's configuration; same sources and errors as :func:`build_server_config`."""
+    return _check_agent(_load(AgentConfig, file, source, environ or {}, flags))

@@ -10,6 +10,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from typing import Any
 
 import trio
@@ -51,7 +52,9 @@ class FakeNode:
         return protocol.encode(cls(seq=self.seq.next(), ts=time.time(), **fields))
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        headers = chef_auth.sign_request("GET", self.path, b"", self.name, self.key)
+        headers = chef_auth.sign_request(
+            "GET", self.path, b"", self.name, self.key, timestamp=datetime.now(UTC)
+        )
         async with open_websocket_url(
             self.url, ssl_context=self.ssl, extra_headers=[(k, v) for k, v in headers.items()]
         ) as ws:

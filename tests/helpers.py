@@ -8,6 +8,7 @@ import ssl
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from pushy_appliance import chef_auth, protocol
 from pushy_appliance.appliance import ServerInfo, serve
-from pushy_appliance.config import ServerConfig, load_server_config
+from pushy_appliance.config import ServerConfig
+from pushy_appliance.config_files import load_server_config
 from pushy_appliance.db import Database
 from pushy_appliance.nodes.registry import NodeModel, NodeRegistry
 from pushy_appliance.store import open_store
@@ -72,7 +74,9 @@ class Signed:
         version: str = "1.3",
     ) -> httpx.Response:
         data = raw if raw is not None else (b"" if body is None else json.dumps(body).encode())
-        h = chef_auth.sign_request(method, path, data, self.user, self.key, version=version)
+        h = chef_auth.sign_request(
+            method, path, data, self.user, self.key, version=version, timestamp=datetime.now(UTC)
+        )
         if data:
             h["Content-Type"] = "application/json"
         h.update(headers or {})

@@ -22,8 +22,9 @@ import trio
 from trio_websocket import CloseReason, ConnectionClosed
 
 from pushy_appliance import chef_auth, protocol
-from pushy_appliance.agent import connect_settings, connection, run_agent
+from pushy_appliance.agent import connection
 from pushy_appliance.agent.connection import Backoff, SessionEnd, run_session
+from pushy_appliance.agent.main import connect_settings, run_agent
 from pushy_appliance.agent.runtime import COMMIT_GRACE, AgentRuntime
 from pushy_appliance.agent.state import (
     STATE_FILE_NAME,
@@ -35,7 +36,8 @@ from pushy_appliance.agent.state import (
 )
 from pushy_appliance.agent.whitelist import Whitelist
 from pushy_appliance.cli import _agent
-from pushy_appliance.config import AllowEntry, load_agent_config
+from pushy_appliance.config import AllowEntry
+from pushy_appliance.config_files import load_agent_config
 from pushy_appliance.errors import AgentError, ConfigError
 from pushy_appliance.protocol import Frame, ResultBody
 
@@ -563,26 +565,27 @@ async def _session(
 async def test_session_hello_heartbeats_and_server_loss(
     tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
-    async def silent(ws: FakeWebSocket) -> None:
-        return None
+    async def one_heartbeat_then_silence(ws: FakeWebSocket) -> None:
+        # half an interval off the agent's heartbeats, so that no heartbeat leaves at the
+        # instant the watchdog gives up
+        await trio.sleep(0.5)
+        ws.push(protocol.Heartbeat, server_incarnation_id="s")
 
     start = trio.current_time()
-    end, ws = await _session(tmp_path, silent)
+    end, ws = await _session(tmp_path, one_heartbeat_then_silence)
     hello = ws.sent[0][1]
     assert isinstance(hello, protocol.Hello)
     assert hello.seq == 1
     assert hello.job_state == "idle"
     assert hello.facts == FACTS
-    # one heartbeat per interval, then the server is lost after 3 silent intervals
-    beats = [(t - start, f) for t, f in ws.sent[1:]]
-    # (a third may leave at 3.0, the instant the watchdog gives up)
-    assert [round(t, 3) for t, _ in beats][:2] == [1.0, 2.0]
-    assert len(beats) in (2, 3)
-    assert [f.seq for _, f in beats] == list(range(2, 2 + len(beats)))
+    # one heartbeat per interval; the server is lost 3 intervals after its last frame (0.5)
+    beats = [(round(t - start, 3), f) for t, f in ws.sent[1:]]
+    assert [t for t, _ in beats] == [1.0, 2.0, 3.0]
+    assert [f.seq for _, f in beats] == [2, 3, 4]
     assert all(isinstance(f, protocol.Heartbeat) and f.job_state == "idle" for _, f in beats)
     assert end.welcomed
     assert end.reason == "server lost"
-    assert end.lived == pytest.approx(3.0)
+    assert end.lived == pytest.approx(3.5)
 
 
 async def test_session_skips_heartbeats_after_other_frames_and_drops_replays(

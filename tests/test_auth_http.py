@@ -213,7 +213,9 @@ async def test_ruby_signed_requests_as_admin_are_accepted(world: World) -> None:
 async def test_protocol_1_2_from_our_signer_is_accepted(world: World) -> None:
     """mixlib-authentication has no 1.2; the Chef Server's does, and so do we."""
     key = chef_auth.load_private_key(world.admin_key.read_bytes())
-    headers = chef_auth.sign_request("GET", CLIENTS, b"", "admin", key, version="1.2")
+    headers = chef_auth.sign_request(
+        "GET", CLIENTS, b"", "admin", key, version="1.2", timestamp=datetime.now(UTC)
+    )
     r = await world.send("GET", CLIENTS, headers)
     assert r.status_code == 200, r.text
 

@@ -199,6 +199,7 @@ def test_our_signed_requests_pass_the_ruby_verifier(
                     key,
                     version=version,
                     server_api_version=api,
+                    timestamp=datetime.now(UTC),
                 )
                 requests.append(
                     {
@@ -220,7 +221,9 @@ def test_ruby_verifier_refuses_our_tampered_requests(
     method, path, body = CASES[0]
     requests: list[dict[str, Any]] = []
     for version in RUBY_VERSIONS:
-        headers = chef_auth.sign_request(method, path, body, "alice", key, version=version)
+        headers = chef_auth.sign_request(
+            method, path, body, "alice", key, version=version, timestamp=datetime.now(UTC)
+        )
         good = {
             "method": method,
             "path": path,

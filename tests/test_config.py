@@ -10,10 +10,9 @@ from pushy_appliance.config import (
     AgentConfig,
     AllowEntry,
     ServerConfig,
-    load_agent_config,
-    load_server_config,
     parse_host_port,
 )
+from pushy_appliance.config_files import load_agent_config, load_server_config
 from pushy_appliance.errors import ConfigError
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"

@@ -14,6 +14,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -231,7 +232,7 @@ async def _post_signed(
     http: httpx.AsyncClient, url: str, path: str, doc: Any, user: str, key: Any
 ) -> httpx.Response:
     data = json.dumps(doc).encode()
-    headers = chef_auth.sign_request("POST", path, data, user, key)
+    headers = chef_auth.sign_request("POST", path, data, user, key, timestamp=datetime.now(UTC))
     headers["Content-Type"] = "application/json"
     request = http.build_request("POST", url + path, content=data, headers=headers)
     request.stream = _OneShotBody(data)
@@ -508,7 +509,9 @@ def _fuzz(url: str, ctx: ssl.SSLContext, pivotal_pem: bytes) -> tuple[list[int],
     with httpx.Client(verify=ctx, timeout=30) as http:
 
         def send(method: str, path: str, body: bytes) -> None:
-            headers = chef_auth.sign_request(method, path, body, "pivotal", key)
+            headers = chef_auth.sign_request(
+                method, path, body, "pivotal", key, timestamp=datetime.now(UTC)
+            )
             headers["Content-Type"] = "application/json"
             r = http.request(
                 method, url + quote(path, safe="/"), content=body or None, headers=headers

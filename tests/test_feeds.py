@@ -11,6 +11,7 @@ import socket
 import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,9 @@ DEADLINE = 15.0
 def feed_headers(
     who: Signed, path: str, *, last_event_id: str | None = None, accept: str = "text/event-stream"
 ) -> dict[str, str]:
-    headers = chef_auth.sign_request("GET", path, b"", who.user, who.key)
+    headers = chef_auth.sign_request(
+        "GET", path, b"", who.user, who.key, timestamp=datetime.now(UTC)
+    )
     headers["Accept"] = accept
     if last_event_id is not None:
         headers["Last-Event-ID"] = last_event_id

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote
@@ -168,7 +169,12 @@ class Caller:
         """
         encoded = PUSHY + "".join("/" + quote(s, safe="") for s in segs)
         headers = chef_auth.sign_request(
-            method, unquote(encoded), body, self.admin.user, self.admin.key
+            method,
+            unquote(encoded),
+            body,
+            self.admin.user,
+            self.admin.key,
+            timestamp=datetime.now(UTC),
         )
         if body:
             headers["Content-Type"] = content_type

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from pushy_appliance.agent.whitelist import Resolved, Whitelist, load
+from pushy_appliance.agent.runtime import load_whitelist
+from pushy_appliance.agent.whitelist import Resolved, Whitelist
 from pushy_appliance.config import DEFAULT_ALLOW, AllowEntry
 from pushy_appliance.errors import ConfigError
 
@@ -179,7 +180,7 @@ def test_invalid_entries_are_config_errors(entry: AllowEntry, key: str) -> None:
     assert info.value.key == key
 
 
-def test_load_reads_the_config_file(tmp_path: Path) -> None:
+def test_load_whitelist_reads_the_config_file(tmp_path: Path) -> None:
     path = tmp_path / "agent.toml"
     path.write_text(
         """
@@ -188,17 +189,17 @@ pattern = '^deploy ([a-z0-9-]+)$'
 run = '/usr/local/bin/deploy --app \\1'
 """
     )
-    wl = load(path)
+    wl = load_whitelist(path)
     assert wl.resolve("deploy web-1") == _argv("/usr/local/bin/deploy", "--app", "web-1")
     assert wl.resolve("chef-client") is None
 
 
-def test_load_without_file_is_the_default() -> None:
-    assert load(None).resolve("chef-client") == _argv("chef-client")
+def test_load_whitelist_without_file_is_the_default() -> None:
+    assert load_whitelist(None).resolve("chef-client") == _argv("chef-client")
 
 
-def test_load_bad_file_raises(tmp_path: Path) -> None:
+def test_load_whitelist_bad_file_raises(tmp_path: Path) -> None:
     path = tmp_path / "agent.toml"
     path.write_text("[[allow]]\npattern = '('\n")
     with pytest.raises(ConfigError):
-        load(path)
+        load_whitelist(path)

@@ -23,6 +23,7 @@ import ssl
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -543,7 +544,9 @@ async def _attempt(runtime: AgentRuntime, settings: ConnectSettings) -> SessionE
             node_config = await fetch_node_config(PushyClient(creds, http, settings.key), node)
         url = node_config.connect_url
         path = urlsplit(url).path
-        signed = chef_auth.sign_request("GET", path, b"", node, settings.key)
+        signed = chef_auth.sign_request(
+            "GET", path, b"", node, settings.key, timestamp=datetime.now(UTC)
+        )
         headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in signed.items()]
         log.debug("node %s: connecting to %s", node, url)
         async with open_node_socket(

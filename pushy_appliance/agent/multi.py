@@ -1,6 +1,6 @@
 """Many agents in one process, for tests and load: ``python -m pushy_appliance.agent.multi``.
 
-Each node named on the command line gets its own :func:`~pushy_appliance.agent.run_agent`
+Each node named on the command line gets its own :func:`~pushy_appliance.agent.main.run_agent`
 (own incarnation, state directory ``STATE_ROOT/NODE``, connection and backoff), all signing
 with one key, so one process can stand in for many machines. Not part of the ``pushy``
 command; SIGTERM or SIGINT stops every agent and exits 0.
@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import trio
 
 from ..config import AgentConfig
-from . import run_agent
+from .main import run_agent
 
 __all__ = ["main", "run_many"]
 

@@ -40,11 +40,13 @@ import platform
 import socket
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 from typing import Any, Protocol
 
 import trio
 
 from .. import __version__
+from ..config_files import load_agent_config
 from ..errors import AgentError, CommitRefused, ConfigError
 from ..protocol import (
     PROTOCOL_VERSION,
@@ -65,7 +67,6 @@ from ..protocol import (
     Run,
     Welcome,
 )
-from . import whitelist as whitelist_module
 from .executor import (
     DEFAULT_PROTECTED_ENV,
     OUTPUT_CHUNK,
@@ -81,7 +82,7 @@ from .executor import (
 from .state import AgentState, PendingResult, StateFile
 from .whitelist import Whitelist
 
-__all__ = ["COMMIT_GRACE", "MAX_PENDING", "AgentRuntime", "Link", "node_facts"]
+__all__ = ["COMMIT_GRACE", "MAX_PENDING", "AgentRuntime", "Link", "load_whitelist", "node_facts"]
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +103,24 @@ class Link(Protocol):
             ``False`` when the connection is gone (the frame is dropped).
         """
         ...
+
+
+def load_whitelist(path: str | Path | None) -> Whitelist:
+    """Read the whitelist from the agent's config file (on SIGHUP and on ``reload``).
+
+    Blocking (reads the file).
+
+    Args:
+        path: the agent's TOML config file; ``None`` gives the default whitelist.
+
+    Returns:
+        The compiled whitelist. A caller that reloads keeps its old whitelist when this raises.
+
+    Raises:
+        ConfigError: when the file cannot be read or holds an invalid configuration.
+    """
+    config = load_agent_config(path, environ={})
+    return Whitelist.from_entries(config.allow)
 
 
 def node_facts() -> dict[str, FactValue]:
@@ -281,7 +300,7 @@ class AgentRuntime:
             log.info("node %s: no config file to re-read; whitelist unchanged", self.node_name)
             return False
         try:
-            fresh = await self._run_blocking(whitelist_module.load, self._config_path)
+            fresh = await self._run_blocking(load_whitelist, self._config_path)
         except ConfigError as exc:
             log.error(
                 "node %s: whitelist not reloaded, keeping the old one: %s", self.node_name, exc

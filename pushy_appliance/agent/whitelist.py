@@ -1,4 +1,4 @@
-"""The agent's whitelist: which commands a job may run, and what actually runs (pure but ``load``).
+"""The agent's whitelist: which commands a job may run, and what actually runs (pure).
 
 Entries (``[[allow]]`` in the agent's config, ``APPLIANCE.md`` §3) are tried in order; the
 first that matches decides.
@@ -27,12 +27,11 @@ import dataclasses
 import re
 import shlex
 from collections.abc import Sequence
-from pathlib import Path
 
-from ..config import AllowEntry, load_agent_config
+from ..config import AllowEntry
 from ..errors import ConfigError
 
-__all__ = ["Resolved", "Whitelist", "load"]
+__all__ = ["Resolved", "Whitelist"]
 
 SHELL = "/bin/sh"
 
@@ -127,22 +126,6 @@ class Whitelist:
             if resolved is not None:
                 return resolved
         return None
-
-
-def load(path: str | Path | None) -> Whitelist:
-    """Read the whitelist from the agent's config file (at start, on SIGHUP, on ``reload``).
-
-    Args:
-        path: the agent's TOML config file; ``None`` gives the default whitelist.
-
-    Returns:
-        The compiled whitelist. A caller that reloads keeps its old whitelist when this raises.
-
-    Raises:
-        ConfigError: when the file cannot be read or holds an invalid configuration.
-    """
-    config = load_agent_config(path, environ={})
-    return Whitelist.from_entries(config.allow)
 
 
 # --- compiling ------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ..config import resolve_data_dir
+from ..config_files import resolve_data_dir
 from ..errors import ServerRefusedError
 
 __all__ = [

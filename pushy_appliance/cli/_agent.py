@@ -10,7 +10,8 @@ import signal
 from collections.abc import Callable
 from typing import Any
 
-from ..config import AgentConfig, load_agent_config
+from ..config import AgentConfig
+from ..config_files import load_agent_config
 from ._logging import setup_logging
 
 __all__ = ["add_parsers", "cmd_agent"]
@@ -86,7 +87,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
     # Imported here, not at the top: other commands start faster without the agent stack.
     import trio
 
-    from ..agent import connect_settings
+    from ..agent.main import connect_settings
     from ..agent.whitelist import Whitelist
 
     config = load_agent_config(args.config, environ=dict(os.environ), flags=flags)
@@ -101,7 +102,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
 async def _run_until_signal(config: AgentConfig, config_path: str | None) -> None:
     import trio
 
-    from ..agent import run_agent
+    from ..agent.main import run_agent
 
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:

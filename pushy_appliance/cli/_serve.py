@@ -8,7 +8,8 @@ import logging
 import os
 import signal
 
-from ..config import ServerConfig, load_server_config
+from ..config import ServerConfig
+from ..config_files import load_server_config
 from ..errors import ConfigError
 from ._logging import setup_logging
 
