@@ -24,6 +24,7 @@ LAYERS = {
     "hub": 2,
     "tls": 2,
     "lockfile": 2,
+    "fsutil": 2,
     "agent.state": 2,
     "db": 3,
     "nodes": 3,

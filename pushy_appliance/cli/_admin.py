@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from .. import fsutil
 from ..config import resolve_data_dir
 from ..errors import ServerRefusedError
 
@@ -88,9 +89,7 @@ def _emit_key(path: str | None, pem: str) -> None:
     if path:
         p = Path(path)
         p.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(pem)
+        fsutil.write_durably(p, pem.encode(), mode=0o600)
         print(f"private key written to {p}", file=sys.stderr)
     else:
         sys.stdout.write(pem)
