@@ -5,7 +5,7 @@ upward. ``tests/test_layers.py`` checks this on the source.
 
 1. Pure (no I/O, no trio tasks): ``errors``, ``config``, ``chef_auth``, ``protocol``,
    ``sse``, ``model`` (identity), ``jobs.machine``, ``jobs.validation``, ``jobs.model``,
-   ``agent.whitelist``.
+   ``agent.whitelist``, ``paths`` (the normal form of request paths).
 2. Resources: ``store`` (files), ``hub`` (event fan-out), ``tls`` (key and certificate files),
    ``lockfile`` (one process per directory), ``fsutil`` (durable file writes), ``agent.state``
    (the agent's state file).

@@ -36,6 +36,7 @@ from .errors import ApiError, AuthError, NotFoundError, ProtocolError
 from .http import Services
 from .http._auth import authenticate
 from .nodes.registry import CLOSE_PROTOCOL, NodeRegistry, NodeSession
+from .paths import normalize_path
 
 __all__ = ["HELLO_TIMEOUT", "serve_nodes"]
 
@@ -213,8 +214,9 @@ async def serve_nodes(
     """
 
     async def handler(request: WebSocketRequest) -> None:
-        path = unquote(request.path.split("?", 1)[0])
-        m = _PATH.match(path.rstrip("/"))
+        # decoded and normalised as the API's paths are (NormalizePaths)
+        path = normalize_path(unquote(request.path.split("?", 1)[0]))
+        m = _PATH.match(path)
         try:
             if m is None:
                 raise NotFoundError("not found")

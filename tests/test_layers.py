@@ -12,6 +12,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "pushy_appliance"
 LAYERS = {
     "errors": 1,
     "config": 1,
+    "paths": 1,
     "chef_auth": 1,
     "protocol": 1,
     "sse": 1,
