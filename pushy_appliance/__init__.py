@@ -8,7 +8,8 @@ upward. ``tests/test_layers.py`` checks this on the source.
    ``agent.whitelist``, ``paths`` (the normal form of request paths).
 2. Resources: ``store`` (files), ``hub`` (event fan-out), ``tls`` (key and certificate files),
    ``lockfile`` (one process per directory), ``fsutil`` (durable file writes), ``agent.state``
-   (the agent's state file).
+   (the agent's state file), ``frame_reader`` (the read loop of both ends of a node
+   connection).
 3. Engines: ``db`` (store + models), ``nodes.registry``, ``jobs.runner``,
    ``agent.executor`` and ``agent.runtime`` (the node side's engine).
 4. Adapters: ``http`` (the REST API and feeds), ``nodesock`` (the node WebSocket listener),

@@ -26,6 +26,7 @@ LAYERS = {
     "tls": 2,
     "lockfile": 2,
     "fsutil": 2,
+    "frame_reader": 2,
     "agent.state": 2,
     "db": 3,
     "nodes": 3,

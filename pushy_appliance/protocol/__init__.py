@@ -27,7 +27,7 @@ here.
 
 from __future__ import annotations
 
-from ._codec import HeartbeatTemplate, decode, encode, encode_heartbeat_template
+from ._codec import HeartbeatTemplate, decode, decode_message, encode, encode_heartbeat_template
 from ._frames import (
     CHANNELS,
     FRAME_TYPES,
@@ -89,6 +89,7 @@ __all__ = [
     "Sequencer",
     "Welcome",
     "decode",
+    "decode_message",
     "encode",
     "encode_heartbeat_template",
 ]

@@ -17,7 +17,7 @@ from ..errors import FrameTooLargeError, ProtocolError
 from ._fields import show
 from ._frames import FRAME_TYPES, SPECS, Frame, Heartbeat, ResultBody, build
 
-__all__ = ["HeartbeatTemplate", "decode", "encode", "encode_heartbeat_template"]
+__all__ = ["HeartbeatTemplate", "decode", "decode_message", "encode", "encode_heartbeat_template"]
 
 
 def _plain(frame: Frame | ResultBody) -> dict[str, Any]:
@@ -80,6 +80,24 @@ def decode(data: bytes, *, max_size: int = 1_048_576) -> Frame:
         raise ProtocolError(f"unknown frame type {show(kind)}")
     frame: Frame = build(cls, obj, kind)
     return frame
+
+
+def decode_message(message: str | bytes, *, max_size: int = 1_048_576) -> Frame:
+    """Decode one WebSocket message, which must be a binary one, into a frame.
+
+    Args:
+        message: the message as the WebSocket library hands it over (``str`` for text).
+        max_size: the largest acceptable message in bytes.
+
+    Returns:
+        The frame, as :func:`decode` returns it.
+
+    Raises:
+        ProtocolError: a text message, or whatever :func:`decode` raises.
+    """
+    if isinstance(message, str):
+        raise ProtocolError("text message; frames are binary msgpack")
+    return decode(message, max_size=max_size)
 
 
 # --- the server's heartbeat, packed once per tick -------------------------------------------
