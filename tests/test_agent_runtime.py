@@ -710,7 +710,7 @@ async def test_reconnect_schedule(
 def _agent_args(*argv: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="pushy")
     sub = parser.add_subparsers(dest="command")
-    _agent.add_parsers(sub, lambda *a, **k: None)
+    _agent.add_parsers(sub)
     return parser.parse_args(["agent", *argv])
 
 
