@@ -11,7 +11,8 @@ upward. ``tests/test_layers.py`` checks this on the source.
    (the agent's state file), ``frame_reader`` (the read loop of both ends of a node
    connection).
 3. Engines: ``db`` (store + models), ``nodes.registry``, ``jobs.runner``,
-   ``agent.executor`` and ``agent.runtime`` (the node side's engine).
+   ``agent.executor``, ``agent.jobspec``, ``agent.procgroup`` and ``agent.runtime`` (the node
+   side's engine).
 4. Adapters: ``http`` (the REST API and feeds), ``nodesock`` (the node WebSocket listener),
    ``client`` (the signed HTTP client of the CLI and agent), ``agent.connection``.
 5. ``appliance`` (``serve()``: the root nursery), ``bootstrap``, ``agent.run_agent``.

@@ -32,6 +32,8 @@ LAYERS = {
     "nodes": 3,
     "jobs.runner": 3,
     "agent.executor": 3,
+    "agent.jobspec": 3,
+    "agent.procgroup": 3,
     "agent.runtime": 3,
     "http": 4,
     "nodesock": 4,

@@ -6,8 +6,10 @@ it hands to ``task_status.started()``).
 Modules:
 
 * ``whitelist`` — which commands a job may run and what actually runs (pure but ``load``).
-* ``executor`` — runs one job's process: user, directory, environment, file, output capture,
-  timeout and abort of the whole process group.
+* ``executor`` — runs one job's process: output capture, timeout and abort.
+* ``jobspec`` — what a job runs, and its user, directory, environment and file.
+* ``procgroup`` — a job's process group: signalling it, whether it still runs, ending one
+  left by an earlier run of the agent.
 * ``state`` — the state file: the held job and the results not yet acknowledged.
 * ``runtime`` — the job lifecycle (idle → committed → running → idle) and the glue to the
   executor.

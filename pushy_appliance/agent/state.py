@@ -19,7 +19,7 @@ state, never a mix::
 
 ``held`` is the job the agent had committed to or was running when it last wrote the file;
 ``group`` names the running job's process group (its leader's pid and start time, see
-:func:`~pushy_appliance.agent.executor.process_start_time`), so that an agent restarted after
+:func:`~pushy_appliance.agent.procgroup.process_start_time`), so that an agent restarted after
 a crash can end a job process the crash left behind.
 The incarnation is *not* stored: it is new at every agent start. A file that cannot be read
 is moved aside (``agent-state.msgpack.corrupt-<unix time>``, bytes kept for inspection) and
