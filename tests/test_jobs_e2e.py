@@ -248,7 +248,9 @@ def alive(pid: int) -> bool:
         return False
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):
+        # reaped after the kill(): gone before the open, or between the open and the read
+        # (ESRCH)
         return False
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
