@@ -45,17 +45,6 @@ log = logging.getLogger(__name__)
 
 HELLO_TIMEOUT = 10.0
 
-_FROM_NODES = (
-    protocol.AckCommit,
-    protocol.NackCommit,
-    protocol.AckRun,
-    protocol.NackRun,
-    protocol.Output,
-    protocol.Result,
-    protocol.Aborted,
-)
-"""The frames a node may send after ``hello`` (besides heartbeats)."""
-
 _PATH = re.compile(r"^/organizations/([^/]+)/pushy/connect/([^/]+)$")
 
 
@@ -141,7 +130,7 @@ class _Connection:
                         self.ws.get_message,
                         session,
                         who=who,
-                        accepts=_FROM_NODES,
+                        accepts=protocol.FROM_AGENT,
                         seqs=seqs,
                         max_size=max_size,
                     )

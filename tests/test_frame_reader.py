@@ -165,3 +165,21 @@ async def test_whatever_receive_raises_passes_through() -> None:
     with pytest.raises(Closed):
         await reader.__anext__()
     assert peer.last_received == -1.0
+
+
+def test_every_frame_type_has_one_direction() -> None:
+    """``NODES.md`` §2's table: after the opening ``hello``/``welcome``, each type goes one
+    way; heartbeats go both ways and are no one's to list."""
+    agent = {cls.TYPE for cls in protocol.FROM_AGENT}
+    server = {cls.TYPE for cls in protocol.FROM_SERVER}
+    assert agent == {
+        "ack_commit",
+        "nack_commit",
+        "ack_run",
+        "nack_run",
+        "output",
+        "result",
+        "aborted",
+    }
+    assert server == {"commit", "run", "result_ack", "abort", "reload"}
+    assert agent | server | {"hello", "welcome", "heartbeat"} == set(protocol.FRAME_TYPES)

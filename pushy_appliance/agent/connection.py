@@ -94,9 +94,6 @@ OUTBOX_SIZE = 64
 _CLOSE_SERVER_LOST = 4009
 _CLOSE_PROTOCOL = 1008
 
-_FROM_SERVER = (protocol.Commit, protocol.Run, protocol.Abort, protocol.ResultAck, protocol.Reload)
-"""The frames the server may send after ``welcome`` (besides heartbeats)."""
-
 
 class Backoff:
     """Reconnect delays: full jitter over an exponentially growing cap.
@@ -328,7 +325,7 @@ class _Session:
             self.ws.get_message,
             self,
             who=self.runtime.node_name,
-            accepts=_FROM_SERVER,
+            accepts=protocol.FROM_SERVER,
             seqs=self.seqs,
             max_size=self.max_frame_bytes,
         )

@@ -31,6 +31,8 @@ from ._codec import HeartbeatTemplate, decode, decode_message, encode, encode_he
 from ._frames import (
     CHANNELS,
     FRAME_TYPES,
+    FROM_AGENT,
+    FROM_SERVER,
     JOB_STATES,
     MAX_FACT_CHARS,
     MAX_FACTS,
@@ -61,6 +63,8 @@ from ._seq import SeqTracker, Sequencer
 __all__ = [
     "CHANNELS",
     "FRAME_TYPES",
+    "FROM_AGENT",
+    "FROM_SERVER",
     "JOB_STATES",
     "MAX_FACTS",
     "MAX_FACT_CHARS",

@@ -38,6 +38,8 @@ from ._fields import (
 __all__ = [
     "CHANNELS",
     "FRAME_TYPES",
+    "FROM_AGENT",
+    "FROM_SERVER",
     "JOB_STATES",
     "MAX_FACTS",
     "MAX_FACT_CHARS",
@@ -395,6 +397,20 @@ _FRAME_CLASSES: tuple[type[Frame], ...] = (
 
 FRAME_TYPES: Mapping[str, type[Frame]] = {cls.TYPE: cls for cls in _FRAME_CLASSES}
 """Frame classes by their ``type`` tag."""
+
+FROM_AGENT: tuple[type[Frame], ...] = (
+    AckCommit,
+    NackCommit,
+    AckRun,
+    NackRun,
+    Output,
+    Result,
+    Aborted,
+)
+"""The frames an agent sends after ``hello``, besides heartbeats (``NODES.md`` §2)."""
+
+FROM_SERVER: tuple[type[Frame], ...] = (Commit, Run, ResultAck, Abort, Reload)
+"""The frames the server sends after ``welcome``, besides heartbeats (``NODES.md`` §2)."""
 
 
 SPECS: dict[type[Any], tuple[FieldSpec, ...]] = {
