@@ -16,7 +16,6 @@ import trio
 from pushy_appliance import appliance, fsutil
 from pushy_appliance.agent.state import AgentState, StateFile
 from pushy_appliance.appliance import serve
-from pushy_appliance.cli import _admin
 from pushy_appliance.errors import AgentError, StoreError
 from pushy_appliance.store import open_store
 
@@ -222,17 +221,3 @@ async def test_a_failed_snapshot_write_is_a_store_error_and_leaves_no_temp_file(
             await store.write_snapshot({"n": 1}, 1)
         monkeypatch.undo()
     assert not list(tmp_path.glob("snapshot-*"))  # noqa: ASYNC240
-
-
-def test_a_key_written_by_the_cli_is_durable_and_private(
-    tmp_path: Path, writes: list[tuple[Path, int]], capsys: pytest.CaptureFixture[str]
-) -> None:
-    target = tmp_path / "keys" / "node.pem"
-    target.parent.mkdir()
-    target.write_text("old, world-readable")
-    target.chmod(0o644)
-    _admin._emit_key(str(target), "-----BEGIN RSA PRIVATE KEY-----\n")
-    assert writes == [(target, 0o600)]
-    assert target.read_text() == "-----BEGIN RSA PRIVATE KEY-----\n"
-    assert mode_of(target) == 0o600
-    assert "private key written to" in capsys.readouterr().err

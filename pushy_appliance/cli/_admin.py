@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .. import __version__, fsutil
+from .. import __version__
 from ..config import resolve_data_dir
 from ..errors import ServerRefusedError
 from ._common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, print_json, run_client
@@ -37,7 +38,9 @@ def _emit_key(path: str | None, pem: str) -> None:
     if path:
         p = Path(path)
         p.parent.mkdir(parents=True, exist_ok=True)
-        fsutil.write_durably(p, pem.encode(), mode=0o600)
+        fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(pem)
         print(f"private key written to {p}", file=sys.stderr)
     else:
         sys.stdout.write(pem)
