@@ -175,6 +175,14 @@ def environment(
     account: pwd.struct_passwd | None,
     file_path: str | None,
 ) -> dict[str, str]:
+    """The job's environment, as the module docstring says.
+
+    Args:
+        spec: the job.
+        protected_env: variables the job's ``env`` may not set.
+        account: the run-as user's password entry (``HOME``, ``USER``, ``LOGNAME``), if any.
+        file_path: where the job's file is, if it has one.
+    """
     env = dict(os.environ)
     for name in _FILE_NAMES:
         env.pop(name, None)
@@ -222,6 +230,7 @@ def _report_unremovable(_function: Any, path: str, exc: BaseException) -> None:
 
 
 def remove_dir(directory: str) -> None:
+    """Remove a job's private directory; what cannot be removed is logged, not raised."""
     if sys.version_info >= (3, 12):
         shutil.rmtree(directory, onexc=_report_unremovable)
     else:
