@@ -9,14 +9,15 @@ network, subprocess, task or thread); ``tests/test_exports.py`` pins each packag
 
 1. Pure (no I/O, no trio tasks): ``errors``, ``config``, ``chef_auth``, ``protocol``,
    ``sse``, ``model`` (identity), ``auth`` (request authentication and authorization over
-   the identity model), ``jsonbody`` (the JSON body policy), ``jobs.machine``,
-   ``jobs.validation``, ``jobs.model``, ``agent.whitelist``.
+   the identity model), ``jsonbody`` (the JSON body policy), ``paths`` (the normal form of
+   request paths), ``jobs.machine``, ``jobs.validation``, ``jobs.model``, ``agent.whitelist``.
 2. Resources: ``store`` (files), ``hub`` (event fan-out), ``tls`` (key and certificate files),
-   ``lockfile`` (one process per directory), ``agent.state`` (the agent's state file),
-   ``config_files`` (the configuration file and the default data directory).
+   ``lockfile`` (one process per directory), ``fsutil`` (durable file writes), ``agent.state``
+   (the agent's state file), ``config_files`` (the configuration file and the default data
+   directory), ``frame_reader`` (the read loop of both ends of a node connection).
 3. Engines: ``db`` (store + models), ``nodes.registry``, ``jobs.runner``,
-   ``agent.executor`` and ``agent.runtime`` (the node side's engine); ``services`` (the
-   engines of one running server, handed to the adapters).
+   ``agent.executor``, ``agent.jobspec``, ``agent.procgroup`` and ``agent.runtime`` (the node
+   side's engine); ``services`` (the engines of one running server, handed to the adapters).
 4. Adapters: ``http`` (the REST API and feeds), ``nodesock`` (the node WebSocket listener),
    ``client`` (the signed HTTP client of the CLI and agent), ``agent.connection``.
 5. ``appliance`` (``serve()``: the root nursery), ``bootstrap``, ``agent.main`` (``run_agent``).

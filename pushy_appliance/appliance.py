@@ -29,9 +29,9 @@ from cryptography import x509
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 
-from . import __version__, chef_auth, tls
+from . import __version__, chef_auth, fsutil, tls
 from .auth import Authenticator
-from .bootstrap import atomic_write, bootstrap, write_credentials
+from .bootstrap import bootstrap, write_credentials
 from .config import ServerConfig, parse_host_port
 from .config_files import resolve_data_dir
 from .db import Database
@@ -280,7 +280,7 @@ async def _serve_locked(
             ca_file = None if config.insecure_http else data_dir / "tls" / "ca.pem"
             write_credentials(data_dir, url, config.bootstrap.org, ca_file=ca_file)
             info = ServerInfo(url, node_url, os.getpid(), incarnation, __version__, data_dir, svc)
-            atomic_write(server_json, json.dumps(info.document()).encode())
+            fsutil.write_durably(server_json, json.dumps(info.document()).encode(), mode=0o644)
             if hc.certfile:
                 log.info("server certificate fingerprint %s", _fingerprint_of(hc.certfile))
             log.info("serving %s (nodes %s)", url, node_url)

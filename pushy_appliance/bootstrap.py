@@ -12,16 +12,16 @@ Layout of ``DATA``::
     bootstrap.done      written last by the first start
 
 The first start is restartable rather than transactional: each step checks what exists and
-only adds what is missing (keys are written to a temporary file and renamed; records are
-committed only when absent), and ``bootstrap.done`` is written last. A start that finds no
-``bootstrap.done`` finishes whatever the interrupted one did not.
+only adds what is missing (files are written with :func:`~pushy_appliance.fsutil.write_durably`,
+so each holds all of its contents or none; records are committed only when absent), and
+``bootstrap.done`` is written last. A start that finds no ``bootstrap.done`` finishes whatever
+the interrupted one did not.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import socket
 import time
 from pathlib import Path
@@ -29,7 +29,7 @@ from typing import Any
 
 import trio
 
-from . import chef_auth, tls
+from . import chef_auth, fsutil, tls
 from .config import ServerConfig
 from .db import Database
 from .errors import ConfigError, StoreError
@@ -37,7 +37,6 @@ from .model import PIVOTAL, IdentityModel, org_records, user_record
 
 __all__ = [
     "ADMIN",
-    "atomic_write",
     "bootstrap",
     "write_credentials",
 ]
@@ -45,20 +44,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 ADMIN = "admin"
-
-
-def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Write ``data`` to ``path`` through a temporary file, fsync and rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
 
 
 def _private_key(path: Path) -> str:
@@ -70,7 +55,7 @@ def _private_key(path: Path) -> str:
             raise ConfigError(str(path), None, f"unreadable private key: {e}") from None
     else:
         key = chef_auth.generate_private_key()
-        atomic_write(path, chef_auth.private_key_pem(key).encode(), 0o600)
+        fsutil.write_durably(path, chef_auth.private_key_pem(key).encode(), mode=0o600)
         log.info("created %s", path)
     return chef_auth.public_key_pem(key)
 
@@ -122,7 +107,7 @@ async def bootstrap(db: Database, data_dir: Path, config: ServerConfig) -> None:
             records.extend(org_records(org, org, ADMIN, created_at=time.time()))
         if records:
             await db.commit(*records)
-    atomic_write(done, b"1\n")
+    fsutil.write_durably(done, b"1\n", mode=0o644)
     log.info("first start complete: org %r, user %r, superuser %r", org, ADMIN, PIVOTAL)
 
 
@@ -138,5 +123,5 @@ def write_credentials(data_dir: Path, url: str, org: str, *, ca_file: Path | Non
     if ca_file is not None:
         lines.append(f"ssl_ca_file = {json.dumps(str(ca_file))}")
     path = data_dir / "credentials"
-    atomic_write(path, ("\n".join(lines) + "\n").encode(), 0o600)
+    fsutil.write_durably(path, ("\n".join(lines) + "\n").encode(), mode=0o600)
     return path

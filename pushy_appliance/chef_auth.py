@@ -45,7 +45,6 @@ import base64
 import binascii
 import hashlib
 import hmac
-import re
 import secrets
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -58,6 +57,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from .errors import AuthError, KeyFormatError
+from .paths import normalize_path
 
 __all__ = [
     "MAX_CLOCK_SKEW",
@@ -91,7 +91,6 @@ _TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 _SIGNATURE_LINE = 60
 # PKCS #1 v1.5: 0x00 0x01, at least eight 0xFF bytes, 0x00, then the message.
 _PKCS1_OVERHEAD = 11
-_SLASHES = re.compile(r"/{2,}")
 
 
 class _HeaderSource(Protocol):
@@ -226,14 +225,11 @@ def canonical_path(path: str) -> str:
         path: the request path, possibly with a query string.
 
     Returns:
-        The path without the query string, with runs of ``/`` collapsed and a trailing ``/``
-        removed; ``/`` (and the empty path) give ``/``.
+        The path without the query string, in the normal form of
+        :func:`~pushy_appliance.paths.normalize_path`: runs of ``/`` collapsed and a trailing
+        ``/`` removed; ``/`` (and the empty path) give ``/``.
     """
-    path = path.split("?", 1)[0]
-    path = _SLASHES.sub("/", path)
-    if len(path) > 1:
-        path = path.removesuffix("/")
-    return path or "/"
+    return normalize_path(path.split("?", 1)[0])
 
 
 def _b64(data: bytes) -> str:

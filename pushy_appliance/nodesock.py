@@ -8,9 +8,10 @@ upgrade. After the upgrade: the agent's ``hello`` (within ``HELLO_TIMEOUT``), th
 
 Per connection there is a reader (this handler's task) and a writer draining the session's
 bounded outbox; the heartbeat ticker and the job engine write directly when nothing is queued
-(see :mod:`.nodes.registry`). Protocol errors are logged with the node name and the frame
-dropped; three within a minute close the connection (1008). Frames over the size cap close it
-with 1009 (trio-websocket enforces the cap before a frame is buffered).
+(see :mod:`.nodes.registry`). The reader is a :class:`~pushy_appliance.frame_reader.FrameReader`:
+protocol errors are logged with the node name and the frame dropped; three within a minute
+close the connection (1008). Frames over the size cap close it with 1009 (trio-websocket
+enforces the cap before a frame is buffered).
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import json
 import logging
 import re
 import ssl
-from collections import deque
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import unquote
@@ -36,15 +36,15 @@ from . import protocol
 from .auth import Authenticator
 from .config import ServerConfig
 from .errors import ApiError, AuthError, NotFoundError, ProtocolError
+from .frame_reader import FrameReader
 from .nodes.registry import CLOSE_PROTOCOL, NodeRegistry, NodeSession
+from .paths import normalize_path
 
 __all__ = ["HELLO_TIMEOUT", "serve_nodes"]
 
 log = logging.getLogger(__name__)
 
 HELLO_TIMEOUT = 10.0
-PROTOCOL_ERRORS_ALLOWED = 3
-PROTOCOL_ERROR_WINDOW = 60.0
 
 _PATH = re.compile(r"^/organizations/([^/]+)/pushy/connect/([^/]+)$")
 
@@ -56,8 +56,8 @@ def _reject_body(e: ApiError) -> bytes:
 class _Connection:
     """One node connection after the upgrade."""
 
-    # Ten thousand of these stay alive at once: slots, and no error deque until an error.
-    __slots__ = ("close_code", "close_reason", "config", "errors", "registry", "scope", "ws")
+    # Ten thousand of these stay alive at once: slots.
+    __slots__ = ("close_code", "close_reason", "config", "registry", "scope", "ws")
 
     def __init__(
         self, config: ServerConfig, registry: NodeRegistry, ws: WebSocketConnection
@@ -68,23 +68,11 @@ class _Connection:
         self.scope = trio.CancelScope()
         self.close_code = 1000
         self.close_reason = ""
-        self.errors: deque[float] | None = None
 
     def request_close(self, code: int, reason: str) -> None:
         self.close_code = code
         self.close_reason = reason
         self.scope.cancel()
-
-    def protocol_error(self, who: str, e: ProtocolError) -> None:
-        now = trio.current_time()
-        errors = self.errors = self.errors if self.errors is not None else deque()
-        errors.append(now)
-        while errors and now - errors[0] > PROTOCOL_ERROR_WINDOW:
-            errors.popleft()
-        log.warning("node %s: protocol error, frame dropped: %s", who, e.reason)
-        if len(errors) >= PROTOCOL_ERRORS_ALLOWED:
-            log.warning("node %s: %d protocol errors within a minute, closing", who, len(errors))
-            self.request_close(CLOSE_PROTOCOL, "too many protocol errors")
 
     async def send_message(self, data: bytes) -> bool:
         try:
@@ -100,7 +88,7 @@ class _Connection:
         with trio.move_on_after(HELLO_TIMEOUT):
             try:
                 first = await self.ws.get_message()
-                frame = protocol.decode(_as_bytes(first), max_size=max_size)
+                frame = protocol.decode_message(first, max_size=max_size)
                 if not isinstance(frame, protocol.Hello):
                     raise ProtocolError(f"first frame must be hello, got {frame.TYPE}")
                 hello = frame
@@ -141,7 +129,15 @@ class _Connection:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(session.run_writer, outbox)
                     await self.registry.link.node_hello(session, hello)
-                    await self._read(session, seqs, who, max_size)
+                    reader = FrameReader(
+                        self.ws.get_message,
+                        session,
+                        who=who,
+                        accepts=protocol.FROM_AGENT,
+                        seqs=seqs,
+                        max_size=max_size,
+                    )
+                    await self._read(session, reader)
                     nursery.cancel_scope.cancel()
         except* ConnectionClosed:
             pass
@@ -155,50 +151,11 @@ class _Connection:
                 with trio.move_on_after(2):
                     await self.ws.aclose(self.close_code, self.close_reason[:120])
 
-    async def _read(
-        self, session: NodeSession, seqs: protocol.SeqTracker, who: str, max_size: int
-    ) -> None:
+    async def _read(self, session: NodeSession, reader: FrameReader) -> None:
         link = self.registry.link
-        while True:
-            data = await self.ws.get_message()
-            session.last_received = trio.current_time()
-            try:
-                frame = protocol.decode(_as_bytes(data), max_size=max_size)
-            except ProtocolError as e:
-                self.protocol_error(who, e)
-                continue
-            if not seqs.check(frame.seq):
-                log.warning(
-                    "node %s: %s frame with seq %d after %d dropped",
-                    who,
-                    frame.TYPE,
-                    frame.seq,
-                    seqs.last,
-                )
-                continue
-            if isinstance(frame, protocol.Heartbeat):
-                continue
-            if isinstance(
-                frame,
-                protocol.Hello
-                | protocol.Welcome
-                | protocol.Commit
-                | protocol.Run
-                | protocol.ResultAck
-                | protocol.Abort
-                | protocol.Reload,
-            ):
-                self.protocol_error(
-                    who, ProtocolError(f"unexpected {frame.TYPE} frame from a node")
-                )
-                continue
+        async for frame in reader:
             await link.node_frame(session, frame)
-
-
-def _as_bytes(message: str | bytes) -> bytes:
-    if isinstance(message, str):
-        raise ProtocolError("text message; frames are binary msgpack")
-    return message
+        self.request_close(CLOSE_PROTOCOL, "too many protocol errors")
 
 
 async def serve_nodes(
@@ -224,8 +181,9 @@ async def serve_nodes(
     """
 
     async def handler(request: WebSocketRequest) -> None:
-        path = unquote(request.path.split("?", 1)[0])
-        m = _PATH.match(path.rstrip("/"))
+        # decoded and normalised as the API's paths are (NormalizePaths)
+        path = normalize_path(unquote(request.path.split("?", 1)[0]))
+        m = _PATH.match(path)
         try:
             if m is None:
                 raise NotFoundError("not found")

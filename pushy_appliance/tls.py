@@ -34,7 +34,6 @@ import hmac
 import ipaddress
 import logging
 import os
-import secrets
 import ssl
 from collections.abc import Sequence
 from pathlib import Path
@@ -45,6 +44,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from . import fsutil
 from .errors import ConfigError, ServerUnreachableError, TLSUntrustedError
 
 __all__ = [
@@ -497,39 +497,15 @@ async def pinned_client_context(
 # --------------------------------------------------------------------------- files
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_atomic(path: Path, data: bytes, mode: int) -> None:
-    """Write ``path`` so that it either holds all of ``data`` or keeps its old state."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, mode)  # the umask may have taken bits off
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
 def write_tls_material(tls_dir: Path, hostnames: Sequence[str], ips: Sequence[str]) -> None:
     """Create the CA and the server certificate in ``tls_dir`` where they are absent.
 
     Files: ``ca.pem``, ``ca.key``, ``server.pem``, ``server.key`` (keys mode 0600). Each file
-    is written atomically (temporary file, fsync, rename), keys before certificates, so a crash
-    half-way leaves a state the next call completes: a missing CA file makes a new CA (and a new
-    server certificate, since the old one would not chain to it); a missing server file makes a
-    new server certificate from the existing CA. Existing complete material is left untouched.
+    is written durably (:func:`~pushy_appliance.fsutil.write_durably`), keys before
+    certificates, so a crash half-way leaves a state the next call completes: a missing CA
+    file makes a new CA (and a new server certificate, since the old one would not chain to
+    it); a missing server file makes a new server certificate from the existing CA. Existing
+    complete material is left untouched.
 
     Blocking (file I/O and key generation); from async code call it in a thread.
 
@@ -549,8 +525,8 @@ def write_tls_material(tls_dir: Path, hostnames: Sequence[str], ips: Sequence[st
         new_ca = not (ca_cert_path.is_file() and ca_key_path.is_file())
         if new_ca:
             ca_cert_pem, ca_key_pem = generate_ca()
-            _write_atomic(ca_key_path, ca_key_pem, _KEY_MODE)
-            _write_atomic(ca_cert_path, ca_cert_pem, _CERT_MODE)
+            fsutil.write_durably(ca_key_path, ca_key_pem, mode=_KEY_MODE)
+            fsutil.write_durably(ca_cert_path, ca_cert_pem, mode=_CERT_MODE)
             log.info(
                 "created TLS certificate authority %s (%s)", ca_cert_path, fingerprint(ca_cert_pem)
             )
@@ -558,8 +534,8 @@ def write_tls_material(tls_dir: Path, hostnames: Sequence[str], ips: Sequence[st
             ca_cert_pem, ca_key_pem = ca_cert_path.read_bytes(), ca_key_path.read_bytes()
         if new_ca or not (server_cert_path.is_file() and server_key_path.is_file()):
             cert_pem, key_pem = issue_server_cert(ca_cert_pem, ca_key_pem, hostnames, ips)
-            _write_atomic(server_key_path, key_pem, _KEY_MODE)
-            _write_atomic(server_cert_path, cert_pem, _CERT_MODE)
+            fsutil.write_durably(server_key_path, key_pem, mode=_KEY_MODE)
+            fsutil.write_durably(server_cert_path, cert_pem, mode=_CERT_MODE)
             log.info(
                 "created TLS server certificate %s for %s (%s)",
                 server_cert_path,

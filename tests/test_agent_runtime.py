@@ -512,19 +512,23 @@ async def test_reload_frame_rereads_the_whitelist(tmp_path: Path) -> None:
 
 
 class FakeWebSocket:
-    """The two calls ``run_session`` makes, over memory channels: frames to the agent are
+    """The calls ``run_session`` makes, over memory channels: frames to the agent are
     queued by the test, frames from the agent recorded with the (mock) time they left."""
 
     def __init__(self) -> None:
-        self._to_agent, self._inbox = trio.open_memory_channel[bytes](64)
+        self._to_agent, self._inbox = trio.open_memory_channel[bytes | str](64)
         self.sent: list[tuple[float, Frame]] = []
         self.close_code = 1001
+        self.closed_with: tuple[int, str] | None = None
         self._seq = protocol.Sequencer()
+
+    async def aclose(self, code: int = 1000, reason: str | None = None) -> None:
+        self.closed_with = (code, reason or "")
 
     async def send_message(self, data: bytes) -> None:
         self.sent.append((trio.current_time(), protocol.decode(data)))
 
-    async def get_message(self) -> bytes:
+    async def get_message(self) -> bytes | str:
         try:
             return await self._inbox.receive()
         except trio.EndOfChannel:
@@ -533,6 +537,9 @@ class FakeWebSocket:
     def push(self, frame_cls: type[Frame], *, seq: int | None = None, **fields: Any) -> None:
         number = self._seq.next() if seq is None else seq
         self._to_agent.send_nowait(protocol.encode(frame_cls(seq=number, ts=0.0, **fields)))
+
+    def push_raw(self, message: bytes | str) -> None:
+        self._to_agent.send_nowait(message)
 
     def close(self) -> None:
         self._to_agent.close()
@@ -610,6 +617,27 @@ async def test_session_skips_heartbeats_after_other_frames_and_drops_replays(
     assert end.welcomed
 
 
+async def test_session_closes_after_three_protocol_errors_from_the_server(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def server(ws: FakeWebSocket) -> None:
+        await trio.sleep(0.2)
+        ws.push_raw("text")
+        ws.push(protocol.Heartbeat, server_incarnation_id="s")
+        ws.push_raw(b"\xc1")
+        ws.push(protocol.Commit, job_id="j1", command="true", capture=False, run_timeout=5.0)
+        ws.push(protocol.AckRun, job_id="j1")  # the server never sends these
+
+    end, ws = await _session(tmp_path, server)
+    assert (end.close_code, end.reason) == (1008, "too many protocol errors from the server")
+    assert ws.closed_with == (1008, "too many protocol errors")
+    assert end.lived == pytest.approx(0.2)
+    assert [f.TYPE for _, f in ws.sent] == ["hello", "ack_commit"]  # the good frame was served
+    messages = [r.getMessage() for r in caplog.records]
+    assert "node node-1: protocol error, frame dropped: unexpected ack_run frame" in messages
+    assert "node node-1: 3 protocol errors within a minute, closing" in messages
+
+
 async def test_session_refuses_a_first_frame_that_is_not_welcome(tmp_path: Path) -> None:
     ws = FakeWebSocket()
     ws.push(protocol.Heartbeat, server_incarnation_id="s")
@@ -685,7 +713,7 @@ async def test_reconnect_schedule(
 def _agent_args(*argv: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="pushy")
     sub = parser.add_subparsers(dest="command")
-    _agent.add_parsers(sub, lambda *a, **k: None)
+    _agent.add_parsers(sub)
     return parser.parse_args(["agent", *argv])
 
 

@@ -535,7 +535,7 @@ JOB = "f" * 32
 
 
 async def test_follow_job_resumes_after_lagged_and_early_close(tmp_path: Path) -> None:
-    from pushy_appliance.cli._jobs import follow_job
+    from pushy_appliance.cli._follow import follow_job
 
     running = json.dumps({"id": JOB, "status": "running", "nodes": {"running": ["a"]}})
     answers = [
@@ -569,7 +569,7 @@ async def test_follow_job_resumes_after_lagged_and_early_close(tmp_path: Path) -
 async def test_follow_job_without_a_feed_falls_back_and_names_unknown_jobs(
     tmp_path: Path,
 ) -> None:
-    from pushy_appliance.cli._jobs import follow_job
+    from pushy_appliance.cli._follow import follow_job
     from pushy_appliance.errors import ServerRefusedError
 
     doc = json.dumps({"id": JOB, "status": "running", "nodes": {}}).encode()

@@ -395,7 +395,7 @@ async def test_interrupted_first_start_with_keys_only_completes(tmp_path: Path) 
         path = data / "keys" / f"{name}.pem"
         path.write_text(pems[name])
         path.chmod(0o600)
-    (data / "keys" / ".admin.pem.tmp").write_bytes(b"-----BEGIN PRIV")
+    (data / "keys" / "admin.pem.tmp").write_bytes(b"-----BEGIN PRIV")
     (data / "store").mkdir(mode=0o700)
     async with pushy_serve(tmp_path, data_dir=data) as server:
         assert (data / "bootstrap.done").exists()

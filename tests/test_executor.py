@@ -17,15 +17,9 @@ from typing import Any
 import pytest
 import trio
 
-from pushy_appliance.agent import executor
-from pushy_appliance.agent.executor import (
-    ExecResult,
-    JobSpec,
-    RunningJob,
-    check_runnable,
-    decode_file,
-    run_job,
-)
+from pushy_appliance.agent import jobspec, procgroup
+from pushy_appliance.agent.executor import ExecResult, RunningJob, run_job
+from pushy_appliance.agent.jobspec import JobSpec, check_runnable, decode_file
 from pushy_appliance.errors import AgentError, CommitRefused
 from pushy_appliance.protocol import ResultBody
 
@@ -287,25 +281,25 @@ def test_a_group_of_zombies_is_not_alive() -> None:
         os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOWAIT)
         assert _gone(process.pid)
         os.killpg(process.pid, 0)  # the kernel still counts the zombie in its group
-        assert not executor._group_alive(process.pid)
+        assert not procgroup.group_alive(process.pid)
     finally:
         process.wait()
-    assert not executor._group_alive(process.pid)
+    assert not procgroup.group_alive(process.pid)
 
 
 async def test_a_leftover_group_is_ended_only_when_it_is_the_same_one() -> None:
     process = await trio.lowlevel.open_process(["sleep", "30"], start_new_session=True)
     try:
-        started = executor.process_start_time(process.pid)
+        started = procgroup.process_start_time(process.pid)
         assert started is not None
         # another start time: a pid reused since, left alone
-        assert not await executor.end_leftover_group(process.pid, started + 1, GRACE)
-        assert executor._group_alive(process.pid)
+        assert not await procgroup.end_leftover_group(process.pid, started + 1, GRACE)
+        assert procgroup.group_alive(process.pid)
         with trio.fail_after(LIMIT):
-            assert await executor.end_leftover_group(process.pid, started, 10.0)
+            assert await procgroup.end_leftover_group(process.pid, started, 10.0)
             assert await process.wait() == -signal.SIGTERM
         # gone now: nothing to end
-        assert not await executor.end_leftover_group(process.pid, started, GRACE)
+        assert not await procgroup.end_leftover_group(process.pid, started, GRACE)
     finally:
         process.kill()
         await process.wait()
@@ -314,7 +308,7 @@ async def test_a_leftover_group_is_ended_only_when_it_is_the_same_one() -> None:
 def test_a_group_with_a_running_member_is_alive() -> None:
     process = subprocess.Popen(["sleep", "30"], start_new_session=True)
     try:
-        assert executor._group_alive(process.pid)
+        assert procgroup.group_alive(process.pid)
     finally:
         process.kill()
         process.wait()
@@ -499,7 +493,7 @@ async def test_user_switch_as_root() -> None:
 
 async def test_own_user_is_accepted_without_switching(monkeypatch: pytest.MonkeyPatch) -> None:
     nobody = pwd.getpwnam("nobody")
-    monkeypatch.setattr(executor, "_effective_uid", lambda: nobody.pw_uid)  # a non-root agent
+    monkeypatch.setattr(jobspec, "_effective_uid", lambda: nobody.pw_uid)  # a non-root agent
     result = await _run(_spec("sh", "-c", 'id -u; echo "$USER $HOME"', user="nobody"))
     uid, names = result.stdout.decode().splitlines()
     assert int(uid) == os.geteuid()  # no switch was attempted
@@ -508,7 +502,7 @@ async def test_own_user_is_accepted_without_switching(monkeypatch: pytest.Monkey
 
 def test_non_root_agent_refuses_other_users(monkeypatch: pytest.MonkeyPatch) -> None:
     nobody = pwd.getpwnam("nobody")
-    monkeypatch.setattr(executor, "_effective_uid", lambda: nobody.pw_uid)
+    monkeypatch.setattr(jobspec, "_effective_uid", lambda: nobody.pw_uid)
     check_runnable(_spec("true", user="nobody"))  # its own user is fine
     with pytest.raises(CommitRefused, match="not root") as info:
         check_runnable(_spec("true", user="root"))
@@ -516,7 +510,7 @@ def test_non_root_agent_refuses_other_users(monkeypatch: pytest.MonkeyPatch) -> 
 
 
 async def test_non_root_agent_run_fails_for_other_user(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(executor, "_effective_uid", lambda: 4242)
+    monkeypatch.setattr(jobspec, "_effective_uid", lambda: 4242)
     result = await _run(_spec("true", user="nobody"))
     assert result.status == "failed"
     assert result.exit_code is None
@@ -561,10 +555,10 @@ def test_job_file_permissions_helper(tmp_path: Path, monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     old_umask = os.umask(0o777)  # even a hostile umask gives 0600 / 0700
     try:
-        directory, path = executor._write_job_file(b"data", None)
+        directory, path = jobspec.write_job_file(b"data", None)
     finally:
         os.umask(old_umask)
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     assert stat.S_IMODE(os.stat(directory).st_mode) == 0o700
-    executor._remove_dir(directory)
+    jobspec.remove_dir(directory)
     assert not os.path.exists(directory)

@@ -30,6 +30,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "pushy_appliance"
 LAYERS = {
     "errors": 1,
     "config": 1,
+    "paths": 1,
     "chef_auth": 1,
     "protocol": 1,
     "sse": 1,
@@ -45,12 +46,16 @@ LAYERS = {
     "hub": 2,
     "tls": 2,
     "lockfile": 2,
+    "fsutil": 2,
+    "frame_reader": 2,
     "agent.state": 2,
     "db": 3,
     "services": 3,
     "nodes": 3,
     "jobs.runner": 3,
     "agent.executor": 3,
+    "agent.jobspec": 3,
+    "agent.procgroup": 3,
     "agent.runtime": 3,
     "http": 4,
     "nodesock": 4,
@@ -64,17 +69,6 @@ LAYERS = {
     "bootstrap": 5,
     "cli": 6,
 }
-
-# --- known violations that other branches of issue 11 remove -------------------------------
-# The checks accept exactly these while they last (and pass once they are gone); anything
-# else fails. Remove an entry when the change named in its comment is merged.
-
-PENDING_IMPURE: set[tuple[str, str]] = set()
-PENDING_PRIVATE_IMPORTS: set[tuple[str, str]] = set()
-PENDING_CYCLES = [
-    # The CLI's command modules and its main import each other (plumb branch).
-    {"cli._admin", "cli._jobs", "cli._main"},
-]
 
 # --- what the pure layer may not touch -------------------------------------------------------
 # A dotted name (resolved through the module's imports) is impure when it or a prefix of it is
@@ -513,11 +507,7 @@ def test_no_module_imports_upward(package: dict[str, Module]) -> None:
 
 
 def test_the_pure_layer_does_no_io(package: dict[str, Module]) -> None:
-    found = impure_modules(package)
-    unexpected = [
-        f"{m}:{line}: {what}" for m, line, what in found if (m, what) not in PENDING_IMPURE
-    ]
-    assert unexpected == []
+    assert [f"{m}:{line}: {what}" for m, line, what in impure_modules(package)] == []
 
 
 def test_package_inits_import_nothing_above_their_lowest_submodule(
@@ -529,17 +519,11 @@ def test_package_inits_import_nothing_above_their_lowest_submodule(
 def test_no_module_imports_another_packages_private_module(
     package: dict[str, Module],
 ) -> None:
-    found = private_imports(package)
-    unexpected = [
-        f"{m}:{line} imports {t}" for m, t, line in found if (m, t) not in PENDING_PRIVATE_IMPORTS
-    ]
-    assert unexpected == []
+    assert [f"{m}:{line} imports {t}" for m, t, line in private_imports(package)] == []
 
 
 def test_no_import_cycles(package: dict[str, Module]) -> None:
-    cycles = import_cycles(package)
-    unexpected = [str(c) for c in cycles if not any(c.members <= p for p in PENDING_CYCLES)]
-    assert unexpected == []
+    assert [str(c) for c in import_cycles(package)] == []
 
 
 # --- the checker, on made-up sources ---------------------------------------------------------

@@ -18,6 +18,7 @@ import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pushy_appliance import fsutil
 from pushy_appliance.errors import StoreError
 from pushy_appliance.store import (
     FileStore,
@@ -27,7 +28,6 @@ from pushy_appliance.store import (
     open_store,
     verify_store,
 )
-from pushy_appliance.store import _file as file_module
 from pushy_appliance.store._format import (
     SEGMENT_HEADER,
     encode_record,
@@ -421,7 +421,7 @@ async def test_a_failing_disk_fails_the_file_store(
     with trio.fail_after(TIMEOUT):
         async with open_store(tmp_path, fsync=False) as store:
             await store.append({"n": 1})
-            monkeypatch.setattr(file_module, "_write_all", no_space)
+            monkeypatch.setattr(fsutil, "write_all", no_space)
             with pytest.raises(StoreError, match="No space left"):
                 await store.append({"n": 2})
             with pytest.raises(StoreError, match="failed earlier"):

@@ -5,8 +5,10 @@ key, open its ``connect_url`` with the signing headers on the upgrade request, s
 ``hello``, wait for ``welcome``, then run four tasks until the connection ends: a writer
 draining the bounded outbox, a heartbeat sender (which skips a beat when another frame went
 out within the interval), a watchdog that gives up on the server after
-:data:`SERVER_LOSS_INTERVALS` intervals without a frame from it, and the reader handing job
-frames to the :class:`~pushy_appliance.agent.runtime.AgentRuntime`.
+:data:`SERVER_LOSS_INTERVALS` intervals without a frame from it, and the reader (a
+:class:`~pushy_appliance.frame_reader.FrameReader`, as on the server: protocol errors logged
+and dropped, the third within a minute closes with 1008) handing job frames to the
+:class:`~pushy_appliance.agent.runtime.AgentRuntime`.
 
 Between attempts: exponential backoff with full jitter, 1 s doubling up to 60 s, reset after
 a connection that lived :data:`STABLE_AFTER` seconds. When the server closes with 1001 (going
@@ -41,6 +43,7 @@ from trio_websocket import (
 from .. import chef_auth, protocol
 from ..client import Credentials, PushyClient, client_ssl
 from ..errors import ClientError, ProtocolError
+from ..frame_reader import FrameReader
 from ..protocol import Frame
 from .runtime import AgentRuntime
 
@@ -90,6 +93,7 @@ OUTBOX_SIZE = 64
 """Frames queued for the writer before senders wait."""
 
 _CLOSE_SERVER_LOST = 4009
+_CLOSE_PROTOCOL = 1008
 
 
 class Backoff:
@@ -318,44 +322,25 @@ class _Session:
             await trio.sleep_until(deadline)
 
     async def reader(self) -> None:
-        who = self.runtime.node_name
-        while True:
-            try:
-                message = await self.ws.get_message()
-            except ConnectionClosed as exc:
-                self.close_code, why = _close_info(exc)
-                self.reason = f"closed by the server: {why}"
-                return
-            self.last_received = trio.current_time()
-            try:
-                if not isinstance(message, bytes):
-                    raise ProtocolError("text message; frames are binary msgpack")
-                frame = protocol.decode(message, max_size=self.max_frame_bytes)
-            except ProtocolError as exc:
-                log.warning("node %s: bad frame from the server dropped: %s", who, exc.reason)
-                continue
-            if not self.seqs.check(frame.seq):
-                log.warning(
-                    "node %s: %s frame with seq %d after %d dropped",
-                    who,
-                    frame.TYPE,
-                    frame.seq,
-                    self.seqs.last,
-                )
-                continue
-            if isinstance(frame, protocol.Heartbeat):
-                continue
-            if isinstance(
-                frame,
-                protocol.Commit
-                | protocol.Run
-                | protocol.Abort
-                | protocol.ResultAck
-                | protocol.Reload,
-            ):
+        frames = FrameReader(
+            self.ws.get_message,
+            self,
+            who=self.runtime.node_name,
+            accepts=protocol.FROM_SERVER,
+            seqs=self.seqs,
+            max_size=self.max_frame_bytes,
+        )
+        try:
+            async for frame in frames:
                 await self.runtime.handle(frame)
-                continue
-            log.warning("node %s: unexpected %s frame from the server dropped", who, frame.TYPE)
+        except ConnectionClosed as exc:
+            self.close_code, why = _close_info(exc)
+            self.reason = f"closed by the server: {why}"
+            return
+        self.close_code = _CLOSE_PROTOCOL
+        self.reason = "too many protocol errors from the server"
+        with trio.move_on_after(DISCONNECT_TIMEOUT):
+            await self.ws.aclose(_CLOSE_PROTOCOL, "too many protocol errors")
 
 
 async def run_session(
@@ -425,9 +410,7 @@ async def _handshake(
         await ws.send_message(protocol.encode(hello))
         with trio.fail_after(WELCOME_TIMEOUT):
             message = await ws.get_message()
-        if not isinstance(message, bytes):
-            raise ProtocolError("text message; frames are binary msgpack")
-        welcome = protocol.decode(message, max_size=max_frame_bytes)
+        welcome = protocol.decode_message(message, max_size=max_frame_bytes)
         if not isinstance(welcome, protocol.Welcome):
             raise ProtocolError(f"expected welcome, got {welcome.TYPE}")
     except ConnectionClosed as exc:

@@ -67,18 +67,9 @@ from ..protocol import (
     Run,
     Welcome,
 )
-from .executor import (
-    DEFAULT_PROTECTED_ENV,
-    OUTPUT_CHUNK,
-    ExecResult,
-    JobSpec,
-    RunningJob,
-    check_runnable,
-    decode_file,
-    end_leftover_group,
-    process_start_time,
-    run_job,
-)
+from .executor import OUTPUT_CHUNK, ExecResult, RunningJob, run_job
+from .jobspec import DEFAULT_PROTECTED_ENV, JobSpec, check_runnable, decode_file
+from .procgroup import end_leftover_group, process_start_time
 from .state import AgentState, PendingResult, StateFile
 from .whitelist import Whitelist
 

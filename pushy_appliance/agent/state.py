@@ -1,8 +1,9 @@
 """The agent's state file: the job it holds and the results the server has not acknowledged.
 
 The file is ``STATE_DIR/agent-state.msgpack``, one msgpack map, rewritten whole at every
-change through a temporary file that is fsynced and renamed over the old one (and the
-directory fsynced), so a crash leaves either the old or the new state, never a mix::
+change with :func:`~pushy_appliance.fsutil.write_durably` (a temporary file fsynced and
+renamed over the old one, the directory fsynced), so a crash leaves either the old or the new
+state, never a mix::
 
     {
       "format":  "pushy-agent-state",       # magic
@@ -18,7 +19,7 @@ directory fsynced), so a crash leaves either the old or the new state, never a m
 
 ``held`` is the job the agent had committed to or was running when it last wrote the file;
 ``group`` names the running job's process group (its leader's pid and start time, see
-:func:`~pushy_appliance.agent.executor.process_start_time`), so that an agent restarted after
+:func:`~pushy_appliance.agent.procgroup.process_start_time`), so that an agent restarted after
 a crash can end a job process the crash left behind.
 The incarnation is *not* stored: it is new at every agent start. A file that cannot be read
 is moved aside (``agent-state.msgpack.corrupt-<unix time>``, bytes kept for inspection) and
@@ -45,6 +46,7 @@ from typing import Any
 
 import msgpack
 
+from .. import fsutil
 from ..errors import AgentError, ProtocolError
 from ..lockfile import exclusive_lock
 from ..protocol import Result, ResultBody, decode
@@ -290,22 +292,8 @@ class StateFile:
             AgentError: the file cannot be written.
         """
         data = encode_state(state)
-        tmp = self.path.with_name(f".{STATE_FILE_NAME}.tmp")
         try:
             self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, self.path)
-            dir_fd = os.open(self.directory, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+            fsutil.write_durably(self.path, data, mode=0o600)
         except OSError as exc:
             raise AgentError(f"cannot write {self.path}: {exc.strerror or exc}") from None

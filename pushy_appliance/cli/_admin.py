@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
+from .. import __version__
 from ..config_files import resolve_data_dir
 from ..errors import ServerRefusedError
+from ._common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, print_json, run_client
 
 __all__ = [
     "cmd_client_create",
@@ -23,61 +23,11 @@ __all__ = [
     "cmd_store_verify",
     "cmd_user_create",
     "cmd_version",
-    "credentials_from",
-    "run_client",
+    "version_text",
 ]
 
 if TYPE_CHECKING:
-    from ..client import Credentials, PushyClient
-
-T = TypeVar("T")
-
-
-def credentials_from(args: argparse.Namespace, *, superuser: bool = False) -> Credentials:
-    """Resolve credentials from the parsed flags (and environment, profiles, data dir).
-
-    With ``superuser``, and no explicit user, the data directory's ``pivotal`` key is used
-    when it can be found, so org and user creation work on the server box with no setup.
-    """
-    from ..client import Credentials, load_credentials
-
-    creds = load_credentials(
-        server=getattr(args, "server", None),
-        user=getattr(args, "signer", None),
-        key=getattr(args, "key", None),
-        profile=getattr(args, "profile", None),
-        ca_file=getattr(args, "ca_cert", None),
-        fingerprint=getattr(args, "fingerprint", None),
-        data_dir=getattr(args, "data_dir", None),
-    )
-    explicit = getattr(args, "key", None) or getattr(args, "signer", None)
-    if superuser and not explicit and not os.environ.get("PUSHY_KEY"):
-        pivotal = resolve_data_dir(getattr(args, "data_dir", None)) / "keys" / "pivotal.pem"
-        if pivotal.exists():
-            creds = Credentials(
-                creds.server_url, "pivotal", str(pivotal), creds.ca_file, creds.fingerprint
-            )
-    return creds
-
-
-def run_client(
-    args: argparse.Namespace,
-    fn: Callable[[PushyClient], Awaitable[T]],
-    *,
-    superuser: bool = False,
-) -> T:
-    """Run ``fn`` with an open client for the resolved credentials."""
-    import trio
-
-    from ..client import open_client
-
-    creds = credentials_from(args, superuser=superuser)
-
-    async def go() -> T:
-        async with open_client(creds) as client:
-            return await fn(client)
-
-    return trio.run(go)
+    from ..client import PushyClient
 
 
 def _org(args: argparse.Namespace, client: PushyClient) -> str:
@@ -96,11 +46,31 @@ def _emit_key(path: str | None, pem: str) -> None:
         sys.stdout.write(pem)
 
 
-def cmd_version(args: argparse.Namespace) -> int:
-    from ._main import version_text
+def version_text() -> str:
+    """``pushy version``: ours, Python's and the bundled libraries'."""
+    from importlib import metadata
 
+    lines = [f"pushy {__version__}", f"python {sys.version.split()[0]}"]
+    for dist in (
+        "trio",
+        "hypercorn",
+        "quart-trio",
+        "quart",
+        "trio-websocket",
+        "cryptography",
+        "msgpack",
+        "httpx",
+    ):
+        try:
+            lines.append(f"{dist} {metadata.version(dist)}")
+        except metadata.PackageNotFoundError:
+            lines.append(f"{dist} (unknown)")
+    return "\n".join(lines)
+
+
+def cmd_version(args: argparse.Namespace) -> int:
     print(version_text())
-    return 0
+    return EXIT_OK
 
 
 def cmd_org_create(args: argparse.Namespace) -> int:
@@ -113,7 +83,7 @@ def cmd_org_create(args: argparse.Namespace) -> int:
 
     doc = run_client(args, go, superuser=True)
     print(f"created organization {args.name}: {doc['uri']}")
-    return 0
+    return EXIT_OK
 
 
 def cmd_user_create(args: argparse.Namespace) -> int:
@@ -141,7 +111,7 @@ def cmd_user_create(args: argparse.Namespace) -> int:
     doc = run_client(args, go, superuser=True)
     _emit_key(args.key_out, doc["chef_key"]["private_key"])
     print(f"created user {args.name}" + (f" in {args.org}" if args.org else ""), file=sys.stderr)
-    return 0
+    return EXIT_OK
 
 
 def cmd_client_create(args: argparse.Namespace) -> int:
@@ -155,7 +125,7 @@ def cmd_client_create(args: argparse.Namespace) -> int:
     doc = run_client(args, go)
     _emit_key(args.key_out, doc["chef_key"]["private_key"])
     print(f"created client {args.name}", file=sys.stderr)
-    return 0
+    return EXIT_OK
 
 
 def cmd_client_delete(args: argparse.Namespace) -> int:
@@ -166,13 +136,13 @@ def cmd_client_delete(args: argparse.Namespace) -> int:
 
     run_client(args, go)
     print(f"deleted client {args.name}")
-    return 0
+    return EXIT_OK
 
 
 def cmd_group_add(args: argparse.Namespace) -> int:
     if not (args.users or args.clients or args.groups):
         print("pushy: group add needs at least one --user, --client or --group", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
 
     async def go(c: PushyClient) -> Any:
         base = c.api_path(f"organizations/{_org(args, c)}/groups")
@@ -192,17 +162,16 @@ def cmd_group_add(args: argparse.Namespace) -> int:
             "PUT", f"{base}/{args.name}", {"groupname": args.name, "actors": actors}
         )
 
-    doc = run_client(args, go)
-    print(json.dumps(doc, indent=2))
-    return 0
+    print_json(run_client(args, go))
+    return EXIT_OK
 
 
 def cmd_group_show(args: argparse.Namespace) -> int:
     async def go(c: PushyClient) -> Any:
         return await c.json("GET", c.api_path(f"organizations/{_org(args, c)}/groups/{args.name}"))
 
-    print(json.dumps(run_client(args, go), indent=2))
-    return 0
+    print_json(run_client(args, go))
+    return EXIT_OK
 
 
 def cmd_store_verify(args: argparse.Namespace) -> int:
@@ -212,7 +181,7 @@ def cmd_store_verify(args: argparse.Namespace) -> int:
     report = verify_store(directory)
     for line in report.lines():
         print(line)
-    return 0 if report.ok else 1
+    return EXIT_OK if report.ok else EXIT_FAILED
 
 
 def cmd_store_compact(args: argparse.Namespace) -> int:
@@ -223,4 +192,4 @@ def cmd_store_compact(args: argparse.Namespace) -> int:
     data_dir = resolve_data_dir(args.data_dir)
     seq = trio.run(compact_store, data_dir)
     print(f"compacted {data_dir / 'store'}: snapshot at record {seq}")
-    return 0
+    return EXIT_OK

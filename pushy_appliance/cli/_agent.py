@@ -7,7 +7,6 @@ import functools
 import logging
 import os
 import signal
-from collections.abc import Callable
 from typing import Any
 
 from ..config import AgentConfig
@@ -19,18 +18,13 @@ __all__ = ["add_parsers", "cmd_agent"]
 log = logging.getLogger("pushy_appliance.cli")
 
 
-def add_parsers(
-    sub: argparse._SubParsersAction[argparse.ArgumentParser],
-    add_credentials: Callable[..., None],
-) -> None:
-    """Register ``pushy agent``.
+def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register ``pushy agent`` (its own ``--node`` and ``--key``, not the client commands'
+    credential options).
 
     Args:
         sub: the ``pushy`` subcommand parsers.
-        add_credentials: the client commands' credential options (unused: the agent has its
-            own ``--node`` and ``--key``; accepted so every extension registers alike).
     """
-    del add_credentials
     p = sub.add_parser(
         "agent",
         help="run the node agent",

@@ -1,13 +1,10 @@
-"""Operator commands: ``pushy job start|list|status|output|watch|abort`` and ``pushy node status``.
+"""Job commands: ``pushy job start|list|status|watch|abort`` (``job output`` is ``_output``).
 
 Option names follow knife-push (``APPLIANCE.md`` §1). Exit codes: 0 success (for ``job start``
 and ``job watch``: the job ended ``complete`` with every node ``succeeded``); 1 the job ended
 otherwise, or the command could not do what was asked; 2 usage errors; 3 the server could not
-be reached or refused the request (``_main.main`` maps the client errors).
-
-Progress comes from the job feed (``GET job_status_feed/ID``). A feed cut off for lagging is
-resumed with ``Last-Event-ID``; a server without feeds (404 on the feed of a job that exists)
-is polled with ``GET jobs/ID`` instead.
+be reached or refused the request (``_main.main`` maps the client errors). Progress is
+followed by ``_follow``.
 """
 
 from __future__ import annotations
@@ -16,30 +13,27 @@ import argparse
 import base64
 import json
 import sys
-from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, Final, TextIO
 
-import trio
-
 from ..client import PushyClient
-from ..errors import ConfigError, ServerRefusedError, ServerUnreachableError
-from ..sse import Event, SSEParser
-from . import _admin
+from ..errors import ConfigError, ServerRefusedError
+from . import _output
+from ._common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    add_credentials,
+    naming,
+    print_json,
+    print_table,
+    run_client,
+)
+from ._follow import get_job, job_path, watch_job
 from ._progress import FINISHED_JOB_STATUSES, ProgressDisplay, job_succeeded
 
-__all__ = ["add_parsers", "follow_job"]
-
-EXIT_OK: Final = 0
-EXIT_FAILED: Final = 1
+__all__ = ["add_parsers"]
 
 _JOB_STATUSES: Final = ("new", "voting", "running", *sorted(FINISHED_JOB_STATUSES))
-_POLL_INTERVAL: Final = 1.0
-_MAX_RECONNECTS: Final = 5
-_DRAIN_SECONDS: Final = 5.0
-
-AddCredentials = Callable[..., None]
-EventHandler = Callable[[Event], None]
 
 
 # --- argument types -------------------------------------------------------------------------
@@ -90,12 +84,11 @@ def _env_json(text: str) -> dict[str, str]:
 # --- parsers --------------------------------------------------------------------------------
 
 
-def add_parsers(sub: Any, add_credentials: AddCredentials) -> None:
-    """Register ``job`` (start, list, status, output, watch, abort) and ``node`` (status).
+def add_parsers(sub: Any) -> None:
+    """Register ``job`` (start, list, status, output, watch, abort).
 
     Args:
         sub: the top-level ``argparse`` subparsers object of ``pushy``.
-        add_credentials: adds the shared credential and TLS flags to a parser.
     """
     job = sub.add_parser("job", help="start, follow and inspect push jobs").add_subparsers(
         dest="sub", metavar="ACTION"
@@ -187,28 +180,7 @@ def add_parsers(sub: Any, add_credentials: AddCredentials) -> None:
     add_credentials(p)
     p.set_defaults(handler=cmd_job_status)
 
-    p = job.add_parser(
-        "output",
-        help="print a job's captured output",
-        description="Print the captured output of a job started with --capture, byte for "
-        "byte. Without NODE, every node's output under a header line.",
-    )
-    p.add_argument("job_id", metavar="ID", help="the job id")
-    p.add_argument("node", metavar="NODE", nargs="?", help="only this node (exact bytes)")
-    p.add_argument(
-        "--channel",
-        choices=("stdout", "stderr"),
-        default="stdout",
-        help="which stream to print (default stdout)",
-    )
-    p.add_argument(
-        "--follow",
-        action="store_true",
-        help="stream output as the nodes produce it, until the job ends (the feed carries"
-        " text: bytes that are not UTF-8 show as U+FFFD; without --follow bytes are exact)",
-    )
-    add_credentials(p)
-    p.set_defaults(handler=cmd_job_output)
+    _output.add_parser(job)
 
     p = job.add_parser(
         "watch",
@@ -224,63 +196,6 @@ def add_parsers(sub: Any, add_credentials: AddCredentials) -> None:
     p.add_argument("--json", action="store_true", help="print the job document as JSON")
     add_credentials(p)
     p.set_defaults(handler=cmd_job_abort)
-
-    node = sub.add_parser("node", help="node states").add_subparsers(dest="sub", metavar="ACTION")
-    node.required = True
-    p = node.add_parser(
-        "status",
-        help="list nodes online and offline",
-        description="Without NODE: every node that ever connected. With NODEs: those nodes "
-        "(a client that never connected reads offline).",
-    )
-    p.add_argument("nodes", metavar="NODE", nargs="*", help="only these nodes")
-    p.add_argument(
-        "--json",
-        action="store_true",
-        help="print the API document(s) as a JSON array",
-    )
-    add_credentials(p)
-    p.set_defaults(handler=cmd_node_status)
-
-
-# --- helpers --------------------------------------------------------------------------------
-
-
-def _run(args: argparse.Namespace, fn: Callable[[PushyClient], Awaitable[int]]) -> int:
-    return _admin.run_client(args, fn)
-
-
-def _job_path(c: PushyClient, job_id: str, rest: str = "") -> str:
-    return c.org_path(f"pushy/jobs/{job_id}{rest}")
-
-
-def _naming(e: ServerRefusedError, kind: str, name: str) -> ServerRefusedError:
-    """``e`` with a message that names the job or node when the server's does not.
-
-    Args:
-        e: the refusal.
-        kind: ``job`` or ``node``.
-        name: the job id or node name.
-
-    Returns:
-        ``e`` itself when its message names ``name``, else a copy whose message does.
-    """
-    if name in e.message:
-        return e
-    return ServerRefusedError(e.status, f"{kind} {name}: {e.message}")
-
-
-async def _get_job(c: PushyClient, job_id: str) -> dict[str, Any]:
-    try:
-        doc: dict[str, Any] = await c.json("GET", _job_path(c, job_id))
-    except ServerRefusedError as e:
-        raise _naming(e, "job", job_id) from None
-    return doc
-
-
-def _print_json(doc: Any) -> None:
-    sys.stdout.write(json.dumps(doc, indent=2) + "\n")
-    sys.stdout.flush()
 
 
 def _job_body(args: argparse.Namespace) -> dict[str, Any]:
@@ -317,105 +232,6 @@ def _job_body(args: argparse.Namespace) -> dict[str, Any]:
     return body
 
 
-# --- following a job ------------------------------------------------------------------------
-
-
-async def follow_job(c: PushyClient, job_id: str, handle: EventHandler) -> bool:
-    """Feed every event of a job's feed to ``handle`` until the job completes.
-
-    A feed cut off for lagging (``lagged`` event), closed early or broken by the network is
-    resumed with ``Last-Event-ID``, so ``handle`` sees each event once. A stream that keeps
-    ending with nothing new is retried with a growing pause (at most 2 s).
-
-    Args:
-        c: the client.
-        job_id: the job.
-        handle: called with each event, in order (``lagged`` events are not passed on).
-
-    Returns:
-        ``True`` once the job finished (``job_complete`` seen, or the job document says so);
-        ``False`` when the server has no job feed (the caller polls instead).
-
-    Raises:
-        ServerRefusedError: the job does not exist (404 naming it), or another refusal.
-        ServerUnreachableError: the server cannot be reached, or went away and did not come
-            back after a few tries.
-
-    Cancellation: safe at any point; the stream is closed.
-    """
-    path = c.org_path(f"pushy/job_status_feed/{job_id}")
-    last_id: str | None = None
-    connected = False
-    failures = 0
-    while True:
-        headers = {"Last-Event-ID": last_id} if last_id is not None else {}
-        progressed = lagged = summary = False
-        try:
-            async with c.stream(path, accept="text/event-stream", headers=headers) as response:
-                connected = True
-                parser = SSEParser()
-                done = False
-                # Read to the end even after job_complete or lagged (the server closes the
-                # stream then): leaving httpx's nested byte generators half-consumed leaks
-                # them. A server that does not close is given a few seconds.
-                drain = trio.CancelScope()
-                with drain:
-                    async for chunk in response.aiter_bytes():
-                        if done or lagged:
-                            continue
-                        for event in parser.feed(chunk):
-                            if event.name == "lagged":
-                                lagged = True
-                                drain.deadline = trio.current_time() + _DRAIN_SECONDS
-                                break
-                            if event.id is not None:
-                                last_id = event.id
-                            progressed = True
-                            summary = summary or event.name == "summary"
-                            handle(event)
-                            if event.name == "job_complete":
-                                done = True
-                                drain.deadline = trio.current_time() + _DRAIN_SECONDS
-                                break
-                if done:
-                    return True
-        except ServerRefusedError as e:
-            if e.status == 404 and not connected:
-                await _get_job(c, job_id)  # raises the 404 naming the job when it is unknown
-                return False
-            raise _naming(e, "job", job_id) from None
-        except ServerUnreachableError:
-            if not connected or failures >= _MAX_RECONNECTS:
-                raise
-        else:
-            if not lagged:
-                doc = await _get_job(c, job_id)
-                if doc.get("status") in FINISHED_JOB_STATUSES and (summary or not progressed):
-                    return True
-        failures = 0 if progressed else failures + 1
-        if not lagged:
-            await trio.sleep(min(0.2 * failures, 2.0))
-
-
-async def _poll_job(c: PushyClient, job_id: str, display: ProgressDisplay) -> dict[str, Any]:
-    while True:
-        doc = await _get_job(c, job_id)
-        display.document(doc)
-        if doc.get("status") in FINISHED_JOB_STATUSES:
-            return doc
-        await trio.sleep(_POLL_INTERVAL)
-
-
-async def _watch(c: PushyClient, job_id: str, display: ProgressDisplay) -> dict[str, Any]:
-    """Show the job's progress until it ends; return its final document."""
-    with display:
-        if not await follow_job(c, job_id, display.event):
-            await _poll_job(c, job_id, display)
-        doc = await _get_job(c, job_id)
-        display.finish(doc)
-    return doc
-
-
 # --- commands -------------------------------------------------------------------------------
 
 
@@ -430,19 +246,19 @@ def cmd_job_start(args: argparse.Namespace) -> int:
         started.append(job_id)
         if args.nowait:
             if args.json:
-                _print_json(created)
+                print_json(created)
             else:
                 sys.stdout.write(job_id + "\n")
             return EXIT_OK
         out: TextIO = sys.stderr if args.json else sys.stdout
         display = ProgressDisplay(job_id, out, quiet=args.json and not sys.stderr.isatty())
-        doc = await _watch(c, job_id, display)
+        doc = await watch_job(c, job_id, display)
         if args.json:
-            _print_json(doc)
+            print_json(doc)
         return EXIT_OK if job_succeeded(doc) else EXIT_FAILED
 
     try:
-        return _run(args, go)
+        return run_client(args, go)
     except KeyboardInterrupt:
         if started:
             print(
@@ -457,10 +273,10 @@ def cmd_job_watch(args: argparse.Namespace) -> int:
     """``pushy job watch ID``: follow a job to its end; exit codes as ``job start``."""
 
     async def go(c: PushyClient) -> int:
-        doc = await _watch(c, args.job_id, ProgressDisplay(args.job_id, sys.stdout))
+        doc = await watch_job(c, args.job_id, ProgressDisplay(args.job_id, sys.stdout))
         return EXIT_OK if job_succeeded(doc) else EXIT_FAILED
 
-    return _run(args, go)
+    return run_client(args, go)
 
 
 def cmd_job_list(args: argparse.Namespace) -> int:
@@ -476,29 +292,29 @@ def cmd_job_list(args: argparse.Namespace) -> int:
             "GET", c.org_path("pushy/jobs"), params=params or None
         )
         if args.json:
-            _print_json(jobs)
+            print_json(jobs)
             return EXIT_OK
         rows = [
             (str(j["id"]), str(j["status"]), str(j["created_at"]), str(j["command"])) for j in jobs
         ]
-        _table(("ID", "STATUS", "CREATED", "COMMAND"), rows)
+        print_table(("ID", "STATUS", "CREATED", "COMMAND"), rows)
         return EXIT_OK
 
-    return _run(args, go)
+    return run_client(args, go)
 
 
 def cmd_job_status(args: argparse.Namespace) -> int:
     """``pushy job status ID``: the job document, as JSON or readable."""
 
     async def go(c: PushyClient) -> int:
-        doc = await _get_job(c, args.job_id)
+        doc = await get_job(c, args.job_id)
         if args.json:
-            _print_json(doc)
+            print_json(doc)
         else:
             sys.stdout.write(_describe_job(doc))
         return EXIT_OK
 
-    return _run(args, go)
+    return run_client(args, go)
 
 
 def _describe_job(doc: dict[str, Any]) -> str:
@@ -532,150 +348,14 @@ def cmd_job_abort(args: argparse.Namespace) -> int:
 
     async def go(c: PushyClient) -> int:
         try:
-            doc: dict[str, Any] = await c.json("POST", _job_path(c, args.job_id, "/abort"))
+            doc: dict[str, Any] = await c.json("POST", job_path(c, args.job_id, "/abort"))
         except ServerRefusedError as e:
-            raise _naming(e, "job", args.job_id) from None
+            raise naming(e, "job", args.job_id) from None
         if args.json:
-            _print_json(doc)
+            print_json(doc)
         else:
             counts = ", ".join(f"{len(v)} {k}" for k, v in (doc.get("nodes") or {}).items())
             sys.stdout.write(f"job {doc['id']} {doc['status']}: {counts}\n")
         return EXIT_OK
 
-    return _run(args, go)
-
-
-def cmd_job_output(args: argparse.Namespace) -> int:
-    """``pushy job output ID [NODE]``: captured output, byte for byte (``--follow``: live)."""
-
-    async def go(c: PushyClient) -> int:
-        doc = await _get_job(c, args.job_id)
-        if not doc.get("capture_output"):
-            print(
-                f"pushy: job {args.job_id} did not capture output (start jobs with --capture)",
-                file=sys.stderr,
-            )
-            return EXIT_FAILED
-        members = [n for names in (doc.get("nodes") or {}).values() for n in names]
-        if args.node is not None and args.node not in members:
-            print(f"pushy: node {args.node} is not part of job {args.job_id}", file=sys.stderr)
-            return EXIT_FAILED
-        if args.follow:
-            follower = _OutputFollower(args.node, args.channel, sys.stdout.buffer)
-            if await follow_job(c, args.job_id, follower.event):
-                return EXIT_OK
-            # no feed on this server: wait for the end, then print what was captured
-            await _poll_job(c, args.job_id, ProgressDisplay(args.job_id, sys.stderr, quiet=True))
-            doc = await _get_job(c, args.job_id)
-            members = [n for names in (doc.get("nodes") or {}).values() for n in names]
-        elif doc.get("status") not in FINISHED_JOB_STATUSES:
-            print(
-                f"pushy: job {args.job_id} is {doc.get('status')}: nodes still running have"
-                " no output yet (--follow streams it)",
-                file=sys.stderr,
-            )
-        nodes = [args.node] if args.node is not None else sorted(members)
-        for node in nodes:
-            await _print_output(c, args.job_id, node, args.channel, header=args.node is None)
-        return EXIT_OK
-
-    return _run(args, go)
-
-
-async def _print_output(
-    c: PushyClient, job_id: str, node: str, channel: str, *, header: bool
-) -> None:
-    out = sys.stdout.buffer
-    path = _job_path(c, job_id, f"/output/{node}/{channel}")
-    try:
-        response = await c.request("GET", path, accept="application/octet-stream", ok=(200,))
-    except ServerRefusedError as e:
-        if not header or e.status != 404:
-            raise _naming(e, "job", job_id) from None
-        print(f"pushy: no {channel} for {node}: {e.message}", file=sys.stderr)
-        return
-    data = response.content
-    if header:
-        out.write(f"==> {node} ({channel}) <==\n".encode())
-        if data and not data.endswith(b"\n"):
-            data += b"\n"
-    out.write(data)
-    out.flush()
-    if response.headers.get("X-Pushy-Output-Truncated") == "true":
-        total = response.headers.get("X-Pushy-Output-Total-Bytes", "?")
-        print(
-            f"pushy: {channel} of {node} was truncated: {len(response.content)} of {total} bytes",
-            file=sys.stderr,
-        )
-
-
-class _OutputFollower:
-    """Writes the ``output`` events of one node (or every node, under headers) as they come."""
-
-    def __init__(self, node: str | None, channel: str, out: Any) -> None:
-        self._node = node
-        self._channel = channel
-        self._out = out
-        self._current: str | None = None
-        self._at_line_start = True
-
-    def event(self, event: Event) -> None:
-        if event.name != "output" or not isinstance(event.data, dict):
-            return
-        node = str(event.data.get("node"))
-        if event.data.get("channel") != self._channel:
-            return
-        if self._node is not None and node != self._node:
-            return
-        data = str(event.data.get("data", "")).encode()
-        if self._node is None and node != self._current:
-            prefix = b"" if self._at_line_start else b"\n"
-            self._out.write(prefix + f"==> {node} ({self._channel}) <==\n".encode())
-            self._current = node
-            self._at_line_start = True
-        if data:
-            self._out.write(data)
-            self._at_line_start = data.endswith(b"\n")
-        self._out.flush()
-
-
-def cmd_node_status(args: argparse.Namespace) -> int:
-    """``pushy node status [NODE...]``: nodes online and offline."""
-
-    async def go(c: PushyClient) -> int:
-        docs: list[dict[str, Any]]
-        if args.nodes:
-            docs = []
-            for node in args.nodes:
-                try:
-                    docs.append(await c.json("GET", c.org_path(f"pushy/node_states/{node}")))
-                except ServerRefusedError as e:
-                    raise _naming(e, "node", node) from None
-        else:
-            docs = await c.json("GET", c.org_path("pushy/node_states"))
-        if args.json:
-            _print_json(docs)
-            return EXIT_OK
-        rows = [
-            (
-                str(d["node_name"]),
-                str(d["status"]),
-                str(d["availability"]),
-                str(d.get("updated_at", "never connected")),
-            )
-            for d in sorted(docs, key=lambda d: str(d["node_name"]))
-        ]
-        _table(("NODE", "STATUS", "AVAILABILITY", "UPDATED"), rows)
-        online = sum(1 for d in docs if d["status"] == "online")
-        sys.stdout.write(f"{len(docs)} nodes: {online} online, {len(docs) - online} offline\n")
-        return EXIT_OK
-
-    return _run(args, go)
-
-
-def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
-    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
-    for row in (headers, *rows):
-        cells = [cell.ljust(w) for cell, w in zip(row[:-1], widths[:-1], strict=True)]
-        sys.stdout.write("  ".join([*cells, row[-1]]) + "\n")
-    sys.stdout.flush()
+    return run_client(args, go)

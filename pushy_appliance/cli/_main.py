@@ -3,51 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Callable, Sequence
 
-from .. import __version__
 from ..errors import ClientError, ConfigError, PushyError, ServerRefusedError, StoreError
-from . import _admin, _serve
+from . import _admin, _agent, _jobs, _nodes, _serve
+from ._common import EXIT_FAILED, EXIT_UNREACHABLE, EXIT_USAGE, add_credentials
 
-__all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_UNREACHABLE", "EXIT_USAGE", "main"]
-
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-EXIT_UNREACHABLE = 3
+__all__ = ["build_parser", "main"]
 
 Handler = Callable[[argparse.Namespace], int]
-
-
-def _add_credentials(p: argparse.ArgumentParser, signer_flag: str = "--user") -> None:
-    g = p.add_argument_group(
-        "credentials (first match wins: flags, PUSHY_*, ~/.chef/credentials, data dir)"
-    )
-    g.add_argument(
-        "--server",
-        metavar="URL",
-        help="org URL, https://HOST:PORT/organizations/ORG (PUSHY_SERVER)",
-    )
-    g.add_argument(
-        signer_flag, dest="signer", metavar="NAME", help="user or client to sign as (PUSHY_USER)"
-    )
-    g.add_argument("--key", metavar="FILE", help="its private key (PUSHY_KEY)")
-    g.add_argument(
-        "--profile",
-        metavar="NAME",
-        help="profile of ~/.chef/credentials (PUSHY_PROFILE, default 'default')",
-    )
-    g.add_argument("--ca-cert", metavar="FILE", help="CA certificate to trust (PUSHY_CA_CERT)")
-    g.add_argument(
-        "--fingerprint", metavar="SHA256", help="pin the server certificate (PUSHY_FINGERPRINT)"
-    )
-    g.add_argument(
-        "--data-dir",
-        metavar="DIR",
-        help="server data directory whose credentials to use (PUSHY_DATA_DIR)",
-    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = org.add_parser("create", help="create an organization (superuser)")
     p.add_argument("name", metavar="ORG")
     p.add_argument("--full-name", help="display name (default: ORG)")
-    _add_credentials(p)
+    add_credentials(p)
     p.set_defaults(handler=_admin.cmd_org_create, superuser=True)
 
     user = sub.add_parser("user", help="manage users").add_subparsers(dest="sub", metavar="ACTION")
@@ -85,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--key-out", metavar="FILE", help="write the new private key here (default: stdout)"
     )
     p.add_argument("--email", default="", help="e-mail address")
-    _add_credentials(p)
+    add_credentials(p)
     p.set_defaults(handler=_admin.cmd_user_create, superuser=True)
 
     client = sub.add_parser("client", help="manage clients (nodes)").add_subparsers(
@@ -98,12 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--key-out", metavar="FILE", help="write the new private key here (default: stdout)"
     )
-    _add_credentials(p)
+    add_credentials(p)
     p.set_defaults(handler=_admin.cmd_client_create)
     p = client.add_parser("delete", help="delete a client (closes its node connection)")
     p.add_argument("name", metavar="NAME")
     p.add_argument("--org", help="organization (default: the credentials' org)")
-    _add_credentials(p)
+    add_credentials(p)
     p.set_defaults(handler=_admin.cmd_client_delete)
 
     group = sub.add_parser("group", help="manage groups").add_subparsers(
@@ -137,12 +102,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="group to nest (repeatable)",
     )
     p.add_argument("--org", help="organization (default: the credentials' org)")
-    _add_credentials(p, signer_flag="--sign-as")
+    add_credentials(p, signer_flag="--sign-as")
     p.set_defaults(handler=_admin.cmd_group_add)
     p = group.add_parser("show", help="show a group's members")
     p.add_argument("name", metavar="GROUP")
     p.add_argument("--org", help="organization (default: the credentials' org)")
-    _add_credentials(p)
+    add_credentials(p)
     p.set_defaults(handler=_admin.cmd_group_show)
 
     store = sub.add_parser("store", help="check or compact the store (offline)").add_subparsers(
@@ -162,16 +127,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(handler=_admin.cmd_store_compact)
 
-    for register in _extensions():
-        register(sub, _add_credentials)
+    _agent.add_parsers(sub)
+    _jobs.add_parsers(sub)
+    _nodes.add_parsers(sub)
     return parser
-
-
-def _extensions() -> list[Callable[..., None]]:
-    """Subcommand groups defined in their own modules (agent, job, node)."""
-    from . import _agent, _jobs
-
-    return [_agent.add_parsers, _jobs.add_parsers]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -212,29 +171,3 @@ def _hint(status: int) -> str:
     if status == 403:
         return "\n  not permitted: check the org membership and groups (admins, pushy_job_writers)"
     return ""
-
-
-def version_text() -> str:
-    """``pushy version``: ours, Python's and the bundled libraries'."""
-    from importlib import metadata
-
-    lines = [f"pushy {__version__}", f"python {sys.version.split()[0]}"]
-    for dist in (
-        "trio",
-        "hypercorn",
-        "quart-trio",
-        "quart",
-        "trio-websocket",
-        "cryptography",
-        "msgpack",
-        "httpx",
-    ):
-        try:
-            lines.append(f"{dist} {metadata.version(dist)}")
-        except metadata.PackageNotFoundError:
-            lines.append(f"{dist} (unknown)")
-    return "\n".join(lines)
-
-
-def environ() -> dict[str, str]:
-    return dict(os.environ)

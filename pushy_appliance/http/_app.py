@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
 from quart_trio import QuartTrio
 
+from ..paths import normalize_path
 from ..services import Services
 from . import _feeds, _identity, _jobs, _nodes, _status
 from ._errors import install_error_handlers
@@ -21,11 +21,11 @@ ASGIApp = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
 class NormalizePaths:
     """ASGI middleware: repeated slashes collapsed and a trailing slash removed.
 
-    ``/pushy/jobs/`` is ``/pushy/jobs``, as the contract says, and the signed path is computed
-    the same way by :func:`chef_auth.canonical_path`.
+    ``/pushy/jobs/`` is ``/pushy/jobs``, as the contract says: the normal form of
+    :func:`~pushy_appliance.paths.normalize_path`, which the signed path
+    (:func:`chef_auth.canonical_path`) and the node listener use too. ``raw_path`` is
+    normalised alike, its percent-escapes (``%2F`` too) left as they are.
     """
-
-    _slashes = re.compile(r"/{2,}")
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -33,18 +33,14 @@ class NormalizePaths:
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope.get("type") in ("http", "websocket"):
             path = scope.get("path", "/")
-            norm = self._slashes.sub("/", path)
-            if len(norm) > 1 and norm.endswith("/"):
-                norm = norm.rstrip("/") or "/"
+            norm = normalize_path(path)
             if norm != path:
                 scope = dict(scope)
                 scope["path"] = norm
                 raw = scope.get("raw_path")
                 if isinstance(raw, bytes):
-                    r = re.sub(rb"/{2,}", b"/", raw)
-                    if len(r) > 1 and r.endswith(b"/"):
-                        r = r.rstrip(b"/") or b"/"
-                    scope["raw_path"] = r
+                    # latin-1 maps bytes to characters one to one: only slashes change
+                    scope["raw_path"] = normalize_path(raw.decode("latin-1")).encode("latin-1")
         if scope.get("type") == "http":
             send = _shield_end_of_response(send)
         await self.app(scope, receive, send)

@@ -21,8 +21,10 @@ server on the same directory fails at open instead of interleaving writes.
 Writing: each group is one ``write`` to the newest segment and one ``fsync``. A segment that
 has reached ``segment_bytes`` is closed before the next group, and a new one is created with
 its header fsynced and the directory fsynced, before any record in it is acknowledged.
-After a snapshot the writer rotates likewise, keeps the two newest snapshots, and deletes
-older snapshots and every segment whose records are all covered by the older kept one.
+A snapshot is written with :func:`~pushy_appliance.fsutil.write_durably` (staged as
+``snapshot-<seq>.msgpack.tmp``, fsynced, renamed, the directory fsynced). After a snapshot the
+writer rotates likewise, keeps the two newest snapshots, and deletes older snapshots and every
+segment whose records are all covered by the older kept one.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from typing import Any
 
 import trio
 
+from .. import fsutil
 from ..errors import StoreCorruptError, StoreError
 from ._base import GroupCommitStore, Recovered
 from ._format import (
@@ -56,7 +59,7 @@ log = logging.getLogger(__name__)
 
 QUARANTINE_DIR = "quarantine"
 LOCK_NAME = "lock"
-_TMP = ".tmp"
+_TMP = fsutil.TEMP_SUFFIX
 
 
 @dataclasses.dataclass(slots=True)
@@ -83,25 +86,10 @@ class _Opened:
 # --- small file helpers ---------------------------------------------------------------------
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_new_file(path: Path, data: bytes, *, fsync: bool) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        _write_all(fd, data)
+        fsutil.write_all(fd, data)
         if fsync:
             os.fsync(fd)
     finally:
@@ -135,10 +123,10 @@ def _create_segment(directory: Path, first_seq: int, *, fsync: bool) -> tuple[in
     header = encode_segment_header(first_seq)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
     try:
-        _write_all(fd, header)
+        fsutil.write_all(fd, header)
         if fsync:
             os.fsync(fd)
-            _fsync_dir(directory)
+            fsutil.fsync_dir(directory)
     except BaseException:
         os.close(fd)
         with contextlib.suppress(OSError):
@@ -161,7 +149,7 @@ def _cut_tail(
         target = _quarantine_path(directory, f"{path.name}.{offset}")
         _write_new_file(target, bad, fsync=fsync)
         if fsync:
-            _fsync_dir(target.parent)
+            fsutil.fsync_dir(target.parent)
         kept_in = str(target)
     if offset == 0:
         path.unlink()
@@ -174,7 +162,7 @@ def _cut_tail(
             finally:
                 os.close(fd)
     if fsync:
-        _fsync_dir(directory)
+        fsutil.fsync_dir(directory)
     log.warning(
         "store: %s: damaged at byte %d (%s); cut %d byte(s) to the end of the file, kept in %s",
         path,
@@ -195,8 +183,8 @@ def _load_snapshot(directory: Path, seqs: list[int], fsync: bool) -> tuple[Any |
             target = _quarantine_path(directory, path.name)
             os.replace(path, target)
             if fsync:
-                _fsync_dir(target.parent)
-                _fsync_dir(directory)
+                fsutil.fsync_dir(target.parent)
+                fsutil.fsync_dir(directory)
             seqs.remove(seq)
             log.warning(
                 "store: snapshot %s is damaged (%s); moved to %s, trying an older one",
@@ -382,7 +370,7 @@ class FileStore(GroupCommitStore):
                 current = self._segments[-1]
             data = b"".join(frames)
             assert self._fd is not None
-            _write_all(self._fd, data)
+            fsutil.write_all(self._fd, data)
             current.size += len(data)
             self._bytes += len(data)
             self._current_records += len(frames)
@@ -405,17 +393,9 @@ class FileStore(GroupCommitStore):
 
     def _save_snapshot_sync(self, contents: bytes, seq: int) -> None:
         final = self._dir / snapshot_name(seq)
-        tmp = final.with_name(final.name + _TMP)
         try:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
-            _write_new_file(tmp, contents, fsync=self._fsync)
-            os.replace(tmp, final)
-            if self._fsync:
-                _fsync_dir(self._dir)
+            fsutil.write_durably(final, contents, mode=0o600, fsync=self._fsync)
         except OSError as e:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
             raise StoreError(f"cannot write snapshot {final}: {e.strerror or e}") from e
 
     async def _after_snapshot(self, seq: int) -> None:
@@ -451,7 +431,7 @@ class FileStore(GroupCommitStore):
                 log.warning("store: cannot remove obsolete %s: %s", path, e.strerror or e)
         if removed and self._fsync:
             try:
-                _fsync_dir(self._dir)
+                fsutil.fsync_dir(self._dir)
             except OSError as e:
                 log.warning("store: cannot fsync %s: %s", self._dir, e.strerror or e)
         log.info(

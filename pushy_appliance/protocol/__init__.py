@@ -1,0 +1,99 @@
+"""The node protocol's frames: typed records, one ``encode`` and one ``decode`` (pure).
+
+Wire format (``NODES.md`` §2): every WebSocket binary message is one msgpack map with
+
+* ``type`` — the frame type, a string (``hello``, ``welcome``, ``heartbeat``, …);
+* ``seq`` — a positive integer, per sender and per connection, starting at 1 and strictly
+  increasing (:class:`Sequencer` hands them out, :class:`SeqTracker` checks them);
+* ``ts`` — the sender's clock, float seconds since the epoch;
+* the fields of that type, with byte strings as msgpack ``bin`` and all other text as ``str``.
+
+Each frame type is a frozen, slotted dataclass with keyword-only fields; ``TYPE`` is its tag.
+Optional fields (those with a default of ``None``) are left out of the encoded map when unset
+and read back as ``None`` when missing or nil. Keys a decoder does not know are ignored, so a
+newer peer may add fields. :func:`decode` is the one place where every msgpack failure and
+every schema violation becomes :class:`~pushy_appliance.errors.ProtocolError` (whose message
+names the frame type and the field), and where a frame over the size cap becomes
+:class:`~pushy_appliance.errors.FrameTooLargeError`.
+
+The server sends the same heartbeat to every node on every tick; only ``seq`` differs per
+connection. :class:`HeartbeatTemplate` packs the shared part once and renders each frame by
+appending the few bytes of ``seq`` and ``ts``.
+
+Modules: ``_fields`` (the field checkers), ``_frames`` (the records and their vocabulary),
+``_codec`` (encode, decode, the heartbeat template), ``_seq`` (sequence numbers). Import from
+here.
+"""
+
+from __future__ import annotations
+
+from ._codec import HeartbeatTemplate, decode, decode_message, encode, encode_heartbeat_template
+from ._frames import (
+    CHANNELS,
+    FRAME_TYPES,
+    FROM_AGENT,
+    FROM_SERVER,
+    JOB_STATES,
+    MAX_FACT_CHARS,
+    MAX_FACTS,
+    NACK_COMMIT_REASONS,
+    PROTOCOL_VERSION,
+    RESULT_STATUSES,
+    Abort,
+    Aborted,
+    AckCommit,
+    AckRun,
+    Commit,
+    FactValue,
+    Frame,
+    Heartbeat,
+    Hello,
+    NackCommit,
+    NackRun,
+    Output,
+    Reload,
+    Result,
+    ResultAck,
+    ResultBody,
+    Run,
+    Welcome,
+)
+from ._seq import SeqTracker, Sequencer
+
+__all__ = [
+    "CHANNELS",
+    "FRAME_TYPES",
+    "FROM_AGENT",
+    "FROM_SERVER",
+    "JOB_STATES",
+    "MAX_FACTS",
+    "MAX_FACT_CHARS",
+    "NACK_COMMIT_REASONS",
+    "PROTOCOL_VERSION",
+    "RESULT_STATUSES",
+    "Abort",
+    "Aborted",
+    "AckCommit",
+    "AckRun",
+    "Commit",
+    "FactValue",
+    "Frame",
+    "Heartbeat",
+    "HeartbeatTemplate",
+    "Hello",
+    "NackCommit",
+    "NackRun",
+    "Output",
+    "Reload",
+    "Result",
+    "ResultAck",
+    "ResultBody",
+    "Run",
+    "SeqTracker",
+    "Sequencer",
+    "Welcome",
+    "decode",
+    "decode_message",
+    "encode",
+    "encode_heartbeat_template",
+]
