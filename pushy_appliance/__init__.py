@@ -5,7 +5,7 @@ upward. ``tests/test_layers.py`` checks this on the source.
 
 1. Pure (no I/O, no trio tasks): ``errors``, ``config``, ``chef_auth``, ``protocol``,
    ``sse``, ``model`` (identity), ``jobs.machine``, ``jobs.validation``, ``jobs.model``,
-   ``agent.whitelist``.
+   ``agent.whitelist``, ``search`` (the query language and matcher).
 2. Resources: ``store`` (files), ``hub`` (event fan-out), ``tls`` (key and certificate files),
    ``lockfile`` (one process per directory), ``agent.state`` (the agent's state file).
 3. Engines: ``db`` (store + models), ``nodes.registry``, ``jobs.runner``,

@@ -20,6 +20,7 @@ LAYERS = {
     "jobs.validation": 1,
     "jobs.model": 1,
     "agent.whitelist": 1,
+    "search": 1,
     "store": 2,
     "hub": 2,
     "tls": 2,
