@@ -5,9 +5,12 @@ upward. ``tests/test_layers.py`` checks this on the source.
 
 1. Pure (no I/O, no trio tasks): ``errors``, ``config``, ``chef_auth``, ``protocol``,
    ``sse``, ``model`` (identity), ``jobs.machine``, ``jobs.validation``, ``jobs.model``,
-   ``agent.whitelist``, ``search`` (the query language and matcher).
+   ``agent.whitelist``, ``search`` (the query language and matcher), ``facts`` (the node
+   facts' names, config and size limit), ``agent.facts_parse`` (facts from the system's
+   files).
 2. Resources: ``store`` (files), ``hub`` (event fan-out), ``tls`` (key and certificate files),
-   ``lockfile`` (one process per directory), ``agent.state`` (the agent's state file).
+   ``lockfile`` (one process per directory), ``agent.state`` (the agent's state file),
+   ``agent.facts`` (runs ohai, reads the system's files).
 3. Engines: ``db`` (store + models), ``nodes.registry``, ``jobs.runner``,
    ``agent.executor`` and ``agent.runtime`` (the node side's engine).
 4. Adapters: ``http`` (the REST API and feeds), ``nodesock`` (the node WebSocket listener),
