@@ -37,7 +37,7 @@ QUERIES = [
     "tags:web -chef_environment:staging",
     "name:web-1*",
     "kernel_machine:x86_64 AND NOT roles:db",
-    "ipaddress:10.1.0.0/16",
+    "ipaddress:10.0.0.0/9",
     "ip6address:fd00::/8",
     "cpu_total:[8 TO *]",
     "platform_version:[20 TO 22.10]",
