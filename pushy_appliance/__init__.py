@@ -10,11 +10,14 @@ network, subprocess, task or thread); ``tests/test_exports.py`` pins each packag
 1. Pure (no I/O, no trio tasks): ``errors``, ``config``, ``chef_auth``, ``protocol``,
    ``sse``, ``model`` (identity), ``auth`` (request authentication and authorization over
    the identity model), ``jsonbody`` (the JSON body policy), ``paths`` (the normal form of
-   request paths), ``jobs.machine``, ``jobs.validation``, ``jobs.model``, ``agent.whitelist``.
+   request paths), ``jobs.machine``, ``jobs.validation``, ``jobs.model``, ``agent.whitelist``,
+   ``search`` (the query language and matcher), ``facts`` (the node facts' names, config and
+   size limit), ``agent.facts_parse`` (facts from the system's files).
 2. Resources: ``store`` (files), ``hub`` (event fan-out), ``tls`` (key and certificate files),
    ``lockfile`` (one process per directory), ``fsutil`` (durable file writes), ``agent.state``
    (the agent's state file), ``config_files`` (the configuration file and the default data
-   directory), ``frame_reader`` (the read loop of both ends of a node connection).
+   directory), ``frame_reader`` (the read loop of both ends of a node connection),
+   ``agent.facts`` (runs ohai, reads the system's files).
 3. Engines: ``db`` (store + models), ``nodes.registry``, ``jobs.runner``,
    ``agent.executor``, ``agent.jobspec``, ``agent.procgroup`` and ``agent.runtime`` (the node
    side's engine); ``services`` (the engines of one running server, handed to the adapters).

@@ -18,6 +18,7 @@ map the tree to status codes in one place (``http/_errors.py``)::
     │   └── IdentityExistsError  that organization, user, member, client or group exists
     ├── ApiError                 a request the API refuses: has ``status`` and ``body()``
     │   ├── ValidationError      400, ``{"error": "<message naming the field>"}``
+    │   │   └── SearchSyntaxError 400, ``{"error": ["invalid search query: … at position N"]}``
     │   ├── AuthError            400/401/403/404 from signing checks, list-form body
     │   ├── NotFoundError        404
     │   ├── PayloadTooLargeError 413
@@ -213,6 +214,26 @@ class ValidationError(ApiError):
     """400 with the string-form body of the original server (``{"error": "..."}``)."""
 
     status = 400
+
+
+class SearchSyntaxError(ValidationError):
+    """A search query that does not parse, or that is over a limit.
+
+    Raised by the pure query parser (``search``); the HTTP layer answers it like any
+    :class:`ApiError`: 400 with Chef Server's list-form body.
+
+    Attributes:
+        reason: what is wrong, in a few words.
+        position: the 0-based character offset in the query where it went wrong.
+    """
+
+    def __init__(self, reason: str, position: int) -> None:
+        self.reason = reason
+        self.position = position
+        super().__init__(f"invalid search query: {reason} at position {position}")
+
+    def body(self) -> dict[str, Any]:
+        return {"error": [self.message]}
 
 
 class AuthError(ApiError):

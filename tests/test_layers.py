@@ -41,6 +41,9 @@ LAYERS = {
     "jobs.validation": 1,
     "jobs.model": 1,
     "agent.whitelist": 1,
+    "search": 1,
+    "facts": 1,
+    "agent.facts_parse": 1,
     "store": 2,
     "config_files": 2,
     "hub": 2,
@@ -49,6 +52,7 @@ LAYERS = {
     "fsutil": 2,
     "frame_reader": 2,
     "agent.state": 2,
+    "agent.facts": 2,
     "db": 3,
     "services": 3,
     "nodes": 3,
@@ -139,6 +143,10 @@ PURE = frozenset(
         "os.path.normpath",
         "os.path.split",
         "os.path.splitext",
+        # address text to bytes: a pure conversion (the search matcher's CIDR test)
+        "socket.AF_INET",
+        "socket.AF_INET6",
+        "socket.inet_pton",
     }
 )
 # Methods that reach the file system whatever they are called on (``Path`` above all). Not
