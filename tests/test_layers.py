@@ -36,6 +36,7 @@ LAYERS = {
     "sse": 1,
     "model": 1,
     "jsonbody": 1,
+    "jobfile": 1,
     "auth": 1,
     "jobs.machine": 1,
     "jobs.validation": 1,
