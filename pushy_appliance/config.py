@@ -29,6 +29,7 @@ from collections.abc import Mapping
 from typing import Any, TypeVar
 
 from .errors import ConfigError
+from .urls import valid_host_name
 
 __all__ = [
     "AgentConfig",
@@ -129,7 +130,7 @@ class ServerConfig:
     node_listen: str | None = None
     """HOST:PORT of the node WebSocket listener; unset: the API's host, port 10002 (0 with 0)."""
     server_name: str | None = None
-    """Host name put in URLs and the certificate; unset: the request's Host."""
+    """Host name put in URLs and the certificate; unset: the request's Host, when valid."""
     data_dir: str | None = None
     """Data directory; unset: /var/lib/pushy as root, else $XDG_DATA_HOME/pushy."""
     insecure_http: bool = False
@@ -385,6 +386,10 @@ def _load(
 
 def _check_server(c: ServerConfig) -> ServerConfig:
     parse_host_port(c.listen, key="listen")
+    if c.server_name is not None and not valid_host_name(c.server_name):
+        raise ConfigError(
+            "config", "server_name", f"expected a host name or IPv4 address, got {c.server_name!r}"
+        )
     if c.node_listen is not None:
         parse_host_port(c.node_listen, key="node_listen")
     if not 0.05 <= c.heartbeat.interval <= 3600:

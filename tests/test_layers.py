@@ -37,6 +37,7 @@ LAYERS = {
     "model": 1,
     "jsonbody": 1,
     "jobfile": 1,
+    "urls": 1,
     "auth": 1,
     "jobs.machine": 1,
     "jobs.validation": 1,
