@@ -34,6 +34,7 @@ from .urls import valid_host_name
 __all__ = [
     "AgentConfig",
     "AllowEntry",
+    "AuthConfig",
     "FeedsConfig",
     "HeartbeatConfig",
     "JobsConfig",
@@ -114,6 +115,14 @@ class LimitsConfig:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class AuthConfig:
+    replay_cache: int = 100_000
+    """Signatures of state-changing requests remembered to refuse their replay; when full,
+    requests signed before the oldest forgotten one are refused (docs/SECURITY.md); 0 turns
+    the refusal off (replays accepted, as by Chef Server)."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class LogConfig:
     level: str = "info"
     """One of debug, info, warning, error."""
@@ -142,6 +151,7 @@ class ServerConfig:
     output: OutputConfig = OutputConfig()
     feeds: FeedsConfig = FeedsConfig()
     limits: LimitsConfig = LimitsConfig()
+    auth: AuthConfig = AuthConfig()
     log: LogConfig = LogConfig()
 
     @property
@@ -413,6 +423,8 @@ def _check_server(c: ServerConfig) -> ServerConfig:
     ):
         if val < 1:
             raise ConfigError("config", key, "must be positive")
+    if c.auth.replay_cache < 0:
+        raise ConfigError("config", "auth.replay_cache", "must be 0 (off) or more")
     if c.log.level not in ("debug", "info", "warning", "error"):
         raise ConfigError("config", "log.level", "must be debug, info, warning or error")
     if c.log.format not in ("text", "json"):

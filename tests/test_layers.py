@@ -38,6 +38,7 @@ LAYERS = {
     "jsonbody": 1,
     "jobfile": 1,
     "urls": 1,
+    "replay": 1,
     "auth": 1,
     "jobs.machine": 1,
     "jobs.validation": 1,
