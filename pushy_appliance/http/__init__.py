@@ -7,8 +7,9 @@ from typing import Any
 
 from ..services import Services
 from ._app import ASGIApp, NormalizePaths, RequireValidHost, create_app
+from ._openapi import openapi_document
 
-__all__ = ["asgi_app", "create_app"]
+__all__ = ["asgi_app", "create_app", "openapi_document"]
 
 
 def asgi_app(svc: Services) -> Any:

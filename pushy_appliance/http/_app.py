@@ -11,7 +11,7 @@ from quart_trio import QuartTrio
 from ..paths import normalize_path
 from ..services import Services
 from ..urls import parse_host
-from . import _feeds, _identity, _jobs, _nodes, _status
+from . import _feeds, _identity, _jobs, _nodes, _openapi, _status
 from ._errors import install_error_handlers
 
 __all__ = ["ASGIApp", "NormalizePaths", "RequireValidHost", "create_app"]
@@ -118,7 +118,8 @@ def create_app(svc: Services) -> QuartTrio:
     Args:
         svc: the services handed to every handler.
     """
-    app = QuartTrio("pushy_appliance")
+    # no static files: every route is one of the API's (and of its OpenAPI document)
+    app = QuartTrio("pushy_appliance", static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = 2 * svc.config.limits.max_body_bytes + 65536
     app.config["BODY_TIMEOUT"] = 60
     app.config["RESPONSE_TIMEOUT"] = 60
@@ -130,4 +131,5 @@ def create_app(svc: Services) -> QuartTrio:
     _nodes.register(app, svc)
     _jobs.register(app, svc)
     _feeds.register(app, svc)
+    _openapi.register(app, svc)
     return app
