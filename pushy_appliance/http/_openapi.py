@@ -53,6 +53,19 @@ _JOB_STATUSES: Final = [
     "aborted",
     "crashed",
 ]
+_EVENTS: Final = [
+    "start",
+    "quorum_vote",
+    "quorum_succeeded",
+    "run_start",
+    "run_complete",
+    "rehab",
+    "job_complete",
+    "output",
+    "summary",
+    "start_of_history",
+    "lagged",
+]
 _BUCKETS: Final = [
     "new",
     "ready",
@@ -453,6 +466,15 @@ def _schemas() -> dict[str, Schema]:
             ]
         },
         "AbortRequest": {"type": "object", "maxProperties": 0},
+        "Event": {
+            "type": "object",
+            "description": "one Server-Sent Event; data is JSON whose first key is timestamp",
+            "properties": {
+                "event": {"enum": _EVENTS},
+                "id": {"type": "string", "pattern": "^(job-[0-9]+|org-[0-9]+|start_id)$"},
+                "data": {"type": "string", "contentMediaType": "application/json"},
+            },
+        },
     }
 
 
@@ -482,7 +504,7 @@ def _paths() -> dict[str, Schema]:
             "Cache-Control": {"schema": {"const": "no-cache"}},
             "X-Accel-Buffering": {"schema": {"const": "no"}},
         },
-        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        "content": {"text/event-stream": {"schema": _ref("Event")}},
     }
     feed_headers = [
         {"name": "Last-Event-ID", "in": "header", "required": False,
@@ -522,6 +544,13 @@ def _paths() -> dict[str, Schema]:
             "operationId": "getJob",
             "parameters": {"org": "$request.path.org", "job_id": "$response.body#/id"},
         },
+    }
+    client_links = {
+        op: {
+            "operationId": op_id,
+            "parameters": {"org": "$request.path.org", "name": "$request.body#/name"},
+        }
+        for op, op_id in (("GetClient", "getClient"), ("DeleteClient", "deleteClient"))
     }
     not_found_everywhere = {"404": _error("config/ without a node: 404 for every method")}
     paths: dict[str, Schema] = {
@@ -620,7 +649,7 @@ def _paths() -> dict[str, Schema]:
             "post": _op(
                 "createClient",
                 "Create a client (admins)",
-                created_key,
+                {**created_key, "201": {**created_key["201"], "links": client_links}},
                 tags=identity,
                 body=_ref("NewClient"),
             ),
