@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import os
 import shlex
@@ -270,6 +271,10 @@ async def provision_clients(data_dir: Path, names: Sequence[str], public_pem: st
 # --- a lean HTTP/1.1 keep-alive client --------------------------------------------------------
 
 
+_LAST_SIGNED: dict[tuple[str, str, str, bytes], int] = {}
+"""The second the same state-changing request was last signed at (``signed_request_bytes``)."""
+
+
 def signed_request_bytes(
     method: str,
     path: str,
@@ -282,11 +287,23 @@ def signed_request_bytes(
 ) -> bytes:
     """A complete, signed HTTP/1.1 request, reusable on a keep-alive connection.
 
-    Chef signatures cover method, path, body hash, time and user (no nonce), so one signed
-    request may be replayed within the server's clock-skew window; the server still checks
-    the signature of every request.
+    Chef signatures cover method, path, body hash, time and user (no nonce). A ``GET`` may be
+    sent again and again within the server's clock-skew window; a state-changing request is
+    accepted once (the server refuses a replayed signature), so the same one signed again
+    here gets a timestamp a second after the last (the server accepts up to 15 minutes
+    ahead), and a load that repeats one (``store``) runs against a server started with
+    ``PUSHY_AUTH_REPLAY_CACHE=0``.
     """
-    headers = chef_auth.sign_request(method, path, body, user, key, timestamp=datetime.now(UTC))
+    when = datetime.now(UTC)
+    if method.upper() not in ("GET", "HEAD"):
+        second = int(when.timestamp())
+        digest = (user, method.upper(), path, hashlib.sha256(body).digest())
+        last = _LAST_SIGNED.get(digest)
+        if last is not None and last >= second:
+            second = last + 1
+        _LAST_SIGNED[digest] = second
+        when = datetime.fromtimestamp(second, UTC)
+    headers = chef_auth.sign_request(method, path, body, user, key, timestamp=when)
     headers["Accept"] = "application/json"
     headers["X-Chef-Version"] = "12.0.0"
     headers["Host"] = host

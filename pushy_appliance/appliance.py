@@ -44,6 +44,7 @@ from .lockfile import exclusive_lock
 from .model import IdentityModel
 from .nodes.registry import CLOSE_DELETED, CLOSE_GOING_AWAY, NodeModel, NodeRegistry
 from .nodesock import serve_nodes
+from .replay import ReplayGuard
 from .services import Services
 from .store import Store, open_store
 
@@ -219,7 +220,8 @@ async def _serve_locked(
         server_public_pem = _server_public_pem(config, data_dir)
         identity = db.models["identity"]
         assert isinstance(identity, IdentityModel)
-        auth = Authenticator(identity)
+        replay = ReplayGuard(config.auth.replay_cache) if config.auth.replay_cache else None
+        auth = Authenticator(identity, replay=replay)
         registry = NodeRegistry(
             db,
             incarnation,

@@ -4,8 +4,9 @@ Not HTTP-specific: the REST API and the node WebSocket listener both sign their 
 the same way and ask :class:`Authenticator` the same questions.
 
 The order of checks is the contract of ``API.md`` §1: header presence and protocol version
-(400), timestamp (401), organization (404), principal (401), signature (401), membership (403),
-then the route's permission (403). All of it runs before the body is validated.
+(400), timestamp (401), organization (404), principal (401), signature (401), replay of a
+state-changing request (401, :mod:`pushy_appliance.replay`), membership (403), then the
+route's permission (403). All of it runs before the body is validated.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from . import chef_auth
 from .errors import AuthError, NoSuchIdentityError, NotFoundError
 from .model import PIVOTAL, IdentityModel
+from .replay import ReplayGuard, changes_state
 
 __all__ = ["Authenticator", "KeyCache", "Principal", "forbidden", "org_not_found"]
 
@@ -76,11 +78,20 @@ class Authenticator:
     Args:
         identity: the identity model the answers come from.
         keys: the parsed-key cache.
+        replay: refuses a second use of a state-changing request's signature; ``None``
+            accepts replays (Chef Server's own behaviour).
     """
 
-    def __init__(self, identity: IdentityModel, keys: KeyCache | None = None) -> None:
+    def __init__(
+        self,
+        identity: IdentityModel,
+        keys: KeyCache | None = None,
+        *,
+        replay: ReplayGuard | None = None,
+    ) -> None:
         self.identity = identity
         self.keys = keys if keys is not None else KeyCache()
+        self.replay = replay
 
     def authenticate(
         self,
@@ -103,7 +114,8 @@ class Authenticator:
             The authenticated principal.
 
         Raises:
-            AuthError: 400/401/403 as ``API.md`` §1 lists.
+            AuthError: 400/401/403 as ``API.md`` §1 lists; 401 for a replayed
+                state-changing request (see :class:`~pushy_appliance.replay.ReplayGuard`).
             NotFoundError: the organization does not exist.
         """
         try:
@@ -122,6 +134,10 @@ class Authenticator:
             raise chef_auth.unknown_principal(signed.user_id)
         kind, pems = found
         chef_auth.verify_signature(signed, method, path, body, self.keys.load(pems))
+        if self.replay is not None and changes_state(method):
+            self.replay.check(
+                signed.user_id, signed.signature, signed.timestamp.timestamp(), now.timestamp()
+            )
         if org is not None and not identity.is_org_member(org, kind, signed.user_id):
             raise AuthError(403, f"'{signed.user_id}' is not associated with organization '{org}'")
         return Principal(kind, signed.user_id)

@@ -15,7 +15,7 @@ import ssl
 import tomllib
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -33,6 +33,7 @@ from .errors import (
     ServerUnreachableError,
     TLSUntrustedError,
 )
+from .replay import REFUSED_HEADER
 
 __all__ = [
     "Credentials",
@@ -41,6 +42,10 @@ __all__ = [
     "open_client",
     "split_org_url",
 ]
+
+
+_REPLAY_RETRIES = 2
+"""Times a request refused as a replay is signed again, each a second further ahead."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -195,9 +200,12 @@ class PushyClient:
         self._prefix = parts.path
         self._origin = f"{parts.scheme}://{parts.netloc}"
 
-    def _headers(self, method: str, path: str, body: bytes, accept: str) -> dict[str, str]:
+    def _headers(
+        self, method: str, path: str, body: bytes, accept: str, ahead: int = 0
+    ) -> dict[str, str]:
+        when = datetime.now(UTC) + timedelta(seconds=ahead)
         headers = chef_auth.sign_request(
-            method, path, body, self.creds.user, self._key, timestamp=datetime.now(UTC)
+            method, path, body, self.creds.user, self._key, timestamp=when
         )
         headers["Accept"] = accept
         headers["X-Chef-Version"] = "12.0.0"
@@ -229,14 +237,20 @@ class PushyClient:
             ServerUnreachableError, TLSUntrustedError, ServerRefusedError.
         """
         raw = b"" if body is None else json.dumps(body).encode()
-        headers = self._headers(method, path, raw, accept)
         url = self._origin
-        try:
-            response = await self.http.request(
-                method, url + path, content=raw or None, headers=headers, params=params
-            )
-        except httpx.HTTPError as e:
-            raise await self._transport_error(e) from None
+        # The same request signed twice within a second carries the same signature, which the
+        # server refuses as a replay: such a refusal is answered by signing again a second
+        # (then two) ahead, within the server's 15-minute clock window.
+        for ahead in range(_REPLAY_RETRIES + 1):
+            headers = self._headers(method, path, raw, accept, ahead)
+            try:
+                response = await self.http.request(
+                    method, url + path, content=raw or None, headers=headers, params=params
+                )
+            except httpx.HTTPError as e:
+                raise await self._transport_error(e) from None
+            if response.headers.get(REFUSED_HEADER[0]) != REFUSED_HEADER[1]:
+                break
         if response.status_code not in ok:
             raise ServerRefusedError(response.status_code, _error_message(response))
         return response

@@ -29,10 +29,12 @@ from collections.abc import Mapping
 from typing import Any, TypeVar
 
 from .errors import ConfigError
+from .urls import valid_host_name
 
 __all__ = [
     "AgentConfig",
     "AllowEntry",
+    "AuthConfig",
     "FeedsConfig",
     "HeartbeatConfig",
     "JobsConfig",
@@ -113,6 +115,14 @@ class LimitsConfig:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class AuthConfig:
+    replay_cache: int = 100_000
+    """Signatures of state-changing requests remembered to refuse their replay; when full,
+    requests signed before the oldest forgotten one are refused (docs/SECURITY.md); 0 turns
+    the refusal off (replays accepted, as by Chef Server)."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class LogConfig:
     level: str = "info"
     """One of debug, info, warning, error."""
@@ -129,7 +139,7 @@ class ServerConfig:
     node_listen: str | None = None
     """HOST:PORT of the node WebSocket listener; unset: the API's host, port 10002 (0 with 0)."""
     server_name: str | None = None
-    """Host name put in URLs and the certificate; unset: the request's Host."""
+    """Host name put in URLs and the certificate; unset: the request's Host, when valid."""
     data_dir: str | None = None
     """Data directory; unset: /var/lib/pushy as root, else $XDG_DATA_HOME/pushy."""
     insecure_http: bool = False
@@ -141,6 +151,7 @@ class ServerConfig:
     output: OutputConfig = OutputConfig()
     feeds: FeedsConfig = FeedsConfig()
     limits: LimitsConfig = LimitsConfig()
+    auth: AuthConfig = AuthConfig()
     log: LogConfig = LogConfig()
 
     @property
@@ -385,6 +396,10 @@ def _load(
 
 def _check_server(c: ServerConfig) -> ServerConfig:
     parse_host_port(c.listen, key="listen")
+    if c.server_name is not None and not valid_host_name(c.server_name):
+        raise ConfigError(
+            "config", "server_name", f"expected a host name or IPv4 address, got {c.server_name!r}"
+        )
     if c.node_listen is not None:
         parse_host_port(c.node_listen, key="node_listen")
     if not 0.05 <= c.heartbeat.interval <= 3600:
@@ -408,6 +423,8 @@ def _check_server(c: ServerConfig) -> ServerConfig:
     ):
         if val < 1:
             raise ConfigError("config", key, "must be positive")
+    if c.auth.replay_cache < 0:
+        raise ConfigError("config", "auth.replay_cache", "must be 0 (off) or more")
     if c.log.level not in ("debug", "info", "warning", "error"):
         raise ConfigError("config", "log.level", "must be debug, info, warning or error")
     if c.log.format not in ("text", "json"):

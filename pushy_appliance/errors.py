@@ -176,13 +176,24 @@ class IdentityExistsError(DomainError):
         kind: as for :class:`NoSuchIdentityError` (``principal`` excepted).
         name: the name.
         org: the organization, or ``None`` for global names.
+        shared_name: the name is held by the other kind of principal of ``org`` (a user
+            who signs requests there, or a client): users and clients share one name
+            space per organization.
     """
 
-    def __init__(self, kind: str, name: str, org: str | None = None) -> None:
+    def __init__(
+        self, kind: str, name: str, org: str | None = None, *, shared_name: bool = False
+    ) -> None:
         self.kind = kind
         self.name = name
         self.org = org
-        if kind == "member":
+        self.shared_name = shared_name
+        if shared_name:
+            message = (
+                f"{kind} '{name}' already exists in organization '{org}' "
+                "(users and clients share one name space per organization)"
+            )
+        elif kind == "member":
             message = f"user '{name}' is already a member of '{org}'"
         else:
             message = f"{kind} '{name}' already exists"

@@ -331,7 +331,11 @@ class IdentityModel:
     def principal(self, org: str | None, name: str) -> tuple[str, tuple[str, ...]] | None:
         """``(kind, public keys)`` of the user or client ``name`` seen from ``org``.
 
-        A client of another organization is unknown here. Users are global.
+        A client of another organization is unknown here. Users are global. A client of
+        ``org`` is found before a user of the same name, so the two kinds share one name
+        space per organization: :meth:`create_client` refuses the name of a user who signs
+        requests there (a member, or the superuser), :meth:`add_member` the name of a
+        client of the organization.
         """
         if org is not None:
             client = self._clients.get(org, {}).get(name)
@@ -431,12 +435,15 @@ class IdentityModel:
 
         Raises:
             NoSuchIdentityError: no such organization or user.
-            IdentityExistsError: the user is a member already (``member``).
+            IdentityExistsError: the user is a member already (``member``), or ``org`` has a
+                client of that name (``client``, ``shared_name``: see :meth:`principal`).
         """
         self.org(org)
         self.user(user)
         if user in self._members.get(org, ()):
             raise IdentityExistsError("member", user, org)
+        if user in self._clients.get(org, {}):
+            raise IdentityExistsError("client", user, org, shared_name=True)
         return [{"t": "member.add", "org": org, "user": user}]
 
     def remove_member(self, org: str, user: str) -> list[dict[str, Any]]:
@@ -455,11 +462,15 @@ class IdentityModel:
 
         Raises:
             NoSuchIdentityError: no such organization.
-            IdentityExistsError: the client exists.
+            IdentityExistsError: the client exists (``client``), or a user of that name
+                signs requests to ``org``: a member, or the superuser (``user``,
+                ``shared_name``: see :meth:`principal`).
         """
         self.org(org)
         if name in self._clients.get(org, {}):
             raise IdentityExistsError("client", name, org)
+        if name in self._users and self.is_org_member(org, "user", name):
+            raise IdentityExistsError("user", name, org, shared_name=True)
         return [client_record(org, name, public_pem, admin)]
 
     def delete_client(self, org: str, name: str) -> list[dict[str, Any]]:

@@ -3,6 +3,7 @@ on an in-memory store."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import ssl
 import time
@@ -48,6 +49,27 @@ async def running_server(config: ServerConfig) -> AsyncIterator[ServerInfo]:
             nursery.cancel_scope.cancel()
 
 
+_LAST_SIGNED: dict[tuple[str, str, str, bytes], int] = {}
+
+
+def signing_time(user: str, method: str, path: str, body: bytes) -> datetime:
+    """The timestamp to sign a request with: now, or for the same state-changing request
+    (principal, method, path, body) signed before in this second or later, one second after
+    that one. Chef timestamps have one-second resolution, so the same request signed twice
+    in a second carries the same signature, which the server refuses as a replay
+    (``replay``); the server accepts timestamps up to 15 minutes ahead."""
+    now = datetime.now(UTC)
+    if method.upper() in ("GET", "HEAD", "OPTIONS"):
+        return now
+    second = int(now.timestamp())
+    key = (user, method.upper(), path.split("?", 1)[0], hashlib.sha256(body).digest())
+    last = _LAST_SIGNED.get(key)
+    if last is not None and last >= second:
+        second = last + 1
+    _LAST_SIGNED[key] = second
+    return datetime.fromtimestamp(second, UTC)
+
+
 class Signed:
     """A signed JSON client for one principal against a running appliance."""
 
@@ -75,7 +97,13 @@ class Signed:
     ) -> httpx.Response:
         data = raw if raw is not None else (b"" if body is None else json.dumps(body).encode())
         h = chef_auth.sign_request(
-            method, path, data, self.user, self.key, version=version, timestamp=datetime.now(UTC)
+            method,
+            path,
+            data,
+            self.user,
+            self.key,
+            version=version,
+            timestamp=signing_time(self.user, method, path, data),
         )
         if data:
             h["Content-Type"] = "application/json"

@@ -53,6 +53,7 @@ def test_integer_accepted_for_float_durations(tmp_path: Path) -> None:
     ("text", "needle"),
     [
         ('listn = "x"\n', "unknown key(s): listn"),
+        ('server_name = "javascript://x"\n', "server_name: expected a host name or IPv4"),
         ("[heartbeat]\nintervall = 1\n", "unknown key(s): heartbeat.intervall"),
         ('[heartbeat]\ninterval = "fast"\n', "heartbeat.interval: expected a number"),
         ("[jobs]\ndefault_run_timeout = 1.5\n", "jobs.default_run_timeout: expected an integer"),

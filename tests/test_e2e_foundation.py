@@ -14,7 +14,6 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -27,7 +26,7 @@ from hypothesis import strategies as st
 
 from pushy_appliance import chef_auth
 
-from helpers import Signed
+from helpers import Signed, signing_time
 
 PUSHY = (sys.executable, "-m", "pushy_appliance.cli")
 READY_TIMEOUT = 20.0
@@ -232,7 +231,9 @@ async def _post_signed(
     http: httpx.AsyncClient, url: str, path: str, doc: Any, user: str, key: Any
 ) -> httpx.Response:
     data = json.dumps(doc).encode()
-    headers = chef_auth.sign_request("POST", path, data, user, key, timestamp=datetime.now(UTC))
+    headers = chef_auth.sign_request(
+        "POST", path, data, user, key, timestamp=signing_time(user, "POST", path, data)
+    )
     headers["Content-Type"] = "application/json"
     request = http.build_request("POST", url + path, content=data, headers=headers)
     request.stream = _OneShotBody(data)
@@ -510,7 +511,12 @@ def _fuzz(url: str, ctx: ssl.SSLContext, pivotal_pem: bytes) -> tuple[list[int],
 
         def send(method: str, path: str, body: bytes) -> None:
             headers = chef_auth.sign_request(
-                method, path, body, "pivotal", key, timestamp=datetime.now(UTC)
+                method,
+                path,
+                body,
+                "pivotal",
+                key,
+                timestamp=signing_time("pivotal", method, path, body),
             )
             headers["Content-Type"] = "application/json"
             r = http.request(

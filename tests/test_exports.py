@@ -17,7 +17,7 @@ PUBLIC = {
     "pushy_appliance.agent": set(),
     "pushy_appliance.agent.main": {"connect_settings", "run_agent"},
     "pushy_appliance.cli": {"main"},
-    "pushy_appliance.http": {"asgi_app", "create_app"},
+    "pushy_appliance.http": {"asgi_app", "create_app", "openapi_document"},
     "pushy_appliance.jobs": set(),
     "pushy_appliance.nodes": set(),
     "pushy_appliance.protocol": {

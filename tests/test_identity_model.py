@@ -23,6 +23,19 @@ NO_ORG = "organization 'nope' does not exist."
 PEM = "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n"
 
 
+SHARED = (
+    "already exists in organization 'acme' "
+    "(users and clients share one name space per organization)"
+)
+
+
+def test_a_client_may_take_the_name_of_a_user_of_another_org(model: IdentityModel) -> None:
+    # bob belongs to no organization: a client "bob" of acme shadows no one who signs there
+    commit(model, model.create_client("acme", "bob", PEM))
+    assert model.principal("acme", "bob") == ("client", (PEM,))
+    assert model.principal(None, "bob") == ("user", (PEM,))
+
+
 def commit(model: IdentityModel, records: list[dict[str, Any]]) -> None:
     for record in records:
         model.apply(record)
@@ -78,6 +91,13 @@ def test_org_records_take_the_time_from_the_caller() -> None:
         (lambda m: m.add_member("acme", "admin"), "user 'admin' is already a member of 'acme'"),
         (lambda m: m.create_client("acme", "n1", PEM), "client 'n1' already exists"),
         (lambda m: m.create_group("acme", "admins", [], [], []), "group 'admins' already exists"),
+        # users and clients share one name space per organization (issue 13 #2)
+        (lambda m: m.create_client("acme", PIVOTAL, PEM), f"user '{PIVOTAL}' {SHARED}"),
+        (lambda m: m.create_client("acme", "admin", PEM), f"user 'admin' {SHARED}"),
+        (
+            lambda m: (commit(m, m.create_user("n1", "", "", PEM)), m.add_member("acme", "n1")),
+            f"client 'n1' {SHARED}",
+        ),
     ],
 )
 def test_conflicts(model: IdentityModel, change: Any, message: str) -> None:

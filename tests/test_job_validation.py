@@ -132,6 +132,16 @@ ERROR_ROWS: list[tuple[str, object, str]] = [
     ("quorum-negative", body(quorum=-1), "invalid quorum (must be 0 .. 3)"),
     ("quorum-fraction", body(quorum=1.5), "invalid quorum (must be a whole number)"),
     ("quorum-pct-over", body(quorum="101%"), "invalid quorum (percentage must be 0% .. 100%)"),
+    (
+        "quorum-pct-5000-digits",
+        body(quorum="1" * 5000 + "%"),
+        "invalid quorum (percentage must be 0% .. 100%)",
+    ),
+    (
+        "quorum-pct-5000-decimals",
+        body(quorum="50." + "1" * 5000 + "%"),
+        "invalid quorum (at most 6 decimals)",
+    ),
     # run_timeout
     ("run-timeout-zero", body(run_timeout=0), "invalid run_timeout (must be 1 .. 86400)"),
     ("run-timeout-over", body(run_timeout=86_401), "invalid run_timeout (must be 1 .. 86400)"),
@@ -156,6 +166,10 @@ ERROR_ROWS: list[tuple[str, object, str]] = [
     ("env-name-equals", body(env={"A=B": "1"}), "invalid env name 'A=B'"),
     ("env-name-empty", body(env={"": "1"}), "invalid env name ''"),
     ("env-name-nul", body(env={"A\0": "1"}), "invalid env name 'A\\x00'"),
+    ("env-name-newline", body(env={"A\nB": "1"}), "invalid env name 'A\\nB'"),
+    ("env-name-trailing-newline", body(env={"A\n": "1"}), "invalid env name 'A\\n'"),
+    ("env-name-del", body(env={"A\x7f": "1"}), "invalid env name 'A\\x7f'"),
+    ("env-name-nel", body(env={"A\x85": "1"}), "invalid env name 'A\\x85'"),
     ("env-value-number", body(env={"A": 1}), "invalid env value for 'A' (expected a string)"),
     ("env-value-nul", body(env={"A": "x\0"}), "invalid env value for 'A' (contains NUL)"),
     # max_concurrency / max_failures
@@ -299,21 +313,33 @@ def test_every_field_given() -> None:
     assert (request.max_concurrency, request.max_failures) == (2, 0)
 
 
-def test_raw_file_and_nulls() -> None:
-    request = validate_job_request(
-        body(
-            file="raw:" + "x" * 100_000,
-            user=None,
-            dir=None,
-            env=None,
-            max_concurrency=None,
-            max_failures=None,
-        )
-    )
+def test_raw_file_at_the_size_limit() -> None:
+    request = validate_job_request(body(file="raw:" + "x" * 100_000))
     assert request.file_bytes == b"x" * 100_000
-    assert (request.user, request.dir, request.env) == (None, None, None)
-    assert (request.max_concurrency, request.max_failures) == (None, None)
-    assert validate_job_request(body(file=None)).file is None
+
+
+@pytest.mark.parametrize(
+    ("key", "message"),
+    [
+        ("user", "invalid user (expected a string)"),
+        ("dir", "invalid dir (expected a string)"),
+        ("env", "invalid env (expected an object of strings)"),
+        ("file", "invalid file contents (expected 'base64:...' or 'raw:...')"),
+        ("max_concurrency", "invalid max_concurrency (must be an integer >= 1)"),
+        ("max_failures", "invalid max_failures (must be an integer >= 0)"),
+        ("run_timeout", "invalid type supplied for run_timeout (expected a number)"),
+        ("quorum", "invalid type supplied for quorum (expected a number)"),
+        ("capture_output", "invalid type supplied for capture_output (expected a boolean)"),
+    ],
+)
+def test_null_is_not_a_value_of_a_typed_key(key: str, message: str) -> None:
+    """``API.md`` §3: ``null`` is not a value of any typed key; the 400 names the key."""
+    with pytest.raises(ValidationError) as err:
+        validate_job_request(body(**{key: None}))
+    assert err.value.message == message
+    # left out, the same key takes its default
+    assert key not in body()
+    assert validate_job_request(body()).run_timeout == 3600
 
 
 @pytest.mark.parametrize(

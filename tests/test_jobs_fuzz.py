@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import json
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote
@@ -19,7 +18,7 @@ from hypothesis import strategies as st
 from pushy_appliance import chef_auth
 
 from fakenode import Behaviour, fake_nodes
-from helpers import Signed, admin_client, running_server, test_config
+from helpers import Signed, admin_client, running_server, signing_time, test_config
 
 ORG = "/organizations/default"
 PUSHY = f"{ORG}/pushy"
@@ -174,7 +173,7 @@ class Caller:
             body,
             self.admin.user,
             self.admin.key,
-            timestamp=datetime.now(UTC),
+            timestamp=signing_time(self.admin.user, method, unquote(encoded), body),
         )
         if body:
             headers["Content-Type"] = content_type

@@ -17,8 +17,6 @@ job runs.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import dataclasses
 import logging
 import os
@@ -30,7 +28,8 @@ from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
 
-from ..errors import CommitRefused
+from ..errors import CommitRefused, ValidationError
+from ..jobfile import decode_job_file
 
 __all__ = [
     "DEFAULT_PROTECTED_ENV",
@@ -84,7 +83,8 @@ class JobSpec:
 
 
 def decode_file(text: str) -> bytes:
-    """Decode a job's ``file`` as the API gives it.
+    """Decode a job's ``file`` as the API gives it, by the server's own rule
+    (:func:`pushy_appliance.jobfile.decode_job_file`: wrapped base64 too).
 
     Args:
         text: ``raw:TEXT`` (the text, UTF-8 encoded) or ``base64:DATA``.
@@ -93,19 +93,13 @@ def decode_file(text: str) -> bytes:
         The file's bytes.
 
     Raises:
-        CommitRefused: ``bad_file`` for any other prefix or invalid base64.
+        CommitRefused: ``bad_file`` (with the server's message as its detail) for any other
+            prefix, invalid base64, or raw text that cannot be UTF-8 encoded.
     """
-    if text.startswith("raw:"):
-        try:
-            return text[4:].encode("utf-8")
-        except UnicodeEncodeError as exc:
-            raise CommitRefused("bad_file", f"raw file is not encodable text: {exc}") from None
-    if text.startswith("base64:"):
-        try:
-            return base64.b64decode(text[7:], validate=True)
-        except (binascii.Error, ValueError) as exc:
-            raise CommitRefused("bad_file", f"invalid base64: {exc}") from None
-    raise CommitRefused("bad_file", "expected 'raw:...' or 'base64:...'")
+    try:
+        return decode_job_file(text)
+    except ValidationError as exc:
+        raise CommitRefused("bad_file", exc.message) from None
 
 
 def _effective_uid() -> int:

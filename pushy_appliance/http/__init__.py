@@ -6,11 +6,13 @@ import typing
 from typing import Any
 
 from ..services import Services
-from ._app import ASGIApp, NormalizePaths, create_app
+from ._app import ASGIApp, NormalizePaths, RequireValidHost, create_app
+from ._openapi import openapi_document
 
-__all__ = ["asgi_app", "create_app"]
+__all__ = ["asgi_app", "create_app", "openapi_document"]
 
 
 def asgi_app(svc: Services) -> Any:
-    """The application as hypercorn serves it: paths normalised, then the Quart app."""
-    return NormalizePaths(typing.cast(ASGIApp, create_app(svc)))
+    """The application as hypercorn serves it: ``Host`` checked, paths normalised, then the
+    Quart app."""
+    return RequireValidHost(NormalizePaths(typing.cast(ASGIApp, create_app(svc))))

@@ -10,10 +10,11 @@ from quart_trio import QuartTrio
 
 from ..paths import normalize_path
 from ..services import Services
-from . import _feeds, _identity, _jobs, _nodes, _status
+from ..urls import parse_host
+from . import _feeds, _identity, _jobs, _nodes, _openapi, _status
 from ._errors import install_error_handlers
 
-__all__ = ["ASGIApp", "NormalizePaths", "create_app"]
+__all__ = ["ASGIApp", "NormalizePaths", "RequireValidHost", "create_app"]
 
 ASGIApp = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
 
@@ -44,6 +45,46 @@ class NormalizePaths:
         if scope.get("type") == "http":
             send = _shield_end_of_response(send)
         await self.app(scope, receive, send)
+
+
+class RequireValidHost:
+    """ASGI middleware: a request whose ``Host`` is not a valid ``host[:port]`` is refused.
+
+    400 ``{"error":"invalid Host header"}`` (RFC 9112 §3.2), before the request reaches the
+    framework, whose URL binding would fail on it (a label over 63 characters, an empty
+    label) with a 500 and a traceback; and so no route ever reflects such a value into a URL
+    (:mod:`pushy_appliance.urls`). More than one ``Host`` is refused alike. A request without
+    ``Host`` (HTTP/1.0) passes.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope.get("type") in ("http", "websocket"):
+            hosts = [v for k, v in scope.get("headers", ()) if k.lower() == b"host"]
+            if len(hosts) > 1 or (hosts and parse_host(hosts[0].decode("latin-1")) is None):
+                await _refuse(scope, send)
+                return
+        await self.app(scope, receive, send)
+
+
+async def _refuse(scope: dict[str, Any], send: Any) -> None:
+    if scope["type"] == "websocket":
+        await send({"type": "websocket.close", "code": 1008})
+        return
+    body = b'{"error":"invalid Host header"}'
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 400,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
 
 
 def _shield_end_of_response(send: Any) -> Any:
@@ -77,7 +118,8 @@ def create_app(svc: Services) -> QuartTrio:
     Args:
         svc: the services handed to every handler.
     """
-    app = QuartTrio("pushy_appliance")
+    # no static files: every route is one of the API's (and of its OpenAPI document)
+    app = QuartTrio("pushy_appliance", static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = 2 * svc.config.limits.max_body_bytes + 65536
     app.config["BODY_TIMEOUT"] = 60
     app.config["RESPONSE_TIMEOUT"] = 60
@@ -89,4 +131,5 @@ def create_app(svc: Services) -> QuartTrio:
     _nodes.register(app, svc)
     _jobs.register(app, svc)
     _feeds.register(app, svc)
+    _openapi.register(app, svc)
     return app

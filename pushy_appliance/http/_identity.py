@@ -3,7 +3,9 @@
 The routes parse and authorize; the identity model owns the rules. Reads ask its query
 methods; a write holds the name's lock (``Database.exclusive``) around the model's change
 method (which checks the change and returns its records) and the commit, so two creations
-of the same name cannot both succeed. The response is sent after the record is durable.
+of the same name cannot both succeed. A client and a member of an organization share one
+name space there (the name a request is signed with), so both take the same lock,
+``("principal", ORG, NAME)``. The response is sent after the record is durable.
 """
 
 from __future__ import annotations
@@ -55,9 +57,8 @@ def _route_org(svc: Services, org: str) -> str:
 
 
 def _optional_str(body: dict[str, Any], field: str, default: str = "") -> str:
+    """An optional string field; ``null`` is not a string (``API.md`` §3)."""
     value = body.get(field, default)
-    if value is None:
-        return default
     if not isinstance(value, str) or len(value) > 1024:
         raise ValidationError(f"field '{field}' must be a string of at most 1024 characters")
     return value
@@ -69,7 +70,7 @@ async def _key_material(body: dict[str, Any]) -> tuple[str, str | None]:
     public = body.get("public_key")
     if not isinstance(create, bool):
         raise ValidationError("field 'create_key' must be a boolean")
-    if public is not None and not isinstance(public, str):
+    if "public_key" in body and not isinstance(public, str):
         raise ValidationError("field 'public_key' must be a PEM string")
     if public is not None and create:
         raise ValidationError("give either 'create_key' or 'public_key', not both")
@@ -91,9 +92,11 @@ def _chef_key(public: str, private: str | None) -> dict[str, Any]:
     return key
 
 
-def _actor_lists(value: object) -> tuple[list[str], list[str], list[str]]:
-    if value is None:
+def _actor_lists(body: dict[str, Any]) -> tuple[list[str], list[str], list[str]]:
+    """The ``actors`` of a group body; none when the key is absent (``null`` is refused)."""
+    if "actors" not in body:
         return [], [], []
+    value = body["actors"]
     if not isinstance(value, dict):
         raise ValidationError("field 'actors' must be an object")
     unknown = set(value) - {"users", "clients", "groups"}
@@ -138,14 +141,14 @@ def register(app: QuartTrio, svc: Services) -> None:
         who = await signed(svc, None)
         if request.method == "GET":
             names = identity.org_names(member=None if who.is_pivotal else who.name)
-            return json_response({o: f"{base_url()}/organizations/{o}" for o in names})
+            return json_response({o: f"{base_url(svc)}/organizations/{o}" for o in names})
         require_pivotal(who)
         body = await read_json()
         name = _check_org_name(body.get("name"))
         full_name = _optional_str(body, "full_name", name)
         async with db.exclusive(("org", name)):
             await db.commit(*identity.create_org(name, full_name, created_at=time.time()))
-        uri = f"{base_url()}/organizations/{name}"
+        uri = f"{base_url(svc)}/organizations/{name}"
         return json_response({"uri": uri}, 201, {"Location": uri})
 
     @app.route("/organizations/<org>", methods=["GET", "DELETE"])
@@ -167,7 +170,7 @@ def register(app: QuartTrio, svc: Services) -> None:
         who = await signed(svc, None)
         require_pivotal(who)
         if request.method == "GET":
-            return json_response({u: f"{base_url()}/users/{u}" for u in identity.user_names()})
+            return json_response({u: f"{base_url(svc)}/users/{u}" for u in identity.user_names()})
         body = await read_json()
         name = _check_name(body.get("username"), "username")
         display = _optional_str(body, "display_name", name)
@@ -175,7 +178,7 @@ def register(app: QuartTrio, svc: Services) -> None:
         public, private = await _key_material(body)
         async with db.exclusive(("user", name)):
             await db.commit(*identity.create_user(name, display, email, public))
-        uri = f"{base_url()}/users/{name}"
+        uri = f"{base_url(svc)}/users/{name}"
         return json_response(
             {"uri": uri, "chef_key": _chef_key(public, private)}, 201, {"Location": uri}
         )
@@ -211,9 +214,9 @@ def register(app: QuartTrio, svc: Services) -> None:
         svc.auth.require(org, who, "admin")
         body = await read_json()
         name = _check_name(body.get("username"), "username")
-        async with db.exclusive(("member", org, name)):
+        async with db.exclusive(("principal", org, name)):
             await db.commit(*identity.add_member(org, name))
-        uri = f"{base_url()}/organizations/{org}/users/{name}"
+        uri = f"{base_url(svc)}/organizations/{org}/users/{name}"
         return json_response({"uri": uri}, 201, {"Location": uri})
 
     @app.route("/organizations/<org>/users/<name>", methods=["GET", "DELETE"])
@@ -224,7 +227,7 @@ def register(app: QuartTrio, svc: Services) -> None:
         doc = {"username": u.name, "display_name": u.display_name, "email": u.email}
         if request.method == "DELETE":
             svc.auth.require(org, who, "admin")
-            async with db.exclusive(("member", org, name)):
+            async with db.exclusive(("principal", org, name)):
                 await db.commit(*identity.remove_member(org, name))
         return json_response(doc)
 
@@ -235,7 +238,7 @@ def register(app: QuartTrio, svc: Services) -> None:
         who = await authorized(svc, org)
         if request.method == "GET":
             svc.auth.require(org, who, "member")
-            base = f"{base_url()}/organizations/{org}/clients"
+            base = f"{base_url(svc)}/organizations/{org}/clients"
             return json_response({n: f"{base}/{n}" for n in identity.client_names(org)})
         svc.auth.require(org, who, "admin")
         body = await read_json()
@@ -244,9 +247,9 @@ def register(app: QuartTrio, svc: Services) -> None:
         if not isinstance(admin, bool):
             raise ValidationError("field 'admin' must be a boolean")
         public, private = await _key_material(body)
-        async with db.exclusive(("client", org, name)):
+        async with db.exclusive(("principal", org, name)):
             await db.commit(*identity.create_client(org, name, public, admin))
-        uri = f"{base_url()}/organizations/{org}/clients/{name}"
+        uri = f"{base_url(svc)}/organizations/{org}/clients/{name}"
         return json_response(
             {"uri": uri, "chef_key": _chef_key(public, private)}, 201, {"Location": uri}
         )
@@ -267,7 +270,7 @@ def register(app: QuartTrio, svc: Services) -> None:
         if request.method == "DELETE":
             if not (who.kind == "client" and who.name == name):
                 svc.auth.require(org, who, "admin")
-            async with db.exclusive(("client", org, name)):
+            async with db.exclusive(("principal", org, name)):
                 await db.commit(*identity.delete_client(org, name))
             for hook in svc.on_client_deleted:
                 await hook(org, name)
@@ -282,15 +285,15 @@ def register(app: QuartTrio, svc: Services) -> None:
         who = await authorized(svc, org)
         if request.method == "GET":
             svc.auth.require(org, who, "member")
-            base = f"{base_url()}/organizations/{org}/groups"
+            base = f"{base_url(svc)}/organizations/{org}/groups"
             return json_response({g: f"{base}/{g}" for g in identity.group_names(org)})
         svc.auth.require(org, who, "admin")
         body = await read_json()
         name = _check_name(body.get("groupname", body.get("name")), "groupname")
-        users, clients_, subgroups = _actor_lists(body.get("actors"))
+        users, clients_, subgroups = _actor_lists(body)
         async with db.exclusive(("group", org, name)):
             await db.commit(*identity.create_group(org, name, users, clients_, subgroups))
-        uri = f"{base_url()}/organizations/{org}/groups/{name}"
+        uri = f"{base_url(svc)}/organizations/{org}/groups/{name}"
         return json_response({"uri": uri}, 201, {"Location": uri})
 
     @app.route("/organizations/<org>/groups/<name>", methods=["GET", "PUT", "DELETE"])
@@ -307,9 +310,9 @@ def register(app: QuartTrio, svc: Services) -> None:
                 await db.commit(*identity.delete_group(org, name))
             return json_response(doc)
         body = await read_json()
-        if "groupname" in body and body["groupname"] != name:
+        if "groupname" in body and _check_name(body["groupname"], "groupname") != name:
             raise ValidationError("renaming a group is not supported (field 'groupname')")
-        users, clients_, subgroups = _actor_lists(body.get("actors"))
+        users, clients_, subgroups = _actor_lists(body)
         async with db.exclusive(("group", org, name)):
             await db.commit(*identity.update_group(org, name, users, clients_, subgroups))
         return json_response(group_document(org, identity.group(org, name)))

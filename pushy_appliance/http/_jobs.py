@@ -74,15 +74,21 @@ def job_document(e: JobEntry, *, include_file: bool = False) -> dict[str, Any]:
 
 
 def _int_param(name: str, low: int, high: int) -> int | None:
+    """A query parameter of ASCII digits in ``low .. high`` (else 400), or ``None`` if absent.
+
+    ``int()`` would also take ``１`` (a full-width digit), other scripts' digits, signs,
+    underscores and spaces: none of them is a number in a URL.
+    """
     raw = request.args.get(name)
     if raw is None:
         return None
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValidationError(f"invalid {name} (must be an integer {low} .. {high})") from None
+    message = f"invalid {name} (must be an integer {low} .. {high})"
+    # at most 20 digits: no number of thousands of digits is ever converted
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 20):
+        raise ValidationError(message)
+    value = int(raw)
     if not low <= value <= high:
-        raise ValidationError(f"invalid {name} (must be an integer {low} .. {high})")
+        raise ValidationError(message)
     return value
 
 
@@ -107,7 +113,7 @@ def register(app: QuartTrio, svc: Services) -> None:
             default_run_timeout=svc.config.jobs.default_run_timeout,
         )
         job_id = await runner.create(org, req, who.name)
-        uri = f"{base_url()}/organizations/{org}/pushy/jobs/{job_id}"
+        uri = f"{base_url(svc)}/organizations/{org}/pushy/jobs/{job_id}"
         return json_response({"id": job_id, "uri": uri}, 201, {"Location": uri})
 
     @app.route("/organizations/<org>/pushy/jobs/<job_id>", methods=["GET"])

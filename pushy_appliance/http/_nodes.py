@@ -5,16 +5,19 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlsplit
 
-from quart import Response, request
+from quart import Response
 from quart_trio import QuartTrio
 
 from ..errors import AuthError, NotFoundError
 from ..model import valid_name
 from ..nodes.registry import NodeRegistry
 from ..services import Services
-from ._request import authorized, json_response, rfc1123
+from ._request import authorized, base_url, json_response, rfc1123
 
-__all__ = ["register"]
+__all__ = ["CONFIG_WITHOUT_NODE_METHODS", "register"]
+
+CONFIG_WITHOUT_NODE_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+"""``config/`` without a node: 404 for each of these methods."""
 
 
 def _state_doc(registry: NodeRegistry, org: str, name: str) -> dict[str, Any]:
@@ -36,8 +39,8 @@ def register(app: QuartTrio, svc: Services) -> None:
         svc.auth.require(org, who, "read")
         if not valid_name(node):
             raise NotFoundError(f"node '{node[:300]}' not found")
-        host = svc.config.server_name or urlsplit(f"//{request.headers.get('Host', '')}").hostname
-        host = host or "localhost"
+        # the host of the URL the API answers with: server_name, else a valid Host
+        host = urlsplit(base_url(svc)).hostname or "localhost"
         url_host = f"[{host}]" if ":" in host else host
         hb = svc.config.heartbeat
         return json_response(
@@ -63,7 +66,12 @@ def register(app: QuartTrio, svc: Services) -> None:
             }
         )
 
-    @app.route("/organizations/<org>/pushy/config", methods=["GET"])
+    # The original answered 404 to every method here (its config spec), not 405.
+    @app.route(
+        "/organizations/<org>/pushy/config",
+        methods=list(CONFIG_WITHOUT_NODE_METHODS),
+        provide_automatic_options=False,
+    )
     async def node_config_without_node(org: str) -> Response:
         raise NotFoundError("not found")
 

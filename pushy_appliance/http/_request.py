@@ -29,6 +29,7 @@ from ..errors import (
 from ..jobs.model import JobEntry
 from ..jsonbody import MSG_JSON, parse_json_body
 from ..services import Services
+from ..urls import public_base_url
 
 __all__ = [
     "accepts",
@@ -149,11 +150,19 @@ async def read_json() -> dict[str, Any]:
     return value
 
 
-def base_url() -> str:
-    """``scheme://host`` of the current request (``X-Forwarded-Proto`` honoured)."""
-    scheme = request.headers.get("X-Forwarded-Proto", "").split(",")[0].strip() or request.scheme
-    host = request.headers.get("Host") or request.host
-    return f"{scheme}://{host}"
+def base_url(svc: Services) -> str:
+    """``scheme://host[:port]`` of the current request, by the rule of
+    :func:`pushy_appliance.urls.public_base_url`: ``server_name`` when configured, else a
+    valid ``Host``; ``X-Forwarded-Proto`` only when it is ``http`` or ``https``."""
+    server = request.scope.get("server")
+    listener = (str(server[0]), int(server[1])) if server and server[1] is not None else None
+    return public_base_url(
+        server_name=svc.config.server_name,
+        host_header=request.headers.get("Host"),
+        forwarded_proto=request.headers.get("X-Forwarded-Proto"),
+        scheme="https" if request.scheme in ("https", "wss") else "http",
+        listener=listener,
+    )
 
 
 def rfc1123(t: float) -> str:

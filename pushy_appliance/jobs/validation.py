@@ -18,10 +18,14 @@ that breaks two rules reports the same message as the original server did::
 then our own range checks, each naming its field, in this order: nodes (count, names,
 duplicates), quorum, run_timeout, user, dir, env, max_concurrency, max_failures.
 
-``null`` is treated as "not given" for ``user``, ``dir``, ``env``, ``file``,
-``max_concurrency`` and ``max_failures``; for ``run_timeout``, ``quorum`` and
-``capture_output`` it is the wrong type (as in the original). A number with a zero fraction
-(``300.0``) counts as the integer.
+``null`` is not a value of any typed key: a key given as ``null`` is refused by its own rule,
+naming it (``run_timeout``, ``quorum`` and ``capture_output`` by rules 3-5, ``file`` by rule 8,
+the others by their range checks); only a key left out takes its default. A number with a
+zero fraction (``300.0``) counts as the integer. A percentage quorum has at most
+:data:`MAX_PERCENT_DECIMALS` decimals, so no quorum costs more than a small number to read.
+
+``file`` is decoded, and ``env`` names are checked, by :mod:`pushy_appliance.jobfile`, the
+rules the agent applies to the same job.
 
 Duplicate keys. A parsed JSON object cannot show a duplicated key, so the JSON decoder has to
 report it: the HTTP layer decodes the body with
@@ -34,8 +38,6 @@ body decoded without the marks simply keeps the last value.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import dataclasses
 import math
 import re
@@ -43,6 +45,7 @@ from fractions import Fraction
 from typing import Final
 
 from ..errors import ValidationError
+from ..jobfile import decode_job_file, valid_env_name
 from ..jsonbody import MSG_JSON, DuplicateKeyDict
 from ..model import valid_name
 
@@ -50,6 +53,7 @@ __all__ = [
     "ALLOWED_KEYS",
     "MAX_COMMAND_BYTES",
     "MAX_DIR_BYTES",
+    "MAX_PERCENT_DECIMALS",
     "MAX_RUN_TIMEOUT",
     "MAX_USER_CHARS",
     "JobRequest",
@@ -79,7 +83,10 @@ MAX_RUN_TIMEOUT: Final = 86_400
 MAX_USER_CHARS: Final = 32
 MAX_DIR_BYTES: Final = 4096
 
-_PERCENT_RE: Final = re.compile(r"([0-9]+(?:\.[0-9]+)?)%")
+MAX_PERCENT_DECIMALS: Final = 6
+"""Most decimals of a percentage quorum (``"33.333333%"``)."""
+
+_PERCENT_RE: Final = re.compile(r"([0-9]+)(?:\.([0-9]+))?%")
 
 MSG_COMMAND: Final = "invalid command supplied"
 MSG_NODES: Final = "at least one node must be supplied"
@@ -88,8 +95,10 @@ MSG_QUORUM_TYPE: Final = "invalid type supplied for quorum (expected a number)"
 MSG_CAPTURE_TYPE: Final = "invalid type supplied for capture_output (expected a boolean)"
 MSG_KEY: Final = "invalid key supplied"
 MSG_ENV_DUPLICATE: Final = "invalid environment value (duplicate key)"
-MSG_FILE_PREFIX: Final = "invalid file contents (expected 'base64:...' or 'raw:...')"
-MSG_FILE_BASE64: Final = "invalid file contents (couldn't decode base64 string)"
+MSG_QUORUM_PERCENT: Final = "invalid quorum (percentage must be 0% .. 100%)"
+MSG_QUORUM_DECIMALS: Final = f"invalid quorum (at most {MAX_PERCENT_DECIMALS} decimals)"
+_ABSENT: Final = object()
+"""A key the body does not hold (``null`` is a value, and a wrong one)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -137,16 +146,23 @@ def resolve_quorum(quorum: int | str, node_count: int) -> int:
         The count; a percentage is rounded up (``"50%"`` of 3 nodes is 2).
 
     Raises:
-        ValidationError: a percentage outside 0 … 100 %, or a string that is not one.
+        ValidationError: a percentage outside 0 … 100 % or with more than
+            :data:`MAX_PERCENT_DECIMALS` decimals, or a string that is not one.
     """
     if isinstance(quorum, int):
         return quorum
     match = _PERCENT_RE.fullmatch(quorum)
     if match is None:
         raise ValidationError(MSG_QUORUM_TYPE)
-    percent = Fraction(match.group(1))
+    # Checked on the text first: a number of thousands of digits is never converted.
+    whole, decimals = match.group(1).lstrip("0"), match.group(2) or ""
+    if len(whole) > 3:
+        raise ValidationError(MSG_QUORUM_PERCENT)
+    if len(decimals) > MAX_PERCENT_DECIMALS:
+        raise ValidationError(MSG_QUORUM_DECIMALS)
+    percent = Fraction(f"{whole or 0}.{decimals or 0}")
     if percent > 100:
-        raise ValidationError("invalid quorum (percentage must be 0% .. 100%)")
+        raise ValidationError(MSG_QUORUM_PERCENT)
     return math.ceil(percent * node_count / 100)
 
 
@@ -203,7 +219,7 @@ def validate_job_request(
     env_raw = body.get("env")
     if isinstance(env_raw, DuplicateKeyDict):
         raise ValidationError(MSG_ENV_DUPLICATE)
-    file, file_bytes = _check_file(body.get("file"), max_file_bytes)
+    file, file_bytes = _check_file(body.get("file", _ABSENT), max_file_bytes)
 
     # Our own range checks.
     names = _check_nodes(nodes, max_nodes)
@@ -211,11 +227,11 @@ def validate_job_request(
     run_timeout = _whole(run_timeout_raw, "run_timeout")
     if not 1 <= run_timeout <= MAX_RUN_TIMEOUT:
         raise ValidationError(f"invalid run_timeout (must be 1 .. {MAX_RUN_TIMEOUT})")
-    user = _check_user(body.get("user"))
-    workdir = _check_dir(body.get("dir"))
-    env = _check_env(env_raw)
-    max_concurrency = _check_limit(body.get("max_concurrency"), "max_concurrency", 1)
-    max_failures = _check_limit(body.get("max_failures"), "max_failures", 0)
+    user = _check_user(body.get("user", _ABSENT))
+    workdir = _check_dir(body.get("dir", _ABSENT))
+    env = _check_env(body.get("env", _ABSENT))
+    max_concurrency = _check_limit(body.get("max_concurrency", _ABSENT), "max_concurrency", 1)
+    max_failures = _check_limit(body.get("max_failures", _ABSENT), "max_failures", 0)
     return JobRequest(
         command=command,
         nodes=names,
@@ -250,21 +266,10 @@ def _whole(value: object, field: str) -> int:
 
 
 def _check_file(value: object, max_file_bytes: int) -> tuple[str | None, bytes | None]:
-    if value is None:
+    if value is _ABSENT:
         return None, None
-    if not isinstance(value, str):
-        raise ValidationError(MSG_FILE_PREFIX)
-    if value.startswith("base64:"):
-        # Line-wrapped base64 (MIME style) is common; whitespace carries no data.
-        compact = "".join(value[len("base64:") :].split())
-        try:
-            data = base64.b64decode(compact.encode("ascii"), validate=True)
-        except (binascii.Error, UnicodeEncodeError):
-            raise ValidationError(MSG_FILE_BASE64) from None
-    elif value.startswith("raw:"):
-        data = value[len("raw:") :].encode("utf-8", "surrogatepass")
-    else:
-        raise ValidationError(MSG_FILE_PREFIX)
+    data = decode_job_file(value)
+    assert isinstance(value, str)  # decode_job_file refuses anything else
     if len(data) > max_file_bytes:
         raise ValidationError(f"invalid file size (must be <= {max_file_bytes} bytes)")
     return value, data
@@ -300,7 +305,7 @@ def _check_quorum(value: object, node_count: int) -> int:
 
 
 def _check_user(value: object) -> str | None:
-    if value is None:
+    if value is _ABSENT:
         return None
     if not isinstance(value, str):
         raise ValidationError("invalid user (expected a string)")
@@ -314,7 +319,7 @@ def _check_user(value: object) -> str | None:
 
 
 def _check_dir(value: object) -> str | None:
-    if value is None:
+    if value is _ABSENT:
         return None
     if not isinstance(value, str):
         raise ValidationError("invalid dir (expected a string)")
@@ -328,13 +333,13 @@ def _check_dir(value: object) -> str | None:
 
 
 def _check_env(value: object) -> dict[str, str] | None:
-    if value is None:
+    if value is _ABSENT:
         return None
     if not isinstance(value, dict):
         raise ValidationError("invalid env (expected an object of strings)")
     env: dict[str, str] = {}
     for key, item in value.items():
-        if not isinstance(key, str) or not key or "=" in key or "\0" in key:
+        if not valid_env_name(key):
             raise ValidationError(f"invalid env name {_show(str(key))}")
         if not isinstance(item, str):
             raise ValidationError(f"invalid env value for {_show(key)} (expected a string)")
@@ -345,7 +350,7 @@ def _check_env(value: object) -> dict[str, str] | None:
 
 
 def _check_limit(value: object, field: str, minimum: int) -> int | None:
-    if value is None:
+    if value is _ABSENT:
         return None
     if not _is_number(value):
         raise ValidationError(f"invalid {field} (must be an integer >= {minimum})")
