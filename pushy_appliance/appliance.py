@@ -35,7 +35,7 @@ from .bootstrap import bootstrap, write_credentials
 from .config import ServerConfig, parse_host_port
 from .config_files import resolve_data_dir
 from .db import Database
-from .errors import StoreError
+from .errors import DataDirBusyError
 from .http import asgi_app
 from .hub import Hub
 from .jobs.model import JobsModel
@@ -103,12 +103,9 @@ def lock_data_dir(data_dir: Path) -> Iterator[None]:
     """Hold the data directory exclusively (one server, or one offline tool, at a time).
 
     Raises:
-        StoreError: another process holds it.
+        DataDirBusyError: another process holds it.
     """
-    with exclusive_lock(
-        data_dir / "run" / "lock",
-        lambda: StoreError(f"{data_dir} is in use by another pushy process"),
-    ):
+    with exclusive_lock(data_dir / "run" / "lock", lambda: DataDirBusyError(str(data_dir))):
         yield
 
 
@@ -128,11 +125,14 @@ async def compact_store(data_dir: Path) -> int:
             return await db.snapshot()
 
 
-def _url_host(host: str) -> str:
-    if host in ("0.0.0.0", ""):
+def _url_host(host: str, *, wildcard: bool = True) -> str:
+    """``host`` as it goes in a URL; with ``wildcard``, an any-address as the loopback one."""
+    if wildcard and host in ("0.0.0.0", ""):
         return "127.0.0.1"
-    if host == "::":
+    if wildcard and host == "::":
         return "[::1]"
+    if host == "":
+        return "0.0.0.0"
     return f"[{host}]" if ":" in host else host
 
 
@@ -283,7 +283,11 @@ async def _serve_locked(
             fsutil.write_durably(server_json, json.dumps(info.document()).encode(), mode=0o644)
             if hc.certfile:
                 log.info("server certificate fingerprint %s", _fingerprint_of(hc.certfile))
-            log.info("serving %s (nodes %s)", url, node_url)
+            # the URLs are what clients dial (127.0.0.1 for a wildcard); the log also says
+            # what was really bound, so `serve` on 0.0.0.0 does not look local-only
+            api_bound = binds[0].split("://", 1)[-1]
+            node_bound = f"{_url_host(node_host, wildcard=False)}:{bound_node_port}"
+            log.info("serving %s on %s (nodes %s on %s)", url, api_bound, node_url, node_bound)
             # Everything built so far (the replayed store above all) lives as long as the
             # process: keep the collector from scanning it again and again.
             gc.freeze()
