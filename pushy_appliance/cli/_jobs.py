@@ -28,7 +28,8 @@ from ._common import (
     print_table,
     run_client,
 )
-from ._follow import get_job, job_path, watch_job
+from ._explain import unknown_nodes
+from ._follow import JOB_ID_HELP, get_job, job_path, resolve_job_id, watch_job
 from ._progress import FINISHED_JOB_STATUSES, ProgressDisplay, job_succeeded
 
 __all__ = ["add_parsers"]
@@ -175,7 +176,7 @@ def add_parsers(sub: Any) -> None:
     p.set_defaults(handler=cmd_job_list)
 
     p = job.add_parser("status", help="show a job's status and its nodes")
-    p.add_argument("job_id", metavar="ID", help="the job id")
+    p.add_argument("job_id", metavar="ID", help=JOB_ID_HELP)
     p.add_argument("--json", action="store_true", help="print the job document as JSON")
     add_credentials(p)
     p.set_defaults(handler=cmd_job_status)
@@ -187,12 +188,12 @@ def add_parsers(sub: Any) -> None:
         help="follow a job's progress live until it ends",
         description="Follow a job live from its event feed. Exit codes as for `job start`.",
     )
-    p.add_argument("job_id", metavar="ID", help="the job id")
+    p.add_argument("job_id", metavar="ID", help=JOB_ID_HELP)
     add_credentials(p)
     p.set_defaults(handler=cmd_job_watch)
 
     p = job.add_parser("abort", help="abort a voting or running job")
-    p.add_argument("job_id", metavar="ID", help="the job id")
+    p.add_argument("job_id", metavar="ID", help=JOB_ID_HELP)
     p.add_argument("--json", action="store_true", help="print the job document as JSON")
     add_credentials(p)
     p.set_defaults(handler=cmd_job_abort)
@@ -244,6 +245,15 @@ def cmd_job_start(args: argparse.Namespace) -> int:
         created: dict[str, Any] = await c.json("POST", c.org_path("pushy/jobs"), body)
         job_id = str(created["id"])
         started.append(job_id)
+        # said before the feed's history is shown, so it comes before these nodes' unavailable
+        missing = await unknown_nodes(c, body["nodes"])
+        if missing:
+            print(
+                f"pushy: warning: no such node: {', '.join(missing)}"
+                f" (not a client of org {c.creds.org}; it ends unavailable)",
+                file=sys.stderr,
+                flush=True,
+            )
         if args.nowait:
             if args.json:
                 print_json(created)
@@ -273,7 +283,8 @@ def cmd_job_watch(args: argparse.Namespace) -> int:
     """``pushy job watch ID``: follow a job to its end; exit codes as ``job start``."""
 
     async def go(c: PushyClient) -> int:
-        doc = await watch_job(c, args.job_id, ProgressDisplay(args.job_id, sys.stdout))
+        job_id = await resolve_job_id(c, args.job_id)
+        doc = await watch_job(c, job_id, ProgressDisplay(job_id, sys.stdout))
         return EXIT_OK if job_succeeded(doc) else EXIT_FAILED
 
     return run_client(args, go)
@@ -307,7 +318,7 @@ def cmd_job_status(args: argparse.Namespace) -> int:
     """``pushy job status ID``: the job document, as JSON or readable."""
 
     async def go(c: PushyClient) -> int:
-        doc = await get_job(c, args.job_id)
+        doc = await get_job(c, await resolve_job_id(c, args.job_id))
         if args.json:
             print_json(doc)
         else:
@@ -347,10 +358,11 @@ def cmd_job_abort(args: argparse.Namespace) -> int:
     """``pushy job abort ID``: abort a voting or running job."""
 
     async def go(c: PushyClient) -> int:
+        job_id = await resolve_job_id(c, args.job_id)
         try:
-            doc: dict[str, Any] = await c.json("POST", job_path(c, args.job_id, "/abort"))
+            doc: dict[str, Any] = await c.json("POST", job_path(c, job_id, "/abort"))
         except ServerRefusedError as e:
-            raise naming(e, "job", args.job_id) from None
+            raise naming(e, "job", job_id) from None
         if args.json:
             print_json(doc)
         else:
