@@ -35,7 +35,7 @@ from .bootstrap import bootstrap, write_credentials
 from .config import ServerConfig, parse_host_port
 from .config_files import resolve_data_dir
 from .db import Database
-from .errors import DataDirBusyError
+from .errors import ConfigError, DataDirBusyError
 from .http import asgi_app
 from .hub import Hub
 from .jobs.model import JobsModel
@@ -104,8 +104,14 @@ def lock_data_dir(data_dir: Path) -> Iterator[None]:
 
     Raises:
         DataDirBusyError: another process holds it.
+        ConfigError: the lock file cannot be created.
     """
-    with exclusive_lock(data_dir / "run" / "lock", lambda: DataDirBusyError(str(data_dir))):
+    lock = data_dir / "run" / "lock"
+    with exclusive_lock(
+        lock,
+        lambda: DataDirBusyError(str(data_dir)),
+        lambda e: ConfigError("data_dir", None, f"cannot create {lock}: {e.strerror or e}"),
+    ):
         yield
 
 
@@ -175,7 +181,10 @@ async def serve(
     """
     stop = stop if stop is not None else trio.Event()
     data_dir = resolve_data_dir(config.data_dir)
-    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as e:
+        raise ConfigError("data_dir", None, f"cannot create {data_dir}: {e.strerror}") from None
     host, port = parse_host_port(config.listen)
     incarnation = str(uuid.uuid4())
     if config.insecure_http:
@@ -347,8 +356,12 @@ async def _compactor(db: Database) -> None:
 def _server_public_pem(config: ServerConfig, data_dir: Path) -> str:
     """The public key agents see in ``config/NODE``: the TLS certificate's, else pivotal's."""
     if not config.insecure_http:
-        cert = Path(config.tls.cert or data_dir / "tls" / "server.pem").read_bytes()
-        key: Any = x509.load_pem_x509_certificate(cert).public_key()
+        path = Path(config.tls.cert or data_dir / "tls" / "server.pem")
+        try:
+            key: Any = x509.load_pem_x509_certificate(path.read_bytes()).public_key()
+        except (OSError, ValueError) as e:
+            reason = e.strerror if isinstance(e, OSError) else str(e)
+            raise ConfigError("tls.cert", None, f"cannot read {path}: {reason}") from None
     else:
         key = chef_auth.load_private_key((data_dir / "keys" / "pivotal.pem").read_bytes())
     return chef_auth.public_key_pem(key)

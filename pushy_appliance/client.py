@@ -49,7 +49,7 @@ class CredentialSources:
     """Where each part of a :class:`Credentials` came from, in words for messages.
 
     Each is ``flag --server``, ``environment PUSHY_SERVER``, ``profile NAME of FILE``,
-    ``data directory DIR (…)`` or, for credentials built in code, ``given``.
+    ``data directory DIR, named by …`` or, for credentials built in code, ``given``.
 
     Attributes:
         server: of the server URL.
@@ -180,12 +180,12 @@ _NO_TRUST = (
 
 def _data_dir_source(data_dir: str | None, env: Mapping[str, str], path: Path) -> str:
     if data_dir:
-        how = "--data-dir"
+        how = "named by --data-dir"
     elif env.get("PUSHY_DATA_DIR"):
-        how = "PUSHY_DATA_DIR"
+        how = "named by PUSHY_DATA_DIR"
     else:
-        how = "the default: neither --data-dir nor PUSHY_DATA_DIR is set"
-    return f"data directory {path} ({how})"
+        how = "the default, as neither --data-dir nor PUSHY_DATA_DIR is set"
+    return f"data directory {path}, {how}"
 
 
 def load_credentials(

@@ -125,7 +125,7 @@ def credentials_from(args: argparse.Namespace, *, superuser: bool = False) -> Cr
         directory = resolve_data_dir(data_dir)
         pivotal = directory / "keys" / "pivotal.pem"
         if pivotal.exists():
-            source = f"data directory {directory} (the superuser's key, for this command)"
+            source = f"data directory {directory}: the superuser's key, for this command"
             creds = dataclasses.replace(
                 creds,
                 user="pivotal",
@@ -169,7 +169,8 @@ def run_client(
 ) -> T:
     """Run ``fn`` with an open client for the resolved credentials.
 
-    An error that the credentials may explain (the key cannot be read, the server cannot be
+    An error that the credentials may explain (the key, CA file or fingerprint cannot be
+    used, the server cannot be
     reached or its certificate is not trusted, the server refused the signature or the
     permission: 401, 403) carries a note naming each part of the credentials and where it
     came from; ``_main.main`` prints it under the message.
@@ -192,7 +193,7 @@ def run_client(
             _note_credentials(e, creds)
         raise
     except ConfigError as e:
-        if e.source == creds.key_file:
+        if e.source in (creds.key_file, creds.ca_file, "fingerprint"):
             _note_credentials(e, creds)
         raise
 
