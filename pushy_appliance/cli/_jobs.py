@@ -91,9 +91,12 @@ def add_parsers(sub: Any) -> None:
     Args:
         sub: the top-level ``argparse`` subparsers object of ``pushy``.
     """
-    job = sub.add_parser("job", help="start, follow and inspect push jobs").add_subparsers(
-        dest="sub", metavar="ACTION"
-    )
+    job = sub.add_parser(
+        "job",
+        help="start, follow and inspect push jobs",
+        description="Start, follow and inspect push jobs. Wherever a job ID is asked for, "
+        "the start of it is enough when no other job's id starts the same.",
+    ).add_subparsers(dest="sub", metavar="ACTION")
     job.required = True
 
     p = job.add_parser(
@@ -101,7 +104,9 @@ def add_parsers(sub: Any) -> None:
         help="start a job on nodes and show its progress",
         description="Start COMMAND on the NODEs and follow it live. Exits 0 only when the job "
         "ended complete with every node succeeded, 1 when it ended otherwise, 2 on usage "
-        "errors, 3 when the server could not be reached or refused the request.",
+        "errors, 3 when the server could not be reached or refused the request. A NODE that "
+        "is no client of the org is warned about first; a node that refuses the job is shown "
+        "with its reason; a server restart on the way is waited for (up to 120 s).",
     )
     p.add_argument("command_line", metavar="COMMAND", help="the command (must be whitelisted)")
     p.add_argument("nodes", metavar="NODE", nargs="+", help="nodes to run it on")
@@ -168,14 +173,23 @@ def add_parsers(sub: Any) -> None:
     add_credentials(p)
     p.set_defaults(handler=cmd_job_start)
 
-    p = job.add_parser("list", help="list jobs, newest first")
+    p = job.add_parser(
+        "list",
+        help="list jobs, newest first",
+        description="List the org's jobs, newest first: id, status, creation time, command.",
+    )
     p.add_argument("--status", choices=_JOB_STATUSES, help="only jobs with this status")
     p.add_argument("--limit", type=_positive, metavar="N", help="at most N jobs")
     p.add_argument("--json", action="store_true", help="print the API document (a JSON array)")
     add_credentials(p)
     p.set_defaults(handler=cmd_job_list)
 
-    p = job.add_parser("status", help="show a job's status and its nodes")
+    p = job.add_parser(
+        "status",
+        help="show a job's status and its nodes",
+        description="Show a job: its status, command, options, and which nodes are in which "
+        "state (with the reasons of nodes that refused it).",
+    )
     p.add_argument("job_id", metavar="ID", help=JOB_ID_HELP)
     p.add_argument("--json", action="store_true", help="print the job document as JSON")
     add_credentials(p)
@@ -186,13 +200,20 @@ def add_parsers(sub: Any) -> None:
     p = job.add_parser(
         "watch",
         help="follow a job's progress live until it ends",
-        description="Follow a job live from its event feed. Exit codes as for `job start`.",
+        description="Follow a job live from its event feed, to its end; a server restart on "
+        "the way is waited for (up to 120 s) and the feed resumed where it stopped. Exit codes "
+        "as for `job start`.",
     )
     p.add_argument("job_id", metavar="ID", help=JOB_ID_HELP)
     add_credentials(p)
     p.set_defaults(handler=cmd_job_watch)
 
-    p = job.add_parser("abort", help="abort a voting or running job")
+    p = job.add_parser(
+        "abort",
+        help="abort a voting or running job",
+        description="Abort a voting or running job: running commands are stopped, nodes not "
+        "yet started end aborted.",
+    )
     p.add_argument("job_id", metavar="ID", help=JOB_ID_HELP)
     p.add_argument("--json", action="store_true", help="print the job document as JSON")
     add_credentials(p)

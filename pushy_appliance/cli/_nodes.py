@@ -27,7 +27,9 @@ def add_parsers(sub: Any) -> None:
     Args:
         sub: the top-level ``argparse`` subparsers object of ``pushy``.
     """
-    node = sub.add_parser("node", help="node states").add_subparsers(dest="sub", metavar="ACTION")
+    node = sub.add_parser(
+        "node", help="node states", description="Show the states of the org's nodes."
+    ).add_subparsers(dest="sub", metavar="ACTION")
     node.required = True
     p = node.add_parser(
         "status",
