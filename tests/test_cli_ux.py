@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import trio
-from test_cli_jobs import Cli, appliance, get, show
+from test_cli_jobs import FEED, Cli, _sse, appliance, get, scripted_client, show
 from test_node_e2e import AGENT, ORG, spawn
 
 from pushy_appliance import chef_auth
@@ -279,3 +279,63 @@ def test_whoami_prints_no_key_material(
         " PUSHY_CA_CERT/PUSHY_FINGERPRINT, profile ssl_ca_file for this server or data"
         " directory CA)",
     ]
+
+
+# --- follow_job against a scripted server: a server that is away for a while -------------------
+
+
+async def test_follow_job_waits_for_a_server_that_answers_503_then_resumes(tmp_path: Path) -> None:
+    from pushy_appliance.cli._follow import Reconnector, follow_job
+
+    job = "e" * 32
+    unavailable = (f"jobs/{job}", 503, "application/json", b'{"error":"restarting"}')
+    answers = [
+        (f"job_status_feed/{job}", 200, FEED, _sse("start", 1) + _sse("run_start", 2, node="a")),
+        unavailable,  # the stream ended early; the server is going away
+        (f"job_status_feed/{job}", 503, "application/json", b'{"error":"restarting"}'),
+        (
+            f"job_status_feed/{job}",
+            200,
+            FEED,
+            _sse("run_complete", 3, node="a", status="success") + _sse("job_complete", 4),
+        ),
+    ]
+    seen: list[str] = []
+    told: list[str] = []
+    async with scripted_client(tmp_path, answers) as (server, client):
+        with trio.fail_after(LIMIT):
+            done = await follow_job(
+                client,
+                job,
+                lambda ev: seen.append(f"{ev.name} {ev.id}"),
+                reconnect=Reconnector(notify=told.append),
+            )
+    assert done
+    assert seen == ["start job-1", "run_start job-2", "run_complete job-3", "job_complete job-4"]
+    feeds = [h.get("last-event-id") for p, h in server.requests if "job_status_feed" in p]
+    assert feeds == [None, "job-2", "job-2"]
+    assert len(told) == 2, told
+    assert told[0].startswith("lost the server (") and "503" in told[0], told
+    assert told[1] == "reconnected"
+
+
+async def test_follow_job_gives_up_once_the_server_stays_away(tmp_path: Path) -> None:
+    from pushy_appliance.cli._follow import Reconnector, follow_job
+    from pushy_appliance.errors import ServerRefusedError
+
+    job = "e" * 32
+    gone = (f"job_status_feed/{job}", 503, "application/json", b'{"error":"down"}')
+    answers = [
+        (f"job_status_feed/{job}", 200, FEED, _sse("start", 1)),
+        (f"jobs/{job}", 503, "application/json", b'{"error":"down"}'),
+        *[gone] * 20,
+    ]
+    async with scripted_client(tmp_path, answers) as (server, client):
+        began = trio.current_time()
+        with trio.fail_after(LIMIT), pytest.raises(ServerRefusedError) as caught:
+            await follow_job(client, job, lambda ev: None, reconnect=Reconnector(window=0.6))
+        took = trio.current_time() - began
+    assert caught.value.status == 503
+    assert 0.6 <= took < 5.0
+    # it kept trying, with growing waits, not in a tight loop
+    assert 3 <= len(server.requests) <= 8, server.requests
