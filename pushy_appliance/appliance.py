@@ -35,7 +35,7 @@ from .bootstrap import bootstrap, write_credentials
 from .config import ServerConfig, parse_host_port
 from .config_files import resolve_data_dir
 from .db import Database
-from .errors import StoreError
+from .errors import ConfigError, DataDirBusyError
 from .http import asgi_app
 from .hub import Hub
 from .jobs.model import JobsModel
@@ -104,11 +104,14 @@ def lock_data_dir(data_dir: Path) -> Iterator[None]:
     """Hold the data directory exclusively (one server, or one offline tool, at a time).
 
     Raises:
-        StoreError: another process holds it.
+        DataDirBusyError: another process holds it.
+        ConfigError: the lock file cannot be created.
     """
+    lock = data_dir / "run" / "lock"
     with exclusive_lock(
-        data_dir / "run" / "lock",
-        lambda: StoreError(f"{data_dir} is in use by another pushy process"),
+        lock,
+        lambda: DataDirBusyError(str(data_dir)),
+        lambda e: ConfigError("data_dir", None, f"cannot create {lock}: {e.strerror or e}"),
     ):
         yield
 
@@ -129,11 +132,14 @@ async def compact_store(data_dir: Path) -> int:
             return await db.snapshot()
 
 
-def _url_host(host: str) -> str:
-    if host in ("0.0.0.0", ""):
+def _url_host(host: str, *, wildcard: bool = True) -> str:
+    """``host`` as it goes in a URL; with ``wildcard``, an any-address as the loopback one."""
+    if wildcard and host in ("0.0.0.0", ""):
         return "127.0.0.1"
-    if host == "::":
+    if wildcard and host == "::":
         return "[::1]"
+    if host == "":
+        return "0.0.0.0"
     return f"[{host}]" if ":" in host else host
 
 
@@ -176,7 +182,10 @@ async def serve(
     """
     stop = stop if stop is not None else trio.Event()
     data_dir = resolve_data_dir(config.data_dir)
-    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as e:
+        raise ConfigError("data_dir", None, f"cannot create {data_dir}: {e.strerror}") from None
     host, port = parse_host_port(config.listen)
     incarnation = str(uuid.uuid4())
     if config.insecure_http:
@@ -285,7 +294,11 @@ async def _serve_locked(
             fsutil.write_durably(server_json, json.dumps(info.document()).encode(), mode=0o644)
             if hc.certfile:
                 log.info("server certificate fingerprint %s", _fingerprint_of(hc.certfile))
-            log.info("serving %s (nodes %s)", url, node_url)
+            # the URLs are what clients dial (127.0.0.1 for a wildcard); the log also says
+            # what was really bound, so `serve` on 0.0.0.0 does not look local-only
+            api_bound = binds[0].split("://", 1)[-1]
+            node_bound = f"{_url_host(node_host, wildcard=False)}:{bound_node_port}"
+            log.info("serving %s on %s (nodes %s on %s)", url, api_bound, node_url, node_bound)
             # Everything built so far (the replayed store above all) lives as long as the
             # process: keep the collector from scanning it again and again.
             gc.freeze()
@@ -345,8 +358,12 @@ async def _compactor(db: Database) -> None:
 def _server_public_pem(config: ServerConfig, data_dir: Path) -> str:
     """The public key agents see in ``config/NODE``: the TLS certificate's, else pivotal's."""
     if not config.insecure_http:
-        cert = Path(config.tls.cert or data_dir / "tls" / "server.pem").read_bytes()
-        key: Any = x509.load_pem_x509_certificate(cert).public_key()
+        path = Path(config.tls.cert or data_dir / "tls" / "server.pem")
+        try:
+            key: Any = x509.load_pem_x509_certificate(path.read_bytes()).public_key()
+        except (OSError, ValueError) as e:
+            reason = e.strerror if isinstance(e, OSError) else str(e)
+            raise ConfigError("tls.cert", None, f"cannot read {path}: {reason}") from None
     else:
         key = chef_auth.load_private_key((data_dir / "keys" / "pivotal.pem").read_bytes())
     return chef_auth.public_key_pem(key)

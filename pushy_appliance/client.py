@@ -36,6 +36,7 @@ from .errors import (
 from .replay import REFUSED_HEADER
 
 __all__ = [
+    "CredentialSources",
     "Credentials",
     "PushyClient",
     "load_credentials",
@@ -49,6 +50,26 @@ _REPLAY_RETRIES = 2
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class CredentialSources:
+    """Where each part of a :class:`Credentials` came from, in words for messages.
+
+    Each is ``flag --server``, ``environment PUSHY_SERVER``, ``profile NAME of FILE``,
+    ``data directory DIR, named by …`` or, for credentials built in code, ``given``.
+
+    Attributes:
+        server: of the server URL.
+        user: of the user or client name.
+        key: of the key file.
+        trust: of the TLS trust (CA file or fingerprint; ``system`` for the system's CAs).
+    """
+
+    server: str = "given"
+    user: str = "given"
+    key: str = "given"
+    trust: str = "given"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class Credentials:
     """Who to be and where to go.
 
@@ -58,6 +79,7 @@ class Credentials:
         key_file: its private key (PEM).
         ca_file: CA certificate to trust, or ``None``.
         fingerprint: pinned server certificate fingerprint (``SHA256:…``), or ``None``.
+        sources: where each of these came from (not compared).
     """
 
     server_url: str
@@ -65,6 +87,9 @@ class Credentials:
     key_file: str
     ca_file: str | None = None
     fingerprint: str | None = None
+    sources: CredentialSources = dataclasses.field(
+        default=CredentialSources(), compare=False, repr=False
+    )
 
     @property
     def base_url(self) -> str:
@@ -73,6 +98,31 @@ class Credentials:
     @property
     def org(self) -> str:
         return split_org_url(self.server_url)[1]
+
+    @property
+    def trust(self) -> str:
+        """The TLS trust in words: ``fingerprint …``, ``CA FILE``, ``the system's CAs``."""
+        if urlsplit(self.server_url).scheme == "http":
+            return "none (plain HTTP)"
+        if self.fingerprint:
+            return f"fingerprint {self.fingerprint}"
+        if self.ca_file:
+            return f"CA {self.ca_file}"
+        return "the system's CAs"
+
+    def describe(self) -> list[str]:
+        """One line per part: its value and its source; never the key's contents.
+
+        Returns:
+            Lines ``server URL (from SOURCE)``, ``user …``, ``key FILE …``, ``trust …``.
+        """
+        s = self.sources
+        return [
+            f"server {self.server_url} (from {s.server})",
+            f"user   {self.user} (from {s.user})",
+            f"key    {self.key_file} (from {s.key})",
+            f"trust  {self.trust} (from {s.trust})",
+        ]
 
 
 def split_org_url(url: str) -> tuple[str, str]:
@@ -94,6 +144,55 @@ def split_org_url(url: str) -> tuple[str, str]:
     return base, segs[-1]
 
 
+def _same_server(a: str, b: str) -> bool:
+    """Whether two URLs name the same scheme, host and port."""
+    pa, pb = urlsplit(a), urlsplit(b)
+    return (pa.scheme.lower(), pa.netloc.lower()) == (pb.scheme.lower(), pb.netloc.lower())
+
+
+class _Resolver:
+    """Fills server, user, key and trust from one source after another, first match wins,
+    noting where each came from."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, str] = {}
+        self.sources: dict[str, str] = {}
+        self.ca_file: str | None = None
+        self.fingerprint: str | None = None
+
+    def offer(self, field: str, value: Any, source: str) -> None:
+        if field not in self.values and isinstance(value, str) and value:
+            self.values[field] = value
+            self.sources[field] = source
+
+    def offer_trust(self, ca_file: str | None, fingerprint: str | None, source: str) -> None:
+        """Take both trust settings of the first source that gives either: a CA file of one
+        source and a fingerprint of another are never mixed."""
+        if "trust" not in self.sources and (ca_file or fingerprint):
+            self.ca_file, self.fingerprint = ca_file, fingerprint
+            self.sources["trust"] = source
+
+    @property
+    def complete(self) -> bool:
+        return all(f in self.values for f in ("server", "user", "key"))
+
+
+_NO_TRUST = (
+    "the default: no --ca-cert/--fingerprint, PUSHY_CA_CERT/PUSHY_FINGERPRINT, profile"
+    " ssl_ca_file for this server or data directory CA"
+)
+
+
+def _data_dir_source(data_dir: str | None, env: Mapping[str, str], path: Path) -> str:
+    if data_dir:
+        how = "named by --data-dir"
+    elif env.get("PUSHY_DATA_DIR"):
+        how = "named by PUSHY_DATA_DIR"
+    else:
+        how = "the default, as neither --data-dir nor PUSHY_DATA_DIR is set"
+    return f"data directory {path}, {how}"
+
+
 def load_credentials(
     *,
     server: str | None = None,
@@ -105,38 +204,72 @@ def load_credentials(
     data_dir: str | None = None,
     environ: Mapping[str, str] | None = None,
     home: Path | None = None,
+    user_flag: str = "--user",
 ) -> Credentials:
-    """Resolve credentials: flags, then ``PUSHY_*``, then ``~/.chef/credentials``, then the
-    data directory's ``credentials`` (``APPLIANCE.md`` §1). First complete source wins per
-    field; trust settings follow the same order.
+    """Resolve credentials (``APPLIANCE.md`` §1), noting where each part came from.
+
+    Server URL, user and key: each from the first of the flags, ``PUSHY_SERVER`` /
+    ``PUSHY_USER`` / ``PUSHY_KEY``, the profile of ``~/.chef/credentials``, the data
+    directory's ``credentials``.
+
+    TLS trust is resolved on its own, whichever source gave the rest: ``--ca-cert`` /
+    ``--fingerprint``, else ``PUSHY_CA_CERT`` / ``PUSHY_FINGERPRINT``, else the profile's
+    ``ssl_ca_file`` / ``ssl_fingerprint`` when that profile names the same server, else the
+    data directory's CA (``tls/ca.pem``) when it exists, else the system's CAs.
+
+    Args:
+        server, user, key, profile, ca_file, fingerprint, data_dir: the flags (``None``:
+            not given).
+        environ: the environment (default ``os.environ``).
+        home: the home directory whose ``.chef/credentials`` is read.
+        user_flag: the flag that gave ``user``, for messages (``--user`` or ``--sign-as``).
 
     Raises:
-        ConfigError: nothing names a server, user and key.
+        ConfigError: nothing names a server, user and key; a named profile does not exist;
+            a credentials file cannot be read; the server URL is not an org URL.
     """
     env = os.environ if environ is None else environ
     home = home or Path.home()
-    server = server or env.get("PUSHY_SERVER")
-    user = user or env.get("PUSHY_USER")
-    key = key or env.get("PUSHY_KEY")
-    ca_file = ca_file or env.get("PUSHY_CA_CERT")
-    fingerprint = fingerprint or env.get("PUSHY_FINGERPRINT")
+    r = _Resolver()
+    for field, flag, value in (
+        ("server", "--server", server),
+        ("user", user_flag, user),
+        ("key", "--key", key),
+    ):
+        r.offer(field, value, f"flag {flag}")
+    # a fingerprint wins over a CA file of the same source (client_ssl), so it is named
+    r.offer_trust(ca_file, fingerprint, "flag --fingerprint" if fingerprint else "flag --ca-cert")
+    for field, var in (("server", "PUSHY_SERVER"), ("user", "PUSHY_USER"), ("key", "PUSHY_KEY")):
+        r.offer(field, env.get(var), f"environment {var}")
+    env_ca, env_fp = env.get("PUSHY_CA_CERT"), env.get("PUSHY_FINGERPRINT")
+    r.offer_trust(
+        env_ca,
+        env_fp,
+        "environment PUSHY_FINGERPRINT" if env_fp else "environment PUSHY_CA_CERT",
+    )
+
     profile_name = profile or env.get("PUSHY_PROFILE") or "default"
-    sources: list[tuple[Path, str]] = [
-        (home / ".chef" / "credentials", profile_name),
-        (resolve_data_dir(data_dir, dict(env)) / "credentials", "default"),
+    chef_file = home / ".chef" / "credentials"
+    if not r.complete or "trust" not in r.sources:
+        prof = _read_profile(chef_file, profile_name, explicit=profile is not None)
+        if prof is not None:
+            _offer_profile(r, prof, chef_file, f"profile {profile_name} of {chef_file}")
+
+    directory = resolve_data_dir(data_dir, dict(env))
+    dir_source = _data_dir_source(data_dir, env, directory)
+    if not r.complete:
+        prof = _read_profile(directory / "credentials", "default", explicit=False)
+        if prof is not None:
+            _offer_profile(r, prof, directory / "credentials", dir_source)
+    ca = directory / "tls" / "ca.pem"
+    if "trust" not in r.sources and ca.is_file():
+        r.offer_trust(str(ca), None, dir_source)
+
+    missing = [
+        n
+        for f, n in (("server", "server URL"), ("user", "user"), ("key", "key"))
+        if f not in r.values
     ]
-    for path, name in sources:
-        if server and user and key:
-            break
-        prof = _read_profile(path, name, explicit=profile is not None and path == sources[0][0])
-        if prof is None:
-            continue
-        server = server or prof.get("chef_server_url")
-        user = user or prof.get("client_name") or prof.get("node_name")
-        key = key or _expand(prof.get("client_key"), path)
-        ca_file = ca_file or _expand(prof.get("ssl_ca_file"), path)
-        fingerprint = fingerprint or prof.get("ssl_fingerprint")
-    missing = [n for n, v in (("server URL", server), ("user", user), ("key", key)) if not v]
     if missing:
         raise ConfigError(
             "credentials",
@@ -145,9 +278,34 @@ def load_credentials(
             "PUSHY_USER/PUSHY_KEY, add a profile to ~/.chef/credentials, or run on the server box"
             " with --data-dir",
         )
-    assert server and user and key
-    split_org_url(server)
-    return Credentials(server, user, key, ca_file, fingerprint)
+    url = r.values["server"]
+    try:
+        split_org_url(url)
+    except ConfigError as e:
+        raise ConfigError(f"server URL (from {r.sources['server']})", None, e.reason) from None
+    sources = CredentialSources(
+        server=r.sources["server"],
+        user=r.sources["user"],
+        key=r.sources["key"],
+        trust=r.sources.get("trust", _NO_TRUST),
+    )
+    return Credentials(url, r.values["user"], r.values["key"], r.ca_file, r.fingerprint, sources)
+
+
+def _offer_profile(r: _Resolver, prof: Mapping[str, Any], path: Path, source: str) -> None:
+    """Offer a credentials profile's values; its trust only when it names the same server."""
+    r.offer("server", prof.get("chef_server_url"), source)
+    r.offer("user", prof.get("client_name") or prof.get("node_name"), source)
+    r.offer("key", _expand(prof.get("client_key"), path), source)
+    named = prof.get("chef_server_url")
+    server = r.values.get("server")
+    if isinstance(named, str) and server is not None and _same_server(named, server):
+        fp = prof.get("ssl_fingerprint")
+        r.offer_trust(
+            _expand(prof.get("ssl_ca_file"), path),
+            fp if isinstance(fp, str) and fp else None,
+            source,
+        )
 
 
 def _expand(value: Any, relative_to: Path) -> str | None:
@@ -163,6 +321,10 @@ def _read_profile(path: Path, name: str, *, explicit: bool) -> dict[str, Any] | 
     try:
         data = tomllib.loads(path.read_text())
     except FileNotFoundError:
+        if explicit:
+            raise ConfigError(
+                str(path), name, "no such profile (the file does not exist)"
+            ) from None
         return None
     except (OSError, tomllib.TOMLDecodeError) as e:
         raise ConfigError(str(path), None, f"cannot read credentials: {e}") from None

@@ -8,7 +8,8 @@ map the tree to status codes in one place (``http/_errors.py``)::
     ├── ConfigError              bad configuration file, environment variable or flag
     ├── KeyFormatError           a key (PEM) that cannot be read or used for signing
     ├── StoreError               the store cannot be opened, read or written
-    │   └── StoreCorruptError    a record failed its CRC or could not be decoded
+    │   ├── StoreCorruptError    a record failed its CRC or could not be decoded
+    │   └── DataDirBusyError     another process holds the data directory
     ├── ProtocolError            a node frame that is not what the protocol says
     │   └── FrameTooLargeError   a frame over the size cap
     ├── DomainError              what a model or engine refuses, whoever asked; no status code
@@ -91,6 +92,18 @@ class StoreCorruptError(StoreError):
         self.offset = offset
         self.reason = reason
         super().__init__(f"{path} at byte {offset}: {reason}")
+
+
+class DataDirBusyError(StoreError):
+    """Another process (a server, or an offline store tool) holds the data directory.
+
+    Attributes:
+        data_dir: the directory.
+    """
+
+    def __init__(self, data_dir: str) -> None:
+        self.data_dir = data_dir
+        super().__init__(f"{data_dir} is in use by another pushy process")
 
 
 class ProtocolError(PushyError):

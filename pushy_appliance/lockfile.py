@@ -16,7 +16,11 @@ __all__ = ["exclusive_lock"]
 
 
 @contextlib.contextmanager
-def exclusive_lock(path: Path, busy: Callable[[], Exception]) -> Iterator[None]:
+def exclusive_lock(
+    path: Path,
+    busy: Callable[[], Exception],
+    unusable: Callable[[OSError], Exception] | None = None,
+) -> Iterator[None]:
     """Hold ``path`` (created 0600, its directory 0700) exclusively for the block.
 
     The lock goes with the process: a crash releases it, and the descriptor is not inherited
@@ -25,13 +29,21 @@ def exclusive_lock(path: Path, busy: Callable[[], Exception]) -> Iterator[None]:
     Args:
         path: the lock file.
         busy: makes the error raised when another process holds the lock.
+        unusable: makes the error raised when the file cannot be created or opened (default:
+            the ``OSError`` itself). Errors raised inside the block are never touched.
 
     Raises:
-        OSError: the file cannot be created or opened.
-        Exception: ``busy()``, when another process holds the lock (checked without waiting).
+        OSError: the file cannot be created or opened (without ``unusable``).
+        Exception: ``busy()``, when another process holds the lock (checked without waiting);
+            ``unusable(error)``.
     """
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as e:
+        if unusable is None:
+            raise
+        raise unusable(e) from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -149,6 +149,7 @@ async def test_admin_commands_with_the_data_dir_credentials(tmp_path: Path) -> N
     data = tmp_path / "data"
     env = pushy_env(tmp_path / "home", PUSHY_DATA_DIR=str(data))
     keys = tmp_path / "out"
+    keys.mkdir()  # --key-out never creates directories
     web1_key, alice_key = keys / "web1.pem", keys / "alice.pem"
 
     async with pushy_serve(tmp_path, data_dir=data) as server:
@@ -250,6 +251,7 @@ async def test_credentials_from_flags_and_from_a_knife_profile(tmp_path: Path) -
         admin_key = str(data / "keys" / "admin.pem")
         default_url = f"{server.url}/organizations/default"
         keys_out = tmp_path / "out"
+        keys_out.mkdir()  # --key-out never creates directories
         flags = ("--server", default_url, "--user", "admin", "--key", admin_key)
         f1, untrusted, from_env = await run_all(
             env,

@@ -330,6 +330,11 @@ async def test_serve_with_no_arguments_serves_https_on_all_interfaces_10003(
         assert server.doc["node_url"] == "wss://127.0.0.1:10002"
         assert _listening_on_any(10003), "the API does not listen on 0.0.0.0:10003"
         assert _listening_on_any(10002), "the node listener does not listen on 0.0.0.0:10002"
+        # the log says what was really bound, not only the loopback URL clients dial
+        assert (
+            "serving https://127.0.0.1:10003 on 0.0.0.0:10003"
+            " (nodes wss://127.0.0.1:10002 on 0.0.0.0:10002)"
+        ) in server.log(), server.log()
         async with httpx.AsyncClient(verify=server.ssl_context(), timeout=10) as http:
             with trio.fail_after(10):
                 r = await http.get("https://localhost:10003/pushy/_status")

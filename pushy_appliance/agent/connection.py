@@ -42,7 +42,7 @@ from trio_websocket import (
 
 from .. import chef_auth, protocol
 from ..client import Credentials, PushyClient, client_ssl
-from ..errors import ClientError, ProtocolError
+from ..errors import ClientError, ProtocolError, ServerRefusedError
 from ..frame_reader import FrameReader
 from ..protocol import Frame
 from .runtime import AgentRuntime
@@ -515,6 +515,18 @@ def _ws_ssl(url: str, verify: ssl.SSLContext | bool) -> ssl.SSLContext | None:
     return ssl.create_default_context()
 
 
+def _refused(settings: ConnectSettings, status: int, message: str) -> str | None:
+    """Why the server refused the node's key (401, 403) and what to check; else ``None``."""
+    if status not in (401, 403):
+        return None
+    node, key, org = settings.node_name, settings.key_file, settings.server_url.rsplit("/", 1)[-1]
+    return (
+        f"the server refused node {node} signing with key {key} ({status}: {message.strip()});"
+        f" check that client {node} exists in org {org} (pushy client create {node}), that"
+        f" {key} is its private key (a re-created client has a new key), and the clock"
+    )
+
+
 async def _attempt(runtime: AgentRuntime, settings: ConnectSettings) -> SessionEnd:
     """One connection attempt: config, upgrade, session."""
     node = settings.node_name
@@ -541,7 +553,10 @@ async def _attempt(runtime: AgentRuntime, settings: ConnectSettings) -> SessionE
             return await run_session(ws, runtime, max_frame_bytes=node_config.max_frame_bytes)
     except ConnectionRejected as exc:
         body = (exc.body or b"").decode("utf-8", "replace")[:200]
-        return SessionEnd(False, 0.0, None, f"upgrade refused ({exc.status_code}): {body}")
+        why = _refused(settings, exc.status_code, body)
+        return SessionEnd(False, 0.0, None, why or f"upgrade refused ({exc.status_code}): {body}")
+    except ServerRefusedError as exc:
+        return SessionEnd(False, 0.0, None, _refused(settings, exc.status, exc.message) or str(exc))
     except ClientError as exc:
         return SessionEnd(False, 0.0, None, str(exc))
     except ProtocolError as exc:

@@ -13,7 +13,8 @@ import socket
 
 import trio
 
-from ..client import read_private_key
+from .. import tls
+from ..client import read_private_key, split_org_url
 from ..config import AgentConfig
 from ..errors import ConfigError
 from .connection import ConnectSettings, maintain_connection
@@ -36,14 +37,24 @@ def connect_settings(config: AgentConfig) -> ConnectSettings:
         The connection settings (the node name defaults to the host name).
 
     Raises:
-        ConfigError: ``server_url`` or ``client_key`` is missing, or the key cannot be read.
+        ConfigError: ``server_url`` or ``client_key`` is missing, the URL is not an org URL,
+            the key cannot be read, the CA file cannot be loaded or the fingerprint is not one
+            (each would otherwise fail every connection attempt, for ever).
     """
     if not config.server_url:
         raise ConfigError("config", "server_url", "required (--server URL)")
     if not config.client_key:
         raise ConfigError("config", "client_key", "required (--key FILE)")
+    try:
+        split_org_url(config.server_url)
+    except ConfigError as e:
+        raise ConfigError("config", "server_url", e.reason) from None
     node_name = config.node_name or socket.gethostname()
     key = read_private_key(config.client_key)
+    if config.ca_cert:
+        tls.client_ssl_context(ca_file=config.ca_cert)
+    if config.server_fingerprint:
+        tls.parse_fingerprint(config.server_fingerprint)
     return ConnectSettings(
         server_url=config.server_url,
         node_name=node_name,

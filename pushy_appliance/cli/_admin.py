@@ -4,14 +4,23 @@ from __future__ import annotations
 
 import argparse
 import os
+import stat
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .. import __version__
 from ..config_files import resolve_data_dir
-from ..errors import ServerRefusedError
-from ._common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, print_json, run_client
+from ..errors import ConfigError, ServerRefusedError
+from ._common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    credentials_from,
+    print_json,
+    run_client,
+    run_trio,
+)
 
 __all__ = [
     "cmd_client_create",
@@ -23,6 +32,7 @@ __all__ = [
     "cmd_store_verify",
     "cmd_user_create",
     "cmd_version",
+    "cmd_whoami",
     "version_text",
 ]
 
@@ -34,16 +44,48 @@ def _org(args: argparse.Namespace, client: PushyClient) -> str:
     return str(getattr(args, "org", None) or client.creds.org)
 
 
+def _check_key_out(path: str | None) -> None:
+    """Refuse a ``--key-out`` that cannot be written, before the server creates anything.
+
+    Raises:
+        ConfigError: its directory does not exist (no ``mkdir -p``: a typo must not scatter
+            keys), or the path is a directory.
+    """
+    if not path:
+        return
+    p = Path(path)
+    parent = p.parent
+    if not parent.is_dir():
+        raise ConfigError("--key-out", None, f"directory {parent} does not exist")
+    if p.is_dir():
+        raise ConfigError("--key-out", None, f"{p} is a directory")
+
+
 def _emit_key(path: str | None, pem: str) -> None:
-    if path:
-        p = Path(path)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(pem)
-        print(f"private key written to {p}", file=sys.stderr)
-    else:
+    """Write ``pem`` to ``path`` (mode 0600), or to stdout.
+
+    An existing regular file is truncated and its mode set to 0600 through the open
+    descriptor (``fchmod``), so a key never sits in a file others can read; a symlink is
+    followed, not replaced, and a device or pipe the user named keeps its mode.
+
+    Raises:
+        ConfigError: the file cannot be written.
+    """
+    if not path:
         sys.stdout.write(pem)
+        return
+    p = Path(path)
+    try:
+        fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            if stat.S_ISREG(os.fstat(fd).st_mode):
+                os.fchmod(fd, 0o600)
+            f.write(pem)
+    except OSError as e:
+        raise ConfigError(
+            "--key-out", None, f"cannot write {p}: {e.strerror or e} (the key was not saved)"
+        ) from None
+    print(f"private key written to {p}", file=sys.stderr)
 
 
 def version_text() -> str:
@@ -73,6 +115,13 @@ def cmd_version(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_whoami(args: argparse.Namespace) -> int:
+    """``pushy whoami``: the resolved credentials and their sources, without the key."""
+    creds = credentials_from(args)
+    sys.stdout.write("".join(f"{line}\n" for line in creds.describe()))
+    return EXIT_OK
+
+
 def cmd_org_create(args: argparse.Namespace) -> int:
     async def go(c: PushyClient) -> Any:
         return await c.json(
@@ -87,6 +136,8 @@ def cmd_org_create(args: argparse.Namespace) -> int:
 
 
 def cmd_user_create(args: argparse.Namespace) -> int:
+    _check_key_out(args.key_out)
+
     async def go(c: PushyClient) -> Any:
         doc = await c.json(
             "POST",
@@ -115,6 +166,8 @@ def cmd_user_create(args: argparse.Namespace) -> int:
 
 
 def cmd_client_create(args: argparse.Namespace) -> int:
+    _check_key_out(args.key_out)
+
     async def go(c: PushyClient) -> Any:
         return await c.json(
             "POST",
@@ -185,11 +238,9 @@ def cmd_store_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_store_compact(args: argparse.Namespace) -> int:
-    import trio
-
     from ..appliance import compact_store
 
     data_dir = resolve_data_dir(args.data_dir)
-    seq = trio.run(compact_store, data_dir)
+    seq = run_trio(compact_store, data_dir)
     print(f"compacted {data_dir / 'store'}: snapshot at record {seq}")
     return EXIT_OK

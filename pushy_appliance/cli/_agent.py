@@ -11,6 +11,7 @@ from typing import Any
 
 from ..config import AgentConfig
 from ..config_files import load_agent_config
+from ._common import run_trio
 from ._logging import setup_logging
 
 __all__ = ["add_parsers", "cmd_agent"]
@@ -30,7 +31,10 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         help="run the node agent",
         description="Run the node agent: keep a connection to the push-jobs server and run the "
         "whitelisted commands of jobs. Settings come from the config file, then PUSHY_* "
-        "environment variables, then these flags (later ones win).",
+        "environment variables, then these flags (later ones win). SIGHUP re-reads the "
+        "whitelist ([[allow]]) from --config without dropping the connection or a running "
+        "job; SIGTERM or SIGINT stops the agent (exit 0). Exits 2 on a configuration error, "
+        "1 when it cannot go on (another agent holds --state-dir).",
     )
     p.add_argument("--config", metavar="FILE", help="agent TOML configuration file")
     p.add_argument(
@@ -68,6 +72,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
 
     Raises:
         ConfigError: the configuration is incomplete or invalid.
+        AgentError: the state directory cannot be used, or another agent holds it.
     """
     flags: dict[str, Any] = {
         "server_url": args.server,
@@ -79,8 +84,6 @@ def cmd_agent(args: argparse.Namespace) -> int:
         "log.level": args.log_level,
     }
     # Imported here, not at the top: other commands start faster without the agent stack.
-    import trio
-
     from ..agent.main import connect_settings
     from ..agent.whitelist import Whitelist
 
@@ -89,7 +92,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
     connect_settings(config)
     Whitelist.from_entries(config.allow)
     setup_logging(config.log.level, config.log.format)
-    trio.run(_run_until_signal, config, args.config)
+    run_trio(_run_until_signal, config, args.config)
     return 0
 
 

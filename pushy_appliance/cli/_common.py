@@ -8,6 +8,7 @@ imports them; nothing here imports a command module.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -15,7 +16,12 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from ..config_files import resolve_data_dir
-from ..errors import ServerRefusedError
+from ..errors import (
+    ConfigError,
+    ServerRefusedError,
+    ServerUnreachableError,
+    TLSUntrustedError,
+)
 
 if TYPE_CHECKING:
     from ..client import Credentials, PushyClient
@@ -28,9 +34,12 @@ __all__ = [
     "add_credentials",
     "credentials_from",
     "naming",
+    "plural",
     "print_json",
     "print_table",
     "run_client",
+    "run_trio",
+    "sole_error",
 ]
 
 EXIT_OK: Final = 0
@@ -56,7 +65,8 @@ def add_credentials(p: argparse.ArgumentParser, signer_flag: str = "--user") -> 
         signer_flag: the flag naming who signs (``--sign-as`` where ``--user`` is taken).
     """
     g = p.add_argument_group(
-        "credentials (first match wins: flags, PUSHY_*, ~/.chef/credentials, data dir)"
+        "credentials (each from the first of: flags, PUSHY_*, ~/.chef/credentials, data dir;"
+        " `pushy whoami` shows what is used)"
     )
     g.add_argument(
         "--server",
@@ -72,27 +82,34 @@ def add_credentials(p: argparse.ArgumentParser, signer_flag: str = "--user") -> 
         metavar="NAME",
         help="profile of ~/.chef/credentials (PUSHY_PROFILE, default 'default')",
     )
-    g.add_argument("--ca-cert", metavar="FILE", help="CA certificate to trust (PUSHY_CA_CERT)")
+    g.add_argument(
+        "--ca-cert",
+        metavar="FILE",
+        help="CA certificate to trust (PUSHY_CA_CERT; else the profile's ssl_ca_file, else the"
+        " data directory's CA)",
+    )
     g.add_argument(
         "--fingerprint", metavar="SHA256", help="pin the server certificate (PUSHY_FINGERPRINT)"
     )
     g.add_argument(
         "--data-dir",
         metavar="DIR",
-        help="server data directory whose credentials to use (PUSHY_DATA_DIR)",
+        help="server data directory whose credentials and CA to use (PUSHY_DATA_DIR)",
     )
+    p.set_defaults(signer_flag=signer_flag)
 
 
 def credentials_from(args: argparse.Namespace, *, superuser: bool = False) -> Credentials:
     """Resolve credentials from the parsed flags (and environment, profiles, data dir).
 
-    With ``superuser``, and no explicit user, the data directory's ``pivotal`` key is used
-    when it can be found, so org and user creation work on the server box with no setup.
+    With ``superuser``, and no explicit user or key, the data directory's ``pivotal`` key is
+    used when it can be found, so org and user creation work on the server box with no setup.
     """
     # Imported here, not at the top: commands without a server (serve, agent, store, version)
     # start faster without the HTTP client stack.
-    from ..client import Credentials, load_credentials
+    from ..client import load_credentials
 
+    data_dir = getattr(args, "data_dir", None)
     creds = load_credentials(
         server=getattr(args, "server", None),
         user=getattr(args, "signer", None),
@@ -100,16 +117,48 @@ def credentials_from(args: argparse.Namespace, *, superuser: bool = False) -> Cr
         profile=getattr(args, "profile", None),
         ca_file=getattr(args, "ca_cert", None),
         fingerprint=getattr(args, "fingerprint", None),
-        data_dir=getattr(args, "data_dir", None),
+        data_dir=data_dir,
+        user_flag=getattr(args, "signer_flag", "--user"),
     )
     explicit = getattr(args, "key", None) or getattr(args, "signer", None)
     if superuser and not explicit and not os.environ.get("PUSHY_KEY"):
-        pivotal = resolve_data_dir(getattr(args, "data_dir", None)) / "keys" / "pivotal.pem"
+        directory = resolve_data_dir(data_dir)
+        pivotal = directory / "keys" / "pivotal.pem"
         if pivotal.exists():
-            creds = Credentials(
-                creds.server_url, "pivotal", str(pivotal), creds.ca_file, creds.fingerprint
+            source = f"data directory {directory}: the superuser's key, for this command"
+            creds = dataclasses.replace(
+                creds,
+                user="pivotal",
+                key_file=str(pivotal),
+                sources=dataclasses.replace(creds.sources, user=source, key=source),
             )
     return creds
+
+
+def run_trio(fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+    """``trio.run(fn, *args)``, with a lone error out of nested nurseries raised as itself.
+
+    A nursery wraps even a single failure in an exception group; the command's caller
+    (``_main.main``) reports the appliance's errors by class, so a group holding one error is
+    unwrapped (one line on stderr, not a traceback).
+    """
+    import trio
+
+    try:
+        return trio.run(fn, *args)
+    except BaseExceptionGroup as group:
+        error = sole_error(group)
+        if error is group:
+            raise
+        raise error from None
+
+
+def sole_error(error: BaseException) -> BaseException:
+    """The one exception inside nested single-member exception groups, else ``error``."""
+    inner = error
+    while isinstance(inner, BaseExceptionGroup) and len(inner.exceptions) == 1:
+        inner = inner.exceptions[0]
+    return error if isinstance(inner, BaseExceptionGroup) else inner
 
 
 def run_client(
@@ -118,9 +167,14 @@ def run_client(
     *,
     superuser: bool = False,
 ) -> T:
-    """Run ``fn`` with an open client for the resolved credentials."""
-    import trio
+    """Run ``fn`` with an open client for the resolved credentials.
 
+    An error that the credentials may explain (the key, CA file or fingerprint cannot be
+    used, the server cannot be
+    reached or its certificate is not trusted, the server refused the signature or the
+    permission: 401, 403) carries a note naming each part of the credentials and where it
+    came from; ``_main.main`` prints it under the message.
+    """
     from ..client import open_client
 
     creds = credentials_from(args, superuser=superuser)
@@ -129,7 +183,23 @@ def run_client(
         async with open_client(creds) as client:
             return await fn(client)
 
-    return trio.run(go)
+    try:
+        return run_trio(go)
+    except (ServerUnreachableError, TLSUntrustedError) as e:
+        _note_credentials(e, creds)
+        raise
+    except ServerRefusedError as e:
+        if e.status in (401, 403):
+            _note_credentials(e, creds)
+        raise
+    except ConfigError as e:
+        if e.source in (creds.key_file, creds.ca_file, "fingerprint"):
+            _note_credentials(e, creds)
+        raise
+
+
+def _note_credentials(error: BaseException, creds: Credentials) -> None:
+    error.add_note("\n".join(["credentials used:", *(f"  {line}" for line in creds.describe())]))
 
 
 def naming(e: ServerRefusedError, kind: str, name: str) -> ServerRefusedError:
@@ -146,6 +216,17 @@ def naming(e: ServerRefusedError, kind: str, name: str) -> ServerRefusedError:
     if name in e.message:
         return e
     return ServerRefusedError(e.status, f"{kind} {name}: {e.message}")
+
+
+def plural(n: int, word: str, words: str | None = None) -> str:
+    """``1 node``, ``2 nodes``: ``n`` and the word in the number it takes.
+
+    Args:
+        n: the count.
+        word: the singular.
+        words: the plural (default ``word + "s"``).
+    """
+    return f"{n} {word if n == 1 else (words or word + 's')}"
 
 
 def print_json(doc: Any) -> None:

@@ -28,7 +28,8 @@ from ._common import (
     print_table,
     run_client,
 )
-from ._follow import get_job, job_path, watch_job
+from ._explain import unknown_nodes
+from ._follow import JOB_ID_HELP, get_job, job_path, resolve_job_id, watch_job
 from ._progress import FINISHED_JOB_STATUSES, ProgressDisplay, job_succeeded
 
 __all__ = ["add_parsers"]
@@ -90,9 +91,12 @@ def add_parsers(sub: Any) -> None:
     Args:
         sub: the top-level ``argparse`` subparsers object of ``pushy``.
     """
-    job = sub.add_parser("job", help="start, follow and inspect push jobs").add_subparsers(
-        dest="sub", metavar="ACTION"
-    )
+    job = sub.add_parser(
+        "job",
+        help="start, follow and inspect push jobs",
+        description="Start, follow and inspect push jobs. Wherever a job ID is asked for, "
+        "the start of it is enough when no other job's id starts the same.",
+    ).add_subparsers(dest="sub", metavar="ACTION")
     job.required = True
 
     p = job.add_parser(
@@ -100,7 +104,9 @@ def add_parsers(sub: Any) -> None:
         help="start a job on nodes and show its progress",
         description="Start COMMAND on the NODEs and follow it live. Exits 0 only when the job "
         "ended complete with every node succeeded, 1 when it ended otherwise, 2 on usage "
-        "errors, 3 when the server could not be reached or refused the request.",
+        "errors, 3 when the server could not be reached or refused the request. A NODE that "
+        "is no client of the org is warned about first; a node that refuses the job is shown "
+        "with its reason; a server restart on the way is waited for (up to 120 s).",
     )
     p.add_argument("command_line", metavar="COMMAND", help="the command (must be whitelisted)")
     p.add_argument("nodes", metavar="NODE", nargs="+", help="nodes to run it on")
@@ -167,15 +173,24 @@ def add_parsers(sub: Any) -> None:
     add_credentials(p)
     p.set_defaults(handler=cmd_job_start)
 
-    p = job.add_parser("list", help="list jobs, newest first")
+    p = job.add_parser(
+        "list",
+        help="list jobs, newest first",
+        description="List the org's jobs, newest first: id, status, creation time, command.",
+    )
     p.add_argument("--status", choices=_JOB_STATUSES, help="only jobs with this status")
     p.add_argument("--limit", type=_positive, metavar="N", help="at most N jobs")
     p.add_argument("--json", action="store_true", help="print the API document (a JSON array)")
     add_credentials(p)
     p.set_defaults(handler=cmd_job_list)
 
-    p = job.add_parser("status", help="show a job's status and its nodes")
-    p.add_argument("job_id", metavar="ID", help="the job id")
+    p = job.add_parser(
+        "status",
+        help="show a job's status and its nodes",
+        description="Show a job: its status, command, options, and which nodes are in which "
+        "state (with the reasons of nodes that refused it).",
+    )
+    p.add_argument("job_id", metavar="ID", help=JOB_ID_HELP)
     p.add_argument("--json", action="store_true", help="print the job document as JSON")
     add_credentials(p)
     p.set_defaults(handler=cmd_job_status)
@@ -185,14 +200,21 @@ def add_parsers(sub: Any) -> None:
     p = job.add_parser(
         "watch",
         help="follow a job's progress live until it ends",
-        description="Follow a job live from its event feed. Exit codes as for `job start`.",
+        description="Follow a job live from its event feed, to its end; a server restart on "
+        "the way is waited for (up to 120 s) and the feed resumed where it stopped. Exit codes "
+        "as for `job start`.",
     )
-    p.add_argument("job_id", metavar="ID", help="the job id")
+    p.add_argument("job_id", metavar="ID", help=JOB_ID_HELP)
     add_credentials(p)
     p.set_defaults(handler=cmd_job_watch)
 
-    p = job.add_parser("abort", help="abort a voting or running job")
-    p.add_argument("job_id", metavar="ID", help="the job id")
+    p = job.add_parser(
+        "abort",
+        help="abort a voting or running job",
+        description="Abort a voting or running job: running commands are stopped, nodes not "
+        "yet started end aborted.",
+    )
+    p.add_argument("job_id", metavar="ID", help=JOB_ID_HELP)
     p.add_argument("--json", action="store_true", help="print the job document as JSON")
     add_credentials(p)
     p.set_defaults(handler=cmd_job_abort)
@@ -244,6 +266,15 @@ def cmd_job_start(args: argparse.Namespace) -> int:
         created: dict[str, Any] = await c.json("POST", c.org_path("pushy/jobs"), body)
         job_id = str(created["id"])
         started.append(job_id)
+        # said before the feed's history is shown, so it comes before these nodes' unavailable
+        missing = await unknown_nodes(c, body["nodes"])
+        if missing:
+            print(
+                f"pushy: warning: no such node: {', '.join(missing)}"
+                f" (not a client of org {c.creds.org}; it ends unavailable)",
+                file=sys.stderr,
+                flush=True,
+            )
         if args.nowait:
             if args.json:
                 print_json(created)
@@ -273,7 +304,8 @@ def cmd_job_watch(args: argparse.Namespace) -> int:
     """``pushy job watch ID``: follow a job to its end; exit codes as ``job start``."""
 
     async def go(c: PushyClient) -> int:
-        doc = await watch_job(c, args.job_id, ProgressDisplay(args.job_id, sys.stdout))
+        job_id = await resolve_job_id(c, args.job_id)
+        doc = await watch_job(c, job_id, ProgressDisplay(job_id, sys.stdout))
         return EXIT_OK if job_succeeded(doc) else EXIT_FAILED
 
     return run_client(args, go)
@@ -307,7 +339,7 @@ def cmd_job_status(args: argparse.Namespace) -> int:
     """``pushy job status ID``: the job document, as JSON or readable."""
 
     async def go(c: PushyClient) -> int:
-        doc = await get_job(c, args.job_id)
+        doc = await get_job(c, await resolve_job_id(c, args.job_id))
         if args.json:
             print_json(doc)
         else:
@@ -347,10 +379,11 @@ def cmd_job_abort(args: argparse.Namespace) -> int:
     """``pushy job abort ID``: abort a voting or running job."""
 
     async def go(c: PushyClient) -> int:
+        job_id = await resolve_job_id(c, args.job_id)
         try:
-            doc: dict[str, Any] = await c.json("POST", job_path(c, args.job_id, "/abort"))
+            doc: dict[str, Any] = await c.json("POST", job_path(c, job_id, "/abort"))
         except ServerRefusedError as e:
-            raise naming(e, "job", args.job_id) from None
+            raise naming(e, "job", job_id) from None
         if args.json:
             print_json(doc)
         else:

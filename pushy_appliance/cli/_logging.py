@@ -39,5 +39,10 @@ def setup_logging(level: str = "info", fmt: str = "text") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    quiet = max(logging.WARNING, root.level)
     # hypercorn's own access log is off; keep its error log at warning and above
-    logging.getLogger("pushy_appliance.http.server").setLevel(max(logging.WARNING, root.level))
+    logging.getLogger("pushy_appliance.http.server").setLevel(quiet)
+    # httpx logs every request at INFO (the agent's config fetch on each reconnect): the
+    # appliance logs what matters about a request itself
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(quiet)

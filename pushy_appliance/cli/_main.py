@@ -26,23 +26,52 @@ def build_parser() -> argparse.ArgumentParser:
 
     _serve.add_parser(sub)
 
-    p = sub.add_parser("version", help="print the version and bundled library versions")
+    p = sub.add_parser(
+        "version",
+        help="print the version and bundled library versions",
+        description="Print the version of pushy, of Python and of the bundled libraries.",
+    )
     p.set_defaults(handler=_admin.cmd_version)
 
-    # org / user / client / group
-    org = sub.add_parser("org", help="manage organizations").add_subparsers(
-        dest="sub", metavar="ACTION"
+    p = sub.add_parser(
+        "whoami",
+        help="show the credentials the client commands would use",
+        description="Show the server URL, user, key file and TLS trust that the client "
+        "commands would use with these flags and this environment, and where each came from "
+        "(flag, environment, profile NAME of FILE, data directory DIR). The key's contents "
+        "are never printed; nothing is sent to the server.",
     )
+    add_credentials(p)
+    p.set_defaults(handler=_admin.cmd_whoami)
+
+    # org / user / client / group
+    org = sub.add_parser(
+        "org", help="manage organizations", description="Manage organizations."
+    ).add_subparsers(dest="sub", metavar="ACTION")
     org.required = True
-    p = org.add_parser("create", help="create an organization (superuser)")
+    p = org.add_parser(
+        "create",
+        help="create an organization (superuser)",
+        description="Create an organization with its groups admins, users and clients. Signed "
+        "as the superuser pivotal when its key is in the data directory and no --user or "
+        "--key is given.",
+    )
     p.add_argument("name", metavar="ORG")
     p.add_argument("--full-name", help="display name (default: ORG)")
     add_credentials(p)
     p.set_defaults(handler=_admin.cmd_org_create, superuser=True)
 
-    user = sub.add_parser("user", help="manage users").add_subparsers(dest="sub", metavar="ACTION")
+    user = sub.add_parser("user", help="manage users", description="Manage users.").add_subparsers(
+        dest="sub", metavar="ACTION"
+    )
     user.required = True
-    p = user.add_parser("create", help="create a user (superuser), optionally joining an org")
+    p = user.add_parser(
+        "create",
+        help="create a user (superuser), optionally joining an org",
+        description="Create a user with a new key (printed, or written to --key-out), "
+        "optionally joining it to an organization and its admins. Signed as the superuser "
+        "pivotal when its key is in the data directory and no --user or --key is given.",
+    )
     p.add_argument("name", metavar="NAME")
     p.add_argument("--org", help="organization to join the user to")
     p.add_argument("--admin", action="store_true", help="also add the user to the org's admins")
@@ -53,11 +82,18 @@ def build_parser() -> argparse.ArgumentParser:
     add_credentials(p)
     p.set_defaults(handler=_admin.cmd_user_create, superuser=True)
 
-    client = sub.add_parser("client", help="manage clients (nodes)").add_subparsers(
-        dest="sub", metavar="ACTION"
-    )
+    client = sub.add_parser(
+        "client",
+        help="manage clients (nodes)",
+        description="Manage clients: each node's agent signs as a client of its org.",
+    ).add_subparsers(dest="sub", metavar="ACTION")
     client.required = True
-    p = client.add_parser("create", help="create a client with a new key")
+    p = client.add_parser(
+        "create",
+        help="create a client with a new key",
+        description="Create a client with a new key, printed or written to --key-out (mode "
+        "0600; its directory must exist). Give the key to the node's agent (--key).",
+    )
     p.add_argument("name", metavar="NAME")
     p.add_argument("--org", help="organization (default: the credentials' org)")
     p.add_argument(
@@ -65,17 +101,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_credentials(p)
     p.set_defaults(handler=_admin.cmd_client_create)
-    p = client.add_parser("delete", help="delete a client (closes its node connection)")
+    p = client.add_parser(
+        "delete",
+        help="delete a client (closes its node connection)",
+        description="Delete a client: its node connection is closed at once and its key is "
+        "refused from then on.",
+    )
     p.add_argument("name", metavar="NAME")
     p.add_argument("--org", help="organization (default: the credentials' org)")
     add_credentials(p)
     p.set_defaults(handler=_admin.cmd_client_delete)
 
-    group = sub.add_parser("group", help="manage groups").add_subparsers(
-        dest="sub", metavar="ACTION"
-    )
+    group = sub.add_parser(
+        "group", help="manage groups", description="Manage groups of users, clients and groups."
+    ).add_subparsers(dest="sub", metavar="ACTION")
     group.required = True
-    p = group.add_parser("add", help="add users, clients or groups to a group (created if absent)")
+    p = group.add_parser(
+        "add",
+        help="add users, clients or groups to a group (created if absent)",
+        description="Add users, clients or groups to a group, creating the group when it "
+        "does not exist; prints the group.",
+    )
     p.add_argument("name", metavar="GROUP")
     p.add_argument(
         "--user",
@@ -104,23 +150,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--org", help="organization (default: the credentials' org)")
     add_credentials(p, signer_flag="--sign-as")
     p.set_defaults(handler=_admin.cmd_group_add)
-    p = group.add_parser("show", help="show a group's members")
+    p = group.add_parser(
+        "show",
+        help="show a group's members",
+        description="Print a group's members as JSON.",
+    )
     p.add_argument("name", metavar="GROUP")
     p.add_argument("--org", help="organization (default: the credentials' org)")
     add_credentials(p)
     p.set_defaults(handler=_admin.cmd_group_show)
 
-    store = sub.add_parser("store", help="check or compact the store (offline)").add_subparsers(
-        dest="sub", metavar="ACTION"
-    )
+    store = sub.add_parser(
+        "store",
+        help="check or compact the store (offline)",
+        description="Check or compact the data directory's store.",
+    ).add_subparsers(dest="sub", metavar="ACTION")
     store.required = True
-    p = store.add_parser("verify", help="check every record's CRC and every snapshot")
+    p = store.add_parser(
+        "verify",
+        help="check every record's CRC and every snapshot",
+        description="Check every record's CRC and every snapshot of the store (it may run "
+        "beside a live server). Exits 1 when something is damaged.",
+    )
     p.add_argument(
         "--data-dir", metavar="DIR", help="data directory (default: PUSHY_DATA_DIR or the default)"
     )
     p.set_defaults(handler=_admin.cmd_store_verify)
     p = store.add_parser(
-        "compact", help="write a snapshot and drop what it covers (server stopped)"
+        "compact",
+        help="write a snapshot and drop what it covers (server stopped)",
+        description="Write a snapshot of the store and drop the segments it covers. The "
+        "server must be stopped.",
     )
     p.add_argument(
         "--data-dir", metavar="DIR", help="data directory (default: PUSHY_DATA_DIR or the default)"
@@ -134,10 +194,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``pushy`` and return its exit code."""
+    """Run ``pushy`` and return its exit code.
+
+    Every error the appliance raises on purpose is reported as one ``pushy: …`` line on
+    stderr (plus indented detail lines where they help: what to check, the credentials
+    used), never a traceback, with the documented exit code.
+    """
     parser = build_parser()
+    words = list(sys.argv[1:] if argv is None else argv)
+    if not words:
+        # bare `pushy`: the commands, not just "COMMAND is required"
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
     try:
-        args = parser.parse_args(argv)
+        args = parser.parse_args(words)
     except SystemExit as e:
         return int(e.code or 0) if isinstance(e.code, int) else EXIT_USAGE
     handler: Handler = args.handler
@@ -146,27 +216,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except ConfigError as e:
-        print(f"pushy: {e}", file=sys.stderr)
+        _report(str(e), e)
         return EXIT_USAGE
     except ServerRefusedError as e:
-        print(f"pushy: {e.message} (HTTP {e.status}){_hint(e.status)}", file=sys.stderr)
+        _report(f"{e.message} (HTTP {e.status}){_hint(e.status)}", e)
         return EXIT_UNREACHABLE
     except ClientError as e:
-        print(f"pushy: {e}", file=sys.stderr)
+        _report(str(e), e)
         return EXIT_UNREACHABLE
     except StoreError as e:
-        print(f"pushy: store: {e}", file=sys.stderr)
+        _report(f"store: {e}", e)
         return EXIT_FAILED
     except PushyError as e:
-        print(f"pushy: {e}", file=sys.stderr)
+        _report(str(e), e)
         return EXIT_FAILED
+
+
+def _report(message: str, error: BaseException) -> None:
+    """``pushy: MESSAGE`` and the error's notes (indented detail lines) on stderr."""
+    lines = [f"pushy: {message}", *getattr(error, "__notes__", ())]
+    sys.stderr.write("\n".join(lines) + "\n")
+    sys.stderr.flush()
 
 
 def _hint(status: int) -> str:
     if status == 401:
         return (
-            "\n  check the user name, that --key is that user's or client's private key,"
-            " and the clock"
+            "\n  the server did not accept the signature: check the user name, that the key is"
+            " that user's or client's private key, and the clock"
         )
     if status == 403:
         return "\n  not permitted: check the org membership and groups (admins, pushy_job_writers)"

@@ -8,7 +8,15 @@ from typing import Any
 
 from ..client import PushyClient
 from ..errors import ServerRefusedError
-from ._common import EXIT_OK, add_credentials, naming, print_json, print_table, run_client
+from ._common import (
+    EXIT_OK,
+    add_credentials,
+    naming,
+    plural,
+    print_json,
+    print_table,
+    run_client,
+)
 
 __all__ = ["add_parsers", "cmd_node_status"]
 
@@ -19,7 +27,9 @@ def add_parsers(sub: Any) -> None:
     Args:
         sub: the top-level ``argparse`` subparsers object of ``pushy``.
     """
-    node = sub.add_parser("node", help="node states").add_subparsers(dest="sub", metavar="ACTION")
+    node = sub.add_parser(
+        "node", help="node states", description="Show the states of the org's nodes."
+    ).add_subparsers(dest="sub", metavar="ACTION")
     node.required = True
     p = node.add_parser(
         "status",
@@ -65,7 +75,8 @@ def cmd_node_status(args: argparse.Namespace) -> int:
         ]
         print_table(("NODE", "STATUS", "AVAILABILITY", "UPDATED"), rows)
         online = sum(1 for d in docs if d["status"] == "online")
-        sys.stdout.write(f"{len(docs)} nodes: {online} online, {len(docs) - online} offline\n")
+        total = plural(len(docs), "node")
+        sys.stdout.write(f"{total}: {online} online, {len(docs) - online} offline\n")
         return EXIT_OK
 
     return run_client(args, go)

@@ -10,7 +10,7 @@ from ..client import PushyClient
 from ..errors import ServerRefusedError
 from ..sse import Event
 from ._common import EXIT_FAILED, EXIT_OK, add_credentials, naming, run_client
-from ._follow import follow_job, get_job, job_path, poll_job
+from ._follow import JOB_ID_HELP, follow_job, get_job, job_path, poll_job, resolve_job_id
 from ._progress import FINISHED_JOB_STATUSES, ProgressDisplay
 
 __all__ = ["add_parser", "cmd_job_output"]
@@ -28,7 +28,7 @@ def add_parser(job: Any) -> None:
         description="Print the captured output of a job started with --capture, byte for "
         "byte. Without NODE, every node's output under a header line.",
     )
-    p.add_argument("job_id", metavar="ID", help="the job id")
+    p.add_argument("job_id", metavar="ID", help=JOB_ID_HELP)
     p.add_argument("node", metavar="NODE", nargs="?", help="only this node (exact bytes)")
     p.add_argument(
         "--channel",
@@ -50,34 +50,35 @@ def cmd_job_output(args: argparse.Namespace) -> int:
     """``pushy job output ID [NODE]``: captured output, byte for byte (``--follow``: live)."""
 
     async def go(c: PushyClient) -> int:
-        doc = await get_job(c, args.job_id)
+        job_id = await resolve_job_id(c, args.job_id)
+        doc = await get_job(c, job_id)
         if not doc.get("capture_output"):
             print(
-                f"pushy: job {args.job_id} did not capture output (start jobs with --capture)",
+                f"pushy: job {job_id} did not capture output (start jobs with --capture)",
                 file=sys.stderr,
             )
             return EXIT_FAILED
         members = [n for names in (doc.get("nodes") or {}).values() for n in names]
         if args.node is not None and args.node not in members:
-            print(f"pushy: node {args.node} is not part of job {args.job_id}", file=sys.stderr)
+            print(f"pushy: node {args.node} is not part of job {job_id}", file=sys.stderr)
             return EXIT_FAILED
         if args.follow:
             follower = _OutputFollower(args.node, args.channel, sys.stdout.buffer)
-            if await follow_job(c, args.job_id, follower.event):
+            if await follow_job(c, job_id, follower.event):
                 return EXIT_OK
             # no feed on this server: wait for the end, then print what was captured
-            await poll_job(c, args.job_id, ProgressDisplay(args.job_id, sys.stderr, quiet=True))
-            doc = await get_job(c, args.job_id)
+            await poll_job(c, job_id, ProgressDisplay(job_id, sys.stderr, quiet=True))
+            doc = await get_job(c, job_id)
             members = [n for names in (doc.get("nodes") or {}).values() for n in names]
         elif doc.get("status") not in FINISHED_JOB_STATUSES:
             print(
-                f"pushy: job {args.job_id} is {doc.get('status')}: nodes still running have"
+                f"pushy: job {job_id} is {doc.get('status')}: nodes still running have"
                 " no output yet (--follow streams it)",
                 file=sys.stderr,
             )
         nodes = [args.node] if args.node is not None else sorted(members)
         for node in nodes:
-            await _print_output(c, args.job_id, node, args.channel, header=args.node is None)
+            await _print_output(c, job_id, node, args.channel, header=args.node is None)
         return EXIT_OK
 
     return run_client(args, go)

@@ -32,12 +32,14 @@ from rich.progress import (
 from rich.text import Text
 
 from ..sse import Event
+from ._common import plural
 
 __all__ = [
     "FINISHED_JOB_STATUSES",
     "NODE_STATES",
     "JobTracker",
     "ProgressDisplay",
+    "explain_nack",
     "job_succeeded",
     "parse_timestamp",
 ]
@@ -80,6 +82,31 @@ _RUN_STATES: Final = {
 }
 
 _MAX_PENDING_LINE: Final = 64 * 1024
+
+_NACK_HELP: Final = {
+    "not_whitelisted": "the command is not in the node's whitelist: add it to the [[allow]]"
+    " list of the agent's config, then send the agent SIGHUP",
+    "no_such_user": "the node has no such user, or its agent cannot run as it (--as-user)",
+    "no_such_dir": "the directory does not exist on the node (--in-dir)",
+    "bad_file": "the node could not decode the job's file (--file)",
+    "busy": "busy with another job",
+}
+
+
+def explain_nack(reason: str, held_by: str | None = None) -> str:
+    """A nack's reason in words, with what to do about it.
+
+    Args:
+        reason: the agent's reason (``nack_reasons`` of the job document).
+        held_by: for ``busy``, the job holding the node, when known.
+
+    Returns:
+        ``REASON: what it means`` (just ``REASON`` when it has no known meaning).
+    """
+    if reason == "busy" and held_by:
+        return f"busy: the node is running job {held_by}"
+    help_text = _NACK_HELP.get(reason)
+    return f"{reason}: {help_text}" if help_text else reason
 
 
 def parse_timestamp(text: str) -> float | None:
@@ -138,6 +165,8 @@ class JobTracker:
         self.node_count: int | None = None
         self.started_at: float | None = None
         self.finished_at: float | None = None
+        self.explained: set[str] = set()
+        """Nodes whose nack reason was already shown."""
 
     @property
     def total(self) -> int:
@@ -203,13 +232,10 @@ class JobTracker:
             if isinstance(count, int):
                 self.node_count = count
             quorum = data.get("quorum")
-            return [
-                f"job {self.job_id} started: {self.command!r} on {count} nodes, quorum {quorum}"
-            ]
+            on = plural(count, "node") if isinstance(count, int) else f"{count} nodes"
+            return [f"job {self.job_id} started: {self.command!r} on {on}, quorum {quorum}"]
         if name == "quorum_vote" and isinstance(node, str):
-            vote = str(data.get("status"))
-            why = None if vote == "success" else f"vote {vote}"
-            return self._set(node, _VOTE_STATES.get(vote, "unavailable"), why)
+            return self._vote(node, str(data.get("status")), data)
         if name == "quorum_succeeded":
             self.status = "running"
             return ["quorum reached: running"]
@@ -227,6 +253,39 @@ class JobTracker:
         if name == "summary":
             return self.apply_document(data)
         return []
+
+    def _vote(self, node: str, vote: str, data: Mapping[str, Any]) -> list[str]:
+        held_by = data.get("held_by") if isinstance(data.get("held_by"), str) else None
+        reason = data.get("reason")
+        why: str | None
+        if vote == "success":
+            why = None
+        elif vote == "failure" and isinstance(reason, str):
+            why = explain_nack(reason, held_by)
+            self.explained.add(node)
+        elif vote == "failure":
+            why = None  # the reason follows from the final document
+        elif held_by:
+            why = f"vote {vote}: the node is running job {held_by}"
+        else:
+            why = f"vote {vote}"
+        return self._set(node, _VOTE_STATES.get(vote, "unavailable"), why)
+
+    def nack_lines(self, reasons: Mapping[str, Any]) -> list[str]:
+        """Lines for the nack reasons not shown yet (``NODE: nacked (REASON: …)``).
+
+        Args:
+            reasons: the job document's ``nack_reasons``.
+
+        Returns:
+            One line per nacked node whose reason no event showed, sorted by node.
+        """
+        lines = []
+        for node, why in sorted(reasons.items()):
+            if node not in self.explained:
+                self.explained.add(node)
+                lines.append(f"{node}: nacked ({explain_nack(str(why))})")
+        return lines
 
     def apply_document(self, doc: Mapping[str, Any]) -> list[str]:
         """Take the node buckets and status of a ``GET jobs/ID`` document as the truth.
@@ -385,7 +444,7 @@ class ProgressDisplay:
         self.document(doc)
         reasons = doc.get("nack_reasons")
         if isinstance(reasons, dict):
-            self._lines([f"{node}: nacked ({why})" for node, why in sorted(reasons.items())])
+            self._lines(self.tracker.nack_lines(reasons))
         self._lines([self.tracker.summary()])
 
     def _output(self, event: Event) -> None:

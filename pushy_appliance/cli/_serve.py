@@ -10,7 +10,8 @@ import signal
 
 from ..config import ServerConfig
 from ..config_files import load_server_config
-from ..errors import ConfigError
+from ..errors import ConfigError, DataDirBusyError
+from ._common import run_trio
 from ._logging import setup_logging
 
 __all__ = ["add_parser", "cmd_serve"]
@@ -43,8 +44,16 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import trio  # here, not at the top: other commands start faster without the server stack
+    """Serve until SIGTERM or SIGINT.
 
+    Returns:
+        0 after a signal.
+
+    Raises:
+        ConfigError: the configuration is invalid, a listener cannot be bound, or another
+            process holds the data directory (all exit 2).
+        StoreError: the store cannot be opened or read.
+    """
     config = load_server_config(
         args.config,
         environ=dict(os.environ),
@@ -57,27 +66,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     setup_logging(config.log.level, config.log.format)
     try:
-        trio.run(_serve_until_signal, config)
-    except (BaseExceptionGroup, OSError) as caught:
-        # Nurseries wrap a lone failure in a group; main() reports our errors by class.
-        error = _sole(caught)
-        if isinstance(error, OSError) and error.errno in (errno.EADDRINUSE, errno.EADDRNOTAVAIL):
+        run_trio(_serve_until_signal, config)
+    except DataDirBusyError as e:
+        raise ConfigError(
+            "data_dir",
+            None,
+            f"{e.data_dir} is in use by another pushy process (a running `pushy serve`, or"
+            " `pushy store compact`): stop it, or give another --data-dir",
+        ) from None
+    except OSError as error:
+        if error.errno in (errno.EADDRINUSE, errno.EADDRNOTAVAIL):
             raise ConfigError(
                 "listen",
                 None,
                 f"cannot listen on {config.listen} or the node port: {error.strerror}",
             ) from None
-        if error is caught:
-            raise
-        raise error from None
+        raise
     return 0
-
-
-def _sole(error: BaseException) -> BaseException:
-    """The one exception inside nested single-member exception groups, else ``error``."""
-    while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
-        error = error.exceptions[0]
-    return error
 
 
 async def _serve_until_signal(config: ServerConfig) -> None:
