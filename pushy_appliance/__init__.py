@@ -9,7 +9,8 @@ network, subprocess, task or thread); ``tests/test_exports.py`` pins each packag
 
 1. Pure (no I/O, no trio tasks): ``errors``, ``config``, ``chef_auth``, ``protocol``,
    ``sse``, ``model`` (identity), ``auth`` (request authentication and authorization over
-   the identity model), ``jsonbody`` (the JSON body policy), ``paths`` (the normal form of
+   the identity model), ``websession`` (the dashboard's login links and sessions),
+   ``jsonbody`` (the JSON body policy), ``paths`` (the normal form of
    request paths), ``jobs.machine``, ``jobs.validation``, ``jobs.model``, ``agent.whitelist``,
    ``search`` (the query language and matcher), ``facts`` (the node facts' names, config and
    size limit), ``agent.facts_parse`` (facts from the system's files).

@@ -37,6 +37,7 @@ LAYERS = {
     "model": 1,
     "jsonbody": 1,
     "auth": 1,
+    "websession": 1,
     "jobs.machine": 1,
     "jobs.validation": 1,
     "jobs.model": 1,
