@@ -10,7 +10,7 @@ from quart_trio import QuartTrio
 
 from ..paths import normalize_path
 from ..services import Services
-from . import _feeds, _identity, _jobs, _nodes, _status
+from . import _feeds, _identity, _jobs, _nodes, _status, _ui
 from ._errors import install_error_handlers
 
 __all__ = ["ASGIApp", "NormalizePaths", "create_app"]
@@ -89,4 +89,5 @@ def create_app(svc: Services) -> QuartTrio:
     _nodes.register(app, svc)
     _jobs.register(app, svc)
     _feeds.register(app, svc)
+    _ui.register(app, svc)
     return app
