@@ -24,7 +24,8 @@ network, subprocess, task or thread); ``tests/test_exports.py`` pins each packag
    side's engine); ``services`` (the engines of one running server, handed to the adapters).
 4. Adapters: ``http`` (the REST API and feeds), ``nodesock`` (the node WebSocket listener),
    ``client`` (the signed HTTP client of the CLI and agent), ``agent.connection``.
-5. ``appliance`` (``serve()``: the root nursery), ``bootstrap``, ``agent.main`` (``run_agent``).
+5. ``appliance`` (``serve()``: the root nursery), ``bootstrap``, ``agent.main`` (``run_agent``),
+   ``sandbox`` (``run_sandbox()``: the server and local agents in one process).
 6. ``cli`` (argument parsing and printing; the only place that prints).
 """
 

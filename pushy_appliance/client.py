@@ -24,7 +24,7 @@ import httpx
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from . import chef_auth, tls
-from .config_files import resolve_data_dir
+from .config_files import resolve_data_dir, sandbox_data_dir
 from .errors import (
     ClientError,
     ConfigError,
@@ -102,8 +102,10 @@ def load_credentials(
     home: Path | None = None,
 ) -> Credentials:
     """Resolve credentials: flags, then ``PUSHY_*``, then ``~/.chef/credentials``, then the
-    data directory's ``credentials`` (``APPLIANCE.md`` §1). First complete source wins per
-    field; trust settings follow the same order.
+    data directory's ``credentials`` (``APPLIANCE.md`` §1), and last, when no data directory
+    is named (``--data-dir``, ``PUSHY_DATA_DIR``), the ``credentials`` of ``pushy sandbox``'s
+    default data directory. First complete source wins per field; trust settings follow the
+    same order.
 
     Raises:
         ConfigError: nothing names a server, user and key.
@@ -120,6 +122,8 @@ def load_credentials(
         (home / ".chef" / "credentials", profile_name),
         (resolve_data_dir(data_dir, dict(env)) / "credentials", "default"),
     ]
+    if not data_dir and not env.get("PUSHY_DATA_DIR"):
+        sources.append((sandbox_data_dir(env) / "credentials", "default"))
     for path, name in sources:
         if server and user and key:
             break

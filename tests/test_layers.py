@@ -72,6 +72,7 @@ LAYERS = {
     "jobs": 1,
     "appliance": 5,
     "bootstrap": 5,
+    "sandbox": 5,
     "cli": 6,
 }
 
