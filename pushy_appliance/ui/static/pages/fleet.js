@@ -20,14 +20,15 @@ export function mountFleet(view, ctx, params) {
   const input = h("input#fleet-search", {
     type: "search",
     value: text,
-    placeholder: INVENTORY ? "Search: platform:ubuntu AND tags:web" : "Filter by node name (a substring, or a glob: web-*)",
+    placeholder: INVENTORY ? "Search: platform:ubuntu AND tags:web" : "Filter by name: web, or a glob: web-*",
     "aria-label": "Search nodes",
   });
   const problem = h("p.field-error#fleet-error", { role: "alert" });
   const table = h("div#fleet-table");
   fill(view, h("h1", {}, "Fleet"), counts, h("div.toolbar", {}, input, problem), table);
 
-  async function load() {
+  // why the table was last loaded ("feed", "timer", "search", "start"), for the tests
+  async function load(reason = "start") {
     const mine = ++seq;
     try {
       const found = await findNodes(ctx.base, text);
@@ -38,9 +39,10 @@ export function mountFleet(view, ctx, params) {
       if (mine !== seq) return;
       error = e.message;
     }
+    table.dataset.loadedBy = reason;
     render();
   }
-  const refresh = throttle(load, 500);
+  const refresh = throttle(() => load("feed"), 500);
 
   function render() {
     const online = nodes.filter((n) => n.status === "online");
@@ -57,6 +59,8 @@ export function mountFleet(view, ctx, params) {
       fill(table, h("p.muted", {}, text ? "No node matches." : "No node has connected yet."));
       return;
     }
+    // facts come with the inventory (issue 14); until then node_states has none
+    const withFacts = nodes.some((n) => n.facts && typeof n.facts === "object");
     const rows = nodes.slice(0, shown).map((n) =>
       h(
         "tr",
@@ -65,9 +69,10 @@ export function mountFleet(view, ctx, params) {
         h("td", {}, h(`span.dot.${n.status}`), n.status),
         h("td", {}, n.availability === "available" ? "idle" : n.status === "online" ? "busy" : "–"),
         h("td", { title: when(n.updated_at) }, n.updated_at ? ago(n.updated_at) : "never"),
-        h("td.facts", {}, factsText(n.facts)),
+        withFacts ? h("td.facts", {}, factsText(n.facts)) : null,
       ),
     );
+    const columns = ["Node", "Status", "Job", "Since", ...(withFacts ? ["Facts"] : [])];
     const more =
       nodes.length > shown
         ? h(
@@ -81,7 +86,7 @@ export function mountFleet(view, ctx, params) {
       h(
         "table.grid",
         {},
-        h("thead", {}, h("tr", {}, ["Node", "Status", "Job", "Since", "Facts"].map((c) => h("th", {}, c)))),
+        h("thead", {}, h("tr", {}, columns.map((c) => h("th", {}, c)))),
         h("tbody", {}, rows),
       ),
       more,
@@ -95,12 +100,12 @@ export function mountFleet(view, ctx, params) {
       text = input.value;
       shown = PAGE;
       history.replaceState(null, "", text ? `#/fleet?q=${encodeURIComponent(text)}` : "#/fleet");
-      load();
+      load("search");
     }, 250);
   });
 
   const feed = openFeed(`${ctx.base}/job_status_feed`, "Org", { start: refresh, job_complete: refresh });
-  const timer = setInterval(load, REFRESH_MS);
+  const timer = setInterval(() => load("timer"), REFRESH_MS);
   load();
   return () => {
     feed.close();

@@ -124,7 +124,7 @@ export function mountJob(view, ctx, jobId) {
     const facts = [
       ["Started by", state.requester || d.requester || "–"],
       ["Created", when(d.created_at)],
-      ["Quorum", `${d.quorum} of ${plural(nodeCount(), "node")}`],
+      ["Quorum", `${d.quorum.toLocaleString("en")} of ${plural(nodeCount(), "node")}`],
       [live ? "Running for" : "Took", duration(took)],
       ["Run timeout", duration(d.run_timeout)],
       ["Output", d.capture_output ? "captured" : "not captured"],
@@ -138,7 +138,7 @@ export function mountJob(view, ctx, jobId) {
       head,
       h("h1", {}, "Job ", h("span.mono", {}, d.id.slice(0, 8)), " ", h("span#job-status", { dataset: { status: d.status } }, badge(d.status))),
       h("pre.command#job-command", {}, d.command),
-      h("dl.facts", {}, facts.map(([k, v]) => [h("dt", {}, k), h("dd", {}, v)])),
+      h("dl.facts", {}, facts.map(([k, v]) => h("div", {}, h("dt", {}, k), h("dd", {}, v)))),
     );
   }
 
@@ -213,7 +213,7 @@ export function mountJob(view, ctx, jobId) {
       h(
         "div.tiles",
         {},
-        count("voted", voted, `of ${total}`),
+        count("voted", voted, `of ${total.toLocaleString("en")}`),
         count("acked", acked),
         count("nacked", nacked),
         count("unavailable", unavailable),
@@ -335,7 +335,9 @@ export function mountJob(view, ctx, jobId) {
       g.nodes.push(node);
       groups.set(key, g);
     }
-    const sorted = [...groups.values()].sort((a, b) => b.nodes.length - a.nodes.length);
+    const byName = (a, b) => a.localeCompare(b, "en", { numeric: true });
+    for (const g of groups.values()) g.nodes.sort(byName);
+    const sorted = [...groups.values()].sort((a, b) => b.nodes.length - a.nodes.length || byName(a.nodes[0], b.nodes[0]));
     fill(
       output,
       h("h2", {}, "Output ", h("span.muted", {}, sorted.length ? `${plural(sorted.length, "distinct output")}` : "none yet")),

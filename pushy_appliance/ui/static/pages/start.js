@@ -50,7 +50,7 @@ export function mountStart(view, ctx) {
     placeholder: INVENTORY ? "tags:web AND platform:ubuntu" : "node names, separated by spaces or new lines",
   });
   const preview = h("p.preview#f-preview", { "aria-live": "polite" });
-  const quorum = h("input#f-quorum", { name: "quorum", placeholder: "all nodes (a number, or 80%)", autocomplete: "off" });
+  const quorum = h("input#f-quorum", { name: "quorum", placeholder: "all (N or N%)", autocomplete: "off" });
   const timeout = h("input#f-timeout", { name: "run_timeout", type: "number", min: 1, max: 86400, placeholder: "3600" });
   const capture = h("input#f-capture", { name: "capture_output", type: "checkbox", checked: true });
   const env = h("textarea#f-env", { name: "env", rows: 2, placeholder: "NAME=value, one per line" });
