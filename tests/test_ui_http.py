@@ -7,9 +7,10 @@ these pin the contract exactly.
 from __future__ import annotations
 
 import re
+import tomllib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import httpx
 import trio
@@ -295,3 +296,22 @@ async def test_plain_http_serves_the_dashboard_too(tmp_path: Path) -> None:
         sid, _ = await login(admin)
         r = await admin.http.get(f"{info.url}{ORG}/pushy/node_states", headers=cookie(sid))
         assert (r.status_code, r.json()) == (200, [])
+
+
+def test_the_package_and_the_executable_ship_every_dashboard_file() -> None:
+    root = Path(__file__).resolve().parent.parent
+    globs = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "package-data"
+    ]["pushy_appliance"]
+    package = root / "pushy_appliance"
+    files = [p.relative_to(package).as_posix() for p in STATIC_DIR.rglob("*") if p.is_file()]
+    assert len(files) >= 10
+    # a glob matches one directory level, as setuptools' do
+    shipped = [
+        f
+        for f in files
+        if any(len(f.split("/")) == len(g.split("/")) and PurePosixPath(f).match(g) for g in globs)
+    ]
+    assert sorted(shipped) == sorted(files)
+    spec = (root / "pyinstaller.spec").read_text()
+    assert '("pushy_appliance/ui/static", "pushy_appliance/ui/static")' in spec
