@@ -33,6 +33,9 @@ export function fill(el, ...children) {
   return el;
 }
 
+/** Compare names as people sort them: web-2 before web-10. */
+export const byName = new Intl.Collator("en", { numeric: true }).compare;
+
 export function plural(n, word, many = `${word}s`) {
   return `${n.toLocaleString("en")} ${n === 1 ? word : many}`;
 }

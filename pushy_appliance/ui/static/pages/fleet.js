@@ -2,7 +2,7 @@
 // org feed (every job start and end changes who is busy) and a slow refresh (the org feed
 // carries no node events yet, so a node going on- or offline shows within REFRESH_MS).
 
-import { h, fill, plural, ago, when, throttle } from "../dom.js";
+import { h, fill, byName, plural, ago, when, throttle } from "../dom.js";
 import { openFeed } from "../feed.js";
 import { INVENTORY, findNodes } from "../nodequery.js";
 
@@ -33,7 +33,7 @@ export function mountFleet(view, ctx, params) {
     try {
       const found = await findNodes(ctx.base, text);
       if (mine !== seq) return;
-      nodes = found.sort((a, b) => a.node_name.localeCompare(b.node_name, "en", { numeric: true }));
+      nodes = found.sort((a, b) => byName(a.node_name, b.node_name));
       error = "";
     } catch (e) {
       if (mine !== seq) return;

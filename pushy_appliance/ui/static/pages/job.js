@@ -4,7 +4,7 @@
 // are aggregates, the grid shows each state's nodes a page at a time, output is grouped.
 
 import { ApiError, get, post } from "../api.js";
-import { h, fill, badge, plural, when, duration, seconds, coalesce, throttle } from "../dom.js";
+import { h, fill, badge, byName, plural, when, duration, seconds, coalesce, throttle } from "../dom.js";
 import { openFeed } from "../feed.js";
 
 // The buckets of the job document, in their order (API.md, GET jobs/ID).
@@ -13,6 +13,7 @@ const LIVE_JOB = new Set(["new", "voting", "running"]);
 const GRID_PAGE = 200;
 const REFETCH_MS = 250;
 const OUTPUT_KEEP = 64 * 1024;
+const OUTPUT_MS = 300;
 
 export function mountJob(view, ctx, jobId) {
   const base = `${ctx.base}/jobs/${encodeURIComponent(jobId)}`;
@@ -51,6 +52,8 @@ export function mountJob(view, ctx, jobId) {
     renderGrid();
     renderDetail();
     renderOutput();
+    // when the page first showed the job, and last updated it (ms since navigation start)
+    if (!view.dataset.firstRendered) view.dataset.firstRendered = String(performance.now());
     view.dataset.rendered = String(performance.now());
   });
 
@@ -68,7 +71,11 @@ export function mountJob(view, ctx, jobId) {
     }
     render();
   }
-  const refetch = throttle(fetchDoc, REFETCH_MS);
+  const refetchSoon = throttle(fetchDoc, REFETCH_MS);
+  // A finished job's document is final: replaying its feed's history changes nothing in it.
+  const refetch = () => {
+    if (state.doc && LIVE_JOB.has(state.doc.status)) refetchSoon();
+  };
 
   // --- the feed -------------------------------------------------------------------------
   function openJobFeed() {
@@ -320,13 +327,22 @@ export function mountJob(view, ctx, jobId) {
     );
   }
 
+  // Grouping thousands of nodes' output is redone at most every OUTPUT_MS while it streams.
   let outputRendered = -1;
+  let outputAt = -Infinity;
+  let outputLater = null;
   function renderOutput() {
     if (!state.doc.capture_output) {
       fill(output, h("h2", {}, "Output"), h("p.muted", {}, "Output was not captured (start the job with capture on to see it here)."));
       return;
     }
     if (outputRendered === state.outputVersion) return;
+    const wait = outputAt + OUTPUT_MS - performance.now();
+    if (wait > 0) {
+      if (!outputLater) outputLater = setTimeout(() => ((outputLater = null), render()), wait);
+      return;
+    }
+    outputAt = performance.now();
     outputRendered = state.outputVersion;
     const groups = new Map();
     for (const [node, o] of state.output) {
@@ -335,7 +351,6 @@ export function mountJob(view, ctx, jobId) {
       g.nodes.push(node);
       groups.set(key, g);
     }
-    const byName = (a, b) => a.localeCompare(b, "en", { numeric: true });
     for (const g of groups.values()) g.nodes.sort(byName);
     const sorted = [...groups.values()].sort((a, b) => b.nodes.length - a.nodes.length || byName(a.nodes[0], b.nodes[0]));
     fill(
@@ -373,6 +388,7 @@ export function mountJob(view, ctx, jobId) {
   return () => {
     gone = true;
     clearInterval(ticker);
+    clearTimeout(outputLater);
     if (feed) feed.close();
   };
 }
