@@ -60,8 +60,8 @@ _TYPES: Final = {
     ".png": "image/png",
 }
 _LINK_REFUSED_PAGE: Final = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>Pushy: sign in</title><link rel="icon" href="data:,">
-<link rel="stylesheet" href="/ui/static/app.css"></head>
+<html lang="en"><head><meta charset="utf-8"><title>Pushy: sign in</title>
+<link rel="icon" href="data:,"><link rel="stylesheet" href="/ui/static/app.css"></head>
 <body><main class="signed-out"><h1>This login link cannot be used</h1>
 <p>{message}</p><p>Links work once, for {ttl} seconds.</p></main></body></html>
 """
