@@ -25,6 +25,7 @@ import pytest
 import trio
 
 from pushy_appliance.cli._sandbox import sample_job_line
+from pushy_appliance.cli._ui import has_display
 from pushy_appliance.client import load_credentials
 from pushy_appliance.errors import ConfigError
 from pushy_appliance.sandbox import SandboxInfo, run_sandbox, sandbox_config
@@ -293,3 +294,20 @@ def test_the_job_line_names_the_credentials_when_the_cli_would_not_find_them(
         f"PUSHY_KEY={tmp_path}/sbx/keys/admin.pem "
         "pushy job start 'uname -a' sandbox-1 sandbox-2"
     )
+
+
+@pytest.mark.parametrize(
+    ("environ", "platform", "expected"),
+    [
+        ({}, "linux", False),
+        ({"DISPLAY": ":0"}, "linux", True),
+        ({"WAYLAND_DISPLAY": "wayland-0"}, "linux", True),
+        ({"DISPLAY": ""}, "linux", False),
+        ({}, "darwin", True),
+        ({}, "win32", True),
+    ],
+)
+def test_pushy_ui_opens_a_browser_only_where_there_is_a_display(
+    environ: dict[str, str], platform: str, expected: bool
+) -> None:
+    assert has_display(environ, platform) is expected
