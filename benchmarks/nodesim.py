@@ -4,7 +4,9 @@ Each simulated node opens a real TCP connection from one of several 127.0.0.x so
 addresses, does the TLS handshake, signs its WebSocket upgrade (Chef protocol 1.3, RSA, one
 signature per connection), sends ``hello``, and then heartbeats at the interval the server's
 ``welcome`` gives (with a random phase). It answers ``commit`` with ``ack_commit``, ``run`` with
-``ack_run`` and a ``result`` (exit 0), and ``abort`` with ``aborted``.
+``ack_run`` and a ``result`` (exit 0), and ``abort`` with ``aborted``. For a job that captures
+output, the ``result`` follows one ``output`` line on stdout, one of three texts by node index
+(so a job's output falls in three groups, as on a fleet of three kernel versions).
 
 The client side is wsproto over ``trio.SSLStream`` with one reader task and one heartbeat
 task per node: the same wire traffic as the agent, at a fraction of the CPU, so that on a small
@@ -126,6 +128,7 @@ class _Node:
         self.seq = 0
         self.job: str | None = None
         self.job_state = "idle"
+        self.capture = False
         self.interval = 10.0
         self.welcomed = False
         self.stream: trio.SSLStream[trio.SocketStream] | None = None
@@ -253,17 +256,24 @@ class _Node:
         elif kind == "commit":
             c["commits"] += 1
             self.job, self.job_state = f["job_id"], "committed"
+            self.capture = bool(f.get("capture"))
             await self._send(protocol.AckCommit, job_id=f["job_id"])
         elif kind == "run":
             c["runs"] += 1
             self.job_state = "running"
             await self._send(protocol.AckRun, job_id=f["job_id"])
+            out = b""
+            if self.capture:
+                out = f"Linux sim 6.1.{self.index % 3} x86_64 GNU/Linux\n".encode()
+                await self._send(
+                    protocol.Output, job_id=f["job_id"], channel="stdout", data=out, offset=0
+                )
             await self._send(
                 protocol.Result,
                 job_id=f["job_id"],
                 status="succeeded",
                 exit_code=0,
-                stdout_bytes=0,
+                stdout_bytes=len(out),
                 stderr_bytes=0,
                 truncated=False,
                 duration_s=0.0,

@@ -9,7 +9,8 @@ network, subprocess, task or thread); ``tests/test_exports.py`` pins each packag
 
 1. Pure (no I/O, no trio tasks): ``errors``, ``config``, ``chef_auth``, ``protocol``,
    ``sse``, ``model`` (identity), ``auth`` (request authentication and authorization over
-   the identity model), ``jsonbody`` (the JSON body policy), ``paths`` (the normal form of
+   the identity model), ``websession`` (the dashboard's login links and sessions),
+   ``jsonbody`` (the JSON body policy), ``paths`` (the normal form of
    request paths), ``jobs.machine``, ``jobs.validation``, ``jobs.model``, ``agent.whitelist``,
    ``search`` (the query language and matcher), ``facts`` (the node facts' names, config and
    size limit), ``agent.facts_parse`` (facts from the system's files).
@@ -23,7 +24,8 @@ network, subprocess, task or thread); ``tests/test_exports.py`` pins each packag
    side's engine); ``services`` (the engines of one running server, handed to the adapters).
 4. Adapters: ``http`` (the REST API and feeds), ``nodesock`` (the node WebSocket listener),
    ``client`` (the signed HTTP client of the CLI and agent), ``agent.connection``.
-5. ``appliance`` (``serve()``: the root nursery), ``bootstrap``, ``agent.main`` (``run_agent``).
+5. ``appliance`` (``serve()``: the root nursery), ``bootstrap``, ``agent.main`` (``run_agent``),
+   ``sandbox`` (``run_sandbox()``: the server and local agents in one process).
 6. ``cli`` (argument parsing and printing; the only place that prints).
 """
 

@@ -47,6 +47,7 @@ from .nodesock import serve_nodes
 from .replay import ReplayGuard
 from .services import Services
 from .store import Store, open_store
+from .websession import WebSessions
 
 __all__ = ["DRAIN_SECONDS", "ServerInfo", "compact_store", "lock_data_dir", "new_database", "serve"]
 
@@ -280,6 +281,11 @@ async def _serve_locked(
                 server_public_pem=server_public_pem,
                 node_port=bound_node_port,
                 node_scheme=node_scheme,
+                web_sessions=WebSessions(
+                    link_ttl=config.ui.link_ttl,
+                    idle_timeout=config.ui.session_idle_timeout,
+                    max_sessions=config.ui.max_sessions,
+                ),
                 on_client_deleted=(close_deleted_client,),
             )
             app = asgi_app(svc)

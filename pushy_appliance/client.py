@@ -24,7 +24,7 @@ import httpx
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from . import chef_auth, tls
-from .config_files import resolve_data_dir
+from .config_files import resolve_data_dir, sandbox_data_dir
 from .errors import (
     ClientError,
     ConfigError,
@@ -210,7 +210,8 @@ def load_credentials(
 
     Server URL, user and key: each from the first of the flags, ``PUSHY_SERVER`` /
     ``PUSHY_USER`` / ``PUSHY_KEY``, the profile of ``~/.chef/credentials``, the data
-    directory's ``credentials``.
+    directory's ``credentials``, and last, when no data directory is named (``--data-dir``,
+    ``PUSHY_DATA_DIR``), the ``credentials`` of ``pushy sandbox``'s default data directory.
 
     TLS trust is resolved on its own, whichever source gave the rest: ``--ca-cert`` /
     ``--fingerprint``, else ``PUSHY_CA_CERT`` / ``PUSHY_FINGERPRINT``, else the profile's
@@ -264,6 +265,11 @@ def load_credentials(
     ca = directory / "tls" / "ca.pem"
     if "trust" not in r.sources and ca.is_file():
         r.offer_trust(str(ca), None, dir_source)
+    if not r.complete and not data_dir and not env.get("PUSHY_DATA_DIR"):
+        sandbox = sandbox_data_dir(env)
+        prof = _read_profile(sandbox / "credentials", "default", explicit=False)
+        if prof is not None:
+            _offer_profile(r, prof, sandbox / "credentials", f"sandbox data directory {sandbox}")
 
     missing = [
         n

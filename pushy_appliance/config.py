@@ -43,6 +43,7 @@ __all__ = [
     "OutputConfig",
     "ServerConfig",
     "TLSConfig",
+    "UiConfig",
     "build_agent_config",
     "build_server_config",
     "parse_host_port",
@@ -123,6 +124,18 @@ class AuthConfig:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class UiConfig:
+    """The web dashboard's login links and sessions (``docs/DASHBOARD.md``)."""
+
+    link_ttl: float = 60.0
+    """Seconds a one-time login link (``pushy ui``) stays valid."""
+    session_idle_timeout: float = 43_200.0
+    """Seconds without a request after which a dashboard session ends (12 h)."""
+    max_sessions: int = 1000
+    """Most sessions held in memory (and most unused links); the least recently used goes."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class LogConfig:
     level: str = "info"
     """One of debug, info, warning, error."""
@@ -152,6 +165,7 @@ class ServerConfig:
     feeds: FeedsConfig = FeedsConfig()
     limits: LimitsConfig = LimitsConfig()
     auth: AuthConfig = AuthConfig()
+    ui: UiConfig = UiConfig()
     log: LogConfig = LogConfig()
 
     @property
@@ -420,11 +434,18 @@ def _check_server(c: ServerConfig) -> ServerConfig:
         ("limits.max_nodes_per_job", c.limits.max_nodes_per_job),
         ("limits.node_outbox", c.limits.node_outbox),
         ("feeds.subscriber_buffer", c.feeds.subscriber_buffer),
+        ("ui.max_sessions", c.ui.max_sessions),
     ):
         if val < 1:
             raise ConfigError("config", key, "must be positive")
     if c.auth.replay_cache < 0:
         raise ConfigError("config", "auth.replay_cache", "must be 0 (off) or more")
+    for key, seconds in (
+        ("ui.link_ttl", c.ui.link_ttl),
+        ("ui.session_idle_timeout", c.ui.session_idle_timeout),
+    ):
+        if seconds <= 0:
+            raise ConfigError("config", key, "must be positive")
     if c.log.level not in ("debug", "info", "warning", "error"):
         raise ConfigError("config", "log.level", "must be debug, info, warning or error")
     if c.log.format not in ("text", "json"):

@@ -15,7 +15,13 @@ from typing import Any
 from .config import AgentConfig, ServerConfig, build_agent_config, build_server_config, parse_toml
 from .errors import ConfigError
 
-__all__ = ["load_agent_config", "load_server_config", "read_toml", "resolve_data_dir"]
+__all__ = [
+    "load_agent_config",
+    "load_server_config",
+    "read_toml",
+    "resolve_data_dir",
+    "sandbox_data_dir",
+]
 
 
 def read_toml(path: str | Path) -> dict[str, Any]:
@@ -78,3 +84,11 @@ def resolve_data_dir(configured: str | None, environ: Mapping[str, str] | None =
         return Path("/var/lib/pushy")
     xdg = env.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(xdg) / "pushy"
+
+
+def sandbox_data_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """The default data directory of ``pushy sandbox``: ``$XDG_CACHE_HOME/pushy/sandbox``
+    (``~/.cache/pushy/sandbox``), for root too. The CLI falls back on its ``credentials``."""
+    env = os.environ if environ is None else environ
+    cache = env.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "pushy" / "sandbox"

@@ -16,6 +16,7 @@ from .hub import Hub
 from .jobs.runner import JobRunner
 from .model import IdentityModel
 from .nodes.registry import NodeRegistry
+from .websession import WebSessions
 
 __all__ = ["Services"]
 
@@ -36,6 +37,7 @@ class Services:
         server_public_pem: the server's public key, for ``config/NODE``.
         node_port: the node listener's bound port, for ``connect_url``.
         node_scheme: ``wss`` or ``ws``.
+        web_sessions: the dashboard's login links and sessions.
         on_client_deleted: callbacks run after a client is deleted (closes its socket).
     """
 
@@ -50,6 +52,7 @@ class Services:
     server_public_pem: str
     node_port: int
     node_scheme: str
+    web_sessions: WebSessions
     on_client_deleted: tuple[Callable[[str, str], Awaitable[None]], ...] = ()
 
     @property

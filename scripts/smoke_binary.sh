@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Build dist/pushy with PyInstaller and smoke-test the artifact itself, from a directory outside
 # the source tree, with an empty environment (no Python packages reachable): serve on a temp data
-# dir and port 0, client create, agent with a whitelist, job start (exit 0), job output, SIGTERM.
+# dir and port 0, client create, agent with a whitelist, job start (exit 0), job output, the
+# dashboard's files and a login link (pushy ui), SIGTERM; then pushy sandbox and the job line it
+# prints, Ctrl-C.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m pip install -q -e '.[build]' 2>&1 | grep -v "Running pip as the 'root' user" || true
@@ -10,8 +12,10 @@ python3 -m PyInstaller --noconfirm --clean --log-level WARN pyinstaller.spec
 work=$(mktemp -d /tmp/pushy-smoke.XXXXXX)
 server_pid=""
 agent_pid=""
+sandbox_pid=""
 cleanup() {
   [ -n "$agent_pid" ] && kill "$agent_pid" 2>/dev/null || true
+  [ -n "$sandbox_pid" ] && kill -9 "$sandbox_pid" 2>/dev/null || true
   [ -n "$server_pid" ] && kill -9 "$server_pid" 2>/dev/null || true
   rm -rf "$work"
 }
@@ -50,10 +54,54 @@ out=$(run job start 'echo smoke' smoke1 --capture --json)
 job_id=$(printf '%s' "$out" | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
 test "$(run job output "$job_id" smoke1)" = "smoke" || { echo "smoke: wrong job output"; exit 1; }
 
+# the dashboard is inside the binary: its page, its modules, and a login link that signs in
+link=$(run ui --no-browser 2>/dev/null)
+python3 - "$url" "$work/data/tls/ca.pem" "$link" <<'PY' || { echo "smoke: dashboard not served"; exit 1; }
+import ssl
+import sys
+import urllib.error
+import urllib.request
+
+url, ca, link = sys.argv[1:4]
+
+
+class NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):
+        return None
+
+
+tls = ssl.create_default_context(cafile=ca)
+opener = urllib.request.build_opener(urllib.request.HTTPSHandler(context=tls), NoRedirect)
+page = opener.open(url + "/ui/").read().decode()
+assert 'src="/ui/static/app.js"' in page, page
+for name in ("app.js", "app.css", "api.js", "pages/job.js", "pages/start.js"):
+    assert opener.open(f"{url}/ui/static/{name}").status == 200, name
+try:
+    opener.open(link)
+    raise SystemExit("the login link did not redirect")
+except urllib.error.HTTPError as e:
+    assert e.code == 303 and e.headers["Set-Cookie"].startswith("pushy_session="), e
+PY
+
 kill -TERM "$agent_pid"; wait "$agent_pid" || true; agent_pid=""
 kill -TERM "$server_pid"
 status=0; wait "$server_pid" || status=$?
 server_pid=""
 [ "$status" -eq 0 ] || { cat "$work/server.log"; echo "smoke: server exited $status on SIGTERM"; exit 1; }
 [ ! -f "$work/data/run/server.json" ] || { echo "smoke: run/server.json left behind"; exit 1; }
-echo "smoke: dist/pushy passed (serve, client create, agent, job start, job output, SIGTERM)"
+# pushy sandbox: the server and two agents from the one file, and the job line it prints runs
+# as printed (HOME is new: nothing else is configured, the CLI finds the sandbox by itself)
+senv=(env -i PATH="$work:/usr/bin:/bin" HOME="$work/home")
+mkdir -p "$work/home"
+"${senv[@]}" "$work/pushy" sandbox --listen 127.0.0.1:0 --nodes 2 >"$work/sandbox.out" 2>"$work/sandbox.err" &
+sandbox_pid=$!
+for _ in $(seq 1 300); do grep -q "Ctrl-C stops the sandbox" "$work/sandbox.out" && break; sleep 0.1; done
+grep -q "Ctrl-C stops the sandbox" "$work/sandbox.out" || { cat "$work/sandbox.out" "$work/sandbox.err"; echo "smoke: sandbox did not start"; exit 1; }
+line=$(grep "pushy job start" "$work/sandbox.out" | sed 's/^ *//')
+"${senv[@]}" sh -c "$line" >"$work/sandbox-job.out" || { cat "$work/sandbox-job.out"; echo "smoke: the sandbox's job line failed: $line"; exit 1; }
+kill -INT "$sandbox_pid"
+status=0; wait "$sandbox_pid" || status=$?
+sandbox_pid=""
+[ "$status" -eq 0 ] || { cat "$work/sandbox.err"; echo "smoke: sandbox exited $status on Ctrl-C"; exit 1; }
+
+echo "smoke: dist/pushy passed (serve, client create, agent, job start, job output, dashboard, SIGTERM, sandbox)"

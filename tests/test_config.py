@@ -61,6 +61,10 @@ def test_integer_accepted_for_float_durations(tmp_path: Path) -> None:
         ('[log]\nformat = "xml"\n', "log.format"),
         ('listen = "nowhere"\n', "expected HOST:PORT"),
         ("[limits]\nmax_body_bytes = 0\n", "limits.max_body_bytes"),
+        ("[ui]\nlink_ttl = 0\n", "ui.link_ttl: must be positive"),
+        ("[ui]\nsession_idle_timeout = -1\n", "ui.session_idle_timeout: must be positive"),
+        ("[ui]\nmax_sessions = 0\n", "ui.max_sessions: must be positive"),
+        ("[ui]\ncookie = 1\n", "unknown key(s): ui.cookie"),
         ("not toml [", "invalid TOML"),
     ],
 )
@@ -96,6 +100,13 @@ def test_config_is_frozen() -> None:
     c = ServerConfig()
     with pytest.raises(AttributeError):
         c.listen = "x"  # type: ignore[misc]
+
+
+def test_ui_keys_from_the_environment() -> None:
+    c = load_server_config(
+        environ={"PUSHY_UI_LINK_TTL": "5", "PUSHY_UI_SESSION_IDLE_TIMEOUT": "600"}
+    )
+    assert (c.ui.link_ttl, c.ui.session_idle_timeout, c.ui.max_sessions) == (5.0, 600.0, 1000)
 
 
 def test_reconnect_grace_default_follows_interval() -> None:

@@ -40,6 +40,7 @@ LAYERS = {
     "urls": 1,
     "replay": 1,
     "auth": 1,
+    "websession": 1,
     "jobs.machine": 1,
     "jobs.validation": 1,
     "jobs.model": 1,
@@ -74,6 +75,7 @@ LAYERS = {
     "jobs": 1,
     "appliance": 5,
     "bootstrap": 5,
+    "sandbox": 5,
     "cli": 6,
 }
 

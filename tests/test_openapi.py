@@ -65,7 +65,9 @@ def test_the_document_is_valid_openapi_3_1() -> None:
         "X-Ops-Timestamp",
         "X-Ops-Content-Hash",
         "X-Ops-Authorization-1",
+        "pushy_session",
     }
+    assert schemes["dashboardSession"]["in"] == "cookie"
     start = doc["paths"]["/organizations/{org}/pushy/jobs"]["post"]
     assert set(start["responses"]) >= {"201", "400", "401", "403", "404", "406", "413", "415"}
     assert set(start["responses"]["201"]["links"]) >= {"GetJob", "AbortJob", "GetJobOutput"}

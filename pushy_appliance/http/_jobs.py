@@ -41,6 +41,7 @@ def _summary(e: JobEntry) -> dict[str, Any]:
         "run_timeout": spec["run_timeout"],
         "created_at": rfc1123(e.created_at),
         "updated_at": rfc1123(e.updated_at),
+        "requester": spec.get("requester"),
     }
     if spec["user"] is not None:
         doc["user"] = spec["user"]
@@ -167,6 +168,7 @@ def _list_jobs(runner: JobRunner, org: str) -> list[dict[str, Any]]:
         raise ValidationError(f"invalid status '{status[:40]}'")
     limit = _int_param("limit", 1, 10_000)
     before = request.args.get("before")
+    requester = request.args.get("requester")
     since_text = request.args.get("since")
     since: float | None = None
     if since_text is not None:
@@ -186,6 +188,8 @@ def _list_jobs(runner: JobRunner, org: str) -> list[dict[str, Any]]:
         if e.org != org:
             continue
         if status is not None and e.status != status:
+            continue
+        if requester is not None and e.spec.get("requester") != requester:
             continue
         if since is not None and e.created_at < since:
             break

@@ -419,6 +419,11 @@ def _schemas() -> dict[str, Schema]:
                 "max_failures": {"type": "integer", "minimum": 0},
             },
         },
+        "LoginLink": {
+            "type": "object",
+            "required": ["url", "expires_in"],
+            "properties": {"url": {"type": "string"}, "expires_in": {"type": "integer"}},
+        },
         "JobCreated": {
             "type": "object",
             "required": ["id", "uri"],
@@ -439,6 +444,7 @@ def _schemas() -> dict[str, Schema]:
                 "env": {"type": "object", "additionalProperties": {"type": "string"}},
                 "capture_output": {"const": True},
                 "file_specified": {"const": True},
+                "requester": {"type": "string", "description": "who started the job"},
             },
         },
         "Job": {
@@ -761,6 +767,7 @@ def _paths() -> dict[str, Schema]:
                         {"type": "string", "format": "date-time"},
                         "only jobs created at or after this time",
                     ),
+                    _query("requester", {"type": "string"}, "only jobs this principal started"),
                 ],
             ),
             "post": _op(
@@ -852,7 +859,87 @@ def _paths() -> dict[str, Schema]:
                 params=feed_headers,
             ),
         }
+    paths.update(_ui_paths(org))
+    for path, item in paths.items():
+        if path.startswith("/organizations/{org}/pushy/"):
+            for op in item.values():
+                if isinstance(op, dict) and "security" in op:
+                    op["security"] = [*_SIGNED, {"dashboardSession": []}]
     return paths
+
+
+def _ui_paths(org: Schema) -> dict[str, Schema]:
+    """The dashboard's routes (``docs/DASHBOARD.md``)."""
+    ui = ["dashboard"]
+    html = {"text/html": {"schema": {"type": "string"}}}
+    page = {"description": "an HTML page", "content": html}
+    return {
+        "/organizations/{org}/pushy/ui/links": {
+            "parameters": [org],
+            "post": _op(
+                "createLoginLink",
+                "Mint a one-time dashboard login link for the signer, in this org",
+                {"201": _ok(_ref("LoginLink"), "created")},
+                tags=ui,
+                body=_ref("AbortRequest"),
+                body_required=False,
+            ),
+        },
+        "/ui": {"get": _op("getDashboard", "The dashboard", {"200": page}, tags=ui, signed=False)},
+        "/ui/static/{name}": {
+            "parameters": [
+                {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+            ],
+            "get": _op(
+                "getDashboardFile",
+                "A file of the dashboard (HTML, CSS, JavaScript module, image)",
+                {
+                    "200": {"description": "the file", "content": {"*/*": {"schema": {}}}},
+                    "304": {"description": "not modified"},
+                    "404": _error("no such file"),
+                },
+                tags=ui,
+                signed=False,
+            ),
+        },
+        "/ui/login/{token}": {
+            "parameters": [
+                {"name": "token", "in": "path", "required": True, "schema": {"type": "string"}}
+            ],
+            "get": _op(
+                "redeemLoginLink",
+                "Redeem a login link: sets the session cookie and redirects to /ui/",
+                {
+                    "303": {"description": "signed in; Set-Cookie and Location: /ui/"},
+                    "401": {"description": "a used, expired or unknown link", "content": html},
+                },
+                tags=ui,
+                signed=False,
+            ),
+        },
+        "/ui/session": {
+            "get": _op(
+                "getDashboardSession",
+                "The session's principal, org and CSRF token",
+                {"200": _ok({"type": "object"}), "401": _error("not signed in")},
+                tags=ui,
+                signed=False,
+            ),
+        },
+        "/ui/logout": {
+            "post": _op(
+                "logout",
+                "End the dashboard session (needs the CSRF header)",
+                {
+                    "200": _ok({"type": "object"}),
+                    "401": _error("not signed in"),
+                    "403": _error("missing or wrong X-Pushy-CSRF header"),
+                },
+                tags=ui,
+                signed=False,
+            ),
+        },
+    }
 
 
 def _security_schemes() -> dict[str, Schema]:
@@ -866,7 +953,7 @@ def _security_schemes() -> dict[str, Schema]:
             "the base64 signature in 60-character lines X-Ops-Authorization-1..N",
         ),
     }
-    return {
+    schemes: dict[str, Schema] = {
         key: {
             "type": "apiKey",
             "in": "header",
@@ -877,6 +964,15 @@ def _security_schemes() -> dict[str, Schema]:
         }
         for key, (header, text) in described.items()
     }
+    schemes["dashboardSession"] = {
+        "type": "apiKey",
+        "in": "cookie",
+        "name": "pushy_session",
+        "description": "The dashboard's session cookie (docs/DASHBOARD.md), accepted on the "
+        "push-jobs routes of its own org when no X-Ops-UserId header is sent; a state-changing "
+        "request also needs the session's X-Pushy-CSRF header.",
+    }
+    return schemes
 
 
 _DOCUMENT: Final[Schema] = {
@@ -890,7 +986,7 @@ _DOCUMENT: Final[Schema] = {
     },
     "paths": _paths(),
     "components": {"schemas": _schemas(), "securitySchemes": _security_schemes()},
-    "tags": [{"name": t} for t in ("status", "identity", "nodes", "jobs", "feeds")],
+    "tags": [{"name": t} for t in ("status", "identity", "nodes", "jobs", "feeds", "dashboard")],
 }
 
 

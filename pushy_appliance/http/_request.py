@@ -16,6 +16,7 @@ from email.utils import formatdate
 from typing import Any
 from urllib.parse import unquote
 
+import trio
 from quart import Response, request
 
 from ..auth import Principal
@@ -30,6 +31,7 @@ from ..jobs.model import JobEntry
 from ..jsonbody import MSG_JSON, parse_json_body
 from ..services import Services
 from ..urls import public_base_url
+from ..websession import CSRF_HEADER, SESSION_COOKIE
 
 __all__ = [
     "accepts",
@@ -99,8 +101,28 @@ async def request_body(svc: Services) -> bytes:
 
 
 async def signed(svc: Services, org: str | None) -> Principal:
-    """Authenticate the current request (see :meth:`auth.Authenticator.authenticate`)."""
+    """Authenticate the current request (see :meth:`auth.Authenticator.authenticate`).
+
+    A request to an org's push-jobs routes (``/organizations/ORG/pushy/…``) that carries the
+    dashboard's session cookie and no ``X-Ops-UserId`` acts as that session's principal
+    instead (see :meth:`websession.WebSessions.authenticate`; ``docs/DASHBOARD.md``).
+    """
     body = await request_body(svc)
+    session_id = request.cookies.get(SESSION_COOKIE)
+    if (
+        session_id is not None
+        and org is not None
+        and "X-Ops-UserId" not in request.headers
+        and request.path.startswith(f"/organizations/{org}/pushy/")
+    ):
+        return svc.web_sessions.authenticate(
+            svc.identity,
+            session_id,
+            org,
+            method=request.method,
+            csrf=request.headers.get(CSRF_HEADER),
+            now=trio.current_time(),
+        )
     return svc.auth.authenticate(
         org,
         method=request.method,
