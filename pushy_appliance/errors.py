@@ -8,7 +8,8 @@ map the tree to status codes in one place (``http/_errors.py``)::
     ├── ConfigError              bad configuration file, environment variable or flag
     ├── KeyFormatError           a key (PEM) that cannot be read or used for signing
     ├── StoreError               the store cannot be opened, read or written
-    │   └── StoreCorruptError    a record failed its CRC or could not be decoded
+    │   ├── StoreCorruptError    a record failed its CRC or could not be decoded
+    │   └── StoreUnavailableError a write or fsync failed: writes refused until one succeeds
     ├── ProtocolError            a node frame that is not what the protocol says
     │   └── FrameTooLargeError   a frame over the size cap
     ├── DomainError              what a model or engine refuses, whoever asked; no status code
@@ -91,6 +92,23 @@ class StoreCorruptError(StoreError):
         self.offset = offset
         self.reason = reason
         super().__init__(f"{path} at byte {offset}: {reason}")
+
+
+class StoreUnavailableError(StoreError):
+    """The store refuses writes for now: a write or fsync failed (disk full, I/O error, the
+    file size limit). Nothing of the refused call was stored or applied; reads go on; the
+    store retries on its own and takes writes again once one succeeds. The HTTP API answers
+    ``503 {"error": "store unavailable: <reason>"}``.
+
+    Attributes:
+        reason: what failed, without server paths (``No space left on device``).
+        path: the file that could not be written, for the server's log (or ``None``).
+    """
+
+    def __init__(self, reason: str, path: str | None = None) -> None:
+        self.reason = reason
+        self.path = path
+        super().__init__(f"store unavailable: {reason}")
 
 
 class ProtocolError(PushyError):
