@@ -298,7 +298,7 @@ async def _serve_locked(
                 if store.statistics().records >= SHUTDOWN_SNAPSHOT_RECORDS:
                     # the next start loads a snapshot instead of replaying the log
                     with trio.move_on_after(SHUTDOWN_SNAPSHOT_SECONDS):
-                        await db.snapshot()
+                        await _snapshot(db)
             finally:
                 server_json.unlink(missing_ok=True)
                 nursery.cancel_scope.cancel()
@@ -337,7 +337,16 @@ async def _compactor(db: Database) -> None:
     while True:
         await trio.sleep(COMPACT_CHECK_SECONDS)
         if db.store.statistics().records >= SNAPSHOT_RECORDS:
-            await db.snapshot()
+            await _snapshot(db)
+
+
+async def _snapshot(db: Database) -> None:
+    """A snapshot that cannot be written (disk full…) is logged, not fatal: the log still
+    holds everything, and the compactor tries again at its next check."""
+    try:
+        await db.snapshot()
+    except StoreError as e:
+        log.warning("snapshot not written (a restart replays more of the log): %s", e)
 
 
 def _server_public_pem(config: ServerConfig, data_dir: Path) -> str:
