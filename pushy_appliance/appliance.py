@@ -52,6 +52,10 @@ __all__ = ["DRAIN_SECONDS", "ServerInfo", "compact_store", "lock_data_dir", "new
 log = logging.getLogger(__name__)
 
 DRAIN_SECONDS = 10.0
+LISTEN_BACKLOG = 1024
+"""Connections the kernel queues for the API's accept (hypercorn's default is 100): a burst
+of connections, hostile or a restart's reconnecting clients, waits there instead of having
+its SYNs dropped and retried a second later."""
 SNAPSHOT_RECORDS = 100_000
 """Records replayed at start-up beyond which the compactor writes a snapshot."""
 COMPACT_CHECK_SECONDS = 60.0
@@ -142,7 +146,9 @@ def _hypercorn_config(
     hc = HypercornConfig()
     hc.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     hc.graceful_timeout = DRAIN_SECONDS
-    hc.keep_alive_timeout = 75.0
+    hc.keep_alive_timeout = 75.0  # also bounds a request whose headers never end
+    hc.ssl_handshake_timeout = config.limits.handshake_timeout
+    hc.backlog = LISTEN_BACKLOG
     hc.accesslog = None
     hc.errorlog = logging.getLogger("pushy_appliance.http.server")
     hc.include_server_header = False

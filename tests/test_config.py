@@ -60,6 +60,8 @@ def test_integer_accepted_for_float_durations(tmp_path: Path) -> None:
         ('[log]\nformat = "xml"\n', "log.format"),
         ('listen = "nowhere"\n', "expected HOST:PORT"),
         ("[limits]\nmax_body_bytes = 0\n", "limits.max_body_bytes"),
+        ("[limits]\nnode_handshakes = 0\n", "limits.node_handshakes"),
+        ("[limits]\nhandshake_timeout = 0\n", "limits.handshake_timeout"),
         ("not toml [", "invalid TOML"),
     ],
 )
