@@ -580,19 +580,36 @@ def parser() -> argparse.ArgumentParser:
 
 
 async def soak(args: argparse.Namespace) -> Figures:
-    """Run the soak ``args`` describes (see :func:`parser`); returns its figures."""
+    """Run the soak ``args`` describes (see :func:`parser`); returns its figures.
+
+    Raises:
+        KeyboardInterrupt: on SIGTERM (as on Ctrl-C), once its server and agents are stopped.
+    """
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="pushy-soak-"))
     workdir.mkdir(parents=True, exist_ok=True)
     runner = Soak(args, workdir)
-    try:
-        return await runner.run()
-    finally:
-        with trio.CancelScope(shield=True):
-            if runner.server.proc is not None and runner.server.proc.returncode is None:
-                await runner.server.kill9()
-            await runner.stop_agents()
-        if not args.keep:
-            shutil.rmtree(workdir, ignore_errors=True)
+    figures: Figures | None = None
+    with trio.open_signal_receiver(signal.SIGTERM) as signals:
+        try:
+            async with trio.open_nursery() as nursery:
+
+                async def stop_on_signal() -> None:
+                    async for _ in signals:
+                        nursery.cancel_scope.cancel()
+
+                nursery.start_soon(stop_on_signal)
+                figures = await runner.run()
+                nursery.cancel_scope.cancel()
+        finally:
+            with trio.CancelScope(shield=True):
+                if runner.server.proc is not None and runner.server.proc.returncode is None:
+                    await runner.server.kill9()
+                await runner.stop_agents()
+            if not args.keep:
+                shutil.rmtree(workdir, ignore_errors=True)
+    if figures is None:
+        raise KeyboardInterrupt
+    return figures
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -600,7 +617,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.seed is None:
         args.seed = random.randrange(2**32)
     emit(f"soak: {args.cycles} cycle(s), {args.agents} agent(s), seed {args.seed}")
-    figures = trio.run(soak, args)
+    try:
+        figures = trio.run(soak, args)
+    except KeyboardInterrupt:
+        emit("soak: interrupted; server and agents stopped")
+        return 130
     report(figures)
     if args.json is not None:
         doc = dataclasses.asdict(figures) | {"seed": args.seed, "ok": figures.ok}
