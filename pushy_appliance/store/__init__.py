@@ -33,10 +33,11 @@ from contextlib import asynccontextmanager
 
 import trio
 
-from ._base import RETRY_MAX, GroupCommitStore, Recovered, Store, StoreStatistics
+from ._base import GroupCommitStore, Recovered, Store, StoreStatistics
 from ._file import FileStore
 from ._format import MAX_RECORD_BYTES
 from ._memory import MemoryStore
+from ._outage import RETRY_MAX
 from ._verify import VerifyReport, verify_store
 
 __all__ = [

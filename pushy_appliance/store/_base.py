@@ -18,11 +18,10 @@ store *unavailable*:
   before the failure are refused by the writer), so callers learn of it without waiting on
   a disk that cannot take their records. Reads of the models above never touch the store.
 - The writer retries on its own, with a backoff from ``RETRY_FIRST`` doubling to
-  ``RETRY_MAX`` seconds: each retry repairs the log and proves a write as large as the failed
-  group succeeds (``_repair``). The first refusal is logged as an error, the retries as
-  warnings (each while the backoff grows, then once a minute), and the recovery with the
-  outage's length and the records refused meanwhile. Once a retry succeeds the store takes
-  writes again; :meth:`GroupCommitStore.wait_writable` waits for that.
+  ``RETRY_MAX`` seconds (``_outage``, which also logs the outage): each retry repairs the log
+  and proves a write as large as the failed group succeeds (``_repair``). Once a retry
+  succeeds the store takes writes again; :meth:`GroupCommitStore.wait_writable` waits for
+  that.
 
 Work that must not interleave with appends (rotating the segment after a snapshot, deleting
 what the snapshot made obsolete) travels down the same channel as a control item and runs in
@@ -42,22 +41,13 @@ import trio
 
 from ..errors import StoreError, StoreUnavailableError
 from ._format import encode_record, encode_snapshot
+from ._outage import Outage, unavailable
 
-__all__ = ["RETRY_FIRST", "RETRY_MAX", "GroupCommitStore", "Recovered", "Store", "StoreStatistics"]
+__all__ = ["GroupCommitStore", "Recovered", "Store", "StoreStatistics"]
 
 log = logging.getLogger(__name__)
 
-RETRY_FIRST = 0.25
-"""Seconds from a failed commit to the writer's first retry; each failed retry doubles it."""
-RETRY_MAX = 5.0
-"""The longest wait between two retries: a store that can write again takes writes within
-this many seconds."""
-PROBE_MIN_BYTES = 4096
-PROBE_MAX_BYTES = 1024 * 1024
-"""A retry proves that a write as large as the failed group (within these bounds) succeeds."""
-_LOG_EVERY_RETRY = 5
 _CLOSED_BEFORE_DURABLE = "the store closed before the record was durable"
-_LOG_INTERVAL = 60.0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -183,16 +173,9 @@ class GroupCommitStore(abc.ABC):
         self._groups = 0
         self._pending = 0
         self._refused = 0
-        # The outage: the error of the failed commit while the store is unavailable.
-        self._outage: StoreUnavailableError | None = None
+        self._outage: Outage | None = None
         self._writable_event = trio.Event()
         self._writable_event.set()
-        self._outage_started = 0.0
-        self._outage_refused = 0
-        self._retries = 0
-        self._retry_at = 0.0
-        self._probe_bytes = PROBE_MIN_BYTES
-        self._logged_at = 0.0
 
     # --- the public face ---------------------------------------------------------------------
 
@@ -399,7 +382,7 @@ class GroupCommitStore(abc.ABC):
         if self._closed:
             raise StoreError("the store is closed")
         if self._outage is not None:
-            raise StoreUnavailableError(self._outage.reason, self._outage.path)
+            raise StoreUnavailableError(self._outage.error.reason, self._outage.error.path)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The writer task: commit queued groups until the channel is closed.
@@ -428,11 +411,11 @@ class GroupCommitStore(abc.ABC):
     async def _next_batch(self) -> list[_Append | _Control] | None:
         """Everything queued now, once there is something; ``[]`` when a retry was due (and
         ran) instead; ``None`` once the channel is closed and drained."""
-        if self._outage is not None and trio.current_time() >= self._retry_at:
-            await self._retry()
+        if self._outage is not None and trio.current_time() >= self._outage.retry_at:
+            await self._retry(self._outage)
             return []
         first: _Append | _Control | None = None
-        with trio.move_on_at(self._retry_at if self._outage is not None else math.inf):
+        with trio.move_on_at(self._outage.retry_at if self._outage is not None else math.inf):
             try:
                 first = await self._receive.receive()
             except trio.EndOfChannel:
@@ -471,15 +454,17 @@ class GroupCommitStore(abc.ABC):
         frames = [f for request in group for f in request.frames]
         error: str | StoreUnavailableError | None = _CLOSED_BEFORE_DURABLE
         try:
+            if self._outage is None:
+                first = self._last_seq + 1
+                try:
+                    await self._commit(frames, first)
+                except StoreError as e:
+                    # the writer's retries end it (_retry)
+                    outage = Outage(unavailable(e), sum(map(len, frames)), trio.current_time())
+                    self._outage = outage
+                    self._writable_event = trio.Event()
             if self._outage is not None:
-                error = self._outage
-                self._count_refused(len(frames))
-                return
-            first = self._last_seq + 1
-            try:
-                await self._commit(frames, first)
-            except StoreError as e:
-                error = self._begin_outage(e, sum(map(len, frames)))
+                error = self._outage.error
                 self._count_refused(len(frames))
                 return
             error = None
@@ -500,7 +485,7 @@ class GroupCommitStore(abc.ABC):
         if self._outage is not None:
             # after a snapshot: rotating now would leave the failed group's bytes in a
             # segment that is no longer the newest (recovery cuts torn tails of the newest)
-            item.error = self._outage
+            item.error = self._outage.error
             item.done.set()
             return
         try:
@@ -513,60 +498,17 @@ class GroupCommitStore(abc.ABC):
 
     def _count_refused(self, records: int) -> None:
         self._refused += records
-        self._outage_refused += records
+        if self._outage is not None:
+            self._outage.refused += records
 
-    def _begin_outage(self, e: StoreError, group_bytes: int) -> StoreUnavailableError:
-        """The commit of a group failed: refuse writes and schedule the first retry."""
-        outage = e if isinstance(e, StoreUnavailableError) else StoreUnavailableError(str(e))
-        now = trio.current_time()
-        self._outage = outage
-        self._writable_event = trio.Event()
-        self._outage_started = self._logged_at = now
-        self._outage_refused = 0
-        self._retries = 0
-        self._retry_at = now + RETRY_FIRST
-        self._probe_bytes = min(max(group_bytes, PROBE_MIN_BYTES), PROBE_MAX_BYTES)
-        log.error(
-            "store: cannot write%s: %s; refusing writes until a retry succeeds "
-            "(the first in %.2f s); nothing of the failed group counts as written",
-            f" {outage.path}" if outage.path else "",
-            outage.reason,
-            RETRY_FIRST,
-        )
-        return outage
-
-    async def _retry(self) -> None:
+    async def _retry(self, outage: Outage) -> None:
         """One retry of an outage: repair and probe; writable again if that succeeds."""
-        assert self._outage is not None
-        self._retries += 1
         try:
-            await self._repair(self._probe_bytes)
+            await self._repair(outage.probe_bytes)
         except StoreError as e:
-            outage = e if isinstance(e, StoreUnavailableError) else StoreUnavailableError(str(e))
-            self._outage = outage
-            now = trio.current_time()
-            delay = min(RETRY_FIRST * 2**self._retries, RETRY_MAX)
-            self._retry_at = now + delay
-            if self._retries <= _LOG_EVERY_RETRY or now - self._logged_at >= _LOG_INTERVAL:
-                self._logged_at = now
-                log.warning(
-                    "store: still cannot write%s after %.1f s (retry %d): %s; "
-                    "%d record(s) refused so far; next retry in %.2f s",
-                    f" {outage.path}" if outage.path else "",
-                    now - self._outage_started,
-                    self._retries,
-                    outage.reason,
-                    self._outage_refused,
-                    delay,
-                )
+            outage.retry_failed(unavailable(e), trio.current_time())
             return
-        log.warning(
-            "store: writable again after %.1f s and %d retr%s; %d record(s) refused meanwhile",
-            trio.current_time() - self._outage_started,
-            self._retries,
-            "y" if self._retries == 1 else "ies",
-            self._outage_refused,
-        )
+        outage.ended(trio.current_time())
         self._outage = None
         self._writable_event.set()
 
