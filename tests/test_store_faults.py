@@ -30,7 +30,14 @@ import trio.testing
 from pushy_appliance import fsutil
 from pushy_appliance.db import Database
 from pushy_appliance.errors import StoreError, StoreUnavailableError
-from pushy_appliance.store import RETRY_MAX, FileStore, Store, open_store, verify_store
+from pushy_appliance.store import (
+    RETRY_MAX,
+    FileStore,
+    MemoryStore,
+    Store,
+    open_store,
+    verify_store,
+)
 
 from helpers import small_tmpfs
 
@@ -359,6 +366,45 @@ async def test_requests_queued_behind_a_failing_group_are_refused_not_written(
         assert outcomes == dict.fromkeys(range(4), "StoreUnavailableError")
         assert store.statistics().pending == 0
         assert store.statistics().refused == 4
+
+
+async def test_a_snapshot_whose_clean_up_meets_an_outage_is_kept_without_it(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A snapshot saved while a group fails: the snapshot stands, the rotation and deletions
+    after it (in the writer, behind the failing group) are refused, and so is the call."""
+    gate = trio.Event()
+    outcomes: dict[str, str] = {}
+    async with open_store(None) as store:
+        assert isinstance(store, MemoryStore)
+        await store.append({"n": 1})
+
+        async def commit(frames: list[bytes], first_seq: int) -> None:
+            await gate.wait()
+            raise StoreUnavailableError("Input/output error")
+
+        async def append() -> None:
+            with pytest.raises(StoreUnavailableError) as e:
+                await store.append({"n": 2})
+            outcomes["append"] = str(e.value)
+
+        async def snapshot() -> None:
+            with pytest.raises(StoreUnavailableError) as e:
+                await store.write_snapshot({"upto": 1}, 1)
+            outcomes["snapshot"] = str(e.value)
+
+        store._commit = commit  # type: ignore[method-assign]
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(append)
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(snapshot)  # saved, its clean-up queued behind the group
+            await trio.testing.wait_all_tasks_blocked()
+            gate.set()
+        assert outcomes == dict.fromkeys(
+            ("append", "snapshot"), "store unavailable: Input/output error"
+        )
+        assert store.snapshots == [(1, {"upto": 1})]
+        assert store.statistics().snapshot_seq == 1
 
 
 async def test_a_waiter_is_released_when_the_store_closes(
