@@ -18,6 +18,7 @@ network, subprocess, task or thread); ``tests/test_exports.py`` pins each packag
    ``lockfile`` (one process per directory), ``fsutil`` (durable file writes), ``agent.state``
    (the agent's state file), ``config_files`` (the configuration file and the default data
    directory), ``frame_reader`` (the read loop of both ends of a node connection),
+   ``handshakes`` (the cap on a listener's connections still in their handshake),
    ``agent.facts`` (runs ohai, reads the system's files).
 3. Engines: ``db`` (store + models), ``nodes.registry``, ``jobs.runner``,
    ``agent.executor``, ``agent.jobspec``, ``agent.procgroup`` and ``agent.runtime`` (the node

@@ -35,7 +35,7 @@ from .bootstrap import bootstrap, write_credentials
 from .config import ServerConfig, parse_host_port
 from .config_files import resolve_data_dir
 from .db import Database
-from .errors import ConfigError, DataDirBusyError
+from .errors import ConfigError, DataDirBusyError, StoreError
 from .http import asgi_app
 from .hub import Hub
 from .jobs.model import JobsModel
@@ -54,6 +54,10 @@ __all__ = ["DRAIN_SECONDS", "ServerInfo", "compact_store", "lock_data_dir", "new
 log = logging.getLogger(__name__)
 
 DRAIN_SECONDS = 10.0
+LISTEN_BACKLOG = 1024
+"""Connections the kernel queues for the API's accept (hypercorn's default is 100): a burst
+of connections, hostile or a restart's reconnecting clients, waits there instead of having
+its SYNs dropped and retried a second later."""
 SNAPSHOT_RECORDS = 100_000
 """Records replayed at start-up beyond which the compactor writes a snapshot."""
 COMPACT_CHECK_SECONDS = 60.0
@@ -150,7 +154,9 @@ def _hypercorn_config(
     hc = HypercornConfig()
     hc.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     hc.graceful_timeout = DRAIN_SECONDS
-    hc.keep_alive_timeout = 75.0
+    hc.keep_alive_timeout = 75.0  # also bounds a request whose headers never end
+    hc.ssl_handshake_timeout = config.limits.handshake_timeout
+    hc.backlog = LISTEN_BACKLOG
     hc.accesslog = None
     hc.errorlog = logging.getLogger("pushy_appliance.http.server")
     hc.include_server_header = False
@@ -319,7 +325,7 @@ async def _serve_locked(
                 if store.statistics().records >= SHUTDOWN_SNAPSHOT_RECORDS:
                     # the next start loads a snapshot instead of replaying the log
                     with trio.move_on_after(SHUTDOWN_SNAPSHOT_SECONDS):
-                        await db.snapshot()
+                        await _snapshot(db)
             finally:
                 server_json.unlink(missing_ok=True)
                 nursery.cancel_scope.cancel()
@@ -358,7 +364,16 @@ async def _compactor(db: Database) -> None:
     while True:
         await trio.sleep(COMPACT_CHECK_SECONDS)
         if db.store.statistics().records >= SNAPSHOT_RECORDS:
-            await db.snapshot()
+            await _snapshot(db)
+
+
+async def _snapshot(db: Database) -> None:
+    """A snapshot that cannot be written (disk full…) is logged, not fatal: the log still
+    holds everything, and the compactor tries again at its next check."""
+    try:
+        await db.snapshot()
+    except StoreError as e:
+        log.warning("snapshot not written (a restart replays more of the log): %s", e)
 
 
 def _server_public_pem(config: ServerConfig, data_dir: Path) -> str:

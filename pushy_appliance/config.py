@@ -113,6 +113,11 @@ class LimitsConfig:
     """Most nodes one job may name."""
     node_outbox: int = 256
     """Frames queued for one node before the connection is dropped as stuck."""
+    handshake_timeout: float = 10.0
+    """Seconds a new connection has for its TLS handshake (both listeners) and, on the node
+    listener, its upgrade request; it is closed after that."""
+    node_handshakes: int = 1024
+    """Node connections that may be in their handshake at once; one more drops the oldest."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -433,6 +438,7 @@ def _check_server(c: ServerConfig) -> ServerConfig:
         ("limits.max_frame_bytes", c.limits.max_frame_bytes),
         ("limits.max_nodes_per_job", c.limits.max_nodes_per_job),
         ("limits.node_outbox", c.limits.node_outbox),
+        ("limits.node_handshakes", c.limits.node_handshakes),
         ("feeds.subscriber_buffer", c.feeds.subscriber_buffer),
         ("ui.max_sessions", c.ui.max_sessions),
     ):
@@ -446,6 +452,8 @@ def _check_server(c: ServerConfig) -> ServerConfig:
     ):
         if seconds <= 0:
             raise ConfigError("config", key, "must be positive")
+    if c.limits.handshake_timeout <= 0:
+        raise ConfigError("config", "limits.handshake_timeout", "must be positive")
     if c.log.level not in ("debug", "info", "warning", "error"):
         raise ConfigError("config", "log.level", "must be debug, info, warning or error")
     if c.log.format not in ("text", "json"):

@@ -7,6 +7,15 @@ the models directly (no I/O on reads). Several records committed together are st
 
 Models are plain objects with ``apply(record)``, ``snapshot()`` and ``load(snapshot)``; the
 database owns one per family (``identity``, ``jobs``, ``nodes``) and snapshots them together.
+
+When the store cannot write (disk full, I/O error, file size limit), :meth:`Database.commit`
+raises :class:`~pushy_appliance.errors.StoreUnavailableError` and applies nothing: the models
+stay exactly as they were, and so does the store (none of the records is in it). Reads go on.
+Each caller decides what a refused change means for it: a request answers 503 and forgets it;
+an engine whose change must happen (a job step, a node's status) waits with
+:meth:`Database.wait_writable` and commits the same records again, or uses
+:meth:`Database.commit_retrying`, which does exactly that. Nothing in this module ends the
+process because a write was refused.
 """
 
 from __future__ import annotations
@@ -18,6 +27,7 @@ from typing import Any, Protocol
 
 import trio
 
+from .errors import StoreUnavailableError
 from .store import Store
 
 __all__ = ["Database", "Model"]
@@ -95,6 +105,18 @@ class Database:
             else:
                 self._key_locks[key] = (lock_, users - 1)
 
+    @property
+    def writable(self) -> bool:
+        """Whether the store takes writes now (false while it retries a failed one)."""
+        return self.store.writable
+
+    async def wait_writable(self) -> None:
+        """Wait until the store takes writes again (at once when it does).
+
+        Cancellation: safe; nothing is changed.
+        """
+        await self.store.wait_writable()
+
     async def commit(self, *records: dict[str, Any]) -> int:
         """Make ``records`` durable, then apply them to the models.
 
@@ -102,7 +124,11 @@ class Database:
             The sequence number of the last record.
 
         Raises:
-            StoreError: when the store cannot write; nothing was applied.
+            StoreUnavailableError: the store could not write them (its write or fsync failed,
+                now or earlier and it is not writable again yet). None of ``records`` is
+                stored and none was applied: the models are as before the call. The same
+                records may be committed again once :meth:`wait_writable` returns.
+            StoreError: the store is closed; nothing was applied.
 
         Cancellation: once the records were handed to the store they are applied even if the
         caller is cancelled while waiting, so the models never lag behind the store.
@@ -125,11 +151,38 @@ class Database:
                 self._idle.set()
         return seq
 
+    async def commit_retrying(self, *records: dict[str, Any]) -> int:
+        """:meth:`commit`, waiting out store outages: the same ``records`` are committed again
+        each time the store is writable again, until they are durable and applied.
+
+        For changes that must happen and may wait (a job's step, a node's status), never for
+        a request whose client should be told (503).
+
+        Returns:
+            The sequence number of the last record.
+
+        Raises:
+            StoreError: the store is closed; nothing was applied.
+
+        Cancellation: while waiting for the store nothing is applied, and nothing will be;
+        once the records were handed to the store, as for :meth:`commit`.
+        """
+        while True:
+            try:
+                return await self.commit(*records)
+            except StoreUnavailableError:
+                await self.wait_writable()
+
     async def snapshot(self) -> int:
         """Write a snapshot of every model at the store's newest record.
 
         New commits wait while the models are copied, so the snapshot matches its sequence
         number exactly. Returns that sequence number.
+
+        Raises:
+            StoreError: the snapshot could not be written (``StoreUnavailableError`` while
+                the store is not writable). The log still holds every record: nothing is
+                lost, a restart only replays more.
         """
         gate = trio.Event()
         while self._gate is not None:

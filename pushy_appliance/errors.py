@@ -9,7 +9,8 @@ map the tree to status codes in one place (``http/_errors.py``)::
     ├── KeyFormatError           a key (PEM) that cannot be read or used for signing
     ├── StoreError               the store cannot be opened, read or written
     │   ├── StoreCorruptError    a record failed its CRC or could not be decoded
-    │   └── DataDirBusyError     another process holds the data directory
+    │   ├── DataDirBusyError     another process holds the data directory
+    │   └── StoreUnavailableError a write or fsync failed: writes refused until one succeeds
     ├── ProtocolError            a node frame that is not what the protocol says
     │   └── FrameTooLargeError   a frame over the size cap
     ├── DomainError              what a model or engine refuses, whoever asked; no status code
@@ -104,6 +105,23 @@ class DataDirBusyError(StoreError):
     def __init__(self, data_dir: str) -> None:
         self.data_dir = data_dir
         super().__init__(f"{data_dir} is in use by another pushy process")
+
+
+class StoreUnavailableError(StoreError):
+    """The store refuses writes for now: a write or fsync failed (disk full, I/O error, the
+    file size limit). Nothing of the refused call was stored or applied; reads go on; the
+    store retries on its own and takes writes again once one succeeds. The HTTP API answers
+    ``503 {"error": "store unavailable: <reason>"}``.
+
+    Attributes:
+        reason: what failed, without server paths (``No space left on device``).
+        path: the file that could not be written, for the server's log (or ``None``).
+    """
+
+    def __init__(self, reason: str, path: str | None = None) -> None:
+        self.reason = reason
+        self.path = path
+        super().__init__(f"store unavailable: {reason}")
 
 
 class ProtocolError(PushyError):

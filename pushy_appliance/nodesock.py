@@ -12,6 +12,11 @@ bounded outbox; the heartbeat ticker and the job engine write directly when noth
 protocol errors are logged with the node name and the frame dropped; three within a minute
 close the connection (1008). Frames over the size cap close it with 1009 (trio-websocket
 enforces the cap before a frame is buffered).
+
+Before the upgrade: a connection has ``limits.handshake_timeout`` seconds for its TLS
+handshake and upgrade request, and at most ``limits.node_handshakes`` may be at that stage at
+once (a new one beyond drops the oldest, see :mod:`.handshakes`), so clients that connect and
+never finish cannot hold the listener's descriptors.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from .auth import Authenticator
 from .config import ServerConfig
 from .errors import ApiError, AuthError, NotFoundError, ProtocolError
 from .frame_reader import FrameReader
+from .handshakes import HandshakeLimit
 from .nodes.registry import CLOSE_PROTOCOL, NodeRegistry, NodeSession
 from .paths import normalize_path
 
@@ -203,6 +209,8 @@ async def serve_nodes(
         await _Connection(config, registry, ws).run(org, node)
 
     async def guarded_handler(request: WebSocketRequest) -> None:
+        # The TLS handshake and the upgrade request are in (within connect_timeout).
+        handshakes.done()
         # A peer that vanishes before hello (or during the upgrade) must not take the
         # listener, and every other node with it, down.
         try:
@@ -212,16 +220,18 @@ async def serve_nodes(
 
     host_arg: Any = host or None
     async with trio.open_nursery() as nursery:
+        # at most node_handshakes connections that have not sent their upgrade request
+        handshakes = HandshakeLimit(nursery, config.limits.node_handshakes, name="node listener")
         server = await nursery.start(
             lambda task_status: serve_websocket(
                 guarded_handler,
                 host_arg,
                 port,
                 ssl_context,
-                handler_nursery=nursery,
+                handler_nursery=handshakes.nursery,
                 message_queue_size=4,
                 max_message_size=config.limits.max_frame_bytes,
-                connect_timeout=10,
+                connect_timeout=config.limits.handshake_timeout,
                 disconnect_timeout=5,
                 task_status=task_status,
             )

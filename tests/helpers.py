@@ -6,14 +6,16 @@ from __future__ import annotations
 import hashlib
 import json
 import ssl
+import subprocess
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import trio
 from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -157,3 +159,22 @@ async def memory_registry(
     async with open_store(None) as store:
         db = Database(store, {"nodes": NodeModel()})
         yield NodeRegistry(db, "srv", interval=interval, offline_threshold=offline_threshold)
+
+
+@contextmanager
+def small_tmpfs(path: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` (``mount -o size=…``, e.g. ``"1m"``) mounted at ``path`` for a real
+    full disk; the test is skipped where mounting is not allowed (not root, no mount rights
+    in the container)."""
+    path.mkdir(parents=True, exist_ok=True)
+    argv = ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(path)]
+    try:
+        mounted = subprocess.run(argv, capture_output=True, text=True, check=False)
+    except FileNotFoundError:
+        pytest.skip("no mount command here")
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "--lazy", str(path)], check=False)

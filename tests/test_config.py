@@ -65,6 +65,8 @@ def test_integer_accepted_for_float_durations(tmp_path: Path) -> None:
         ("[ui]\nsession_idle_timeout = -1\n", "ui.session_idle_timeout: must be positive"),
         ("[ui]\nmax_sessions = 0\n", "ui.max_sessions: must be positive"),
         ("[ui]\ncookie = 1\n", "unknown key(s): ui.cookie"),
+        ("[limits]\nnode_handshakes = 0\n", "limits.node_handshakes"),
+        ("[limits]\nhandshake_timeout = 0\n", "limits.handshake_timeout"),
         ("not toml [", "invalid TOML"),
     ],
 )

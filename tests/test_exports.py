@@ -81,6 +81,7 @@ PUBLIC = {
     },
     "pushy_appliance.store": {
         "FileStore",
+        "RETRY_MAX",
         "MAX_RECORD_BYTES",
         "MemoryStore",
         "Recovered",

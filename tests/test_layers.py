@@ -55,6 +55,7 @@ LAYERS = {
     "lockfile": 2,
     "fsutil": 2,
     "frame_reader": 2,
+    "handshakes": 2,
     "agent.state": 2,
     "agent.facts": 2,
     "db": 3,

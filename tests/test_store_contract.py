@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pushy_appliance import fsutil
-from pushy_appliance.errors import StoreError
+from pushy_appliance.errors import StoreError, StoreUnavailableError
 from pushy_appliance.store import (
     FileStore,
     MemoryStore,
@@ -202,7 +202,7 @@ async def test_only_two_snapshots_are_kept(opener: Opener) -> None:
                 assert stats.bytes == sum(len(encode_record({"n": n})) for n in (7, 8, 9))
 
 
-async def test_failed_commit_fails_every_waiter_and_the_store(
+async def test_failed_commit_fails_every_waiter_and_refuses_writes_until_a_retry_succeeds(
     opener: Opener, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     outcomes: list[object] = []
@@ -216,6 +216,7 @@ async def test_failed_commit_fails_every_waiter_and_the_store(
     with trio.fail_after(TIMEOUT):
         async with opener() as store:
             assert await store.append({"n": -1}) == 1
+            original = store._commit  # type: ignore[attr-defined]
 
             async def broken(frames: list[bytes], first_seq: int) -> None:
                 await trio.lowlevel.checkpoint()
@@ -226,14 +227,26 @@ async def test_failed_commit_fails_every_waiter_and_the_store(
                 for n in range(5):
                     nursery.start_soon(one, store, n)
             assert len(outcomes) == 5
-            assert all(isinstance(o, StoreError) for o in outcomes)
-            assert all("disk on fire" in str(o) for o in outcomes)
-            with pytest.raises(StoreError, match="failed earlier"):
+            assert all(isinstance(o, StoreUnavailableError) for o in outcomes)
+            assert all(str(o) == "store unavailable: disk on fire" for o in outcomes)
+            assert not store.writable
+            with pytest.raises(StoreUnavailableError, match="disk on fire"):
                 await store.append({"n": 99})
-            with pytest.raises(StoreError, match="failed earlier"):
+            with pytest.raises(StoreUnavailableError, match="disk on fire"):
                 await store.write_snapshot({}, 1)
             stats = store.statistics()
-            assert (stats.last_seq, stats.pending) == (1, 0)
+            assert (stats.last_seq, stats.pending, stats.writable, stats.refused) == (
+                1,
+                0,
+                False,
+                6,
+            )
+            # the disk is back: the writer's retry finds out, and the failed seqs are reused
+            monkeypatch.setattr(store, "_commit", original)
+            await store.wait_writable()
+            assert store.writable
+            assert await store.append({"n": 5}) == 2
+            assert store.statistics().refused == 6
 
 
 async def test_exit_commits_what_is_still_queued(
@@ -412,7 +425,7 @@ async def test_a_second_open_of_the_same_directory_is_refused(tmp_path: Path) ->
         assert (await reopen(tmp_path))[3] == 1
 
 
-async def test_a_failing_disk_fails_the_file_store(
+async def test_a_failing_disk_makes_the_file_store_unavailable(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def no_space(fd: int, data: bytes) -> None:
@@ -422,9 +435,9 @@ async def test_a_failing_disk_fails_the_file_store(
         async with open_store(tmp_path, fsync=False) as store:
             await store.append({"n": 1})
             monkeypatch.setattr(fsutil, "write_all", no_space)
-            with pytest.raises(StoreError, match="No space left"):
+            with pytest.raises(StoreUnavailableError, match="No space left"):
                 await store.append({"n": 2})
-            with pytest.raises(StoreError, match="failed earlier"):
+            with pytest.raises(StoreUnavailableError, match="No space left"):
                 await store.append({"n": 3})
         monkeypatch.undo()
         assert (await reopen(tmp_path))[2] == [(1, {"n": 1})]

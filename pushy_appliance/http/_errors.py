@@ -1,7 +1,9 @@
 """The one place that maps exceptions to HTTP responses.
 
 :class:`ApiError` carries its own status and body; a :class:`DomainError` (what a model or
-engine refuses) gets the status and body form of ``API.md`` here; Werkzeug's own errors
+engine refuses) gets the status and body form of ``API.md`` here; a write the store refused
+(:class:`StoreUnavailableError`: disk full, I/O error) is ``503 {"error": "store unavailable:
+…"}``, with nothing changed; Werkzeug's own errors
 (unknown route, wrong method, oversized body, timeout) get the contract's JSON bodies. No
 traceback ever reaches a client: an unexpected error is logged with a request id and answered
 ``500 {"error":["internal error"],"request_id":…}``.
@@ -25,6 +27,7 @@ from ..errors import (
     NoSuchIdentityError,
     NoSuchJobError,
     PayloadTooLargeError,
+    StoreUnavailableError,
 )
 from ..services import Services
 from ._request import json_response
@@ -62,6 +65,11 @@ def install_error_handlers(app: QuartTrio, svc: Services) -> None:
     @app.errorhandler(DomainError)
     async def _domain_error(e: DomainError) -> Response:
         return _domain_response(e)
+
+    @app.errorhandler(StoreUnavailableError)
+    async def _store_unavailable(e: StoreUnavailableError) -> Response:
+        # nothing was stored or changed: the client may send the same request again later
+        return json_response({"error": str(e)}, 503)
 
     @app.errorhandler(HTTPException)
     async def _http_error(e: HTTPException) -> Response:

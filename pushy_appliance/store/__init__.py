@@ -12,6 +12,16 @@ starts its single writer task and yields a :class:`Store`::
 The on-disk format is specified in ``_format``'s docstring; recovery and its rules on damage
 in ``_file``'s; the group commit in ``_base``'s. ``verify_store`` checks a store without
 changing it (``pushy store verify``).
+
+A write that fails (disk full, I/O error, file size limit) is never acknowledged: its callers
+get :class:`~pushy_appliance.errors.StoreUnavailableError`, the log is cut back to its last
+durable group, and the store refuses writes (reads of what it recovered go on) until its
+writer's retries, with a backoff of up to ``RETRY_MAX`` seconds, can write again::
+
+    try:
+        await store.append(record)
+    except StoreUnavailableError:
+        await store.wait_writable()  # then append again, or give up
 """
 
 from __future__ import annotations
@@ -27,10 +37,12 @@ from ._base import GroupCommitStore, Recovered, Store, StoreStatistics
 from ._file import FileStore
 from ._format import MAX_RECORD_BYTES
 from ._memory import MemoryStore
+from ._outage import RETRY_MAX
 from ._verify import VerifyReport, verify_store
 
 __all__ = [
     "MAX_RECORD_BYTES",
+    "RETRY_MAX",
     "FileStore",
     "MemoryStore",
     "Recovered",

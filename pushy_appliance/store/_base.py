@@ -4,9 +4,24 @@ One writer task owns the log. :meth:`GroupCommitStore.append_many` frames the re
 caller's task (so a record msgpack cannot represent fails right there), puts them on a
 bounded channel with an event, and waits. The writer takes everything queued at that moment,
 commits it as ONE group (one write, one fsync), assigns the seqs, then wakes every caller of
-the group. A failed commit fails every caller of the group and the store itself: later calls
-raise :class:`~pushy_appliance.errors.StoreError` at once, because after a failed fsync
-nobody knows what reached the disk.
+the group.
+
+A failed commit (a write or fsync error: disk full, I/O error, the file size limit) makes the
+store *unavailable*:
+
+- Every caller of the group gets :class:`~pushy_appliance.errors.StoreUnavailableError`, and
+  none of its records counts as written: after a failed fsync nobody knows which of the
+  group's bytes reached the disk, so the subclass cuts the log back to the end of the last
+  group that *was* made durable (:meth:`GroupCommitStore._commit` and ``_repair``). Groups
+  committed before keep their seqs and stay durable; the failed group's seqs are reused.
+- Later appends and snapshots are refused at once with the same error (requests queued
+  before the failure are refused by the writer), so callers learn of it without waiting on
+  a disk that cannot take their records. Reads of the models above never touch the store.
+- The writer retries on its own, with a backoff from ``RETRY_FIRST`` doubling to
+  ``RETRY_MAX`` seconds (``_outage``, which also logs the outage): each retry repairs the log
+  and proves a write as large as the failed group succeeds (``_repair``). Once a retry
+  succeeds the store takes writes again; :meth:`GroupCommitStore.wait_writable` waits for
+  that.
 
 Work that must not interleave with appends (rotating the segment after a snapshot, deleting
 what the snapshot made obsolete) travels down the same channel as a control item and runs in
@@ -18,17 +33,21 @@ from __future__ import annotations
 import abc
 import dataclasses
 import logging
+import math
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 import trio
 
-from ..errors import StoreError
+from ..errors import StoreError, StoreUnavailableError
 from ._format import encode_record, encode_snapshot
+from ._outage import Outage, unavailable
 
 __all__ = ["GroupCommitStore", "Recovered", "Store", "StoreStatistics"]
 
 log = logging.getLogger(__name__)
+
+_CLOSED_BEFORE_DURABLE = "the store closed before the record was durable"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -58,6 +77,8 @@ class StoreStatistics:
         snapshot_seq: seq of the newest snapshot (0 without one).
         fsyncs: groups committed since open; each is one fsync when ``fsync=True``.
         pending: records handed to ``append``/``append_many`` that are not durable yet.
+        writable: the store takes writes (false while a failed write is being retried).
+        refused: records refused since open because the store could not write them.
     """
 
     records: int
@@ -67,6 +88,8 @@ class StoreStatistics:
     snapshot_seq: int
     fsyncs: int
     pending: int
+    writable: bool = True
+    refused: int = 0
 
 
 class Store(Protocol):
@@ -80,6 +103,15 @@ class Store(Protocol):
     @property
     def last_seq(self) -> int:
         """Seq of the newest durable record (0 when empty)."""
+        ...
+
+    @property
+    def writable(self) -> bool:
+        """Whether the store takes writes (false while it retries a failed one)."""
+        ...
+
+    async def wait_writable(self) -> None:
+        """Wait until the store takes writes (at once if it does, or once it is closed)."""
         ...
 
     async def append(self, record: dict[str, Any]) -> int:
@@ -104,8 +136,7 @@ class _Append:
     frames: list[bytes]
     done: trio.Event = dataclasses.field(default_factory=trio.Event)
     last_seq: int = 0
-    error: str | None = None
-    cause: BaseException | None = None
+    error: str | StoreUnavailableError | None = None
 
 
 @dataclasses.dataclass(eq=False, slots=True)
@@ -118,9 +149,10 @@ class _Control:
 class GroupCommitStore(abc.ABC):
     """Base of both stores: the request channel, the writer task, seqs and counters.
 
-    Subclasses implement :meth:`_commit` (make frames durable), :meth:`_save_snapshot`
-    (make a snapshot file durable, outside the writer) and :meth:`_after_snapshot` (run in
-    the writer once the snapshot is durable), plus :meth:`_segment_figures`.
+    Subclasses implement :meth:`_commit` (make frames durable), :meth:`_repair` (after a
+    failed commit: undo what it left, prove a write succeeds), :meth:`_save_snapshot` (make a
+    snapshot file durable, outside the writer) and :meth:`_after_snapshot` (run in the writer
+    once the snapshot is durable), plus :meth:`_segment_figures`.
 
     Args:
         recovered: what the subclass's recovery found.
@@ -137,10 +169,13 @@ class GroupCommitStore(abc.ABC):
         self._send, self._receive = trio.open_memory_channel[_Append | _Control](queue_size)
         self._snapshot_lock = trio.Lock()
         self._writer_done = trio.Event()
-        self._failure: str | None = None
         self._closed = False
         self._groups = 0
         self._pending = 0
+        self._refused = 0
+        self._outage: Outage | None = None
+        self._writable_event = trio.Event()
+        self._writable_event.set()
 
     # --- the public face ---------------------------------------------------------------------
 
@@ -153,6 +188,22 @@ class GroupCommitStore(abc.ABC):
     def last_seq(self) -> int:
         """Seq of the newest durable record (0 when empty)."""
         return self._last_seq
+
+    @property
+    def writable(self) -> bool:
+        """Whether the store takes writes (false from a failed commit until a retry succeeds)."""
+        return self._outage is None
+
+    async def wait_writable(self) -> None:
+        """Wait until the store takes writes: at once if it does, else until a retry of the
+        writer succeeds (or the store closes: the next append then says so).
+
+        Cancellation: safe; nothing is changed.
+        """
+        if self._outage is None:
+            await trio.lowlevel.checkpoint()
+            return
+        await self._writable_event.wait()
 
     async def append(self, record: dict[str, Any]) -> int:
         """Append one record and wait until it is durable.
@@ -167,7 +218,12 @@ class GroupCommitStore(abc.ABC):
         Raises:
             TypeError: when the record is not a msgpack-serializable dict.
             ValueError: when the record is larger than ``MAX_RECORD_BYTES``.
-            StoreError: when the store is closed or failed, or the write or fsync failed.
+            StoreUnavailableError: the store could not write it (this call's group failed, or
+                an earlier one did and the store is not writable yet). The record is not
+                stored, and may be appended again once :meth:`wait_writable` returns. (Only
+                if the process dies before the writer has cut a failed group off the log may
+                a restart find it there, as it may any record whose call had not returned.)
+            StoreError: when the store is closed.
 
         Cancellation: cancelled while the queue is full, nothing was appended. Cancelled
         while waiting for the fsync, the record may still become durable (and be replayed),
@@ -185,12 +241,17 @@ class GroupCommitStore(abc.ABC):
             The seq of the last record (``last_seq`` for an empty list).
 
         Raises:
-            TypeError, ValueError, StoreError: as for :meth:`append`; a record that cannot
-            be encoded fails the call before anything is queued.
+            TypeError, ValueError, StoreUnavailableError, StoreError: as for :meth:`append`;
+            a record that cannot be encoded fails the call before anything is queued. When
+            the call fails, none of its records is stored.
 
         Cancellation: as for :meth:`append`.
         """
-        self._check_usable()
+        try:
+            self._check_usable()
+        except StoreUnavailableError:
+            self._count_refused(len(records))
+            raise
         frames = [encode_record(r) for r in records]
         if not frames:
             await trio.lowlevel.checkpoint()
@@ -207,8 +268,10 @@ class GroupCommitStore(abc.ABC):
             self._pending -= len(frames)  # cancelled while the queue was full: not queued
             raise
         await request.done.wait()
+        if isinstance(request.error, StoreUnavailableError):
+            raise StoreUnavailableError(request.error.reason, request.error.path)
         if request.error is not None:
-            raise StoreError(request.error) from request.cause
+            raise StoreError(request.error)
         return request.last_seq
 
     async def write_snapshot(self, state: Any, seq: int) -> None:
@@ -226,7 +289,12 @@ class GroupCommitStore(abc.ABC):
         Raises:
             ValueError: when ``seq`` is out of that range.
             TypeError: when ``state`` is not msgpack-serializable.
-            StoreError: when the store is closed or failed, or a file operation failed.
+            StoreUnavailableError: the store is not writable (a failed commit is being
+                retried): nothing was written, or, when the outage began while the snapshot
+                was being written, the snapshot is durable but the log was not rotated and
+                nothing was deleted.
+            StoreError: when the store is closed, or a file operation failed (the log and
+                the older snapshots are then as they were).
 
         Cancellation: the state is encoded before anything is written; from then on the work
         is shielded (file I/O in a worker thread cannot be interrupted anyway), so a
@@ -248,6 +316,8 @@ class GroupCommitStore(abc.ABC):
                 except (trio.ClosedResourceError, trio.BrokenResourceError):
                     raise StoreError("the store closed during a snapshot") from None
                 await control.done.wait()
+            if isinstance(control.error, StoreUnavailableError):
+                raise StoreUnavailableError(control.error.reason, control.error.path)
             if control.error is not None:
                 raise StoreError(f"after the snapshot: {control.error}") from control.error
 
@@ -266,13 +336,30 @@ class GroupCommitStore(abc.ABC):
             snapshot_seq=self._snapshot_seq,
             fsyncs=self._groups,
             pending=self._pending,
+            writable=self._outage is None,
+            refused=self._refused,
         )
 
     # --- for subclasses ----------------------------------------------------------------------
 
     @abc.abstractmethod
     async def _commit(self, frames: list[bytes], first_seq: int) -> None:
-        """Make ``frames`` durable as seqs ``first_seq``…; raise StoreError on failure."""
+        """Make ``frames`` durable as seqs ``first_seq``…
+
+        Raises:
+            StoreUnavailableError: a write or fsync failed. None of ``frames`` may count as
+                written: the log must end where it ended before the call, or be marked for
+                :meth:`_repair` to cut it back there before anything else is written.
+        """
+
+    @abc.abstractmethod
+    async def _repair(self, probe_bytes: int) -> None:
+        """In the writer, after a failed commit: cut the log back to its last durable group
+        if that is still to do, then prove that a write of ``probe_bytes`` succeeds now.
+
+        Raises:
+            StoreUnavailableError: still unable to write; the writer retries later.
+        """
 
     @abc.abstractmethod
     async def _save_snapshot(self, contents: bytes, seq: int) -> None:
@@ -292,10 +379,10 @@ class GroupCommitStore(abc.ABC):
     # --- the writer --------------------------------------------------------------------------
 
     def _check_usable(self) -> None:
-        if self._failure is not None:
-            raise StoreError(f"the store failed earlier: {self._failure}")
         if self._closed:
             raise StoreError("the store is closed")
+        if self._outage is not None:
+            raise StoreUnavailableError(self._outage.error.reason, self._outage.error.path)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The writer task: commit queued groups until the channel is closed.
@@ -309,21 +396,38 @@ class GroupCommitStore(abc.ABC):
         task_status.started()
         try:
             while True:
-                try:
-                    batch = [await self._receive.receive()]
-                except trio.EndOfChannel:
+                batch = await self._next_batch()
+                if batch is None:
                     break
-                while True:
-                    try:
-                        batch.append(self._receive.receive_nowait())
-                    except (trio.WouldBlock, trio.EndOfChannel):
-                        break
-                await self._process(batch)
+                if batch:
+                    await self._process(batch)
         finally:
             # Tell everyone still queued before closing, or their waits would never end.
             self._abandon_queued()
             self._receive.close()
+            self._writable_event.set()
             self._writer_done.set()
+
+    async def _next_batch(self) -> list[_Append | _Control] | None:
+        """Everything queued now, once there is something; ``[]`` when a retry was due (and
+        ran) instead; ``None`` once the channel is closed and drained."""
+        if self._outage is not None and trio.current_time() >= self._outage.retry_at:
+            await self._retry(self._outage)
+            return []
+        first: _Append | _Control | None = None
+        with trio.move_on_at(self._outage.retry_at if self._outage is not None else math.inf):
+            try:
+                first = await self._receive.receive()
+            except trio.EndOfChannel:
+                return None
+        if first is None:
+            return []
+        batch = [first]
+        while True:
+            try:
+                batch.append(self._receive.receive_nowait())
+            except (trio.WouldBlock, trio.EndOfChannel):
+                return batch
 
     async def _process(self, batch: list[_Append | _Control]) -> None:
         group: list[_Append] = []
@@ -348,19 +452,20 @@ class GroupCommitStore(abc.ABC):
         if not group:
             return
         frames = [f for request in group for f in request.frames]
-        error: str | None = "the store closed before the record was durable"
-        cause: BaseException | None = None
+        error: str | StoreUnavailableError | None = _CLOSED_BEFORE_DURABLE
         try:
-            if self._failure is not None:
-                error = f"the store failed earlier: {self._failure}"
-                return
-            first = self._last_seq + 1
-            try:
-                await self._commit(frames, first)
-            except StoreError as e:
-                self._failure = str(e)
-                log.error("store: write failed, the store accepts no more records: %s", e)
-                error, cause = str(e), e
+            if self._outage is None:
+                first = self._last_seq + 1
+                try:
+                    await self._commit(frames, first)
+                except StoreError as e:
+                    # the writer's retries end it (_retry)
+                    outage = Outage(unavailable(e), sum(map(len, frames)), trio.current_time())
+                    self._outage = outage
+                    self._writable_event = trio.Event()
+            if self._outage is not None:
+                error = self._outage.error
+                self._count_refused(len(frames))
                 return
             error = None
             self._groups += 1
@@ -373,15 +478,39 @@ class GroupCommitStore(abc.ABC):
             # Whatever happened (even cancellation), every caller of the group hears of it.
             self._pending -= len(frames)
             for request in group:
-                request.error, request.cause = error, cause
+                request.error = error
                 request.done.set()
 
     async def _control(self, item: _Control) -> None:
+        if self._outage is not None:
+            # after a snapshot: rotating now would leave the failed group's bytes in a
+            # segment that is no longer the newest (recovery cuts torn tails of the newest)
+            item.error = self._outage.error
+            item.done.set()
+            return
         try:
             await item.action()
         except StoreError as e:
             item.error = e
         item.done.set()
+
+    # --- outages -----------------------------------------------------------------------------
+
+    def _count_refused(self, records: int) -> None:
+        self._refused += records
+        if self._outage is not None:
+            self._outage.refused += records
+
+    async def _retry(self, outage: Outage) -> None:
+        """One retry of an outage: repair and probe; writable again if that succeeds."""
+        try:
+            await self._repair(outage.probe_bytes)
+        except StoreError as e:
+            outage.retry_failed(unavailable(e), trio.current_time())
+            return
+        outage.ended(trio.current_time())
+        self._outage = None
+        self._writable_event.set()
 
     def _abandon(self, items: Sequence[_Append | _Control]) -> None:
         """Answer every item not answered yet with "closed" (the writer is going away)."""
@@ -390,7 +519,7 @@ class GroupCommitStore(abc.ABC):
                 continue
             if isinstance(item, _Append):
                 self._pending -= len(item.frames)
-                item.error = "the store closed before the record was durable"
+                item.error = _CLOSED_BEFORE_DURABLE
             else:
                 item.error = StoreError("the store closed")
             item.done.set()

@@ -21,6 +21,19 @@ server on the same directory fails at open instead of interleaving writes.
 Writing: each group is one ``write`` to the newest segment and one ``fsync``. A segment that
 has reached ``segment_bytes`` is closed before the next group, and a new one is created with
 its header fsynced and the directory fsynced, before any record in it is acknowledged.
+
+A failed write or fsync (``ENOSPC``, ``EIO``, ``EFBIG`` past the file size limit) leaves the
+segment in an unknown state past the end of the last durable group: a partial write put some
+of the group's bytes there, and after a failed fsync the kernel may have dropped the dirty
+pages or kept them, so a later fsync that succeeds proves nothing about them. The segment is
+therefore cut back (``ftruncate`` to the durable size, then ``fsync``) before anything else is
+written to it; when that fails too, each retry of the writer tries it again first. A retry
+then writes as many zero bytes as the failed group had (at least 4 KiB, at most 1 MiB) at the
+end of the segment, fsyncs them and cuts them off again: only when all of that succeeds does
+the store take writes again, so a disk that is still full, or a file still at its size limit,
+keeps refusing. (A crash in the middle of a retry leaves those zeros as a damaged tail,
+which the next open cuts off into quarantine like any torn group.) A segment due to be rotated
+is rotated by the retry, since that is what the next write would do.
 A snapshot is written with :func:`~pushy_appliance.fsutil.write_durably` (staged as
 ``snapshot-<seq>.msgpack.tmp``, fsynced, renamed, the directory fsynced). After a snapshot the
 writer rotates likewise, keeps the two newest snapshots, and deletes older snapshots and every
@@ -41,7 +54,7 @@ from typing import Any
 import trio
 
 from .. import fsutil
-from ..errors import StoreCorruptError, StoreError
+from ..errors import StoreCorruptError, StoreError, StoreUnavailableError
 from ._base import GroupCommitStore, Recovered
 from ._format import (
     decode_snapshot,
@@ -64,6 +77,8 @@ _TMP = fsutil.TEMP_SUFFIX
 
 @dataclasses.dataclass(slots=True)
 class _Segment:
+    """A segment file; ``size`` is where its last complete (durable) group ends."""
+
     first_seq: int
     path: Path
     size: int
@@ -133,6 +148,10 @@ def _create_segment(directory: Path, first_seq: int, *, fsync: bool) -> tuple[in
             path.unlink()
         raise
     return fd, _Segment(first_seq, path, len(header))
+
+
+def _unavailable(e: OSError, path: Path) -> StoreUnavailableError:
+    return StoreUnavailableError(e.strerror or str(e), str(path))
 
 
 # --- recovery -------------------------------------------------------------------------------
@@ -311,6 +330,8 @@ class FileStore(GroupCommitStore):
         self._fsync = fsync
         self._segment_bytes = segment_bytes
         self._bytes = sum(s.size for s in self._segments)
+        self._dirty = False
+        """The current segment may hold bytes past its durable size (a failed group's)."""
 
     @classmethod
     async def open(
@@ -364,22 +385,69 @@ class FileStore(GroupCommitStore):
 
     def _commit_sync(self, frames: list[bytes], first_seq: int) -> None:
         current = self._segments[-1]
-        try:
-            if self._current_records and current.size >= self._segment_bytes:
+        if self._current_records and current.size >= self._segment_bytes:
+            try:
                 self._rotate(first_seq)
-                current = self._segments[-1]
-            data = b"".join(frames)
-            assert self._fd is not None
+            except OSError as e:
+                raise _unavailable(e, self._dir / segment_name(first_seq)) from e
+            current = self._segments[-1]
+        data = b"".join(frames)
+        assert self._fd is not None
+        try:
+            # From the first byte written until the group is durable (or cut off again),
+            # the segment may hold bytes past its durable size.
+            self._dirty = True
             fsutil.write_all(self._fd, data)
-            current.size += len(data)
-            self._bytes += len(data)
-            self._current_records += len(frames)
             if self._fsync:
                 os.fsync(self._fd)
         except OSError as e:
-            raise StoreError(f"cannot write {current.path}: {e.strerror or e}") from e
+            with contextlib.suppress(OSError):
+                self._cut_back()  # at once if it can; if not, the first retry does it
+            raise _unavailable(e, current.path) from e
+        self._dirty = False
+        current.size += len(data)
+        self._bytes += len(data)
+        self._current_records += len(frames)
+
+    def _cut_back(self) -> None:
+        """Truncate the current segment to its durable size, durably.
+
+        Raises:
+            OSError: the truncation or its fsync failed; the segment is still dirty.
+        """
+        assert self._fd is not None
+        os.ftruncate(self._fd, self._segments[-1].size)
+        if self._fsync:
+            os.fsync(self._fd)
+        self._dirty = False
+
+    async def _repair(self, probe_bytes: int) -> None:
+        await trio.to_thread.run_sync(self._repair_sync, probe_bytes, self._last_seq)
+
+    def _repair_sync(self, probe_bytes: int, last_seq: int) -> None:
+        path = self._segments[-1].path
+        try:
+            if self._dirty:
+                self._cut_back()
+            current = self._segments[-1]
+            if self._current_records and current.size >= self._segment_bytes:
+                path = self._dir / segment_name(last_seq + 1)
+                self._rotate(last_seq + 1)
+            assert self._fd is not None
+            self._dirty = True
+            try:
+                fsutil.write_all(self._fd, bytes(probe_bytes))
+                if self._fsync:
+                    os.fsync(self._fd)
+            finally:
+                self._cut_back()
+        except OSError as e:
+            raise _unavailable(e, path) from e
 
     def _rotate(self, first_seq: int) -> None:
+        # A file of that name can only be what a rotation that failed half-way left (its
+        # removal failing too): seq ``first_seq`` was never written, so it holds no record.
+        (self._dir / segment_name(first_seq)).unlink(missing_ok=True)
         fd, segment = _create_segment(self._dir, first_seq, fsync=self._fsync)
         old, self._fd = self._fd, fd
         self._segments.append(segment)
