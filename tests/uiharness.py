@@ -14,7 +14,6 @@ import shutil
 import threading
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
 
 from pushy_appliance import chef_auth
+
+from helpers import signing_time
 
 CHROMIUM_FLAGS = [
     "--headless",
@@ -114,7 +115,12 @@ class SyncSigned:
     def request(self, method: str, path: str, body: Any = None) -> httpx.Response:
         data = b"" if body is None else json.dumps(body).encode()
         headers = chef_auth.sign_request(
-            method, path, data, self.user, self.key, timestamp=datetime.now(UTC)
+            method,
+            path,
+            data,
+            self.user,
+            self.key,
+            timestamp=signing_time(self.user, method, path, data),
         )
         if data:
             headers["Content-Type"] = "application/json"

@@ -929,10 +929,9 @@ def _ui_paths(org: Schema) -> dict[str, Schema]:
         "/ui/logout": {
             "post": _op(
                 "logout",
-                "End the dashboard session (needs the CSRF header)",
+                "End the dashboard session, if any (needs its CSRF header)",
                 {
-                    "200": _ok({"type": "object"}),
-                    "401": _error("not signed in"),
+                    "204": {"description": "signed out; the session cookie is cleared"},
                     "403": _error("missing or wrong X-Pushy-CSRF header"),
                 },
                 tags=ui,
