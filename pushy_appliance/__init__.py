@@ -4,7 +4,8 @@ The layer rule. A module may import only from its own layer or the layers below 
 upward. ``tests/test_layers.py`` checks this on the source.
 
 1. Pure (no I/O, no trio tasks): ``errors``, ``config``, ``chef_auth``, ``protocol``,
-   ``sse``, ``model`` (identity), ``jobs.machine``, ``jobs.validation``, ``jobs.model``,
+   ``sse``, ``model`` (identity), ``jobs.status``, ``jobs.events``, ``jobs.state``,
+   ``jobs.machine``, ``jobs.record``, ``jobs.validation``, ``jobs.model``,
    ``agent.whitelist``.
 2. Resources: ``store`` (files), ``hub`` (event fan-out), ``tls`` (key and certificate files),
    ``lockfile`` (one process per directory), ``agent.state`` (the agent's state file).

@@ -17,9 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pushy_appliance.errors import StoreError
-from pushy_appliance.jobs.machine import (
-    FINISHED_JOB_STATUSES,
-    LIVE_NODE_STATUSES,
+from pushy_appliance.jobs.events import (
     Abort,
     AckCommit,
     AckRun,
@@ -27,16 +25,12 @@ from pushy_appliance.jobs.machine import (
     Crash,
     Effect,
     Event,
-    Finished,
     GraceExpired,
-    JobState,
-    JobStatus,
     NackCommit,
     NackRun,
     NodeAway,
     NodeBack,
     NodeDown,
-    NodeStatus,
     Publish,
     ReleaseNodes,
     Result,
@@ -50,17 +44,18 @@ from pushy_appliance.jobs.machine import (
     Start,
     StartTimer,
     VotingTimeout,
-    clone,
-    from_record,
     grace_timer,
-    is_finished,
-    job_record,
+)
+from pushy_appliance.jobs.machine import transition
+from pushy_appliance.jobs.record import clone, from_record, job_record, node_record, to_record
+from pushy_appliance.jobs.state import JobState, is_finished, new_job
+from pushy_appliance.jobs.status import (
+    FINISHED_JOB_STATUSES,
+    LIVE_NODE_STATUSES,
+    JobStatus,
+    NodeStatus,
     nack_reasons,
-    new_job,
     node_buckets,
-    node_record,
-    to_record,
-    transition,
 )
 
 T = 1000.0
@@ -139,9 +134,17 @@ def sig(effect: Effect) -> str:
             return f"timer {kind} {deadline:g}"
         case CancelTimer(kind):
             return f"cancel {kind}"
-        case Finished(status):
-            return f"finished {status}"
     raise AssertionError(f"unknown effect {effect!r}")
+
+
+def buckets(state: JobState) -> dict[str, list[str]]:
+    """The job document's buckets of ``state`` (the function the served document uses)."""
+    return node_buckets(state.nodes.items())
+
+
+def reasons(state: JobState) -> dict[str, str]:
+    """The job document's ``nack_reasons`` of ``state``."""
+    return nack_reasons((n, s, state.reasons.get(n)) for n, s in state.nodes.items())
 
 
 def node_line(state: JobState) -> str:
@@ -190,7 +193,6 @@ ROWS: list[Row] = [
             "pub quorum_vote c down",
             "release a,b",
             "pub job_complete quorum_failed",
-            "finished quorum_failed",
         ],
     ),
     R(
@@ -206,7 +208,6 @@ ROWS: list[Row] = [
             "timer run 1300",
             "cancel run",
             "pub job_complete complete",
-            "finished complete",
         ],
     ),
     R(
@@ -220,7 +221,6 @@ ROWS: list[Row] = [
             "timer run 1300",
             "cancel run",
             "pub job_complete complete",
-            "finished complete",
         ],
     ),
     R(
@@ -363,7 +363,6 @@ ROWS: list[Row] = [
             "cancel voting",
             "release b,c",
             "pub job_complete quorum_failed",
-            "finished quorum_failed",
         ],
     ),
     R(
@@ -483,7 +482,6 @@ ROWS: list[Row] = [
             "release b,c",
             "release a",
             "pub job_complete quorum_failed",
-            "finished quorum_failed",
         ],
     ),
     R(
@@ -580,7 +578,6 @@ ROWS: list[Row] = [
             "pub run_complete a run_nacked_while_running",
             "cancel run",
             "pub job_complete complete",
-            "finished complete",
         ],
     ),
     R(
@@ -667,7 +664,6 @@ ROWS: list[Row] = [
             "pub run_complete b failure",
             "cancel run",
             "pub job_complete complete",
-            "finished complete",
         ],
     ),
     R(
@@ -749,7 +745,6 @@ ROWS: list[Row] = [
             "abort b,c",
             "cancel run",
             "pub job_complete complete",
-            "finished complete",
         ],
     ),
     R(
@@ -993,7 +988,6 @@ ROWS: list[Row] = [
             "pub run_complete a crashed",
             "cancel run",
             "pub job_complete complete",
-            "finished complete",
         ],
     ),
     R(
@@ -1024,7 +1018,6 @@ ROWS: list[Row] = [
             "pub run_complete b timed_out",
             "abort a,b",
             "pub job_complete timed_out",
-            "finished timed_out",
         ],
     ),
     R(
@@ -1040,7 +1033,6 @@ ROWS: list[Row] = [
             "pub run_complete c timed_out",
             "abort a,b,c",
             "pub job_complete timed_out",
-            "finished timed_out",
         ],
     ),
     R("run-timeout-while-voting", voting, RunTimeout(T + 301), "a=new b=new c=new", "voting", []),
@@ -1059,7 +1051,7 @@ ROWS: list[Row] = [
         Abort(T),
         "a=aborted b=aborted c=aborted",
         "aborted",
-        ["pub job_complete aborted", "finished aborted"],
+        ["pub job_complete aborted"],
     ),
     R(
         "abort-voting",
@@ -1067,7 +1059,7 @@ ROWS: list[Row] = [
         Abort(T + 5),
         "a=aborted b=aborted c=nacked",
         "aborted",
-        ["abort a,b", "cancel voting", "pub job_complete aborted", "finished aborted"],
+        ["abort a,b", "cancel voting", "pub job_complete aborted"],
     ),
     R(
         "abort-running",
@@ -1082,7 +1074,6 @@ ROWS: list[Row] = [
             "abort b,c",
             "cancel run",
             "pub job_complete aborted",
-            "finished aborted",
         ],
     ),
     R(
@@ -1105,7 +1096,6 @@ ROWS: list[Row] = [
             "abort a",
             "cancel run",
             "pub job_complete crashed",
-            "finished crashed",
         ],
     ),
     R(
@@ -1114,7 +1104,7 @@ ROWS: list[Row] = [
         Crash(T + 5, "engine failure"),
         "a=crashed b=crashed c=crashed",
         "crashed",
-        ["abort a,b,c", "cancel voting", "pub job_complete crashed", "finished crashed"],
+        ["abort a,b,c", "cancel voting", "pub job_complete crashed"],
     ),
     R(
         "crash-finished",
@@ -1192,10 +1182,10 @@ def test_nack_reasons_and_buckets() -> None:
         AckCommit("c", T + 1),
         quorum=1,
     )
-    assert nack_reasons(state) == {"b": "busy", "d": "not_whitelisted"}
-    assert node_buckets(state) == {"new": ["a"], "ready": ["c"], "nacked": ["b", "d"]}
+    assert reasons(state) == {"b": "busy", "d": "not_whitelisted"}
+    assert buckets(state) == {"new": ["a"], "ready": ["c"], "nacked": ["b", "d"]}
     state = play(state, VotingTimeout(T + 60))
-    assert node_buckets(state) == {"ready": ["c"], "unavailable": ["a"], "nacked": ["b", "d"]}
+    assert buckets(state) == {"ready": ["c"], "unavailable": ["a"], "nacked": ["b", "d"]}
     assert state.reasons["a"] == "no vote within the voting timeout"
 
 
@@ -1238,7 +1228,7 @@ def test_max_concurrency_rolls_through_nodes() -> None:
             order += [n for e in effects if isinstance(e, SendRun) for n in e.nodes]
     assert order == ["c", "d", "e"]
     assert state.status is JobStatus.COMPLETE
-    assert node_buckets(state) == {"succeeded": ["a", "b", "c", "d", "e"]}
+    assert buckets(state) == {"succeeded": ["a", "b", "c", "d", "e"]}
 
 
 def test_away_waiting_node_is_skipped_then_started_when_back() -> None:
@@ -1380,7 +1370,7 @@ def test_restart_recovery_story() -> None:
         "pub run_complete a success",
     ]
     state, effects = transition(state, GraceExpired("b", T + 80))
-    assert node_buckets(state) == {"succeeded": ["a", "c"], "crashed": ["b"]}
+    assert buckets(state) == {"succeeded": ["a", "c"], "crashed": ["b"]}
     assert state.status is JobStatus.COMPLETE
     assert is_finished(state)
 
@@ -1515,12 +1505,11 @@ def test_random_event_sequences(scenario: tuple[JobState, list[Event]]) -> None:
         if before_status in FINISHED_JOB_STATUSES:
             assert state.status is before_status
             assert to_record(state) == record
-            assert not any(isinstance(e, (Publish, SendRun, SendCommit, Finished)) for e in effects)
-        finishes = [e for e in effects if isinstance(e, Finished)]
-        assert len(finishes) == (1 if is_finished(state) and not finished_seen else 0)
-        if finishes:
+            assert not any(isinstance(e, (Publish, SendRun, SendCommit)) for e in effects)
+        completes = [e for e in effects if isinstance(e, Publish) and e.event == "job_complete"]
+        assert len(completes) == (1 if is_finished(state) and not finished_seen else 0)
+        if completes:
             finished_seen = True
-            assert finishes[0].status is state.status
             assert [e for e in effects if isinstance(e, Publish)][-1] == Publish(
                 "job_complete", {"status": str(state.status)}
             )

@@ -6,13 +6,14 @@ from typing import Any
 
 import msgpack
 
-from pushy_appliance.jobs import machine as m
 from pushy_appliance.jobs.model import JobsModel, OutputBuffer
+from pushy_appliance.jobs.record import to_record
+from pushy_appliance.jobs.state import new_job
 
 
 def _create(job_id: str, nodes: list[str], status: str = "voting") -> dict[str, Any]:
-    state = m.to_record(
-        m.new_job(
+    state = to_record(
+        new_job(
             job_id, nodes, quorum=len(nodes), run_timeout=60, voting_timeout=60, reconnect_grace=10
         )
     )

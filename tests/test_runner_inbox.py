@@ -6,14 +6,16 @@ import pytest
 import trio
 import trio.testing
 
-from pushy_appliance.jobs import machine as m
+from pushy_appliance.jobs import events as m
 from pushy_appliance.jobs import runner
 from pushy_appliance.jobs.model import JobEntry
+from pushy_appliance.jobs.record import job_record
+from pushy_appliance.jobs.state import new_job
 
 
 def _job() -> runner._LiveJob:
-    state = m.new_job("j", ["a"], quorum=1, run_timeout=9, voting_timeout=9, reconnect_grace=9)
-    entry = JobEntry(id="j", org="o", spec={}, job=m.job_record(state), created_at=0, updated_at=0)
+    state = new_job("j", ["a"], quorum=1, run_timeout=9, voting_timeout=9, reconnect_grace=9)
+    entry = JobEntry(id="j", org="o", spec={}, job=job_record(state), created_at=0, updated_at=0)
     return runner._LiveJob(entry, state)
 
 

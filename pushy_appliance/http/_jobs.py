@@ -12,6 +12,7 @@ from quart_trio import QuartTrio
 from ..errors import NotAcceptableError, NotFoundError, ValidationError
 from ..jobs.model import JobEntry
 from ..jobs.runner import JobRunner
+from ..jobs.status import JobStatus
 from ..jobs.validation import parse_json_body, validate_job_request
 from ._app import (
     authorized,
@@ -29,9 +30,6 @@ from ._nodes import rfc1123
 __all__ = ["job_document", "register"]
 
 _JOB_ID = re.compile(r"[0-9a-f]{32}")
-_STATUSES = frozenset(
-    {"new", "voting", "running", "complete", "quorum_failed", "timed_out", "aborted", "crashed"}
-)
 
 
 def _summary(e: JobEntry) -> dict[str, Any]:
@@ -171,7 +169,7 @@ def register(app: QuartTrio, svc: Services) -> None:
 
 def _list_jobs(runner: JobRunner, org: str) -> list[dict[str, Any]]:
     status = request.args.get("status")
-    if status is not None and status not in _STATUSES:
+    if status is not None and status not in JobStatus.__members__.values():
         raise ValidationError(f"invalid status '{status[:40]}'")
     limit = _int_param("limit", 1, 10_000)
     before = request.args.get("before")

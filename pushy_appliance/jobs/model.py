@@ -1,14 +1,14 @@
 """The stored view of jobs: what the API reads and what a restart resumes from (pure).
 
-The runner owns each live job's :class:`~.machine.JobState`; this model keeps the durable
+The runner owns each live job's :class:`~.state.JobState`; this model keeps the durable
 *record form* of every job, updated by records in O(changed nodes):
 
 =================  ==================================================================
 ``t``              fields
 =================  ==================================================================
-``job.create``     ``id, org, spec, state`` (``machine.to_record``), ``events``, ``at``
-``job.step``       ``id, job`` (``machine.job_record``), ``nodes`` (changed
-                   ``machine.node_record`` entries), ``events``, ``at``, ``outputs``
+``job.create``     ``id, org, spec, state`` (``record.to_record``), ``events``, ``at``
+``job.step``       ``id, job`` (``record.job_record``), ``nodes`` (changed
+                   ``record.node_record`` entries), ``events``, ``at``, ``outputs``
                    (``[node, channel, offset, data]`` chunks, data as bytes), ``results``
                    (``{node: result fields}`` of results received in this step)
 ``job.purge``      ``id``
@@ -26,12 +26,9 @@ from typing import Any
 
 import msgpack
 
-from .machine import NodeStatus
+from .status import FINISHED_JOB_STATUSES, nack_reasons, node_buckets
 
-__all__ = ["BUCKETS", "JobEntry", "JobsModel", "OutputBuffer"]
-
-BUCKETS = tuple(str(s) for s in NodeStatus)
-FINISHED = frozenset({"complete", "quorum_failed", "timed_out", "aborted", "crashed"})
+__all__ = ["JobEntry", "JobsModel", "OutputBuffer"]
 
 
 @dataclasses.dataclass(slots=True)
@@ -191,10 +188,10 @@ class JobEntry:
 
     @property
     def finished(self) -> bool:
-        return self.status in FINISHED
+        return self.status in FINISHED_JOB_STATUSES
 
     def state_record(self) -> dict[str, Any]:
-        """The full ``machine.to_record`` form, for ``from_record``."""
+        """The full ``record.to_record`` form, for ``record.from_record``."""
         return {**self.job, "nodes": list(self.nodes.values())}
 
     def set_nodes(self, records: list[list[Any]]) -> None:
@@ -206,21 +203,16 @@ class JobEntry:
             self._buckets = self._nack_reasons = None
 
     def buckets(self) -> dict[str, list[str]]:
-        """Node names by status, sorted (computed once per change: big jobs are polled)."""
+        """The job document's ``nodes`` (:func:`.status.node_buckets`), computed once per
+        change: big jobs are polled."""
         if self._buckets is None:
-            out: dict[str, list[str]] = {}
-            for name, entry in self.nodes.items():
-                out.setdefault(entry[1], []).append(name)
-            self._buckets = {b: sorted(out[b]) for b in BUCKETS if b in out}
+            self._buckets = node_buckets((name, e[1]) for name, e in self.nodes.items())
         return {b: list(names) for b, names in self._buckets.items()}
 
     def nack_reasons(self) -> dict[str, str]:
+        """The job document's ``nack_reasons`` (:func:`.status.nack_reasons`)."""
         if self._nack_reasons is None:
-            self._nack_reasons = {
-                name: entry[4]
-                for name, entry in self.nodes.items()
-                if entry[1] == "nacked" and entry[4] is not None
-            }
+            self._nack_reasons = nack_reasons((name, e[1], e[4]) for name, e in self.nodes.items())
         return dict(self._nack_reasons)
 
     def last_event_n(self) -> int:
@@ -275,7 +267,7 @@ class JobsModel:
         if t == "job.step":
             if r["job"]["status"] != entry.job["status"]:
                 entry.updated_at = r["at"]
-                if r["job"]["status"] in FINISHED:
+                if r["job"]["status"] in FINISHED_JOB_STATUSES:
                     entry.finished_at = r["at"]
             entry.job = r["job"]
             entry.set_nodes(r["nodes"])

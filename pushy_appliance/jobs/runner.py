@@ -30,15 +30,42 @@ from ..errors import ConflictError, NotFoundError
 from ..hub import Hub, OrgEventLog
 from ..nodes.registry import NodeRegistry, NodeSession
 from ..sse import MonotonicStamper, format_timestamp
-from . import machine as m
+from . import record
+from .events import (
+    Abort,
+    AckCommit,
+    AckRun,
+    CancelTimer,
+    Effect,
+    Event,
+    GraceExpired,
+    NackCommit,
+    NackRun,
+    NodeBack,
+    NodeDown,
+    Publish,
+    ReleaseNodes,
+    Result,
+    Resume,
+    RunTimeout,
+    SendAbort,
+    SendCommit,
+    SendRehab,
+    SendResultAck,
+    SendRun,
+    Start,
+    StartTimer,
+    VotingTimeout,
+)
+from .machine import transition
 from .model import JobEntry, JobsModel
+from .state import JobState, is_finished, new_job
+from .status import LIVE_NODE_STATUSES, JobStatus
 from .validation import JobRequest
 
 __all__ = ["JobRunner", "job_topic", "org_topic"]
 
 log = logging.getLogger(__name__)
-
-FINAL_NODE = frozenset(str(s) for s in m.NodeStatus) - {"new", "ready", "running"}
 
 
 def job_topic(job_id: str) -> str:
@@ -67,10 +94,10 @@ INBOX_HIGH_WATER = 10_000
 class _LiveJob:
     """A job the runner is driving."""
 
-    def __init__(self, entry: JobEntry, state: m.JobState) -> None:
+    def __init__(self, entry: JobEntry, state: JobState) -> None:
         self.entry = entry
         self.state = state
-        self.inbox: deque[tuple[m.Event | _OutputChunk, Any]] = deque()
+        self.inbox: deque[tuple[Event | _OutputChunk, Any]] = deque()
         self.wakeup = trio.Event()
         self.room = trio.Event()
         self.room.set()
@@ -86,14 +113,14 @@ class _LiveJob:
     def id(self) -> str:
         return self.entry.id
 
-    def post(self, event: m.Event | _OutputChunk, extra: Any = None) -> None:
+    def post(self, event: Event | _OutputChunk, extra: Any = None) -> None:
         """Queue an event (never blocks: timers, operator requests, connection changes)."""
         self.inbox.append((event, extra))
         self.wakeup.set()
         if len(self.inbox) >= INBOX_HIGH_WATER and self.room.is_set():
             self.room = trio.Event()
 
-    async def post_from_node(self, event: m.Event | _OutputChunk, extra: Any = None) -> None:
+    async def post_from_node(self, event: Event | _OutputChunk, extra: Any = None) -> None:
         """Queue a node's event, first waiting while the inbox is over its high-water mark:
         a node that floods frames is slowed down at its own socket, and the inbox stays
         bounded."""
@@ -178,20 +205,20 @@ class JobRunner:
         for entry in list(self.model.jobs.values()):
             if entry.finished:
                 continue
-            state = m.from_record(entry.state_record())
+            state = record.from_record(entry.state_record())
             job = await self._adopt(entry, state)
-            if state.status == m.JobStatus.NEW:
-                job.post(m.Start(now, self._online(entry.org, state.nodes)))
+            if state.status == JobStatus.NEW:
+                job.post(Start(now, self._online(entry.org, state.nodes)))
             else:
-                job.post(m.Resume(now, stopped_at))
+                job.post(Resume(now, stopped_at))
             log.info("job %s: resumed (%s, %d nodes)", entry.id, state.status, len(state.nodes))
 
     async def _adopt(
         self,
         entry: JobEntry,
-        state: m.JobState,
+        state: JobState,
         stamper: MonotonicStamper | None = None,
-        first: tuple[Iterable[m.Effect], list[list[Any]]] | None = None,
+        first: tuple[Iterable[Effect], list[list[Any]]] | None = None,
     ) -> _LiveJob:
         """Start driving a stored job.
 
@@ -205,7 +232,7 @@ class JobRunner:
             job.stamper = stamper
         self.live[entry.id] = job
         for node, status in state.nodes.items():
-            if status in m.LIVE_NODE_STATUSES:
+            if status in LIVE_NODE_STATUSES:
                 self.node_jobs.setdefault((entry.org, node), set()).add(entry.id)
         assert self._nursery is not None
         await self._nursery.start(self._drive, job, first)
@@ -233,7 +260,7 @@ class JobRunner:
         # carry (2**64 and more) fits the store's msgpack records.
         max_concurrency = _at_most(req.max_concurrency, len(req.nodes))
         max_failures = _at_most(req.max_failures, len(req.nodes))
-        state0 = m.new_job(
+        state0 = new_job(
             job_id,
             req.nodes,
             quorum=req.quorum,
@@ -275,23 +302,23 @@ class JobRunner:
         start_data["capture"] = req.capture_output
         events: list[list[Any]] = [_feed_event(1, "start", start_data, stamper, now)]
         start_event = events[0][2]
-        state, effects = m.transition(state0, m.Start(now, self._online(org, req.nodes)))
+        state, effects = transition(state0, Start(now, self._online(org, req.nodes)))
         for fx in effects:
-            if isinstance(fx, m.Publish):
+            if isinstance(fx, Publish):
                 events.append(_feed_event(len(events) + 1, fx.event, fx.data, stamper, now))
-        record = {
+        created = {
             "t": "job.create",
             "id": job_id,
             "org": org,
             "spec": spec,
-            "state": m.to_record(state),
+            "state": record.to_record(state),
             "events": events,
             "at": now,
         }
         # Once stored, the job must also run: a client that hangs up (cancelling this
         # request) must not leave a stored job that nobody drives until the next restart.
         with trio.CancelScope(shield=True):
-            await self.db.commit(record)
+            await self.db.commit(created)
             log.info(
                 "job %s: started by %s in %s on %d node(s): %r",
                 job_id,
@@ -317,7 +344,7 @@ class JobRunner:
         job = self.live.get(job_id)
         if job is None or entry.finished:
             raise ConflictError("job already finished", list_form=False)
-        job.post(m.Abort(time.time()))
+        job.post(Abort(time.time()))
         await job.done.wait()
 
     # --- the per-job task -------------------------------------------------------------------
@@ -325,7 +352,7 @@ class JobRunner:
     async def _drive(
         self,
         job: _LiveJob,
-        first: tuple[Iterable[m.Effect], list[list[Any]]] | None,
+        first: tuple[Iterable[Effect], list[list[Any]]] | None,
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
@@ -337,7 +364,7 @@ class JobRunner:
             try:
                 while True:
                     await self._write(job)
-                    if m.is_finished(job.state):
+                    if is_finished(job.state):
                         break
                     await job.wakeup.wait()
                     job.wakeup = trio.Event()
@@ -357,7 +384,7 @@ class JobRunner:
         job.inbox.clear()
         job.room.set()
         state = job.state
-        effects: list[m.Effect] = []
+        effects: list[Effect] = []
         touched: dict[str, None] = {}
         changed = False
         results: dict[str, Any] = {}
@@ -369,42 +396,42 @@ class JobRunner:
         for event, extra in batch:
             if isinstance(event, _OutputChunk):
                 # after job_complete (the feed's last event) output is over too
-                if capture and not m.is_finished(state):
+                if capture and not is_finished(state):
                     outputs.append([event.node, event.channel, event.offset, event.data])
                     text = event.data.decode("utf-8", "replace")
                     fields = {"node": event.node, "channel": event.channel, "data": text}
                     events.append(_feed_event(n, "output", fields, job.stamper, now))
                     n += 1
                 continue
-            new, fx = m.transition(state, event)
+            new, fx = transition(state, event)
             if new is not state:
                 changed = True
                 touched.update(dict.fromkeys(new.touched))
             state = new
             effects.extend(fx)
             for f in fx:
-                if isinstance(f, m.Publish):
+                if isinstance(f, Publish):
                     events.append(_feed_event(n, f.event, f.data, job.stamper, now))
                     n += 1
-            if isinstance(event, m.Result | m.NodeBack) and extra is not None:
+            if isinstance(event, Result | NodeBack) and extra is not None:
                 results[event.node] = extra
         job.state = state
         if not changed and not results and not outputs:
             self._perform(job, effects, [])
             return
-        record = {
+        step = {
             "t": "job.step",
             "id": job.id,
-            "job": m.job_record(state),
-            "nodes": [m.node_record(state, name) for name in touched],
+            "job": record.job_record(state),
+            "nodes": [record.node_record(state, name) for name in touched],
             "events": events,
             "outputs": outputs,
             "results": results,
             "at": now,
         }
-        await self.db.commit(record)
+        await self.db.commit(step)
         for name in touched:
-            if state.nodes[name] not in m.LIVE_NODE_STATUSES:
+            if state.nodes[name] not in LIVE_NODE_STATUSES:
                 self._node_done(job.entry.org, name, job.id)
         self._perform(job, effects, events)
 
@@ -428,7 +455,7 @@ class JobRunner:
 
     # --- effects ----------------------------------------------------------------------------
 
-    def _perform(self, job: _LiveJob, effects: Iterable[m.Effect], events: list[list[Any]]) -> None:
+    def _perform(self, job: _LiveJob, effects: Iterable[Effect], events: list[list[Any]]) -> None:
         org = job.entry.org
         for ev in events:
             self.hub.publish(job_topic(job.id), ev)
@@ -437,7 +464,7 @@ class JobRunner:
                 self.hub.close_topic(job_topic(job.id))
                 self._org_event(org, "job_complete", job.id, ev[2], time.time())
         for fx in effects:
-            if isinstance(fx, m.SendCommit):
+            if isinstance(fx, SendCommit):
                 spec = job.entry.spec
                 fields: dict[str, Any] = {
                     "job_id": job.id,
@@ -451,21 +478,21 @@ class JobRunner:
                         fields[key] = spec[key]
                 for node in fx.nodes:
                     self._send(job, node, protocol.Commit, fields)
-            elif isinstance(fx, m.SendRun):
+            elif isinstance(fx, SendRun):
                 run = {"job_id": job.id}
                 for node in fx.nodes:
                     self._send(job, node, protocol.Run, run)
-            elif isinstance(fx, m.SendAbort | m.ReleaseNodes):
+            elif isinstance(fx, SendAbort | ReleaseNodes):
                 abort = {"job_id": job.id}
                 for node in fx.nodes:
                     self._send_abort(job, node, abort)
-            elif isinstance(fx, m.SendRehab):
+            elif isinstance(fx, SendRehab):
                 self._send_abort(job, fx.node, {"job_id": None})
-            elif isinstance(fx, m.SendResultAck):
+            elif isinstance(fx, SendResultAck):
                 self._send(job, fx.node, protocol.ResultAck, {"job_id": job.id})
-            elif isinstance(fx, m.StartTimer):
+            elif isinstance(fx, StartTimer):
                 self._arm(job, fx.kind, fx.deadline)
-            elif isinstance(fx, m.CancelTimer):
+            elif isinstance(fx, CancelTimer):
                 scope = job.timers.pop(fx.kind, None)
                 if scope is not None:
                     scope.cancel()
@@ -503,7 +530,7 @@ class JobRunner:
         old = job.timers.pop(kind, None)
         if old is not None:
             old.cancel()
-        if m.is_finished(job.state):
+        if is_finished(job.state):
             return
         scope = trio.CancelScope()
         job.timers[kind] = scope
@@ -519,11 +546,11 @@ class JobRunner:
                 del job.timers[kind]
             now = time.time()
             if kind == "voting":
-                job.post(m.VotingTimeout(now))
+                job.post(VotingTimeout(now))
             elif kind == "run":
-                job.post(m.RunTimeout(now))
+                job.post(RunTimeout(now))
             elif kind.startswith("grace:"):
-                job.post(m.GraceExpired(kind[len("grace:") :], now))
+                job.post(GraceExpired(kind[len("grace:") :], now))
 
     def _org_event(
         self, org: str, name: str, job_id: str, data: dict[str, Any], now: float
@@ -551,11 +578,11 @@ class JobRunner:
             result = None
             extra = None
             if pending is not None and pending.job_id == job_id:
-                result = m.Result(node, pending.status, pending.exit_code, now)
+                result = Result(node, pending.status, pending.exit_code, now)
                 extra = _result_meta(pending)
             if job_state != "idle":
                 session.job_id = job_id
-            job.post(m.NodeBack(node, now, same, job_state, result), extra)
+            job.post(NodeBack(node, now, same, job_state, result), extra)
         if pending is not None and pending.job_id not in jobs:
             # a result for a job that is over (or unknown): acknowledge so the agent forgets it
             session.send(protocol.ResultAck, job_id=pending.job_id)
@@ -587,18 +614,18 @@ class JobRunner:
         now = time.time()
         if isinstance(frame, protocol.AckCommit):
             session.job_id = job.id
-            await job.post_from_node(m.AckCommit(node, now))
+            await job.post_from_node(AckCommit(node, now))
         elif isinstance(frame, protocol.NackCommit):
-            await job.post_from_node(m.NackCommit(node, frame.reason, now))
+            await job.post_from_node(NackCommit(node, frame.reason, now))
         elif isinstance(frame, protocol.AckRun):
-            await job.post_from_node(m.AckRun(node, now))
+            await job.post_from_node(AckRun(node, now))
         elif isinstance(frame, protocol.NackRun):
-            await job.post_from_node(m.NackRun(node, frame.reason, now))
+            await job.post_from_node(NackRun(node, frame.reason, now))
         elif isinstance(frame, protocol.Result):
             if session.job_id == job.id:
                 session.job_id = None
             await job.post_from_node(
-                m.Result(node, frame.status, frame.exit_code, now), _result_meta(frame)
+                Result(node, frame.status, frame.exit_code, now), _result_meta(frame)
             )
         elif isinstance(frame, protocol.Output):
             await job.post_from_node(_OutputChunk(node, frame.channel, frame.offset, frame.data))
@@ -608,7 +635,7 @@ class JobRunner:
         for job_id in list(self.node_jobs.get((session.org, session.name), ())):
             job = self.live.get(job_id)
             if job is not None:
-                job.post(m.NodeDown(session.name, now))
+                job.post(NodeDown(session.name, now))
 
     # --- retention --------------------------------------------------------------------------
 
