@@ -7,9 +7,10 @@ upward. ``tests/test_layers.py`` checks this on the source.
    ``sse``, ``model`` (identity), ``jobs.status``, ``jobs.events``, ``jobs.state``,
    ``jobs.machine``, ``jobs.record``, ``jobs.validation``, ``jobs.model``,
    ``agent.whitelist``.
-2. Resources: ``store`` (files), ``hub`` (event fan-out), ``tls`` (key and certificate files),
+2. Resources: ``store`` (files), ``hub`` (event fan-out), ``feeds`` (topic names, job-feed
+   publishing, the org feed's log), ``tls`` (key and certificate files),
    ``lockfile`` (one process per directory), ``agent.state`` (the agent's state file).
-3. Engines: ``db`` (store + models), ``nodes.registry``, ``jobs.runner``,
+3. Engines: ``db`` (store + models), ``nodes.registry``, ``jobs.runner``, ``jobs.retention``,
    ``agent.executor`` and ``agent.runtime`` (the node side's engine).
 4. Adapters: ``http`` (the REST API and feeds), ``nodesock`` (the node WebSocket listener),
    ``client`` (the signed HTTP client of the CLI and agent), ``agent.connection``.

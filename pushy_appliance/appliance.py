@@ -34,9 +34,11 @@ from .bootstrap import atomic_write, bootstrap, write_credentials
 from .config import ServerConfig, parse_host_port, resolve_data_dir
 from .db import Database
 from .errors import StoreError
+from .feeds import Feeds
 from .http import Services, asgi_app
 from .hub import Hub
 from .jobs.model import JobsModel
+from .jobs.retention import Retention
 from .jobs.runner import JobRunner
 from .lockfile import exclusive_lock
 from .model import IdentityModel
@@ -229,16 +231,17 @@ async def _serve_locked(
         )
         svc.nodes = registry
         hub = Hub(buffer=config.feeds.subscriber_buffer)
+        feeds = Feeds(hub, org_retention=config.feeds.org_retention)
         runner = JobRunner(
             db,
             registry,
-            hub,
+            feeds,
             voting_timeout=config.jobs.voting_timeout,
             reconnect_grace=config.reconnect_grace,
-            org_retention=config.feeds.org_retention,
-            retention_days=config.jobs.retention_days,
         )
+        retention = Retention(db, feeds, retention_days=config.jobs.retention_days)
         svc.hub = hub
+        svc.feeds = feeds
         svc.jobs = runner
 
         async def close_deleted_client(org: str, name: str) -> None:
@@ -256,6 +259,7 @@ async def _serve_locked(
         async with trio.open_nursery() as nursery:
             await nursery.start(registry.run)
             await nursery.start(runner.run)
+            await nursery.start(retention.run)
             nursery.start_soon(_compactor, db)
             nursery.start_soon(_gc_keeper, registry)
             svc.node_port = await nursery.start(

@@ -53,6 +53,7 @@ class Services:
         node_scheme: ``wss`` or ``ws``.
         on_client_deleted: callbacks run after a client is deleted (closes its socket).
         nodes / jobs / hub: the node registry, job runner and event hub, when present.
+        feeds: the feeds' publisher and org-feed logs (:class:`~..feeds.Feeds`), when present.
     """
 
     config: ServerConfig
@@ -69,6 +70,7 @@ class Services:
     nodes: Any = None
     jobs: Any = None
     hub: Any = None
+    feeds: Any = None
 
     @property
     def identity(self) -> IdentityModel:

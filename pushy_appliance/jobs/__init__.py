@@ -1,5 +1,5 @@
 """Push jobs: the pure job state machine and its vocabulary, request validation, the stored
-model and (above them) the runner.
+model and (above them) the runner and the retention task.
 
 Pure (layer 1 of ``pushy_appliance``: no I/O, no trio tasks):
 
@@ -13,6 +13,7 @@ Pure (layer 1 of ``pushy_appliance``: no I/O, no trio tasks):
 * ``jobs.validation``: ``POST jobs`` bodies.
 
 Engines (layer 3): ``jobs.runner`` drives the machine (feeds it events, stores each new state,
-then performs the effects). This package module imports nothing, so importing a pure
-submodule never drags in the runner.
+then performs the effects); ``jobs.retention`` purges jobs past ``jobs.retention_days``.
+This package module imports nothing, so importing a pure submodule never drags in the
+runner.
 """

@@ -27,7 +27,7 @@ import trio
 from .. import protocol
 from ..db import Database
 from ..errors import ConflictError, NotFoundError
-from ..hub import Hub, OrgEventLog
+from ..feeds import Feeds
 from ..nodes.registry import NodeRegistry, NodeSession
 from ..sse import MonotonicStamper, format_timestamp
 from . import record
@@ -63,17 +63,9 @@ from .state import JobState, is_finished, new_job
 from .status import LIVE_NODE_STATUSES, JobStatus
 from .validation import JobRequest
 
-__all__ = ["JobRunner", "job_topic", "org_topic"]
+__all__ = ["JobRunner"]
 
 log = logging.getLogger(__name__)
-
-
-def job_topic(job_id: str) -> str:
-    return f"job:{job_id}"
-
-
-def org_topic(org: str) -> str:
-    return f"org:{org}"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -135,37 +127,27 @@ class JobRunner:
     Args:
         db: the database; its ``jobs`` model is a :class:`JobsModel`.
         registry: the node registry (sessions to send frames to).
-        hub: where feed events are published (``job:ID`` and ``org:ORG`` topics).
+        feeds: where stored feed events are published.
         voting_timeout, reconnect_grace: seconds, from the configuration.
-        org_retention: seconds the org feed keeps events.
     """
 
     def __init__(
         self,
         db: Database,
         registry: NodeRegistry,
-        hub: Hub,
+        feeds: Feeds,
         *,
         voting_timeout: float,
         reconnect_grace: float,
-        org_retention: float,
-        retention_days: float = 0.0,
     ) -> None:
         self.db = db
         self.registry = registry
-        self.hub = hub
+        self.feeds = feeds
         self.voting_timeout = voting_timeout
         self.reconnect_grace = reconnect_grace
-        self.org_retention = org_retention
-        self.retention_days = retention_days
         self.live: dict[str, _LiveJob] = {}
         self.node_jobs: dict[tuple[str, str], set[str]] = {}
         """Live jobs in which the node is still live (new, ready or running)."""
-        self.org_logs: dict[str, OrgEventLog] = {}
-        # Org feed ids of this run start at the start time in microseconds: above every id
-        # an earlier run issued (unless it issued more than one event per microsecond, or
-        # the clock was set back), so an id from before a restart is unknown, not reused.
-        self.org_feed_first = time.time_ns() // 1000
         self._nursery: trio.Nursery | None = None
         registry.link = self
 
@@ -178,12 +160,6 @@ class JobRunner:
     def live_job_ids(self) -> list[str]:
         return sorted(self.live)
 
-    def org_log(self, org: str) -> OrgEventLog:
-        log_ = self.org_logs.get(org)
-        if log_ is None:
-            log_ = self.org_logs[org] = OrgEventLog(self.org_retention, first=self.org_feed_first)
-        return log_
-
     # --- lifecycle --------------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -194,7 +170,6 @@ class JobRunner:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             await self.resume()
-            nursery.start_soon(self._retention)
             task_status.started()
             await trio.sleep_forever()
 
@@ -301,7 +276,6 @@ class JobRunner:
             start_data["file_specified"] = True
         start_data["capture"] = req.capture_output
         events: list[list[Any]] = [_feed_event(1, "start", start_data, stamper, now)]
-        start_event = events[0][2]
         state, effects = transition(state0, Start(now, self._online(org, req.nodes)))
         for fx in effects:
             if isinstance(fx, Publish):
@@ -327,7 +301,6 @@ class JobRunner:
                 len(req.nodes),
                 req.command,
             )
-            self._org_event(org, "start", job_id, start_event, now)
             await self._adopt(self.model.jobs[job_id], state, stamper, (effects, events))
         return job_id
 
@@ -458,11 +431,7 @@ class JobRunner:
     def _perform(self, job: _LiveJob, effects: Iterable[Effect], events: list[list[Any]]) -> None:
         org = job.entry.org
         for ev in events:
-            self.hub.publish(job_topic(job.id), ev)
-            if ev[1] == "job_complete":
-                # the feed's last event: its readers drain what they have, then end
-                self.hub.close_topic(job_topic(job.id))
-                self._org_event(org, "job_complete", job.id, ev[2], time.time())
+            self.feeds.publish_job(org, job.id, ev)
         for fx in effects:
             if isinstance(fx, SendCommit):
                 spec = job.entry.spec
@@ -552,14 +521,6 @@ class JobRunner:
             elif kind.startswith("grace:"):
                 job.post(GraceExpired(kind[len("grace:") :], now))
 
-    def _org_event(
-        self, org: str, name: str, job_id: str, data: dict[str, Any], now: float
-    ) -> None:
-        fields = {k: v for k, v in data.items() if k != "timestamp"}
-        payload = {"timestamp": data["timestamp"], "job": job_id, **fields}
-        event = self.org_log(org).append(name, payload, now)
-        self.hub.publish(org_topic(org), event)
-
     # --- JobLink: node frames ---------------------------------------------------------------
 
     async def node_hello(self, session: NodeSession, hello: protocol.Hello) -> None:
@@ -636,32 +597,6 @@ class JobRunner:
             job = self.live.get(job_id)
             if job is not None:
                 job.post(NodeDown(session.name, now))
-
-    # --- retention --------------------------------------------------------------------------
-
-    async def purge_expired(self, now: float | None = None) -> int:
-        """Purge finished jobs older than ``retention_days``. Returns how many."""
-        if self.retention_days <= 0:
-            return 0
-        cutoff = (now or time.time()) - self.retention_days * 86400
-        old = [
-            e.id
-            for e in self.model.jobs.values()
-            if e.finished_at is not None and e.finished_at < cutoff and e.id not in self.live
-        ]
-        for job_id in old:
-            await self.db.commit({"t": "job.purge", "id": job_id})
-            self.hub.close_topic(job_topic(job_id))
-        if old:
-            log.info(
-                "purged %d job(s) finished more than %g days ago", len(old), self.retention_days
-            )
-        return len(old)
-
-    async def _retention(self) -> None:
-        while True:
-            await self.purge_expired()
-            await trio.sleep(3600)
 
 
 def _at_most(value: int | None, limit: int) -> int | None:
