@@ -42,7 +42,9 @@ from .jobs.retention import Retention
 from .jobs.runner import JobRunner
 from .lockfile import exclusive_lock
 from .model import IdentityModel
-from .nodes.registry import CLOSE_DELETED, CLOSE_GOING_AWAY, NodeModel, NodeRegistry
+from .nodes.link import NodeLink
+from .nodes.model import NodeModel
+from .nodes.registry import CLOSE_DELETED, CLOSE_GOING_AWAY, NodeRegistry
 from .nodesock import serve_nodes
 from .store import Store, open_store
 
@@ -229,12 +231,15 @@ async def _serve_locked(
             offline_threshold=config.heartbeat.offline_threshold,
             outbox_size=config.limits.node_outbox,
         )
+        link = NodeLink(registry)
         svc.nodes = registry
+        svc.link = link
         hub = Hub(buffer=config.feeds.subscriber_buffer)
         feeds = Feeds(hub, org_retention=config.feeds.org_retention)
         runner = JobRunner(
             db,
             registry,
+            link,
             feeds,
             voting_timeout=config.jobs.voting_timeout,
             reconnect_grace=config.reconnect_grace,
@@ -263,7 +268,7 @@ async def _serve_locked(
             nursery.start_soon(_compactor, db)
             nursery.start_soon(_gc_keeper, registry)
             svc.node_port = await nursery.start(
-                serve_nodes, svc, registry, node_host, node_port, node_ssl
+                serve_nodes, svc, registry, link, node_host, node_port, node_ssl
             )
             binds: list[str] = await nursery.start(_run_http, app, hc, stop, http_done)
             bound_port = int(binds[0].rsplit(":", 1)[1])

@@ -35,6 +35,7 @@ from . import protocol
 from .errors import ApiError, AuthError, NotFoundError, ProtocolError
 from .http import Services
 from .http._auth import authenticate
+from .nodes.link import NodeLink
 from .nodes.registry import CLOSE_PROTOCOL, NodeRegistry, NodeSession
 
 __all__ = ["HELLO_TIMEOUT", "serve_nodes"]
@@ -56,11 +57,14 @@ class _Connection:
     """One node connection after the upgrade."""
 
     # Ten thousand of these stay alive at once: slots, and no error deque until an error.
-    __slots__ = ("close_code", "close_reason", "errors", "registry", "scope", "svc", "ws")
+    __slots__ = ("close_code", "close_reason", "errors", "link", "registry", "scope", "svc", "ws")
 
-    def __init__(self, svc: Services, registry: NodeRegistry, ws: WebSocketConnection) -> None:
+    def __init__(
+        self, svc: Services, registry: NodeRegistry, link: NodeLink, ws: WebSocketConnection
+    ) -> None:
         self.svc = svc
         self.registry = registry
+        self.link = link
         self.ws = ws
         self.scope = trio.CancelScope()
         self.close_code = 1000
@@ -137,7 +141,7 @@ class _Connection:
             with self.scope:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(session.run_writer, outbox)
-                    await self.registry.link.node_hello(session, hello)
+                    await self.link.node_hello(session, hello)
                     await self._read(session, seqs, who, max_size)
                     nursery.cancel_scope.cancel()
         except* ConnectionClosed:
@@ -147,7 +151,7 @@ class _Connection:
                 current = self.registry.forget(session)
                 if current:
                     log.info("node %s: offline (%s)", who, self.close_reason or "connection closed")
-                    await self.registry.link.node_lost(session)
+                    await self.link.node_lost(session)
                     await self.registry.record_status(org, node, "offline")
                 with trio.move_on_after(2):
                     await self.ws.aclose(self.close_code, self.close_reason[:120])
@@ -155,7 +159,7 @@ class _Connection:
     async def _read(
         self, session: NodeSession, seqs: protocol.SeqTracker, who: str, max_size: int
     ) -> None:
-        link = self.registry.link
+        link = self.link
         while True:
             data = await self.ws.get_message()
             session.last_received = trio.current_time()
@@ -201,6 +205,7 @@ def _as_bytes(message: str | bytes) -> bytes:
 async def serve_nodes(
     svc: Services,
     registry: NodeRegistry,
+    link: NodeLink,
     host: str,
     port: int,
     ssl_context: ssl.SSLContext | None,
@@ -208,6 +213,13 @@ async def serve_nodes(
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve node connections until cancelled.
+
+    Args:
+        svc: the services (configuration, identities for authentication).
+        registry: where sessions are opened.
+        link: what a node's messages are handed to (``hello``, job frames, the end).
+        host, port: where to listen (port 0: any free port).
+        ssl_context: TLS, or ``None`` for plain WebSocket.
 
     Start-up: ``task_status.started(port)`` with the bound port once listening.
     """
@@ -229,7 +241,7 @@ async def serve_nodes(
             await request.reject(e.status, extra_headers=extra, body=_reject_body(e))
             return
         ws = await request.accept()
-        await _Connection(svc, registry, ws).run(org, node)
+        await _Connection(svc, registry, link, ws).run(org, node)
 
     async def guarded_handler(request: WebSocketRequest) -> None:
         # A peer that vanishes before hello (or during the upgrade) must not take the

@@ -19,7 +19,8 @@ from pushy_appliance import chef_auth, protocol
 from pushy_appliance.appliance import ServerInfo, serve
 from pushy_appliance.config import ServerConfig, load_server_config
 from pushy_appliance.db import Database
-from pushy_appliance.nodes.registry import NodeModel, NodeRegistry
+from pushy_appliance.nodes.model import NodeModel
+from pushy_appliance.nodes.registry import NodeRegistry
 from pushy_appliance.store import open_store
 
 

@@ -32,6 +32,7 @@ LAYERS = {
     "agent.state": 2,
     "db": 3,
     "nodes": 3,
+    "nodes.model": 1,
     "jobs.runner": 3,
     "jobs.retention": 3,
     "agent.executor": 3,

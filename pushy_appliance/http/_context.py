@@ -53,6 +53,8 @@ class Services:
         node_scheme: ``wss`` or ``ws``.
         on_client_deleted: callbacks run after a client is deleted (closes its socket).
         nodes / jobs / hub: the node registry, job runner and event hub, when present.
+        link: the node link (:class:`~..nodes.link.NodeLink`: node states, availability),
+            when present.
         feeds: the feeds' publisher and org-feed logs (:class:`~..feeds.Feeds`), when present.
     """
 
@@ -70,6 +72,7 @@ class Services:
     nodes: Any = None
     jobs: Any = None
     hub: Any = None
+    link: Any = None
     feeds: Any = None
 
     @property

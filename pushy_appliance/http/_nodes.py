@@ -11,6 +11,7 @@ from quart_trio import QuartTrio
 
 from ..errors import AuthError, NotFoundError
 from ..model import valid_name
+from ..nodes.link import NodeLink
 from ..nodes.registry import NodeRegistry
 from ._app import authorized, json_response
 from ._auth import require
@@ -24,8 +25,8 @@ def rfc1123(t: float) -> str:
     return formatdate(t, usegmt=True)
 
 
-def _state_doc(registry: NodeRegistry, org: str, name: str) -> dict[str, Any]:
-    doc = registry.state(org, name)
+def _state_doc(link: NodeLink, org: str, name: str) -> dict[str, Any]:
+    doc = link.node_state(org, name)
     if "updated_at" in doc:
         doc["updated_at"] = rfc1123(doc["updated_at"])
     return doc
@@ -34,6 +35,7 @@ def _state_doc(registry: NodeRegistry, org: str, name: str) -> dict[str, Any]:
 def register(app: QuartTrio, svc: Services) -> None:
     """Register the node routes on ``app``."""
     registry: NodeRegistry = svc.nodes
+    link: NodeLink = svc.link
 
     @app.route("/organizations/<org>/pushy/config/<node>", methods=["GET"])
     async def node_config(org: str, node: str) -> Response:
@@ -79,11 +81,11 @@ def register(app: QuartTrio, svc: Services) -> None:
         await authorized(svc, org, "read")
         clients = svc.identity.clients.get(org, {})
         names = [n for n in registry.known_nodes(org) if n in clients]
-        return json_response([_state_doc(registry, org, n) for n in names])
+        return json_response([_state_doc(link, org, n) for n in names])
 
     @app.route("/organizations/<org>/pushy/node_states/<node>", methods=["GET"])
     async def node_state(org: str, node: str) -> Response:
         await authorized(svc, org, "read")
         if node not in svc.identity.clients.get(org, {}):
             raise NotFoundError(f"node '{node[:300]}' not found")
-        return json_response(_state_doc(registry, org, node))
+        return json_response(_state_doc(link, org, node))

@@ -8,7 +8,8 @@ it returns effects, which the runner performs in order after storing the new sta
 from __future__ import annotations
 
 import dataclasses
-from typing import Final, TypeAlias
+from collections.abc import Mapping
+from typing import Any, Final, TypeAlias
 
 __all__ = [
     "Abort",
@@ -19,11 +20,14 @@ __all__ = [
     "Effect",
     "Event",
     "GraceExpired",
+    "KeepOutput",
     "NackCommit",
     "NackRun",
     "NodeAway",
     "NodeBack",
     "NodeDown",
+    "NodeEvent",
+    "Output",
     "Publish",
     "ReleaseNodes",
     "Result",
@@ -60,8 +64,9 @@ def grace_timer(node: str) -> str:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Start:
-    """Begin voting. ``online_nodes``: the job's nodes that are online and available now;
-    the others vote ``down`` at once."""
+    """Begin voting. ``online_nodes``: the job's nodes that can take a commit now (online,
+    not in rehab: ``NodeLink.reachable``; a busy node gets the commit and nacks it
+    ``busy``); the others vote ``down`` at once."""
 
     now: float
     online_nodes: frozenset[str]
@@ -137,6 +142,9 @@ class Result:
     status: str
     exit_code: int | None
     now: float
+    fields: Mapping[str, Any] | None = dataclasses.field(default=None, compare=False)
+    """The agent's whole result (``protocol.Result`` without ``type``, ``seq``, ``ts``):
+    stored with the step that takes it."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -204,6 +212,16 @@ class Resume:
     stopped_at: float | None = None
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Output:
+    """An ``output`` frame: ``data`` found at ``offset`` of the node's ``channel``."""
+
+    node: str
+    channel: str
+    offset: int
+    data: bytes
+
+
 Event: TypeAlias = (
     Start
     | AckCommit
@@ -219,6 +237,7 @@ Event: TypeAlias = (
     | Abort
     | Crash
     | Resume
+    | Output
 )
 
 # --- effects --------------------------------------------------------------------------------
@@ -292,6 +311,16 @@ class CancelTimer:
     kind: str
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class KeepOutput:
+    """Store the chunk (and publish it as an ``output`` event) when the job captures output."""
+
+    node: str
+    channel: str
+    offset: int
+    data: bytes
+
+
 Effect: TypeAlias = (
     SendCommit
     | SendRun
@@ -302,4 +331,10 @@ Effect: TypeAlias = (
     | Publish
     | StartTimer
     | CancelTimer
+    | KeepOutput
 )
+
+NodeEvent: TypeAlias = (
+    AckCommit | NackCommit | AckRun | NackRun | Result | Output | NodeBack | NodeDown
+)
+"""The events that come from one node (what the node link hands to a job)."""

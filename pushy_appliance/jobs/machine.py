@@ -97,10 +97,12 @@ from .events import (
     Effect,
     Event,
     GraceExpired,
+    KeepOutput,
     NackCommit,
     NackRun,
     NodeBack,
     NodeDown,
+    Output,
     Publish,
     ReleaseNodes,
     Result,
@@ -199,6 +201,8 @@ def transition(state: JobState, event: Event) -> tuple[JobState, tuple[Effect, .
             _stop_all(step, JobStatus.CRASHED, NodeStatus.CRASHED, event.reason)
         case Resume():
             _resume(step, event)
+        case Output():
+            _output(step, event)
         case _:  # pragma: no cover - the Event union is closed; ignore anything else
             pass
     return step.result()
@@ -691,6 +695,12 @@ def _stop_all(step: _Step, job: JobStatus, node_status: NodeStatus, reason: str 
     if live and step.status is not JobStatus.NEW:
         step.effects.append(SendAbort(tuple(live)))
     _finish(step, job)
+
+
+def _output(step: _Step, ev: Output) -> None:
+    """A node's output is kept while the job has not finished."""
+    if ev.node in step.t.nodes and not step.finished:
+        step.effects.append(KeepOutput(ev.node, ev.channel, ev.offset, ev.data))
 
 
 def _resume(step: _Step, ev: Resume) -> None:

@@ -1,25 +1,33 @@
 """The job runner: feeds events to the pure job machine and performs its effects.
 
 Each live job has one task that drains the job's inbox in batches: every event in the batch
-goes through :func:`machine.transition`; the changes of the whole batch (job fields, changed
-nodes, published feed events) become ONE ``job.step`` record, committed durably; only then
-are the effects performed (frames sent, timers armed, events published to the hub). So a
-crash loses effects, never state, and a fan-out to thousands of nodes costs a handful of
-fsyncs, not one per vote. After a restart :meth:`JobRunner.resume` sends ``Resume`` to every
-unfinished job; the machine re-derives what a lost effect would have done.
+goes through :func:`.machine.transition`; the changes of the whole batch (job fields, changed
+nodes, published feed events, output chunks, results) become ONE ``job.step`` record,
+committed durably; only then are the effects performed (frames sent, timers armed, events
+published on the feeds). So a crash loses effects, never state, and a fan-out to thousands of
+nodes costs a handful of fsyncs, not one per vote. After a restart :meth:`JobRunner.resume`
+sends ``Resume`` to every unfinished job; the machine re-derives what a lost effect would
+have done.
 
-The runner is also the registry's :class:`~..nodes.registry.JobLink`: node frames become
-machine events for the job they name.
+The runner only creates, aborts and drives jobs. Node messages reach it from the node link
+(:mod:`..nodes.link`) through :meth:`JobRunner.post`, its :class:`~..nodes.link.JobPort`;
+the runner tells the link which nodes each live job holds (:meth:`~..nodes.link.NodeLink.hold`,
+:meth:`~..nodes.link.NodeLink.release`). Frames to nodes never wait for a node that stopped
+reading: :meth:`~..nodes.registry.NodeSession.send_now` writes at once only when the write
+cannot block, and queues the frame for the node's own writer otherwise.
+
+Clock: every ``now`` the runner gives the machine, and every timer, reads the ``now`` callable
+it was built with (wall-clock ``time.time`` by default; tests pass a clock that follows
+trio's, so timers run on the autojump clock).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import secrets
 import time
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import trio
@@ -28,21 +36,20 @@ from .. import protocol
 from ..db import Database
 from ..errors import ConflictError, NotFoundError
 from ..feeds import Feeds
+from ..nodes.link import NodeLink
 from ..nodes.registry import NodeRegistry, NodeSession
 from ..sse import MonotonicStamper, format_timestamp
 from . import record
 from .events import (
     Abort,
-    AckCommit,
-    AckRun,
     CancelTimer,
     Effect,
     Event,
     GraceExpired,
-    NackCommit,
-    NackRun,
+    KeepOutput,
     NodeBack,
     NodeDown,
+    NodeEvent,
     Publish,
     ReleaseNodes,
     Result,
@@ -59,25 +66,13 @@ from .events import (
 )
 from .machine import transition
 from .model import JobEntry, JobsModel
-from .state import JobState, is_finished, new_job
-from .status import LIVE_NODE_STATUSES, JobStatus
+from .state import JobState, holds, is_finished, new_job
+from .status import JobStatus
 from .validation import JobRequest
 
-__all__ = ["JobRunner"]
+__all__ = ["INBOX_HIGH_WATER", "JobRunner"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class _OutputChunk:
-    """An ``output`` frame queued with the job's machine events, so that it is numbered,
-    stored and published in arrival order in the same step record."""
-
-    node: str
-    channel: str
-    offset: int
-    data: bytes
-
 
 INBOX_HIGH_WATER = 10_000
 """Queued events beyond which node frames for a job wait (back-pressure on their sockets)."""
@@ -89,7 +84,7 @@ class _LiveJob:
     def __init__(self, entry: JobEntry, state: JobState) -> None:
         self.entry = entry
         self.state = state
-        self.inbox: deque[tuple[Event | _OutputChunk, Any]] = deque()
+        self.inbox: deque[Event] = deque()
         self.wakeup = trio.Event()
         self.room = trio.Event()
         self.room.set()
@@ -99,26 +94,26 @@ class _LiveJob:
         self.nursery: trio.Nursery | None = None
         self.outgoing: list[tuple[NodeSession, type[Any], dict[str, Any]]] = []
         """Frames the machine asked for, written by the job's task after the step is stored
-        (directly to each node's connection when nothing is queued for it)."""
+        (directly to each node's connection when that cannot block)."""
 
     @property
     def id(self) -> str:
         return self.entry.id
 
-    def post(self, event: Event | _OutputChunk, extra: Any = None) -> None:
+    def post(self, event: Event) -> None:
         """Queue an event (never blocks: timers, operator requests, connection changes)."""
-        self.inbox.append((event, extra))
+        self.inbox.append(event)
         self.wakeup.set()
         if len(self.inbox) >= INBOX_HIGH_WATER and self.room.is_set():
             self.room = trio.Event()
 
-    async def post_from_node(self, event: Event | _OutputChunk, extra: Any = None) -> None:
+    async def post_from_node(self, event: Event) -> None:
         """Queue a node's event, first waiting while the inbox is over its high-water mark:
         a node that floods frames is slowed down at its own socket, and the inbox stays
         bounded."""
         while not self.room.is_set():
             await self.room.wait()
-        self.post(event, extra)
+        self.post(event)
 
 
 class JobRunner:
@@ -127,29 +122,33 @@ class JobRunner:
     Args:
         db: the database; its ``jobs`` model is a :class:`JobsModel`.
         registry: the node registry (sessions to send frames to).
+        link: the node link; the runner becomes its job port.
         feeds: where stored feed events are published.
         voting_timeout, reconnect_grace: seconds, from the configuration.
+        now: the clock (seconds since the epoch) of events and timers.
     """
 
     def __init__(
         self,
         db: Database,
         registry: NodeRegistry,
+        link: NodeLink,
         feeds: Feeds,
         *,
         voting_timeout: float,
         reconnect_grace: float,
+        now: Callable[[], float] = time.time,
     ) -> None:
         self.db = db
         self.registry = registry
+        self.link = link
         self.feeds = feeds
         self.voting_timeout = voting_timeout
         self.reconnect_grace = reconnect_grace
+        self._now = now
         self.live: dict[str, _LiveJob] = {}
-        self.node_jobs: dict[tuple[str, str], set[str]] = {}
-        """Live jobs in which the node is still live (new, ready or running)."""
         self._nursery: trio.Nursery | None = None
-        registry.link = self
+        link.connect(self)
 
     @property
     def model(self) -> JobsModel:
@@ -158,7 +157,8 @@ class JobRunner:
         return model
 
     def live_job_ids(self) -> list[str]:
-        return sorted(self.live)
+        """The jobs that have not finished (``_status``'s ``job_processes``)."""
+        return sorted(job_id for job_id, job in self.live.items() if not is_finished(job.state))
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -175,7 +175,7 @@ class JobRunner:
 
     async def resume(self) -> None:
         """Restart every unfinished job of the store (``Resume`` with its remaining time)."""
-        now = time.time()
+        now = self._now()
         stopped_at = self.model.last_at or None
         for entry in list(self.model.jobs.values()):
             if entry.finished:
@@ -183,7 +183,7 @@ class JobRunner:
             state = record.from_record(entry.state_record())
             job = await self._adopt(entry, state)
             if state.status == JobStatus.NEW:
-                job.post(Start(now, self._online(entry.org, state.nodes)))
+                job.post(Start(now, self.link.reachable_nodes(entry.org, state.nodes)))
             else:
                 job.post(Resume(now, stopped_at))
             log.info("job %s: resumed (%s, %d nodes)", entry.id, state.status, len(state.nodes))
@@ -206,20 +206,10 @@ class JobRunner:
         if stamper is not None:
             job.stamper = stamper
         self.live[entry.id] = job
-        for node, status in state.nodes.items():
-            if status in LIVE_NODE_STATUSES:
-                self.node_jobs.setdefault((entry.org, node), set()).add(entry.id)
+        self.link.hold(entry.org, entry.id, [n for n in state.nodes if holds(state, n)])
         assert self._nursery is not None
         await self._nursery.start(self._drive, job, first)
         return job
-
-    def _online(self, org: str, nodes: Iterable[str]) -> frozenset[str]:
-        out = set()
-        for n in nodes:
-            s = self.registry.get(org, n)
-            if s is not None and s.close_code is None and not s.rehab:
-                out.add(n)
-        return frozenset(out)
 
     # --- API operations ---------------------------------------------------------------------
 
@@ -230,7 +220,7 @@ class JobRunner:
             The new job id (32 lowercase hex characters).
         """
         job_id = secrets.token_hex(16)
-        now = time.time()
+        now = self._now()
         # Limits beyond the node count change nothing; clamped, any integer the request may
         # carry (2**64 and more) fits the store's msgpack records.
         max_concurrency = _at_most(req.max_concurrency, len(req.nodes))
@@ -276,7 +266,7 @@ class JobRunner:
             start_data["file_specified"] = True
         start_data["capture"] = req.capture_output
         events: list[list[Any]] = [_feed_event(1, "start", start_data, stamper, now)]
-        state, effects = transition(state0, Start(now, self._online(org, req.nodes)))
+        state, effects = transition(state0, Start(now, self.link.reachable_nodes(org, req.nodes)))
         for fx in effects:
             if isinstance(fx, Publish):
                 events.append(_feed_event(len(events) + 1, fx.event, fx.data, stamper, now))
@@ -317,8 +307,29 @@ class JobRunner:
         job = self.live.get(job_id)
         if job is None or entry.finished:
             raise ConflictError("job already finished", list_form=False)
-        job.post(Abort(time.time()))
+        job.post(Abort(self._now()))
         await job.done.wait()
+
+    # --- the job port (node messages from the link) -----------------------------------------
+
+    async def post(self, org: str, job_id: str, event: NodeEvent) -> bool:
+        """Hand a node's event to the live job ``job_id`` of ``org`` (the link's
+        :class:`~..nodes.link.JobPort`).
+
+        Frames wait while the job's inbox is over its high-water mark (back-pressure on the
+        node's socket); connection changes (``NodeBack``, ``NodeDown``) never wait.
+
+        Returns:
+            ``False`` when no live job ``job_id`` of ``org`` has the event's node.
+        """
+        job = self.live.get(job_id)
+        if job is None or job.entry.org != org or event.node not in job.state.nodes:
+            return False
+        if isinstance(event, NodeBack | NodeDown):
+            job.post(event)
+            return True
+        await job.post_from_node(event)
+        return self.live.get(job_id) is job
 
     # --- the per-job task -------------------------------------------------------------------
 
@@ -364,18 +375,9 @@ class JobRunner:
         outputs: list[list[Any]] = []
         events: list[list[Any]] = []
         n = job.entry.last_event_n() + 1
-        now = time.time()
+        now = self._now()
         capture = bool(job.entry.spec["capture"])
-        for event, extra in batch:
-            if isinstance(event, _OutputChunk):
-                # after job_complete (the feed's last event) output is over too
-                if capture and not is_finished(state):
-                    outputs.append([event.node, event.channel, event.offset, event.data])
-                    text = event.data.decode("utf-8", "replace")
-                    fields = {"node": event.node, "channel": event.channel, "data": text}
-                    events.append(_feed_event(n, "output", fields, job.stamper, now))
-                    n += 1
-                continue
+        for event in batch:
             new, fx = transition(state, event)
             if new is not state:
                 changed = True
@@ -386,8 +388,15 @@ class JobRunner:
                 if isinstance(f, Publish):
                     events.append(_feed_event(n, f.event, f.data, job.stamper, now))
                     n += 1
-            if isinstance(event, Result | NodeBack) and extra is not None:
-                results[event.node] = extra
+                elif isinstance(f, KeepOutput) and capture:
+                    outputs.append([f.node, f.channel, f.offset, f.data])
+                    text = f.data.decode("utf-8", "replace")
+                    fields = {"node": f.node, "channel": f.channel, "data": text}
+                    events.append(_feed_event(n, "output", fields, job.stamper, now))
+                    n += 1
+            result = event.result if isinstance(event, NodeBack) else event
+            if isinstance(result, Result) and result.fields is not None:
+                results[result.node] = dict(result.fields)
         job.state = state
         if not changed and not results and not outputs:
             self._perform(job, effects, [])
@@ -403,26 +412,14 @@ class JobRunner:
             "at": now,
         }
         await self.db.commit(step)
-        for name in touched:
-            if state.nodes[name] not in LIVE_NODE_STATUSES:
-                self._node_done(job.entry.org, name, job.id)
+        released = [name for name in touched if not holds(state, name)]
+        self.link.release(job.entry.org, job.id, released)
         self._perform(job, effects, events)
-
-    def _node_done(self, org: str, node: str, job_id: str) -> None:
-        jobs = self.node_jobs.get((org, node))
-        if jobs is not None:
-            jobs.discard(job_id)
-            if not jobs:
-                del self.node_jobs[(org, node)]
-        s = self.registry.get(org, node)
-        if s is not None and s.job_id == job_id:
-            s.job_id = None
 
     def _retire(self, job: _LiveJob) -> None:
         self.live.pop(job.id, None)
         job.room.set()  # nobody drains this inbox any more: let waiting nodes go on
-        for node in job.state.nodes:
-            self._node_done(job.entry.org, node, job.id)
+        self.link.release(job.entry.org, job.id, job.state.nodes)
         job.done.set()
         log.info("job %s: finished %s", job.id, job.state.status)
 
@@ -478,16 +475,16 @@ class JobRunner:
         return s
 
     def _send_abort(self, job: _LiveJob, node: str, fields: dict[str, Any]) -> None:
-        """Queue an ``abort`` (of the job, or ``job_id: nil`` for rehab). The node is
-        unavailable until its agent answers ``aborted``: a process it is still stopping would
-        make it nack the next commit as busy."""
+        """Queue an ``abort`` (of the job, or ``job_id: nil`` for rehab); the link holds the
+        node unavailable until its agent answers ``aborted``."""
         s = self._send(job, node, protocol.Abort, fields)
         if s is not None:
-            s.rehab = True
+            self.link.expect_aborted(s)
 
     async def _write(self, job: _LiveJob) -> None:
         """Write the job's outgoing frames, in order. Each frame's ``seq`` is taken just before
-        its write, so that frames other tasks send the node (heartbeats, …) stay in order."""
+        its write, so that frames other tasks send the node (heartbeats, …) stay in order.
+        A write never waits for a node that stopped reading (see ``NodeSession.send_now``)."""
         while job.outgoing:
             batch, job.outgoing = job.outgoing, []
             ts = time.time()
@@ -510,93 +507,16 @@ class JobRunner:
         self, job: _LiveJob, kind: str, deadline: float, scope: trio.CancelScope
     ) -> None:
         with scope:
-            await trio.sleep(max(0.0, deadline - time.time()))
+            await trio.sleep(max(0.0, deadline - self._now()))
             if job.timers.get(kind) is scope:
                 del job.timers[kind]
-            now = time.time()
+            now = self._now()
             if kind == "voting":
                 job.post(VotingTimeout(now))
             elif kind == "run":
                 job.post(RunTimeout(now))
             elif kind.startswith("grace:"):
                 job.post(GraceExpired(kind[len("grace:") :], now))
-
-    # --- JobLink: node frames ---------------------------------------------------------------
-
-    async def node_hello(self, session: NodeSession, hello: protocol.Hello) -> None:
-        org, node = session.org, session.name
-        now = time.time()
-        previous = session.previous_incarnation
-        same = previous is not None and previous == hello.incarnation_id
-        held = hello.job_id
-        pending = hello.pending_result
-        jobs = self.node_jobs.get((org, node), set())
-        for job_id in list(jobs):
-            job = self.live.get(job_id)
-            if job is None:
-                continue
-            job_state = hello.job_state if held == job_id else "idle"
-            result = None
-            extra = None
-            if pending is not None and pending.job_id == job_id:
-                result = Result(node, pending.status, pending.exit_code, now)
-                extra = _result_meta(pending)
-            if job_state != "idle":
-                session.job_id = job_id
-            job.post(NodeBack(node, now, same, job_state, result), extra)
-        if pending is not None and pending.job_id not in jobs:
-            # a result for a job that is over (or unknown): acknowledge so the agent forgets it
-            session.send(protocol.ResultAck, job_id=pending.job_id)
-        if held is not None and (held not in jobs or not same):
-            # A job held by another incarnation is a ghost (its process is not the agent's
-            # any more; the job ends the node crashed or unavailable): free the agent of it.
-            session.start_rehab()
-
-    async def node_frame(self, session: NodeSession, frame: protocol.Frame) -> None:
-        org, node = session.org, session.name
-        if isinstance(frame, protocol.Aborted):
-            session.end_rehab()
-            if frame.job_id is None or session.job_id == frame.job_id:
-                session.job_id = None
-            return
-        job_id = getattr(frame, "job_id", None)
-        job = self.live.get(job_id) if isinstance(job_id, str) else None
-        if job is None or job.entry.org != org or node not in job.state.nodes:
-            if isinstance(frame, protocol.Result):
-                session.send(protocol.ResultAck, job_id=frame.job_id)
-                if session.job_id == frame.job_id:
-                    session.job_id = None
-                return
-            if isinstance(frame, protocol.Output):
-                return  # output of a job that is over: nothing to keep
-            log.info("node %s/%s: %s for unknown job %s: rehab", org, node, frame.TYPE, job_id)
-            session.start_rehab()
-            return
-        now = time.time()
-        if isinstance(frame, protocol.AckCommit):
-            session.job_id = job.id
-            await job.post_from_node(AckCommit(node, now))
-        elif isinstance(frame, protocol.NackCommit):
-            await job.post_from_node(NackCommit(node, frame.reason, now))
-        elif isinstance(frame, protocol.AckRun):
-            await job.post_from_node(AckRun(node, now))
-        elif isinstance(frame, protocol.NackRun):
-            await job.post_from_node(NackRun(node, frame.reason, now))
-        elif isinstance(frame, protocol.Result):
-            if session.job_id == job.id:
-                session.job_id = None
-            await job.post_from_node(
-                Result(node, frame.status, frame.exit_code, now), _result_meta(frame)
-            )
-        elif isinstance(frame, protocol.Output):
-            await job.post_from_node(_OutputChunk(node, frame.channel, frame.offset, frame.data))
-
-    async def node_lost(self, session: NodeSession) -> None:
-        now = time.time()
-        for job_id in list(self.node_jobs.get((session.org, session.name), ())):
-            job = self.live.get(job_id)
-            if job is not None:
-                job.post(NodeDown(session.name, now))
 
 
 def _at_most(value: int | None, limit: int) -> int | None:
@@ -608,15 +528,3 @@ def _feed_event(
 ) -> list[Any]:
     """A job-feed event as stored and published: ``[n, name, data]``, ``timestamp`` first."""
     return [n, name, {"timestamp": format_timestamp(stamper.stamp(now)), **fields}]
-
-
-def _result_meta(r: protocol.Result | protocol.ResultBody) -> dict[str, Any]:
-    return {
-        "status": r.status,
-        "exit_code": r.exit_code,
-        "signal": r.signal,
-        "stdout_bytes": r.stdout_bytes,
-        "stderr_bytes": r.stderr_bytes,
-        "truncated": r.truncated,
-        "duration_s": r.duration_s,
-    }

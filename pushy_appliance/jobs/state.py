@@ -21,6 +21,7 @@ __all__ = [
     "JobState",
     "NodeTables",
     "check_params",
+    "holds",
     "is_finished",
     "new_job",
 ]
@@ -214,3 +215,13 @@ def is_finished(state: JobState) -> bool:
     """Whether the job ended (``complete``, ``quorum_failed``, ``timed_out``, ``aborted``,
     ``crashed``)."""
     return state.status in FINISHED_JOB_STATUSES
+
+
+def holds(state: JobState, node: str) -> bool:
+    """Whether the job holds ``node``: the node is live in it (a node sent a commit is about
+    to be busy with it). What the runner tells the node link.
+
+    Raises:
+        KeyError: ``node`` is not part of the job.
+    """
+    return state.tables.nodes[node] in LIVE_NODE_STATUSES

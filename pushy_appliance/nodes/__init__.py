@@ -1,1 +1,7 @@
-"""Nodes on the server side: the registry of live sessions and stored node states."""
+"""Nodes on the server side.
+
+* ``nodes.model`` (pure): stored node facts (last status change, facts, incarnation).
+* ``nodes.registry``: live sessions, sending frames and the heartbeat ticker.
+* ``nodes.link``: the node↔job link: node messages to jobs, which job holds which node,
+  rehab, and whether a node is reachable or available.
+"""

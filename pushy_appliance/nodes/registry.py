@@ -18,9 +18,10 @@ One ticker task sends the server heartbeat to every node each interval (the fram
 packed once per tick) and closes the sessions that sent nothing for ``offline_threshold``
 intervals.
 
-Status changes (online, offline) are stored as ``node.seen`` records (see :class:`NodeModel`),
-not every heartbeat. The job engine plugs in as a :class:`JobLink`; without one, every node
-that reports a job is sent to rehab.
+Status changes (online, offline) are stored as ``node.seen`` records (see
+:class:`~.model.NodeModel`), not every heartbeat. The registry knows nothing of jobs: what a
+node does with jobs (its messages, rehab, which job holds it, whether it is available) is
+the node link's (:mod:`.link`).
 """
 
 from __future__ import annotations
@@ -29,13 +30,13 @@ import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import Any
 
 import trio
 
 from .. import protocol
 from ..db import Database
-from ..protocol import Frame
+from .model import NodeModel
 
 __all__ = [
     "CLOSE_DELETED",
@@ -45,8 +46,6 @@ __all__ = [
     "CLOSE_STUCK",
     "CLOSE_TIMEOUT",
     "DIRECT_SEND_TIMEOUT",
-    "JobLink",
-    "NodeModel",
     "NodeRegistry",
     "NodeSession",
     "RegistryStatistics",
@@ -69,79 +68,10 @@ Sender = Callable[[bytes], Awaitable[bool]]
 """Writes one frame to the node's connection; ``False`` when the connection is closed."""
 
 
-class NodeModel:
-    """Stored node facts: last status change and facts per ``(org, node)``.
-
-    Records: ``node.seen {org, name, status, at, facts}`` where ``status`` is ``online`` or
-    ``offline`` and ``at`` is seconds since the epoch.
-    """
-
-    def __init__(self) -> None:
-        self.nodes: dict[tuple[str, str], dict[str, Any]] = {}
-
-    def apply(self, r: dict[str, Any]) -> None:
-        t = r.get("t")
-        if t == "node.seen":
-            entry = self.nodes.setdefault((r["org"], r["name"]), {})
-            entry["status"] = r["status"]
-            entry["at"] = r["at"]
-            if r.get("facts") is not None:
-                entry["facts"] = r["facts"]
-            if r.get("incarnation") is not None:
-                entry["incarnation"] = r["incarnation"]
-        elif t == "client.del":
-            self.nodes.pop((r["org"], r["name"]), None)
-        elif t == "org.del":
-            for key in [k for k in self.nodes if k[0] == r["name"]]:
-                del self.nodes[key]
-
-    def snapshot(self) -> list[dict[str, Any]]:
-        return [{"org": o, "name": n, **v} for (o, n), v in self.nodes.items()]
-
-    def load(self, snap: list[dict[str, Any]]) -> None:
-        self.nodes = {}
-        for entry in snap:
-            e = dict(entry)
-            self.nodes[(e.pop("org"), e.pop("name"))] = e
-
-
-class JobLink(Protocol):
-    """What the registry asks of the job engine."""
-
-    async def node_hello(self, session: NodeSession, hello: protocol.Hello) -> None:
-        """A node connected (``welcome`` already sent). Re-attach it or send it to rehab."""
-
-    async def node_frame(self, session: NodeSession, frame: Frame) -> None:
-        """A job frame from a node (``ack_commit`` … ``result``, ``aborted``)."""
-
-    async def node_lost(self, session: NodeSession) -> None:
-        """A node's session ended."""
-
-
-class RehabOnly:
-    """The :class:`JobLink` used without a job engine: every held job is sent to rehab."""
-
-    async def node_hello(self, session: NodeSession, hello: protocol.Hello) -> None:
-        if hello.job_id is not None or hello.pending_result is not None:
-            session.start_rehab()
-
-    async def node_frame(self, session: NodeSession, frame: Frame) -> None:
-        if isinstance(frame, protocol.Aborted):
-            session.end_rehab()
-        elif isinstance(frame, protocol.Result):
-            session.send(protocol.ResultAck, job_id=frame.job_id)
-        else:
-            session.start_rehab()
-
-    async def node_lost(self, session: NodeSession) -> None:
-        return None
-
-
 @dataclasses.dataclass(frozen=True, slots=True)
 class RegistryStatistics:
     sessions: int
     online: int
-    available: int
     dropped_stuck: int
     timed_out: int
 
@@ -153,8 +83,6 @@ class NodeSession:
         org, name: who it is.
         incarnation_id: the agent's incarnation from ``hello``.
         facts: the node facts from ``hello``.
-        job_id: the job the server has this node in, or ``None``.
-        rehab: waiting for ``aborted`` after a rehab ``abort``.
         close_code: set once the session is closing.
     """
 
@@ -169,13 +97,11 @@ class NodeSession:
         "connected_at",
         "facts",
         "incarnation_id",
-        "job_id",
         "last_received",
         "last_sent",
         "name",
         "org",
         "previous_incarnation",
-        "rehab",
     )
 
     def __init__(
@@ -191,8 +117,6 @@ class NodeSession:
         self.name = name
         self.incarnation_id = hello.incarnation_id
         self.facts = dict(hello.facts)
-        self.job_id: str | None = None
-        self.rehab = False
         self.connected_at = trio.current_time()
         self.last_received = self.connected_at
         self.last_sent = self.connected_at
@@ -209,10 +133,6 @@ class NodeSession:
 
     def __repr__(self) -> str:
         return f"<node {self.org}/{self.name} incarnation {self.incarnation_id[:8]}>"
-
-    @property
-    def available(self) -> bool:
-        return self.close_code is None and not self.rehab and self.job_id is None
 
     def send(self, cls: type[Any], **fields: Any) -> bool:
         """Queue a frame of type ``cls`` (``seq`` and ``ts`` filled in). Never blocks.
@@ -282,14 +202,6 @@ class NodeSession:
     def next_seq(self) -> int:
         return self._seq.next()
 
-    def start_rehab(self) -> None:
-        """Send ``abort {job_id: nil}`` and hold the node unavailable until ``aborted``."""
-        self.rehab = True
-        self.send(protocol.Abort, job_id=None)
-
-    def end_rehab(self) -> None:
-        self.rehab = False
-
     def close(self, code: int, reason: str) -> None:
         """Ask the connection to close with ``code`` (idempotent, never blocks)."""
         if self.close_code is None:
@@ -323,7 +235,6 @@ class NodeRegistry:
         self.offline_threshold = offline_threshold
         self.outbox_size = outbox_size
         self.sessions: dict[tuple[str, str], NodeSession] = {}
-        self.link: JobLink = RehabOnly()
         self._template = protocol.HeartbeatTemplate(incarnation_id)
         self._dropped_stuck = 0
         self._timed_out = 0
@@ -387,10 +298,6 @@ class NodeRegistry:
     def get(self, org: str, name: str) -> NodeSession | None:
         return self.sessions.get((org, name))
 
-    def is_available(self, org: str, name: str) -> bool:
-        s = self.sessions.get((org, name))
-        return s is not None and s.available
-
     def disconnect(self, org: str, name: str, code: int, reason: str) -> None:
         """Close the node's session, if it has one (client deleted, …)."""
         s = self.sessions.get((org, name))
@@ -403,8 +310,7 @@ class NodeRegistry:
 
     def statistics(self) -> RegistryStatistics:
         online = len(self.sessions)
-        available = sum(1 for s in self.sessions.values() if s.available)
-        return RegistryStatistics(online, online, available, self._dropped_stuck, self._timed_out)
+        return RegistryStatistics(online, online, self._dropped_stuck, self._timed_out)
 
     # --- stored states ----------------------------------------------------------------------
 
@@ -427,19 +333,6 @@ class NodeRegistry:
                 "facts": facts,
             }
         )
-
-    def state(self, org: str, name: str) -> dict[str, Any]:
-        """``{"node_name","status","availability","updated_at"?}`` with ``updated_at`` a float."""
-        s = self.sessions.get((org, name))
-        stored = self.model.nodes.get((org, name))
-        doc: dict[str, Any] = {
-            "node_name": name,
-            "status": "online" if s is not None else "offline",
-            "availability": "available" if s is not None and s.available else "unavailable",
-        }
-        if stored is not None:
-            doc["updated_at"] = stored["at"]
-        return doc
 
     def known_nodes(self, org: str) -> list[str]:
         """Nodes of ``org`` that ever connected (and still exist as clients)."""
