@@ -243,6 +243,7 @@ async def _serve_locked(
             feeds,
             voting_timeout=config.jobs.voting_timeout,
             reconnect_grace=config.reconnect_grace,
+            late_result_timeout=config.jobs.late_result_timeout,
         )
         retention = Retention(db, feeds, retention_days=config.jobs.retention_days)
         svc.hub = hub

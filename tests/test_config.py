@@ -61,6 +61,7 @@ def test_integer_accepted_for_float_durations(tmp_path: Path) -> None:
         ('[log]\nformat = "xml"\n', "log.format"),
         ('listen = "nowhere"\n', "expected HOST:PORT"),
         ("[limits]\nmax_body_bytes = 0\n", "limits.max_body_bytes"),
+        ("[jobs]\nlate_result_timeout = -1\n", "jobs.late_result_timeout"),
         ("not toml [", "invalid TOML"),
     ],
 )

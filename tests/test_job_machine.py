@@ -26,11 +26,15 @@ from pushy_appliance.jobs.events import (
     Effect,
     Event,
     GraceExpired,
+    KeepOutput,
+    LateTimeout,
     NackCommit,
     NackRun,
+    NodeAborted,
     NodeAway,
     NodeBack,
     NodeDown,
+    Output,
     Publish,
     ReleaseNodes,
     Result,
@@ -48,7 +52,7 @@ from pushy_appliance.jobs.events import (
 )
 from pushy_appliance.jobs.machine import transition
 from pushy_appliance.jobs.record import clone, from_record, job_record, node_record, to_record
-from pushy_appliance.jobs.state import JobState, is_finished, new_job
+from pushy_appliance.jobs.state import JobState, holds, is_closed, is_finished, new_job
 from pushy_appliance.jobs.status import (
     FINISHED_JOB_STATUSES,
     LIVE_NODE_STATUSES,
@@ -108,6 +112,23 @@ def started(nodes: str = "abc", *events: Event, **kw: Any) -> JobState:
     return play(state, *events)
 
 
+def aborted(*events: Event) -> JobState:
+    """a and b running, aborted at T+5: both owe their results (late deadline T+35)."""
+    return play(started("ab", Abort(T + 5)), *events)
+
+
+LATE_FIELDS = {
+    "status": "aborted",
+    "exit_code": None,
+    "signal": 15,
+    "stdout_bytes": 4,
+    "stderr_bytes": 2,
+    "truncated": False,
+    "duration_s": 1.5,
+}
+FINISHED_NODES = "a=nacked b=unavailable c=unavailable"
+
+
 def finished() -> JobState:
     """Quorum failed: a nacked, b and c unavailable at the voting timeout."""
     return voting("abc", NackCommit("a", "busy", T + 1), VotingTimeout(T + 60))
@@ -129,7 +150,9 @@ def sig(effect: Effect) -> str:
         case SendResultAck(node):
             return "result_ack " + node
         case Publish(event, data):
-            return " ".join(["pub", event, *data.values()])
+            return " ".join(["pub", event, *map(str, data.values())])
+        case KeepOutput(node, channel, offset, data):
+            return f"output {node} {channel} {offset} {data!r}"
         case StartTimer(kind, deadline):
             return f"timer {kind} {deadline:g}"
         case CancelTimer(kind):
@@ -704,7 +727,7 @@ ROWS: list[Row] = [
         Result("a", "aborted", None, T + 6),
         "a=aborted b=aborted",
         "aborted",
-        ["result_ack a"],
+        ["result_ack a", "pub late_result a aborted None"],
     ),
     R(
         "result-from-away-node",
@@ -935,7 +958,7 @@ ROWS: list[Row] = [
         NodeBack("a", T + 20, True, "idle", Result("a", "aborted", None, T + 20)),
         "a=aborted b=aborted",
         "aborted",
-        ["result_ack a"],
+        ["result_ack a", "pub late_result a aborted None"],
     ),
     R(
         "back-finished-holding",
@@ -1017,7 +1040,7 @@ ROWS: list[Row] = [
             "pub run_complete a timed_out",
             "pub run_complete b timed_out",
             "abort a,b",
-            "pub job_complete timed_out",
+            "timer late 1331",
         ],
     ),
     R(
@@ -1073,7 +1096,21 @@ ROWS: list[Row] = [
             "pub run_complete c aborted",
             "abort b,c",
             "cancel run",
-            "pub job_complete aborted",
+            "timer late 1035",
+        ],
+    ),
+    R(
+        "abort-run-sent-not-started",
+        lambda: running("ab", maxc=1),
+        Abort(T + 5),
+        "a=aborted b=aborted",
+        "aborted",
+        [
+            "pub run_complete a aborted",
+            "pub run_complete b aborted",
+            "abort a,b",
+            "cancel run",
+            "timer late 1035",
         ],
     ),
     R(
@@ -1113,6 +1150,142 @@ ROWS: list[Row] = [
         "a=nacked b=unavailable c=unavailable",
         "quorum_failed",
         [],
+    ),
+    # --- late results (a and b were running when the job was aborted at T+5) ---------------
+    R(
+        "late-result-with-its-fields",
+        aborted,
+        Result("a", "aborted", None, T + 6, LATE_FIELDS),
+        "a=aborted b=aborted",
+        "aborted",
+        ["result_ack a", "pub late_result a aborted None 15 4 2 False 1.5"],
+    ),
+    R(
+        "late-result-last-closes",
+        lambda: aborted(Result("a", "aborted", None, T + 6)),
+        Result("b", "timed_out", None, T + 7),
+        "a=aborted b=aborted",
+        "aborted",
+        [
+            "result_ack b",
+            "pub late_result b timed_out None",
+            "cancel late",
+            "pub job_complete aborted",
+        ],
+    ),
+    R(
+        "late-result-duplicate",
+        lambda: aborted(Result("a", "aborted", None, T + 6)),
+        Result("a", "aborted", None, T + 7),
+        "a=aborted b=aborted",
+        "aborted",
+        ["result_ack a"],
+    ),
+    R(
+        "late-output",
+        aborted,
+        Output("a", "stderr", 3, b"bye"),
+        "a=aborted b=aborted",
+        "aborted",
+        ["output a stderr 3 b'bye'"],
+    ),
+    R(
+        "late-output-after-result",
+        lambda: aborted(Result("a", "aborted", None, T + 6)),
+        Output("a", "stdout", 0, b"x"),
+        "a=aborted b=aborted",
+        "aborted",
+        [],
+    ),
+    R(
+        "output-running",
+        started,
+        Output("a", "stdout", 0, b"x"),
+        "a=running b=running c=running",
+        "running",
+        ["output a stdout 0 b'x'"],
+    ),
+    R(
+        "output-stranger",
+        started,
+        Output("z", "stdout", 0, b"x"),
+        "a=running b=running c=running",
+        "running",
+        [],
+    ),
+    R(
+        "output-closed",
+        finished,
+        Output("a", "stdout", 0, b"x"),
+        FINISHED_NODES,
+        "quorum_failed",
+        [],
+    ),
+    R("late-down", aborted, NodeDown("a", T + 6), "a=aborted b=aborted", "aborted", []),
+    R(
+        "late-down-last-closes",
+        lambda: aborted(NodeDown("a", T + 6)),
+        NodeDown("b", T + 7),
+        "a=aborted b=aborted",
+        "aborted",
+        ["cancel late", "pub job_complete aborted"],
+    ),
+    R(
+        "late-aborted-without-result",
+        lambda: aborted(Result("a", "aborted", None, T + 6)),
+        NodeAborted("b", T + 7),
+        "a=aborted b=aborted",
+        "aborted",
+        ["cancel late", "pub job_complete aborted"],
+    ),
+    R(
+        "node-aborted-live",
+        started,
+        NodeAborted("a", T + 7),
+        "a=running b=running c=running",
+        "running",
+        [],
+    ),
+    R(
+        "late-timeout",
+        lambda: aborted(Result("a", "aborted", None, T + 6)),
+        LateTimeout(T + 35),
+        "a=aborted b=aborted",
+        "aborted",
+        ["pub job_complete aborted"],
+    ),
+    R("late-timeout-stale", finished, LateTimeout(T + 35), FINISHED_NODES, "quorum_failed", []),
+    R(
+        "late-back-idle-owes-nothing",
+        aborted,
+        NodeBack("a", T + 20, True, "idle"),
+        "a=aborted b=aborted",
+        "aborted",
+        [],
+    ),
+    R(
+        "late-back-restarted-owes-nothing",
+        lambda: aborted(NodeDown("b", T + 6)),
+        NodeBack("a", T + 20, False, "running"),
+        "a=aborted b=aborted",
+        "aborted",
+        ["cancel late", "pub job_complete aborted", "rehab a"],
+    ),
+    R(
+        "late-back-still-running",
+        aborted,
+        NodeBack("a", T + 20, True, "running"),
+        "a=aborted b=aborted",
+        "aborted",
+        ["rehab a"],
+    ),
+    R(
+        "late-resume",
+        aborted,
+        Resume(T + 100),
+        "a=aborted b=aborted",
+        "aborted",
+        ["timer late 1035"],
     ),
     # --- Resume -----------------------------------------------------------------------------
     R(
@@ -1302,6 +1475,12 @@ def _corrupt(**changes: Any) -> dict[str, Any]:
     return record
 
 
+def _late(**changes: Any) -> dict[str, Any]:
+    record = to_record(aborted())
+    record.update(changes)
+    return record
+
+
 @pytest.mark.parametrize(
     ("record", "match"),
     [
@@ -1333,11 +1512,60 @@ def _corrupt(**changes: Any) -> dict[str, Any]:
         (_corrupt(status="voting", nodes=[["a", "was_ready", False, None, None]]), "in a voting"),
         (_corrupt(nodes=[["a", "was_ready", False, None, None]]), "in a running job"),
         (_corrupt(status="voting"), "launched"),
+        (_corrupt(late_result_timeout=-1), "late_result_timeout"),
+        (_corrupt(late_deadline="soon"), "late_deadline"),
+        (_corrupt(late_deadline=T + 35), "late_deadline must be set exactly"),
+        (_corrupt(nodes=[["a", "running", True, None, None, True]]), "cannot owe"),
+        (_corrupt(nodes=[["a", "running", True, None, None, False]]), "sixth item"),
+        (_late(late_deadline=None), "late_deadline must be set exactly"),
+        (_late(status="complete"), "cannot owe"),
+        (_late(nodes=[["a", "succeeded", False, None, None, True]]), "cannot owe"),
     ],
 )
 def test_from_record_rejects(record: Any, match: str) -> None:
     with pytest.raises(StoreError, match=match):
         from_record(record)
+
+
+def test_owed_results_are_stored_per_node_and_old_records_still_load() -> None:
+    state = aborted(Result("a", "aborted", None, T + 6))
+    record = to_record(state)
+    assert record["late_deadline"] == T + 35 and record["late_result_timeout"] == 30
+    assert record["nodes"] == [
+        ["a", "aborted", False, None, None],
+        ["b", "aborted", False, None, None, True],
+    ]
+    restored = from_record(msgpack.unpackb(msgpack.packb(record)))
+    assert restored.owed == {"b"} and restored.late_deadline == T + 35
+    assert to_record(restored) == record
+    assert [holds(restored, n) for n in "ab"] == [False, True]
+    # a record stored before late results: no late keys, five-item node entries
+    old = to_record(started("ab", Result("a", "succeeded", 0, T + 3)))
+    del old["late_result_timeout"], old["late_deadline"]
+    loaded = from_record(old)
+    assert loaded.owed == frozenset() and loaded.late_result_timeout == 30.0
+    assert loaded.late_deadline is None
+    loaded, effects = transition(loaded, Abort(T + 4))
+    assert loaded.owed == {"b"}
+    assert [sig(e) for e in effects][-1] == "timer late 1034"
+
+
+def test_a_late_result_keeps_the_final_statuses() -> None:
+    """The whole story: abort, output and result after it, the feed closes last."""
+    state = started("abc", Result("c", "succeeded", 0, T + 3))
+    state, effects = transition(state, Abort(T + 5))
+    assert state.status is JobStatus.ABORTED and is_finished(state) and not is_closed(state)
+    assert buckets(state) == {"succeeded": ["c"], "aborted": ["a", "b"]}
+    assert not any(sig(e).startswith("pub job_complete") for e in effects)
+    for event in (
+        Output("a", "stdout", 0, b"bye\n"),
+        Result("a", "aborted", None, T + 6, LATE_FIELDS),
+        NodeDown("b", T + 7),
+    ):
+        state, effects = transition(state, event)
+    assert [sig(e) for e in effects] == ["cancel late", "pub job_complete aborted"]
+    assert is_closed(state)
+    assert buckets(state) == {"succeeded": ["c"], "aborted": ["a", "b"]}
 
 
 def test_restored_state_continues_like_the_original() -> None:
@@ -1408,6 +1636,7 @@ EXIT_CODES = [0, 1, None, 0, 2]
 # Event kinds (indexes into make_event's list), repeated to favour progress: uniform kinds
 # abort or crash most jobs within a few events and rarely reach the running phase.
 KINDS = [0, 1, 1, 1, 1, 1, 1, 2, 3, 3, 4, 5, 5, 5, 5, 6, 7, 7, 7, 7, 7, 8, 8, 8, 9, 9, 10, 11]
+KINDS += [12, 13, 14, 14, 15, 16]
 KINDS += [12, 13, 13]
 
 # One event as plain integers (fast to draw and shrink): kind, node, variant, flag.
@@ -1439,6 +1668,9 @@ def make_event(spec: tuple[int, int, int, int, bool], now: float) -> Event:
         Abort(now),
         Crash(now, "boom"),
         Resume(now, now - 1.0 if flag else None),
+        Output(node, "stdout", v, b"x"),
+        NodeAborted(node, now),
+        LateTimeout(now),
     ]
     return events[kind]
 
@@ -1486,16 +1718,22 @@ def _check_invariants(state: JobState) -> None:
     if is_finished(state):
         assert not any(s in LIVE_NODE_STATUSES for s in nodes.values())
         assert not state.away and not launched
+    # late results: only stopped nodes of a finished job owe one, while the late timer runs
+    assert all(nodes[n] in (NodeStatus.ABORTED, NodeStatus.TIMED_OUT) for n in state.owed)
+    assert (state.late_deadline is not None) == bool(state.owed)
+    if state.owed:
+        assert is_finished(state) and not is_closed(state)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(scenarios())
 def test_random_event_sequences(scenario: tuple[JobState, list[Event]]) -> None:
     state, events = scenario
-    finished_seen = False
+    closed_seen = False
     for event in events:
         before_nodes = dict(state.nodes)
         before_status = state.status
+        was_closed = is_closed(state)
         record = to_record(state)
         state, effects = transition(state, event)  # never raises
         _check_invariants(state)
@@ -1504,12 +1742,16 @@ def test_random_event_sequences(scenario: tuple[JobState, list[Event]]) -> None:
                 assert state.nodes[node] is status, (node, event)
         if before_status in FINISHED_JOB_STATUSES:
             assert state.status is before_status
+            assert not any(isinstance(e, (SendRun, SendCommit)) for e in effects)
+            published = {e.event for e in effects if isinstance(e, Publish)}
+            assert published <= {"late_result", "job_complete"}
+        if was_closed:
             assert to_record(state) == record
-            assert not any(isinstance(e, (Publish, SendRun, SendCommit)) for e in effects)
+            assert not any(isinstance(e, (Publish, KeepOutput)) for e in effects)
         completes = [e for e in effects if isinstance(e, Publish) and e.event == "job_complete"]
-        assert len(completes) == (1 if is_finished(state) and not finished_seen else 0)
+        assert len(completes) == (1 if is_closed(state) and not closed_seen else 0)
         if completes:
-            finished_seen = True
+            closed_seen = True
             assert [e for e in effects if isinstance(e, Publish)][-1] == Publish(
                 "job_complete", {"status": str(state.status)}
             )

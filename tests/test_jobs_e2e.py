@@ -67,6 +67,16 @@ printf 'start %s\\n' "$CHEF_PUSH_NODE_NAME"
 sleep "$1"
 printf 'done %s\\n' "$CHEF_PUSH_NODE_NAME"
 """,
+    # print on both channels, say so, then sleep $1 seconds; stopped (SIGTERM to the group),
+    # print on both channels again and exit 143
+    "chatty.sh": """\
+printf 'before out\\n'
+printf 'before err\\n' >&2
+trap 'printf "stopped out\\n"; printf "stopped err\\n" >&2; exit 143' TERM
+: > "@DIR@/pids/$CHEF_PUSH_NODE_NAME.ready"
+sleep "$1" 2>/dev/null  # (the shell's "Terminated" notice about sleep goes there too)
+printf 'after\\n'
+""",
     # start and end (nanosecond clock) of a short run, appended to one shared file
     "serial.sh": """\
 printf 'start %s %s\\n' "$CHEF_PUSH_NODE_NAME" "$(date +%s%N)" >> "@DIR@/serial.log"
@@ -80,6 +90,7 @@ def whitelist(scripts: Path, *, greet: bool = True) -> str:
     """The ``[[allow]]`` entries of every test agent (``greet`` only where asked)."""
     entries = [
         ("^capture$", f"/bin/sh {scripts}/capture.sh"),
+        ("^chatty ([0-9]+)$", f"/bin/sh {scripts}/chatty.sh \\1"),
         ("^fail-on ([a-z0-9]+)$", f"/bin/sh {scripts}/failon.sh \\1"),
         ("^probe$", f"/bin/sh {scripts}/probe.sh"),
         ("^sleep-pid ([0-9]+)$", f"/bin/sh {scripts}/sleeper.sh \\1"),
@@ -229,6 +240,28 @@ async def output(admin: Signed, job_id: str, node: str, channel: str) -> bytes:
     assert r.headers["content-type"] == "application/octet-stream"
     assert "X-Pushy-Output-Truncated" not in r.headers
     return r.content
+
+
+async def feed_events(admin: Signed, job_id: str) -> list[tuple[str, dict[str, Any]]]:
+    """The job feed of a job, read to its end: ``(name, data)`` per event."""
+    r = await admin.get(f"{ORG}/pushy/job_status_feed/{job_id}")
+    assert r.status_code == 200, r.text
+    names = [line[len("event: ") :] for line in r.text.splitlines() if line.startswith("event: ")]
+    data = [
+        json.loads(line[len("data: ") :])
+        for line in r.text.splitlines()
+        if line.startswith("data: ")
+    ]
+    assert len(names) == len(data)
+    return list(zip(names, data, strict=True))
+
+
+async def wait_file(path: Path) -> None:
+    """Poll until ``path`` exists."""
+    while True:
+        if await trio.Path(path).exists():
+            return
+        await trio.sleep(0.02)
 
 
 async def read_pids(scripts: Path, node: str) -> list[int]:
@@ -456,6 +489,80 @@ async def test_run_timeout_abort_and_busy(tmp_path: Path) -> None:
             job = await start_job(admin, {"command": "say ok", "nodes": nodes})
             doc = await wait_job(admin, job)
             assert doc["nodes"] == {"succeeded": nodes}
+
+
+STOPPED_OUT = b"before out\nstopped out\n"
+STOPPED_ERR = b"before err\nstopped err\n"
+
+
+async def check_late_result(
+    admin: Signed, job: str, status: str, node_status: str, agent_statuses: set[str]
+) -> None:
+    """The job ended ``status`` with ``node`` n1 ``node_status`` at once; n1's output and
+    result, which came after the end, are kept, published before ``job_complete`` and
+    served; the job's statuses did not change."""
+    events = await feed_events(admin, job)  # ends with job_complete
+    names = [name for name, _ in events]
+    assert names[-2:] == ["late_result", "job_complete"]
+    assert events[-1][1]["status"] == status
+    stop = names.index("run_complete")
+    assert events[stop][1] == {**events[stop][1], "node": "n1", "status": node_status}
+    late = {k: v for k, v in events[-2][1].items() if k != "timestamp"}
+    assert late["node"] == "n1"
+    assert late["status"] in agent_statuses
+    assert (late["exit_code"], late["signal"]) == (143, None)  # the trap's exit
+    assert (late["stdout_bytes"], late["stderr_bytes"]) == (len(STOPPED_OUT), len(STOPPED_ERR))
+    assert late["truncated"] is False
+    # the output printed after the stop arrived after run_complete, and was kept
+    printed = {"stdout": b"", "stderr": b""}
+    for name, data in events:
+        if name == "output":
+            printed[data["channel"]] += data["data"].encode()
+    assert printed == {"stdout": STOPPED_OUT, "stderr": STOPPED_ERR}
+    late_output = {"stdout": "", "stderr": ""}
+    for name, data in events[stop:]:
+        if name == "output":
+            late_output[data["channel"]] += data["data"]
+    assert late_output["stdout"].endswith("stopped out\n")
+    assert late_output["stderr"].endswith("stopped err\n")
+    assert await output(admin, job, "n1", "stdout") == STOPPED_OUT
+    assert await output(admin, job, "n1", "stderr") == STOPPED_ERR
+    doc = await job_doc(admin, job)
+    assert (doc["status"], doc["nodes"]) == (status, {node_status: ["n1"]})
+    r = await admin.get(f"{JOBS}/{job}?include_results=true")
+    assert r.json()["results"] == {"n1": {k: v for k, v in late.items() if k != "node"}}
+
+
+async def test_an_aborted_node_s_late_output_and_result_are_kept(tmp_path: Path) -> None:
+    async with cluster(tmp_path, ["n1"]) as c:
+        admin = c.admin
+        with trio.fail_after(LIMIT):
+            job = await start_job(
+                admin, {"command": "chatty 30", "nodes": ["n1"], "capture_output": True}
+            )
+            await wait_file(c.scripts / "pids" / "n1.ready")
+            r = await admin.post(f"{JOBS}/{job}/abort")
+            assert r.status_code == 200, r.text
+            # final at once: the abort does not wait for the node's result
+            assert (r.json()["status"], r.json()["nodes"]) == ("aborted", {"aborted": ["n1"]})
+            await check_late_result(admin, job, "aborted", "aborted", {"aborted"})
+            await wait_online(admin, ["n1"])
+
+
+async def test_a_timed_out_node_s_late_output_and_result_are_kept(tmp_path: Path) -> None:
+    async with cluster(tmp_path, ["n1"]) as c:
+        admin = c.admin
+        with trio.fail_after(LIMIT):
+            job = await start_job(
+                admin,
+                {"command": "chatty 30", "nodes": ["n1"], "capture_output": True, "run_timeout": 2},
+            )
+            await wait_file(c.scripts / "pids" / "n1.ready")
+            # The server's run timer (from the start of running) fires first and aborts the
+            # command: the agent reports aborted. The agent enforces the same run_timeout
+            # from its process's start, a moment later; when that wins, it says timed_out.
+            await check_late_result(admin, job, "timed_out", "timed_out", {"aborted", "timed_out"})
+            await wait_online(admin, ["n1"])
 
 
 async def test_a_restarted_agent_ends_the_job_process_its_crash_left(tmp_path: Path) -> None:

@@ -208,7 +208,7 @@ class _Feeds:
         after = _parse_job_event_id(last_event_id)
         if not 1 <= after <= entry.last_event_n():
             after = 0
-        if entry.finished:
+        if entry.closed:
             if not entry.events:
                 doc = {"timestamp": format_timestamp(time.time()), **job_document(entry)}
                 yield encode_event("summary", "job-1", doc)

@@ -55,8 +55,11 @@ def _summary(e: JobEntry) -> dict[str, Any]:
     return doc
 
 
-def job_document(e: JobEntry, *, include_file: bool = False) -> dict[str, Any]:
-    """The ``GET jobs/ID`` document (the original's shape plus ``quorum``, ``nack_reasons``)."""
+def job_document(
+    e: JobEntry, *, include_file: bool = False, include_results: bool = False
+) -> dict[str, Any]:
+    """The ``GET jobs/ID`` document (the original's shape plus ``quorum``, ``nack_reasons``;
+    with ``include_results``, ``results``: node → its stored result, late ones included)."""
     doc = _summary(e)
     doc["nodes"] = e.buckets()
     doc["quorum"] = e.job["quorum"]
@@ -70,6 +73,8 @@ def job_document(e: JobEntry, *, include_file: bool = False) -> dict[str, Any]:
         doc["max_concurrency"] = e.spec["max_concurrency"]
     if e.spec.get("max_failures") is not None:
         doc["max_failures"] = e.spec["max_failures"]
+    if include_results:
+        doc["results"] = e.results()
     return doc
 
 
@@ -127,7 +132,8 @@ def register(app: QuartTrio, svc: Services) -> None:
         await authorized(svc, org, "read")
         entry = find_job(svc, org, job_id)
         include = request.args.get("include_file", "").lower() == "true"
-        return json_response(job_document(entry, include_file=include))
+        results = request.args.get("include_results", "").lower() == "true"
+        return json_response(job_document(entry, include_file=include, include_results=results))
 
     @app.route("/organizations/<org>/pushy/jobs/<job_id>/abort", methods=["POST"])
     async def abort(org: str, job_id: str) -> Response:

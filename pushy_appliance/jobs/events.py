@@ -21,8 +21,10 @@ __all__ = [
     "Event",
     "GraceExpired",
     "KeepOutput",
+    "LateTimeout",
     "NackCommit",
     "NackRun",
+    "NodeAborted",
     "NodeAway",
     "NodeBack",
     "NodeDown",
@@ -213,6 +215,22 @@ class Resume:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class NodeAborted:
+    """The node's ``aborted {job_id}`` for this job: it holds nothing of the job any more
+    (a result it had came before, on the same connection)."""
+
+    node: str
+    now: float
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class LateTimeout:
+    """The ``late`` timer fired: the finished job stops waiting for the results it is owed."""
+
+    now: float
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class Output:
     """An ``output`` frame: ``data`` found at ``offset`` of the node's ``channel``."""
 
@@ -238,6 +256,8 @@ Event: TypeAlias = (
     | Crash
     | Resume
     | Output
+    | NodeAborted
+    | LateTimeout
 )
 
 # --- effects --------------------------------------------------------------------------------
@@ -293,7 +313,7 @@ class Publish:
     (the hub stamps it), exactly as ``API.md`` §3 "Event feeds"."""
 
     event: str
-    data: dict[str, str]
+    data: dict[str, Any]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -335,6 +355,6 @@ Effect: TypeAlias = (
 )
 
 NodeEvent: TypeAlias = (
-    AckCommit | NackCommit | AckRun | NackRun | Result | Output | NodeBack | NodeDown
+    AckCommit | NackCommit | AckRun | NackRun | Result | Output | NodeAborted | NodeBack | NodeDown
 )
 """The events that come from one node (what the node link hands to a job)."""

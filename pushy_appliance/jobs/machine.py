@@ -9,7 +9,10 @@ to rehab.
 Modules
     Statuses are in :mod:`.status`, events and effects in :mod:`.events`, the state and
     :func:`~.state.new_job` in :mod:`.state`, the stored form in :mod:`.record`; this module
-    holds :func:`transition` alone.
+    holds :func:`transition` alone. It is longer than our usual 600 lines on purpose: what is
+    left is one function's cases (voting, running, reconnects, the end and late results),
+    which call one another, and this docstring, a fifth of it, that states their rules. Split
+    further, the rules of one job's life would be spread over modules that import each other.
 
 Ownership and cost (read this before using a state twice)
     A job may hold 100,000 nodes and every vote is one event, so copying the node table per
@@ -26,9 +29,9 @@ Ownership and cost (read this before using a state twice)
 
 Times
     Every event carries ``now`` (the last vote may start the run, whose deadline is absolute).
-    Every ``now`` and deadline is wall-clock seconds since the epoch (``time.time()``): they
-    are persisted and compared across restarts. The runner turns a deadline into a trio
-    deadline with ``trio.current_time() + (deadline - time.time())``.
+    Every ``now`` and deadline is wall-clock seconds since the epoch (the runner's clock,
+    ``time.time()`` in production): they are persisted and compared across restarts. The
+    runner sleeps ``deadline - now()`` for a timer.
 
 Effects and restart
     The runner stores the new state (and the events of its :class:`Publish` effects, in the
@@ -43,14 +46,41 @@ Effects and restart
       ``run`` to a started node that is still only committed; a node holding a job it should
       not gets rehab. ``abort``/``release`` to a node that no longer holds the job is a no-op
       on the agent.
-    * Timers are named by kind (``voting``, ``run``, ``grace:NODE``); ``StartTimer`` replaces a
-      timer of the same kind, ``CancelTimer`` of an unknown or fired timer is a no-op, and a
-      timer event that arrives late (``VotingTimeout`` after voting ended, ``GraceExpired`` for
-      a node that came back) is ignored.
+    * Timers are named by kind (``voting``, ``run``, ``grace:NODE``, ``late``);
+      ``StartTimer`` replaces a timer of the same kind, ``CancelTimer`` of an unknown or fired
+      timer is a no-op, and a timer event that arrives late (``VotingTimeout`` after voting
+      ended, ``GraceExpired`` for a node that came back, ``LateTimeout`` after the last late
+      result) is ignored.
     * ``Publish`` effects are not re-issued: their events are stored with the state.
     * A send to a node that is offline may simply be dropped: whatever the node still needs
       is re-derived when it reconnects (``NodeBack``).
     * ``Resume`` of a ``new`` job does nothing: the runner sends ``Start`` as for a new job.
+    * ``Resume`` of a job that still waits for late results re-arms the ``late`` timer (its
+      deadline is stored); a finished job that owes nothing is not resumed at all.
+
+Late results
+    When the job ends while the server stops nodes that were sent ``run`` and are not away
+    (``Abort``: ``aborted``; the ``run`` timer: ``timed_out``), those nodes *owe* the job their
+    result: their agents stop the command and report. The job's status and every node's
+    status are final at once (stored at once, and what ``POST abort`` returns); only the feed
+    stays open:
+
+    * ``output`` of an owed node is kept (``KeepOutput``) and its ``result`` is taken:
+      acknowledged, published as ``late_result`` with the agent's fields (exit code, signal,
+      byte counts, truncation, duration), and stored like any result (the runner stores the
+      fields of every result it hands over). ``run_complete`` was published when the node
+      was stopped; its status does not change.
+    * A node stops owing when its result arrives; when it answers ``aborted`` for the job
+      without one (``NodeAborted``: its command had not started); when it goes offline
+      (``NodeDown``); or when it reconnects holding nothing of the job, or as a new
+      incarnation (``NodeBack``).
+    * ``job_complete``, always the feed's last event, is published when the last owed node
+      stops owing, or when the ``late`` timer fires (``late_result_timeout`` after the end;
+      ``LateTimeout``). A job that owes nothing completes at once, as before.
+    * The owed nodes (a sixth item of their node records) and the ``late`` deadline are
+      stored, so a restart resumes waiting; a ``hello`` carrying an owed result
+      (``NodeBack``) is taken.
+    * ``Crash`` (the engine gives up on the job) waits for nothing.
 
 Decisions the spec leaves open
     * Early quorum failure (``new + ready < quorum`` while voting): the job ends
@@ -71,8 +101,9 @@ Decisions the spec leaves open
       that end while voting publish at most a ``quorum_vote``.
     * A ``result`` is the agent's last word on a job (it is idle afterwards), so it is always
       acknowledged (``SendResultAck``). A result from a node that ran the job and already ended
-      (a re-sent duplicate, or the result of a process we aborted or gave up on) changes
-      nothing and is not a rehab; a result from a node that was never told to run is.
+      (a re-sent duplicate, or the result of a process we gave up on) changes nothing and is
+      not a rehab, unless the node owes it (see "Late results"); a result from a node that
+      was never told to run is a rehab.
     * Likewise ``ack_run``/``nack_run`` from a node the server already told to stop (final
       ``aborted`` or ``timed_out``) are expected stragglers and ignored.
     * ``rehab`` is published on the job feed only while the job is not finished (its feed
@@ -86,7 +117,7 @@ Decisions the spec leaves open
 from __future__ import annotations
 
 import dataclasses
-from typing import Final
+from typing import Any, Final
 
 from .events import (
     Abort,
@@ -98,8 +129,10 @@ from .events import (
     Event,
     GraceExpired,
     KeepOutput,
+    LateTimeout,
     NackCommit,
     NackRun,
+    NodeAborted,
     NodeBack,
     NodeDown,
     Output,
@@ -134,6 +167,9 @@ _RAN: Final = frozenset(
     }
 )
 _JOB_STATES: Final = frozenset({"idle", "committed", "running"})
+
+LATE_TIMER: Final = "late"
+"""The timer of a finished job waiting for late results."""
 
 REASON_RESTARTED: Final = "node restarted"
 REASON_NO_RECONNECT: Final = "node did not reconnect within the reconnect grace"
@@ -196,13 +232,17 @@ def transition(state: JobState, event: Event) -> tuple[JobState, tuple[Effect, .
         case RunTimeout():
             _run_timeout(step, event)
         case Abort():
-            _stop_all(step, JobStatus.ABORTED, NodeStatus.ABORTED, None)
+            _stop_all(step, event.now, JobStatus.ABORTED, NodeStatus.ABORTED, None)
         case Crash():
-            _stop_all(step, JobStatus.CRASHED, NodeStatus.CRASHED, event.reason)
+            _stop_all(step, event.now, JobStatus.CRASHED, NodeStatus.CRASHED, event.reason)
         case Resume():
             _resume(step, event)
         case Output():
             _output(step, event)
+        case NodeAborted():
+            _node_aborted(step, event)
+        case LateTimeout():
+            _late_timeout(step, event)
         case _:  # pragma: no cover - the Event union is closed; ignore anything else
             pass
     return step.result()
@@ -214,6 +254,7 @@ class _Step:
     __slots__ = (
         "changed",
         "effects",
+        "late_deadline",
         "run_deadline",
         "run_started_at",
         "state",
@@ -232,6 +273,7 @@ class _Step:
         self.voting_deadline = state.voting_deadline
         self.run_started_at = state.run_started_at
         self.run_deadline = state.run_deadline
+        self.late_deadline = state.late_deadline
         self.effects: list[Effect] = []
         self.touched: dict[str, None] = {}
         self.changed = False
@@ -249,6 +291,7 @@ class _Step:
             voting_deadline=self.voting_deadline,
             run_started_at=self.run_started_at,
             run_deadline=self.run_deadline,
+            late_deadline=self.late_deadline,
             version=version,
             touched=tuple(self.touched),
         )
@@ -279,7 +322,7 @@ class _Step:
         self.touched[node] = None
         self.changed = True
 
-    def publish(self, event: str, **data: str) -> None:
+    def publish(self, event: str, **data: Any) -> None:
         self.effects.append(Publish(event, data))
 
     def vote(self, node: str, status: str) -> None:
@@ -310,6 +353,30 @@ class _Step:
 
     def live_nodes(self) -> list[str]:
         return [n for n, s in self.t.nodes.items() if s in LIVE_NODE_STATUSES]
+
+    def stop_node(self, node: str, status: NodeStatus, reason: str | None = None) -> None:
+        """The server stops a live node as the job ends: ``status`` at once; a node that was
+        sent ``run`` and is not away owes the job its result (see "Late results")."""
+        owes = node in self.t.launched and node not in self.t.away
+        self.set_node(node, status, reason)
+        if owes:
+            self.t.owed[node] = None
+
+    def stop_waiting(self, node: str) -> None:
+        """``node`` owes nothing any more; the job closes with the last debt."""
+        del self.t.owed[node]
+        self.touch(node)
+        if not self.t.owed:
+            self.close()
+
+    def close(self, *, timer_fired: bool = False) -> None:
+        """The job's feed ends: stop waiting for late results, publish ``job_complete``."""
+        if self.late_deadline is not None:
+            self.late_deadline = None
+            self.changed = True
+            if not timer_fired:
+                self.effects.append(CancelTimer(LATE_TIMER))
+        self.publish("job_complete", status=str(self.status))
 
 
 # --- voting ---------------------------------------------------------------------------------
@@ -381,6 +448,9 @@ def _nack_commit(step: _Step, ev: NackCommit) -> None:
 
 def _node_down(step: _Step, ev: NodeDown) -> None:
     node = ev.node
+    if node in step.t.owed:  # its result is lost with the connection: wait no more
+        step.stop_waiting(node)
+        return
     status = step.t.nodes.get(node)
     if status is None or status not in LIVE_NODE_STATUSES:
         return
@@ -425,7 +495,7 @@ def _end_voting(step: _Step, now: float, success: bool) -> None:
                 released.append(node)
         if released:
             step.effects.append(ReleaseNodes(tuple(released)))
-        _finish(step, JobStatus.QUORUM_FAILED)
+        _finish(step, now, JobStatus.QUORUM_FAILED)
         return
     step.publish("quorum_succeeded")
     step.set_status(JobStatus.RUNNING)
@@ -447,13 +517,13 @@ def _settle(step: _Step, now: float) -> None:
         elif ready + new < step.state.quorum:
             _end_voting(step, now, False)
     if step.status is JobStatus.RUNNING:
-        _run_progress(step)
+        _run_progress(step, now)
 
 
 # --- running --------------------------------------------------------------------------------
 
 
-def _run_progress(step: _Step) -> None:
+def _run_progress(step: _Step, now: float) -> None:
     t = step.t
     limit = step.state.max_failures
     if not step.stopped and limit is not None and sum(t.counts[s] for s in FAILURES) > limit:
@@ -461,7 +531,7 @@ def _run_progress(step: _Step) -> None:
     if not step.stopped:
         _launch(step)
     if not any(t.counts[s] for s in LIVE_NODE_STATUSES):
-        _finish(step, JobStatus.COMPLETE)
+        _finish(step, now, JobStatus.COMPLETE)
 
 
 def _stop_starting(step: _Step) -> None:
@@ -495,9 +565,10 @@ def _launch(step: _Step) -> None:
         step.effects.append(SendRun(tuple(batch)))
 
 
-def _finish(step: _Step, status: JobStatus, *, run_timer_fired: bool = False) -> None:
+def _finish(step: _Step, now: float, status: JobStatus, *, run_timer_fired: bool = False) -> None:
     """End the job. Every node is final by now, so none is away or launched any more (their
-    grace timers were cancelled as they ended)."""
+    grace timers were cancelled as they ended). The feed ends at once, or, when stopped
+    nodes owe their results, when the last arrives or the ``late`` timer fires."""
     if step.voting_deadline is not None:
         step.effects.append(CancelTimer("voting"))
         step.voting_deadline = None
@@ -505,7 +576,11 @@ def _finish(step: _Step, status: JobStatus, *, run_timer_fired: bool = False) ->
         step.effects.append(CancelTimer("run"))
     step.t.pending.clear()
     step.set_status(status)
-    step.publish("job_complete", status=str(status))
+    if step.t.owed:
+        step.late_deadline = now + step.state.late_result_timeout
+        step.effects.append(StartTimer(LATE_TIMER, step.late_deadline))
+    else:
+        step.close()
 
 
 def _ack_run(step: _Step, ev: AckRun) -> None:
@@ -566,6 +641,8 @@ def _result(step: _Step, ev: Result) -> None:
     status = t.nodes.get(node)
     if status is None:
         step.effects.append(SendRehab(node))
+    elif node in t.owed:
+        _late_result(step, ev)
     elif step.status is JobStatus.RUNNING and (
         status is NodeStatus.RUNNING or (status is NodeStatus.READY and node in t.launched)
     ):
@@ -595,6 +672,8 @@ def _node_back(step: _Step, ev: NodeBack) -> None:
         return
     if ev.result is not None:
         _result(step, ev.result)
+    elif node in t.owed and (holds == "idle" or not ev.same_incarnation):
+        step.stop_waiting(node)  # it has no result for the job: nothing will come
     status = t.nodes[node]
     if step.finished or status not in LIVE_NODE_STATUSES:
         if holds != "idle" and ev.result is None:
@@ -675,32 +754,70 @@ def _run_timeout(step: _Step, ev: RunTimeout) -> None:
         return
     live = step.live_nodes()
     for node in live:
-        step.set_node(node, NodeStatus.TIMED_OUT)
+        step.stop_node(node, NodeStatus.TIMED_OUT)
         step.run_complete(node, "timed_out")
     if live:
         step.effects.append(SendAbort(tuple(live)))
-    _finish(step, JobStatus.TIMED_OUT, run_timer_fired=True)
+    _finish(step, ev.now, JobStatus.TIMED_OUT, run_timer_fired=True)
 
 
-def _stop_all(step: _Step, job: JobStatus, node_status: NodeStatus, reason: str | None) -> None:
-    """Abort or crash the job: every live node ends ``node_status``."""
+def _stop_all(
+    step: _Step, now: float, job: JobStatus, node_status: NodeStatus, reason: str | None
+) -> None:
+    """Abort or crash the job: every live node ends ``node_status`` (an aborted node that
+    was sent ``run`` owes its result; the engine that gives up on a job waits for nothing)."""
     if step.finished:
         return
     live = step.live_nodes()
     running = step.status is JobStatus.RUNNING
     for node in live:
-        step.set_node(node, node_status, reason)
+        if job is JobStatus.ABORTED:
+            step.stop_node(node, node_status, reason)
+        else:
+            step.set_node(node, node_status, reason)
         if running:
             step.run_complete(node, str(node_status))
     if live and step.status is not JobStatus.NEW:
         step.effects.append(SendAbort(tuple(live)))
-    _finish(step, job)
+    _finish(step, now, job)
+
+
+# --- late results -----------------------------------------------------------------------------
 
 
 def _output(step: _Step, ev: Output) -> None:
-    """A node's output is kept while the job has not finished."""
-    if ev.node in step.t.nodes and not step.finished:
-        step.effects.append(KeepOutput(ev.node, ev.channel, ev.offset, ev.data))
+    """Output is kept from the nodes of a job that has not finished, then from the nodes
+    that owe it their result."""
+    node = ev.node
+    if (node in step.t.nodes and not step.finished) or node in step.t.owed:
+        step.effects.append(KeepOutput(node, ev.channel, ev.offset, ev.data))
+
+
+def _late_result(step: _Step, ev: Result) -> None:
+    """The result of a node the job stopped: published (its fields) and no longer owed; the
+    node's status does not change."""
+    fields = (
+        ev.fields if ev.fields is not None else {"status": ev.status, "exit_code": ev.exit_code}
+    )
+    step.publish("late_result", node=ev.node, **fields)
+    step.stop_waiting(ev.node)
+
+
+def _node_aborted(step: _Step, ev: NodeAborted) -> None:
+    """The agent holds nothing of the job any more: whatever it owed came before, or never
+    will (a node that had not started its command has no result)."""
+    if ev.node in step.t.owed:
+        step.stop_waiting(ev.node)
+
+
+def _late_timeout(step: _Step, ev: LateTimeout) -> None:
+    t = step.t
+    if not step.finished or not t.owed:
+        return  # a stale timer
+    for node in list(t.owed):
+        step.touch(node)
+    t.owed.clear()
+    step.close(timer_fired=True)
 
 
 def _resume(step: _Step, ev: Resume) -> None:
@@ -716,6 +833,8 @@ def _resume(step: _Step, ev: Resume) -> None:
         step.run_deadline = run_deadline
         step.effects.append(StartTimer("run", run_deadline))
     else:
+        if step.late_deadline is not None:  # still owed results: wait what is left
+            step.effects.append(StartTimer(LATE_TIMER, step.late_deadline))
         return
     step.changed = True
     grace = ev.now + step.state.reconnect_grace

@@ -15,14 +15,20 @@ so that msgpack can hold them and a restart can rebuild the state exactly. The f
       max_concurrency, max_failures                      int or None
       stopped          bool
       voting_deadline, run_started_at, run_deadline      float or None (epoch seconds)
+      late_result_timeout   number (seconds)             (absent before late results: 30)
+      late_deadline    float or None                     (absent before late results: None)
       version          int
       nodes            list, in request order, of node records:
                        [name, status, launched (bool), away_deadline or None, reason or None]
+                       and a sixth item, true, for a node that owes a late result
 
     job_record(state) is the same map without "nodes"; node_record(state, node) one entry of
     "nodes", so a runner may store the job map and the touched nodes' entries separately and
     reassemble the full map for from_record. The queue of ready nodes waiting for a slot is not
     stored: from_record rebuilds it in request order.
+
+    The format number stays 1: the late-result keys are additions, and records stored
+    before them (no late keys, five-item node entries) load as jobs that owe nothing.
 
 :func:`from_record` checks every field and the consistency of node and job statuses, and
 raises :class:`~pushy_appliance.errors.StoreError` for anything else: a damaged or foreign
@@ -35,7 +41,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Final, TypeAlias
 
 from ..errors import StoreError
-from .state import JobState, NodeTables, check_params
+from .state import DEFAULT_LATE_RESULT_TIMEOUT, JobState, NodeTables, check_params
 from .status import FINISHED_JOB_STATUSES, LIVE_NODE_STATUSES, JobStatus, NodeStatus
 
 __all__ = ["RECORD_FORMAT", "clone", "from_record", "job_record", "node_record", "to_record"]
@@ -57,8 +63,15 @@ _JOB_KEYS: Final = (
     "voting_deadline",
     "run_started_at",
     "run_deadline",
+    "late_result_timeout",
+    "late_deadline",
     "version",
 )
+_OPTIONAL_KEYS: Final = {
+    "late_result_timeout": DEFAULT_LATE_RESULT_TIMEOUT,
+    "late_deadline": None,
+}
+"""Keys added after format 1 was first written, with the value a record without them means."""
 
 
 def job_record(state: JobState) -> dict[str, Any]:
@@ -84,6 +97,8 @@ def job_record(state: JobState) -> dict[str, Any]:
         "voting_deadline": state.voting_deadline,
         "run_started_at": state.run_started_at,
         "run_deadline": state.run_deadline,
+        "late_result_timeout": state.late_result_timeout,
+        "late_deadline": state.late_deadline,
         "version": state.version,
     }
 
@@ -96,13 +111,17 @@ def node_record(state: JobState, node: str) -> list[Any]:
         node: one of its nodes.
 
     Returns:
-        ``[name, status, launched, away_deadline, reason]``.
+        ``[name, status, launched, away_deadline, reason]``, and ``True`` after them when the
+        node owes the job a late result.
 
     Raises:
         KeyError: ``node`` is not part of the job.
     """
     t = state.tables
-    return [node, str(t.nodes[node]), node in t.launched, t.away.get(node), t.reasons.get(node)]
+    entry = [node, str(t.nodes[node]), node in t.launched, t.away.get(node), t.reasons.get(node)]
+    if node in t.owed:
+        entry.append(True)
+    return entry
 
 
 def to_record(state: JobState) -> dict[str, Any]:
@@ -126,7 +145,8 @@ def from_record(record: Mapping[str, Any]) -> JobState:
         record: the map, as stored.
 
     Returns:
-        A state equal to the one recorded (``to_record`` of it gives ``record`` back).
+        A state equal to the one recorded (``to_record`` of it gives ``record`` back; a
+        record from before late results gains their keys, with the values they mean).
 
     Raises:
         StoreError: the map is not a valid job record.
@@ -156,12 +176,21 @@ def from_record(record: Mapping[str, Any]) -> JobState:
     run_timeout = _num_field(record, "run_timeout", bad)
     voting_timeout = _num_field(record, "voting_timeout", bad)
     reconnect_grace = _num_field(record, "reconnect_grace", bad)
+    full = {**_OPTIONAL_KEYS, **record}
+    late_result_timeout = _num_field(full, "late_result_timeout", bad)
+    late_deadline = _opt_num_field(full, "late_deadline", bad)
     stopped = record.get("stopped")
     if not isinstance(stopped, bool):
         raise bad("stopped is not a boolean")
     try:
         check_params(
-            quorum, run_timeout, voting_timeout, reconnect_grace, max_concurrency, max_failures
+            quorum,
+            run_timeout,
+            voting_timeout,
+            reconnect_grace,
+            max_concurrency,
+            max_failures,
+            late_result_timeout,
         )
     except ValueError as exc:
         raise bad(str(exc)) from None
@@ -173,8 +202,9 @@ def from_record(record: Mapping[str, Any]) -> JobState:
     launched: set[str] = set()
     away: dict[str, float] = {}
     reasons: dict[str, str] = {}
+    owed: dict[str, None] = {}
     for entry in entries:
-        name, node_status, is_launched, away_deadline, reason = _node_entry(entry, bad)
+        name, node_status, is_launched, away_deadline, reason, owes = _node_entry(entry, bad)
         if name in nodes:
             raise bad(f"duplicate node {name!r}")
         nodes[name] = node_status
@@ -189,13 +219,22 @@ def from_record(record: Mapping[str, Any]) -> JobState:
             away[name] = away_deadline
         if reason is not None:
             reasons[name] = reason
+        if owes:
+            if status not in _STOPPED_JOBS or node_status not in _STOPPED:
+                raise bad(
+                    f"node {name!r} cannot owe a result while {node_status} in a {status} job"
+                )
+            owed[name] = None
         if not _node_fits(status, node_status, is_launched):
             raise bad(f"node {name!r} is {node_status} in a {status} job")
 
+    if (late_deadline is None) != (not owed):
+        raise bad("late_deadline must be set exactly while nodes owe results")
     tables = NodeTables(nodes, version)
     tables.launched = launched
     tables.away = away
     tables.reasons = reasons
+    tables.owed = owed
     if status is JobStatus.RUNNING and not stopped:
         tables.pending.extend(
             n
@@ -215,6 +254,8 @@ def from_record(record: Mapping[str, Any]) -> JobState:
         voting_deadline=_opt_num_field(record, "voting_deadline", bad),
         run_started_at=_opt_num_field(record, "run_started_at", bad),
         run_deadline=_opt_num_field(record, "run_deadline", bad),
+        late_result_timeout=late_result_timeout,
+        late_deadline=late_deadline,
         version=version,
         touched=(),
         tables=tables,
@@ -249,6 +290,10 @@ def _node_fits(job: JobStatus, node: NodeStatus, launched: bool) -> bool:
 _VOTING_NODE_STATUSES: Final = frozenset(
     {NodeStatus.NEW, NodeStatus.READY, NodeStatus.UNAVAILABLE, NodeStatus.NACKED}
 )
+_STOPPED: Final = frozenset({NodeStatus.ABORTED, NodeStatus.TIMED_OUT})
+"""Statuses of nodes the server stopped: the only ones that may owe a late result."""
+_STOPPED_JOBS: Final = frozenset({JobStatus.ABORTED, JobStatus.TIMED_OUT})
+"""Statuses of the jobs that stop nodes as they end."""
 
 
 _Bad: TypeAlias = Callable[[str], StoreError]
@@ -276,10 +321,12 @@ def _opt_num_field(record: Mapping[str, Any], key: str, bad: _Bad) -> float | No
     return None if record.get(key) is None else _num_field(record, key, bad)
 
 
-def _node_entry(entry: object, bad: _Bad) -> tuple[str, NodeStatus, bool, float | None, str | None]:
-    if not isinstance(entry, (list, tuple)) or len(entry) != 5:
-        raise bad(f"node entry {entry!r} is not [name, status, launched, away, reason]")
-    name, status, launched, away_deadline, reason = entry
+def _node_entry(
+    entry: object, bad: _Bad
+) -> tuple[str, NodeStatus, bool, float | None, str | None, bool]:
+    if not isinstance(entry, (list, tuple)) or len(entry) not in (5, 6):
+        raise bad(f"node entry {entry!r} is not [name, status, launched, away, reason, owes?]")
+    name, status, launched, away_deadline, reason = entry[:5]
     if not isinstance(name, str):
         raise bad(f"node name {name!r} is not a string")
     if not isinstance(status, str) or status not in NodeStatus.__members__.values():
@@ -293,4 +340,6 @@ def _node_entry(entry: object, bad: _Bad) -> tuple[str, NodeStatus, bool, float 
         raise bad(f"node {name!r}: away deadline is not a number")
     if reason is not None and not isinstance(reason, str):
         raise bad(f"node {name!r}: reason is not a string")
-    return name, node_status, launched, away_deadline, reason
+    if len(entry) == 6 and entry[5] is not True:
+        raise bad(f"node {name!r}: the sixth item (owes a result) is not true")
+    return name, node_status, launched, away_deadline, reason, len(entry) == 6

@@ -69,7 +69,7 @@ class Retention:
         old = [
             e.id
             for e in self.model.jobs.values()
-            if e.finished_at is not None and e.finished_at < cutoff and e.finished
+            if e.finished_at is not None and e.finished_at < cutoff and e.closed
         ]
         for job_id in old:
             await self.db.commit({"t": "job.purge", "id": job_id})

@@ -47,6 +47,7 @@ from .events import (
     Event,
     GraceExpired,
     KeepOutput,
+    LateTimeout,
     NodeBack,
     NodeDown,
     NodeEvent,
@@ -66,7 +67,7 @@ from .events import (
 )
 from .machine import transition
 from .model import JobEntry, JobsModel
-from .state import JobState, holds, is_finished, new_job
+from .state import DEFAULT_LATE_RESULT_TIMEOUT, JobState, holds, is_closed, is_finished, new_job
 from .status import JobStatus
 from .validation import JobRequest
 
@@ -90,7 +91,10 @@ class _LiveJob:
         self.room.set()
         self.timers: dict[str, trio.CancelScope] = {}
         self.stamper = MonotonicStamper()
+        self.ended = trio.Event()
+        """Set once the job's end (a finished status) is durable."""
         self.done = trio.Event()
+        """Set once the job is closed (no late result owed) and no longer driven."""
         self.nursery: trio.Nursery | None = None
         self.outgoing: list[tuple[NodeSession, type[Any], dict[str, Any]]] = []
         """Frames the machine asked for, written by the job's task after the step is stored
@@ -124,7 +128,7 @@ class JobRunner:
         registry: the node registry (sessions to send frames to).
         link: the node link; the runner becomes its job port.
         feeds: where stored feed events are published.
-        voting_timeout, reconnect_grace: seconds, from the configuration.
+        voting_timeout, reconnect_grace, late_result_timeout: seconds, from the configuration.
         now: the clock (seconds since the epoch) of events and timers.
     """
 
@@ -137,6 +141,7 @@ class JobRunner:
         *,
         voting_timeout: float,
         reconnect_grace: float,
+        late_result_timeout: float = DEFAULT_LATE_RESULT_TIMEOUT,
         now: Callable[[], float] = time.time,
     ) -> None:
         self.db = db
@@ -145,6 +150,7 @@ class JobRunner:
         self.feeds = feeds
         self.voting_timeout = voting_timeout
         self.reconnect_grace = reconnect_grace
+        self.late_result_timeout = late_result_timeout
         self._now = now
         self.live: dict[str, _LiveJob] = {}
         self._nursery: trio.Nursery | None = None
@@ -174,11 +180,12 @@ class JobRunner:
             await trio.sleep_forever()
 
     async def resume(self) -> None:
-        """Restart every unfinished job of the store (``Resume`` with its remaining time)."""
+        """Restart every unfinished job of the store (``Resume`` with its remaining time), and
+        every finished one that still waits for late results."""
         now = self._now()
         stopped_at = self.model.last_at or None
         for entry in list(self.model.jobs.values()):
-            if entry.finished:
+            if entry.closed:
                 continue
             state = record.from_record(entry.state_record())
             job = await self._adopt(entry, state)
@@ -206,6 +213,8 @@ class JobRunner:
         if stamper is not None:
             job.stamper = stamper
         self.live[entry.id] = job
+        if is_finished(state):
+            job.ended.set()
         self.link.hold(entry.org, entry.id, [n for n in state.nodes if holds(state, n)])
         assert self._nursery is not None
         await self._nursery.start(self._drive, job, first)
@@ -234,6 +243,7 @@ class JobRunner:
             reconnect_grace=self.reconnect_grace,
             max_concurrency=max_concurrency,
             max_failures=max_failures,
+            late_result_timeout=self.late_result_timeout,
         )
         spec: dict[str, Any] = {
             "command": req.command,
@@ -295,7 +305,8 @@ class JobRunner:
         return job_id
 
     async def abort(self, org: str, job_id: str) -> None:
-        """Abort a voting or running job and wait until that is durable.
+        """Abort a voting or running job and wait until its end is durable (not for the late
+        results of the nodes it stopped: the job's and the nodes' statuses are final then).
 
         Raises:
             NotFoundError: no such job in ``org``.
@@ -308,7 +319,7 @@ class JobRunner:
         if job is None or entry.finished:
             raise ConflictError("job already finished", list_form=False)
         job.post(Abort(self._now()))
-        await job.done.wait()
+        await job.ended.wait()
 
     # --- the job port (node messages from the link) -----------------------------------------
 
@@ -348,7 +359,7 @@ class JobRunner:
             try:
                 while True:
                     await self._write(job)
-                    if is_finished(job.state):
+                    if is_closed(job.state):
                         break
                     await job.wakeup.wait()
                     job.wakeup = trio.Event()
@@ -412,6 +423,8 @@ class JobRunner:
             "at": now,
         }
         await self.db.commit(step)
+        if is_finished(state):
+            job.ended.set()
         released = [name for name in touched if not holds(state, name)]
         self.link.release(job.entry.org, job.id, released)
         self._perform(job, effects, events)
@@ -496,7 +509,7 @@ class JobRunner:
         old = job.timers.pop(kind, None)
         if old is not None:
             old.cancel()
-        if is_finished(job.state):
+        if is_closed(job.state):
             return
         scope = trio.CancelScope()
         job.timers[kind] = scope
@@ -515,6 +528,8 @@ class JobRunner:
                 job.post(VotingTimeout(now))
             elif kind == "run":
                 job.post(RunTimeout(now))
+            elif kind == "late":
+                job.post(LateTimeout(now))
             elif kind.startswith("grace:"):
                 job.post(GraceExpired(kind[len("grace:") :], now))
 

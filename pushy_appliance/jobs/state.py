@@ -17,11 +17,13 @@ from typing import Final
 from .status import FINISHED_JOB_STATUSES, LIVE_NODE_STATUSES, JobStatus, NodeStatus
 
 __all__ = [
+    "DEFAULT_LATE_RESULT_TIMEOUT",
     "FAILURES",
     "JobState",
     "NodeTables",
     "check_params",
     "holds",
+    "is_closed",
     "is_finished",
     "new_job",
 ]
@@ -29,12 +31,16 @@ __all__ = [
 FAILURES: Final = (NodeStatus.FAILED, NodeStatus.CRASHED, NodeStatus.TIMED_OUT)
 """Node statuses that count against ``max_failures``."""
 
+DEFAULT_LATE_RESULT_TIMEOUT: Final = 30.0
+"""Seconds a finished job waits for the results its stopped nodes owe (the default of
+``jobs.late_result_timeout``, and the value of records stored before the setting existed)."""
+
 
 class NodeTables:
     """The per-node part of a job's state, updated in place by the transition that owns it
     (only :mod:`.machine` writes it; :mod:`.record` reads and builds it)."""
 
-    __slots__ = ("away", "counts", "launched", "nodes", "pending", "reasons", "version")
+    __slots__ = ("away", "counts", "launched", "nodes", "owed", "pending", "reasons", "version")
 
     def __init__(self, nodes: dict[str, NodeStatus], version: int) -> None:
         self.nodes = nodes
@@ -49,6 +55,8 @@ class NodeTables:
         """Nodes that were sent ``run`` and are still live."""
         self.away: dict[str, float] = {}
         """Live nodes that are offline, with the deadline of their reconnect grace."""
+        self.owed: dict[str, None] = {}
+        """Nodes of a finished job that owe it their result (an ordered set)."""
         self.version = version
 
 
@@ -74,6 +82,8 @@ class JobState:
         voting_deadline: when the voting timer fires (while voting).
         run_started_at: when running began.
         run_deadline: when the run timer fires.
+        late_result_timeout: seconds a finished job waits for the results it is owed.
+        late_deadline: when the ``late`` timer fires (while results are owed).
         version: bumped by every transition that changes the state.
         touched: nodes whose :func:`node_record` the transition that built this state changed.
     """
@@ -90,6 +100,8 @@ class JobState:
     voting_deadline: float | None
     run_started_at: float | None
     run_deadline: float | None
+    late_result_timeout: float
+    late_deadline: float | None
     version: int
     touched: tuple[str, ...]
     tables: NodeTables = dataclasses.field(repr=False)
@@ -114,6 +126,11 @@ class JobState:
     def launched(self) -> frozenset[str]:
         """Nodes that were sent ``run`` and are still live."""
         return frozenset(self.tables.launched)
+
+    @property
+    def owed(self) -> frozenset[str]:
+        """Nodes of a finished job that owe it their result."""
+        return frozenset(self.tables.owed)
 
     @property
     def failures(self) -> int:
@@ -142,6 +159,7 @@ def new_job(
     reconnect_grace: float,
     max_concurrency: int | None = None,
     max_failures: int | None = None,
+    late_result_timeout: float = DEFAULT_LATE_RESULT_TIMEOUT,
 ) -> JobState:
     """A job in status ``new``, every node ``new``. Send it :class:`Start` to begin voting.
 
@@ -154,6 +172,8 @@ def new_job(
         reconnect_grace: seconds an offline running node has to come back.
         max_concurrency: most nodes running at once (≥ 1), ``None`` for all.
         max_failures: failures tolerated before no further node starts (≥ 0), ``None``.
+        late_result_timeout: seconds the job, once ended, waits for the results of the
+            nodes it stopped.
 
     Returns:
         The new state.
@@ -167,7 +187,13 @@ def new_job(
     if len(table) != len(names):
         raise ValueError("duplicate node names")
     check_params(
-        quorum, run_timeout, voting_timeout, reconnect_grace, max_concurrency, max_failures
+        quorum,
+        run_timeout,
+        voting_timeout,
+        reconnect_grace,
+        max_concurrency,
+        max_failures,
+        late_result_timeout,
     )
     return JobState(
         job_id=job_id,
@@ -182,6 +208,8 @@ def new_job(
         voting_deadline=None,
         run_started_at=None,
         run_deadline=None,
+        late_result_timeout=late_result_timeout,
+        late_deadline=None,
         version=0,
         touched=(),
         tables=NodeTables(table, 0),
@@ -195,13 +223,20 @@ def check_params(
     reconnect_grace: float,
     max_concurrency: int | None,
     max_failures: int | None,
+    late_result_timeout: float = DEFAULT_LATE_RESULT_TIMEOUT,
 ) -> None:
+    """Check :func:`new_job`'s numbers.
+
+    Raises:
+        ValueError: one is out of range (its message names it).
+    """
     if quorum < 0:
         raise ValueError(f"quorum {quorum} < 0")
     for name, value in (
         ("run_timeout", run_timeout),
         ("voting_timeout", voting_timeout),
         ("reconnect_grace", reconnect_grace),
+        ("late_result_timeout", late_result_timeout),
     ):
         if not value >= 0 or math.isinf(value):
             raise ValueError(f"{name} {value!r} is not a finite number >= 0")
@@ -217,11 +252,18 @@ def is_finished(state: JobState) -> bool:
     return state.status in FINISHED_JOB_STATUSES
 
 
+def is_closed(state: JobState) -> bool:
+    """Whether nothing about the job changes any more: it finished and no node owes it a
+    result, so its feed is complete (``job_complete`` was published)."""
+    return state.status in FINISHED_JOB_STATUSES and not state.tables.owed
+
+
 def holds(state: JobState, node: str) -> bool:
     """Whether the job holds ``node``: the node is live in it (a node sent a commit is about
-    to be busy with it). What the runner tells the node link.
+    to be busy with it), or owes it a result. What the runner tells the node link.
 
     Raises:
         KeyError: ``node`` is not part of the job.
     """
-    return state.tables.nodes[node] in LIVE_NODE_STATUSES
+    t = state.tables
+    return t.nodes[node] in LIVE_NODE_STATUSES or node in t.owed

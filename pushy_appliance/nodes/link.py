@@ -45,6 +45,7 @@ from ..jobs.events import (
     AckRun,
     NackCommit,
     NackRun,
+    NodeAborted,
     NodeBack,
     NodeDown,
     NodeEvent,
@@ -231,6 +232,8 @@ class NodeLink:
         if isinstance(frame, protocol.Aborted):
             if self._rehab.get((org, node)) is session:
                 del self._rehab[(org, node)]
+            if frame.job_id is not None:  # the job it held, if still live, learns it is gone
+                await self.port.post(org, frame.job_id, NodeAborted(node, self._now()))
             return
         job_id = getattr(frame, "job_id", None)
         event = _job_event(frame, node, self._now())
