@@ -113,6 +113,8 @@ class LimitsConfig:
     """Most nodes one job may name."""
     node_outbox: int = 256
     """Frames queued for one node before the connection is dropped as stuck."""
+    node_send_buffer: int = 0
+    """``SO_SNDBUF`` of each node socket in bytes; 0 keeps the OS default (autotuned)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -395,6 +397,8 @@ def _check_server(c: ServerConfig) -> ServerConfig:
         raise ConfigError("config", "jobs.default_run_timeout", "must be 1 … 86400")
     if c.jobs.retention_days < 0:
         raise ConfigError("config", "jobs.retention_days", "must be 0 or more")
+    if c.limits.node_send_buffer < 0:
+        raise ConfigError("config", "limits.node_send_buffer", "must be 0 or more")
     if not 0 <= c.jobs.late_result_timeout <= 86_400:
         raise ConfigError("config", "jobs.late_result_timeout", "must be 0 … 86400")
     for key, val in (

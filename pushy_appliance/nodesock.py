@@ -7,8 +7,10 @@ upgrade. After the upgrade: the agent's ``hello`` (within ``HELLO_TIMEOUT``), th
 ``welcome``, then frames both ways until either side closes.
 
 Per connection there is a reader (this handler's task) and a writer draining the session's
-bounded outbox; the heartbeat ticker and the job engine write directly when nothing is queued
-(see :mod:`.nodes.registry`). Protocol errors are logged with the node name and the frame
+bounded outbox; the heartbeat ticker and the job engine write directly when that cannot
+block (see :mod:`.nodes.registry`; the connection's room probe is a
+:class:`~.nodes.sendroom.SendRoom` on its TCP socket, whose send buffer is
+``limits.node_send_buffer`` when set). Protocol errors are logged with the node name and the frame
 dropped; three within a minute close the connection (1008). Frames over the size cap close it
 with 1009 (trio-websocket enforces the cap before a frame is buffered).
 """
@@ -37,6 +39,7 @@ from .http import Services
 from .http._auth import authenticate
 from .nodes.link import NodeLink
 from .nodes.registry import CLOSE_PROTOCOL, NodeRegistry, NodeSession
+from .nodes.sendroom import SendRoom, set_send_buffer, tcp_socket
 
 __all__ = ["HELLO_TIMEOUT", "serve_nodes"]
 
@@ -113,8 +116,16 @@ class _Connection:
             log.warning("node %s: no hello within %.0f s", who, HELLO_TIMEOUT)
             await self.ws.aclose(CLOSE_PROTOCOL, "no hello")
             return
+        # trio-websocket keeps its stream private; without it there is no room probe and
+        # every direct write is tried (the stall timeout is the backstop)
+        sock = tcp_socket(getattr(self.ws, "_stream", None))
+        room = None
+        if sock is not None:
+            if self.svc.config.limits.node_send_buffer:
+                set_send_buffer(sock, self.svc.config.limits.node_send_buffer)
+            room = SendRoom.of(sock)
         session, outbox = self.registry.open_session(
-            org, node, hello, self.request_close, self.send_message
+            org, node, hello, self.request_close, self.send_message, room
         )
         seqs = protocol.SeqTracker()
         seqs.check(hello.seq)

@@ -27,7 +27,8 @@ class Behaviour:
     stderr: bytes = b""
     ignore_run: bool = False
     deaf: bool = False
-    """Stop reading after ``welcome`` (heartbeats still go out): a node whose socket fills."""
+    """Stop reading after ``welcome`` (heartbeats still go out): a node whose socket fills.
+    The WebSocket client's own reader then stops too, holding the next frame (no queue)."""
 
 
 class FakeNode:
@@ -53,7 +54,10 @@ class FakeNode:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         headers = chef_auth.sign_request("GET", self.path, b"", self.name, self.key)
         async with open_websocket_url(
-            self.url, ssl_context=self.ssl, extra_headers=[(k, v) for k, v in headers.items()]
+            self.url,
+            ssl_context=self.ssl,
+            extra_headers=[(k, v) for k, v in headers.items()],
+            message_queue_size=0 if self.b.deaf else 1,
         ) as ws:
             await ws.send_message(
                 self.frame(

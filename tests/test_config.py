@@ -62,6 +62,7 @@ def test_integer_accepted_for_float_durations(tmp_path: Path) -> None:
         ('listen = "nowhere"\n', "expected HOST:PORT"),
         ("[limits]\nmax_body_bytes = 0\n", "limits.max_body_bytes"),
         ("[jobs]\nlate_result_timeout = -1\n", "jobs.late_result_timeout"),
+        ("[limits]\nnode_send_buffer = -1\n", "limits.node_send_buffer"),
         ("not toml [", "invalid TOML"),
     ],
 )

@@ -18,10 +18,14 @@ from typing import Any
 import trio
 from test_job_validation import ERROR_ROWS
 from test_node_e2e import Proc, create_client, spawn, write_key
+from trio_websocket import ConnectionClosed
 
 from pushy_appliance import chef_auth
+from pushy_appliance.appliance import ServerInfo
 from pushy_appliance.jobs.validation import DuplicateKeyDict
+from pushy_appliance.nodes.registry import DIRECT_SEND_TIMEOUT
 
+from fakenode import Behaviour, FakeNode
 from helpers import Signed, admin_client, running_server, test_config
 
 ORG = "/organizations/default"
@@ -142,10 +146,13 @@ async def wait_online(admin: Signed, nodes: list[str]) -> None:
 
 
 class Cluster:
-    """An appliance (at ``url``, with ``data_dir``), its admin client and real agents
-    (``agents[NAME]``)."""
+    """An appliance (``info``, at ``url``, with ``data_dir``), its admin client and real
+    agents (``agents[NAME]``)."""
 
-    def __init__(self, url: str, data_dir: Path, admin: Signed, root: Path, scripts: Path) -> None:
+    def __init__(
+        self, info: ServerInfo, url: str, data_dir: Path, admin: Signed, root: Path, scripts: Path
+    ) -> None:
+        self.info = info
         self.url = url
         self.data_dir = data_dir
         self.admin = admin
@@ -190,7 +197,7 @@ async def cluster(
     scripts = write_scripts(tmp_path)
     config = test_config(tmp_path / "data", **flags)
     async with running_server(config) as info, admin_client(info) as admin:
-        c = Cluster(info.url, info.data_dir, admin, tmp_path, scripts)
+        c = Cluster(info, info.url, info.data_dir, admin, tmp_path, scripts)
         async with AsyncExitStack() as stack:
             # (agents are entered into the stack outside any cancel scope opened here)
             for node in nodes:
@@ -563,6 +570,69 @@ async def test_a_timed_out_node_s_late_output_and_result_are_kept(tmp_path: Path
             # from its process's start, a moment later; when that wins, it says timed_out.
             await check_late_result(admin, job, "timed_out", "timed_out", {"aborted", "timed_out"})
             await wait_online(admin, ["n1"])
+
+
+async def stay_deaf(node: FakeNode, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    """Run a deaf fake node until the server drops it (its heartbeats then fail)."""
+    try:
+        await node.run(task_status=task_status)
+    except* (ConnectionClosed, trio.BrokenResourceError):
+        pass
+
+
+async def test_nodes_that_stop_reading_delay_no_heartbeat_and_no_fan_out(tmp_path: Path) -> None:
+    # Small node send buffers make a stall happen as on a real network: a node that stops
+    # reading takes little more than its receive buffer (128 KB) in its kernel buffers.
+    flags = {"limits.node_send_buffer": 4096}
+    agents = ["a1", "a2"]
+    big = "base64:" + base64.b64encode(os.urandom(100_000)).decode()  # a 130 KB frame
+    async with cluster(tmp_path, agents, **flags) as c:
+        admin = c.admin
+        registry = c.info.services.nodes
+        with trio.fail_after(LIMIT):
+            began = trio.current_time()
+            job = await start_job(admin, {"command": "say hi", "nodes": agents, "file": big})
+            assert (await wait_job(admin, job))["nodes"] == {"succeeded": agents}
+            alone = trio.current_time() - began
+
+            key = chef_auth.generate_private_key()
+            public = chef_auth.public_key_pem(key)
+            deaf = [f"deaf{i:02d}" for i in range(50)]
+            for name in deaf:
+                r = await admin.post(f"{ORG}/clients", {"name": name, "public_key": public})
+                assert r.status_code == 201, r.text
+            ca = str(c.data_dir / "tls" / "ca.pem")
+            async with trio.open_nursery() as nursery:
+                for name in deaf:
+                    fake = FakeNode(c.info.node_url, "default", name, key, ca, Behaviour(deaf=True))
+                    await nursery.start(stay_deaf, fake)
+                # each deaf node's client holds the first frame after welcome, a heartbeat
+                # (sent at most 1.5 intervals after it), and reads nothing more
+                sessions = [registry.get("default", name) for name in deaf]
+                while True:
+                    if all(s.last_sent > s.connected_at + 0.1 for s in sessions):
+                        break
+                    await trio.sleep(0.05)
+                # Two fan-outs of 130 KB commits: more than a deaf node's socket takes (its
+                # kernel buffers may take the first), so their writes stall, all together.
+                await start_job(admin, {"command": "say hi", "nodes": deaf, "file": big})
+                began = trio.current_time()
+                job = await start_job(
+                    admin, {"command": "say hi", "nodes": agents + deaf, "file": big, "quorum": 2}
+                )
+                doc = await wait_job(admin, job)
+                together = trio.current_time() - began
+                assert doc["status"] == "complete"
+                assert doc["nodes"] == {"succeeded": agents, "unavailable": deaf}
+                assert registry.statistics().dropped_stuck == len(deaf)
+                nursery.cancel_scope.cancel()
+        # one write timeout in all, not one per stalled node
+        assert together < alone + DIRECT_SEND_TIMEOUT + 1.5, (together, alone)
+        # the agents never missed the server's heartbeats (3 intervals, 1.5 s, would have
+        # made them reconnect)
+        for name in agents:
+            assert c.agents[name].count("connected (server incarnation") == 1
+            assert c.agents[name].count("no frame from the server") == 0
 
 
 async def test_a_restarted_agent_ends_the_job_process_its_crash_left(tmp_path: Path) -> None:

@@ -137,3 +137,90 @@ def _beat(seq: int) -> protocol.Heartbeat:
     return protocol.Heartbeat(
         server_incarnation_id="srv", job_id=None, job_state=None, seq=seq, ts=0.0
     )
+
+
+async def test_without_room_a_direct_send_queues_and_never_waits(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with memory_registry(interval=10.0, offline_threshold=3) as registry:
+        wire = Wire()
+        wire.gate = trio.Event()  # the node stopped reading: every write hangs
+        room = {"free": 1000}
+        closed: list[int] = []
+        session, outbox = registry.open_session(
+            "o",
+            "n",
+            idle_hello(),
+            lambda code, reason: closed.append(code),
+            wire.send,
+            lambda size: size <= room["free"],
+        )
+        started = trio.current_time()
+        big = protocol.encode(_beat(session.next_seq())) + b"x" * 2000
+        room["free"] = 10  # the socket is full: queued, not written
+        assert await session.send_now(protocol.encode(_beat(session.next_seq())))
+        assert await session.send_now(big)
+        assert trio.current_time() == started and wire.calls == 0
+        assert outbox.statistics().current_buffer_used == 2
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(session.run_writer, outbox)
+            await trio.sleep(DIRECT_SEND_TIMEOUT / 2)
+            # the writer is stuck in the first write: a direct send (room or not) queues too
+            room["free"] = 1000
+            assert await session.send_now(protocol.encode(_beat(session.next_seq())))
+            assert wire.calls == 1
+            await trio.sleep(DIRECT_SEND_TIMEOUT)
+        # only the node's own writer waited, and the node was closed as stuck
+        assert closed == [CLOSE_STUCK]
+        assert registry.statistics().dropped_stuck == 1
+
+
+async def test_a_direct_write_in_progress_makes_the_next_frame_queue(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with memory_registry(interval=10.0, offline_threshold=3) as registry:
+        wire = Wire()
+        wire.gate = trio.Event()
+        session, outbox = registry.open_session(
+            "o", "n", idle_hello(), lambda code, reason: None, wire.send, lambda size: True
+        )
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(session.send_now, protocol.encode(_beat(session.next_seq())))
+            await trio.testing.wait_all_tasks_blocked()
+            assert wire.calls == 1  # written at once, the write not finished
+            assert await session.send_now(protocol.encode(_beat(session.next_seq())))
+            assert wire.calls == 1 and outbox.statistics().current_buffer_used == 1
+            nursery.start_soon(session.run_writer, outbox)
+            wire.gate.set()
+            await trio.sleep(1)
+            nursery.cancel_scope.cancel()
+        assert [f.seq for f in wire.frames] == [1, 2]
+
+
+async def test_stalled_nodes_cost_the_ticker_nothing(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with memory_registry(interval=1.0, offline_threshold=3) as registry:
+        deaf = Wire()
+        deaf.gate = trio.Event()
+        full = {f"deaf{i}" for i in range(30)}
+        wires = {f"n{i}": Wire() for i in range(5)}
+        async with trio.open_nursery() as nursery:
+            for name in full:
+                session, outbox = registry.open_session(
+                    "o", name, idle_hello(), lambda code, reason: None, deaf.send, lambda n: False
+                )
+                nursery.start_soon(session.run_writer, outbox)
+            for name, wire in wires.items():
+                registry.open_session(
+                    "o", name, idle_hello(), lambda code, reason: None, wire.send, lambda n: True
+                )
+            for s in registry.sessions.values():
+                s.last_sent -= 1  # every node is due at the first tick
+            began = trio.current_time()
+            await registry.tick()
+            assert trio.current_time() == began  # the tick waited for no write
+            assert all(len(w.frames) == 1 for w in wires.values())
+            await trio.sleep(DIRECT_SEND_TIMEOUT + 0.1)
+            assert registry.statistics().dropped_stuck == len(full)
+            nursery.cancel_scope.cancel()

@@ -3,16 +3,20 @@
 One :class:`NodeSession` per connected node. Frames to a node go out one of two ways:
 
 * queued in its bounded outbox (:meth:`NodeSession.send`, never blocking), drained by the
-  connection's writer task; a node whose outbox is full is disconnected as stuck rather than
-  slowing anyone else;
-* sent at once by an async caller (:meth:`NodeSession.send_now`: the heartbeat ticker, the
-  job engine's fan-out) when nothing is queued, which saves the hop through the outbox and
-  the writer's task switch per frame. A direct send that stalls for ``DIRECT_SEND_TIMEOUT``
-  (the node stopped reading and its socket buffer is full) closes the node as stuck.
+  connection's own writer task; a node whose outbox is full, or one of whose writes stalls
+  for ``DIRECT_SEND_TIMEOUT`` (it stopped reading and its socket buffer is full), is closed
+  as stuck (4008) rather than slowing anyone else;
+* written at once by an async caller (:meth:`NodeSession.send_now`: the heartbeat ticker,
+  the job engine's fan-out), which saves the hop through the outbox and the writer's task
+  switch per frame, but only when the write cannot block: nothing is queued for the node, no
+  write of it is in progress, and its socket has room for the frame now (the connection's
+  *room probe* compares the kernel's send queue with the socket's send buffer). Otherwise
+  the frame is queued. So neither the ticker nor a job's task ever waits for a node that
+  stopped reading: a stalled node costs the others nothing, and only its own writer waits.
 
-Either way frames leave in the order they were handed over: a direct send is taken only
-when the outbox is empty, and the WebSocket layer frames a message synchronously when it is
-called, then writes under a first-in-first-out lock.
+Either way frames leave in the order they were handed over: a direct write is taken only
+when nothing is queued or being written, and the WebSocket layer frames a message
+synchronously when it is called, then writes under a first-in-first-out lock.
 
 One ticker task sends the server heartbeat to every node each interval (the frame body is
 packed once per tick) and closes the sessions that sent nothing for ``offline_threshold``
@@ -49,6 +53,7 @@ __all__ = [
     "NodeRegistry",
     "NodeSession",
     "RegistryStatistics",
+    "RoomProbe",
     "Sender",
 ]
 
@@ -62,10 +67,14 @@ CLOSE_STUCK = 4008
 CLOSE_TIMEOUT = 4009
 
 DIRECT_SEND_TIMEOUT = 1.0
-"""Seconds a direct send may wait (socket buffer full) before the node is closed as stuck."""
+"""Seconds one write to a node may wait (socket buffer full) before the node is closed as
+stuck; a direct write is a backstop case (its room probe was wrong, or there is none)."""
 
 Sender = Callable[[bytes], Awaitable[bool]]
 """Writes one frame to the node's connection; ``False`` when the connection is closed."""
+
+RoomProbe = Callable[[int], bool]
+"""Whether a frame of that many bytes can be written to the connection now without waiting."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -90,8 +99,10 @@ class NodeSession:
         "_close_requested",
         "_outbox",
         "_pending",
+        "_room",
         "_sender",
         "_seq",
+        "_writing",
         "close_code",
         "close_reason",
         "connected_at",
@@ -112,6 +123,7 @@ class NodeSession:
         outbox: trio.MemorySendChannel[bytes],
         close_requested: Callable[[NodeSession], None],
         sender: Sender | None = None,
+        room: RoomProbe | None = None,
     ) -> None:
         self.org = org
         self.name = name
@@ -128,6 +140,9 @@ class NodeSession:
         self._pending = 0
         """Frames queued in the outbox and not yet written by :meth:`run_writer`."""
         self._sender = sender
+        self._room = room
+        self._writing = False
+        """A direct write is in progress."""
         self._seq = protocol.Sequencer()
         self._close_requested = close_requested
 
@@ -161,32 +176,51 @@ class NodeSession:
         return True
 
     async def send_now(self, data: bytes) -> bool:
-        """Write already-encoded bytes at once when nothing is queued; else queue them.
+        """Write already-encoded bytes at once when that cannot block; else queue them.
 
-        The caller took ``seq`` from :meth:`next_seq` just before (no checkpoint between), so
-        frames stay in ``seq`` order. A write that stalls for :data:`DIRECT_SEND_TIMEOUT`
-        closes the session as stuck.
+        Written at once only when nothing is queued, no write of this session is in
+        progress and the room probe (if the connection has one) says the socket takes the
+        frame now; otherwise queued for the writer, never waiting. The caller took ``seq``
+        from :meth:`next_seq` just before (no checkpoint between), so frames stay in ``seq``
+        order. A direct write that stalls anyway for :data:`DIRECT_SEND_TIMEOUT` closes the
+        session as stuck.
 
         Returns:
             ``False`` when the session is closing, closed, or was closed by this call.
         """
         sender = self._sender
-        if sender is None or self._pending or self.close_code is not None:
+        if (
+            sender is None
+            or self._pending
+            or self._writing
+            or self.close_code is not None
+            or (self._room is not None and not self._room(len(data)))
+        ):
             return self.send_bytes(data)
         self.last_sent = trio.current_time()
-        with trio.move_on_after(DIRECT_SEND_TIMEOUT):
-            return await sender(data)
+        self._writing = True
+        ok = False
+        try:
+            with trio.move_on_after(DIRECT_SEND_TIMEOUT) as scope:
+                ok = await sender(data)
+        finally:
+            self._writing = False
+        if scope.cancelled_caught:
+            self._stalled()
+        return ok
+
+    def _stalled(self) -> None:
         log.warning(
-            "node %s/%s: a send stalled for %.0f s, dropping the connection",
+            "node %s/%s: a write stalled for %.0f s, dropping the connection",
             self.org,
             self.name,
             DIRECT_SEND_TIMEOUT,
         )
         self.close(CLOSE_STUCK, "send stalled")
-        return False
 
     async def run_writer(self, outbox: trio.MemoryReceiveChannel[bytes]) -> None:
-        """Write the queued frames with the session's sender until the outbox closes.
+        """Write the queued frames with the session's sender until the outbox closes, or a
+        write stalls for :data:`DIRECT_SEND_TIMEOUT` (the session is then closed as stuck).
 
         Start-up: none (started with ``start_soon`` by the connection it belongs to).
         """
@@ -194,8 +228,13 @@ class NodeSession:
         assert sender is not None, "a session without a sender has no writer"
         async with outbox:
             async for data in outbox:
-                ok = await sender(data)
+                ok = False
+                with trio.move_on_after(DIRECT_SEND_TIMEOUT) as scope:
+                    ok = await sender(data)
                 self._pending -= 1
+                if scope.cancelled_caught:
+                    self._stalled()
+                    return
                 if not ok:
                     return
 
@@ -255,6 +294,7 @@ class NodeRegistry:
         hello: protocol.Hello,
         closer: Callable[[int, str], None],
         sender: Sender | None = None,
+        room: RoomProbe | None = None,
     ) -> tuple[NodeSession, trio.MemoryReceiveChannel[bytes]]:
         """Register a new connection, replacing (and closing) an older one for the node.
 
@@ -263,12 +303,14 @@ class NodeRegistry:
             sender: writes a frame to the connection, for :meth:`NodeSession.send_now` and
                 :meth:`NodeSession.run_writer`; without one, every frame stays queued in the
                 outbox (tests read it).
+            room: the connection's room probe, for :meth:`NodeSession.send_now`; without
+                one every direct write is tried (and stopped by the stall timeout).
 
         Returns:
             The session and the receiving end of its outbox, for the connection's writer.
         """
         send, receive = trio.open_memory_channel[bytes](self.outbox_size)
-        session = NodeSession(org, name, hello, send, self._on_close_requested, sender)
+        session = NodeSession(org, name, hello, send, self._on_close_requested, sender, room)
         session.previous_incarnation = self.model.nodes.get((org, name), {}).get("incarnation")
         self._closers[session] = closer
         old = self.sessions.get((org, name))
