@@ -20,6 +20,8 @@ LAYERS = {
     "jobs.events": 1,
     "jobs.state": 1,
     "jobs.machine": 1,
+    "jobs.step": 1,
+    "jobs.ending": 1,
     "jobs.record": 1,
     "jobs.validation": 1,
     "jobs.model": 1,

@@ -7,7 +7,8 @@ Pure (layer 1 of ``pushy_appliance``: no I/O, no trio tasks):
   buckets and nack reasons;
 * ``jobs.events``: the machine's events (what happened) and effects (what to do);
 * ``jobs.state``: one job's state and :func:`~.state.new_job`;
-* ``jobs.machine``: ``transition(state, event) -> (state, effects)``;
+* ``jobs.machine``: ``transition(state, event) -> (state, effects)``, with ``jobs.ending``
+  (how a job ends, late results) and ``jobs.step`` (one transition in progress);
 * ``jobs.record``: the stored form of a state, and its checks;
 * ``jobs.model``: the stored view of every job (what the API reads);
 * ``jobs.validation``: ``POST jobs`` bodies.

@@ -8,11 +8,9 @@ to rehab.
 
 Modules
     Statuses are in :mod:`.status`, events and effects in :mod:`.events`, the state and
-    :func:`~.state.new_job` in :mod:`.state`, the stored form in :mod:`.record`; this module
-    holds :func:`transition` alone. It is longer than our usual 600 lines on purpose: what is
-    left is one function's cases (voting, running, reconnects, the end and late results),
-    which call one another, and this docstring, a fifth of it, that states their rules. Split
-    further, the rules of one job's life would be spread over modules that import each other.
+    :func:`~.state.new_job` in :mod:`.state`, the stored form in :mod:`.record`. The rules
+    are here (voting, running, reconnects, timers), with how a job ends and the late results
+    it waits for in :mod:`.ending`, both written with the operations of :class:`.step.Step`.
 
 Ownership and cost (read this before using a state twice)
     A job may hold 100,000 nodes and every vote is one event, so copying the node table per
@@ -58,30 +56,6 @@ Effects and restart
     * ``Resume`` of a job that still waits for late results re-arms the ``late`` timer (its
       deadline is stored); a finished job that owes nothing is not resumed at all.
 
-Late results
-    When the job ends while the server stops nodes that were sent ``run`` and are not away
-    (``Abort``: ``aborted``; the ``run`` timer: ``timed_out``), those nodes *owe* the job their
-    result: their agents stop the command and report. The job's status and every node's
-    status are final at once (stored at once, and what ``POST abort`` returns); only the feed
-    stays open:
-
-    * ``output`` of an owed node is kept (``KeepOutput``) and its ``result`` is taken:
-      acknowledged, published as ``late_result`` with the agent's fields (exit code, signal,
-      byte counts, truncation, duration), and stored like any result (the runner stores the
-      fields of every result it hands over). ``run_complete`` was published when the node
-      was stopped; its status does not change.
-    * A node stops owing when its result arrives; when it answers ``aborted`` for the job
-      without one (``NodeAborted``: its command had not started); when it goes offline
-      (``NodeDown``); or when it reconnects holding nothing of the job, or as a new
-      incarnation (``NodeBack``).
-    * ``job_complete``, always the feed's last event, is published when the last owed node
-      stops owing, or when the ``late`` timer fires (``late_result_timeout`` after the end;
-      ``LateTimeout``). A job that owes nothing completes at once, as before.
-    * The owed nodes (a sixth item of their node records) and the ``late`` deadline are
-      stored, so a restart resumes waiting; a ``hello`` carrying an owed result
-      (``NodeBack``) is taken.
-    * ``Crash`` (the engine gives up on the job) waits for nothing.
-
 Decisions the spec leaves open
     * Early quorum failure (``new + ready < quorum`` while voting): the job ends
       ``quorum_failed`` at once; ready nodes end ``was_ready``, still-``new`` nodes end
@@ -102,7 +76,7 @@ Decisions the spec leaves open
     * A ``result`` is the agent's last word on a job (it is idle afterwards), so it is always
       acknowledged (``SendResultAck``). A result from a node that ran the job and already ended
       (a re-sent duplicate, or the result of a process we gave up on) changes nothing and is
-      not a rehab, unless the node owes it (see "Late results"); a result from a node that
+      not a rehab, unless the node owes it (see :mod:`.ending`); a result from a node that
       was never told to run is a rehab.
     * Likewise ``ack_run``/``nack_run`` from a node the server already told to stop (final
       ``aborted`` or ``timed_out``) are expected stragglers and ignored.
@@ -116,9 +90,9 @@ Decisions the spec leaves open
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any, Final
+from typing import Final
 
+from .ending import finish, late_result, late_timeout, node_aborted, output, run_timeout, stop_all
 from .events import (
     Abort,
     AckCommit,
@@ -128,7 +102,6 @@ from .events import (
     Effect,
     Event,
     GraceExpired,
-    KeepOutput,
     LateTimeout,
     NackCommit,
     NackRun,
@@ -136,7 +109,6 @@ from .events import (
     NodeBack,
     NodeDown,
     Output,
-    Publish,
     ReleaseNodes,
     Result,
     Resume,
@@ -152,7 +124,8 @@ from .events import (
     grace_timer,
 )
 from .state import FAILURES, JobState
-from .status import FINISHED_JOB_STATUSES, LIVE_NODE_STATUSES, JobStatus, NodeStatus
+from .status import LIVE_NODE_STATUSES, JobStatus, NodeStatus
+from .step import LATE_TIMER, Step
 
 __all__ = ["transition"]
 
@@ -167,9 +140,6 @@ _RAN: Final = frozenset(
     }
 )
 _JOB_STATES: Final = frozenset({"idle", "committed", "running"})
-
-LATE_TIMER: Final = "late"
-"""The timer of a finished job waiting for late results."""
 
 REASON_RESTARTED: Final = "node restarted"
 REASON_NO_RECONNECT: Final = "node did not reconnect within the reconnect grace"
@@ -207,7 +177,7 @@ def transition(state: JobState, event: Event) -> tuple[JobState, tuple[Effect, .
             f"job {state.job_id}: stale JobState (version {state.version}, tables at "
             f"{tables.version}); transition() consumes its input state"
         )
-    step = _Step(state)
+    step = Step(state)
     match event:
         case Start():
             _start(step, event)
@@ -230,159 +200,28 @@ def transition(state: JobState, event: Event) -> tuple[JobState, tuple[Effect, .
         case GraceExpired():
             _grace_expired(step, event)
         case RunTimeout():
-            _run_timeout(step, event)
+            run_timeout(step, event)
         case Abort():
-            _stop_all(step, event.now, JobStatus.ABORTED, NodeStatus.ABORTED, None)
+            stop_all(step, event.now, JobStatus.ABORTED, NodeStatus.ABORTED, None)
         case Crash():
-            _stop_all(step, event.now, JobStatus.CRASHED, NodeStatus.CRASHED, event.reason)
+            stop_all(step, event.now, JobStatus.CRASHED, NodeStatus.CRASHED, event.reason)
         case Resume():
             _resume(step, event)
         case Output():
-            _output(step, event)
+            output(step, event)
         case NodeAborted():
-            _node_aborted(step, event)
+            node_aborted(step, event)
         case LateTimeout():
-            _late_timeout(step, event)
+            late_timeout(step, event)
         case _:  # pragma: no cover - the Event union is closed; ignore anything else
             pass
     return step.result()
 
 
-class _Step:
-    """One transition in progress: scalar fields being rebuilt, effects, touched nodes."""
-
-    __slots__ = (
-        "changed",
-        "effects",
-        "late_deadline",
-        "run_deadline",
-        "run_started_at",
-        "state",
-        "status",
-        "stopped",
-        "t",
-        "touched",
-        "voting_deadline",
-    )
-
-    def __init__(self, state: JobState) -> None:
-        self.state = state
-        self.t = state.tables
-        self.status = state.status
-        self.stopped = state.stopped
-        self.voting_deadline = state.voting_deadline
-        self.run_started_at = state.run_started_at
-        self.run_deadline = state.run_deadline
-        self.late_deadline = state.late_deadline
-        self.effects: list[Effect] = []
-        self.touched: dict[str, None] = {}
-        self.changed = False
-
-    def result(self) -> tuple[JobState, tuple[Effect, ...]]:
-        effects = tuple(self.effects)
-        if not self.changed:
-            return self.state, effects
-        version = self.state.version + 1
-        self.t.version = version
-        new = dataclasses.replace(
-            self.state,
-            status=self.status,
-            stopped=self.stopped,
-            voting_deadline=self.voting_deadline,
-            run_started_at=self.run_started_at,
-            run_deadline=self.run_deadline,
-            late_deadline=self.late_deadline,
-            version=version,
-            touched=tuple(self.touched),
-        )
-        return new, effects
-
-    @property
-    def finished(self) -> bool:
-        return self.status in FINISHED_JOB_STATUSES
-
-    def set_status(self, status: JobStatus) -> None:
-        self.status = status
-        self.changed = True
-
-    def set_node(self, node: str, status: NodeStatus, reason: str | None = None) -> None:
-        t = self.t
-        t.counts[t.nodes[node]] -= 1
-        t.counts[status] += 1
-        t.nodes[node] = status
-        if reason is not None:
-            t.reasons[node] = reason
-        if status not in LIVE_NODE_STATUSES:
-            t.launched.discard(node)
-            if t.away.pop(node, None) is not None:
-                self.effects.append(CancelTimer(grace_timer(node)))
-        self.touch(node)
-
-    def touch(self, node: str) -> None:
-        self.touched[node] = None
-        self.changed = True
-
-    def publish(self, event: str, **data: Any) -> None:
-        self.effects.append(Publish(event, data))
-
-    def vote(self, node: str, status: str) -> None:
-        self.publish("quorum_vote", node=node, status=status)
-
-    def run_complete(self, node: str, status: str) -> None:
-        self.publish("run_complete", node=node, status=status)
-
-    def rehab(self, node: str) -> None:
-        """Unexpected message from ``node``: rehab it; the job itself does not change."""
-        self.effects.append(SendRehab(node))
-        if node in self.t.nodes and not self.finished:
-            self.publish("rehab", node=node)
-
-    def present(self, node: str) -> None:
-        """``node`` is evidently connected: end its grace; a not-yet-started node queues up."""
-        t = self.t
-        if t.away.pop(node, None) is None:
-            return
-        self.effects.append(CancelTimer(grace_timer(node)))
-        self.touch(node)
-        if (
-            self.status is JobStatus.RUNNING
-            and t.nodes[node] is NodeStatus.READY
-            and node not in t.launched
-        ):
-            t.pending.append(node)
-
-    def live_nodes(self) -> list[str]:
-        return [n for n, s in self.t.nodes.items() if s in LIVE_NODE_STATUSES]
-
-    def stop_node(self, node: str, status: NodeStatus, reason: str | None = None) -> None:
-        """The server stops a live node as the job ends: ``status`` at once; a node that was
-        sent ``run`` and is not away owes the job its result (see "Late results")."""
-        owes = node in self.t.launched and node not in self.t.away
-        self.set_node(node, status, reason)
-        if owes:
-            self.t.owed[node] = None
-
-    def stop_waiting(self, node: str) -> None:
-        """``node`` owes nothing any more; the job closes with the last debt."""
-        del self.t.owed[node]
-        self.touch(node)
-        if not self.t.owed:
-            self.close()
-
-    def close(self, *, timer_fired: bool = False) -> None:
-        """The job's feed ends: stop waiting for late results, publish ``job_complete``."""
-        if self.late_deadline is not None:
-            self.late_deadline = None
-            self.changed = True
-            if not timer_fired:
-                self.effects.append(CancelTimer(LATE_TIMER))
-        self.publish("job_complete", status=str(self.status))
-
-
 # --- voting ---------------------------------------------------------------------------------
 
 
-def _start(step: _Step, ev: Start) -> None:
+def _start(step: Step, ev: Start) -> None:
     if step.state.status is not JobStatus.NEW:
         return
     t = step.t
@@ -401,7 +240,7 @@ def _start(step: _Step, ev: Start) -> None:
         step.effects.append(StartTimer("voting", step.voting_deadline))
 
 
-def _ack_commit(step: _Step, ev: AckCommit) -> None:
+def _ack_commit(step: Step, ev: AckCommit) -> None:
     node = ev.node
     status = step.t.nodes.get(node)
     if status is None:
@@ -424,7 +263,7 @@ def _ack_commit(step: _Step, ev: AckCommit) -> None:
         step.rehab(node)
 
 
-def _nack_commit(step: _Step, ev: NackCommit) -> None:
+def _nack_commit(step: Step, ev: NackCommit) -> None:
     node = ev.node
     status = step.t.nodes.get(node)
     if status is None:
@@ -446,7 +285,7 @@ def _nack_commit(step: _Step, ev: NackCommit) -> None:
         step.rehab(node)
 
 
-def _node_down(step: _Step, ev: NodeDown) -> None:
+def _node_down(step: Step, ev: NodeDown) -> None:
     node = ev.node
     if node in step.t.owed:  # its result is lost with the connection: wait no more
         step.stop_waiting(node)
@@ -465,7 +304,7 @@ def _node_down(step: _Step, ev: NodeDown) -> None:
         step.effects.append(StartTimer(grace_timer(node), deadline))
 
 
-def _voting_timeout(step: _Step, ev: VotingTimeout) -> None:
+def _voting_timeout(step: Step, ev: VotingTimeout) -> None:
     if step.status is not JobStatus.VOTING:
         return
     step.voting_deadline = None  # the timer fired: nothing to cancel
@@ -479,7 +318,7 @@ def _voting_timeout(step: _Step, ev: VotingTimeout) -> None:
     _settle(step, ev.now)
 
 
-def _end_voting(step: _Step, now: float, success: bool) -> None:
+def _end_voting(step: Step, now: float, success: bool) -> None:
     t = step.t
     if step.voting_deadline is not None:
         step.effects.append(CancelTimer("voting"))
@@ -495,7 +334,7 @@ def _end_voting(step: _Step, now: float, success: bool) -> None:
                 released.append(node)
         if released:
             step.effects.append(ReleaseNodes(tuple(released)))
-        _finish(step, now, JobStatus.QUORUM_FAILED)
+        finish(step, now, JobStatus.QUORUM_FAILED)
         return
     step.publish("quorum_succeeded")
     step.set_status(JobStatus.RUNNING)
@@ -506,7 +345,7 @@ def _end_voting(step: _Step, now: float, success: bool) -> None:
     t.pending.extend(n for n, s in t.nodes.items() if s is NodeStatus.READY and n not in t.away)
 
 
-def _settle(step: _Step, now: float) -> None:
+def _settle(step: Step, now: float) -> None:
     """After node changes: end voting if it is decided; start, stop or complete the run."""
     t = step.t
     if step.status is JobStatus.VOTING:
@@ -523,7 +362,7 @@ def _settle(step: _Step, now: float) -> None:
 # --- running --------------------------------------------------------------------------------
 
 
-def _run_progress(step: _Step, now: float) -> None:
+def _run_progress(step: Step, now: float) -> None:
     t = step.t
     limit = step.state.max_failures
     if not step.stopped and limit is not None and sum(t.counts[s] for s in FAILURES) > limit:
@@ -531,10 +370,10 @@ def _run_progress(step: _Step, now: float) -> None:
     if not step.stopped:
         _launch(step)
     if not any(t.counts[s] for s in LIVE_NODE_STATUSES):
-        _finish(step, now, JobStatus.COMPLETE)
+        finish(step, now, JobStatus.COMPLETE)
 
 
-def _stop_starting(step: _Step) -> None:
+def _stop_starting(step: Step) -> None:
     """More than ``max_failures`` failures: nodes not yet started end ``aborted``."""
     t = step.t
     step.stopped = True
@@ -550,7 +389,7 @@ def _stop_starting(step: _Step) -> None:
         step.effects.append(SendAbort(tuple(waiting)))
 
 
-def _launch(step: _Step) -> None:
+def _launch(step: Step) -> None:
     """Send ``run`` to waiting ready nodes while there are free slots."""
     t = step.t
     limit = step.state.max_concurrency
@@ -565,25 +404,7 @@ def _launch(step: _Step) -> None:
         step.effects.append(SendRun(tuple(batch)))
 
 
-def _finish(step: _Step, now: float, status: JobStatus, *, run_timer_fired: bool = False) -> None:
-    """End the job. Every node is final by now, so none is away or launched any more (their
-    grace timers were cancelled as they ended). The feed ends at once, or, when stopped
-    nodes owe their results, when the last arrives or the ``late`` timer fires."""
-    if step.voting_deadline is not None:
-        step.effects.append(CancelTimer("voting"))
-        step.voting_deadline = None
-    if step.status is JobStatus.RUNNING and not run_timer_fired:
-        step.effects.append(CancelTimer("run"))
-    step.t.pending.clear()
-    step.set_status(status)
-    if step.t.owed:
-        step.late_deadline = now + step.state.late_result_timeout
-        step.effects.append(StartTimer(LATE_TIMER, step.late_deadline))
-    else:
-        step.close()
-
-
-def _ack_run(step: _Step, ev: AckRun) -> None:
+def _ack_run(step: Step, ev: AckRun) -> None:
     node = ev.node
     t = step.t
     status = t.nodes.get(node)
@@ -601,7 +422,7 @@ def _ack_run(step: _Step, ev: AckRun) -> None:
         step.rehab(node)
 
 
-def _nack_run(step: _Step, ev: NackRun) -> None:
+def _nack_run(step: Step, ev: NackRun) -> None:
     node = ev.node
     t = step.t
     status = t.nodes.get(node)
@@ -634,7 +455,7 @@ def _result_outcome(ev: Result) -> tuple[NodeStatus, str]:
     return NodeStatus.FAILED, "failure"
 
 
-def _result(step: _Step, ev: Result) -> None:
+def _result(step: Step, ev: Result) -> None:
     node = ev.node
     t = step.t
     step.effects.append(SendResultAck(node))
@@ -642,7 +463,7 @@ def _result(step: _Step, ev: Result) -> None:
     if status is None:
         step.effects.append(SendRehab(node))
     elif node in t.owed:
-        _late_result(step, ev)
+        late_result(step, ev)
     elif step.status is JobStatus.RUNNING and (
         status is NodeStatus.RUNNING or (status is NodeStatus.READY and node in t.launched)
     ):
@@ -660,7 +481,7 @@ def _result(step: _Step, ev: Result) -> None:
 # --- reconnects and timers ------------------------------------------------------------------
 
 
-def _node_back(step: _Step, ev: NodeBack) -> None:
+def _node_back(step: Step, ev: NodeBack) -> None:
     node = ev.node
     t = step.t
     holds = ev.job_state if ev.job_state in _JOB_STATES else "idle"
@@ -691,7 +512,7 @@ def _node_back(step: _Step, ev: NodeBack) -> None:
     _settle(step, ev.now)
 
 
-def _lost(step: _Step, node: str, reason: str) -> None:
+def _lost(step: Step, node: str, reason: str) -> None:
     """A live node is gone for good (restarted, or its grace expired)."""
     if step.status is JobStatus.VOTING:
         step.set_node(node, NodeStatus.UNAVAILABLE, reason)
@@ -704,7 +525,7 @@ def _lost(step: _Step, node: str, reason: str) -> None:
             step.set_node(node, NodeStatus.UNAVAILABLE, reason)
 
 
-def _back_voting(step: _Step, node: str, status: NodeStatus, holds: str) -> None:
+def _back_voting(step: Step, node: str, status: NodeStatus, holds: str) -> None:
     if holds == "running":
         step.rehab(node)
     elif status is NodeStatus.NEW:
@@ -718,7 +539,7 @@ def _back_voting(step: _Step, node: str, status: NodeStatus, holds: str) -> None
         step.vote(node, "lost_availibility")
 
 
-def _back_running(step: _Step, node: str, status: NodeStatus, holds: str) -> None:
+def _back_running(step: Step, node: str, status: NodeStatus, holds: str) -> None:
     if node not in step.t.launched:  # waiting for a slot
         if holds == "running":
             step.rehab(node)
@@ -738,7 +559,7 @@ def _back_running(step: _Step, node: str, status: NodeStatus, holds: str) -> Non
         step.rehab(node)
 
 
-def _grace_expired(step: _Step, ev: GraceExpired) -> None:
+def _grace_expired(step: Step, ev: GraceExpired) -> None:
     node = ev.node
     t = step.t
     if t.away.pop(node, None) is None:
@@ -749,78 +570,7 @@ def _grace_expired(step: _Step, ev: GraceExpired) -> None:
     _settle(step, ev.now)
 
 
-def _run_timeout(step: _Step, ev: RunTimeout) -> None:
-    if step.status is not JobStatus.RUNNING:
-        return
-    live = step.live_nodes()
-    for node in live:
-        step.stop_node(node, NodeStatus.TIMED_OUT)
-        step.run_complete(node, "timed_out")
-    if live:
-        step.effects.append(SendAbort(tuple(live)))
-    _finish(step, ev.now, JobStatus.TIMED_OUT, run_timer_fired=True)
-
-
-def _stop_all(
-    step: _Step, now: float, job: JobStatus, node_status: NodeStatus, reason: str | None
-) -> None:
-    """Abort or crash the job: every live node ends ``node_status`` (an aborted node that
-    was sent ``run`` owes its result; the engine that gives up on a job waits for nothing)."""
-    if step.finished:
-        return
-    live = step.live_nodes()
-    running = step.status is JobStatus.RUNNING
-    for node in live:
-        if job is JobStatus.ABORTED:
-            step.stop_node(node, node_status, reason)
-        else:
-            step.set_node(node, node_status, reason)
-        if running:
-            step.run_complete(node, str(node_status))
-    if live and step.status is not JobStatus.NEW:
-        step.effects.append(SendAbort(tuple(live)))
-    _finish(step, now, job)
-
-
-# --- late results -----------------------------------------------------------------------------
-
-
-def _output(step: _Step, ev: Output) -> None:
-    """Output is kept from the nodes of a job that has not finished, then from the nodes
-    that owe it their result."""
-    node = ev.node
-    if (node in step.t.nodes and not step.finished) or node in step.t.owed:
-        step.effects.append(KeepOutput(node, ev.channel, ev.offset, ev.data))
-
-
-def _late_result(step: _Step, ev: Result) -> None:
-    """The result of a node the job stopped: published (its fields) and no longer owed; the
-    node's status does not change."""
-    fields = (
-        ev.fields if ev.fields is not None else {"status": ev.status, "exit_code": ev.exit_code}
-    )
-    step.publish("late_result", node=ev.node, **fields)
-    step.stop_waiting(ev.node)
-
-
-def _node_aborted(step: _Step, ev: NodeAborted) -> None:
-    """The agent holds nothing of the job any more: whatever it owed came before, or never
-    will (a node that had not started its command has no result)."""
-    if ev.node in step.t.owed:
-        step.stop_waiting(ev.node)
-
-
-def _late_timeout(step: _Step, ev: LateTimeout) -> None:
-    t = step.t
-    if not step.finished or not t.owed:
-        return  # a stale timer
-    for node in list(t.owed):
-        step.touch(node)
-    t.owed.clear()
-    step.close(timer_fired=True)
-
-
-def _resume(step: _Step, ev: Resume) -> None:
+def _resume(step: Step, ev: Resume) -> None:
     t = step.t
     if step.status is JobStatus.VOTING:
         deadline = step.voting_deadline if step.voting_deadline is not None else ev.now
