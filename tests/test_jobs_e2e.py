@@ -146,11 +146,17 @@ async def wait_online(admin: Signed, nodes: list[str]) -> None:
 
 
 class Cluster:
-    """An appliance (``info``, at ``url``, with ``data_dir``), its admin client and real
-    agents (``agents[NAME]``)."""
+    """An appliance (at ``url``, with ``data_dir``; ``info`` when it runs in-process), its
+    admin client and real agents (``agents[NAME]``)."""
 
     def __init__(
-        self, info: ServerInfo, url: str, data_dir: Path, admin: Signed, root: Path, scripts: Path
+        self,
+        url: str,
+        data_dir: Path,
+        admin: Signed,
+        root: Path,
+        scripts: Path,
+        info: ServerInfo | None = None,
     ) -> None:
         self.info = info
         self.url = url
@@ -197,7 +203,7 @@ async def cluster(
     scripts = write_scripts(tmp_path)
     config = test_config(tmp_path / "data", **flags)
     async with running_server(config) as info, admin_client(info) as admin:
-        c = Cluster(info, info.url, info.data_dir, admin, tmp_path, scripts)
+        c = Cluster(info.url, info.data_dir, admin, tmp_path, scripts, info)
         async with AsyncExitStack() as stack:
             # (agents are entered into the stack outside any cancel scope opened here)
             for node in nodes:
@@ -588,7 +594,9 @@ async def test_nodes_that_stop_reading_delay_no_heartbeat_and_no_fan_out(tmp_pat
     big = "base64:" + base64.b64encode(os.urandom(100_000)).decode()  # a 130 KB frame
     async with cluster(tmp_path, agents, **flags) as c:
         admin = c.admin
-        registry = c.info.services.nodes
+        assert c.info is not None
+        info = c.info
+        registry = info.services.nodes
         with trio.fail_after(LIMIT):
             began = trio.current_time()
             job = await start_job(admin, {"command": "say hi", "nodes": agents, "file": big})
@@ -604,7 +612,7 @@ async def test_nodes_that_stop_reading_delay_no_heartbeat_and_no_fan_out(tmp_pat
             ca = str(c.data_dir / "tls" / "ca.pem")
             async with trio.open_nursery() as nursery:
                 for name in deaf:
-                    fake = FakeNode(c.info.node_url, "default", name, key, ca, Behaviour(deaf=True))
+                    fake = FakeNode(info.node_url, "default", name, key, ca, Behaviour(deaf=True))
                     await nursery.start(stay_deaf, fake)
                 # each deaf node's client holds the first frame after welcome, a heartbeat
                 # (sent at most 1.5 intervals after it), and reads nothing more
