@@ -8,7 +8,6 @@ it returns effects, which the runner performs in order after storing the new sta
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
 from typing import Any, Final, TypeAlias
 
 __all__ = [
@@ -144,7 +143,7 @@ class Result:
     status: str
     exit_code: int | None
     now: float
-    fields: Mapping[str, Any] | None = dataclasses.field(default=None, compare=False)
+    fields: dict[str, Any] | None = dataclasses.field(default=None, compare=False)
     """The agent's whole result (``protocol.Result`` without ``type``, ``seq``, ``ts``):
     stored with the step that takes it."""
 

@@ -407,7 +407,7 @@ class JobRunner:
                     n += 1
             result = event.result if isinstance(event, NodeBack) else event
             if isinstance(result, Result) and result.fields is not None:
-                results[result.node] = dict(result.fields)
+                results[result.node] = result.fields
         job.state = state
         if not changed and not results and not outputs:
             self._perform(job, effects, [])
