@@ -34,7 +34,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 
@@ -73,8 +73,18 @@ stuck; a direct write is a backstop case (its room probe was wrong, or there is 
 Sender = Callable[[bytes], Awaitable[bool]]
 """Writes one frame to the node's connection; ``False`` when the connection is closed."""
 
-RoomProbe = Callable[[int], bool]
-"""Whether a frame of that many bytes can be written to the connection now without waiting."""
+
+class RoomProbe(Protocol):
+    """Whether a frame can be written to the connection now without waiting (see
+    :class:`~.sendroom.SendRoom`)."""
+
+    def __call__(self, size: int) -> bool:
+        """Whether ``size`` bytes can be written now (the caller then writes them)."""
+        ...
+
+    def forget(self) -> None:
+        """Frames were queued for the writer: what the probe knew of the socket is stale."""
+        ...
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -172,6 +182,8 @@ class NodeSession:
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             return False
         self._pending += 1
+        if self._room is not None:
+            self._room.forget()
         self.last_sent = trio.current_time()
         return True
 

@@ -5,9 +5,13 @@ the write cannot block (:meth:`.registry.NodeSession.send_now`). :class:`SendRoo
 that for one TCP socket: the bytes the kernel still holds for it (``SIOCOUTQ``, spelled
 ``TIOCOUTQ`` in :mod:`termios`) plus the frame, with a margin for WebSocket and TLS framing,
 must fit in half the socket's send buffer (Linux reports ``SO_SNDBUF`` doubled, for its
-bookkeeping, and keeps about that much payload). One ``ioctl`` per direct write, about a
-quarter of a microsecond; the buffer size is read again only when a frame does not fit (the
-kernel grows an autotuned buffer as the connection warms up).
+bookkeeping, and keeps about that much payload). The room found is kept as a *credit*: the
+frames written directly after it are taken from it with no system call (acknowledgements
+only ever add room), so a node that gets a heartbeat a second is asked again once in
+thousands of frames; a frame that does not fit asks the kernel again (about half a
+microsecond, and the buffer size is read again then: the kernel grows an autotuned buffer as
+the connection warms up). Bytes that reach the socket another way (the node's writer) void
+the credit (:meth:`SendRoom.forget`).
 
 :func:`set_send_buffer` fixes a socket's send buffer (``limits.node_send_buffer``): the
 kernel then keeps that much and no more for a node that stopped reading, as on a real
@@ -58,13 +62,15 @@ class SendRoom:
         request: the ``ioctl`` request that reads its send queue (:func:`of` finds it).
     """
 
-    __slots__ = ("_capacity", "_queued", "_request", "_sock")
+    __slots__ = ("_capacity", "_credit", "_queued", "_request", "_sock")
 
     def __init__(self, sock: trio.socket.SocketType, request: int) -> None:
         self._sock = sock
         self._request = request
         self._queued = array.array("i", [0])
         self._capacity = self._read_capacity()
+        self._credit = 0
+        """Bytes known to fit without asking the kernel (what its last answer left)."""
 
     @classmethod
     def of(cls, sock: trio.socket.SocketType) -> SendRoom | None:
@@ -77,13 +83,28 @@ class SendRoom:
         return self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) // 2
 
     def __call__(self, size: int) -> bool:
+        """Whether ``size`` bytes can be written now; if so, they are taken from the credit
+        (the caller writes them)."""
         need = size + size // 64 + FRAME_MARGIN
+        if need <= self._credit:
+            self._credit -= need
+            return True
         try:
             fcntl.ioctl(self._sock.fileno(), self._request, self._queued, True)
         except (OSError, ValueError):
+            self._credit = 0
             return False  # closed: queue it, the writer finds out
-        queued = self._queued[0]
-        if queued + need <= self._capacity:
-            return True
-        self._capacity = self._read_capacity()
-        return queued + need <= self._capacity
+        room = self._capacity - self._queued[0]
+        if need > room:
+            self._capacity = self._read_capacity()
+            room = self._capacity - self._queued[0]
+        if need > room:
+            self._credit = 0
+            return False
+        self._credit = room - need
+        return True
+
+    def forget(self) -> None:
+        """Bytes reached the socket without :meth:`__call__` (queued frames, written by the
+        node's writer): ask the kernel next time."""
+        self._credit = 0
