@@ -54,9 +54,9 @@ from harness import (
 
 from pushy_appliance import chef_auth
 from pushy_appliance.appliance import compact_store, lock_data_dir
+from pushy_appliance.jobs.status import FINISHED_JOB_STATUSES
 from pushy_appliance.store import open_store
 
-FINISHED = {"complete", "quorum_failed", "timed_out", "aborted", "crashed"}
 JOBS_PATH = f"/organizations/{ORG}/pushy/jobs"
 
 
@@ -347,7 +347,7 @@ async def _run_job(
         while True:
             status, raw = await conn.request(get)
             doc = json.loads(raw)
-            if doc["status"] in FINISHED:
+            if doc["status"] in FINISHED_JOB_STATUSES:
                 break
             await trio.sleep(poll)
     return time.perf_counter() - t0, job_id, doc["status"]

@@ -10,19 +10,24 @@ network, subprocess, task or thread); ``tests/test_exports.py`` pins each packag
 1. Pure (no I/O, no trio tasks): ``errors``, ``config``, ``chef_auth``, ``protocol``,
    ``sse``, ``model`` (identity), ``auth`` (request authentication and authorization over
    the identity model), ``websession`` (the dashboard's login links and sessions),
-   ``jsonbody`` (the JSON body policy), ``paths`` (the normal form of
-   request paths), ``jobs.machine``, ``jobs.validation``, ``jobs.model``, ``agent.whitelist``,
-   ``search`` (the query language and matcher), ``facts`` (the node facts' names, config and
-   size limit), ``agent.facts_parse`` (facts from the system's files).
-2. Resources: ``store`` (files), ``hub`` (event fan-out), ``tls`` (key and certificate files),
-   ``lockfile`` (one process per directory), ``fsutil`` (durable file writes), ``agent.state``
-   (the agent's state file), ``config_files`` (the configuration file and the default data
-   directory), ``frame_reader`` (the read loop of both ends of a node connection),
-   ``handshakes`` (the cap on a listener's connections still in their handshake),
-   ``agent.facts`` (runs ohai, reads the system's files).
-3. Engines: ``db`` (store + models), ``nodes.registry``, ``jobs.runner``,
-   ``agent.executor``, ``agent.jobspec``, ``agent.procgroup`` and ``agent.runtime`` (the node
-   side's engine); ``services`` (the engines of one running server, handed to the adapters).
+   ``jsonbody`` (the JSON body policy), ``jobfile`` (a job's file payload), ``urls`` (public
+   URLs from the request's Host), ``replay`` (refusing replayed signatures), ``paths`` (the
+   normal form of request paths), ``jobs.status``, ``jobs.events``, ``jobs.state``,
+   ``jobs.machine``, ``jobs.step``, ``jobs.ending``, ``jobs.record``, ``jobs.validation``,
+   ``jobs.model``, ``nodes.model``, ``agent.whitelist``, ``search`` (the query language and
+   matcher), ``facts`` (the node facts' names, config and size limit), ``agent.facts_parse``
+   (facts from the system's files).
+2. Resources: ``store`` (files), ``hub`` (event fan-out), ``feeds`` (topic names, job-feed
+   publishing, the org feed's log), ``tls`` (key and certificate files), ``lockfile`` (one
+   process per directory), ``fsutil`` (durable file writes), ``agent.state`` (the agent's
+   state file), ``config_files`` (the configuration file and the default data directory),
+   ``frame_reader`` (the read loop of both ends of a node connection), ``handshakes`` (the
+   cap on a listener's connections still in their handshake), ``agent.facts`` (runs ohai,
+   reads the system's files).
+3. Engines: ``db`` (store + models), ``nodes.registry``, ``nodes.sendroom``, ``nodes.link``
+   (the node↔job link), ``jobs.runner``, ``jobs.retention``, ``agent.executor``,
+   ``agent.jobspec``, ``agent.procgroup`` and ``agent.runtime`` (the node side's engine);
+   ``services`` (the engines of one running server, handed to the adapters).
 4. Adapters: ``http`` (the REST API and feeds), ``nodesock`` (the node WebSocket listener),
    ``client`` (the signed HTTP client of the CLI and agent), ``agent.connection``.
 5. ``appliance`` (``serve()``: the root nursery), ``bootstrap``, ``agent.main`` (``run_agent``),

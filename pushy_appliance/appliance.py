@@ -36,13 +36,17 @@ from .config import ServerConfig, parse_host_port
 from .config_files import resolve_data_dir
 from .db import Database
 from .errors import ConfigError, DataDirBusyError, StoreError
+from .feeds import Feeds
 from .http import asgi_app
 from .hub import Hub
 from .jobs.model import JobsModel
+from .jobs.retention import Retention
 from .jobs.runner import JobRunner
 from .lockfile import exclusive_lock
 from .model import IdentityModel
-from .nodes.registry import CLOSE_DELETED, CLOSE_GOING_AWAY, NodeModel, NodeRegistry
+from .nodes.link import NodeLink
+from .nodes.model import NodeModel
+from .nodes.registry import CLOSE_DELETED, CLOSE_GOING_AWAY, NodeRegistry
 from .nodesock import serve_nodes
 from .replay import ReplayGuard
 from .services import Services
@@ -245,16 +249,19 @@ async def _serve_locked(
             offline_threshold=config.heartbeat.offline_threshold,
             outbox_size=config.limits.node_outbox,
         )
+        link = NodeLink(registry)
         hub = Hub(buffer=config.feeds.subscriber_buffer)
+        feeds = Feeds(hub, org_retention=config.feeds.org_retention)
         runner = JobRunner(
             db,
             registry,
-            hub,
+            link,
+            feeds,
             voting_timeout=config.jobs.voting_timeout,
             reconnect_grace=config.reconnect_grace,
-            org_retention=config.feeds.org_retention,
-            retention_days=config.jobs.retention_days,
+            late_result_timeout=config.jobs.late_result_timeout,
         )
+        retention = Retention(db, feeds, retention_days=config.jobs.retention_days)
 
         async def close_deleted_client(org: str, name: str) -> None:
             registry.disconnect(org, name, CLOSE_DELETED, "client deleted")
@@ -270,18 +277,21 @@ async def _serve_locked(
         async with trio.open_nursery() as nursery:
             await nursery.start(registry.run)
             await nursery.start(runner.run)
+            await nursery.start(retention.run)
             nursery.start_soon(_compactor, db)
             nursery.start_soon(_gc_keeper, registry)
             bound_node_port: int = await nursery.start(
-                serve_nodes, config, auth, registry, node_host, node_port, node_ssl
+                serve_nodes, config, auth, registry, link, node_host, node_port, node_ssl
             )
             svc = Services(
                 config=config,
                 db=db,
                 auth=auth,
                 nodes=registry,
+                link=link,
                 jobs=runner,
                 hub=hub,
+                feeds=feeds,
                 incarnation_id=incarnation,
                 started_at=started_at,
                 server_public_pem=server_public_pem,

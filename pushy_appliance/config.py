@@ -83,6 +83,8 @@ class JobsConfig:
     """Seconds a running node may be away; unset: 2 × heartbeat interval + 10."""
     retention_days: float = 30.0
     """Days finished jobs are kept; 0 keeps them forever."""
+    late_result_timeout: float = 30.0
+    """Seconds an aborted or timed-out job waits for the results its stopped nodes owe."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -113,6 +115,8 @@ class LimitsConfig:
     """Most nodes one job may name."""
     node_outbox: int = 256
     """Frames queued for one node before the connection is dropped as stuck."""
+    node_send_buffer: int = 0
+    """``SO_SNDBUF`` of each node socket in bytes; 0 keeps the OS default (autotuned)."""
     handshake_timeout: float = 10.0
     """Seconds a new connection has for its TLS handshake (both listeners) and, on the node
     listener, its upgrade request; it is closed after that."""
@@ -431,6 +435,10 @@ def _check_server(c: ServerConfig) -> ServerConfig:
         raise ConfigError("config", "jobs.default_run_timeout", "must be 1 … 86400")
     if c.jobs.retention_days < 0:
         raise ConfigError("config", "jobs.retention_days", "must be 0 or more")
+    if c.limits.node_send_buffer < 0:
+        raise ConfigError("config", "limits.node_send_buffer", "must be 0 or more")
+    if not 0 <= c.jobs.late_result_timeout <= 86_400:
+        raise ConfigError("config", "jobs.late_result_timeout", "must be 0 … 86400")
     for key, val in (
         ("output.max_bytes_per_channel", c.output.max_bytes_per_channel),
         ("limits.max_body_bytes", c.limits.max_body_bytes),

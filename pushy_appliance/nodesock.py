@@ -7,11 +7,13 @@ upgrade. After the upgrade: the agent's ``hello`` (within ``HELLO_TIMEOUT``), th
 ``welcome``, then frames both ways until either side closes.
 
 Per connection there is a reader (this handler's task) and a writer draining the session's
-bounded outbox; the heartbeat ticker and the job engine write directly when nothing is queued
-(see :mod:`.nodes.registry`). The reader is a :class:`~pushy_appliance.frame_reader.FrameReader`:
-protocol errors are logged with the node name and the frame dropped; three within a minute
-close the connection (1008). Frames over the size cap close it with 1009 (trio-websocket
-enforces the cap before a frame is buffered).
+bounded outbox; the heartbeat ticker and the job engine write directly when that cannot
+block (see :mod:`.nodes.registry`; the connection's room probe is a
+:class:`~.nodes.sendroom.SendRoom` on its TCP socket, whose send buffer is
+``limits.node_send_buffer`` when set). The reader is a
+:class:`~pushy_appliance.frame_reader.FrameReader`: protocol errors are logged with the node
+name and the frame dropped; three within a minute close the connection (1008). Frames over the
+size cap close it with 1009 (trio-websocket enforces the cap before a frame is buffered).
 
 Before the upgrade: a connection has ``limits.handshake_timeout`` seconds for its TLS
 handshake and upgrade request, and at most ``limits.node_handshakes`` may be at that stage at
@@ -43,7 +45,9 @@ from .config import ServerConfig
 from .errors import ApiError, AuthError, NotFoundError, ProtocolError
 from .frame_reader import FrameReader
 from .handshakes import HandshakeLimit
+from .nodes.link import NodeLink
 from .nodes.registry import CLOSE_PROTOCOL, NodeRegistry, NodeSession
+from .nodes.sendroom import SendRoom, set_send_buffer, tcp_socket
 from .paths import normalize_path
 
 __all__ = ["HELLO_TIMEOUT", "serve_nodes"]
@@ -63,13 +67,18 @@ class _Connection:
     """One node connection after the upgrade."""
 
     # Ten thousand of these stay alive at once: slots.
-    __slots__ = ("close_code", "close_reason", "config", "registry", "scope", "ws")
+    __slots__ = ("close_code", "close_reason", "config", "link", "registry", "scope", "ws")
 
     def __init__(
-        self, config: ServerConfig, registry: NodeRegistry, ws: WebSocketConnection
+        self,
+        config: ServerConfig,
+        registry: NodeRegistry,
+        link: NodeLink,
+        ws: WebSocketConnection,
     ) -> None:
         self.config = config
         self.registry = registry
+        self.link = link
         self.ws = ws
         self.scope = trio.CancelScope()
         self.close_code = 1000
@@ -106,8 +115,16 @@ class _Connection:
             log.warning("node %s: no hello within %.0f s", who, HELLO_TIMEOUT)
             await self.ws.aclose(CLOSE_PROTOCOL, "no hello")
             return
+        # trio-websocket keeps its stream private; without it there is no room probe and
+        # every direct write is tried (the stall timeout is the backstop)
+        sock = tcp_socket(getattr(self.ws, "_stream", None))
+        room = None
+        if sock is not None:
+            if self.config.limits.node_send_buffer:
+                set_send_buffer(sock, self.config.limits.node_send_buffer)
+            room = SendRoom.of(sock)
         session, outbox = self.registry.open_session(
-            org, node, hello, self.request_close, self.send_message
+            org, node, hello, self.request_close, self.send_message, room
         )
         seqs = protocol.SeqTracker()
         seqs.check(hello.seq)
@@ -134,7 +151,7 @@ class _Connection:
             with self.scope:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(session.run_writer, outbox)
-                    await self.registry.link.node_hello(session, hello)
+                    await self.link.node_hello(session, hello)
                     reader = FrameReader(
                         self.ws.get_message,
                         session,
@@ -152,13 +169,13 @@ class _Connection:
                 current = self.registry.forget(session)
                 if current:
                     log.info("node %s: offline (%s)", who, self.close_reason or "connection closed")
-                    await self.registry.link.node_lost(session)
+                    await self.link.node_lost(session)
                     await self.registry.record_status(org, node, "offline")
                 with trio.move_on_after(2):
                     await self.ws.aclose(self.close_code, self.close_reason[:120])
 
     async def _read(self, session: NodeSession, reader: FrameReader) -> None:
-        link = self.registry.link
+        link = self.link
         async for frame in reader:
             await link.node_frame(session, frame)
         self.request_close(CLOSE_PROTOCOL, "too many protocol errors")
@@ -168,6 +185,7 @@ async def serve_nodes(
     config: ServerConfig,
     auth: Authenticator,
     registry: NodeRegistry,
+    link: NodeLink,
     host: str,
     port: int,
     ssl_context: ssl.SSLContext | None,
@@ -177,9 +195,10 @@ async def serve_nodes(
     """Serve node connections until cancelled.
 
     Args:
-        config: the server configuration (frame cap, heartbeat, job timings).
+        config: the server configuration (frame cap, heartbeat, job timings, send buffer).
         auth: authenticates the upgrade requests.
-        registry: the node registry the connections join.
+        registry: where sessions are opened.
+        link: what a node's messages are handed to (``hello``, job frames, the end).
         host, port: where to listen (port 0: any free port).
         ssl_context: TLS for ``wss``, or ``None`` for plain ``ws``.
 
@@ -206,7 +225,7 @@ async def serve_nodes(
             await request.reject(e.status, extra_headers=extra, body=_reject_body(e))
             return
         ws = await request.accept()
-        await _Connection(config, registry, ws).run(org, node)
+        await _Connection(config, registry, link, ws).run(org, node)
 
     async def guarded_handler(request: WebSocketRequest) -> None:
         # The TLS handshake and the upgrade request are in (within connect_timeout).

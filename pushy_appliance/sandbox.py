@@ -39,7 +39,7 @@ from .client import Credentials, PushyClient, open_client
 from .config import AgentConfig, AllowEntry, ServerConfig, build_server_config, parse_host_port
 from .config_files import resolve_data_dir, sandbox_data_dir
 from .errors import AgentError, ConfigError
-from .nodes.registry import NodeRegistry
+from .nodes.link import NodeLink
 
 __all__ = [
     "ALLOW_ANY",
@@ -187,10 +187,10 @@ def _agent_config(org_url: str, name: str, key: Path, state_dir: Path) -> AgentC
     )
 
 
-async def _wait_available(registry: NodeRegistry, org: str, names: Sequence[str]) -> None:
+async def _wait_available(link: NodeLink, org: str, names: Sequence[str]) -> None:
     """Return once every node is connected and available."""
-    # The registry has no availability event to wait on: at start-up only, look every 50 ms.
-    while not all(registry.is_available(org, n) for n in names):  # noqa: ASYNC110
+    # The link has no availability event to wait on: at start-up only, look every 50 ms.
+    while not all(link.is_available(org, n) for n in names):  # noqa: ASYNC110
         await trio.sleep(0.05)
 
 
@@ -248,8 +248,8 @@ async def run_sandbox(
                 settings = _agent_config(org_url, name, keys[name], home / "agents" / name)
                 await agents.start(functools.partial(run_agent, settings, handle_sighup=False))
             with trio.move_on_after(READY_TIMEOUT):
-                await _wait_available(server.services.nodes, org, names)
-            missing = [n for n in names if not server.services.nodes.is_available(org, n)]
+                await _wait_available(server.services.link, org, names)
+            missing = [n for n in names if not server.services.link.is_available(org, n)]
             if missing:
                 raise AgentError(
                     f"sandbox agents not connected after {READY_TIMEOUT:.0f} s: "

@@ -12,9 +12,11 @@ from collections.abc import Awaitable, Callable
 from .auth import Authenticator
 from .config import ServerConfig
 from .db import Database
+from .feeds import Feeds
 from .hub import Hub
 from .jobs.runner import JobRunner
 from .model import IdentityModel
+from .nodes.link import NodeLink
 from .nodes.registry import NodeRegistry
 from .websession import WebSessions
 
@@ -29,9 +31,11 @@ class Services:
         config: the server configuration.
         db: the database (store and models).
         auth: request authentication and authorization over the identity model.
-        nodes: the node registry.
+        nodes: the node registry (live sessions).
+        link: the node link (node states, availability, the node↔job link).
         jobs: the job runner.
         hub: the event hub of the feeds.
+        feeds: the feeds' publisher and the org feeds' logs.
         incarnation_id: this server process's UUID.
         started_at: ``trio.current_time()`` at start-up, for ``uptime_s``.
         server_public_pem: the server's public key, for ``config/NODE``.
@@ -45,8 +49,10 @@ class Services:
     db: Database
     auth: Authenticator
     nodes: NodeRegistry
+    link: NodeLink
     jobs: JobRunner
     hub: Hub
+    feeds: Feeds
     incarnation_id: str
     started_at: float
     server_public_pem: str

@@ -28,7 +28,8 @@ class Behaviour:
     stderr: bytes = b""
     ignore_run: bool = False
     deaf: bool = False
-    """Stop reading after ``welcome`` (heartbeats still go out): a node whose socket fills."""
+    """Stop reading after ``welcome`` (heartbeats still go out): a node whose socket fills.
+    The WebSocket client's own reader then stops too, holding the next frame (no queue)."""
 
 
 class FakeNode:
@@ -56,7 +57,10 @@ class FakeNode:
             "GET", self.path, b"", self.name, self.key, timestamp=datetime.now(UTC)
         )
         async with open_websocket_url(
-            self.url, ssl_context=self.ssl, extra_headers=[(k, v) for k, v in headers.items()]
+            self.url,
+            ssl_context=self.ssl,
+            extra_headers=[(k, v) for k, v in headers.items()],
+            message_queue_size=0 if self.b.deaf else 1,
         ) as ws:
             await ws.send_message(
                 self.frame(

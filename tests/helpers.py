@@ -1,8 +1,9 @@
 """Test helpers: an in-process appliance on port 0, a signed HTTP client, and a node registry
-on an in-memory store."""
+or a whole job engine (registry, link, feeds, runner) on an in-memory store."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import ssl
@@ -24,7 +25,13 @@ from pushy_appliance.appliance import ServerInfo, serve
 from pushy_appliance.config import ServerConfig
 from pushy_appliance.config_files import load_server_config
 from pushy_appliance.db import Database
-from pushy_appliance.nodes.registry import NodeModel, NodeRegistry
+from pushy_appliance.feeds import Feeds
+from pushy_appliance.hub import Hub
+from pushy_appliance.jobs.model import JobsModel
+from pushy_appliance.jobs.runner import JobRunner
+from pushy_appliance.nodes.link import NodeLink
+from pushy_appliance.nodes.model import NodeModel
+from pushy_appliance.nodes.registry import NodeRegistry
 from pushy_appliance.store import open_store
 
 
@@ -178,3 +185,57 @@ def small_tmpfs(path: Path, size: str) -> Iterator[Path]:
         yield path
     finally:
         subprocess.run(["umount", "--lazy", str(path)], check=False)
+
+
+EPOCH = 1_700_000_000.0
+"""Wall-clock time of trio time 0 in :func:`memory_engine` (its clock follows trio's)."""
+
+
+@dataclasses.dataclass
+class Engine:
+    """A job engine on an in-memory store, its clock ``EPOCH + trio.current_time()``."""
+
+    db: Database
+    registry: NodeRegistry
+    link: NodeLink
+    feeds: Feeds
+    runner: JobRunner
+
+    @property
+    def jobs(self) -> JobsModel:
+        return self.runner.model
+
+
+@asynccontextmanager
+async def memory_engine(
+    *,
+    interval: float = 10.0,
+    voting_timeout: float = 60.0,
+    reconnect_grace: float = 30.0,
+    late_result_timeout: float = 30.0,
+) -> AsyncIterator[Engine]:
+    """The job runner with its registry, link and feeds, running (resumed, ready) on an
+    in-memory store; on trio's autojump clock its timers are exact."""
+
+    def now() -> float:
+        return EPOCH + trio.current_time()
+
+    async with open_store(None) as store:
+        db = Database(store, {"nodes": NodeModel(), "jobs": JobsModel()})
+        registry = NodeRegistry(db, "srv", interval=interval, offline_threshold=3)
+        link = NodeLink(registry, now=now)
+        feeds = Feeds(Hub(), org_retention=60.0, now=now)
+        runner = JobRunner(
+            db,
+            registry,
+            link,
+            feeds,
+            voting_timeout=voting_timeout,
+            reconnect_grace=reconnect_grace,
+            late_result_timeout=late_result_timeout,
+            now=now,
+        )
+        async with trio.open_nursery() as nursery:
+            await nursery.start(runner.run)
+            yield Engine(db, registry, link, feeds, runner)
+            nursery.cancel_scope.cancel()

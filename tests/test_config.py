@@ -67,6 +67,8 @@ def test_integer_accepted_for_float_durations(tmp_path: Path) -> None:
         ("[ui]\ncookie = 1\n", "unknown key(s): ui.cookie"),
         ("[limits]\nnode_handshakes = 0\n", "limits.node_handshakes"),
         ("[limits]\nhandshake_timeout = 0\n", "limits.handshake_timeout"),
+        ("[jobs]\nlate_result_timeout = -1\n", "jobs.late_result_timeout"),
+        ("[limits]\nnode_send_buffer = -1\n", "limits.node_send_buffer"),
         ("not toml [", "invalid TOML"),
     ],
 )

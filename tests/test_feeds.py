@@ -326,7 +326,7 @@ async def test_org_feed_live_resume_and_start_of_history(tmp_path: Path) -> None
                     job1 = await start_job(admin, {"command": "one", "nodes": ["n1"]})
                     events = await first.wait_for(2)
                     # ids start above any an earlier run of the server issued
-                    base = info.services.jobs.org_feed_first
+                    base = info.services.feeds.org_feed_first
                     assert base > 1_700_000_000 * 10**6
                     assert [(e.id, e.name) for e in events] == [
                         (f"org-{base}", "start"),

@@ -18,10 +18,14 @@ from typing import Any
 import trio
 from test_job_validation import ERROR_ROWS
 from test_node_e2e import Proc, create_client, spawn, write_key
+from trio_websocket import ConnectionClosed
 
 from pushy_appliance import chef_auth
+from pushy_appliance.appliance import ServerInfo
 from pushy_appliance.jobs.validation import DuplicateKeyDict
+from pushy_appliance.nodes.registry import DIRECT_SEND_TIMEOUT
 
+from fakenode import Behaviour, FakeNode
 from helpers import Signed, admin_client, running_server, test_config
 
 ORG = "/organizations/default"
@@ -67,6 +71,16 @@ printf 'start %s\\n' "$CHEF_PUSH_NODE_NAME"
 sleep "$1"
 printf 'done %s\\n' "$CHEF_PUSH_NODE_NAME"
 """,
+    # print on both channels, say so, then sleep $1 seconds; stopped (SIGTERM to the group),
+    # print on both channels again and exit 143
+    "chatty.sh": """\
+printf 'before out\\n'
+printf 'before err\\n' >&2
+trap 'printf "stopped out\\n"; printf "stopped err\\n" >&2; exit 143' TERM
+: > "@DIR@/pids/$CHEF_PUSH_NODE_NAME.ready"
+sleep "$1" 2>/dev/null  # (the shell's "Terminated" notice about sleep goes there too)
+printf 'after\\n'
+""",
     # start and end (nanosecond clock) of a short run, appended to one shared file
     "serial.sh": """\
 printf 'start %s %s\\n' "$CHEF_PUSH_NODE_NAME" "$(date +%s%N)" >> "@DIR@/serial.log"
@@ -80,6 +94,7 @@ def whitelist(scripts: Path, *, greet: bool = True) -> str:
     """The ``[[allow]]`` entries of every test agent (``greet`` only where asked)."""
     entries = [
         ("^capture$", f"/bin/sh {scripts}/capture.sh"),
+        ("^chatty ([0-9]+)$", f"/bin/sh {scripts}/chatty.sh \\1"),
         ("^fail-on ([a-z0-9]+)$", f"/bin/sh {scripts}/failon.sh \\1"),
         ("^probe$", f"/bin/sh {scripts}/probe.sh"),
         ("^sleep-pid ([0-9]+)$", f"/bin/sh {scripts}/sleeper.sh \\1"),
@@ -131,10 +146,19 @@ async def wait_online(admin: Signed, nodes: list[str]) -> None:
 
 
 class Cluster:
-    """An appliance (at ``url``, with ``data_dir``), its admin client and real agents
-    (``agents[NAME]``)."""
+    """An appliance (at ``url``, with ``data_dir``; ``info`` when it runs in-process), its
+    admin client and real agents (``agents[NAME]``)."""
 
-    def __init__(self, url: str, data_dir: Path, admin: Signed, root: Path, scripts: Path) -> None:
+    def __init__(
+        self,
+        url: str,
+        data_dir: Path,
+        admin: Signed,
+        root: Path,
+        scripts: Path,
+        info: ServerInfo | None = None,
+    ) -> None:
+        self.info = info
         self.url = url
         self.data_dir = data_dir
         self.admin = admin
@@ -179,7 +203,7 @@ async def cluster(
     scripts = write_scripts(tmp_path)
     config = test_config(tmp_path / "data", **flags)
     async with running_server(config) as info, admin_client(info) as admin:
-        c = Cluster(info.url, info.data_dir, admin, tmp_path, scripts)
+        c = Cluster(info.url, info.data_dir, admin, tmp_path, scripts, info)
         async with AsyncExitStack() as stack:
             # (agents are entered into the stack outside any cancel scope opened here)
             for node in nodes:
@@ -229,6 +253,28 @@ async def output(admin: Signed, job_id: str, node: str, channel: str) -> bytes:
     assert r.headers["content-type"] == "application/octet-stream"
     assert "X-Pushy-Output-Truncated" not in r.headers
     return r.content
+
+
+async def feed_events(admin: Signed, job_id: str) -> list[tuple[str, dict[str, Any]]]:
+    """The job feed of a job, read to its end: ``(name, data)`` per event."""
+    r = await admin.get(f"{ORG}/pushy/job_status_feed/{job_id}")
+    assert r.status_code == 200, r.text
+    names = [line[len("event: ") :] for line in r.text.splitlines() if line.startswith("event: ")]
+    data = [
+        json.loads(line[len("data: ") :])
+        for line in r.text.splitlines()
+        if line.startswith("data: ")
+    ]
+    assert len(names) == len(data)
+    return list(zip(names, data, strict=True))
+
+
+async def wait_file(path: Path) -> None:
+    """Poll until ``path`` exists."""
+    while True:
+        if await trio.Path(path).exists():
+            return
+        await trio.sleep(0.02)
 
 
 async def read_pids(scripts: Path, node: str) -> list[int]:
@@ -454,6 +500,145 @@ async def test_run_timeout_abort_and_busy(tmp_path: Path) -> None:
             job = await start_job(admin, {"command": "say ok", "nodes": nodes})
             doc = await wait_job(admin, job)
             assert doc["nodes"] == {"succeeded": nodes}
+
+
+STOPPED_OUT = b"before out\nstopped out\n"
+STOPPED_ERR = b"before err\nstopped err\n"
+
+
+async def check_late_result(
+    admin: Signed, job: str, status: str, node_status: str, agent_statuses: set[str]
+) -> None:
+    """The job ended ``status`` with ``node`` n1 ``node_status`` at once; n1's output and
+    result, which came after the end, are kept, published before ``job_complete`` and
+    served; the job's statuses did not change."""
+    events = await feed_events(admin, job)  # ends with job_complete
+    names = [name for name, _ in events]
+    assert names[-2:] == ["late_result", "job_complete"]
+    assert events[-1][1]["status"] == status
+    stop = names.index("run_complete")
+    assert events[stop][1] == {**events[stop][1], "node": "n1", "status": node_status}
+    late = {k: v for k, v in events[-2][1].items() if k != "timestamp"}
+    assert late["node"] == "n1"
+    assert late["status"] in agent_statuses
+    assert (late["exit_code"], late["signal"]) == (143, None)  # the trap's exit
+    assert (late["stdout_bytes"], late["stderr_bytes"]) == (len(STOPPED_OUT), len(STOPPED_ERR))
+    assert late["truncated"] is False
+    # the output printed after the stop arrived after run_complete, and was kept
+    printed = {"stdout": b"", "stderr": b""}
+    for name, data in events:
+        if name == "output":
+            printed[data["channel"]] += data["data"].encode()
+    assert printed == {"stdout": STOPPED_OUT, "stderr": STOPPED_ERR}
+    late_output = {"stdout": "", "stderr": ""}
+    for name, data in events[stop:]:
+        if name == "output":
+            late_output[data["channel"]] += data["data"]
+    assert late_output["stdout"].endswith("stopped out\n")
+    assert late_output["stderr"].endswith("stopped err\n")
+    assert await output(admin, job, "n1", "stdout") == STOPPED_OUT
+    assert await output(admin, job, "n1", "stderr") == STOPPED_ERR
+    doc = await job_doc(admin, job)
+    assert (doc["status"], doc["nodes"]) == (status, {node_status: ["n1"]})
+    r = await admin.get(f"{JOBS}/{job}?include_results=true")
+    assert r.json()["results"] == {"n1": {k: v for k, v in late.items() if k != "node"}}
+
+
+async def test_an_aborted_node_s_late_output_and_result_are_kept(tmp_path: Path) -> None:
+    async with cluster(tmp_path, ["n1"]) as c:
+        admin = c.admin
+        with trio.fail_after(LIMIT):
+            job = await start_job(
+                admin, {"command": "chatty 30", "nodes": ["n1"], "capture_output": True}
+            )
+            await wait_file(c.scripts / "pids" / "n1.ready")
+            r = await admin.post(f"{JOBS}/{job}/abort")
+            assert r.status_code == 200, r.text
+            # final at once: the abort does not wait for the node's result
+            assert (r.json()["status"], r.json()["nodes"]) == ("aborted", {"aborted": ["n1"]})
+            await check_late_result(admin, job, "aborted", "aborted", {"aborted"})
+            await wait_online(admin, ["n1"])
+
+
+async def test_a_timed_out_node_s_late_output_and_result_are_kept(tmp_path: Path) -> None:
+    async with cluster(tmp_path, ["n1"]) as c:
+        admin = c.admin
+        with trio.fail_after(LIMIT):
+            job = await start_job(
+                admin,
+                {"command": "chatty 30", "nodes": ["n1"], "capture_output": True, "run_timeout": 2},
+            )
+            await wait_file(c.scripts / "pids" / "n1.ready")
+            # The server's run timer (from the start of running) fires first and aborts the
+            # command: the agent reports aborted. The agent enforces the same run_timeout
+            # from its process's start, a moment later; when that wins, it says timed_out.
+            await check_late_result(admin, job, "timed_out", "timed_out", {"aborted", "timed_out"})
+            await wait_online(admin, ["n1"])
+
+
+async def stay_deaf(node: FakeNode, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    """Run a deaf fake node until the server drops it (its heartbeats then fail)."""
+    try:
+        await node.run(task_status=task_status)
+    except* (ConnectionClosed, trio.BrokenResourceError):
+        pass
+
+
+async def test_nodes_that_stop_reading_delay_no_heartbeat_and_no_fan_out(tmp_path: Path) -> None:
+    # Small node send buffers make a stall happen as on a real network: a node that stops
+    # reading takes little more than its receive buffer (128 KB) in its kernel buffers.
+    flags = {"limits.node_send_buffer": 4096}
+    agents = ["a1", "a2"]
+    big = "base64:" + base64.b64encode(os.urandom(100_000)).decode()  # a 130 KB frame
+    async with cluster(tmp_path, agents, **flags) as c:
+        admin = c.admin
+        assert c.info is not None
+        info = c.info
+        registry = info.services.nodes
+        with trio.fail_after(LIMIT):
+            began = trio.current_time()
+            job = await start_job(admin, {"command": "say hi", "nodes": agents, "file": big})
+            assert (await wait_job(admin, job))["nodes"] == {"succeeded": agents}
+            alone = trio.current_time() - began
+
+            key = chef_auth.generate_private_key()
+            public = chef_auth.public_key_pem(key)
+            deaf = [f"deaf{i:02d}" for i in range(50)]
+            for name in deaf:
+                r = await admin.post(f"{ORG}/clients", {"name": name, "public_key": public})
+                assert r.status_code == 201, r.text
+            ca = str(c.data_dir / "tls" / "ca.pem")
+            async with trio.open_nursery() as nursery:
+                for name in deaf:
+                    fake = FakeNode(info.node_url, "default", name, key, ca, Behaviour(deaf=True))
+                    await nursery.start(stay_deaf, fake)
+                # each deaf node's client holds the first frame after welcome, a heartbeat
+                # (sent at most 1.5 intervals after it), and reads nothing more
+                sessions = [registry.get("default", name) for name in deaf]
+                while True:
+                    if all(s.last_sent > s.connected_at + 0.1 for s in sessions):
+                        break
+                    await trio.sleep(0.05)
+                # Two fan-outs of 130 KB commits: more than a deaf node's socket takes (its
+                # kernel buffers may take the first), so their writes stall, all together.
+                await start_job(admin, {"command": "say hi", "nodes": deaf, "file": big})
+                began = trio.current_time()
+                job = await start_job(
+                    admin, {"command": "say hi", "nodes": agents + deaf, "file": big, "quorum": 2}
+                )
+                doc = await wait_job(admin, job)
+                together = trio.current_time() - began
+                assert doc["status"] == "complete"
+                assert doc["nodes"] == {"succeeded": agents, "unavailable": deaf}
+                assert registry.statistics().dropped_stuck == len(deaf)
+                nursery.cancel_scope.cancel()
+        # one write timeout in all, not one per stalled node
+        assert together < alone + DIRECT_SEND_TIMEOUT + 1.5, (together, alone)
+        # the agents never missed the server's heartbeats (3 intervals, 1.5 s, would have
+        # made them reconnect)
+        for name in agents:
+            assert c.agents[name].count("connected (server incarnation") == 1
+            assert c.agents[name].count("no frame from the server") == 0
 
 
 async def test_a_restarted_agent_ends_the_job_process_its_crash_left(tmp_path: Path) -> None:

@@ -157,7 +157,10 @@ async def test_busy_node_nacks_second_job(tmp_path: Path) -> None:
         await wait_job(admin, first, {"running"})
         second = await start(admin, {"command": "b", "nodes": ["n1"], "quorum": 0})
         doc = await wait_job(admin, second)
-        assert doc["nodes"] in ({"nacked": ["n1"]}, {"unavailable": ["n1"]})
+        # the busy node is reachable, gets the commit and nacks it (API.md §5)
+        assert doc["status"] == "complete"
+        assert doc["nodes"] == {"nacked": ["n1"]}
+        assert doc["nack_reasons"] == {"n1": "busy"}
         doc = await wait_job(admin, first)
         assert doc["status"] == "complete"
 

@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pushy_appliance import chef_auth
+from pushy_appliance.jobs.retention import Retention
 
 from fakenode import Behaviour, fake_nodes
 from helpers import Signed, admin_client, running_server, signing_time, test_config
@@ -253,6 +254,7 @@ async def test_finished_jobs_are_purged_after_the_retention(tmp_path: Path) -> N
     config = test_config(tmp_path, **{"jobs.retention_days": days})
     async with running_server(config) as info, admin_client(info) as admin:
         runner = info.services.jobs
+        retention = Retention(info.services.db, info.services.feeds, retention_days=days)
         with trio.fail_after(LIMIT):
             async with fake_nodes(info, admin, {"n1": Behaviour(stdout=b"kept\n")}):
                 old = await start(admin, {"command": "x", "nodes": ["n1"], "capture_output": True})
@@ -265,18 +267,18 @@ async def test_finished_jobs_are_purged_after_the_retention(tmp_path: Path) -> N
             finished_old = runner.model.jobs[old].finished_at
             finished_newer = runner.model.jobs[newer].finished_at
             assert finished_old is not None and finished_newer is not None
-            assert await runner.purge_expired() == 0  # nothing is that old yet
+            assert await retention.purge_expired() == 0  # nothing is that old yet
             # a clock just past the older job's expiry purges it alone
             cut = finished_old + days * 86400 + (finished_newer - finished_old) / 2
             assert finished_newer > finished_old
-            assert await runner.purge_expired(cut) == 1
+            assert await retention.purge_expired(cut) == 1
             for path in (f"jobs/{old}", f"jobs/{old}/output/n1/stdout"):
                 r = await admin.get(f"{PUSHY}/{path}")
                 assert r.status_code == 404, (path, r.text)
             r = await admin.get(f"{PUSHY}/jobs")
             assert [j["id"] for j in r.json()] == [newer]
             assert (await admin.get(f"{PUSHY}/jobs/{newer}")).status_code == 200
-            assert await runner.purge_expired(time.time() + days * 86400 + 1) == 1
+            assert await retention.purge_expired(time.time() + days * 86400 + 1) == 1
             assert (await admin.get(f"{PUSHY}/jobs")).json() == []
             await alive(admin.http, info.url)
 

@@ -6,13 +6,14 @@ from typing import Any
 
 import msgpack
 
-from pushy_appliance.jobs import machine as m
 from pushy_appliance.jobs.model import JobsModel, OutputBuffer
+from pushy_appliance.jobs.record import from_record, to_record
+from pushy_appliance.jobs.state import new_job
 
 
 def _create(job_id: str, nodes: list[str], status: str = "voting") -> dict[str, Any]:
-    state = m.to_record(
-        m.new_job(
+    state = to_record(
+        new_job(
             job_id, nodes, quorum=len(nodes), run_timeout=60, voting_timeout=60, reconnect_grace=10
         )
     )
@@ -124,3 +125,55 @@ def test_output_buffer_caps_and_counts() -> None:
     assert bytes(buf.stdout) == b"aaaa" and buf.stdout_total == 15 and buf.truncated
     buf.add("stdout", 0, b"a" * 10, cap=4)  # a re-send changes nothing
     assert buf.stdout_total == 15
+
+
+def test_a_job_that_waits_for_late_results_is_stored_so_a_restart_resumes_waiting() -> None:
+    model = JobsModel()
+    model.apply(_create("j1", ["a", "b"], status="running"))
+    job = dict(model.jobs["j1"].job, status="aborted", late_deadline=130.0)
+    model.apply(
+        {
+            "t": "job.step",
+            "id": "j1",
+            "job": job,
+            # a owes its result (sixth item), b ended before the abort
+            "nodes": [
+                ["a", "aborted", False, None, None, True],
+                ["b", "failed", False, None, None],
+            ],
+            "events": [],
+            "outputs": [["a", "stdout", 0, b"late"]],
+            "results": {"b": {"status": "failed", "exit_code": 2, "stdout_bytes": 0}},
+            "at": 100.0,
+        }
+    )
+    e = model.jobs["j1"]
+    assert e.finished and not e.closed and e.finished_at == 100.0
+    assert from_record(e.state_record()).owed == {"a"}
+    assert e.results() == {
+        "b": {
+            "status": "failed",
+            "exit_code": 2,
+            "signal": None,
+            "stdout_bytes": 0,
+            "stderr_bytes": 0,
+            "truncated": False,
+            "duration_s": None,
+        }
+    }
+    result = {"status": "aborted", "exit_code": 143, "stdout_bytes": 4, "truncated": False}
+    model.apply(
+        {
+            "t": "job.step",
+            "id": "j1",
+            "job": dict(job, late_deadline=None),
+            "nodes": [["a", "aborted", False, None, None]],
+            "events": [[2, "job_complete", {"timestamp": "t2", "status": "aborted"}]],
+            "results": {"a": result},
+            "at": 101.0,
+        }
+    )
+    assert e.closed and e.finished_at == 100.0  # finished at the abort, closed now
+    assert bytes(e.output["a"].stdout) == b"late" and e.output["a"].finished
+    assert e.results()["a"]["exit_code"] == 143
+    assert from_record(e.state_record()).owed == frozenset()

@@ -100,9 +100,9 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
         slow = start_slow_agent(work, info, admin, log)
         admin.close()
         f = Fleet(thread, info, work, slow)
-        registry = info.server.services.nodes
+        link = info.server.services.link
         deadline = time.monotonic() + TIMEOUT_MS / 1000
-        while not thread.run_sync(registry.is_available, "default", "slow-1"):
+        while not thread.run_sync(link.is_available, "default", "slow-1"):
             assert time.monotonic() < deadline, (work / "slow-1.log").read_text()
             time.sleep(0.05)
         yield f

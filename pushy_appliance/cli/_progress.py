@@ -31,6 +31,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
+from ..jobs.status import BUCKETS, FINISHED_JOB_STATUSES, LIVE_NODE_STATUSES
 from ..sse import Event
 from ._common import plural
 
@@ -44,27 +45,8 @@ __all__ = [
     "parse_timestamp",
 ]
 
-NODE_STATES: Final = (
-    "new",
-    "ready",
-    "running",
-    "succeeded",
-    "failed",
-    "aborted",
-    "unavailable",
-    "nacked",
-    "crashed",
-    "was_ready",
-    "timed_out",
-)
+NODE_STATES: Final = BUCKETS
 """Node states inside a job, in the order counts are shown."""
-
-_LIVE_NODE_STATES: Final = frozenset({"new", "ready", "running"})
-
-FINISHED_JOB_STATUSES: Final = frozenset(
-    {"complete", "quorum_failed", "timed_out", "aborted", "crashed"}
-)
-"""Job statuses after which nothing changes any more."""
 
 _VOTE_STATES: Final = {"success": "ready", "failure": "nacked"}
 # Every other vote status (down, voting_timeout, client_died_while_voting, …) leaves the
@@ -176,7 +158,7 @@ class JobTracker:
     @property
     def done(self) -> int:
         """How many nodes reached a final state."""
-        return sum(1 for s in self.nodes.values() if s not in _LIVE_NODE_STATES)
+        return sum(1 for s in self.nodes.values() if s not in LIVE_NODE_STATUSES)
 
     @property
     def finished(self) -> bool:

@@ -9,8 +9,8 @@ never sees a gap or a duplicate:
    events) after the ``Last-Event-ID``;
 3. send live events, skipping any already sent.
 
-This works because the runner stores (job feed) or logs (org feed) an event before it
-publishes it: an event is either in what step 2 reads, or published after step 1.
+This works because the runner stores (job feed) and :mod:`..feeds` logs (org feed) an event
+before it is published: an event is either in what step 2 reads, or published after step 1.
 
 Ids and special events:
 
@@ -55,9 +55,9 @@ import trio
 from quart import Response, request
 from quart_trio import QuartTrio
 
+from ..feeds import Feeds, job_topic, org_topic
 from ..hub import Hub, OrgEvent, Subscription
 from ..jobs.model import JobEntry
-from ..jobs.runner import JobRunner, job_topic, org_topic
 from ..services import Services
 from ..sse import KEEPALIVE, encode_event, format_timestamp
 from ._jobs import job_document
@@ -166,11 +166,11 @@ async def _receive_batch(sub: Subscription, keepalive: float) -> list[Any]:
 
 
 class _Feeds:
-    """What the feed handlers share: the hub, the runner and the encoding cache."""
+    """What the feed handlers share: the hub, the feeds' logs and the encoding cache."""
 
     def __init__(self, svc: Services) -> None:
         self.hub: Hub = svc.hub
-        self.runner: JobRunner = svc.jobs
+        self.feeds: Feeds = svc.feeds
         self.keepalive = svc.config.feeds.keepalive
         self.cache = _EncodedCache()
 
@@ -208,7 +208,7 @@ class _Feeds:
         after = _parse_job_event_id(last_event_id)
         if not 1 <= after <= entry.last_event_n():
             after = 0
-        if entry.finished:
+        if entry.closed:
             if not entry.events:
                 doc = {"timestamp": format_timestamp(time.time()), **job_document(entry)}
                 yield encode_event("summary", "job-1", doc)
@@ -258,7 +258,7 @@ class _Feeds:
             Encoded events (joined into chunks), keep-alives, and a final ``lagged``.
         """
         with self.hub.subscribe(org_topic(org)) as sub:
-            org_log = self.runner.org_log(org)
+            org_log = self.feeds.org_log(org)
             # No await between subscribing and this read: every event published from now on
             # has a sequence number above ``seen``.
             start, retained = org_log.after(last_event_id, time.time())
@@ -307,7 +307,7 @@ def register(app: QuartTrio, svc: Services) -> None:
 
     Args:
         app: the application.
-        svc: the services; ``svc.hub`` and ``svc.jobs`` must be set.
+        svc: the services; ``svc.hub``, ``svc.feeds`` and ``svc.jobs`` must be set.
     """
     feeds = _Feeds(svc)
 

@@ -11,6 +11,7 @@ from quart_trio import QuartTrio
 from ..errors import NotAcceptableError, NotFoundError, ValidationError
 from ..jobs.model import JobEntry
 from ..jobs.runner import JobRunner
+from ..jobs.status import JobStatus
 from ..jobs.validation import validate_job_request
 from ..jsonbody import parse_json_body
 from ..services import Services
@@ -26,10 +27,6 @@ from ._request import (
 )
 
 __all__ = ["job_document", "register"]
-
-_STATUSES = frozenset(
-    {"new", "voting", "running", "complete", "quorum_failed", "timed_out", "aborted", "crashed"}
-)
 
 
 def _summary(e: JobEntry) -> dict[str, Any]:
@@ -56,8 +53,11 @@ def _summary(e: JobEntry) -> dict[str, Any]:
     return doc
 
 
-def job_document(e: JobEntry, *, include_file: bool = False) -> dict[str, Any]:
-    """The ``GET jobs/ID`` document (the original's shape plus ``quorum``, ``nack_reasons``)."""
+def job_document(
+    e: JobEntry, *, include_file: bool = False, include_results: bool = False
+) -> dict[str, Any]:
+    """The ``GET jobs/ID`` document (the original's shape plus ``quorum``, ``nack_reasons``;
+    with ``include_results``, ``results``: node → its stored result, late ones included)."""
     doc = _summary(e)
     doc["nodes"] = e.buckets()
     doc["quorum"] = e.job["quorum"]
@@ -71,6 +71,8 @@ def job_document(e: JobEntry, *, include_file: bool = False) -> dict[str, Any]:
         doc["max_concurrency"] = e.spec["max_concurrency"]
     if e.spec.get("max_failures") is not None:
         doc["max_failures"] = e.spec["max_failures"]
+    if include_results:
+        doc["results"] = e.results()
     return doc
 
 
@@ -122,7 +124,8 @@ def register(app: QuartTrio, svc: Services) -> None:
         await authorized(svc, org, "read")
         entry = find_job(svc, org, job_id)
         include = request.args.get("include_file", "").lower() == "true"
-        return json_response(job_document(entry, include_file=include))
+        results = request.args.get("include_results", "").lower() == "true"
+        return json_response(job_document(entry, include_file=include, include_results=results))
 
     @app.route("/organizations/<org>/pushy/jobs/<job_id>/abort", methods=["POST"])
     async def abort(org: str, job_id: str) -> Response:
@@ -164,7 +167,7 @@ def register(app: QuartTrio, svc: Services) -> None:
 
 def _list_jobs(runner: JobRunner, org: str) -> list[dict[str, Any]]:
     status = request.args.get("status")
-    if status is not None and status not in _STATUSES:
+    if status is not None and status not in JobStatus.__members__.values():
         raise ValidationError(f"invalid status '{status[:40]}'")
     limit = _int_param("limit", 1, 10_000)
     before = request.args.get("before")

@@ -10,6 +10,7 @@ from quart_trio import QuartTrio
 
 from ..errors import AuthError, NotFoundError
 from ..model import valid_name
+from ..nodes.link import NodeLink
 from ..nodes.registry import NodeRegistry
 from ..services import Services
 from ._request import authorized, base_url, json_response, rfc1123
@@ -20,8 +21,8 @@ CONFIG_WITHOUT_NODE_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", 
 """``config/`` without a node: 404 for each of these methods."""
 
 
-def _state_doc(registry: NodeRegistry, org: str, name: str) -> dict[str, Any]:
-    doc = registry.state(org, name)
+def _state_doc(link: NodeLink, org: str, name: str) -> dict[str, Any]:
+    doc = link.node_state(org, name)
     if "updated_at" in doc:
         doc["updated_at"] = rfc1123(doc["updated_at"])
     return doc
@@ -30,6 +31,7 @@ def _state_doc(registry: NodeRegistry, org: str, name: str) -> dict[str, Any]:
 def register(app: QuartTrio, svc: Services) -> None:
     """Register the node routes on ``app``."""
     registry: NodeRegistry = svc.nodes
+    link: NodeLink = svc.link
 
     @app.route("/organizations/<org>/pushy/config/<node>", methods=["GET"])
     async def node_config(org: str, node: str) -> Response:
@@ -79,11 +81,11 @@ def register(app: QuartTrio, svc: Services) -> None:
     async def node_states(org: str) -> Response:
         await authorized(svc, org, "read")
         names = [n for n in registry.known_nodes(org) if svc.identity.has_client(org, n)]
-        return json_response([_state_doc(registry, org, n) for n in names])
+        return json_response([_state_doc(link, org, n) for n in names])
 
     @app.route("/organizations/<org>/pushy/node_states/<node>", methods=["GET"])
     async def node_state(org: str, node: str) -> Response:
         await authorized(svc, org, "read")
         if not svc.identity.has_client(org, node):
             raise NotFoundError(f"node '{node[:300]}' not found")
-        return json_response(_state_doc(registry, org, node))
+        return json_response(_state_doc(link, org, node))

@@ -14,13 +14,13 @@ from ._request import json_response
 def status_document(svc: Services) -> dict[str, object]:
     """The ``_status`` body: the original's fields, then ours (``API.md`` §3)."""
     stats = svc.db.store.statistics()
-    nodes = svc.nodes.statistics() if svc.nodes is not None else None
+    nodes = svc.link.statistics() if svc.link is not None else None
     jobs = svc.jobs.live_job_ids() if svc.jobs is not None else []
     hub = svc.hub.statistics() if svc.hub is not None else None
     return {
         "status": "it's alive",
         "incarnation_id": svc.incarnation_id,
-        "node_fsm_count": nodes.sessions if nodes else 0,
+        "node_fsm_count": nodes.online if nodes else 0,
         "job_processes": jobs,
         "version": __version__,
         "uptime_s": round(trio.current_time() - svc.started_at, 3),

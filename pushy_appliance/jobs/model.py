@@ -1,16 +1,17 @@
 """The stored view of jobs: what the API reads and what a restart resumes from (pure).
 
-The runner owns each live job's :class:`~.machine.JobState`; this model keeps the durable
+The runner owns each live job's :class:`~.state.JobState`; this model keeps the durable
 *record form* of every job, updated by records in O(changed nodes):
 
 =================  ==================================================================
 ``t``              fields
 =================  ==================================================================
-``job.create``     ``id, org, spec, state`` (``machine.to_record``), ``events``, ``at``
-``job.step``       ``id, job`` (``machine.job_record``), ``nodes`` (changed
-                   ``machine.node_record`` entries), ``events``, ``at``, ``outputs``
+``job.create``     ``id, org, spec, state`` (``record.to_record``), ``events``, ``at``
+``job.step``       ``id, job`` (``record.job_record``), ``nodes`` (changed
+                   ``record.node_record`` entries), ``events``, ``at``, ``outputs``
                    (``[node, channel, offset, data]`` chunks, data as bytes), ``results``
-                   (``{node: result fields}`` of results received in this step)
+                   (``{node: result fields}`` of results received in this step, late ones
+                   included: the fields of ``protocol.Result``)
 ``job.purge``      ``id``
 =================  ==================================================================
 
@@ -26,17 +27,19 @@ from typing import Any
 
 import msgpack
 
-from .machine import NodeStatus
+from .status import FINISHED_JOB_STATUSES, nack_reasons, node_buckets
 
-__all__ = ["BUCKETS", "JobEntry", "JobsModel", "OutputBuffer"]
+__all__ = ["JobEntry", "JobsModel", "OutputBuffer"]
 
-BUCKETS = tuple(str(s) for s in NodeStatus)
-FINISHED = frozenset({"complete", "quorum_failed", "timed_out", "aborted", "crashed"})
+
+RESULT_FIELDS = ("status", "exit_code", "signal", "duration_s")
+"""The result fields an :class:`OutputBuffer` keeps besides its byte counts and truncation."""
 
 
 @dataclasses.dataclass(slots=True)
 class OutputBuffer:
-    """One node's captured output: bytes kept up to the cap, totals counted beyond it."""
+    """One node's captured output (bytes kept up to the cap, totals counted beyond it) and
+    the result that finished it (``finished``: the output is complete)."""
 
     stdout: bytearray = dataclasses.field(default_factory=bytearray)
     stderr: bytearray = dataclasses.field(default_factory=bytearray)
@@ -44,6 +47,34 @@ class OutputBuffer:
     stderr_total: int = 0
     truncated: bool = False
     finished: bool = False
+    status: str | None = None
+    exit_code: int | None = None
+    signal: int | None = None
+    duration_s: float | None = None
+
+    def finish(self, result: dict[str, Any]) -> None:
+        """Take a node's result: the output is complete; keep the result's fields."""
+        self.finished = True
+        self.truncated = self.truncated or bool(result.get("truncated"))
+        self.stdout_total = max(self.stdout_total, int(result.get("stdout_bytes") or 0))
+        self.stderr_total = max(self.stderr_total, int(result.get("stderr_bytes") or 0))
+        self.status = result.get("status")
+        self.exit_code = result.get("exit_code")
+        self.signal = result.get("signal")
+        self.duration_s = result.get("duration_s")
+
+    def result(self) -> dict[str, Any]:
+        """The stored result: the agent's status, exit code, signal, byte counts, truncation
+        and duration (of a finished node)."""
+        return {
+            "status": self.status,
+            "exit_code": self.exit_code,
+            "signal": self.signal,
+            "stdout_bytes": self.stdout_total,
+            "stderr_bytes": self.stderr_total,
+            "truncated": self.truncated,
+            "duration_s": self.duration_s,
+        }
 
     def channel(self, name: str) -> bytearray:
         return self.stdout if name == "stdout" else self.stderr
@@ -77,10 +108,12 @@ class OutputBuffer:
             "stderr_total": self.stderr_total,
             "truncated": self.truncated,
             "finished": self.finished,
+            **{key: getattr(self, key) for key in RESULT_FIELDS},
         }
 
     @classmethod
     def from_plain(cls, d: dict[str, Any]) -> OutputBuffer:
+        """The buffer of :meth:`to_plain`'s map (one from before results were kept too)."""
         return cls(
             bytearray(d["stdout"]),
             bytearray(d["stderr"]),
@@ -88,6 +121,7 @@ class OutputBuffer:
             d["stderr_total"],
             d["truncated"],
             d["finished"],
+            *(d.get(key) for key in RESULT_FIELDS),
         )
 
 
@@ -191,10 +225,17 @@ class JobEntry:
 
     @property
     def finished(self) -> bool:
-        return self.status in FINISHED
+        """Whether the job's status is final."""
+        return self.status in FINISHED_JOB_STATUSES
+
+    @property
+    def closed(self) -> bool:
+        """Whether the job is over for good: finished, and no node owes it a late result
+        (its feed ended with ``job_complete``; see ``state.is_closed``)."""
+        return self.finished and self.job.get("late_deadline") is None
 
     def state_record(self) -> dict[str, Any]:
-        """The full ``machine.to_record`` form, for ``from_record``."""
+        """The full ``record.to_record`` form, for ``record.from_record``."""
         return {**self.job, "nodes": list(self.nodes.values())}
 
     def set_nodes(self, records: list[list[Any]]) -> None:
@@ -206,22 +247,22 @@ class JobEntry:
             self._buckets = self._nack_reasons = None
 
     def buckets(self) -> dict[str, list[str]]:
-        """Node names by status, sorted (computed once per change: big jobs are polled)."""
+        """The job document's ``nodes`` (:func:`.status.node_buckets`), computed once per
+        change: big jobs are polled."""
         if self._buckets is None:
-            out: dict[str, list[str]] = {}
-            for name, entry in self.nodes.items():
-                out.setdefault(entry[1], []).append(name)
-            self._buckets = {b: sorted(out[b]) for b in BUCKETS if b in out}
+            self._buckets = node_buckets((name, e[1]) for name, e in self.nodes.items())
         return {b: list(names) for b, names in self._buckets.items()}
 
     def nack_reasons(self) -> dict[str, str]:
+        """The job document's ``nack_reasons`` (:func:`.status.nack_reasons`)."""
         if self._nack_reasons is None:
-            self._nack_reasons = {
-                name: entry[4]
-                for name, entry in self.nodes.items()
-                if entry[1] == "nacked" and entry[4] is not None
-            }
+            self._nack_reasons = nack_reasons((name, e[1], e[4]) for name, e in self.nodes.items())
         return dict(self._nack_reasons)
+
+    def results(self) -> dict[str, dict[str, Any]]:
+        """The stored results: node → :meth:`OutputBuffer.result`, sorted by node."""
+        output = self.output
+        return {n: output[n].result() for n in sorted(output) if output[n].finished}
 
     def last_event_n(self) -> int:
         events = self.events
@@ -275,7 +316,7 @@ class JobsModel:
         if t == "job.step":
             if r["job"]["status"] != entry.job["status"]:
                 entry.updated_at = r["at"]
-                if r["job"]["status"] in FINISHED:
+                if r["job"]["status"] in FINISHED_JOB_STATUSES:
                     entry.finished_at = r["at"]
             entry.job = r["job"]
             entry.set_nodes(r["nodes"])
@@ -285,11 +326,7 @@ class JobsModel:
                     channel, offset, data, self.output_cap
                 )
             for node, res in (r.get("results") or {}).items():
-                buf = entry.output.setdefault(node, OutputBuffer())
-                buf.finished = True
-                buf.truncated = buf.truncated or bool(res.get("truncated"))
-                buf.stdout_total = max(buf.stdout_total, int(res.get("stdout_bytes") or 0))
-                buf.stderr_total = max(buf.stderr_total, int(res.get("stderr_bytes") or 0))
+                entry.output.setdefault(node, OutputBuffer()).finish(res)
         elif t == "job.purge":
             del self.jobs[r["id"]]
 

@@ -1,25 +1,33 @@
 """The job runner: feeds events to the pure job machine and performs its effects.
 
 Each live job has one task that drains the job's inbox in batches: every event in the batch
-goes through :func:`machine.transition`; the changes of the whole batch (job fields, changed
-nodes, published feed events) become ONE ``job.step`` record, committed durably; only then
-are the effects performed (frames sent, timers armed, events published to the hub). So a
-crash loses effects, never state, and a fan-out to thousands of nodes costs a handful of
-fsyncs, not one per vote. After a restart :meth:`JobRunner.resume` sends ``Resume`` to every
-unfinished job; the machine re-derives what a lost effect would have done.
+goes through :func:`.machine.transition`; the changes of the whole batch (job fields, changed
+nodes, published feed events, output chunks, results) become ONE ``job.step`` record,
+committed durably; only then are the effects performed (frames sent, timers armed, events
+published on the feeds). So a crash loses effects, never state, and a fan-out to thousands of
+nodes costs a handful of fsyncs, not one per vote. After a restart :meth:`JobRunner.resume`
+sends ``Resume`` to every unfinished job; the machine re-derives what a lost effect would
+have done.
 
-The runner is also the registry's :class:`~..nodes.registry.JobLink`: node frames become
-machine events for the job they name.
+The runner only creates, aborts and drives jobs. Node messages reach it from the node link
+(:mod:`..nodes.link`) through :meth:`JobRunner.post`, its :class:`~..nodes.link.JobPort`;
+the runner tells the link which nodes each live job holds (:meth:`~..nodes.link.NodeLink.hold`,
+:meth:`~..nodes.link.NodeLink.release`). Frames to nodes never wait for a node that stopped
+reading: :meth:`~..nodes.registry.NodeSession.send_now` writes at once only when the write
+cannot block, and queues the frame for the node's own writer otherwise.
+
+Clock: every ``now`` the runner gives the machine, and every timer, reads the ``now`` callable
+it was built with (wall-clock ``time.time`` by default; tests pass a clock that follows
+trio's, so timers run on the autojump clock).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import secrets
 import time
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import trio
@@ -27,38 +35,45 @@ import trio
 from .. import protocol
 from ..db import Database
 from ..errors import JobFinishedError, NoSuchJobError
-from ..hub import Hub, OrgEventLog
+from ..feeds import Feeds
+from ..nodes.link import NodeLink
 from ..nodes.registry import NodeRegistry, NodeSession
 from ..sse import MonotonicStamper, format_timestamp
-from . import machine as m
+from . import record
+from .events import (
+    Abort,
+    CancelTimer,
+    Effect,
+    Event,
+    GraceExpired,
+    KeepOutput,
+    LateTimeout,
+    NodeBack,
+    NodeDown,
+    NodeEvent,
+    Publish,
+    ReleaseNodes,
+    Result,
+    Resume,
+    RunTimeout,
+    SendAbort,
+    SendCommit,
+    SendRehab,
+    SendResultAck,
+    SendRun,
+    Start,
+    StartTimer,
+    VotingTimeout,
+)
+from .machine import transition
 from .model import JobEntry, JobsModel
+from .state import DEFAULT_LATE_RESULT_TIMEOUT, JobState, holds, is_closed, is_finished, new_job
+from .status import JobStatus
 from .validation import JobRequest
 
-__all__ = ["JobRunner", "job_topic", "org_topic"]
+__all__ = ["INBOX_HIGH_WATER", "JobRunner"]
 
 log = logging.getLogger(__name__)
-
-FINAL_NODE = frozenset(str(s) for s in m.NodeStatus) - {"new", "ready", "running"}
-
-
-def job_topic(job_id: str) -> str:
-    return f"job:{job_id}"
-
-
-def org_topic(org: str) -> str:
-    return f"org:{org}"
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class _OutputChunk:
-    """An ``output`` frame queued with the job's machine events, so that it is numbered,
-    stored and published in arrival order in the same step record."""
-
-    node: str
-    channel: str
-    offset: int
-    data: bytes
-
 
 INBOX_HIGH_WATER = 10_000
 """Queued events beyond which node frames for a job wait (back-pressure on their sockets)."""
@@ -67,39 +82,42 @@ INBOX_HIGH_WATER = 10_000
 class _LiveJob:
     """A job the runner is driving."""
 
-    def __init__(self, entry: JobEntry, state: m.JobState) -> None:
+    def __init__(self, entry: JobEntry, state: JobState) -> None:
         self.entry = entry
         self.state = state
-        self.inbox: deque[tuple[m.Event | _OutputChunk, Any]] = deque()
+        self.inbox: deque[Event] = deque()
         self.wakeup = trio.Event()
         self.room = trio.Event()
         self.room.set()
         self.timers: dict[str, trio.CancelScope] = {}
         self.stamper = MonotonicStamper()
+        self.ended = trio.Event()
+        """Set once the job's end (a finished status) is durable."""
         self.done = trio.Event()
+        """Set once the job is closed (no late result owed) and no longer driven."""
         self.nursery: trio.Nursery | None = None
         self.outgoing: list[tuple[NodeSession, type[Any], dict[str, Any]]] = []
         """Frames the machine asked for, written by the job's task after the step is stored
-        (directly to each node's connection when nothing is queued for it)."""
+        (directly to each node's connection when that cannot block)."""
 
     @property
     def id(self) -> str:
         return self.entry.id
 
-    def post(self, event: m.Event | _OutputChunk, extra: Any = None) -> None:
+    def post(self, event: Event) -> None:
         """Queue an event (never blocks: timers, operator requests, connection changes)."""
-        self.inbox.append((event, extra))
+        self.inbox.append(event)
         self.wakeup.set()
         if len(self.inbox) >= INBOX_HIGH_WATER and self.room.is_set():
             self.room = trio.Event()
 
-    async def post_from_node(self, event: m.Event | _OutputChunk, extra: Any = None) -> None:
+    async def post_from_node(self, event: Event) -> None:
         """Queue a node's event, first waiting while the inbox is over its high-water mark:
         a node that floods frames is slowed down at its own socket, and the inbox stays
         bounded."""
         while not self.room.is_set():
             await self.room.wait()
-        self.post(event, extra)
+        self.post(event)
 
 
 class JobRunner:
@@ -108,39 +126,35 @@ class JobRunner:
     Args:
         db: the database; its ``jobs`` model is a :class:`JobsModel`.
         registry: the node registry (sessions to send frames to).
-        hub: where feed events are published (``job:ID`` and ``org:ORG`` topics).
-        voting_timeout, reconnect_grace: seconds, from the configuration.
-        org_retention: seconds the org feed keeps events.
+        link: the node link; the runner becomes its job port.
+        feeds: where stored feed events are published.
+        voting_timeout, reconnect_grace, late_result_timeout: seconds, from the configuration.
+        now: the clock (seconds since the epoch) of events and timers.
     """
 
     def __init__(
         self,
         db: Database,
         registry: NodeRegistry,
-        hub: Hub,
+        link: NodeLink,
+        feeds: Feeds,
         *,
         voting_timeout: float,
         reconnect_grace: float,
-        org_retention: float,
-        retention_days: float = 0.0,
+        late_result_timeout: float = DEFAULT_LATE_RESULT_TIMEOUT,
+        now: Callable[[], float] = time.time,
     ) -> None:
         self.db = db
         self.registry = registry
-        self.hub = hub
+        self.link = link
+        self.feeds = feeds
         self.voting_timeout = voting_timeout
         self.reconnect_grace = reconnect_grace
-        self.org_retention = org_retention
-        self.retention_days = retention_days
+        self.late_result_timeout = late_result_timeout
+        self._now = now
         self.live: dict[str, _LiveJob] = {}
-        self.node_jobs: dict[tuple[str, str], set[str]] = {}
-        """Live jobs in which the node is still live (new, ready or running)."""
-        self.org_logs: dict[str, OrgEventLog] = {}
-        # Org feed ids of this run start at the start time in microseconds: above every id
-        # an earlier run issued (unless it issued more than one event per microsecond, or
-        # the clock was set back), so an id from before a restart is unknown, not reused.
-        self.org_feed_first = time.time_ns() // 1000
         self._nursery: trio.Nursery | None = None
-        registry.link = self
+        link.connect(self)
 
     @property
     def model(self) -> JobsModel:
@@ -149,13 +163,8 @@ class JobRunner:
         return model
 
     def live_job_ids(self) -> list[str]:
-        return sorted(self.live)
-
-    def org_log(self, org: str) -> OrgEventLog:
-        log_ = self.org_logs.get(org)
-        if log_ is None:
-            log_ = self.org_logs[org] = OrgEventLog(self.org_retention, first=self.org_feed_first)
-        return log_
+        """The jobs that have not finished (``_status``'s ``job_processes``)."""
+        return sorted(job_id for job_id, job in self.live.items() if not is_finished(job.state))
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -167,31 +176,31 @@ class JobRunner:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             await self.resume()
-            nursery.start_soon(self._retention)
             task_status.started()
             await trio.sleep_forever()
 
     async def resume(self) -> None:
-        """Restart every unfinished job of the store (``Resume`` with its remaining time)."""
-        now = time.time()
+        """Restart every unfinished job of the store (``Resume`` with its remaining time), and
+        every finished one that still waits for late results."""
+        now = self._now()
         stopped_at = self.model.last_at or None
         for entry in list(self.model.jobs.values()):
-            if entry.finished:
+            if entry.closed:
                 continue
-            state = m.from_record(entry.state_record())
+            state = record.from_record(entry.state_record())
             job = await self._adopt(entry, state)
-            if state.status == m.JobStatus.NEW:
-                job.post(m.Start(now, self._online(entry.org, state.nodes)))
+            if state.status == JobStatus.NEW:
+                job.post(Start(now, self.link.reachable_nodes(entry.org, state.nodes)))
             else:
-                job.post(m.Resume(now, stopped_at))
+                job.post(Resume(now, stopped_at))
             log.info("job %s: resumed (%s, %d nodes)", entry.id, state.status, len(state.nodes))
 
     async def _adopt(
         self,
         entry: JobEntry,
-        state: m.JobState,
+        state: JobState,
         stamper: MonotonicStamper | None = None,
-        first: tuple[Iterable[m.Effect], list[list[Any]]] | None = None,
+        first: tuple[Iterable[Effect], list[list[Any]]] | None = None,
     ) -> _LiveJob:
         """Start driving a stored job.
 
@@ -204,20 +213,12 @@ class JobRunner:
         if stamper is not None:
             job.stamper = stamper
         self.live[entry.id] = job
-        for node, status in state.nodes.items():
-            if status in m.LIVE_NODE_STATUSES:
-                self.node_jobs.setdefault((entry.org, node), set()).add(entry.id)
+        if is_finished(state):
+            job.ended.set()
+        self.link.hold(entry.org, entry.id, [n for n in state.nodes if holds(state, n)])
         assert self._nursery is not None
         await self._nursery.start(self._drive, job, first)
         return job
-
-    def _online(self, org: str, nodes: Iterable[str]) -> frozenset[str]:
-        out = set()
-        for n in nodes:
-            s = self.registry.get(org, n)
-            if s is not None and s.close_code is None and not s.rehab:
-                out.add(n)
-        return frozenset(out)
 
     # --- API operations ---------------------------------------------------------------------
 
@@ -228,12 +229,12 @@ class JobRunner:
             The new job id (32 lowercase hex characters).
         """
         job_id = secrets.token_hex(16)
-        now = time.time()
+        now = self._now()
         # Limits beyond the node count change nothing; clamped, any integer the request may
         # carry (2**64 and more) fits the store's msgpack records.
         max_concurrency = _at_most(req.max_concurrency, len(req.nodes))
         max_failures = _at_most(req.max_failures, len(req.nodes))
-        state0 = m.new_job(
+        state0 = new_job(
             job_id,
             req.nodes,
             quorum=req.quorum,
@@ -242,6 +243,7 @@ class JobRunner:
             reconnect_grace=self.reconnect_grace,
             max_concurrency=max_concurrency,
             max_failures=max_failures,
+            late_result_timeout=self.late_result_timeout,
         )
         spec: dict[str, Any] = {
             "command": req.command,
@@ -274,24 +276,23 @@ class JobRunner:
             start_data["file_specified"] = True
         start_data["capture"] = req.capture_output
         events: list[list[Any]] = [_feed_event(1, "start", start_data, stamper, now)]
-        start_event = events[0][2]
-        state, effects = m.transition(state0, m.Start(now, self._online(org, req.nodes)))
+        state, effects = transition(state0, Start(now, self.link.reachable_nodes(org, req.nodes)))
         for fx in effects:
-            if isinstance(fx, m.Publish):
+            if isinstance(fx, Publish):
                 events.append(_feed_event(len(events) + 1, fx.event, fx.data, stamper, now))
-        record = {
+        created = {
             "t": "job.create",
             "id": job_id,
             "org": org,
             "spec": spec,
-            "state": m.to_record(state),
+            "state": record.to_record(state),
             "events": events,
             "at": now,
         }
         # Once stored, the job must also run: a client that hangs up (cancelling this
         # request) must not leave a stored job that nobody drives until the next restart.
         with trio.CancelScope(shield=True):
-            await self.db.commit(record)
+            await self.db.commit(created)
             log.info(
                 "job %s: started by %s in %s on %d node(s): %r",
                 job_id,
@@ -300,12 +301,12 @@ class JobRunner:
                 len(req.nodes),
                 req.command,
             )
-            self._org_event(org, "start", job_id, start_event, now)
             await self._adopt(self.model.jobs[job_id], state, stamper, (effects, events))
         return job_id
 
     async def abort(self, org: str, job_id: str) -> None:
-        """Abort a voting or running job and wait until that is durable.
+        """Abort a voting or running job and wait until its end is durable (not for the late
+        results of the nodes it stopped: the job's and the nodes' statuses are final then).
 
         Raises:
             NoSuchJobError: no such job in ``org``.
@@ -317,15 +318,36 @@ class JobRunner:
         job = self.live.get(job_id)
         if job is None or entry.finished:
             raise JobFinishedError(job_id)
-        job.post(m.Abort(time.time()))
-        await job.done.wait()
+        job.post(Abort(self._now()))
+        await job.ended.wait()
+
+    # --- the job port (node messages from the link) -----------------------------------------
+
+    async def post(self, org: str, job_id: str, event: NodeEvent) -> bool:
+        """Hand a node's event to the live job ``job_id`` of ``org`` (the link's
+        :class:`~..nodes.link.JobPort`).
+
+        Frames wait while the job's inbox is over its high-water mark (back-pressure on the
+        node's socket); connection changes (``NodeBack``, ``NodeDown``) never wait.
+
+        Returns:
+            ``False`` when no live job ``job_id`` of ``org`` has the event's node.
+        """
+        job = self.live.get(job_id)
+        if job is None or job.entry.org != org or event.node not in job.state.nodes:
+            return False
+        if isinstance(event, NodeBack | NodeDown):
+            job.post(event)
+            return True
+        await job.post_from_node(event)
+        return self.live.get(job_id) is job
 
     # --- the per-job task -------------------------------------------------------------------
 
     async def _drive(
         self,
         job: _LiveJob,
-        first: tuple[Iterable[m.Effect], list[list[Any]]] | None,
+        first: tuple[Iterable[Effect], list[list[Any]]] | None,
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
@@ -337,7 +359,7 @@ class JobRunner:
             try:
                 while True:
                     await self._write(job)
-                    if m.is_finished(job.state):
+                    if is_closed(job.state):
                         break
                     await job.wakeup.wait()
                     job.wakeup = trio.Event()
@@ -357,87 +379,71 @@ class JobRunner:
         job.inbox.clear()
         job.room.set()
         state = job.state
-        effects: list[m.Effect] = []
+        effects: list[Effect] = []
         touched: dict[str, None] = {}
         changed = False
         results: dict[str, Any] = {}
         outputs: list[list[Any]] = []
         events: list[list[Any]] = []
         n = job.entry.last_event_n() + 1
-        now = time.time()
+        now = self._now()
         capture = bool(job.entry.spec["capture"])
-        for event, extra in batch:
-            if isinstance(event, _OutputChunk):
-                # after job_complete (the feed's last event) output is over too
-                if capture and not m.is_finished(state):
-                    outputs.append([event.node, event.channel, event.offset, event.data])
-                    text = event.data.decode("utf-8", "replace")
-                    fields = {"node": event.node, "channel": event.channel, "data": text}
-                    events.append(_feed_event(n, "output", fields, job.stamper, now))
-                    n += 1
-                continue
-            new, fx = m.transition(state, event)
+        for event in batch:
+            new, fx = transition(state, event)
             if new is not state:
                 changed = True
                 touched.update(dict.fromkeys(new.touched))
             state = new
             effects.extend(fx)
             for f in fx:
-                if isinstance(f, m.Publish):
+                if isinstance(f, Publish):
                     events.append(_feed_event(n, f.event, f.data, job.stamper, now))
                     n += 1
-            if isinstance(event, m.Result | m.NodeBack) and extra is not None:
-                results[event.node] = extra
+                elif isinstance(f, KeepOutput) and capture:
+                    outputs.append([f.node, f.channel, f.offset, f.data])
+                    text = f.data.decode("utf-8", "replace")
+                    fields = {"node": f.node, "channel": f.channel, "data": text}
+                    events.append(_feed_event(n, "output", fields, job.stamper, now))
+                    n += 1
+            result = event.result if isinstance(event, NodeBack) else event
+            if isinstance(result, Result) and result.fields is not None:
+                results[result.node] = result.fields
         job.state = state
         if not changed and not results and not outputs:
             self._perform(job, effects, [])
             return
-        record = {
+        step = {
             "t": "job.step",
             "id": job.id,
-            "job": m.job_record(state),
-            "nodes": [m.node_record(state, name) for name in touched],
+            "job": record.job_record(state),
+            "nodes": [record.node_record(state, name) for name in touched],
             "events": events,
             "outputs": outputs,
             "results": results,
             "at": now,
         }
-        await self.db.commit(record)
-        for name in touched:
-            if state.nodes[name] not in m.LIVE_NODE_STATUSES:
-                self._node_done(job.entry.org, name, job.id)
+        await self.db.commit(step)
+        if is_finished(state):
+            job.ended.set()
+        released = [name for name in touched if not holds(state, name)]
+        self.link.release(job.entry.org, job.id, released)
         self._perform(job, effects, events)
-
-    def _node_done(self, org: str, node: str, job_id: str) -> None:
-        jobs = self.node_jobs.get((org, node))
-        if jobs is not None:
-            jobs.discard(job_id)
-            if not jobs:
-                del self.node_jobs[(org, node)]
-        s = self.registry.get(org, node)
-        if s is not None and s.job_id == job_id:
-            s.job_id = None
 
     def _retire(self, job: _LiveJob) -> None:
         self.live.pop(job.id, None)
         job.room.set()  # nobody drains this inbox any more: let waiting nodes go on
-        for node in job.state.nodes:
-            self._node_done(job.entry.org, node, job.id)
+        self.link.release(job.entry.org, job.id, job.state.nodes)
         job.done.set()
         log.info("job %s: finished %s", job.id, job.state.status)
 
     # --- effects ----------------------------------------------------------------------------
 
-    def _perform(self, job: _LiveJob, effects: Iterable[m.Effect], events: list[list[Any]]) -> None:
+    def _perform(self, job: _LiveJob, effects: Iterable[Effect], events: list[list[Any]]) -> None:
         org = job.entry.org
         for ev in events:
-            self.hub.publish(job_topic(job.id), ev)
-            if ev[1] == "job_complete":
-                # the feed's last event: its readers drain what they have, then end
-                self.hub.close_topic(job_topic(job.id))
-                self._org_event(org, "job_complete", job.id, ev[2], time.time())
+            self.feeds.publish_job(org, job.id, ev)
         for fx in effects:
-            if isinstance(fx, m.SendCommit):
+            if isinstance(fx, SendCommit):
                 spec = job.entry.spec
                 fields: dict[str, Any] = {
                     "job_id": job.id,
@@ -451,21 +457,21 @@ class JobRunner:
                         fields[key] = spec[key]
                 for node in fx.nodes:
                     self._send(job, node, protocol.Commit, fields)
-            elif isinstance(fx, m.SendRun):
+            elif isinstance(fx, SendRun):
                 run = {"job_id": job.id}
                 for node in fx.nodes:
                     self._send(job, node, protocol.Run, run)
-            elif isinstance(fx, m.SendAbort | m.ReleaseNodes):
+            elif isinstance(fx, SendAbort | ReleaseNodes):
                 abort = {"job_id": job.id}
                 for node in fx.nodes:
                     self._send_abort(job, node, abort)
-            elif isinstance(fx, m.SendRehab):
+            elif isinstance(fx, SendRehab):
                 self._send_abort(job, fx.node, {"job_id": None})
-            elif isinstance(fx, m.SendResultAck):
+            elif isinstance(fx, SendResultAck):
                 self._send(job, fx.node, protocol.ResultAck, {"job_id": job.id})
-            elif isinstance(fx, m.StartTimer):
+            elif isinstance(fx, StartTimer):
                 self._arm(job, fx.kind, fx.deadline)
-            elif isinstance(fx, m.CancelTimer):
+            elif isinstance(fx, CancelTimer):
                 scope = job.timers.pop(fx.kind, None)
                 if scope is not None:
                     scope.cancel()
@@ -482,16 +488,16 @@ class JobRunner:
         return s
 
     def _send_abort(self, job: _LiveJob, node: str, fields: dict[str, Any]) -> None:
-        """Queue an ``abort`` (of the job, or ``job_id: nil`` for rehab). The node is
-        unavailable until its agent answers ``aborted``: a process it is still stopping would
-        make it nack the next commit as busy."""
+        """Queue an ``abort`` (of the job, or ``job_id: nil`` for rehab); the link holds the
+        node unavailable until its agent answers ``aborted``."""
         s = self._send(job, node, protocol.Abort, fields)
         if s is not None:
-            s.rehab = True
+            self.link.expect_aborted(s)
 
     async def _write(self, job: _LiveJob) -> None:
         """Write the job's outgoing frames, in order. Each frame's ``seq`` is taken just before
-        its write, so that frames other tasks send the node (heartbeats, …) stay in order."""
+        its write, so that frames other tasks send the node (heartbeats, …) stay in order.
+        A write never waits for a node that stopped reading (see ``NodeSession.send_now``)."""
         while job.outgoing:
             batch, job.outgoing = job.outgoing, []
             ts = time.time()
@@ -503,7 +509,7 @@ class JobRunner:
         old = job.timers.pop(kind, None)
         if old is not None:
             old.cancel()
-        if m.is_finished(job.state):
+        if is_closed(job.state):
             return
         scope = trio.CancelScope()
         job.timers[kind] = scope
@@ -514,127 +520,18 @@ class JobRunner:
         self, job: _LiveJob, kind: str, deadline: float, scope: trio.CancelScope
     ) -> None:
         with scope:
-            await trio.sleep(max(0.0, deadline - time.time()))
+            await trio.sleep(max(0.0, deadline - self._now()))
             if job.timers.get(kind) is scope:
                 del job.timers[kind]
-            now = time.time()
+            now = self._now()
             if kind == "voting":
-                job.post(m.VotingTimeout(now))
+                job.post(VotingTimeout(now))
             elif kind == "run":
-                job.post(m.RunTimeout(now))
+                job.post(RunTimeout(now))
+            elif kind == "late":
+                job.post(LateTimeout(now))
             elif kind.startswith("grace:"):
-                job.post(m.GraceExpired(kind[len("grace:") :], now))
-
-    def _org_event(
-        self, org: str, name: str, job_id: str, data: dict[str, Any], now: float
-    ) -> None:
-        fields = {k: v for k, v in data.items() if k != "timestamp"}
-        payload = {"timestamp": data["timestamp"], "job": job_id, **fields}
-        event = self.org_log(org).append(name, payload, now)
-        self.hub.publish(org_topic(org), event)
-
-    # --- JobLink: node frames ---------------------------------------------------------------
-
-    async def node_hello(self, session: NodeSession, hello: protocol.Hello) -> None:
-        org, node = session.org, session.name
-        now = time.time()
-        previous = session.previous_incarnation
-        same = previous is not None and previous == hello.incarnation_id
-        held = hello.job_id
-        pending = hello.pending_result
-        jobs = self.node_jobs.get((org, node), set())
-        for job_id in list(jobs):
-            job = self.live.get(job_id)
-            if job is None:
-                continue
-            job_state = hello.job_state if held == job_id else "idle"
-            result = None
-            extra = None
-            if pending is not None and pending.job_id == job_id:
-                result = m.Result(node, pending.status, pending.exit_code, now)
-                extra = _result_meta(pending)
-            if job_state != "idle":
-                session.job_id = job_id
-            job.post(m.NodeBack(node, now, same, job_state, result), extra)
-        if pending is not None and pending.job_id not in jobs:
-            # a result for a job that is over (or unknown): acknowledge so the agent forgets it
-            session.send(protocol.ResultAck, job_id=pending.job_id)
-        if held is not None and (held not in jobs or not same):
-            # A job held by another incarnation is a ghost (its process is not the agent's
-            # any more; the job ends the node crashed or unavailable): free the agent of it.
-            session.start_rehab()
-
-    async def node_frame(self, session: NodeSession, frame: protocol.Frame) -> None:
-        org, node = session.org, session.name
-        if isinstance(frame, protocol.Aborted):
-            session.end_rehab()
-            if frame.job_id is None or session.job_id == frame.job_id:
-                session.job_id = None
-            return
-        job_id = getattr(frame, "job_id", None)
-        job = self.live.get(job_id) if isinstance(job_id, str) else None
-        if job is None or job.entry.org != org or node not in job.state.nodes:
-            if isinstance(frame, protocol.Result):
-                session.send(protocol.ResultAck, job_id=frame.job_id)
-                if session.job_id == frame.job_id:
-                    session.job_id = None
-                return
-            if isinstance(frame, protocol.Output):
-                return  # output of a job that is over: nothing to keep
-            log.info("node %s/%s: %s for unknown job %s: rehab", org, node, frame.TYPE, job_id)
-            session.start_rehab()
-            return
-        now = time.time()
-        if isinstance(frame, protocol.AckCommit):
-            session.job_id = job.id
-            await job.post_from_node(m.AckCommit(node, now))
-        elif isinstance(frame, protocol.NackCommit):
-            await job.post_from_node(m.NackCommit(node, frame.reason, now))
-        elif isinstance(frame, protocol.AckRun):
-            await job.post_from_node(m.AckRun(node, now))
-        elif isinstance(frame, protocol.NackRun):
-            await job.post_from_node(m.NackRun(node, frame.reason, now))
-        elif isinstance(frame, protocol.Result):
-            if session.job_id == job.id:
-                session.job_id = None
-            await job.post_from_node(
-                m.Result(node, frame.status, frame.exit_code, now), _result_meta(frame)
-            )
-        elif isinstance(frame, protocol.Output):
-            await job.post_from_node(_OutputChunk(node, frame.channel, frame.offset, frame.data))
-
-    async def node_lost(self, session: NodeSession) -> None:
-        now = time.time()
-        for job_id in list(self.node_jobs.get((session.org, session.name), ())):
-            job = self.live.get(job_id)
-            if job is not None:
-                job.post(m.NodeDown(session.name, now))
-
-    # --- retention --------------------------------------------------------------------------
-
-    async def purge_expired(self, now: float | None = None) -> int:
-        """Purge finished jobs older than ``retention_days``. Returns how many."""
-        if self.retention_days <= 0:
-            return 0
-        cutoff = (now or time.time()) - self.retention_days * 86400
-        old = [
-            e.id
-            for e in self.model.jobs.values()
-            if e.finished_at is not None and e.finished_at < cutoff and e.id not in self.live
-        ]
-        for job_id in old:
-            await self.db.commit({"t": "job.purge", "id": job_id})
-            self.hub.close_topic(job_topic(job_id))
-        if old:
-            log.info(
-                "purged %d job(s) finished more than %g days ago", len(old), self.retention_days
-            )
-        return len(old)
-
-    async def _retention(self) -> None:
-        while True:
-            await self.purge_expired()
-            await trio.sleep(3600)
+                job.post(GraceExpired(kind[len("grace:") :], now))
 
 
 def _at_most(value: int | None, limit: int) -> int | None:
@@ -646,15 +543,3 @@ def _feed_event(
 ) -> list[Any]:
     """A job-feed event as stored and published: ``[n, name, data]``, ``timestamp`` first."""
     return [n, name, {"timestamp": format_timestamp(stamper.stamp(now)), **fields}]
-
-
-def _result_meta(r: protocol.Result | protocol.ResultBody) -> dict[str, Any]:
-    return {
-        "status": r.status,
-        "exit_code": r.exit_code,
-        "signal": r.signal,
-        "stdout_bytes": r.stdout_bytes,
-        "stderr_bytes": r.stderr_bytes,
-        "truncated": r.truncated,
-        "duration_s": r.duration_s,
-    }

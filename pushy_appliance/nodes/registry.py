@@ -3,24 +3,29 @@
 One :class:`NodeSession` per connected node. Frames to a node go out one of two ways:
 
 * queued in its bounded outbox (:meth:`NodeSession.send`, never blocking), drained by the
-  connection's writer task; a node whose outbox is full is disconnected as stuck rather than
-  slowing anyone else;
-* sent at once by an async caller (:meth:`NodeSession.send_now`: the heartbeat ticker, the
-  job engine's fan-out) when nothing is queued, which saves the hop through the outbox and
-  the writer's task switch per frame. A direct send that stalls for ``DIRECT_SEND_TIMEOUT``
-  (the node stopped reading and its socket buffer is full) closes the node as stuck.
+  connection's own writer task; a node whose outbox is full, or one of whose writes stalls
+  for ``DIRECT_SEND_TIMEOUT`` (it stopped reading and its socket buffer is full), is closed
+  as stuck (4008) rather than slowing anyone else;
+* written at once by an async caller (:meth:`NodeSession.send_now`: the heartbeat ticker,
+  the job engine's fan-out), which saves the hop through the outbox and the writer's task
+  switch per frame, but only when the write cannot block: nothing is queued for the node, no
+  write of it is in progress, and its socket has room for the frame now (the connection's
+  *room probe* compares the kernel's send queue with the socket's send buffer). Otherwise
+  the frame is queued. So neither the ticker nor a job's task ever waits for a node that
+  stopped reading: a stalled node costs the others nothing, and only its own writer waits.
 
-Either way frames leave in the order they were handed over: a direct send is taken only
-when the outbox is empty, and the WebSocket layer frames a message synchronously when it is
-called, then writes under a first-in-first-out lock.
+Either way frames leave in the order they were handed over: a direct write is taken only
+when nothing is queued or being written, and the WebSocket layer frames a message
+synchronously when it is called, then writes under a first-in-first-out lock.
 
 One ticker task sends the server heartbeat to every node each interval (the frame body is
 packed once per tick) and closes the sessions that sent nothing for ``offline_threshold``
 intervals.
 
-Status changes (online, offline) are stored as ``node.seen`` records (see :class:`NodeModel`),
-not every heartbeat. The job engine plugs in as a :class:`JobLink`; without one, every node
-that reports a job is sent to rehab.
+Status changes (online, offline) are stored as ``node.seen`` records (see
+:class:`~.model.NodeModel`), not every heartbeat. The registry knows nothing of jobs: what a
+node does with jobs (its messages, rehab, which job holds it, whether it is available) is
+the node link's (:mod:`.link`).
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ import trio
 
 from .. import protocol
 from ..db import Database
-from ..protocol import Frame
+from .model import NodeModel
 
 __all__ = [
     "CLOSE_DELETED",
@@ -45,11 +50,10 @@ __all__ = [
     "CLOSE_STUCK",
     "CLOSE_TIMEOUT",
     "DIRECT_SEND_TIMEOUT",
-    "JobLink",
-    "NodeModel",
     "NodeRegistry",
     "NodeSession",
     "RegistryStatistics",
+    "RoomProbe",
     "Sender",
 ]
 
@@ -63,85 +67,30 @@ CLOSE_STUCK = 4008
 CLOSE_TIMEOUT = 4009
 
 DIRECT_SEND_TIMEOUT = 1.0
-"""Seconds a direct send may wait (socket buffer full) before the node is closed as stuck."""
+"""Seconds one write to a node may wait (socket buffer full) before the node is closed as
+stuck; a direct write is a backstop case (its room probe was wrong, or there is none)."""
 
 Sender = Callable[[bytes], Awaitable[bool]]
 """Writes one frame to the node's connection; ``False`` when the connection is closed."""
 
 
-class NodeModel:
-    """Stored node facts: last status change and facts per ``(org, node)``.
+class RoomProbe(Protocol):
+    """Whether a frame can be written to the connection now without waiting (see
+    :class:`~.sendroom.SendRoom`)."""
 
-    Records: ``node.seen {org, name, status, at, facts}`` where ``status`` is ``online`` or
-    ``offline`` and ``at`` is seconds since the epoch.
-    """
+    def __call__(self, size: int) -> bool:
+        """Whether ``size`` bytes can be written now (the caller then writes them)."""
+        ...
 
-    def __init__(self) -> None:
-        self.nodes: dict[tuple[str, str], dict[str, Any]] = {}
-
-    def apply(self, r: dict[str, Any]) -> None:
-        t = r.get("t")
-        if t == "node.seen":
-            entry = self.nodes.setdefault((r["org"], r["name"]), {})
-            entry["status"] = r["status"]
-            entry["at"] = r["at"]
-            if r.get("facts") is not None:
-                entry["facts"] = r["facts"]
-            if r.get("incarnation") is not None:
-                entry["incarnation"] = r["incarnation"]
-        elif t == "client.del":
-            self.nodes.pop((r["org"], r["name"]), None)
-        elif t == "org.del":
-            for key in [k for k in self.nodes if k[0] == r["name"]]:
-                del self.nodes[key]
-
-    def snapshot(self) -> list[dict[str, Any]]:
-        return [{"org": o, "name": n, **v} for (o, n), v in self.nodes.items()]
-
-    def load(self, snap: list[dict[str, Any]]) -> None:
-        self.nodes = {}
-        for entry in snap:
-            e = dict(entry)
-            self.nodes[(e.pop("org"), e.pop("name"))] = e
-
-
-class JobLink(Protocol):
-    """What the registry asks of the job engine."""
-
-    async def node_hello(self, session: NodeSession, hello: protocol.Hello) -> None:
-        """A node connected (``welcome`` already sent). Re-attach it or send it to rehab."""
-
-    async def node_frame(self, session: NodeSession, frame: Frame) -> None:
-        """A job frame from a node (``ack_commit`` … ``result``, ``aborted``)."""
-
-    async def node_lost(self, session: NodeSession) -> None:
-        """A node's session ended."""
-
-
-class RehabOnly:
-    """The :class:`JobLink` used without a job engine: every held job is sent to rehab."""
-
-    async def node_hello(self, session: NodeSession, hello: protocol.Hello) -> None:
-        if hello.job_id is not None or hello.pending_result is not None:
-            session.start_rehab()
-
-    async def node_frame(self, session: NodeSession, frame: Frame) -> None:
-        if isinstance(frame, protocol.Aborted):
-            session.end_rehab()
-        elif isinstance(frame, protocol.Result):
-            session.send(protocol.ResultAck, job_id=frame.job_id)
-        else:
-            session.start_rehab()
-
-    async def node_lost(self, session: NodeSession) -> None:
-        return None
+    def forget(self) -> None:
+        """Frames were queued for the writer: what the probe knew of the socket is stale."""
+        ...
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class RegistryStatistics:
     sessions: int
     online: int
-    available: int
     dropped_stuck: int
     timed_out: int
 
@@ -153,8 +102,6 @@ class NodeSession:
         org, name: who it is.
         incarnation_id: the agent's incarnation from ``hello``.
         facts: the node facts from ``hello``.
-        job_id: the job the server has this node in, or ``None``.
-        rehab: waiting for ``aborted`` after a rehab ``abort``.
         close_code: set once the session is closing.
     """
 
@@ -162,20 +109,20 @@ class NodeSession:
         "_close_requested",
         "_outbox",
         "_pending",
+        "_room",
         "_sender",
         "_seq",
+        "_writing",
         "close_code",
         "close_reason",
         "connected_at",
         "facts",
         "incarnation_id",
-        "job_id",
         "last_received",
         "last_sent",
         "name",
         "org",
         "previous_incarnation",
-        "rehab",
     )
 
     def __init__(
@@ -186,13 +133,12 @@ class NodeSession:
         outbox: trio.MemorySendChannel[bytes],
         close_requested: Callable[[NodeSession], None],
         sender: Sender | None = None,
+        room: RoomProbe | None = None,
     ) -> None:
         self.org = org
         self.name = name
         self.incarnation_id = hello.incarnation_id
         self.facts = dict(hello.facts)
-        self.job_id: str | None = None
-        self.rehab = False
         self.connected_at = trio.current_time()
         self.last_received = self.connected_at
         self.last_sent = self.connected_at
@@ -204,15 +150,14 @@ class NodeSession:
         self._pending = 0
         """Frames queued in the outbox and not yet written by :meth:`run_writer`."""
         self._sender = sender
+        self._room = room
+        self._writing = False
+        """A direct write is in progress."""
         self._seq = protocol.Sequencer()
         self._close_requested = close_requested
 
     def __repr__(self) -> str:
         return f"<node {self.org}/{self.name} incarnation {self.incarnation_id[:8]}>"
-
-    @property
-    def available(self) -> bool:
-        return self.close_code is None and not self.rehab and self.job_id is None
 
     def send(self, cls: type[Any], **fields: Any) -> bool:
         """Queue a frame of type ``cls`` (``seq`` and ``ts`` filled in). Never blocks.
@@ -237,36 +182,57 @@ class NodeSession:
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             return False
         self._pending += 1
+        if self._room is not None:
+            self._room.forget()
         self.last_sent = trio.current_time()
         return True
 
     async def send_now(self, data: bytes) -> bool:
-        """Write already-encoded bytes at once when nothing is queued; else queue them.
+        """Write already-encoded bytes at once when that cannot block; else queue them.
 
-        The caller took ``seq`` from :meth:`next_seq` just before (no checkpoint between), so
-        frames stay in ``seq`` order. A write that stalls for :data:`DIRECT_SEND_TIMEOUT`
-        closes the session as stuck.
+        Written at once only when nothing is queued, no write of this session is in
+        progress and the room probe (if the connection has one) says the socket takes the
+        frame now; otherwise queued for the writer, never waiting. The caller took ``seq``
+        from :meth:`next_seq` just before (no checkpoint between), so frames stay in ``seq``
+        order. A direct write that stalls anyway for :data:`DIRECT_SEND_TIMEOUT` closes the
+        session as stuck.
 
         Returns:
             ``False`` when the session is closing, closed, or was closed by this call.
         """
         sender = self._sender
-        if sender is None or self._pending or self.close_code is not None:
+        if (
+            sender is None
+            or self._pending
+            or self._writing
+            or self.close_code is not None
+            or (self._room is not None and not self._room(len(data)))
+        ):
             return self.send_bytes(data)
         self.last_sent = trio.current_time()
-        with trio.move_on_after(DIRECT_SEND_TIMEOUT):
-            return await sender(data)
+        self._writing = True
+        ok = False
+        try:
+            with trio.move_on_after(DIRECT_SEND_TIMEOUT) as scope:
+                ok = await sender(data)
+        finally:
+            self._writing = False
+        if scope.cancelled_caught:
+            self._stalled()
+        return ok
+
+    def _stalled(self) -> None:
         log.warning(
-            "node %s/%s: a send stalled for %.0f s, dropping the connection",
+            "node %s/%s: a write stalled for %.0f s, dropping the connection",
             self.org,
             self.name,
             DIRECT_SEND_TIMEOUT,
         )
         self.close(CLOSE_STUCK, "send stalled")
-        return False
 
     async def run_writer(self, outbox: trio.MemoryReceiveChannel[bytes]) -> None:
-        """Write the queued frames with the session's sender until the outbox closes.
+        """Write the queued frames with the session's sender until the outbox closes, or a
+        write stalls for :data:`DIRECT_SEND_TIMEOUT` (the session is then closed as stuck).
 
         Start-up: none (started with ``start_soon`` by the connection it belongs to).
         """
@@ -274,21 +240,18 @@ class NodeSession:
         assert sender is not None, "a session without a sender has no writer"
         async with outbox:
             async for data in outbox:
-                ok = await sender(data)
+                ok = False
+                with trio.move_on_after(DIRECT_SEND_TIMEOUT) as scope:
+                    ok = await sender(data)
                 self._pending -= 1
+                if scope.cancelled_caught:
+                    self._stalled()
+                    return
                 if not ok:
                     return
 
     def next_seq(self) -> int:
         return self._seq.next()
-
-    def start_rehab(self) -> None:
-        """Send ``abort {job_id: nil}`` and hold the node unavailable until ``aborted``."""
-        self.rehab = True
-        self.send(protocol.Abort, job_id=None)
-
-    def end_rehab(self) -> None:
-        self.rehab = False
 
     def close(self, code: int, reason: str) -> None:
         """Ask the connection to close with ``code`` (idempotent, never blocks)."""
@@ -323,7 +286,6 @@ class NodeRegistry:
         self.offline_threshold = offline_threshold
         self.outbox_size = outbox_size
         self.sessions: dict[tuple[str, str], NodeSession] = {}
-        self.link: JobLink = RehabOnly()
         self._template = protocol.HeartbeatTemplate(incarnation_id)
         self._dropped_stuck = 0
         self._timed_out = 0
@@ -344,6 +306,7 @@ class NodeRegistry:
         hello: protocol.Hello,
         closer: Callable[[int, str], None],
         sender: Sender | None = None,
+        room: RoomProbe | None = None,
     ) -> tuple[NodeSession, trio.MemoryReceiveChannel[bytes]]:
         """Register a new connection, replacing (and closing) an older one for the node.
 
@@ -352,12 +315,14 @@ class NodeRegistry:
             sender: writes a frame to the connection, for :meth:`NodeSession.send_now` and
                 :meth:`NodeSession.run_writer`; without one, every frame stays queued in the
                 outbox (tests read it).
+            room: the connection's room probe, for :meth:`NodeSession.send_now`; without
+                one every direct write is tried (and stopped by the stall timeout).
 
         Returns:
             The session and the receiving end of its outbox, for the connection's writer.
         """
         send, receive = trio.open_memory_channel[bytes](self.outbox_size)
-        session = NodeSession(org, name, hello, send, self._on_close_requested, sender)
+        session = NodeSession(org, name, hello, send, self._on_close_requested, sender, room)
         session.previous_incarnation = self.model.nodes.get((org, name), {}).get("incarnation")
         self._closers[session] = closer
         old = self.sessions.get((org, name))
@@ -387,10 +352,6 @@ class NodeRegistry:
     def get(self, org: str, name: str) -> NodeSession | None:
         return self.sessions.get((org, name))
 
-    def is_available(self, org: str, name: str) -> bool:
-        s = self.sessions.get((org, name))
-        return s is not None and s.available
-
     def disconnect(self, org: str, name: str, code: int, reason: str) -> None:
         """Close the node's session, if it has one (client deleted, …)."""
         s = self.sessions.get((org, name))
@@ -403,8 +364,7 @@ class NodeRegistry:
 
     def statistics(self) -> RegistryStatistics:
         online = len(self.sessions)
-        available = sum(1 for s in self.sessions.values() if s.available)
-        return RegistryStatistics(online, online, available, self._dropped_stuck, self._timed_out)
+        return RegistryStatistics(online, online, self._dropped_stuck, self._timed_out)
 
     # --- stored states ----------------------------------------------------------------------
 
@@ -427,19 +387,6 @@ class NodeRegistry:
                 "facts": facts,
             }
         )
-
-    def state(self, org: str, name: str) -> dict[str, Any]:
-        """``{"node_name","status","availability","updated_at"?}`` with ``updated_at`` a float."""
-        s = self.sessions.get((org, name))
-        stored = self.model.nodes.get((org, name))
-        doc: dict[str, Any] = {
-            "node_name": name,
-            "status": "online" if s is not None else "offline",
-            "availability": "available" if s is not None and s.available else "unavailable",
-        }
-        if stored is not None:
-            doc["updated_at"] = stored["at"]
-        return doc
 
     def known_nodes(self, org: str) -> list[str]:
         """Nodes of ``org`` that ever connected (and still exist as clients)."""

@@ -1,0 +1,166 @@
+"""The node↔job link on its own: what a node's messages become, rehab, the table of held
+nodes and the two availability predicates. Sessions without a sender keep their frames
+queued in the outbox, where the tests read them."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import trio
+
+from pushy_appliance import protocol
+from pushy_appliance.jobs.events import AckCommit, NodeBack, NodeDown, NodeEvent, Output, Result
+from pushy_appliance.nodes.link import NodeLink
+from pushy_appliance.nodes.registry import NodeSession
+
+from helpers import idle_hello, memory_registry
+
+T = 1000.0
+
+
+class Port:
+    """A job port that takes events for the jobs in ``live`` and records them."""
+
+    def __init__(self, *live: str) -> None:
+        self.live = set(live)
+        self.posted: list[tuple[str, str, NodeEvent]] = []
+
+    async def post(self, org: str, job_id: str, event: NodeEvent) -> bool:
+        if job_id not in self.live:
+            return False
+        self.posted.append((org, job_id, event))
+        return True
+
+
+def queued(outbox: trio.MemoryReceiveChannel[bytes]) -> list[protocol.Frame]:
+    frames = []
+    while True:
+        try:
+            frames.append(protocol.decode(outbox.receive_nowait()))
+        except trio.WouldBlock:
+            return frames
+
+
+def frame(cls: type[protocol.Frame], **fields: object) -> protocol.Frame:
+    return cls(seq=2, ts=time.time(), **fields)
+
+
+def result_body(job_id: str) -> protocol.ResultBody:
+    return protocol.ResultBody(
+        job_id=job_id,
+        status="succeeded",
+        exit_code=0,
+        signal=None,
+        stdout_bytes=3,
+        stderr_bytes=0,
+        truncated=False,
+        duration_s=0.5,
+    )
+
+
+def open_node(
+    link: NodeLink, hello: protocol.Hello | None = None
+) -> tuple[NodeSession, trio.MemoryReceiveChannel[bytes]]:
+    return link.registry.open_session("o", "n", hello or idle_hello(), lambda code, why: None)
+
+
+async def test_without_jobs_a_held_job_is_rehab_and_a_result_is_acknowledged() -> None:
+    async with memory_registry() as registry:
+        link = NodeLink(registry, now=lambda: T)
+        hello = dataclasses.replace(
+            idle_hello(), job_id="j1", job_state="running", pending_result=result_body("j0")
+        )
+        session, outbox = open_node(link, hello)
+        assert link.available(session)
+        await link.node_hello(session, hello)
+        assert [(f.TYPE, getattr(f, "job_id", None)) for f in queued(outbox)] == [
+            ("result_ack", "j0"),
+            ("abort", None),
+        ]
+        assert not link.reachable(session) and not link.available(session)
+        assert link.node_state("o", "n")["availability"] == "unavailable"
+        assert link.statistics().available == 0
+        # frames of jobs nobody runs: a result is acknowledged, output dropped, others rehab
+        await link.node_frame(session, frame(protocol.Aborted, job_id="j1"))
+        assert link.available(session)
+        await link.node_frame(
+            session, frame(protocol.Output, job_id="j1", channel="stdout", data=b"x", offset=0)
+        )
+        assert queued(outbox) == [] and link.available(session)
+        await link.node_frame(
+            session,
+            frame(protocol.Result, **dataclasses.asdict(result_body("j1"))),
+        )
+        assert [(f.TYPE, getattr(f, "job_id", None)) for f in queued(outbox)] == [
+            ("result_ack", "j1")
+        ]
+        await link.node_frame(session, frame(protocol.AckCommit, job_id="j1"))
+        assert [f.TYPE for f in queued(outbox)] == ["abort"]
+        assert not link.reachable(session)
+        assert link.reachable_nodes("o", ["n", "ghost"]) == frozenset()
+
+
+async def test_messages_go_to_the_jobs_that_hold_the_node() -> None:
+    async with memory_registry() as registry:
+        link = NodeLink(registry, now=lambda: T)
+        port = Port("j1", "j2")
+        link.connect(port)
+        hello = dataclasses.replace(
+            idle_hello(), job_id="j1", job_state="running", pending_result=result_body("j1")
+        )
+        session, outbox = open_node(link, hello)
+        session.previous_incarnation = hello.incarnation_id
+        link.hold("o", "j1", ["n"])
+        link.hold("o", "j2", ["n", "other"])
+        assert link.held_by("o", "n") == {"j1", "j2"}
+        assert link.reachable(session) and not link.available(session)
+        assert link.reachable_nodes("o", ["n"]) == {"n"}
+        await link.node_hello(session, hello)
+        back = [(job, e) for _, job, e in port.posted]
+        assert back == [
+            ("j1", NodeBack("n", T, True, "running", Result("n", "succeeded", 0, T))),
+            ("j2", NodeBack("n", T, True, "idle", None)),
+        ]
+        result = back[0][1]
+        assert isinstance(result, NodeBack) and result.result is not None
+        assert result.result.fields is not None and result.result.fields["stdout_bytes"] == 3
+        assert queued(outbox) == []  # the result was taken, the held job is a live one
+        port.posted.clear()
+        await link.node_frame(session, frame(protocol.AckCommit, job_id="j2"))
+        await link.node_frame(
+            session, frame(protocol.Output, job_id="j1", channel="stderr", data=b"e", offset=4)
+        )
+        assert [(job, e) for _, job, e in port.posted] == [
+            ("j2", AckCommit("n", T)),
+            ("j1", Output("n", "stderr", 4, b"e")),
+        ]
+        port.posted.clear()
+        await link.node_lost(session)
+        assert [(job, e) for _, job, e in port.posted] == [
+            ("j1", NodeDown("n", T)),
+            ("j2", NodeDown("n", T)),
+        ]
+        link.release("o", "j1", ["n"])
+        assert not link.available(session)
+        link.release("o", "j2", ["n", "other"])
+        assert link.available(session)
+        assert link.held_by("o", "other") == frozenset()
+
+
+async def test_a_new_connection_is_not_held_in_the_rehab_of_the_old_one() -> None:
+    async with memory_registry() as registry:
+        link = NodeLink(registry, now=lambda: T)
+        old, _ = open_node(link)
+        link.start_rehab(old)
+        assert not link.reachable(old)
+        new, _ = open_node(link)
+        assert old.close_code is not None  # replaced
+        await link.node_hello(new, idle_hello())
+        assert link.reachable(new) and link.available(new)
+        # the old connection's late answer changes nothing for the new one
+        link.expect_aborted(new)
+        await link.node_frame(old, frame(protocol.Aborted, job_id=None))
+        assert not link.reachable(new)
+        await link.node_frame(new, frame(protocol.Aborted, job_id=None))
+        assert link.reachable(new)
