@@ -4,7 +4,11 @@ Node traffic is the hot path, so it is served by trio-websocket directly, not th
 ASGI stack. The upgrade request is signed like any API request (method ``GET``, the request
 path); refusals are HTTP responses with the JSON bodies of ``API.md`` §1, sent before the
 upgrade. After the upgrade: the agent's ``hello`` (within ``HELLO_TIMEOUT``), the server's
-``welcome``, then frames both ways until either side closes.
+``welcome``, then frames both ways until either side closes. A ``hello`` whose
+``protocol_version`` the server does not speak (:data:`~.protocol.SUPPORTED_PROTOCOL_VERSIONS`)
+is answered with a close (``CLOSE_UNSUPPORTED_VERSION``, 4010) whose reason names both
+versions, before any session is opened: a node's working connection is not replaced by one
+that cannot speak to it.
 
 Per connection there is a reader (this handler's task) and a writer draining the session's
 bounded outbox; the heartbeat ticker and the job engine write directly when that cannot
@@ -46,7 +50,12 @@ from .errors import ApiError, AuthError, NotFoundError, ProtocolError
 from .frame_reader import FrameReader
 from .handshakes import HandshakeLimit
 from .nodes.link import NodeLink
-from .nodes.registry import CLOSE_PROTOCOL, NodeRegistry, NodeSession
+from .nodes.registry import (
+    CLOSE_PROTOCOL,
+    CLOSE_UNSUPPORTED_VERSION,
+    NodeRegistry,
+    NodeSession,
+)
 from .nodes.sendroom import SendRoom, set_send_buffer, tcp_socket
 from .paths import normalize_path
 
@@ -61,6 +70,14 @@ _PATH = re.compile(r"^/organizations/([^/]+)/pushy/connect/([^/]+)$")
 
 def _reject_body(e: ApiError) -> bytes:
     return json.dumps(e.body()).encode()
+
+
+def _unsupported(version: int) -> str:
+    """The close reason for a ``hello`` of a protocol version the server does not speak (it
+    fits a close frame: at most 123 bytes)."""
+    spoken = ", ".join(str(v) for v in sorted(protocol.SUPPORTED_PROTOCOL_VERSIONS))
+    shown = str(version) if -(10**6) < version < 10**6 else "out of range"
+    return f"unsupported protocol version {shown}; this server speaks {spoken}"
 
 
 class _Connection:
@@ -114,6 +131,11 @@ class _Connection:
         if hello is None:
             log.warning("node %s: no hello within %.0f s", who, HELLO_TIMEOUT)
             await self.ws.aclose(CLOSE_PROTOCOL, "no hello")
+            return
+        if hello.protocol_version not in protocol.SUPPORTED_PROTOCOL_VERSIONS:
+            reason = _unsupported(hello.protocol_version)
+            log.warning("node %s: %s", who, reason)
+            await self.ws.aclose(CLOSE_UNSUPPORTED_VERSION, reason)
             return
         # trio-websocket keeps its stream private; without it there is no room probe and
         # every direct write is tried (the stall timeout is the backstop)

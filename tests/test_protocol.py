@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 from typing import Any
 
 import msgpack
@@ -98,6 +99,10 @@ def _pack(obj: Any) -> bytes:
     return packed
 
 
+_BODY_WIRE = {k: v for k, v in _wire(SAMPLES[14]).items() if k not in ("type", "seq", "ts")}
+"""The fields of a result (what ``hello.pending_result`` carries)."""
+
+
 def test_every_frame_type_has_a_sample() -> None:
     assert {type(f) for f in SAMPLES} == set(p.FRAME_TYPES.values())
     assert len(p.FRAME_TYPES) == 15
@@ -148,10 +153,73 @@ def test_frames_are_frozen() -> None:
         frame.job_id = "other"  # type: ignore[misc]
 
 
-def test_unknown_keys_are_ignored() -> None:
+def test_unknown_keys_are_refused() -> None:
     wire = _wire(p.Run(job_id="j", seq=1, ts=0.0))
     wire["future_field"] = [1, 2, 3]
-    assert p.decode(_pack(wire)) == p.Run(job_id="j", seq=1, ts=0.0)
+    with pytest.raises(ProtocolError, match="run: unknown field 'future_field'"):
+        p.decode(_pack(wire))
+    # a key of another frame type is no field of this one
+    wire = _wire(p.Run(job_id="j", seq=1, ts=0.0))
+    wire["facts"] = {}
+    with pytest.raises(ProtocolError, match="run: unknown field 'facts'"):
+        p.decode(_pack(wire))
+    # nor inside the nested result
+    wire = _sample("hello")
+    wire["pending_result"] = {**_BODY_WIRE, "type": "result"}
+    with pytest.raises(ProtocolError, match=r"hello\.pending_result: unknown field 'type'"):
+        p.decode(_pack(wire))
+    # and in a frame large enough to be scanned first, before its value is looked at
+    big = _wire(p.Output(job_id="j", channel="stdout", data=b"x" * 4000, offset=0, seq=1, ts=0))
+    big["extra"] = 1
+    with pytest.raises(ProtocolError, match="unknown field 'extra'"):
+        p.decode(_pack(big))
+    big = _wire(p.Output(job_id="j", channel="stdout", data=b"x" * 4000, offset=0, seq=1, ts=0))
+    big["facts"] = {}
+    with pytest.raises(ProtocolError, match="output: unknown field 'facts'"):
+        p.decode(_pack(big))
+
+
+def _junk_frame() -> bytes:
+    """A heartbeat carrying 1 MB of junk under an unknown key: 150,000 small lists."""
+    wire = _wire(p.Heartbeat(job_id=None, job_state="idle", seq=2, ts=0.0))
+    wire["junk"] = [[i] for i in range(150_000)]
+    return _pack(wire)
+
+
+def test_an_unknown_key_is_refused_before_its_value_is_decoded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    data = _junk_frame()
+    assert len(data) > 700_000
+
+    def refused() -> float:
+        start = time.perf_counter()
+        with pytest.raises(ProtocolError, match="unknown field 'junk'"):
+            p.decode(data)
+        return time.perf_counter() - start
+
+    def decoded() -> float:
+        start = time.perf_counter()
+        msgpack.unpackb(data)
+        return time.perf_counter() - start
+
+    # refusing it costs a small part of what decoding it costs (the issue: 0.25 s a frame)
+    assert min(refused() for _ in range(5)) * 20 < min(decoded() for _ in range(3))
+    # nothing of it is decoded at all
+    calls: list[int] = []
+    real = msgpack.unpackb
+    monkeypatch.setattr(msgpack, "unpackb", lambda *a, **k: calls.append(1) or real(*a, **k))
+    refused()
+    assert calls == []
+
+
+def test_a_key_that_is_no_short_string_is_refused_before_it_is_decoded() -> None:
+    huge_key = b"\x81\xdb" + (1_000_000).to_bytes(4, "big") + b"k" * 1_000_000 + b"\xc0"
+    with pytest.raises(ProtocolError, match="undecodable frame: a key is not a string"):
+        p.decode(huge_key, max_size=2_000_000)
+    many = _pack({f"k{i}": i for i in range(200)})
+    with pytest.raises(ProtocolError, match="frame has 200 keys, at most 16"):
+        p.decode(many)
 
 
 def test_integers_accepted_for_float_fields() -> None:
@@ -226,9 +294,9 @@ BAD_FIELDS: list[tuple[str, str, Any]] = [
     ("hello", "facts", {"k": float("inf")}),
     ("hello", "pending_result", "done"),
     ("hello", "pending_result", {"job_id": "j"}),
-    ("hello", "pending_result", {**_wire(SAMPLES[14]), "status": "exploded"}),
-    ("hello", "pending_result", {**_wire(SAMPLES[14]), "stdout_bytes": -1}),
-    ("hello", "pending_result", {**_wire(SAMPLES[14]), "truncated": 1}),
+    ("hello", "pending_result", {**_BODY_WIRE, "status": "exploded"}),
+    ("hello", "pending_result", {**_BODY_WIRE, "stdout_bytes": -1}),
+    ("hello", "pending_result", {**_BODY_WIRE, "truncated": 1}),
     ("welcome", "heartbeat_interval", -1.0),
     ("welcome", "offline_threshold", 0),
     ("welcome", "max_output_bytes", 2.5),
@@ -267,9 +335,130 @@ def test_wrong_field_value_names_type_and_field(kind: str, field: str, value: An
 
 def test_nested_error_names_the_nested_field() -> None:
     wire = _sample("hello")
-    wire["pending_result"] = {**_wire(SAMPLES[14]), "status": "exploded"}
+    wire["pending_result"] = {**_BODY_WIRE, "status": "exploded"}
     with pytest.raises(ProtocolError, match=r"hello\.pending_result\.status"):
         p.decode(_pack(wire))
+
+
+# --- limits ---------------------------------------------------------------------------------
+
+_FRAME_BOUNDED = {("output", "data"), ("commit", "file"), ("commit", "env")}
+"""The fields bounded by the frame cap alone: a job's payload."""
+
+
+def test_every_field_of_every_frame_has_a_limit() -> None:
+    for kind, cls in p.FRAME_TYPES.items():
+        for spec in p._frames.SPECS[cls]:
+            if (kind, spec.name) in _FRAME_BOUNDED:
+                assert spec.max_bytes is None, (kind, spec.name)
+            else:
+                assert spec.max_bytes is not None, (kind, spec.name)
+                assert spec.max_bytes <= 65_540, (kind, spec.name)
+    for spec in p._frames.SPECS[p.ResultBody]:
+        assert spec.max_bytes is not None and spec.max_bytes <= 100, spec.name
+
+
+def test_the_limits_take_what_the_api_and_the_agent_send() -> None:
+    from pushy_appliance.jobs import validation
+
+    assert p.MAX_COMMAND_BYTES >= validation.MAX_COMMAND_BYTES
+    assert p.MAX_DIR_BYTES >= validation.MAX_DIR_BYTES
+    assert p.MAX_USER_BYTES >= 4 * validation.MAX_USER_CHARS
+    assert p.MAX_ID_BYTES >= 36  # a job id is 32 hex digits, an incarnation a UUID
+    assert len("0.1.0.dev123+g0123456789ab.d20260101") <= p.MAX_AGENT_VERSION_BYTES
+
+
+_LONG = "é" * 40  # 80 bytes, 40 characters
+
+
+OVER_LIMITS: list[tuple[str, str, Any, str]] = [
+    ("hello", "incarnation_id", "i" * 65, "longer than 64 bytes"),
+    ("hello", "incarnation_id", _LONG, "longer than 64 bytes"),
+    ("hello", "agent_version", "v" * 65, "longer than 64 bytes"),
+    ("hello", "job_id", "j" * 65, "longer than 64 bytes"),
+    ("welcome", "server_incarnation_id", "s" * 65, "longer than 64 bytes"),
+    ("heartbeat", "job_id", "j" * 65, "longer than 64 bytes"),
+    ("run", "job_id", "j" * 65, "longer than 64 bytes"),
+    ("commit", "command", "c" * 4097, "longer than 4096 bytes"),
+    ("commit", "user", "u" * 257, "longer than 256 bytes"),
+    ("commit", "dir", "d" * 4097, "longer than 4096 bytes"),
+    ("nack_run", "reason", "r" * 1025, "longer than 1024 bytes"),
+    ("result", "job_id", "j" * 65, "longer than 64 bytes"),
+    ("aborted", "job_id", "j" * 65, "longer than 64 bytes"),
+]
+
+
+@pytest.mark.parametrize(
+    ("kind", "field", "value", "needle"),
+    OVER_LIMITS,
+    ids=[f"{k}.{f}-{len(v)}" for k, f, v, _ in OVER_LIMITS],
+)
+def test_a_field_over_its_limit_is_refused(kind: str, field: str, value: Any, needle: str) -> None:
+    wire = _sample(kind)
+    at_limit = value[:-1] if value != _LONG else "é" * 32
+    wire[field] = at_limit
+    assert getattr(p.decode(_pack(wire)), field) == at_limit
+    wire[field] = value
+    with pytest.raises(ProtocolError, match=f"{kind}.{field}") as info:
+        p.decode(_pack(wire))
+    data = _pack(wire)
+    if len(data) > p.SCAN_ABOVE:  # refused by its size before it is decoded
+        assert "bytes encoded, at most" in str(info.value) or needle in str(info.value)
+    else:
+        assert needle in str(info.value)
+    assert len(str(info.value)) < 200  # the message never holds the field in full
+
+
+def test_a_hello_of_450_kb_fields_is_refused_by_their_size() -> None:
+    wire = _sample("hello")
+    wire["agent_version"] = "v" * 450_000
+    wire["incarnation_id"] = "i" * 450_000
+    with pytest.raises(ProtocolError, match=r"hello\.\w+: 450005 bytes encoded, at most"):
+        p.decode(_pack(wire))
+    wire = _sample("hello")
+    wire["pending_result"] = {**_BODY_WIRE, "job_id": "j" * 2000}
+    with pytest.raises(
+        ProtocolError, match=r"hello\.pending_result: \d+ bytes encoded, at most 1024"
+    ):
+        p.decode(_pack(wire))
+
+
+def _facts_of(size: int) -> dict[str, Any]:
+    """Flat facts whose msgpack encoding is exactly ``size`` bytes."""
+    from pushy_appliance.facts import encoded_size
+
+    facts = {f"k{i:02}": "x" * 1020 for i in range(64)}
+    facts["k63"] = "x" * (1020 - (encoded_size(facts) - size))
+    assert encoded_size(facts) == size
+    return facts
+
+
+def test_facts_up_to_the_facts_limit_pass() -> None:
+    from pushy_appliance.facts import MAX_FACTS_BYTES
+
+    wire = _sample("hello")
+    wire["facts"] = _facts_of(MAX_FACTS_BYTES)
+    assert isinstance(p.decode(_pack(wire)), p.Hello)
+    wire["facts"] = _facts_of(MAX_FACTS_BYTES + 1)
+    with pytest.raises(ProtocolError, match=r"hello\.facts: 65537 bytes encoded, at most 65536"):
+        p.decode(_pack(wire))
+
+
+def test_payload_fields_take_up_to_the_frame_cap() -> None:
+    for frame in (
+        p.Output(job_id="j", channel="stdout", data=b"x" * 1_000_000, offset=0, seq=1, ts=0.0),
+        p.Commit(
+            job_id="j",
+            command="x",
+            env={f"V{i}": "v" * 100 for i in range(5000)},
+            file="raw:" + "f" * 400_000,
+            capture=True,
+            run_timeout=1.0,
+            seq=1,
+            ts=0.0,
+        ),
+    ):
+        assert p.decode(p.encode(frame)) == frame
 
 
 REQUIRED = [
@@ -424,7 +613,7 @@ def test_heartbeat_template_matches_encode(seq: int) -> None:
 
 @settings(max_examples=100, deadline=None, derandomize=True, database=None)
 @given(
-    st.text(max_size=300),
+    st.text(max_size=p.MAX_ID_BYTES // 4),  # any incarnation id within the limit
     st.integers(min_value=1, max_value=2**64 - 1),
     st.floats(allow_nan=False, allow_infinity=False),
 )

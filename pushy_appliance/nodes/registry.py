@@ -49,6 +49,7 @@ __all__ = [
     "CLOSE_REPLACED",
     "CLOSE_STUCK",
     "CLOSE_TIMEOUT",
+    "CLOSE_UNSUPPORTED_VERSION",
     "DIRECT_SEND_TIMEOUT",
     "NodeRegistry",
     "NodeSession",
@@ -65,6 +66,8 @@ CLOSE_REPLACED = 4001
 CLOSE_DELETED = 4003
 CLOSE_STUCK = 4008
 CLOSE_TIMEOUT = 4009
+CLOSE_UNSUPPORTED_VERSION = 4010
+"""The close code for a ``hello`` of a protocol version the server does not speak."""
 
 DIRECT_SEND_TIMEOUT = 1.0
 """Seconds one write to a node may wait (socket buffer full) before the node is closed as

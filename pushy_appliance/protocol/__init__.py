@@ -10,35 +10,57 @@ Wire format (``NODES.md`` §2): every WebSocket binary message is one msgpack ma
 
 Each frame type is a frozen, slotted dataclass with keyword-only fields; ``TYPE`` is its tag.
 Optional fields (those with a default of ``None``) are left out of the encoded map when unset
-and read back as ``None`` when missing or nil. Keys a decoder does not know are ignored, so a
-newer peer may add fields. :func:`decode` is the one place where every msgpack failure and
-every schema violation becomes :class:`~pushy_appliance.errors.ProtocolError` (whose message
-names the frame type and the field), and where a frame over the size cap becomes
-:class:`~pushy_appliance.errors.FrameTooLargeError`.
+and read back as ``None`` when missing or nil. Every field has a type and a limit (the most
+bytes its value takes encoded; texts in UTF-8 bytes), and a key no frame type has, or one its
+frame type lacks, is a protocol error: a newer peer announces a new ``protocol_version``
+instead (:data:`SUPPORTED_PROTOCOL_VERSIONS`). :func:`decode` is the one place where every
+msgpack failure and every schema violation becomes
+:class:`~pushy_appliance.errors.ProtocolError` (whose message names the frame type and the
+field), and where a frame over the size cap becomes
+:class:`~pushy_appliance.errors.FrameTooLargeError`; a large frame's keys and field sizes are
+checked before any value of it is decoded, so no frame costs more to refuse than its fields
+are allowed to cost.
 
 The server sends the same heartbeat to every node on every tick; only ``seq`` differs per
 connection. :class:`HeartbeatTemplate` packs the shared part once and renders each frame by
 appending the few bytes of ``seq`` and ``ts``.
 
-Modules: ``_fields`` (the field checkers), ``_frames`` (the records and their vocabulary),
-``_codec`` (encode, decode, the heartbeat template), ``_seq`` (sequence numbers). Import from
-here.
+Modules: ``_fields`` (the field checkers and limits), ``_frames`` (the records and their
+vocabulary), ``_codec`` (encode, decode, the heartbeat template), ``_seq`` (sequence numbers).
+Import from here.
 """
 
 from __future__ import annotations
 
-from ._codec import HeartbeatTemplate, decode, decode_message, encode, encode_heartbeat_template
+from ._codec import (
+    MAX_KEY_BYTES,
+    MAX_KEYS,
+    SCAN_ABOVE,
+    HeartbeatTemplate,
+    decode,
+    decode_message,
+    encode,
+    encode_heartbeat_template,
+)
+from ._fields import MAX_ID_BYTES
 from ._frames import (
     CHANNELS,
     FRAME_TYPES,
     FROM_AGENT,
     FROM_SERVER,
     JOB_STATES,
+    MAX_AGENT_VERSION_BYTES,
+    MAX_COMMAND_BYTES,
+    MAX_DIR_BYTES,
     MAX_FACT_CHARS,
     MAX_FACTS,
+    MAX_PENDING_RESULT_BYTES,
+    MAX_REASON_BYTES,
+    MAX_USER_BYTES,
     NACK_COMMIT_REASONS,
     PROTOCOL_VERSION,
     RESULT_STATUSES,
+    SUPPORTED_PROTOCOL_VERSIONS,
     Abort,
     Aborted,
     AckCommit,
@@ -66,11 +88,22 @@ __all__ = [
     "FROM_AGENT",
     "FROM_SERVER",
     "JOB_STATES",
+    "MAX_AGENT_VERSION_BYTES",
+    "MAX_COMMAND_BYTES",
+    "MAX_DIR_BYTES",
     "MAX_FACTS",
     "MAX_FACT_CHARS",
+    "MAX_ID_BYTES",
+    "MAX_KEYS",
+    "MAX_KEY_BYTES",
+    "MAX_PENDING_RESULT_BYTES",
+    "MAX_REASON_BYTES",
+    "MAX_USER_BYTES",
     "NACK_COMMIT_REASONS",
     "PROTOCOL_VERSION",
     "RESULT_STATUSES",
+    "SCAN_ABOVE",
+    "SUPPORTED_PROTOCOL_VERSIONS",
     "Abort",
     "Aborted",
     "AckCommit",

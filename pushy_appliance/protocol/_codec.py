@@ -4,6 +4,16 @@
 becomes :class:`~pushy_appliance.errors.ProtocolError` (whose message names the frame type and
 the field), and where a frame over the size cap becomes
 :class:`~pushy_appliance.errors.FrameTooLargeError`.
+
+Decoding costs no more than the frame's fields may: a frame of more than
+:data:`SCAN_ABOVE` bytes is first *scanned* without building any object (msgpack's
+``Unpacker.skip`` walks a value in C): at most :data:`MAX_KEYS` keys, each a string of at most
+:data:`MAX_KEY_BYTES` bytes that some frame type has (an unknown key is refused before its
+value is looked at), each value's encoded size within its field's limit (``max_bytes``, see
+:mod:`._fields`), and nothing after the map. Only then is it decoded. A smaller frame is
+decoded at once (its decoding is cheap whatever it holds) and its fields checked as a large
+one's are: every limit below :data:`SCAN_ABOVE` bytes is a text's, which its checker
+enforces, or a number's, which its type does.
 """
 
 from __future__ import annotations
@@ -15,9 +25,32 @@ import msgpack
 
 from ..errors import FrameTooLargeError, ProtocolError
 from ._fields import show
-from ._frames import FRAME_TYPES, SPECS, Frame, Heartbeat, ResultBody, build
+from ._frames import FRAME_KEYS, FRAME_TYPES, SPECS, Frame, Heartbeat, ResultBody, build
 
-__all__ = ["HeartbeatTemplate", "decode", "decode_message", "encode", "encode_heartbeat_template"]
+__all__ = [
+    "MAX_KEYS",
+    "MAX_KEY_BYTES",
+    "SCAN_ABOVE",
+    "HeartbeatTemplate",
+    "decode",
+    "decode_message",
+    "encode",
+    "encode_heartbeat_template",
+]
+
+MAX_KEYS = 16
+"""Most keys one frame's map may hold (``hello``, the largest, has 10)."""
+
+MAX_KEY_BYTES = 32
+"""Longest key of a frame's map, in bytes."""
+
+SCAN_ABOVE = 512
+"""Frames larger than this (in bytes) are scanned before they are decoded."""
+
+_MAP_HEADERS = frozenset(range(0x80, 0x90)) | {0xDE, 0xDF}
+_LIMITS: dict[str, dict[str, int | None]] = {
+    kind: {spec.name: spec.max_bytes for spec in SPECS[cls]} for kind, cls in FRAME_TYPES.items()
+}
 
 
 def _plain(frame: Frame | ResultBody) -> dict[str, Any]:
@@ -64,6 +97,8 @@ def decode(data: bytes, *, max_size: int = 1_048_576) -> Frame:
     """
     if len(data) > max_size:
         raise FrameTooLargeError(len(data), max_size)
+    if len(data) > SCAN_ABOVE:
+        _scan(data)
     try:
         obj = msgpack.unpackb(data, raw=False, strict_map_key=True, timestamp=0)
     except Exception as exc:
@@ -80,6 +115,84 @@ def decode(data: bytes, *, max_size: int = 1_048_576) -> Frame:
         raise ProtocolError(f"unknown frame type {show(kind)}")
     frame: Frame = build(cls, obj, kind)
     return frame
+
+
+def _str_length(data: bytes, pos: int) -> int | None:
+    """The length of the msgpack string whose header is at ``pos``; ``None``: no string."""
+    head = data[pos]
+    if 0xA0 <= head <= 0xBF:
+        return head & 0x1F
+    if head == 0xD9:
+        return data[pos + 1]
+    if head == 0xDA:
+        return int.from_bytes(data[pos + 1 : pos + 3], "big")
+    if head == 0xDB:
+        return int.from_bytes(data[pos + 1 : pos + 5], "big")
+    return None
+
+
+def _scan(data: bytes) -> None:
+    """Check a frame's keys and the encoded size of each value without decoding a value
+    (``type``'s aside), as the module docstring says.
+
+    Raises:
+        ProtocolError: as :func:`decode` would for the same frame, or for a field over its
+            limit (naming the frame type and the field).
+    """
+    if not data or data[0] not in _MAP_HEADERS:
+        if data and data[0] != 0xC1:
+            raise ProtocolError("frame is not a map")
+        raise ProtocolError("undecodable frame: not msgpack")
+    unpacker = msgpack.Unpacker(raw=False, max_buffer_size=len(data))
+    unpacker.feed(data)
+    spans: dict[str, tuple[int, int]] = {}
+    try:
+        count = unpacker.read_map_header()
+        if count > MAX_KEYS:
+            raise ProtocolError(f"frame has {count} keys, at most {MAX_KEYS} allowed")
+        for _ in range(count):
+            at = unpacker.tell()
+            length = _str_length(data, at)
+            if length is None or length > MAX_KEY_BYTES:
+                raise ProtocolError(
+                    f"undecodable frame: a key is not a string of at most {MAX_KEY_BYTES} bytes"
+                )
+            key = unpacker.unpack()
+            if key not in FRAME_KEYS:
+                raise ProtocolError(f"unknown field {show(key)}")
+            if key in spans:
+                raise ProtocolError(f"undecodable frame: key {key!r} twice")
+            start = unpacker.tell()
+            unpacker.skip()
+            spans[key] = (start, unpacker.tell())
+        if unpacker.tell() != len(data):
+            raise ProtocolError("undecodable frame: data after the map")
+    except ProtocolError:
+        raise
+    except Exception as exc:
+        # msgpack's OutOfData, FormatError, StackError, UnicodeDecodeError, …
+        raise ProtocolError(f"undecodable frame: {type(exc).__name__}: {exc}") from None
+    where = spans.get("type")
+    length = None if where is None else _str_length(data, where[0])
+    if where is None or length is None or length > MAX_KEY_BYTES:
+        raise ProtocolError("frame has no string 'type'")
+    try:
+        kind = msgpack.unpackb(data[where[0] : where[1]], raw=False)
+    except Exception as exc:
+        raise ProtocolError(f"undecodable frame: {type(exc).__name__}: {exc}") from None
+    limits = _LIMITS.get(kind)
+    if limits is None:
+        raise ProtocolError(f"unknown frame type {show(kind)}")
+    for key, (start, end) in spans.items():
+        if key == "type":
+            continue
+        if key not in limits:
+            raise ProtocolError(f"{kind}: unknown field {show(key)}")
+        limit = limits[key]
+        if limit is not None and end - start > limit:
+            raise ProtocolError(
+                f"{kind}.{key}: {end - start} bytes encoded, at most {limit} allowed"
+            )
 
 
 def decode_message(message: str | bytes, *, max_size: int = 1_048_576) -> Frame:

@@ -14,10 +14,11 @@ from collections.abc import Mapping
 from typing import Any, ClassVar, TypeAlias
 
 from ..errors import ProtocolError
+from ..facts import MAX_FACTS_BYTES
 from ._fields import (
-    OPT_STR,
+    ID,
+    OPT_ID,
     SEQ,
-    STR,
     TS,
     FieldSpec,
     bad,
@@ -28,25 +29,35 @@ from ._fields import (
     check_env,
     check_int,
     check_positive_int,
+    check_str,
     checked,
+    enum,
     field_specs,
-    one_of,
     optional,
     show,
+    text,
 )
 
 __all__ = [
     "CHANNELS",
+    "FRAME_KEYS",
     "FRAME_TYPES",
     "FROM_AGENT",
     "FROM_SERVER",
     "JOB_STATES",
+    "MAX_AGENT_VERSION_BYTES",
+    "MAX_COMMAND_BYTES",
+    "MAX_DIR_BYTES",
     "MAX_FACTS",
     "MAX_FACT_CHARS",
+    "MAX_PENDING_RESULT_BYTES",
+    "MAX_REASON_BYTES",
+    "MAX_USER_BYTES",
     "NACK_COMMIT_REASONS",
     "PROTOCOL_VERSION",
     "RESULT_STATUSES",
     "SPECS",
+    "SUPPORTED_PROTOCOL_VERSIONS",
     "Abort",
     "Aborted",
     "AckCommit",
@@ -71,6 +82,9 @@ __all__ = [
 PROTOCOL_VERSION = 1
 """The protocol version an agent announces in ``hello``."""
 
+SUPPORTED_PROTOCOL_VERSIONS = frozenset({PROTOCOL_VERSION})
+"""The ``hello.protocol_version`` values the server speaks; any other is refused at once."""
+
 JOB_STATES = frozenset({"idle", "committed", "running"})
 """Values of ``job_state`` in ``hello`` and the agent's ``heartbeat``."""
 
@@ -84,6 +98,24 @@ NACK_COMMIT_REASONS = frozenset(
     {"busy", "not_whitelisted", "no_such_user", "no_such_dir", "bad_file", "lock_held"}
 )
 """Values of ``nack_commit.reason``. ``nack_run.reason`` is free text."""
+
+MAX_AGENT_VERSION_BYTES = 64
+"""Longest ``hello.agent_version``, in bytes."""
+
+MAX_COMMAND_BYTES = 4096
+"""Longest ``commit.command``, in bytes (the API's limit)."""
+
+MAX_USER_BYTES = 256
+"""Longest ``commit.user``, in bytes (the API allows 32 characters)."""
+
+MAX_DIR_BYTES = 4096
+"""Longest ``commit.dir``, in bytes (the API's limit)."""
+
+MAX_REASON_BYTES = 1024
+"""Longest ``nack_run.reason``, in bytes."""
+
+MAX_PENDING_RESULT_BYTES = 1024
+"""Most bytes ``hello.pending_result`` takes encoded (a result is about 150)."""
 
 MAX_FACTS = 64
 """Most keys a ``hello``'s ``facts`` may hold."""
@@ -143,8 +175,8 @@ class ResultBody:
         duration_s: wall-clock seconds the process ran.
     """
 
-    job_id: str = dataclasses.field(metadata=STR)
-    status: str = dataclasses.field(metadata=checked(one_of(RESULT_STATUSES)))
+    job_id: str = dataclasses.field(metadata=ID)
+    status: str = dataclasses.field(metadata=enum(RESULT_STATUSES))
     exit_code: int | None = dataclasses.field(metadata=checked(optional(check_int)))
     signal: int | None = dataclasses.field(default=None, metadata=checked(optional(check_int)))
     stdout_bytes: int = dataclasses.field(metadata=checked(check_count))
@@ -158,13 +190,15 @@ class Hello:
     """Agent → server, the agent's first frame: who it is and what job it holds."""
 
     TYPE: ClassVar[str] = "hello"
-    incarnation_id: str = dataclasses.field(metadata=STR)
+    incarnation_id: str = dataclasses.field(metadata=ID)
     protocol_version: int = dataclasses.field(metadata=checked(check_int))
-    agent_version: str = dataclasses.field(metadata=STR)
-    job_id: str | None = dataclasses.field(metadata=OPT_STR)
-    job_state: str = dataclasses.field(metadata=checked(one_of(JOB_STATES)))
-    pending_result: ResultBody | None = dataclasses.field(metadata=checked(_check_pending_result))
-    facts: dict[str, FactValue] = dataclasses.field(metadata=checked(_check_facts))
+    agent_version: str = dataclasses.field(metadata=text(MAX_AGENT_VERSION_BYTES))
+    job_id: str | None = dataclasses.field(metadata=OPT_ID)
+    job_state: str = dataclasses.field(metadata=enum(JOB_STATES))
+    pending_result: ResultBody | None = dataclasses.field(
+        metadata=checked(_check_pending_result, MAX_PENDING_RESULT_BYTES)
+    )
+    facts: dict[str, FactValue] = dataclasses.field(metadata=checked(_check_facts, MAX_FACTS_BYTES))
     seq: int = dataclasses.field(metadata=SEQ)
     ts: float = dataclasses.field(metadata=TS)
 
@@ -174,7 +208,7 @@ class Welcome:
     """Server → agent, the answer to ``hello``: the server's identity and the timings."""
 
     TYPE: ClassVar[str] = "welcome"
-    server_incarnation_id: str = dataclasses.field(metadata=STR)
+    server_incarnation_id: str = dataclasses.field(metadata=ID)
     heartbeat_interval: float = dataclasses.field(metadata=checked(check_duration))
     offline_threshold: int = dataclasses.field(metadata=checked(check_positive_int))
     voting_timeout: float = dataclasses.field(metadata=checked(check_duration))
@@ -188,11 +222,9 @@ class Heartbeat:
     """Both ways. The agent's carries ``job_id`` and ``job_state``; the server's its incarnation."""
 
     TYPE: ClassVar[str] = "heartbeat"
-    job_id: str | None = dataclasses.field(default=None, metadata=OPT_STR)
-    job_state: str | None = dataclasses.field(
-        default=None, metadata=checked(optional(one_of(JOB_STATES)))
-    )
-    server_incarnation_id: str | None = dataclasses.field(default=None, metadata=OPT_STR)
+    job_id: str | None = dataclasses.field(default=None, metadata=OPT_ID)
+    job_state: str | None = dataclasses.field(default=None, metadata=enum(JOB_STATES, nil=True))
+    server_incarnation_id: str | None = dataclasses.field(default=None, metadata=OPT_ID)
     seq: int = dataclasses.field(metadata=SEQ)
     ts: float = dataclasses.field(metadata=TS)
 
@@ -206,12 +238,12 @@ class Commit:
     """
 
     TYPE: ClassVar[str] = "commit"
-    job_id: str = dataclasses.field(metadata=STR)
-    command: str = dataclasses.field(metadata=STR)
-    user: str | None = dataclasses.field(default=None, metadata=OPT_STR)
-    dir: str | None = dataclasses.field(default=None, metadata=OPT_STR)
-    env: dict[str, str] = dataclasses.field(default_factory=dict, metadata=checked(check_env))
-    file: str | None = dataclasses.field(default=None, metadata=OPT_STR)
+    job_id: str = dataclasses.field(metadata=ID)
+    command: str = dataclasses.field(metadata=text(MAX_COMMAND_BYTES))
+    user: str | None = dataclasses.field(default=None, metadata=text(MAX_USER_BYTES, nil=True))
+    dir: str | None = dataclasses.field(default=None, metadata=text(MAX_DIR_BYTES, nil=True))
+    env: dict[str, str] = dataclasses.field(default_factory=dict, metadata=checked(check_env, None))
+    file: str | None = dataclasses.field(default=None, metadata=checked(optional(check_str), None))
     capture: bool = dataclasses.field(metadata=checked(check_bool))
     run_timeout: float = dataclasses.field(metadata=checked(check_duration))
     seq: int = dataclasses.field(metadata=SEQ)
@@ -223,7 +255,7 @@ class AckCommit:
     """Agent → server: committed to ``job_id``."""
 
     TYPE: ClassVar[str] = "ack_commit"
-    job_id: str = dataclasses.field(metadata=STR)
+    job_id: str = dataclasses.field(metadata=ID)
     seq: int = dataclasses.field(metadata=SEQ)
     ts: float = dataclasses.field(metadata=TS)
 
@@ -233,8 +265,8 @@ class NackCommit:
     """Agent → server: refuses ``job_id``; ``reason`` is one of :data:`NACK_COMMIT_REASONS`."""
 
     TYPE: ClassVar[str] = "nack_commit"
-    job_id: str = dataclasses.field(metadata=STR)
-    reason: str = dataclasses.field(metadata=checked(one_of(NACK_COMMIT_REASONS)))
+    job_id: str = dataclasses.field(metadata=ID)
+    reason: str = dataclasses.field(metadata=enum(NACK_COMMIT_REASONS))
     seq: int = dataclasses.field(metadata=SEQ)
     ts: float = dataclasses.field(metadata=TS)
 
@@ -244,7 +276,7 @@ class Run:
     """Server → agent: start the committed job."""
 
     TYPE: ClassVar[str] = "run"
-    job_id: str = dataclasses.field(metadata=STR)
+    job_id: str = dataclasses.field(metadata=ID)
     seq: int = dataclasses.field(metadata=SEQ)
     ts: float = dataclasses.field(metadata=TS)
 
@@ -254,7 +286,7 @@ class AckRun:
     """Agent → server: the job's process is starting."""
 
     TYPE: ClassVar[str] = "ack_run"
-    job_id: str = dataclasses.field(metadata=STR)
+    job_id: str = dataclasses.field(metadata=ID)
     seq: int = dataclasses.field(metadata=SEQ)
     ts: float = dataclasses.field(metadata=TS)
 
@@ -264,8 +296,8 @@ class NackRun:
     """Agent → server: will not run ``job_id``; ``reason`` is free text."""
 
     TYPE: ClassVar[str] = "nack_run"
-    job_id: str = dataclasses.field(metadata=STR)
-    reason: str = dataclasses.field(metadata=STR)
+    job_id: str = dataclasses.field(metadata=ID)
+    reason: str = dataclasses.field(metadata=text(MAX_REASON_BYTES))
     seq: int = dataclasses.field(metadata=SEQ)
     ts: float = dataclasses.field(metadata=TS)
 
@@ -275,9 +307,9 @@ class Output:
     """Agent → server: ``data`` found at byte ``offset`` of ``channel`` while the job runs."""
 
     TYPE: ClassVar[str] = "output"
-    job_id: str = dataclasses.field(metadata=STR)
-    channel: str = dataclasses.field(metadata=checked(one_of(CHANNELS)))
-    data: bytes = dataclasses.field(metadata=checked(check_bytes))
+    job_id: str = dataclasses.field(metadata=ID)
+    channel: str = dataclasses.field(metadata=enum(CHANNELS))
+    data: bytes = dataclasses.field(metadata=checked(check_bytes, None))
     offset: int = dataclasses.field(metadata=checked(check_count))
     seq: int = dataclasses.field(metadata=SEQ)
     ts: float = dataclasses.field(metadata=TS)
@@ -288,8 +320,8 @@ class Result:
     """Agent → server: the job ended. Fields as :class:`ResultBody`; kept until ``result_ack``."""
 
     TYPE: ClassVar[str] = "result"
-    job_id: str = dataclasses.field(metadata=STR)
-    status: str = dataclasses.field(metadata=checked(one_of(RESULT_STATUSES)))
+    job_id: str = dataclasses.field(metadata=ID)
+    status: str = dataclasses.field(metadata=enum(RESULT_STATUSES))
     exit_code: int | None = dataclasses.field(metadata=checked(optional(check_int)))
     signal: int | None = dataclasses.field(default=None, metadata=checked(optional(check_int)))
     stdout_bytes: int = dataclasses.field(metadata=checked(check_count))
@@ -324,7 +356,7 @@ class ResultAck:
     """Server → agent: the result of ``job_id`` is stored; the agent may forget it."""
 
     TYPE: ClassVar[str] = "result_ack"
-    job_id: str = dataclasses.field(metadata=STR)
+    job_id: str = dataclasses.field(metadata=ID)
     seq: int = dataclasses.field(metadata=SEQ)
     ts: float = dataclasses.field(metadata=TS)
 
@@ -334,7 +366,7 @@ class Abort:
     """Server → agent: stop whatever runs (``job_id`` ``None``) or the named job, and report."""
 
     TYPE: ClassVar[str] = "abort"
-    job_id: str | None = dataclasses.field(default=None, metadata=OPT_STR)
+    job_id: str | None = dataclasses.field(default=None, metadata=OPT_ID)
     seq: int = dataclasses.field(metadata=SEQ)
     ts: float = dataclasses.field(metadata=TS)
 
@@ -344,7 +376,7 @@ class Aborted:
     """Agent → server: stopped; ``job_id`` is what it was doing, ``None`` when it was idle."""
 
     TYPE: ClassVar[str] = "aborted"
-    job_id: str | None = dataclasses.field(metadata=OPT_STR)
+    job_id: str | None = dataclasses.field(metadata=OPT_ID)
     seq: int = dataclasses.field(metadata=SEQ)
     ts: float = dataclasses.field(metadata=TS)
 
@@ -418,6 +450,14 @@ SPECS: dict[type[Any], tuple[FieldSpec, ...]] = {
 }
 """The fields of every record class, read once."""
 _RESULT_BODY_NAMES = tuple(spec.name for spec in SPECS[ResultBody])
+_KEYS: dict[type[Any], frozenset[str]] = {
+    cls: frozenset(spec.name for spec in specs) | ({"type"} if cls in _FRAME_CLASSES else set())
+    for cls, specs in SPECS.items()
+}
+"""The keys a record's map may hold: its fields, and a frame's ``type``."""
+
+FRAME_KEYS: frozenset[str] = frozenset().union(*(_KEYS[cls] for cls in _FRAME_CLASSES))
+"""Every key of every frame type: a key outside it is refused before its value is read."""
 
 
 def _body_fields(body: ResultBody) -> dict[str, Any]:
@@ -428,8 +468,13 @@ def build(cls: type[Any], data: Mapping[str, Any], where: str) -> Any:
     """The record ``cls`` from a decoded map, every field checked.
 
     Raises:
-        ProtocolError: a required field is missing or a field fails its check.
+        ProtocolError: a key that is no field of ``cls``, a required field is missing, or a
+            field fails its check.
     """
+    keys = _KEYS[cls]
+    for key in data:
+        if key not in keys:
+            raise ProtocolError(f"{where}: unknown field {show(key)}")
     kwargs: dict[str, Any] = {}
     for spec in SPECS[cls]:
         if spec.name in data:
