@@ -46,7 +46,7 @@ from .lockfile import exclusive_lock
 from .model import IdentityModel
 from .nodes.link import NodeLink
 from .nodes.model import NodeModel
-from .nodes.registry import CLOSE_DELETED, CLOSE_GOING_AWAY, NodeRegistry
+from .nodes.registry import CLOSE_GOING_AWAY, NodeRegistry
 from .nodesock import serve_nodes
 from .replay import ReplayGuard
 from .services import Services
@@ -263,9 +263,6 @@ async def _serve_locked(
         )
         retention = Retention(db, feeds, retention_days=config.jobs.retention_days)
 
-        async def close_deleted_client(org: str, name: str) -> None:
-            registry.disconnect(org, name, CLOSE_DELETED, "client deleted")
-
         node_scheme = "ws" if config.insecure_http else "wss"
         hc = _hypercorn_config(config, data_dir, host, port)
         node_host, node_port = _node_listen(config, host, port)
@@ -302,7 +299,6 @@ async def _serve_locked(
                     idle_timeout=config.ui.session_idle_timeout,
                     max_sessions=config.ui.max_sessions,
                 ),
-                on_client_deleted=(close_deleted_client,),
             )
             app = asgi_app(svc)
             binds: list[str] = await nursery.start(_run_http, app, hc, stop, http_done)

@@ -50,10 +50,19 @@ class KeyCache:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Principal:
-    """Who signed the request."""
+    """Who signed the request.
 
-    kind: str  # "user" or "client"
+    Attributes:
+        kind: ``user`` or ``client``.
+        name: the user's or client's name.
+        key: the public key (PEM) that verified the signature; empty when the principal was
+            not authenticated by a signature (a dashboard session). A node's session is bound
+            to it (``nodes.registry``).
+    """
+
+    kind: str
     name: str
+    key: str = dataclasses.field(default="", compare=False)
 
     @property
     def is_pivotal(self) -> bool:
@@ -133,14 +142,14 @@ class Authenticator:
         if found is None:
             raise chef_auth.unknown_principal(signed.user_id)
         kind, pems = found
-        chef_auth.verify_signature(signed, method, path, body, self.keys.load(pems))
+        index = chef_auth.verify_signature(signed, method, path, body, self.keys.load(pems))
         if self.replay is not None and changes_state(method):
             self.replay.check(
                 signed.user_id, signed.signature, signed.timestamp.timestamp(), now.timestamp()
             )
         if org is not None and not identity.is_org_member(org, kind, signed.user_id):
             raise AuthError(403, f"'{signed.user_id}' is not associated with organization '{org}'")
-        return Principal(kind, signed.user_id)
+        return Principal(kind, signed.user_id, pems[index])
 
     def require(self, org: str, who: Principal, action: str) -> None:
         """Raise the 403 unless ``who`` may perform ``action`` in ``org``.

@@ -545,7 +545,7 @@ def verify_signature(
     path: str,
     body: bytes,
     keys: Sequence[rsa.RSAPublicKey],
-) -> None:
+) -> int:
     """Check a parsed request's body hash and signature against a principal's keys.
 
     Args:
@@ -554,6 +554,9 @@ def verify_signature(
         path: the request path (a query string is ignored).
         body: the raw request body.
         keys: the principal's public keys; the request is accepted if any one verifies.
+
+    Returns:
+        The index in ``keys`` of the key that verified it.
 
     Raises:
         AuthError: 401 ``Invalid signature for user or client 'USER'`` with
@@ -574,8 +577,10 @@ def verify_signature(
         version=req.version,
         server_api_version=req.server_api_version,
     )
-    if not any(_verifies(public, req, canonical) for public in keys):
-        raise _invalid_signature(req.user_id)
+    for index, public in enumerate(keys):
+        if _verifies(public, req, canonical):
+            return index
+    raise _invalid_signature(req.user_id)
 
 
 def unknown_principal(user_id: str) -> AuthError:

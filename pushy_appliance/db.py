@@ -7,6 +7,9 @@ the models directly (no I/O on reads). Several records committed together are st
 
 Models are plain objects with ``apply(record)``, ``snapshot()`` and ``load(snapshot)``; the
 database owns one per family (``identity``, ``jobs``, ``nodes``) and snapshots them together.
+A *watcher* (:meth:`Database.watch`) is told of each committed record once every model has
+applied it: what lives only in memory and depends on stored facts (a node's session on its
+client's key) follows the change before the commit returns.
 
 When the store cannot write (disk full, I/O error, file size limit), :meth:`Database.commit`
 raises :class:`~pushy_appliance.errors.StoreUnavailableError` and applies nothing: the models
@@ -21,7 +24,7 @@ process because a write was refused.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Hashable, Mapping
+from collections.abc import AsyncIterator, Callable, Hashable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, Protocol
 
@@ -63,6 +66,15 @@ class Database:
         self._idle = trio.Event()
         self._idle.set()
         self._gate: trio.Event | None = None
+        self._watchers: list[Callable[[dict[str, Any]], None]] = []
+
+    def watch(self, watcher: Callable[[dict[str, Any]], None]) -> None:
+        """Call ``watcher(record)`` for every record committed from now on (a batch's records
+        one by one), after every model applied it and before :meth:`commit` returns.
+
+        A watcher runs inside the commit: it must neither block nor raise.
+        """
+        self._watchers.append(watcher)
 
     def recover(self) -> int:
         """Rebuild the models from what the store recovered. Returns the records replayed."""
@@ -82,6 +94,8 @@ class Database:
             return
         for model in self.models.values():
             model.apply(record)
+        for watcher in self._watchers:
+            watcher(record)
 
     @asynccontextmanager
     async def exclusive(self, key: Hashable) -> AsyncIterator[None]:

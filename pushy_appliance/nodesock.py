@@ -3,8 +3,10 @@
 Node traffic is the hot path, so it is served by trio-websocket directly, not through the
 ASGI stack. The upgrade request is signed like any API request (method ``GET``, the request
 path); refusals are HTTP responses with the JSON bodies of ``API.md`` §1, sent before the
-upgrade. After the upgrade: the agent's ``hello`` (within ``HELLO_TIMEOUT``), the server's
-``welcome``, then frames both ways until either side closes. A ``hello`` whose
+upgrade; the session it opens is bound to the client key that verified the signature (see
+:mod:`.nodes.registry`). After the upgrade: the agent's ``hello`` (within
+``HELLO_TIMEOUT``), the server's ``welcome``, then frames both ways until either side closes.
+A ``hello`` whose
 ``protocol_version`` the server does not speak (:data:`~.protocol.SUPPORTED_PROTOCOL_VERSIONS`)
 is answered with a close (``CLOSE_UNSUPPORTED_VERSION``, 4010) whose reason names both
 versions, before any session is opened: a node's working connection is not replaced by one
@@ -51,6 +53,7 @@ from .frame_reader import FrameReader
 from .handshakes import HandshakeLimit
 from .nodes.link import NodeLink
 from .nodes.registry import (
+    CLOSE_DELETED,
     CLOSE_PROTOCOL,
     CLOSE_UNSUPPORTED_VERSION,
     NodeRegistry,
@@ -113,7 +116,8 @@ class _Connection:
             return False
         return True
 
-    async def run(self, org: str, node: str) -> None:
+    async def run(self, org: str, node: str, key: str) -> None:
+        """Serve the connection of node ``node`` of ``org``, whose upgrade ``key`` signed."""
         who = f"{org}/{node}"
         max_size = self.config.limits.max_frame_bytes
         hello: protocol.Hello | None = None
@@ -137,6 +141,13 @@ class _Connection:
             log.warning("node %s: %s", who, reason)
             await self.ws.aclose(CLOSE_UNSUPPORTED_VERSION, reason)
             return
+        gone = self.registry.identity_gone(org, node, key)
+        if gone is not None:
+            # the identity the upgrade was signed with went while the node said hello; no
+            # checkpoint from here to open_session, which the registry's watcher then covers
+            log.info("node %s: %s before its session opened, closing", who, gone)
+            await self.ws.aclose(CLOSE_DELETED, gone)
+            return
         # trio-websocket keeps its stream private; without it there is no room probe and
         # every direct write is tried (the stall timeout is the backstop)
         sock = tcp_socket(getattr(self.ws, "_stream", None))
@@ -146,7 +157,7 @@ class _Connection:
                 set_send_buffer(sock, self.config.limits.node_send_buffer)
             room = SendRoom.of(sock)
         session, outbox = self.registry.open_session(
-            org, node, hello, self.request_close, self.send_message, room
+            org, node, hello, self.request_close, self.send_message, room, key=key
         )
         seqs = protocol.SeqTracker()
         seqs.check(hello.seq)
@@ -247,7 +258,7 @@ async def serve_nodes(
             await request.reject(e.status, extra_headers=extra, body=_reject_body(e))
             return
         ws = await request.accept()
-        await _Connection(config, registry, link, ws).run(org, node)
+        await _Connection(config, registry, link, ws).run(org, node, who.key)
 
     async def guarded_handler(request: WebSocketRequest) -> None:
         # The TLS handshake and the upgrade request are in (within connect_timeout).

@@ -7,7 +7,6 @@ listener is bound; the HTTP handlers get it explicitly (no globals).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Awaitable, Callable
 
 from .auth import Authenticator
 from .config import ServerConfig
@@ -42,7 +41,6 @@ class Services:
         node_port: the node listener's bound port, for ``connect_url``.
         node_scheme: ``wss`` or ``ws``.
         web_sessions: the dashboard's login links and sessions.
-        on_client_deleted: callbacks run after a client is deleted (closes its socket).
     """
 
     config: ServerConfig
@@ -59,7 +57,6 @@ class Services:
     node_port: int
     node_scheme: str
     web_sessions: WebSessions
-    on_client_deleted: tuple[Callable[[str, str], Awaitable[None]], ...] = ()
 
     @property
     def identity(self) -> IdentityModel:

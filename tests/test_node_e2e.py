@@ -190,10 +190,15 @@ def ca_context(info: ServerInfo) -> ssl.SSLContext:
 
 @asynccontextmanager
 async def raw_node(
-    info: ServerInfo, node: str, key: rsa.RSAPrivateKey, *, sign_as: str | None = None
+    info: ServerInfo,
+    node: str,
+    key: rsa.RSAPrivateKey,
+    *,
+    sign_as: str | None = None,
+    org: str = "default",
 ) -> AsyncIterator[WebSocketConnection]:
-    """A WebSocket to ``connect/NODE`` signed as ``sign_as`` (default the node itself)."""
-    path = f"{ORG}/pushy/connect/{node}"
+    """A WebSocket to ``connect/NODE`` of ``org`` signed as ``sign_as`` (default the node)."""
+    path = f"/organizations/{org}/pushy/connect/{node}"
     signed = chef_auth.sign_request(
         "GET", path, b"", sign_as or node, key, timestamp=datetime.now(UTC)
     )

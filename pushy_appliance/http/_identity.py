@@ -272,8 +272,6 @@ def register(app: QuartTrio, svc: Services) -> None:
                 svc.auth.require(org, who, "admin")
             async with db.exclusive(("principal", org, name)):
                 await db.commit(*identity.delete_client(org, name))
-            for hook in svc.on_client_deleted:
-                await hook(org, name)
         else:
             svc.auth.require(org, who, "member")
         return json_response(doc)

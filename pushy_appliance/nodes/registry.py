@@ -22,6 +22,15 @@ One ticker task sends the server heartbeat to every node each interval (the fram
 packed once per tick) and closes the sessions that sent nothing for ``offline_threshold``
 intervals.
 
+A session is bound to the identity its connection authenticated with: its organization, its
+client and the client's key that verified the upgrade's signature (:attr:`NodeSession.key`).
+It is opened only while all three exist (:meth:`NodeRegistry.identity_gone`, asked by the
+listener right before :meth:`NodeRegistry.open_session`), and the registry watches every
+committed record (:meth:`~..db.Database.watch`): a record that deletes the organization,
+deletes or re-creates the client, or replaces its key closes every session that depended on
+it with ``CLOSE_DELETED`` (4003) before the change's commit returns, so no job, frame or
+secret reaches a session whose identity is gone.
+
 Status changes (online, offline) are stored as ``node.seen`` records (see
 :class:`~.model.NodeModel`), not every heartbeat. The registry knows nothing of jobs: what a
 node does with jobs (its messages, rehab, which job holds it, whether it is available) is
@@ -40,6 +49,7 @@ import trio
 
 from .. import protocol
 from ..db import Database
+from ..model import IdentityModel
 from .model import NodeModel
 
 __all__ = [
@@ -103,6 +113,9 @@ class NodeSession:
 
     Attributes:
         org, name: who it is.
+        key: the client's public key (PEM) that verified the connection's signature, or
+            ``None`` (a session opened without authentication, in tests): the session lives
+            while the organization, the client and this key do.
         incarnation_id: the agent's incarnation from ``hello``.
         facts: the node facts from ``hello``.
         close_code: set once the session is closing.
@@ -121,6 +134,7 @@ class NodeSession:
         "connected_at",
         "facts",
         "incarnation_id",
+        "key",
         "last_received",
         "last_sent",
         "name",
@@ -137,9 +151,11 @@ class NodeSession:
         close_requested: Callable[[NodeSession], None],
         sender: Sender | None = None,
         room: RoomProbe | None = None,
+        key: str | None = None,
     ) -> None:
         self.org = org
         self.name = name
+        self.key = key
         self.incarnation_id = hello.incarnation_id
         self.facts = dict(hello.facts)
         self.connected_at = trio.current_time()
@@ -293,6 +309,7 @@ class NodeRegistry:
         self._dropped_stuck = 0
         self._timed_out = 0
         self._closers: dict[NodeSession, Callable[[int, str], None]] = {}
+        db.watch(self._identity_changed)
 
     @property
     def model(self) -> NodeModel:
@@ -310,8 +327,12 @@ class NodeRegistry:
         closer: Callable[[int, str], None],
         sender: Sender | None = None,
         room: RoomProbe | None = None,
+        *,
+        key: str | None = None,
     ) -> tuple[NodeSession, trio.MemoryReceiveChannel[bytes]]:
         """Register a new connection, replacing (and closing) an older one for the node.
+
+        The caller checks :meth:`identity_gone` first, with no checkpoint in between.
 
         Args:
             closer: called (never blocking) when the session must close, with code and reason.
@@ -320,12 +341,14 @@ class NodeRegistry:
                 outbox (tests read it).
             room: the connection's room probe, for :meth:`NodeSession.send_now`; without
                 one every direct write is tried (and stopped by the stall timeout).
+            key: the client key (PEM) the connection authenticated with; the session is
+                closed when it goes (``None``: bound to the organization and client only).
 
         Returns:
             The session and the receiving end of its outbox, for the connection's writer.
         """
         send, receive = trio.open_memory_channel[bytes](self.outbox_size)
-        session = NodeSession(org, name, hello, send, self._on_close_requested, sender, room)
+        session = NodeSession(org, name, hello, send, self._on_close_requested, sender, room, key)
         session.previous_incarnation = self.model.nodes.get((org, name), {}).get("incarnation")
         self._closers[session] = closer
         old = self.sessions.get((org, name))
@@ -355,11 +378,45 @@ class NodeRegistry:
     def get(self, org: str, name: str) -> NodeSession | None:
         return self.sessions.get((org, name))
 
-    def disconnect(self, org: str, name: str, code: int, reason: str) -> None:
-        """Close the node's session, if it has one (client deleted, …)."""
-        s = self.sessions.get((org, name))
-        if s is not None:
-            s.close(code, reason)
+    # --- identity -------------------------------------------------------------------------
+
+    def identity_gone(self, org: str, name: str, key: str | None) -> str | None:
+        """Why a session of node ``name`` of ``org`` signed with ``key`` has lost its identity.
+
+        Returns:
+            ``organization deleted``, ``client deleted`` or ``client key replaced``; ``None``
+            while the organization, the client and the key (when given) all exist (and
+            always, on a database without an identity model).
+        """
+        identity = self.db.models.get("identity")
+        if not isinstance(identity, IdentityModel):
+            return None
+        if not identity.has_org(org):
+            return "organization deleted"
+        found = identity.principal(org, name)
+        if found is None or found[0] != "client":
+            return "client deleted"
+        if key is not None and key not in found[1]:
+            return "client key replaced"
+        return None
+
+    def _identity_changed(self, record: dict[str, Any]) -> None:
+        """A committed record (the database's watcher): close the sessions whose identity it
+        removed."""
+        t = record.get("t")
+        if t == "org.del":
+            org = record.get("name")
+            affected = [s for (o, _), s in self.sessions.items() if o == org]
+        elif t in ("client.del", "client.put"):
+            found = self.sessions.get((record["org"], record["name"]))
+            affected = [] if found is None else [found]
+        else:
+            return
+        for s in affected:
+            why = self.identity_gone(s.org, s.name, s.key)
+            if why is not None and s.close_code is None:
+                log.info("node %s/%s: %s, closing its session", s.org, s.name, why)
+                s.close(CLOSE_DELETED, why)
 
     def close_all(self, code: int, reason: str) -> None:
         for s in list(self.sessions.values()):
