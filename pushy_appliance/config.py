@@ -32,6 +32,7 @@ from .errors import ConfigError
 from .urls import valid_host_name
 
 __all__ = [
+    "DEFAULT_PROTECTED_ENV",
     "AgentConfig",
     "AllowEntry",
     "AuthConfig",
@@ -197,6 +198,53 @@ class AllowEntry:
 
 DEFAULT_ALLOW = (AllowEntry(command="chef-client"),)
 
+DEFAULT_PROTECTED_ENV: tuple[str, ...] = (
+    # where commands are found
+    "PATH",
+    "CDPATH",
+    # the dynamic loader reads every LD_ variable (LD_PRELOAD, LD_LIBRARY_PATH, LD_AUDIT, …);
+    # glibc loads conversion modules and locale data from these
+    "LD_*",
+    "DYLD_*",
+    "GCONV_PATH",
+    "GLIBC_TUNABLES",
+    "LOCPATH",
+    "NLSPATH",
+    # shells: startup files, exported functions, options (xtrace expands PS4), word splitting
+    "BASH_ENV",
+    "ENV",
+    "BASH_FUNC_*",
+    "SHELLOPTS",
+    "BASHOPTS",
+    "PS4",
+    "IFS",
+    # interpreters that load code the environment names
+    "PYTHONPATH",
+    "PYTHONHOME",
+    "PYTHONSTARTUP",
+    "PYTHONUSERBASE",
+    "PYTHONWARNINGS",
+    "PYTHONBREAKPOINT",
+    "RUBYOPT",
+    "RUBYLIB",
+    "GEM_HOME",
+    "GEM_PATH",
+    "PERL5OPT",
+    "PERL5LIB",
+    "PERLLIB",
+    "PERL5DB",
+    "NODE_OPTIONS",
+    "NODE_PATH",
+    "JAVA_TOOL_OPTIONS",
+    "_JAVA_OPTIONS",
+    "JDK_JAVA_OPTIONS",
+)
+"""Variables a job's ``env`` may not set unless the agent's config says otherwise: those that
+make the loader, a shell or an interpreter run code the whitelisted command does not name. A
+name ending in ``*`` is a prefix: ``LD_*`` (every variable of the dynamic loader), ``DYLD_*``
+(macOS's), ``BASH_FUNC_*`` (exported bash functions). The interpreters' families are listed
+name by name, since they also hold settings jobs use (``PYTHONUNBUFFERED``, ``NODE_ENV``)."""
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class AgentConfig:
@@ -216,8 +264,8 @@ class AgentConfig:
     """Where the agent keeps its state file; unset: /var/lib/pushy-agent or ~/.local/state."""
     working_dir: str = "/"
     """Directory commands run in when a job gives no ``dir``."""
-    protected_env: tuple[str, ...] = ("PATH", "LD_PRELOAD", "LD_LIBRARY_PATH")
-    """Variables a job's ``env`` cannot set."""
+    protected_env: tuple[str, ...] = DEFAULT_PROTECTED_ENV
+    """Variables a job's ``env`` cannot set; a name ending in ``*`` is a prefix."""
     allow: tuple[AllowEntry, ...] = DEFAULT_ALLOW
     """The whitelist."""
     log: LogConfig = LogConfig()
@@ -511,6 +559,19 @@ def _check_agent(c: AgentConfig) -> AgentConfig:
                 raise ConfigError("config", f"allow[{i}].pattern", f"invalid regex: {e}") from None
     if c.log.level not in ("debug", "info", "warning", "error"):
         raise ConfigError("config", "log.level", "must be debug, info, warning or error")
+    for i, name in enumerate(c.protected_env):
+        stem = name.removesuffix("*")
+        if (
+            not name
+            or "*" in stem
+            or "=" in stem
+            or not all(ch.isprintable() and ch != " " for ch in stem)
+        ):
+            raise ConfigError(
+                "config",
+                f"protected_env[{i}]",
+                f"{name[:80]!r} is no variable name (nor a prefix ending in *)",
+            )
     return c
 
 

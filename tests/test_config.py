@@ -146,3 +146,17 @@ def test_parse_host_port(text: str, expected: tuple[str, int]) -> None:
 def test_parse_host_port_rejects_bad_port() -> None:
     with pytest.raises(ConfigError, match="out of range"):
         parse_host_port("h:70000")
+
+
+@pytest.mark.parametrize("entry", ["L*D_", "A=B", "", "WITH SPACE", "TAB\tX", "**"])
+def test_protected_env_entries_are_names_or_prefixes(tmp_path: Path, entry: str) -> None:
+    f = tmp_path / "agent.toml"
+    f.write_text(f"protected_env = [{entry!r}]\n".replace("'", '"').replace("\t", "\\t"))
+    with pytest.raises(ConfigError, match=r"protected_env\[0\]"):
+        load_agent_config(f)
+
+
+def test_protected_env_takes_names_and_prefixes(tmp_path: Path) -> None:
+    f = tmp_path / "agent.toml"
+    f.write_text('protected_env = ["PATH", "LD_*", "*"]\n')
+    assert load_agent_config(f).protected_env == ("PATH", "LD_*", "*")

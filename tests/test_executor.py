@@ -192,6 +192,72 @@ async def test_configured_protected_names() -> None:
     assert env["PATH"] == "/job/bin"  # not protected in this configuration
 
 
+# The loader, shell and interpreter variables a job's env may not set by default (issue 13
+# #10): each would let a job run code of its choosing through a whitelisted command.
+CODE_LOADING = [
+    "LD_AUDIT",
+    "LD_DEBUG_OUTPUT",
+    "GCONV_PATH",
+    "GLIBC_TUNABLES",
+    "BASH_ENV",
+    "ENV",
+    "BASH_FUNC_ls%%",
+    "SHELLOPTS",
+    "PS4",
+    "IFS",
+    "PYTHONPATH",
+    "PYTHONHOME",
+    "PYTHONSTARTUP",
+    "PYTHONUSERBASE",
+    "PYTHONWARNINGS",
+    "RUBYOPT",
+    "RUBYLIB",
+    "PERL5OPT",
+    "PERL5LIB",
+    "NODE_OPTIONS",
+    "JAVA_TOOL_OPTIONS",
+]
+
+
+async def test_loader_shell_and_interpreter_variables_are_protected_by_default() -> None:
+    job_env = dict.fromkeys(CODE_LOADING, "/evil")
+    job_env.update(PYTHONUNBUFFERED="1", LDFLAGS="-L/x", NODE_ENV="production", MY_PATH="/m")
+    result = await _run(_spec(*ENV_DUMP, env=job_env))
+    assert result.status == "succeeded", result.stderr
+    env = json.loads(result.stdout)
+    for name in CODE_LOADING:
+        assert env.get(name) != "/evil", name
+    # the same families' harmless settings, and names that merely look alike, are the job's
+    assert env["PYTHONUNBUFFERED"] == "1"
+    assert env["LDFLAGS"] == "-L/x"
+    assert env["NODE_ENV"] == "production"
+    assert env["MY_PATH"] == "/m"
+
+
+async def test_bash_env_and_pythonpath_from_a_job_run_nothing(tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    (tmp_path / "evil.sh").write_text(f"echo bash >> {marker}\n")
+    (tmp_path / "sitecustomize.py").write_text(
+        f"open({str(marker)!r}, 'a').write('python\\n')\n"
+    )
+    env = {"BASH_ENV": str(tmp_path / "evil.sh"), "PYTHONPATH": str(tmp_path)}
+    for argv in (("bash", "-c", "true"), _py("pass")):
+        result = await _run(_spec(*argv, env=env))
+        assert result.status == "succeeded", result.stderr
+    assert not marker.exists()
+
+
+def test_protected_names_and_prefixes() -> None:
+    protected = jobspec.protected_names(("PATH", "LD_*", "BASH_FUNC_*"))
+    assert "PATH" in protected
+    assert "LD_AUDIT" in protected and "LD_" in protected
+    assert "BASH_FUNC_f%%" in protected
+    assert "PATHX" not in protected and "MYPATH" not in protected
+    assert "LDFLAGS" not in protected and "ld_preload" not in protected
+    everything = jobspec.protected_names(("*",))
+    assert "ANYTHING" in everything
+
+
 async def test_bad_env_name_fails_to_start() -> None:
     result = await _run(_spec("true", env={"A=B": "x"}))
     assert result.status == "failed"

@@ -7,7 +7,9 @@
 * **env** — the agent's environment, then the job's ``env`` minus the protected names, then
   ``CHEF_PUSH_NODE_NAME``, ``CHEF_PUSH_JOB_ID``, ``PUSHY_NODE_NAME``, ``PUSHY_JOB_ID`` and,
   when a file was sent, ``CHEF_PUSH_JOB_FILE`` and ``PUSHY_JOB_FILE``, none of which a job
-  can set;
+  can set. The protected names are the agent config's ``protected_env`` (default
+  :data:`DEFAULT_PROTECTED_ENV`: the loader's, the shells' and the interpreters' variables
+  that run code); an entry ending in ``*`` is a prefix (:func:`protected_names`);
 * **file** — written (mode 0600) into a fresh private directory (0700, owned by the run-as
   user) that is removed whatever the outcome.
 
@@ -28,6 +30,7 @@ from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
 
+from ..config import DEFAULT_PROTECTED_ENV
 from ..errors import CommitRefused, ValidationError
 from ..jobfile import decode_job_file
 
@@ -35,9 +38,11 @@ __all__ = [
     "DEFAULT_PROTECTED_ENV",
     "JOB_FILE_NAME",
     "JobSpec",
+    "ProtectedNames",
     "check_runnable",
     "decode_file",
     "environment",
+    "protected_names",
     "remove_dir",
     "resolve_user",
     "write_job_file",
@@ -45,14 +50,37 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_PROTECTED_ENV: tuple[str, ...] = ("PATH", "LD_PRELOAD", "LD_LIBRARY_PATH")
-"""Variables a job's ``env`` may not set unless the agent's config says otherwise."""
-
 JOB_FILE_NAME = "job_file"
 """Name of the job's file inside its private directory."""
 
 _FIXED_NAMES = ("CHEF_PUSH_NODE_NAME", "CHEF_PUSH_JOB_ID", "PUSHY_NODE_NAME", "PUSHY_JOB_ID")
 _FILE_NAMES = ("CHEF_PUSH_JOB_FILE", "PUSHY_JOB_FILE")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ProtectedNames:
+    """Names a job may not set: exact ones and prefixes."""
+
+    names: frozenset[str]
+    prefixes: tuple[str, ...]
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and (name in self.names or name.startswith(self.prefixes))
+
+
+def protected_names(protected_env: Sequence[str]) -> ProtectedNames:
+    """The names a job's ``env`` may not set: ``protected_env`` (an entry ending in ``*`` is
+    a prefix) and the variables the agent sets itself.
+
+    Args:
+        protected_env: the agent config's ``protected_env``.
+
+    Returns:
+        A container: ``name in protected_names(...)``.
+    """
+    exact = {n for n in protected_env if not n.endswith("*")}
+    prefixes = tuple(n[:-1] for n in protected_env if n.endswith("*"))
+    return ProtectedNames(frozenset({*exact, *_FIXED_NAMES, *_FILE_NAMES}), prefixes)
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -153,7 +181,8 @@ def check_runnable(
     directory = spec.dir if spec.dir is not None else working_dir
     if not os.path.isdir(directory):
         raise CommitRefused("no_such_dir", f"{directory!r} is not a directory")
-    refused = sorted(set(spec.env) & {*protected_env, *_FIXED_NAMES, *_FILE_NAMES})
+    protected = protected_names(protected_env)
+    refused = sorted(name for name in spec.env if name in protected)
     if refused:
         logger.warning(
             "job %s on %s: the job's env sets %s, which jobs may not set; ignored",
@@ -173,7 +202,7 @@ def environment(
 
     Args:
         spec: the job.
-        protected_env: variables the job's ``env`` may not set.
+        protected_env: variables the job's ``env`` may not set (``NAME*``: a prefix).
         account: the run-as user's password entry (``HOME``, ``USER``, ``LOGNAME``), if any.
         file_path: where the job's file is, if it has one.
     """
@@ -182,7 +211,7 @@ def environment(
         env.pop(name, None)
     if account is not None:
         env.update(HOME=account.pw_dir, USER=account.pw_name, LOGNAME=account.pw_name)
-    reserved = {*protected_env, *_FIXED_NAMES, *_FILE_NAMES}
+    reserved = protected_names(protected_env)
     dropped = sorted(name for name in spec.env if name in reserved)
     if dropped:
         logger.debug("job %s on %s: not setting %s", spec.job_id, spec.node_name, dropped)
