@@ -14,7 +14,9 @@ async iterator over the frames the caller should act on; for every message it re
 
 A protocol error is logged with the node name and the frame dropped. The
 :data:`PROTOCOL_ERRORS_ALLOWED`-th within :data:`PROTOCOL_ERROR_WINDOW` seconds ends the
-iteration (logged): the caller then closes the connection with 1008. Whatever the receive
+iteration (logged): the caller then closes the connection with 1008. A frame the caller finds
+wrong once it acts on it (an ``output`` chunk that leaves a gap) is counted the same way
+through :meth:`FrameReader.protocol_error`. Whatever the receive
 function raises (the connection closed) passes through.
 
 Cancellation: iteration stops at the receive; nothing is lost but the message in flight.
@@ -119,7 +121,7 @@ class FrameReader:
             try:
                 frame = protocol.decode_message(message, max_size=self._max_size)
             except ProtocolError as exc:
-                self._protocol_error(exc)
+                self.protocol_error(exc)
                 continue
             if not self._seqs.check(frame.seq):
                 log.warning(
@@ -133,10 +135,12 @@ class FrameReader:
             if isinstance(frame, self._accepts):
                 return frame
             if not isinstance(frame, protocol.Heartbeat):
-                self._protocol_error(ProtocolError(f"unexpected {frame.TYPE} frame"))
+                self.protocol_error(ProtocolError(f"unexpected {frame.TYPE} frame"))
         raise StopAsyncIteration
 
-    def _protocol_error(self, exc: ProtocolError) -> None:
+    def protocol_error(self, exc: ProtocolError) -> None:
+        """Count a protocol error (logged; the frame is dropped): the
+        :data:`PROTOCOL_ERRORS_ALLOWED`-th within the window ends the iteration."""
         now = trio.current_time()
         errors = self._errors = self._errors if self._errors is not None else deque()
         errors.append(now)

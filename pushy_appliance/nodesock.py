@@ -210,7 +210,10 @@ class _Connection:
     async def _read(self, session: NodeSession, reader: FrameReader) -> None:
         link = self.link
         async for frame in reader:
-            await link.node_frame(session, frame)
+            try:
+                await link.node_frame(session, frame)
+            except ProtocolError as exc:  # an output chunk off its offsets
+                reader.protocol_error(exc)
         self.request_close(CLOSE_PROTOCOL, "too many protocol errors")
 
 

@@ -457,6 +457,65 @@ async def test_result_of_a_job_ended_while_disconnected(tmp_path: Path) -> None:
             assert second.of(protocol.Result)[0].status == "succeeded"
 
 
+def _one_stream(link: FakeLink, channel: str = "stdout") -> bytes:
+    """The channel's output as one connection carried it: chunks exactly contiguous (the
+    server refuses a gap or an overlap within a connection), the first at offset 0."""
+    chunks = [o for o in link.of(protocol.Output) if o.channel == channel]
+    offset = 0
+    for o in chunks:
+        assert o.offset == offset, [(c.offset, c.data) for c in chunks]
+        offset += len(o.data)
+    return b"".join(o.data for o in chunks)
+
+
+async def test_a_new_connection_gets_the_running_jobs_output_from_offset_0(
+    tmp_path: Path,
+) -> None:
+    """Reconnected while the job runs: the first chunk on the new connection starts over at
+    0 with everything captured (what the old connection lost included), then the chunks go
+    on contiguous, and the result follows without sending anything twice."""
+    go, stop = tmp_path / "go", tmp_path / "stop"
+    command = (
+        f"sh -c 'printf a; while [ ! -e {go} ]; do sleep 0.02; done; printf b;"
+        f" while [ ! -e {stop} ]; do sleep 0.02; done; printf c'"
+    )
+    with trio.fail_after(LIMIT):
+        async with started(tmp_path / "state") as (runtime, first):
+            await runtime.handle(_commit("j1", command))
+            await runtime.handle(_run("j1"))
+            await first.wait_for(protocol.Output)
+            runtime.detach(first)
+            second = FakeLink()
+            await runtime.attach(second, _welcome())
+            go.touch()
+            await second.wait_for(protocol.Output)
+            stop.touch()
+            await second.wait_for(protocol.Result, "j1")
+    assert _one_stream(first) == b"a"
+    assert _one_stream(second) == b"abc"
+    assert [o.offset for o in second.of(protocol.Output)] == [0, 2]
+
+
+async def test_a_job_ending_after_a_reconnect_sends_its_whole_output_before_the_result(
+    tmp_path: Path,
+) -> None:
+    go = tmp_path / "go"
+    command = f"sh -c 'printf a; printf e >&2; while [ ! -e {go} ]; do sleep 0.02; done'"
+    with trio.fail_after(LIMIT):
+        async with started(tmp_path / "state") as (runtime, first):
+            await runtime.handle(_commit("j1", command))
+            await runtime.handle(_run("j1"))
+            while len(first.of(protocol.Output)) < 2:  # noqa: ASYNC110
+                await trio.sleep(0.02)
+            runtime.detach(first)
+            second = FakeLink()
+            await runtime.attach(second, _welcome())
+            go.touch()
+            result = await second.wait_for(protocol.Result, "j1")
+    assert (_one_stream(second), _one_stream(second, "stderr")) == (b"a", b"e")
+    assert second.frames.index(result) == len(second.frames) - 1
+
+
 async def test_pending_result_survives_an_agent_restart(tmp_path: Path) -> None:
     with trio.fail_after(LIMIT):
         async with started(tmp_path) as (runtime, link):

@@ -237,9 +237,7 @@ async def test_loader_shell_and_interpreter_variables_are_protected_by_default()
 async def test_bash_env_and_pythonpath_from_a_job_run_nothing(tmp_path: Path) -> None:
     marker = tmp_path / "ran"
     (tmp_path / "evil.sh").write_text(f"echo bash >> {marker}\n")
-    (tmp_path / "sitecustomize.py").write_text(
-        f"open({str(marker)!r}, 'a').write('python\\n')\n"
-    )
+    (tmp_path / "sitecustomize.py").write_text(f"open({str(marker)!r}, 'a').write('python\\n')\n")
     env = {"BASH_ENV": str(tmp_path / "evil.sh"), "PYTHONPATH": str(tmp_path)}
     for argv in (("bash", "-c", "true"), _py("pass")):
         result = await _run(_spec(*argv, env=env))

@@ -177,3 +177,52 @@ def test_a_job_that_waits_for_late_results_is_stored_so_a_restart_resumes_waitin
     assert bytes(e.output["a"].stdout) == b"late" and e.output["a"].finished
     assert e.results()["a"]["exit_code"] == 143
     assert from_record(e.state_record()).owed == frozenset()
+
+
+def test_output_buffer_keeps_received_apart_from_the_result() -> None:
+    """The soak's find: a result that arrives first (in ``hello``) must not make the output
+    that follows look like a duplicate; a chunk past a gap is never glued on."""
+    buf = OutputBuffer()
+    buf.add("stdout", 0, b"line 1\n", cap=100)
+    buf.finish({"status": "succeeded", "stdout_bytes": 21, "stderr_bytes": 0})
+    assert (buf.stdout_received, buf.stdout_reported, buf.stdout_total) == (7, 21, 21)
+    assert not buf.add("stdout", 14, b"line 3\n", cap=100)  # past a gap: dropped
+    assert bytes(buf.stdout) == b"line 1\n"
+    assert buf.add("stdout", 0, b"line 1\nline 2\nline 3\n", cap=100)  # the re-send
+    assert bytes(buf.stdout) == b"line 1\nline 2\nline 3\n"
+    assert buf.result()["stdout_bytes"] == 21
+    # a chunk cut at the cap stands for its whole size
+    buf.add("stderr", 0, b"ab", cap=2, size=5)
+    assert (bytes(buf.stderr), buf.stderr_received, buf.truncated) == (b"ab", 5, True)
+    # the snapshot keeps both counts
+    again = OutputBuffer.from_plain(buf.to_plain())
+    assert again == buf
+
+
+def test_output_buffers_of_older_snapshots_read_as_received() -> None:
+    unfinished = {"stdout": b"abc", "stderr": b"", "stdout_total": 3, "stderr_total": 0}
+    buf = OutputBuffer.from_plain({**unfinished, "truncated": False, "finished": False})
+    assert (buf.stdout_received, buf.stdout_reported) == (3, 0)
+    # one a result finished (whose total may be the result's): what was kept was received
+    finished = {"stdout": b"abc", "stderr": b"", "stdout_total": 21, "stderr_total": 0}
+    buf = OutputBuffer.from_plain({**finished, "truncated": False, "finished": True})
+    assert (buf.stdout_received, buf.stdout_reported, buf.stdout_total) == (3, 21, 21)
+
+
+def test_a_step_chunk_cut_at_the_cap_counts_its_size() -> None:
+    model = JobsModel(output_cap=4)
+    model.apply(_create("j1", ["a"], status="running"))
+    step = {
+        "t": "job.step",
+        "id": "j1",
+        "job": dict(model.jobs["j1"].job),
+        "nodes": [],
+        "events": [],
+        "at": 101.0,
+        "outputs": [["a", "stdout", 0, b"abcd", 512_000], ["a", "stdout", 512_000, b"", 512_000]],
+    }
+    model.apply(step)
+    buf = model.jobs["j1"].output["a"]
+    assert (bytes(buf.stdout), buf.stdout_received, buf.truncated) == (b"abcd", 1_024_000, True)
+    assert model.output_received("j1", "a", "stdout") == 1_024_000
+    assert model.output_received("j1", "b", "stdout") == model.output_received("x", "a", "x") == 0

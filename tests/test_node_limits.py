@@ -8,6 +8,8 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -15,6 +17,7 @@ from typing import Any
 import msgpack
 import pytest
 import trio
+from test_jobs_e2e import JOBS, feed_events, output, wait_job
 from test_node_e2e import (
     LIMIT,
     close_code,
@@ -25,6 +28,8 @@ from test_node_e2e import (
     raw_node,
     welcomed,
 )
+from test_soak import Scripted, result_fields
+from trio_websocket import ConnectionClosed
 
 from pushy_appliance import chef_auth, protocol
 from pushy_appliance.agent import connection, runtime
@@ -32,9 +37,10 @@ from pushy_appliance.agent.connection import ConnectSettings, maintain_connectio
 from pushy_appliance.agent.runtime import AgentRuntime
 from pushy_appliance.agent.state import StateFile
 from pushy_appliance.agent.whitelist import Whitelist
+from pushy_appliance.appliance import ServerInfo
 from pushy_appliance.config import AllowEntry
 
-from helpers import admin_client, running_server, test_config
+from helpers import Signed, admin_client, running_server, test_config
 
 
 def _hello(**fields: Any) -> bytes:
@@ -148,7 +154,7 @@ async def test_an_unsupported_protocol_version_is_closed_with_its_code_and_reaso
                 session = info.services.nodes.get("default", "old")
                 async with raw_node(info, "old", key) as ws:
                     await ws.send_message(_hello(protocol_version=2))
-                    with pytest.raises(connection.ConnectionClosed) as closed:
+                    with pytest.raises(ConnectionClosed) as closed:
                         await ws.get_message()
                     assert closed.value.reason is not None
                     assert closed.value.reason.code == 4010
@@ -207,3 +213,129 @@ async def test_an_agent_of_another_protocol_version_says_why_and_backs_off(
     assert lines.having("retrying in")[:3] == [
         f"node future: {reason}; retrying in {delay} s" for delay in ("0.01", "0.02", "0.04")
     ]
+
+
+# --- output: bounded and contiguous (issue 13 #5) --------------------------------------------
+
+
+def store_bytes(info: ServerInfo) -> int:
+    return sum(f.stat().st_size for f in (info.data_dir / "store").rglob("*") if f.is_file())
+
+
+@asynccontextmanager
+async def running_capture_job(
+    info: ServerInfo, admin: Signed, node: str
+) -> AsyncIterator[tuple[str, Scripted, Callable[[], Any]]]:
+    """A capturing job running on a raw node: ``(job id, the node, reconnect)``; ``reconnect``
+    opens a new connection of the same incarnation that says it runs the job."""
+    pem = await create_client(admin, node)
+    assert pem is not None
+    key = chef_auth.load_private_key(pem)
+    incarnation = str(uuid.uuid4())
+    async with raw_node(info, node, key) as ws:
+        scripted = Scripted(ws)
+        await scripted.hello(incarnation)
+        r = await admin.post(JOBS, {"command": "x", "nodes": [node], "capture_output": True})
+        assert r.status_code == 201, r.text
+        job_id = r.json()["id"]
+        await scripted.expect(protocol.Commit)
+        await scripted.send(protocol.AckCommit, job_id=job_id)
+        await scripted.expect(protocol.Run)
+        await scripted.send(protocol.AckRun, job_id=job_id)
+        await wait_job(admin, job_id, {"running"}, running=1)
+
+        @asynccontextmanager
+        async def reconnect() -> AsyncIterator[Scripted]:
+            async with raw_node(info, node, key) as again:
+                back = Scripted(again)
+                await back.hello(incarnation, job=(job_id, "running"))
+                yield back
+
+        yield job_id, scripted, reconnect
+
+
+async def test_200_chunks_of_512_kb_at_offset_0_store_one(tmp_path: Path) -> None:
+    """The attack run: 200 ``output`` frames of 512 KB, all at offset 0, grew the store by
+    210 MB. Within a connection every one after the first overlaps (a protocol error, the
+    third closes the connection); on a new connection the held part is trimmed off."""
+    chunk = b"x" * 512_000
+    sent = 0
+
+    async def flood(node: Scripted, job_id: str) -> None:
+        """Send the chunk until 200 went or the server closes (with 1008)."""
+        nonlocal sent
+        try:
+            while sent < 200:
+                sent += 1
+                await node.send(
+                    protocol.Output, job_id=job_id, channel="stdout", data=chunk, offset=0
+                )
+        except ConnectionClosed as closed:
+            assert closed.reason is not None and closed.reason.code == 1008
+
+    async with running_server(test_config(tmp_path)) as info, admin_client(info) as admin:
+        with trio.fail_after(60):
+            async with running_capture_job(info, admin, "flood") as (job_id, node, reconnect):
+                before = store_bytes(info)
+                await flood(node, job_id)
+                while sent < 200:
+                    async with reconnect() as again:
+                        await flood(again, job_id)
+                # one chunk is stored (twice: the chunk, and its feed event), not 200
+                grown = store_bytes(info) - before
+                assert grown < 3 * len(chunk), grown
+                async with reconnect() as again:
+                    await again.send(protocol.Result, **result_fields(job_id, chunk))
+                    await again.expect(protocol.ResultAck)
+            await wait_job(admin, job_id)
+            assert await output(admin, job_id, "flood", "stdout") == chunk
+
+
+async def test_output_past_the_cap_is_counted_not_stored(tmp_path: Path) -> None:
+    chunk = b"y" * 512_000
+    cap = 1_048_576
+    async with running_server(test_config(tmp_path)) as info, admin_client(info) as admin:
+        with trio.fail_after(60):
+            async with running_capture_job(info, admin, "chatty") as (job_id, node, _):
+                before = store_bytes(info)
+                for i in range(20):  # 10 MB, contiguous
+                    await node.send(
+                        protocol.Output,
+                        job_id=job_id,
+                        channel="stdout",
+                        data=chunk,
+                        offset=i * len(chunk),
+                    )
+                fields = result_fields(job_id, chunk * 20)
+                await node.send(protocol.Result, **{**fields, "truncated": True})
+                await node.expect(protocol.ResultAck)
+                await wait_job(admin, job_id)
+                # the kept bytes are stored twice: the chunk, and its feed event
+                assert store_bytes(info) - before < 2 * cap + 512_000
+            r = await admin.get(f"{JOBS}/{job_id}/output/chatty/stdout")
+            assert r.status_code == 200
+            assert r.content == (chunk * 3)[:cap]
+            assert r.headers["X-Pushy-Output-Total-Bytes"] == str(20 * len(chunk))
+            assert r.headers["X-Pushy-Output-Truncated"] == "true"
+            # no feed event carries a byte past the cap
+            events = await feed_events(admin, job_id)
+            published = sum(len(data["data"]) for name, data in events if name == "output")
+            assert published == cap
+
+
+async def test_an_output_offset_of_a_billion_is_a_gap(tmp_path: Path) -> None:
+    """The attack run: a node sending offset 10⁹ made the output's total 1,000,000,003."""
+    async with running_server(test_config(tmp_path)) as info, admin_client(info) as admin:
+        with trio.fail_after(LIMIT):
+            async with running_capture_job(info, admin, "far") as (job_id, node, _):
+                await node.send(
+                    protocol.Output, job_id=job_id, channel="stdout", data=b"abc", offset=10**9
+                )
+                await node.send(
+                    protocol.Output, job_id=job_id, channel="stdout", data=b"abc", offset=0
+                )
+                await node.send(protocol.Result, **result_fields(job_id, b"abc"))
+                await node.expect(protocol.ResultAck)
+            await wait_job(admin, job_id)
+            r = await admin.get(f"{JOBS}/{job_id}/output/far/stdout")
+            assert (r.content, r.headers["X-Pushy-Output-Total-Bytes"]) == (b"abc", "3")

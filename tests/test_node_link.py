@@ -7,12 +7,25 @@ from __future__ import annotations
 import dataclasses
 import time
 
+import pytest
 import trio
 
 from pushy_appliance import protocol
-from pushy_appliance.jobs.events import AckCommit, NodeBack, NodeDown, NodeEvent, Output, Result
+from pushy_appliance.db import Database
+from pushy_appliance.errors import ProtocolError
+from pushy_appliance.jobs.events import (
+    AckCommit,
+    NodeBack,
+    NodeDown,
+    NodeEvent,
+    Output,
+    Result,
+)
+from pushy_appliance.jobs.model import JobEntry, JobsModel, OutputBuffer
 from pushy_appliance.nodes.link import NodeLink
-from pushy_appliance.nodes.registry import NodeSession
+from pushy_appliance.nodes.model import NodeModel
+from pushy_appliance.nodes.registry import NodeRegistry, NodeSession
+from pushy_appliance.store import open_store
 
 from helpers import idle_hello, memory_registry
 
@@ -129,11 +142,11 @@ async def test_messages_go_to_the_jobs_that_hold_the_node() -> None:
         port.posted.clear()
         await link.node_frame(session, frame(protocol.AckCommit, job_id="j2"))
         await link.node_frame(
-            session, frame(protocol.Output, job_id="j1", channel="stderr", data=b"e", offset=4)
+            session, frame(protocol.Output, job_id="j1", channel="stderr", data=b"e", offset=0)
         )
         assert [(job, e) for _, job, e in port.posted] == [
             ("j2", AckCommit("n", T)),
-            ("j1", Output("n", "stderr", 4, b"e")),
+            ("j1", Output("n", "stderr", 0, b"e")),
         ]
         port.posted.clear()
         await link.node_lost(session)
@@ -164,3 +177,128 @@ async def test_a_new_connection_is_not_held_in_the_rehab_of_the_old_one() -> Non
         assert not link.reachable(new)
         await link.node_frame(new, frame(protocol.Aborted, job_id=None))
         assert link.reachable(new)
+
+
+# --- output offsets -------------------------------------------------------------------------
+
+
+def _entry(job_id: str, *, capture: bool = True, **output: OutputBuffer) -> JobEntry:
+    return JobEntry(
+        id=job_id,
+        org="o",
+        spec={"capture": capture},
+        job={"status": "running"},
+        created_at=T,
+        updated_at=T,
+        nodes={"n": ["n", "running"]},
+        output=dict(output),
+    )
+
+
+def out(job_id: str, offset: int, data: bytes, channel: str = "stdout") -> protocol.Frame:
+    return frame(protocol.Output, job_id=job_id, channel=channel, data=data, offset=offset)
+
+
+async def test_output_is_taken_only_where_it_continues_the_channel() -> None:
+    async with open_store(None) as store:
+        jobs = JobsModel(output_cap=10)
+        jobs.jobs["j1"] = _entry("j1")
+        registry = NodeRegistry(
+            Database(store, {"nodes": NodeModel(), "jobs": jobs}),
+            "srv",
+            interval=10.0,
+            offline_threshold=3,
+        )
+        link = NodeLink(registry, now=lambda: T)
+        port = Port("j1")
+        link.connect(port)
+        link.hold("o", "j1", ["n"])
+        first, _ = open_node(link)
+
+        def posted() -> list[NodeEvent]:
+            events = [e for _, _, e in port.posted]
+            port.posted.clear()
+            return events
+
+        # one connection: exactly contiguous
+        await link.node_frame(first, out("j1", 0, b"abcd"))
+        await link.node_frame(first, out("j1", 4, b"ef"))
+        await link.node_frame(first, out("j1", 0, b"e", "stderr"))  # channels are apart
+        assert posted() == [
+            Output("n", "stdout", 0, b"abcd"),
+            Output("n", "stdout", 4, b"ef"),
+            Output("n", "stderr", 0, b"e"),
+        ]
+        with pytest.raises(ProtocolError, match=r"offset 4: an overlap, .* next offset is 6"):
+            await link.node_frame(first, out("j1", 4, b"ef"))
+        with pytest.raises(ProtocolError, match=r"offset 7: a gap, .* next offset is 6"):
+            await link.node_frame(first, out("j1", 7, b"g"))
+        assert posted() == []
+        # a new connection restarts at or before what the server holds: the held part is
+        # trimmed, and its chunks are contiguous among themselves (some still held)
+        second, _ = open_node(link)
+        await link.node_frame(second, out("j1", 0, b"abc"))
+        await link.node_frame(second, out("j1", 3, b"defgh"))
+        # past the cap (10 bytes) a chunk is counted, not stored: its size goes along
+        await link.node_frame(second, out("j1", 8, b"ijklmn"))
+        await link.node_frame(second, out("j1", 14, b"op"))
+        assert posted() == [
+            Output("n", "stdout", 6, b"gh"),
+            Output("n", "stdout", 8, b"ij", 6),
+            Output("n", "stdout", 14, b"", 2),
+        ]
+        # the replaced connection's late frame is not heard
+        third, _ = open_node(link)
+        await link.node_frame(second, out("j1", 16, b"q"))
+        # a gap is refused on a new connection too, and offsets far out cost nothing
+        with pytest.raises(ProtocolError, match="offset 1000000000: a gap, the server holds 16"):
+            await link.node_frame(third, out("j1", 10**9, b"x"))
+        await link.node_frame(third, out("j1", 16, b"q"))
+        assert posted() == [Output("n", "stdout", 16, b"", 1)]
+        # a job that no longer holds the node takes nothing
+        link.release("o", "j1", ["n"])
+        await link.node_frame(third, out("j1", 17, b"r"))
+        assert posted() == []
+
+
+async def test_after_a_restart_what_the_server_holds_is_the_stored_output() -> None:
+    async with open_store(None) as store:
+        jobs = JobsModel(output_cap=100)
+        stored = OutputBuffer(stdout=bytearray(b"abcde"), stdout_received=5)
+        jobs.jobs["j1"] = _entry("j1", n=stored)
+        db = Database(store, {"nodes": NodeModel(), "jobs": jobs})
+        link = NodeLink(NodeRegistry(db, "srv", interval=10.0, offline_threshold=3))
+        port = Port("j1")
+        link.connect(port)
+        link.hold("o", "j1", ["n"])
+        session, _ = open_node(link)
+        with pytest.raises(ProtocolError, match="a gap, the server holds 5 bytes"):
+            await link.node_frame(session, out("j1", 6, b"g"))
+        await link.node_frame(session, out("j1", 0, b"abcdefg"))
+        assert [e for _, _, e in port.posted] == [Output("n", "stdout", 5, b"fg")]
+
+
+async def test_a_result_sent_again_after_a_reconnect_is_taken_after_its_output() -> None:
+    """The same incarnation reports a result in ``hello`` for a live job that captures
+    output: it is back running (its output and the result frame follow). Without capture,
+    or from another incarnation, the result in ``hello`` is taken at once."""
+    async with open_store(None) as store:
+        jobs = JobsModel()
+        jobs.jobs["cap"] = _entry("cap")
+        jobs.jobs["raw"] = _entry("raw", capture=False)
+        db = Database(store, {"nodes": NodeModel(), "jobs": jobs})
+        link = NodeLink(NodeRegistry(db, "srv", interval=10.0, offline_threshold=3), now=lambda: T)
+        for job_id, same, expected in [
+            ("cap", True, NodeBack("n", T, True, "running", None)),
+            ("cap", False, NodeBack("n", T, False, "idle", Result("n", "succeeded", 0, T))),
+            ("raw", True, NodeBack("n", T, True, "idle", Result("n", "succeeded", 0, T))),
+        ]:
+            port = Port(job_id)
+            link.connect(port)
+            link.hold("o", job_id, ["n"])
+            hello = dataclasses.replace(idle_hello(), pending_result=result_body(job_id))
+            session, _ = open_node(link, hello)
+            session.previous_incarnation = hello.incarnation_id if same else "before"
+            await link.node_hello(session, hello)
+            assert [e for _, _, e in port.posted] == [expected]
+            link.release("o", job_id, ["n"])

@@ -6,7 +6,6 @@ The soak's 20-cycle figures are in ``docs/PERFORMANCE.md``.
 
 from __future__ import annotations
 
-import re
 import sys
 import time
 import uuid
@@ -28,8 +27,6 @@ from helpers import admin_client, running_server
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
 import soak
-
-_OUTPUT_PROBLEM = re.compile(r"^job [0-9a-f]{32} node soak-node-\d+: output (incomplete|wrong): ")
 
 
 async def test_three_kill_9_cycles_lose_no_acknowledged_write(tmp_path: Path) -> None:
@@ -66,10 +63,8 @@ async def test_three_kill_9_cycles_lose_no_acknowledged_write(tmp_path: Path) ->
     assert figures.verify_failures == 0
     assert figures.verify_clean + figures.torn_tails == 4
     assert len(figures.restart_s) == 3
-    # Output re-sent after a reconnect is still dropped or stored with a gap (pinned by the
-    # strict xfail below until the engine fix): the only problems allowed here until then.
-    # Once it is fixed: ``assert figures.outputs_incomplete == figures.outputs_wrong == 0``.
-    assert [p for p in figures.problems if not _OUTPUT_PROBLEM.search(p)] == []
+    assert figures.outputs_incomplete == figures.outputs_wrong == 0
+    assert figures.problems == []
 
 
 # --- what the soak found: output re-sent after a reconnect is dropped -----------------------
@@ -129,11 +124,6 @@ def result_fields(job_id: str, stdout: bytes) -> dict[str, Any]:
     }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine: jobs.model OutputBuffer counts the result's byte totals and chunks past a"
-    " gap as received, and the runner drops output once the job ended; after the core merge",
-)
 @pytest.mark.parametrize(
     ("others", "ended_while_away"),
     [(0, True), (1, True), (0, False)],
@@ -142,15 +132,17 @@ def result_fields(job_id: str, stdout: bytes) -> dict[str, Any]:
 async def test_output_re_sent_after_a_reconnect_is_stored_whole(
     tmp_path: Path, others: int, ended_while_away: bool
 ) -> None:
-    """What an agent does after a reconnect (``NODES.md`` §4), and the server must take:
+    """What an agent does after a reconnect (``NODES.md`` §4, ``docs/NODE-PROTOCOL.md``
+    §3), and the server must take:
 
     - its command ended while the server was away (killed before it stored all the
       output): its ``hello`` carries the unacknowledged result, and right after ``welcome``
       it sends the whole output again, then the result, whether or not that result ends
       the job;
-    - or it came back while the command still ran: it goes on sending output at its own
-      offsets (past a gap, the chunks the server lost), and when the command ends it sends
-      the whole output again, then the result.
+    - or it came back while the command still ran: its next chunk on the new connection
+      starts over at offset 0 with everything captured so far (the chunks the server lost
+      included), the server trims what it holds, and when the command ends the result
+      follows.
 
     Either way the server stores the whole output, exactly.
     """
@@ -200,17 +192,10 @@ async def test_output_re_sent_after_a_reconnect_is_stored_whole(
                         await node.hello(incarnation, pending)
                     else:
                         await node.hello(incarnation, job=(job_id, "running"))
-                        await node.send(
-                            protocol.Output,
-                            job_id=job_id,
-                            channel="stdout",
-                            data=whole[14:],
-                            offset=14,
-                        )
-                        await wait_for_output_events(admin, job_id, 2)
                     await node.send(
                         protocol.Output, job_id=job_id, channel="stdout", data=whole, offset=0
                     )
+                    await wait_for_output_events(admin, job_id, 2)
                     await node.send(protocol.Result, **result_fields(job_id, whole))
                     await node.expect(protocol.ResultAck)
                     if other is not None:

@@ -12,10 +12,14 @@ States: ``idle → committed → running → idle``, one job at a time.
   repeated ``run`` of the running job is acknowledged again; any other → ``nack_run``.
 * The process ends → the result (with the captured output) is stored in the state file and
   sent; the agent is idle at once, but keeps the result until ``result_ack`` and sends it
-  again (output first) on every new connection. Output is streamed in ``output`` frames
-  while the job runs; when the connection changed during the run, the whole captured output
-  is sent again before the result, so the server can fill any gap (offsets say where each
-  piece belongs).
+  again on every new connection: the whole captured output first, then the result.
+* Output is streamed in ``output`` frames while the job runs, each channel's chunks exactly
+  contiguous on one connection (the server refuses a gap or an overlap within a connection).
+  The first chunk of a channel on a *new* connection starts over at offset 0: everything
+  captured so far is sent again, and the server trims what it already holds (``NODES.md``
+  §4; the rules are in :mod:`..nodes.link`). When the job ends, whatever of each channel
+  this connection has not had yet (all of it, if the connection changed since the last
+  chunk) goes before the result.
 * ``abort``: running → the process group is terminated, then ``result`` (``aborted``) and
   ``aborted {job_id}``; committed → ``aborted {job_id}``; idle → ``aborted {job_id: nil}``.
   An ``abort`` naming a job other than the one held stops nothing and is answered
@@ -186,8 +190,10 @@ class AgentRuntime:
         self._timer: trio.CancelScope | None = None
         self._pending: dict[str, PendingResult] = {}
         self._link: Link | None = None
-        self._link_epoch = 0
-        self._job_epoch = 0
+        self._captured: dict[str, bytearray] = {}
+        """The running job's output so far, by channel (what the executor keeps)."""
+        self._sent: dict[str, tuple[Link, int]] = {}
+        """The running job's channels: the connection they were last sent on, and how far."""
         self._lock = trio.StrictFIFOLock()
         self._nursery: trio.Nursery | None = None
 
@@ -239,7 +245,6 @@ class AgentRuntime:
         """
         async with self._lock:
             self._link = link
-            self._link_epoch += 1
             self._voting_timeout = welcome.voting_timeout
             self._max_output_bytes = welcome.max_output_bytes
             for pending in list(self._pending.values()):
@@ -248,7 +253,9 @@ class AgentRuntime:
                     pending.body.job_id,
                     self.node_name,
                 )
-                await self._send_output(pending)
+                job_id = pending.body.job_id
+                for channel, data in (("stdout", pending.stdout), ("stderr", pending.stderr)):
+                    await self._send_channel(link, job_id, channel, data)
                 await self._send(Result, **_body_fields(pending.body))
 
     def detach(self, link: Link) -> None:
@@ -349,12 +356,35 @@ class AgentRuntime:
             return False
         return await link.send(cls, **fields)
 
-    async def _send_output(self, pending: PendingResult) -> None:
-        job_id = pending.body.job_id
-        for channel, data in (("stdout", pending.stdout), ("stderr", pending.stderr)):
-            for offset in range(0, len(data), OUTPUT_CHUNK):
-                chunk = data[offset : offset + OUTPUT_CHUNK]
-                await self._send(Output, job_id=job_id, channel=channel, data=chunk, offset=offset)
+    async def _send_channel(self, link: Link, job_id: str, channel: str, data: bytes) -> None:
+        """Send a channel of an ended job's output on ``link``, whole, from offset 0."""
+        for offset in range(0, len(data), OUTPUT_CHUNK):
+            chunk = data[offset : offset + OUTPUT_CHUNK]
+            if not await link.send(
+                Output, job_id=job_id, channel=channel, data=chunk, offset=offset
+            ):
+                return
+
+    async def _stream(self, job_id: str, channel: str, data: bytes | bytearray) -> None:
+        """Send what the current connection has not had of the running job's ``channel``:
+        the rest after the last chunk sent on it, or all of it (from offset 0) when the
+        chunks so far went on another connection."""
+        link = self._link
+        if link is None:
+            return  # sent on the next connection
+        sent = self._sent.get(channel)
+        offset = sent[1] if sent is not None and sent[0] is link else 0
+        self._sent[channel] = (link, offset)
+        while offset < len(data):
+            chunk = bytes(data[offset : offset + OUTPUT_CHUNK])
+            if not await link.send(
+                Output, job_id=job_id, channel=channel, data=chunk, offset=offset
+            ):
+                return  # the connection went: the next one gets it all
+            # no checkpoint from the send to here: a cancelled send sent nothing, and a
+            # finished one is recorded, so no chunk goes twice on one connection
+            offset += len(chunk)
+            self._sent[channel] = (link, offset)
 
     def _snapshot(self) -> AgentState:
         held = self._job_id if self._phase != "idle" else None
@@ -478,7 +508,8 @@ class AgentRuntime:
         self._cancel_timer()
         self._phase = "running"
         self._aborting = False
-        self._job_epoch = self._link_epoch
+        self._captured = {"stdout": bytearray(), "stderr": bytearray()}
+        self._sent = {}
         await self._persist()
         await self._send(AckRun, job_id=frame.job_id)
         nursery = self._require_nursery()
@@ -555,7 +586,10 @@ class AgentRuntime:
             )
 
     async def _on_output(self, job_id: str, channel: str, data: bytes, offset: int) -> None:
-        await self._send(Output, job_id=job_id, channel=channel, data=data, offset=offset)
+        captured = self._captured.setdefault(channel, bytearray())
+        if offset + len(data) > len(captured):  # a chunk handed over again is kept once
+            captured += data[len(captured) - offset :]
+        await self._stream(job_id, channel, captured)
 
     async def _job_ended(self, job_id: str, result: ExecResult) -> None:
         pending = PendingResult(result.as_result_body(job_id), result.stdout, result.stderr)
@@ -571,11 +605,11 @@ class AgentRuntime:
                 MAX_PENDING,
             )
         aborting = self._aborting
-        reconnected = self._job_epoch != self._link_epoch
         self._clear_job()
         await self._persist()
-        if reconnected:
-            await self._send_output(pending)
+        for channel, data in (("stdout", pending.stdout), ("stderr", pending.stderr)):
+            await self._stream(job_id, channel, data)
+        self._captured, self._sent = {}, {}
         await self._send(Result, **_body_fields(pending.body))
         if aborting:
             await self._send(Aborted, job_id=job_id)

@@ -109,7 +109,7 @@ def output(step: Step, ev: Output) -> None:
     that owe it their result."""
     node = ev.node
     if (node in step.t.nodes and not step.finished) or node in step.t.owed:
-        step.effects.append(KeepOutput(node, ev.channel, ev.offset, ev.data))
+        step.effects.append(KeepOutput(node, ev.channel, ev.offset, ev.data, ev.size))
 
 
 def late_result(step: Step, ev: Result) -> None:

@@ -231,12 +231,18 @@ class LateTimeout:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Output:
-    """An ``output`` frame: ``data`` found at ``offset`` of the node's ``channel``."""
+    """An ``output`` frame, as the node link took it: ``data`` found at ``offset`` of the
+    node's ``channel``, continuing what the job has of it (see :mod:`..nodes.link`).
+
+    ``size``: the bytes the chunk stood for when ``data`` is only its part within the
+    per-channel cap (the rest is counted, not stored); ``None``: ``len(data)``.
+    """
 
     node: str
     channel: str
     offset: int
     data: bytes
+    size: int | None = None
 
 
 Event: TypeAlias = (
@@ -332,12 +338,14 @@ class CancelTimer:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class KeepOutput:
-    """Store the chunk (and publish it as an ``output`` event) when the job captures output."""
+    """Store the chunk (and publish its ``data``, if any, as an ``output`` event) when the job
+    captures output; ``size`` as :class:`Output`'s."""
 
     node: str
     channel: str
     offset: int
     data: bytes
+    size: int | None = None
 
 
 Effect: TypeAlias = (

@@ -400,11 +400,13 @@ class JobRunner:
                     events.append(_feed_event(n, f.event, f.data, job.stamper, now))
                     n += 1
                 elif isinstance(f, KeepOutput) and capture:
-                    outputs.append([f.node, f.channel, f.offset, f.data])
-                    text = f.data.decode("utf-8", "replace")
-                    fields = {"node": f.node, "channel": f.channel, "data": text}
-                    events.append(_feed_event(n, "output", fields, job.stamper, now))
-                    n += 1
+                    chunk = [f.node, f.channel, f.offset, f.data]
+                    outputs.append(chunk if f.size is None else [*chunk, f.size])
+                    if f.data:  # a chunk past the cap is counted, not published
+                        text = f.data.decode("utf-8", "replace")
+                        fields = {"node": f.node, "channel": f.channel, "data": text}
+                        events.append(_feed_event(n, "output", fields, job.stamper, now))
+                        n += 1
             result = event.result if isinstance(event, NodeBack) else event
             if isinstance(result, Result) and result.fields is not None:
                 results[result.node] = result.fields

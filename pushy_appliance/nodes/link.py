@@ -18,6 +18,29 @@ knows each job's nodes. Between them this module owns:
 * **Results outside jobs.** A ``result`` that no live job takes (the job is over or
   unknown) is acknowledged at once, so the agent forgets it; its ``output`` is dropped. Any
   other frame for such a job sends the node to rehab.
+* **Output offsets.** A job's channel of a node's output is one byte stream; the link takes
+  each ``output`` chunk only where it continues what the job has (:meth:`NodeLink.node_frame`):
+
+  - within one connection, a job's channel's chunks must be exactly contiguous (the link
+    keeps the next expected offset per connection, job and channel); a gap or an overlap is
+    a protocol error: logged, dropped, and counted toward the close after three in a minute;
+  - the first chunk of a job's channel on a *new* connection may restart at any offset up to
+    what the server holds (that is the agent re-sending what it captured after a reconnect);
+    the part the server holds is trimmed off. A gap there is a protocol error too;
+  - what the server holds starts, for a job's channel first seen by this process (after a
+    restart), at the stored output's ``received`` count
+    (:meth:`~..jobs.model.JobsModel.output_received`), and grows by every chunk a job takes;
+  - beyond the per-channel cap (``output.max_bytes_per_channel``) a chunk's bytes are
+    counted, not stored: the job gets only the part within the cap, and the chunk's size.
+
+  Only the node's current connection is heard: a late frame of a replaced one is dropped (its
+  agent sends the output again on the new one).
+* **A result sent again after a reconnect.** An agent whose command ended while it was away
+  reports the result in ``hello.pending_result``, then sends the whole captured output again,
+  then the ``result`` frame (``NODES.md`` §4). For a live job that captures output, the same
+  incarnation's ``hello`` therefore counts as *back running* (``NodeBack`` of ``running``,
+  without the result): the output that follows is taken, and the ``result`` frame ends the
+  node. Without capture, or from a new incarnation, the result in ``hello`` is taken at once.
 * **Availability**, two predicates, each defined here once:
 
   - :meth:`NodeLink.reachable`: online, not closing, not in rehab. What ``Start`` uses to
@@ -40,6 +63,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 from .. import protocol
+from ..errors import ProtocolError
 from ..jobs.events import (
     AckCommit,
     AckRun,
@@ -52,6 +76,7 @@ from ..jobs.events import (
     Output,
     Result,
 )
+from ..jobs.model import JobsModel
 from .registry import NodeRegistry, NodeSession
 
 __all__ = ["JobPort", "LinkStatistics", "NoJobs", "NodeLink"]
@@ -79,6 +104,20 @@ class NoJobs:
         return False
 
 
+class _Stream:
+    """One channel of one job's output from one node, as the link has taken it."""
+
+    __slots__ = ("end", "next", "session")
+
+    def __init__(self, end: int) -> None:
+        self.end = end
+        """Bytes of the channel the job has (stored, or counted past the cap)."""
+        self.session: NodeSession | None = None
+        """The connection whose chunks were taken last; ``None`` after it ended."""
+        self.next = 0
+        """The offset that connection's next chunk must have."""
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class LinkStatistics:
     """Node counts: ``online`` (live sessions), ``available`` (:meth:`NodeLink.available`)."""
@@ -103,6 +142,8 @@ class NodeLink:
         """``(org, node)`` → the live jobs that hold it."""
         self._rehab: dict[tuple[str, str], NodeSession] = {}
         """``(org, node)`` → its session that waits for ``aborted``."""
+        self._streams: dict[tuple[str, str], dict[tuple[str, str], _Stream]] = {}
+        """``(org, node)`` → ``(job, channel)`` → what the job has of that output."""
 
     def connect(self, port: JobPort) -> None:
         """Hand node messages to ``port`` (the job runner) from now on."""
@@ -180,12 +221,19 @@ class NodeLink:
     def release(self, org: str, job_id: str, nodes: Iterable[str]) -> None:
         """The job ``job_id`` no longer holds ``nodes`` (they ended; or the job is over)."""
         held = self._held
+        streams = self._streams
         for node in nodes:
             jobs = held.get((org, node))
             if jobs is not None:
                 jobs.discard(job_id)
                 if not jobs:
                     del held[(org, node)]
+            mine = streams.get((org, node))
+            if mine is not None:
+                mine.pop((job_id, "stdout"), None)
+                mine.pop((job_id, "stderr"), None)
+                if not mine:
+                    del streams[(org, node)]
 
     # --- rehab ------------------------------------------------------------------------------
 
@@ -220,7 +268,10 @@ class NodeLink:
             job_state = hello.job_state if hello.job_id == job_id else "idle"
             result = None
             if pending is not None and pending.job_id == job_id:
-                result = _result(node, pending, now)
+                if same and self._captures(job_id):
+                    job_state = "running"  # its output comes again, then the result frame
+                else:
+                    result = _result(node, pending, now)
             if await self.port.post(org, job_id, NodeBack(node, now, same, job_state, result)):
                 taken.add(job_id)
         if pending is not None and pending.job_id not in taken:
@@ -232,8 +283,16 @@ class NodeLink:
             self.start_rehab(session)
 
     async def node_frame(self, session: NodeSession, frame: protocol.Frame) -> None:
-        """A job frame from a node (``ack_commit`` … ``result``, ``output``, ``aborted``)."""
+        """A job frame from a node (``ack_commit`` … ``result``, ``output``, ``aborted``).
+
+        Raises:
+            ProtocolError: an ``output`` chunk that leaves a gap, or overlaps within one
+                connection (dropped; the caller counts it as the protocol error it is).
+        """
         org, node = session.org, session.name
+        if isinstance(frame, protocol.Output):
+            await self._output(session, frame)
+            return
         if isinstance(frame, protocol.Aborted):
             if self._rehab.get((org, node)) is session:
                 del self._rehab[(org, node)]
@@ -248,15 +307,73 @@ class NodeLink:
             return
         if isinstance(frame, protocol.Result):
             session.send(protocol.ResultAck, job_id=frame.job_id)
-        elif not isinstance(frame, protocol.Output):  # output of a job that is over: dropped
+        else:
             log.info("node %s/%s: %s for unknown job %s: rehab", org, node, frame.TYPE, job_id)
             self.start_rehab(session)
+
+    async def _output(self, session: NodeSession, frame: protocol.Output) -> None:
+        """Hand the new part of an ``output`` chunk to its job, as the module docstring says."""
+        org, node, job_id, channel = session.org, session.name, frame.job_id, frame.channel
+        if job_id not in self._held.get((org, node), ()):
+            return  # output of a job that is over (or unknown): dropped
+        if self.registry.get(org, node) is not session:
+            return  # a replaced connection's late frame: its agent sends it again
+        streams = self._streams.setdefault((org, node), {})
+        stream = streams.get((job_id, channel))
+        if stream is None:
+            jobs = self._jobs()
+            held = 0 if jobs is None else jobs.output_received(job_id, node, channel)
+            stream = streams[(job_id, channel)] = _Stream(held)
+        offset, data = frame.offset, frame.data
+        if stream.session is session:
+            if offset != stream.next:
+                kind = "a gap" if offset > stream.next else "an overlap"
+                raise ProtocolError(
+                    f"output of job {job_id} {channel} at offset {offset}: {kind}, the"
+                    f" connection's next offset is {stream.next}"
+                )
+        elif offset > stream.end:
+            raise ProtocolError(
+                f"output of job {job_id} {channel} at offset {offset}: a gap, the server"
+                f" holds {stream.end} bytes"
+            )
+        stream.session = session
+        stream.next = offset + len(data)
+        if offset < stream.end:  # the part the server holds: a re-send after a reconnect
+            data = data[stream.end - offset :]
+            offset = stream.end
+        if not data:
+            return
+        size = len(data)
+        cap = self._output_cap()
+        if cap is not None and offset + size > cap:
+            data = data[: max(cap - offset, 0)]  # the rest is counted, not stored
+        event = Output(node, channel, offset, data, None if len(data) == size else size)
+        if await self.port.post(org, job_id, event):
+            stream.end = offset + size
+
+    def _jobs(self) -> JobsModel | None:
+        model = self.registry.db.models.get("jobs")
+        return model if isinstance(model, JobsModel) else None
+
+    def _output_cap(self) -> int | None:
+        jobs = self._jobs()
+        return None if jobs is None else jobs.output_cap
+
+    def _captures(self, job_id: str) -> bool:
+        """Whether the job ``job_id`` captures output (``False`` when unknown)."""
+        jobs = self._jobs()
+        entry = None if jobs is None else jobs.jobs.get(job_id)
+        return entry is not None and bool(entry.spec.get("capture"))
 
     async def node_lost(self, session: NodeSession) -> None:
         """The node's current session ended: tell every job that holds it."""
         org, node = session.org, session.name
         if self._rehab.get((org, node)) is session:
             del self._rehab[(org, node)]
+        for stream in self._streams.get((org, node), {}).values():
+            if stream.session is session:
+                stream.session = None
         now = self._now()
         for job_id in sorted(self._held.get((org, node), ())):
             await self.port.post(org, job_id, NodeDown(node, now))
@@ -287,6 +404,4 @@ def _job_event(frame: protocol.Frame, node: str, now: float) -> NodeEvent | None
         return NackRun(node, frame.reason, now)
     if isinstance(frame, protocol.Result):
         return _result(node, frame, now)
-    if isinstance(frame, protocol.Output):
-        return Output(node, frame.channel, frame.offset, frame.data)
     return None
