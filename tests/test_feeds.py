@@ -224,7 +224,10 @@ async def test_job_feed_sequences(tmp_path: Path) -> None:
             events = await live_and_late(admin, {"command": "x", "nodes": ["nack"]})
             assert shape(events) == [
                 ("start", start_fields("x", 1, quorum=1)),
-                ("quorum_vote", {"node": "nack", "status": "failure"}),
+                (
+                    "quorum_vote",
+                    {"node": "nack", "status": "failure", "reason": "not_whitelisted"},
+                ),
                 ("job_complete", {"status": "quorum_failed"}),
             ]
             # timed out: the node never acknowledges the run

@@ -206,6 +206,15 @@ ROWS: list[Row] = [
         ["commit a,b", "pub quorum_vote c down", "timer voting 1060"],
     ),
     R(
+        "start-held-by-another-job",
+        lambda: job(quorum=2),
+        Start(T, frozenset("ab"), {"b": "j0", "c": "j9"}),
+        "a=new b=new c=unavailable",
+        "voting",
+        # only a node that votes down says who holds it (b takes the commit and says busy)
+        ["commit a,b", "pub quorum_vote c down j9", "timer voting 1060"],
+    ),
+    R(
         "start-offline-makes-quorum-unreachable",
         job,
         Start(T, frozenset("ab")),
@@ -354,10 +363,10 @@ ROWS: list[Row] = [
     R(
         "nack-commit-new",
         lambda: voting(quorum=1),
-        NackCommit("a", "busy", T + 1),
+        NackCommit("a", "busy", T + 1, held_by="j0"),
         "a=nacked b=new c=new",
         "voting",
-        ["pub quorum_vote a failure"],
+        ["pub quorum_vote a failure busy j0"],
     ),
     R(
         "nack-commit-from-ready",
@@ -382,7 +391,7 @@ ROWS: list[Row] = [
         "a=nacked b=was_ready c=unavailable",
         "quorum_failed",
         [
-            "pub quorum_vote a failure",
+            "pub quorum_vote a failure not_whitelisted",
             "cancel voting",
             "release b,c",
             "pub job_complete quorum_failed",
@@ -395,7 +404,7 @@ ROWS: list[Row] = [
         "a=ready b=nacked c=nacked",
         "running",
         [
-            "pub quorum_vote c failure",
+            "pub quorum_vote c failure busy",
             "cancel voting",
             "pub quorum_succeeded",
             "timer run 1303",

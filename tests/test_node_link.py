@@ -15,6 +15,7 @@ from pushy_appliance.db import Database
 from pushy_appliance.errors import ProtocolError
 from pushy_appliance.jobs.events import (
     AckCommit,
+    NackCommit,
     NodeBack,
     NodeDown,
     NodeEvent,
@@ -302,3 +303,24 @@ async def test_a_result_sent_again_after_a_reconnect_is_taken_after_its_output()
             await link.node_hello(session, hello)
             assert [e for _, _, e in port.posted] == [expected]
             link.release("o", job_id, ["n"])
+
+
+async def test_a_busy_nack_names_the_job_that_holds_the_node() -> None:
+    async with memory_registry() as registry:
+        link = NodeLink(registry, now=lambda: T)
+        port = Port("j1", "j2")
+        link.connect(port)
+        session, _ = open_node(link)
+        link.hold("o", "j1", ["n"])  # the job it runs
+        link.hold("o", "j2", ["n"])  # the job it was just sent a commit of
+        assert link.holder("o", "n") == "j1"
+        assert link.holder("o", "n", besides="j1") == "j2"
+        assert link.holders("o", ["n", "free"]) == {"n": "j1"}
+        await link.node_frame(session, frame(protocol.NackCommit, job_id="j2", reason="busy"))
+        await link.node_frame(
+            session, frame(protocol.NackCommit, job_id="j2", reason="not_whitelisted")
+        )
+        assert [e for _, _, e in port.posted] == [
+            NackCommit("n", "busy", T, held_by="j1"),
+            NackCommit("n", "not_whitelisted", T),
+        ]

@@ -20,7 +20,6 @@ from ..client import PushyClient
 from ..errors import ClientError, ConfigError, ServerRefusedError, ServerUnreachableError
 from ..sse import Event, SSEParser
 from ._common import naming
-from ._explain import Explainer
 from ._progress import FINISHED_JOB_STATUSES, ProgressDisplay
 
 __all__ = [
@@ -193,7 +192,6 @@ async def follow_job(
     job_id: str,
     handle: EventHandler,
     *,
-    annotate: Callable[[Event], Awaitable[Event]] | None = None,
     reconnect: Reconnector | None = None,
 ) -> bool:
     """Feed every event of a job's feed to ``handle`` until the job completes.
@@ -208,7 +206,6 @@ async def follow_job(
         c: the client.
         job_id: the job.
         handle: called with each event, in order (``lagged`` events are not passed on).
-        annotate: makes each event what ``handle`` gets (``Explainer.annotate``).
         reconnect: the waits between attempts (default: a new :class:`Reconnector`).
 
     Returns:
@@ -253,7 +250,7 @@ async def follow_job(
                                 last_id = event.id
                             progressed = True
                             summary = summary or event.name == "summary"
-                            handle(await annotate(event) if annotate is not None else event)
+                            handle(event)
                             if event.name == "job_complete":
                                 done = True
                                 drain.deadline = trio.current_time() + _DRAIN_SECONDS
@@ -295,15 +292,12 @@ async def poll_job(c: PushyClient, job_id: str, display: ProgressDisplay) -> dic
 async def watch_job(c: PushyClient, job_id: str, display: ProgressDisplay) -> dict[str, Any]:
     """Show the job's progress until it ends; return its final document.
 
-    Nacks are shown with their reason and busy nodes with the job holding them
-    (:class:`~._explain.Explainer`); a server restart on the way is waited for.
+    Nacks are shown with their reason and busy nodes with the job holding them (the
+    ``quorum_vote`` events carry both); a server restart on the way is waited for.
     """
     reconnect = Reconnector()
     with display:
-        explainer = Explainer(c, job_id)
-        if not await follow_job(
-            c, job_id, display.event, annotate=explainer.annotate, reconnect=reconnect
-        ):
+        if not await follow_job(c, job_id, display.event, reconnect=reconnect):
             await poll_job(c, job_id, display)
         doc = await reconnect.call(lambda: get_job(c, job_id))
         display.finish(doc)

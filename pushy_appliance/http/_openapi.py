@@ -474,7 +474,12 @@ def _schemas() -> dict[str, Schema]:
         "AbortRequest": {"type": "object", "maxProperties": 0},
         "Event": {
             "type": "object",
-            "description": "one Server-Sent Event; data is JSON whose first key is timestamp",
+            "description": (
+                "one Server-Sent Event; data is JSON whose first key is timestamp. A"
+                " quorum_vote's data: node, status, and where known reason (a failure's nack"
+                " reason) and held_by (the live job holding a node that nacked busy or voted"
+                " down); see docs/API-ADDITIONS.md"
+            ),
             "properties": {
                 "event": {"enum": _EVENTS},
                 "id": {"type": "string", "pattern": "^(job-[0-9]+|org-[0-9]+|start_id)$"},

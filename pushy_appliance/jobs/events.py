@@ -8,6 +8,7 @@ it returns effects, which the runner performs in order after storing the new sta
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from typing import Any, Final, TypeAlias
 
 __all__ = [
@@ -67,10 +68,12 @@ def grace_timer(node: str) -> str:
 class Start:
     """Begin voting. ``online_nodes``: the job's nodes that can take a commit now (online,
     not in rehab: ``NodeLink.reachable``; a busy node gets the commit and nacks it
-    ``busy``); the others vote ``down`` at once."""
+    ``busy``); the others vote ``down`` at once, with ``held_by`` (their ``quorum_vote``'s)
+    the live job that holds such a node, if one does (``NodeLink.holders``)."""
 
     now: float
     online_nodes: frozenset[str]
+    held_by: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -83,11 +86,13 @@ class AckCommit:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class NackCommit:
-    """The node's ``nack_commit``; ``reason`` is the agent's (``busy``, ``not_whitelisted``…)."""
+    """The node's ``nack_commit``; ``reason`` is the agent's (``busy``, ``not_whitelisted``…);
+    ``held_by``, for ``busy``, the other live job that holds the node (``NodeLink``)."""
 
     node: str
     reason: str
     now: float
+    held_by: str | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -86,6 +86,10 @@ Decisions the spec leaves open
     * ``nack_run`` from a running node also sends it an ``abort`` for the job.
     * The job feed's ``start`` event is published by the runner when it creates the job (it
       carries request fields the machine does not keep), before it sends ``Start``.
+    * A ``quorum_vote`` says why a node could not vote yes where that is known: ``failure``
+      carries the nack's ``reason`` (and ``held_by``, the other live job holding a node that
+      nacked ``busy``); ``down`` at ``Start`` carries ``held_by`` when a live job holds the
+      node that cannot take the commit (in rehab after that job's abort, or away from it).
 """
 
 from __future__ import annotations
@@ -233,7 +237,7 @@ def _start(step: Step, ev: Start) -> None:
         for node in list(t.nodes):
             if node not in ev.online_nodes:
                 step.set_node(node, NodeStatus.UNAVAILABLE, REASON_DOWN_AT_START)
-                step.vote(node, "down")
+                step.vote(node, "down", held_by=ev.held_by.get(node))
     _settle(step, ev.now)
     if step.status is JobStatus.VOTING:
         step.voting_deadline = ev.now + step.state.voting_timeout
@@ -272,7 +276,7 @@ def _nack_commit(step: Step, ev: NackCommit) -> None:
         if status is NodeStatus.NEW:
             step.present(node)
             step.set_node(node, NodeStatus.NACKED, ev.reason)
-            step.vote(node, "failure")
+            step.vote(node, "failure", reason=ev.reason, held_by=ev.held_by)
         elif status is NodeStatus.READY:
             step.set_node(node, NodeStatus.UNAVAILABLE, ev.reason)
             step.rehab(node)

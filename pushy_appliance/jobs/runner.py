@@ -276,7 +276,9 @@ class JobRunner:
             start_data["file_specified"] = True
         start_data["capture"] = req.capture_output
         events: list[list[Any]] = [_feed_event(1, "start", start_data, stamper, now)]
-        state, effects = transition(state0, Start(now, self.link.reachable_nodes(org, req.nodes)))
+        link = self.link
+        start = Start(now, link.reachable_nodes(org, req.nodes), link.holders(org, req.nodes))
+        state, effects = transition(state0, start)
         for fx in effects:
             if isinstance(fx, Publish):
                 events.append(_feed_event(len(events) + 1, fx.event, fx.data, stamper, now))

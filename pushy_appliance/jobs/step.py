@@ -100,8 +100,15 @@ class Step:
     def publish(self, event: str, **data: Any) -> None:
         self.effects.append(Publish(event, data))
 
-    def vote(self, node: str, status: str) -> None:
-        self.publish("quorum_vote", node=node, status=status)
+    def vote(self, node: str, status: str, **why: str | None) -> None:
+        """Publish ``node``'s ``quorum_vote``; ``why`` adds ``reason`` (a nack's) and
+        ``held_by`` (the live job holding a busy node) where known."""
+        self.publish(
+            "quorum_vote",
+            node=node,
+            status=status,
+            **{key: value for key, value in why.items() if value is not None},
+        )
 
     def run_complete(self, node: str, status: str) -> None:
         self.publish("run_complete", node=node, status=status)

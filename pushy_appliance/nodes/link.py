@@ -138,8 +138,8 @@ class NodeLink:
         self.registry = registry
         self.port: JobPort = NoJobs()
         self._now = now
-        self._held: dict[tuple[str, str], set[str]] = {}
-        """``(org, node)`` → the live jobs that hold it."""
+        self._held: dict[tuple[str, str], dict[str, None]] = {}
+        """``(org, node)`` → the live jobs that hold it, the oldest first."""
         self._rehab: dict[tuple[str, str], NodeSession] = {}
         """``(org, node)`` → its session that waits for ``aborted``."""
         self._streams: dict[tuple[str, str], dict[tuple[str, str], _Stream]] = {}
@@ -188,6 +188,19 @@ class NodeLink:
         """The live jobs that hold the node."""
         return frozenset(self._held.get((org, node), ()))
 
+    def holder(self, org: str, node: str, *, besides: str | None = None) -> str | None:
+        """The live job (other than ``besides``) that has held the node longest, if any: the
+        job a busy node is running, for the votes that say so."""
+        for job_id in self._held.get((org, node), ()):
+            if job_id != besides:
+                return job_id
+        return None
+
+    def holders(self, org: str, nodes: Iterable[str]) -> dict[str, str]:
+        """Node → :meth:`holder`, for the nodes of ``nodes`` that a live job holds."""
+        held = self._held
+        return {node: next(iter(held[(org, node)])) for node in nodes if (org, node) in held}
+
     def statistics(self) -> LinkStatistics:
         sessions = self.registry.sessions.values()
         return LinkStatistics(len(sessions), sum(1 for s in sessions if self.available(s)))
@@ -214,9 +227,9 @@ class NodeLink:
         for node in nodes:
             jobs = held.get((org, node))
             if jobs is None:
-                held[(org, node)] = {job_id}
+                held[(org, node)] = {job_id: None}
             else:
-                jobs.add(job_id)
+                jobs[job_id] = None
 
     def release(self, org: str, job_id: str, nodes: Iterable[str]) -> None:
         """The job ``job_id`` no longer holds ``nodes`` (they ended; or the job is over)."""
@@ -225,7 +238,7 @@ class NodeLink:
         for node in nodes:
             jobs = held.get((org, node))
             if jobs is not None:
-                jobs.discard(job_id)
+                jobs.pop(job_id, None)
                 if not jobs:
                     del held[(org, node)]
             mine = streams.get((org, node))
@@ -303,6 +316,8 @@ class NodeLink:
         event = _job_event(frame, node, self._now())
         if event is None:
             return
+        if isinstance(event, NackCommit) and event.reason == "busy":
+            event = dataclasses.replace(event, held_by=self.holder(org, node, besides=job_id))
         if isinstance(job_id, str) and await self.port.post(org, job_id, event):
             return
         if isinstance(frame, protocol.Result):
