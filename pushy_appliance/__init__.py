@@ -26,7 +26,8 @@ network, subprocess, task or thread); ``tests/test_exports.py`` pins each packag
    reads the system's files).
 3. Engines: ``db`` (store + models), ``nodes.registry``, ``nodes.sendroom``, ``nodes.link``
    (the node↔job link), ``jobs.runner``, ``jobs.retention``, ``agent.executor``,
-   ``agent.jobspec``, ``agent.procgroup`` and ``agent.runtime`` (the node side's engine);
+   ``agent.jobspec``, ``agent.procgroup``, ``agent.outstream`` (what of a running job's
+   output each connection has had) and ``agent.runtime`` (the node side's engine);
    ``services`` (the engines of one running server, handed to the adapters).
 4. Adapters: ``http`` (the REST API and feeds), ``nodesock`` (the node WebSocket listener),
    ``client`` (the signed HTTP client of the CLI and agent), ``agent.connection``.

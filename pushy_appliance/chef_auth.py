@@ -546,7 +546,7 @@ def verify_signature(
     body: bytes,
     keys: Sequence[rsa.RSAPublicKey],
 ) -> int:
-    """Check a parsed request's body hash and signature against a principal's keys.
+    """Check a request's body hash and signature; return the index of the key that verified it.
 
     Args:
         req: from :func:`parse_signed_headers`.
@@ -554,9 +554,6 @@ def verify_signature(
         path: the request path (a query string is ignored).
         body: the raw request body.
         keys: the principal's public keys; the request is accepted if any one verifies.
-
-    Returns:
-        The index in ``keys`` of the key that verified it.
 
     Raises:
         AuthError: 401 ``Invalid signature for user or client 'USER'`` with

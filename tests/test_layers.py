@@ -73,6 +73,7 @@ LAYERS = {
     "jobs.retention": 3,
     "agent.executor": 3,
     "agent.jobspec": 3,
+    "agent.outstream": 3,
     "agent.procgroup": 3,
     "agent.runtime": 3,
     "http": 4,

@@ -19,7 +19,7 @@ States: ``idle → committed → running → idle``, one job at a time.
   captured so far is sent again, and the server trims what it already holds (``NODES.md``
   §4; the rules are in :mod:`..nodes.link`). When the job ends, whatever of each channel
   this connection has not had yet (all of it, if the connection changed since the last
-  chunk) goes before the result.
+  chunk) goes before the result. :mod:`.outstream` keeps that account.
 * ``abort``: running → the process group is terminated, then ``result`` (``aborted``) and
   ``aborted {job_id}``; committed → ``aborted {job_id}``; idle → ``aborted {job_id: nil}``.
   An ``abort`` naming a job other than the one held stops nothing and is answered
@@ -45,7 +45,7 @@ import socket
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import trio
 
@@ -63,7 +63,6 @@ from ..protocol import (
     Frame,
     NackCommit,
     NackRun,
-    Output,
     Reload,
     Result,
     ResultAck,
@@ -71,8 +70,9 @@ from ..protocol import (
     Run,
     Welcome,
 )
-from .executor import OUTPUT_CHUNK, ExecResult, RunningJob, run_job
+from .executor import ExecResult, RunningJob, run_job
 from .jobspec import DEFAULT_PROTECTED_ENV, JobSpec, check_runnable, decode_file
+from .outstream import Link, OutputStreams, send_whole
 from .procgroup import end_leftover_group, process_start_time
 from .state import AgentState, PendingResult, StateFile
 from .whitelist import Whitelist
@@ -86,18 +86,6 @@ COMMIT_GRACE = 10.0
 
 MAX_PENDING = 16
 """Unacknowledged results kept; beyond that the oldest is dropped (and logged)."""
-
-
-class Link(Protocol):
-    """The current connection to the server, as the runtime sees it."""
-
-    async def send(self, cls: type[Frame], **fields: Any) -> bool:
-        """Queue a frame of type ``cls`` (``seq`` and ``ts`` are filled in).
-
-        Returns:
-            ``False`` when the connection is gone (the frame is dropped).
-        """
-        ...
 
 
 def load_whitelist(path: str | Path | None) -> Whitelist:
@@ -190,10 +178,8 @@ class AgentRuntime:
         self._timer: trio.CancelScope | None = None
         self._pending: dict[str, PendingResult] = {}
         self._link: Link | None = None
-        self._captured: dict[str, bytearray] = {}
-        """The running job's output so far, by channel (what the executor keeps)."""
-        self._sent: dict[str, tuple[Link, int]] = {}
-        """The running job's channels: the connection they were last sent on, and how far."""
+        self._output = OutputStreams()
+        """The running job's output, and what each connection has had of it."""
         self._lock = trio.StrictFIFOLock()
         self._nursery: trio.Nursery | None = None
 
@@ -255,7 +241,7 @@ class AgentRuntime:
                 )
                 job_id = pending.body.job_id
                 for channel, data in (("stdout", pending.stdout), ("stderr", pending.stderr)):
-                    await self._send_channel(link, job_id, channel, data)
+                    await send_whole(link, job_id, channel, data)
                 await self._send(Result, **_body_fields(pending.body))
 
     def detach(self, link: Link) -> None:
@@ -355,36 +341,6 @@ class AgentRuntime:
             log.debug("node %s: not connected, %s dropped", self.node_name, cls.TYPE)
             return False
         return await link.send(cls, **fields)
-
-    async def _send_channel(self, link: Link, job_id: str, channel: str, data: bytes) -> None:
-        """Send a channel of an ended job's output on ``link``, whole, from offset 0."""
-        for offset in range(0, len(data), OUTPUT_CHUNK):
-            chunk = data[offset : offset + OUTPUT_CHUNK]
-            if not await link.send(
-                Output, job_id=job_id, channel=channel, data=chunk, offset=offset
-            ):
-                return
-
-    async def _stream(self, job_id: str, channel: str, data: bytes | bytearray) -> None:
-        """Send what the current connection has not had of the running job's ``channel``:
-        the rest after the last chunk sent on it, or all of it (from offset 0) when the
-        chunks so far went on another connection."""
-        link = self._link
-        if link is None:
-            return  # sent on the next connection
-        sent = self._sent.get(channel)
-        offset = sent[1] if sent is not None and sent[0] is link else 0
-        self._sent[channel] = (link, offset)
-        while offset < len(data):
-            chunk = bytes(data[offset : offset + OUTPUT_CHUNK])
-            if not await link.send(
-                Output, job_id=job_id, channel=channel, data=chunk, offset=offset
-            ):
-                return  # the connection went: the next one gets it all
-            # no checkpoint from the send to here: a cancelled send sent nothing, and a
-            # finished one is recorded, so no chunk goes twice on one connection
-            offset += len(chunk)
-            self._sent[channel] = (link, offset)
 
     def _snapshot(self) -> AgentState:
         held = self._job_id if self._phase != "idle" else None
@@ -508,8 +464,7 @@ class AgentRuntime:
         self._cancel_timer()
         self._phase = "running"
         self._aborting = False
-        self._captured = {"stdout": bytearray(), "stderr": bytearray()}
-        self._sent = {}
+        self._output = OutputStreams()
         await self._persist()
         await self._send(AckRun, job_id=frame.job_id)
         nursery = self._require_nursery()
@@ -586,10 +541,8 @@ class AgentRuntime:
             )
 
     async def _on_output(self, job_id: str, channel: str, data: bytes, offset: int) -> None:
-        captured = self._captured.setdefault(channel, bytearray())
-        if offset + len(data) > len(captured):  # a chunk handed over again is kept once
-            captured += data[len(captured) - offset :]
-        await self._stream(job_id, channel, captured)
+        output = self._output
+        await output.send(self._link, job_id, channel, output.capture(channel, data, offset))
 
     async def _job_ended(self, job_id: str, result: ExecResult) -> None:
         pending = PendingResult(result.as_result_body(job_id), result.stdout, result.stderr)
@@ -607,9 +560,9 @@ class AgentRuntime:
         aborting = self._aborting
         self._clear_job()
         await self._persist()
+        output, self._output = self._output, OutputStreams()
         for channel, data in (("stdout", pending.stdout), ("stderr", pending.stderr)):
-            await self._stream(job_id, channel, data)
-        self._captured, self._sent = {}, {}
+            await output.send(self._link, job_id, channel, data)
         await self._send(Result, **_body_fields(pending.body))
         if aborting:
             await self._send(Aborted, job_id=job_id)
