@@ -3,7 +3,9 @@
 Written here, in Python, as the one source of truth (not a JSON file beside the code): the
 error shapes, the signing scheme and the common responses are written once and shared by
 every operation, and the limits come from the constants the validation uses, so the
-document cannot drift from them. ``tests/test_openapi.py`` compares its paths and methods with
+document cannot drift from them. It is one long module on purpose: it is data (one
+document), not logic, and splitting it would scatter the one contract a reader checks
+against ``API.md``. ``tests/test_openapi.py`` compares its paths and methods with
 the routes the application registers (``app.url_map``), both ways, and
 ``tests/test_api_fuzz.py`` checks the running server against it with schemathesis.
 
