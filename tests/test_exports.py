@@ -88,7 +88,9 @@ PUBLIC = {
         "Store",
         "StoreStatistics",
         "VerifyReport",
+        "open_postgres_store",
         "open_store",
+        "verify_postgres_store",
         "verify_store",
     },
 }
