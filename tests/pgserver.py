@@ -11,6 +11,7 @@ connection's ``search_path``, see ``docs/SCALE-OUT.md`` §2).
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import pwd
@@ -113,8 +114,6 @@ class PgServer:
     def close(self) -> None:
         """Stop the server (if it runs) and remove its directory."""
         if (self.data / "postmaster.pid").exists():
-            try:
+            with contextlib.suppress(RuntimeError):
                 self.stop("immediate")
-            except RuntimeError:
-                pass
         shutil.rmtree(self.root, ignore_errors=True)

@@ -90,6 +90,7 @@ PUBLIC = {
         "VerifyReport",
         "open_postgres_store",
         "open_store",
+        "redact_url",
         "verify_postgres_store",
         "verify_store",
     },

@@ -46,6 +46,7 @@ from ._file import FileStore
 from ._format import MAX_RECORD_BYTES
 from ._memory import MemoryStore
 from ._outage import RETRY_MAX
+from ._pgurl import redact_url
 from ._verify import VerifyReport, verify_store
 
 if TYPE_CHECKING:
@@ -62,6 +63,7 @@ __all__ = [
     "VerifyReport",
     "open_postgres_store",
     "open_store",
+    "redact_url",
     "verify_postgres_store",
     "verify_store",
 ]

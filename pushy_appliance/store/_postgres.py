@@ -53,7 +53,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import urllib.parse
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -66,6 +65,7 @@ from ..errors import StoreCorruptError, StoreError, StoreUnavailableError
 from ._base import GroupCommitStore, Recovered
 from ._format import decode_snapshot, encode_segment_header, scan_segment
 from ._outage import RETRY_FIRST, RETRY_MAX
+from ._pgurl import redact_url
 from ._verify import VerifyReport
 
 __all__ = [
@@ -75,7 +75,6 @@ __all__ = [
     "PostgresStore",
     "connect",
     "decode_frames",
-    "redact_url",
     "verify",
 ]
 
@@ -130,19 +129,6 @@ _SAVE_SNAPSHOT = (
     "ON CONFLICT (seq) DO UPDATE SET state = EXCLUDED.state"
 )
 _UNREACHABLE_STATES = ("08", "57P")  # connection exceptions; admin shutdown, crash, starting
-
-
-def redact_url(url: str) -> str:
-    """``url`` without its password, for logs and reports."""
-    try:
-        parts = urllib.parse.urlsplit(url)
-    except ValueError:
-        return "postgresql://?"
-    netloc = parts.netloc
-    if "@" in netloc:
-        user, _, host = netloc.rpartition("@")
-        netloc = f"{user.split(':', 1)[0]}@{host}"
-    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, parts.query, ""))
 
 
 def connect(url: str, *, autocommit: bool) -> psycopg.Connection[Any]:
