@@ -18,8 +18,8 @@ network, subprocess, task or thread); ``tests/test_exports.py`` pins each packag
    matcher), ``facts`` (the node facts' names, config and size limit), ``agent.facts_parse``
    (facts from the system's files).
 2. Resources: ``store`` (files, or a PostgreSQL database), ``hub`` (event fan-out),
-   ``feeds`` (topic names, job-feed publishing, the org feed's log), ``tls`` (key and certificate files), ``lockfile`` (one
-   process per directory), ``fsutil`` (durable file writes), ``agent.state`` (the agent's
+   ``feeds`` (topic names, job-feed publishing, the org feed's log), ``tls`` (key and
+   certificate files), ``lockfile`` (one process per directory), ``fsutil`` (durable file writes), ``agent.state`` (the agent's
    state file), ``config_files`` (the configuration file and the default data directory),
    ``frame_reader`` (the read loop of both ends of a node connection), ``handshakes`` (the
    cap on a listener's connections still in their handshake), ``agent.facts`` (runs ohai,
