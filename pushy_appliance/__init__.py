@@ -17,13 +17,13 @@ network, subprocess, task or thread); ``tests/test_exports.py`` pins each packag
    ``jobs.model``, ``nodes.model``, ``agent.whitelist``, ``search`` (the query language and
    matcher), ``facts`` (the node facts' names, config and size limit), ``agent.facts_parse``
    (facts from the system's files).
-2. Resources: ``store`` (files, or a PostgreSQL database), ``hub`` (event fan-out), ``feeds``
-   (topic names, job-feed publishing, the org feed's log), ``tls`` (key and certificate files),
-   ``lockfile`` (one process per directory), ``fsutil`` (durable file writes), ``agent.state``
-   (the agent's state file), ``config_files`` (the configuration file and the default data
-   directory), ``frame_reader`` (the read loop of both ends of a node connection),
-   ``handshakes`` (the cap on a listener's connections still in their handshake),
-   ``agent.facts`` (runs ohai, reads the system's files).
+2. Resources: ``store`` (files), ``hub`` (event fan-out), ``feeds`` (topic names, job-feed
+   publishing, the org feed's log), ``tls`` (key and certificate files), ``lockfile`` (one
+   process per directory), ``fsutil`` (durable file writes), ``agent.state`` (the agent's
+   state file), ``config_files`` (the configuration file and the default data directory),
+   ``frame_reader`` (the read loop of both ends of a node connection), ``handshakes`` (the
+   cap on a listener's connections still in their handshake), ``agent.facts`` (runs ohai,
+   reads the system's files).
 3. Engines: ``db`` (store + models), ``nodes.registry``, ``nodes.sendroom``, ``nodes.link``
    (the node↔job link), ``jobs.runner``, ``jobs.retention``, ``agent.executor``,
    ``agent.jobspec``, ``agent.procgroup`` and ``agent.runtime`` (the node side's engine);
