@@ -42,6 +42,7 @@ __all__ = [
     "LogConfig",
     "OutputConfig",
     "ServerConfig",
+    "StoreConfig",
     "TLSConfig",
     "UiConfig",
     "build_agent_config",
@@ -57,6 +58,13 @@ class TLSConfig:
     """PEM certificate chain to serve; unset: the generated ``DATA/tls/server.pem``."""
     key: str | None = None
     """PEM private key for ``cert``; unset: the generated ``DATA/tls/server.key``."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class StoreConfig:
+    url: str | None = None
+    """``postgresql://…``: keep the store in that PostgreSQL database (docs/SCALE-OUT.md);
+    unset: the file store in ``DATA/store``."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -167,6 +175,7 @@ class ServerConfig:
     insecure_http: bool = False
     """Serve plain HTTP (development only)."""
     tls: TLSConfig = TLSConfig()
+    store: StoreConfig = StoreConfig()
     bootstrap: BootstrapConfig = BootstrapConfig()
     heartbeat: HeartbeatConfig = HeartbeatConfig()
     jobs: JobsConfig = JobsConfig()
@@ -425,6 +434,10 @@ def _check_server(c: ServerConfig) -> ServerConfig:
         )
     if c.node_listen is not None:
         parse_host_port(c.node_listen, key="node_listen")
+    if c.store.url is not None and not c.store.url.startswith(("postgresql://", "postgres://")):
+        raise ConfigError(
+            "config", "store.url", "expected a postgresql:// URL (unset: the file store)"
+        )
     if not 0.05 <= c.heartbeat.interval <= 3600:
         raise ConfigError("config", "heartbeat.interval", "must be between 0.05 and 3600")
     if c.heartbeat.offline_threshold < 1:

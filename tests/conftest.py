@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 import pytest
+
+from pgserver import PgServer
 
 
 @pytest.fixture(autouse=True)
@@ -13,3 +16,22 @@ def _clean_pushy_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     for var in list(os.environ):
         if var.startswith("PUSHY_"):
             monkeypatch.delenv(var, raising=False)
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    """One private PostgreSQL server for the session (``tests/pgserver.py``), started on
+    first use and removed at the end; tests that stop it start it again before they end."""
+    server = PgServer()
+    try:
+        server.start()
+        server.create_database()
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def pg_url(pg_server: PgServer) -> str:
+    """The URL of a fresh, empty store: a new schema in the session server's database."""
+    return pg_server.new_schema()

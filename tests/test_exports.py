@@ -88,7 +88,10 @@ PUBLIC = {
         "Store",
         "StoreStatistics",
         "VerifyReport",
+        "open_postgres_store",
         "open_store",
+        "redact_url",
+        "verify_postgres_store",
         "verify_store",
     },
 }
