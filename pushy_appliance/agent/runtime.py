@@ -306,24 +306,27 @@ class AgentRuntime:
             Whether the file was read (``False`` without a config file: the settings given
             at start stay) and its whitelist and facts settings are in force.
         """
-        self.reporter.request()
-        if self._config_path is None:
-            log.info("node %s: no config file to re-read; whitelist unchanged", self.node_name)
-            return False
         try:
-            config = await self._run_blocking(_load_config, self._config_path)
-            fresh = Whitelist.from_entries(config.allow)
-        except ConfigError as exc:
-            log.error(
-                "node %s: configuration not reloaded, keeping the old one: %s",
-                self.node_name,
-                exc,
-            )
-            return False
-        self._whitelist = fresh
-        self.reporter.config = config.facts
-        log.info("node %s: whitelist reloaded (%d entries)", self.node_name, len(fresh))
-        return True
+            if self._config_path is None:
+                log.info("node %s: no config file to re-read; whitelist unchanged", self.node_name)
+                return False
+            try:
+                config = await self._run_blocking(_load_config, self._config_path)
+                fresh = Whitelist.from_entries(config.allow)
+            except ConfigError as exc:
+                log.error(
+                    "node %s: configuration not reloaded, keeping the old one: %s",
+                    self.node_name,
+                    exc,
+                )
+                return False
+            self._whitelist = fresh
+            self.reporter.config = config.facts
+            log.info("node %s: whitelist reloaded (%d entries)", self.node_name, len(fresh))
+            return True
+        finally:
+            # after the settings changed: the collection uses the new ones
+            self.reporter.request()
 
     # --- running ----------------------------------------------------------------------------
 
