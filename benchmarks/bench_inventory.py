@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import gc
 import random
+import resource
 import statistics
 import sys
 import tempfile
@@ -102,7 +103,9 @@ async def measure(size: int, repeat: int, work: Path) -> dict[str, list[float]]:
     try:
         waves = [(f, min(WAVE, size - f)) for f in range(0, size, WAVE)]
         for n, (first, count) in enumerate(waves):
-            fleet = SimFleet(server.node_url, server.ca_file, key_file, count, procs=2)
+            fleet = SimFleet(
+                server.node_url, server.ca_file, key_file, count, procs=2, connect_concurrency=32
+            )
             for argv in fleet.argvs:
                 at = argv.index("--first") + 1
                 argv[at] = str(int(argv[at]) + first)
@@ -154,6 +157,8 @@ async def main_async(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, WAVE * 2 + 2_000)), hard))
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nodes", default="1000,10000,20000", help="fleet sizes, comma-separated")
     parser.add_argument("--repeat", type=int, default=20, help="requests per query and size")
