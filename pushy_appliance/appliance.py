@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import gc
 import json
 import logging
@@ -44,6 +45,7 @@ from .jobs.retention import Retention
 from .jobs.runner import JobRunner
 from .lockfile import exclusive_lock
 from .model import IdentityModel
+from .nodes.inventory import Inventory
 from .nodes.link import NodeLink
 from .nodes.model import NodeModel
 from .nodes.registry import CLOSE_DELETED, CLOSE_GOING_AWAY, NodeRegistry
@@ -267,6 +269,7 @@ async def _serve_locked(
             outbox_size=config.limits.node_outbox,
         )
         link = NodeLink(registry)
+        inventory = Inventory(db, registry, link)
         hub = Hub(buffer=config.feeds.subscriber_buffer)
         feeds = Feeds(hub, org_retention=config.feeds.org_retention)
         runner = JobRunner(
@@ -298,7 +301,14 @@ async def _serve_locked(
             nursery.start_soon(_compactor, db)
             nursery.start_soon(_gc_keeper, registry)
             bound_node_port: int = await nursery.start(
-                serve_nodes, config, auth, registry, link, node_host, node_port, node_ssl
+                functools.partial(serve_nodes, inventory=inventory),
+                config,
+                auth,
+                registry,
+                link,
+                node_host,
+                node_port,
+                node_ssl,
             )
             svc = Services(
                 config=config,
@@ -306,6 +316,7 @@ async def _serve_locked(
                 auth=auth,
                 nodes=registry,
                 link=link,
+                inventory=inventory,
                 jobs=runner,
                 hub=hub,
                 feeds=feeds,

@@ -12,10 +12,16 @@ from pgserver import PgServer
 
 @pytest.fixture(autouse=True)
 def _clean_pushy_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No ``PUSHY_*`` variable of the developer's shell leaks into a test."""
+    """No ``PUSHY_*`` variable of the developer's shell leaks into a test.
+
+    One is set: ``PUSHY_FACTS_OHAI=off``. Every agent a test starts (subprocesses inherit it)
+    computes its facts without ohai, which takes seconds per run; the tests of ohai itself
+    (``test_agent_facts.py``, ``test_inventory_e2e.py``) ask for it explicitly.
+    """
     for var in list(os.environ):
         if var.startswith("PUSHY_"):
             monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("PUSHY_FACTS_OHAI", "off")
 
 
 @pytest.fixture(scope="session")

@@ -75,6 +75,7 @@ LAYERS = {
     "agent.jobspec": 3,
     "agent.procgroup": 3,
     "agent.runtime": 3,
+    "agent.reporter": 3,
     "http": 4,
     "nodesock": 4,
     "client": 4,

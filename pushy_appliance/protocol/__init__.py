@@ -20,9 +20,9 @@ The server sends the same heartbeat to every node on every tick; only ``seq`` di
 connection. :class:`HeartbeatTemplate` packs the shared part once and renders each frame by
 appending the few bytes of ``seq`` and ``ts``.
 
-Modules: ``_fields`` (the field checkers), ``_frames`` (the records and their vocabulary),
-``_codec`` (encode, decode, the heartbeat template), ``_seq`` (sequence numbers). Import from
-here.
+Modules: ``_fields`` (the field checkers), ``_facts`` (the check of node facts), ``_frames``
+(the records and their vocabulary), ``_codec`` (encode, decode, the heartbeat template),
+``_seq`` (sequence numbers). Import from here.
 """
 
 from __future__ import annotations
@@ -34,8 +34,7 @@ from ._frames import (
     FROM_AGENT,
     FROM_SERVER,
     JOB_STATES,
-    MAX_FACT_CHARS,
-    MAX_FACTS,
+    MAX_FACTS_DEPTH,
     NACK_COMMIT_REASONS,
     PROTOCOL_VERSION,
     RESULT_STATUSES,
@@ -44,6 +43,7 @@ from ._frames import (
     AckCommit,
     AckRun,
     Commit,
+    Facts,
     FactValue,
     Frame,
     Heartbeat,
@@ -66,8 +66,7 @@ __all__ = [
     "FROM_AGENT",
     "FROM_SERVER",
     "JOB_STATES",
-    "MAX_FACTS",
-    "MAX_FACT_CHARS",
+    "MAX_FACTS_DEPTH",
     "NACK_COMMIT_REASONS",
     "PROTOCOL_VERSION",
     "RESULT_STATUSES",
@@ -77,6 +76,7 @@ __all__ = [
     "AckRun",
     "Commit",
     "FactValue",
+    "Facts",
     "Frame",
     "Heartbeat",
     "HeartbeatTemplate",

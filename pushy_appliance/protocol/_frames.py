@@ -9,11 +9,11 @@ when missing or nil.
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Mapping
 from typing import Any, ClassVar, TypeAlias
 
 from ..errors import ProtocolError
+from ._facts import MAX_FACTS_DEPTH, FactValue, check_facts
 from ._fields import (
     OPT_STR,
     SEQ,
@@ -32,7 +32,6 @@ from ._fields import (
     field_specs,
     one_of,
     optional,
-    show,
 )
 
 __all__ = [
@@ -41,8 +40,7 @@ __all__ = [
     "FROM_AGENT",
     "FROM_SERVER",
     "JOB_STATES",
-    "MAX_FACTS",
-    "MAX_FACT_CHARS",
+    "MAX_FACTS_DEPTH",
     "NACK_COMMIT_REASONS",
     "PROTOCOL_VERSION",
     "RESULT_STATUSES",
@@ -53,6 +51,7 @@ __all__ = [
     "AckRun",
     "Commit",
     "FactValue",
+    "Facts",
     "Frame",
     "Heartbeat",
     "Hello",
@@ -84,36 +83,6 @@ NACK_COMMIT_REASONS = frozenset(
     {"busy", "not_whitelisted", "no_such_user", "no_such_dir", "bad_file", "lock_held"}
 )
 """Values of ``nack_commit.reason``. ``nack_run.reason`` is free text."""
-
-MAX_FACTS = 64
-"""Most keys a ``hello``'s ``facts`` may hold."""
-
-MAX_FACT_CHARS = 1024
-"""Longest fact name or string value, in characters."""
-
-FactValue: TypeAlias = str | int | float | bool | None
-"""A node fact's value."""
-
-
-def _check_facts(value: Any, where: str) -> dict[str, FactValue]:
-    if not isinstance(value, dict):
-        raise bad(where, "a map", value)
-    if len(value) > MAX_FACTS:
-        raise ProtocolError(f"{where}: {len(value)} keys, at most {MAX_FACTS} allowed")
-    for key, item in value.items():
-        if not isinstance(key, str):
-            raise bad(f"{where} key", "a string", key)
-        if len(key) > MAX_FACT_CHARS:
-            raise ProtocolError(f"{where}: key {show(key)} longer than {MAX_FACT_CHARS} chars")
-        if isinstance(item, str):
-            if len(item) > MAX_FACT_CHARS:
-                raise ProtocolError(f"{where}.{key}: longer than {MAX_FACT_CHARS} chars")
-        elif isinstance(item, float):
-            if not math.isfinite(item):
-                raise bad(f"{where}.{key}", "a finite number", item)
-        elif item is not None and not isinstance(item, int):  # bool is an int: allowed
-            raise bad(f"{where}.{key}", "a string, number, boolean or nil", item)
-    return dict(value)
 
 
 def _check_pending_result(value: Any, where: str) -> ResultBody | None:
@@ -164,7 +133,7 @@ class Hello:
     job_id: str | None = dataclasses.field(metadata=OPT_STR)
     job_state: str = dataclasses.field(metadata=checked(one_of(JOB_STATES)))
     pending_result: ResultBody | None = dataclasses.field(metadata=checked(_check_pending_result))
-    facts: dict[str, FactValue] = dataclasses.field(metadata=checked(_check_facts))
+    facts: dict[str, FactValue] = dataclasses.field(metadata=checked(check_facts))
     seq: int = dataclasses.field(metadata=SEQ)
     ts: float = dataclasses.field(metadata=TS)
 
@@ -351,9 +320,21 @@ class Aborted:
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class Reload:
-    """Server → agent: re-read the whitelist from disk."""
+    """Server → agent: re-read the configuration from disk (whitelist, facts settings) and
+    collect the facts again."""
 
     TYPE: ClassVar[str] = "reload"
+    seq: int = dataclasses.field(metadata=SEQ)
+    ts: float = dataclasses.field(metadata=TS)
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Facts:
+    """Agent → server: the node's facts changed since it last sent them (``hello`` or
+    ``facts``); the whole new set, never a difference."""
+
+    TYPE: ClassVar[str] = "facts"
+    facts: dict[str, FactValue] = dataclasses.field(metadata=checked(check_facts))
     seq: int = dataclasses.field(metadata=SEQ)
     ts: float = dataclasses.field(metadata=TS)
 
@@ -374,6 +355,7 @@ Frame: TypeAlias = (
     | Abort
     | Aborted
     | Reload
+    | Facts
 )
 """Any frame of the node protocol."""
 
@@ -393,6 +375,7 @@ _FRAME_CLASSES: tuple[type[Frame], ...] = (
     Abort,
     Aborted,
     Reload,
+    Facts,
 )
 
 FRAME_TYPES: Mapping[str, type[Frame]] = {cls.TYPE: cls for cls in _FRAME_CLASSES}
@@ -406,6 +389,7 @@ FROM_AGENT: tuple[type[Frame], ...] = (
     Output,
     Result,
     Aborted,
+    Facts,
 )
 """The frames an agent sends after ``hello``, besides heartbeats (``NODES.md`` §2)."""
 
