@@ -31,7 +31,7 @@ if str(REPO) not in sys.path:
 from pushy_appliance import chef_auth  # noqa: E402
 from pushy_appliance.appliance import lock_data_dir  # noqa: E402
 from pushy_appliance.model import client_record, group_record  # noqa: E402
-from pushy_appliance.store import open_store  # noqa: E402
+from pushy_appliance.store import open_postgres_store, open_store  # noqa: E402
 
 __all__ = [
     "REPO",
@@ -228,8 +228,11 @@ def admin_key(data_dir: Path) -> Any:
     return chef_auth.load_private_key((data_dir / "keys" / "admin.pem").read_bytes())
 
 
-async def provision_clients(data_dir: Path, names: Sequence[str], public_pem: str) -> float:
-    """Create node clients sharing one public key, offline (server stopped), in big groups.
+async def provision_clients(
+    data_dir: Path, names: Sequence[str], public_pem: str, store_url: str | None = None
+) -> float:
+    """Create node clients sharing one public key, offline (server stopped), in big groups
+    (in the PostgreSQL store at ``store_url`` when given).
 
     The records are those the API writes (``client.put``, then one ``group.put`` of the
     ``clients`` group with every name), appended straight to the store: creating 10,000
@@ -239,8 +242,9 @@ async def provision_clients(data_dir: Path, names: Sequence[str], public_pem: st
         Seconds taken.
     """
     t0 = time.perf_counter()
+    opened = open_store(data_dir / "store") if store_url is None else open_postgres_store(store_url)
     with lock_data_dir(data_dir):
-        async with open_store(data_dir / "store") as store:
+        async with opened as store:
             group: dict[str, Any] | None = None
             existing: set[str] = set()
             for _seq, record in store.recovered.records:

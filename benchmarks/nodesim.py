@@ -2,7 +2,9 @@
 
 Each simulated node opens a real TCP connection from one of several 127.0.0.x source
 addresses, does the TLS handshake, signs its WebSocket upgrade (Chef protocol 1.3, RSA, one
-signature per connection), sends ``hello``, and then heartbeats at the interval the server's
+signature per connection), sends ``hello`` (with the default fact set in ohai's names and
+formats, as ``bench_search.node_facts`` makes them: a mix of platforms, tags, roles and
+environments), and then heartbeats at the interval the server's
 ``welcome`` gives (with a random phase). It answers ``commit`` with ``ack_commit``, ``run`` with
 ``ack_run`` and a ``result`` (exit 0), and ``abort`` with ``aborted``. For a job that captures
 output, the ``result`` follows one ``output`` line on stdout, one of three texts by node index
@@ -55,6 +57,7 @@ from wsproto.events import (
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from bench_search import node_facts
 from harness import ORG, SimFleet, node_names, source_address
 
 from pushy_appliance import chef_auth, protocol
@@ -124,6 +127,8 @@ class _Node:
         self.w = worker
         self.name = name
         self.index = index
+        # the default fact set with ohai's names and formats, as a real agent's hello has
+        self.facts = {**node_facts(index, random.Random(index)), "hostname": name}
         self.path = f"/organizations/{ORG}/pushy/connect/{name}"
         self.seq = 0
         self.job: str | None = None
@@ -192,7 +197,7 @@ class _Node:
             job_id=None,
             job_state="idle",
             pending_result=None,
-            facts={"hostname": self.name},
+            facts=self.facts,
         )
         await self.stream.send_all(self.ws.send(BytesMessage(data=protocol.encode(hello))))
         while not self.welcomed:

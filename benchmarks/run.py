@@ -55,7 +55,7 @@ from harness import (
 from pushy_appliance import chef_auth
 from pushy_appliance.appliance import compact_store, lock_data_dir
 from pushy_appliance.jobs.status import FINISHED_JOB_STATUSES
-from pushy_appliance.store import open_store
+from pushy_appliance.store import open_postgres_store, open_store
 
 JOBS_PATH = f"/organizations/{ORG}/pushy/jobs"
 
@@ -107,9 +107,12 @@ class Bench:
                 f.write(json.dumps(doc) + "\n")
 
     def server(self, d: Path, env: dict[str, str] | None = None) -> ServerProcess:
-        """The server under test on ``d``, with the ``--gc-*`` experiment settings."""
+        """The server under test on ``d``, with the ``--gc-*`` experiment settings (and its
+        store in PostgreSQL with ``--store``)."""
         env = dict(env or {})
         a = self.args
+        if a.store:
+            env["PUSHY_STORE_URL"] = a.store
         if a.gc_stats:
             env["BENCH_GC_STATS"] = str(self.root / f"{d.name}.gc.json")
         if a.gc_threshold:
@@ -123,11 +126,11 @@ class Bench:
     async def data_dir(self, name: str, nodes: int) -> Path:
         """A bootstrapped data directory with ``nodes`` node clients sharing one key."""
         d = self.root / name
-        server = ServerProcess(d)
+        server = self.server(d)
         await server.start()
         await server.stop()
         if nodes:
-            await provision_clients(d, node_names(nodes), self.node_public)
+            await provision_clients(d, node_names(nodes), self.node_public, self.args.store)
         return d
 
     def fleet(self, node_url: str, ca: Path, count: int, lifetime: float) -> SimFleet:
@@ -470,6 +473,10 @@ async def _bare_http_load(
     return result, hwm
 
 
+def _store_kind(a: argparse.Namespace) -> str:
+    return "store in PostgreSQL" if a.store else "file store"
+
+
 async def api(bench: Bench) -> None:
     a = bench.args
     d = await bench.data_dir("api", 10)
@@ -500,7 +507,7 @@ async def api(bench: Bench) -> None:
     ratio = prod.rate / bare.rate
     emit(
         f"\n== API: signed GET jobs/ID, {a.clients} concurrent keep-alive clients, "
-        f"{a.seconds:g} s =="
+        f"{a.seconds:g} s, {_store_kind(a)} =="
     )
     emit(f"$ {command_line()}")
     emit(
@@ -529,11 +536,15 @@ async def api(bench: Bench) -> None:
     )
 
 
-async def _store_ceiling(directory: Path, clients: int, seconds: float) -> float:
-    """Durable appends/s of job-create-sized records by ``clients`` tasks, store alone."""
+async def _store_ceiling(
+    directory: Path, clients: int, seconds: float, store_url: str | None = None
+) -> float:
+    """Durable appends/s of job-create-sized records by ``clients`` tasks, store alone (the
+    PostgreSQL store at ``store_url`` when given)."""
     record = {"t": "bench", "data": "x" * 900}
     count = 0
-    async with open_store(directory) as store:
+    opened = open_store(directory) if store_url is None else open_postgres_store(store_url)
+    async with opened as store:
         stop = time.perf_counter() + seconds
 
         async def appender() -> None:
@@ -577,9 +588,12 @@ async def store(bench: Bench) -> None:
         hwm = server.stats().hwm_kib
     finally:
         await server.stop()
-    ceiling = await _store_ceiling(bench.root / "store-ceiling", a.clients, a.seconds)
+    ceiling = await _store_ceiling(bench.root / "store-ceiling", a.clients, a.seconds, a.store)
     bare, _bare_hwm = await _bare_http_load(bench, d, "POST", a.clients, a.seconds)
-    emit(f"\n== store: durable job creations, {a.clients} concurrent POST jobs, {a.seconds:g} s ==")
+    emit(
+        f"\n== store: durable job creations, {a.clients} concurrent POST jobs, {a.seconds:g} s, "
+        f"{_store_kind(a)} =="
+    )
     emit(f"$ {command_line()}")
     emit(
         f"  pushy: {prod.rate:,.0f} jobs/s, p50 {1000 * prod.percentile(50):.1f} ms, "
@@ -802,6 +816,12 @@ def main() -> None:
     parser.add_argument("--profile", default=None, help="py-spy collapsed stacks to FILE")
     parser.add_argument("--poll", type=float, default=0.02, help="fanout: GET poll seconds")
     parser.add_argument("--clients", type=int, default=50, help="api/store: connections")
+    parser.add_argument(
+        "--store",
+        default=None,
+        metavar="URL",
+        help="api/store: the server's store in this PostgreSQL database (an empty one)",
+    )
     parser.add_argument("--jobs", type=int, default=100_000, help="startup: finished jobs")
     parser.add_argument("--job-nodes", type=int, default=10, help="startup: nodes per job")
     args = parser.parse_args()

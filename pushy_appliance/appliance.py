@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import gc
 import json
 import logging
@@ -44,13 +45,14 @@ from .jobs.retention import Retention
 from .jobs.runner import JobRunner
 from .lockfile import exclusive_lock
 from .model import IdentityModel
+from .nodes.inventory import Inventory
 from .nodes.link import NodeLink
 from .nodes.model import NodeModel
 from .nodes.registry import CLOSE_GOING_AWAY, NodeRegistry
 from .nodesock import serve_nodes
 from .replay import ReplayGuard
 from .services import Services
-from .store import Store, open_store
+from .store import Store, open_postgres_store, open_store
 from .websession import WebSessions
 
 __all__ = ["DRAIN_SECONDS", "ServerInfo", "compact_store", "lock_data_dir", "new_database", "serve"]
@@ -125,8 +127,13 @@ def lock_data_dir(data_dir: Path) -> Iterator[None]:
         yield
 
 
-async def compact_store(data_dir: Path) -> int:
+async def compact_store(data_dir: Path, store_url: str | None = None) -> int:
     """Offline compaction: replay the store, write a snapshot, drop what it covers.
+
+    Args:
+        data_dir: the data directory (its ``store``, and its lock).
+        store_url: the PostgreSQL store to compact instead (its own open lock keeps a
+            running appliance out).
 
     Returns:
         The sequence number the snapshot covers.
@@ -134,11 +141,18 @@ async def compact_store(data_dir: Path) -> int:
     Raises:
         StoreError: the store is in use or cannot be read.
     """
+    if store_url is not None:
+        async with open_postgres_store(store_url) as pg_store:
+            return await _compact(pg_store)
     with lock_data_dir(data_dir):
         async with open_store(data_dir / "store") as store:
-            db = new_database(store)
-            db.recover()
-            return await db.snapshot()
+            return await _compact(store)
+
+
+async def _compact(store: Store) -> int:
+    db = new_database(store)
+    db.recover()
+    return await db.snapshot()
 
 
 def _url_host(host: str, *, wildcard: bool = True) -> str:
@@ -227,7 +241,12 @@ async def _serve_locked(
     stop: trio.Event,
     task_status: trio.TaskStatus[ServerInfo],
 ) -> None:
-    async with open_store(data_dir / "store") as store:
+    opened = (
+        open_store(data_dir / "store")
+        if config.store.url is None
+        else open_postgres_store(config.store.url)
+    )
+    async with opened as store:
         db = new_database(store, config.output.max_bytes_per_channel)
         replayed = db.recover()
         log.info(
@@ -250,6 +269,7 @@ async def _serve_locked(
             outbox_size=config.limits.node_outbox,
         )
         link = NodeLink(registry)
+        inventory = Inventory(db, registry, link)
         hub = Hub(buffer=config.feeds.subscriber_buffer)
         feeds = Feeds(hub, org_retention=config.feeds.org_retention)
         runner = JobRunner(
@@ -278,7 +298,14 @@ async def _serve_locked(
             nursery.start_soon(_compactor, db)
             nursery.start_soon(_gc_keeper, registry)
             bound_node_port: int = await nursery.start(
-                serve_nodes, config, auth, registry, link, node_host, node_port, node_ssl
+                functools.partial(serve_nodes, inventory=inventory),
+                config,
+                auth,
+                registry,
+                link,
+                node_host,
+                node_port,
+                node_ssl,
             )
             svc = Services(
                 config=config,
@@ -286,6 +313,7 @@ async def _serve_locked(
                 auth=auth,
                 nodes=registry,
                 link=link,
+                inventory=inventory,
                 jobs=runner,
                 hub=hub,
                 feeds=feeds,

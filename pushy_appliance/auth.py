@@ -111,6 +111,7 @@ class Authenticator:
         headers: Mapping[str, str],
         body: bytes,
         now: datetime,
+        read_only: bool = False,
     ) -> Principal:
         """Check a request's signature and the signer's membership of ``org``.
 
@@ -118,6 +119,8 @@ class Authenticator:
             org: the organization the path names, or ``None`` for global routes.
             method, path, headers, body: the request as received (``path`` unquoted, no query).
             now: the server's time, for the timestamp check.
+            read_only: the route changes nothing whatever its method (Chef's partial search
+                is a ``POST``): its signature may be used again, as a ``GET``'s may.
 
         Returns:
             The authenticated principal.
@@ -143,7 +146,7 @@ class Authenticator:
             raise chef_auth.unknown_principal(signed.user_id)
         kind, pems = found
         index = chef_auth.verify_signature(signed, method, path, body, self.keys.load(pems))
-        if self.replay is not None and changes_state(method):
+        if self.replay is not None and not read_only and changes_state(method):
             self.replay.check(
                 signed.user_id, signed.signature, signed.timestamp.timestamp(), now.timestamp()
             )

@@ -7,6 +7,14 @@ Loaded once, from three sources in order, later ones winning:
    (``heartbeat.interval`` → ``PUSHY_HEARTBEAT_INTERVAL``);
 3. command-line flags, given as a mapping of dotted keys.
 
+The agent's facts are the one exception to the generic loader: its ``[facts]`` table holds a
+free-form ``[facts.attributes]`` table, and the top-level ``tags``, ``environment`` and
+``roles`` belong to them too, so these are taken out and handed to
+:func:`~pushy_appliance.facts.parse_facts_config` (``AgentConfig.facts``); their environment
+variables are ``PUSHY_FACTS_OHAI``, ``PUSHY_FACTS_OHAI_TIMEOUT``,
+``PUSHY_FACTS_REFRESH_INTERVAL``, ``PUSHY_TAGS``, ``PUSHY_ROLES`` (comma-separated) and
+``PUSHY_ENVIRONMENT``.
+
 Unknown keys in the file are an error naming them. Environment variables that start with
 ``PUSHY_`` but name no key are ignored (the CLI uses ``PUSHY_SERVER``, ``PUSHY_USER`` and
 friends), except within a known section prefix where they are almost certainly typos
@@ -29,6 +37,7 @@ from collections.abc import Mapping
 from typing import Any, TypeVar
 
 from .errors import ConfigError
+from .facts import FactsConfig, parse_facts_config
 from .urls import valid_host_name
 
 __all__ = [
@@ -43,6 +52,7 @@ __all__ = [
     "LogConfig",
     "OutputConfig",
     "ServerConfig",
+    "StoreConfig",
     "TLSConfig",
     "UiConfig",
     "build_agent_config",
@@ -58,6 +68,13 @@ class TLSConfig:
     """PEM certificate chain to serve; unset: the generated ``DATA/tls/server.pem``."""
     key: str | None = None
     """PEM private key for ``cert``; unset: the generated ``DATA/tls/server.key``."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class StoreConfig:
+    url: str | None = None
+    """``postgresql://…``: keep the store in that PostgreSQL database (docs/SCALE-OUT.md);
+    unset: the file store in ``DATA/store``."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -168,6 +185,7 @@ class ServerConfig:
     insecure_http: bool = False
     """Serve plain HTTP (development only)."""
     tls: TLSConfig = TLSConfig()
+    store: StoreConfig = StoreConfig()
     bootstrap: BootstrapConfig = BootstrapConfig()
     heartbeat: HeartbeatConfig = HeartbeatConfig()
     jobs: JobsConfig = JobsConfig()
@@ -269,6 +287,9 @@ class AgentConfig:
     allow: tuple[AllowEntry, ...] = DEFAULT_ALLOW
     """The whitelist."""
     log: LogConfig = LogConfig()
+    facts: FactsConfig = dataclasses.field(default_factory=FactsConfig)
+    """How facts are collected and the operator's own (``[facts]``, ``tags``,
+    ``environment``, ``roles``; see :mod:`pushy_appliance.facts`)."""
 
 
 # --- loading --------------------------------------------------------------------------------
@@ -473,6 +494,10 @@ def _check_server(c: ServerConfig) -> ServerConfig:
         )
     if c.node_listen is not None:
         parse_host_port(c.node_listen, key="node_listen")
+    if c.store.url is not None and not c.store.url.startswith(("postgresql://", "postgres://")):
+        raise ConfigError(
+            "config", "store.url", "expected a postgresql:// URL (unset: the file store)"
+        )
     if not 0.05 <= c.heartbeat.interval <= 3600:
         raise ConfigError("config", "heartbeat.interval", "must be between 0.05 and 3600")
     if c.heartbeat.offline_threshold < 1:
@@ -575,6 +600,47 @@ def _check_agent(c: AgentConfig) -> AgentConfig:
     return c
 
 
+_FACTS_TOP = ("tags", "environment", "roles")
+"""Top-level agent keys that belong to the facts."""
+
+_FACTS_ENV = {
+    "PUSHY_FACTS_OHAI": "ohai",
+    "PUSHY_FACTS_OHAI_TIMEOUT": "ohai_timeout",
+    "PUSHY_FACTS_REFRESH_INTERVAL": "refresh_interval",
+}
+_FACTS_TOP_ENV = {"PUSHY_TAGS": "tags", "PUSHY_ROLES": "roles", "PUSHY_ENVIRONMENT": "environment"}
+
+
+def _agent_facts(
+    section: Any, top: dict[str, Any], environ: Mapping[str, str], source: str
+) -> FactsConfig:
+    """The facts configuration: the file's ``[facts]`` and top-level keys, then ``PUSHY_*``."""
+    if section is not None and not isinstance(section, Mapping):
+        raise ConfigError(source, "facts", f"expected a table, got {type(section).__name__}")
+    table = dict(section or {})
+    for var, text in environ.items():
+        if var in _FACTS_ENV:
+            key = _FACTS_ENV[var]
+            table[key] = text if key == "ohai" else _coerce(text, float, var, "environment", True)
+        elif var in _FACTS_TOP_ENV:
+            key = _FACTS_TOP_ENV[var]
+            if key == "environment":
+                top[key] = text
+            else:
+                top[key] = _coerce(text, tuple[str, ...], var, "environment", True)
+        elif var.startswith("PUSHY_FACTS_"):
+            raise ConfigError(
+                "environment", var, "no such key (facts.attributes is set in the file only)"
+            )
+    return parse_facts_config(
+        table,
+        tags=top.get("tags"),
+        environment=top.get("environment"),
+        roles=top.get("roles"),
+        source=source,
+    )
+
+
 def build_agent_config(
     file: Mapping[str, Any] | None = None,
     *,
@@ -582,5 +648,18 @@ def build_agent_config(
     environ: Mapping[str, str] | None = None,
     flags: Mapping[str, Any] | None = None,
 ) -> AgentConfig:
-    """Build the agent's configuration; same sources and errors as :func:`build_server_config`."""
-    return _check_agent(_load(AgentConfig, file, source, environ or {}, flags))
+    """Build the agent's configuration; same sources and errors as :func:`build_server_config`.
+
+    The facts (``[facts]``, ``tags``, ``environment``, ``roles`` and their ``PUSHY_*``
+    variables) are checked by :func:`~pushy_appliance.facts.parse_facts_config`.
+    """
+    rest = None if file is None else dict(file)
+    section = None if rest is None else rest.pop("facts", None)
+    top = {} if rest is None else {k: rest.pop(k) for k in _FACTS_TOP if k in rest}
+    env = dict(environ or {})
+    facts_env = {
+        k: env.pop(k) for k in list(env) if k.startswith("PUSHY_FACTS_") or k in _FACTS_TOP_ENV
+    }
+    config = _load(AgentConfig, rest, source, env, flags)
+    facts = _agent_facts(section, top, facts_env, source if file is not None else "defaults")
+    return _check_agent(dataclasses.replace(config, facts=facts))

@@ -20,7 +20,9 @@ map the tree to status codes in one place (``http/_errors.py``)::
     │   └── IdentityExistsError  that organization, user, member, client or group exists
     ├── ApiError                 a request the API refuses: has ``status`` and ``body()``
     │   ├── ValidationError      400, ``{"error": "<message naming the field>"}``
-    │   │   └── SearchSyntaxError 400, ``{"error": ["invalid search query: … at position N"]}``
+    │   │   ├── SearchSyntaxError 400, ``{"error": ["invalid search query: … at position N"]}``
+    │   │   └── SearchRequestError 400, list form: no node matches a job's search, a bad
+    │   │                          parameter or body of Chef's search routes
     │   ├── AuthError            400/401/403/404 from signing checks, list-form body
     │   ├── NotFoundError        404
     │   ├── PayloadTooLargeError 413
@@ -273,6 +275,15 @@ class SearchSyntaxError(ValidationError):
         self.reason = reason
         self.position = position
         super().__init__(f"invalid search query: {reason} at position {position}")
+
+    def body(self) -> dict[str, Any]:
+        return {"error": [self.message]}
+
+
+class SearchRequestError(ValidationError):
+    """400 with Chef Server's list-form body: a search request that cannot be answered (no
+    node matches a job's ``search``; on Chef's search routes, a bad ``start``, ``rows`` or
+    partial-search body)."""
 
     def body(self) -> dict[str, Any]:
         return {"error": [self.message]}

@@ -51,6 +51,7 @@ from .config import ServerConfig
 from .errors import ApiError, AuthError, NotFoundError, ProtocolError
 from .frame_reader import FrameReader
 from .handshakes import HandshakeLimit
+from .nodes.inventory import Inventory
 from .nodes.link import NodeLink
 from .nodes.registry import (
     CLOSE_DELETED,
@@ -87,7 +88,16 @@ class _Connection:
     """One node connection after the upgrade."""
 
     # Ten thousand of these stay alive at once: slots.
-    __slots__ = ("close_code", "close_reason", "config", "link", "registry", "scope", "ws")
+    __slots__ = (
+        "close_code",
+        "close_reason",
+        "config",
+        "inventory",
+        "link",
+        "registry",
+        "scope",
+        "ws",
+    )
 
     def __init__(
         self,
@@ -95,10 +105,12 @@ class _Connection:
         registry: NodeRegistry,
         link: NodeLink,
         ws: WebSocketConnection,
+        inventory: Inventory | None = None,
     ) -> None:
         self.config = config
         self.registry = registry
         self.link = link
+        self.inventory = inventory
         self.ws = ws
         self.scope = trio.CancelScope()
         self.close_code = 1000
@@ -177,9 +189,10 @@ class _Connection:
             hello.agent_version,
         )
         try:
-            # one facts dict, shared by the session and the stored node state
+            # the facts go with the status only when they changed (the inventory's model)
+            same = self.registry.model.same_facts(org, node, session.facts)
             await self.registry.record_status(
-                org, node, "online", session.facts, hello.incarnation_id
+                org, node, "online", None if same else session.facts, hello.incarnation_id
             )
             with self.scope:
                 async with trio.open_nursery() as nursery:
@@ -209,7 +222,12 @@ class _Connection:
 
     async def _read(self, session: NodeSession, reader: FrameReader) -> None:
         link = self.link
+        inventory = self.inventory
         async for frame in reader:
+            if isinstance(frame, protocol.Facts):
+                if inventory is not None:
+                    await inventory.node_facts(session, frame.facts)
+                continue
             try:
                 await link.node_frame(session, frame)
             except ProtocolError as exc:  # an output chunk off its offsets
@@ -226,6 +244,7 @@ async def serve_nodes(
     port: int,
     ssl_context: ssl.SSLContext | None,
     *,
+    inventory: Inventory | None = None,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve node connections until cancelled.
@@ -237,6 +256,7 @@ async def serve_nodes(
         link: what a node's messages are handed to (``hello``, job frames, the end).
         host, port: where to listen (port 0: any free port).
         ssl_context: TLS for ``wss``, or ``None`` for plain ``ws``.
+        inventory: where ``facts`` frames go (``None``: they are dropped).
 
     Start-up: ``task_status.started(port)`` with the bound port once listening.
     """
@@ -261,7 +281,7 @@ async def serve_nodes(
             await request.reject(e.status, extra_headers=extra, body=_reject_body(e))
             return
         ws = await request.accept()
-        await _Connection(config, registry, link, ws).run(org, node, who.key)
+        await _Connection(config, registry, link, ws, inventory).run(org, node, who.key)
 
     async def guarded_handler(request: WebSocketRequest) -> None:
         # The TLS handshake and the upgrade request are in (within connect_timeout).

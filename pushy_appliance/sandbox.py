@@ -39,6 +39,7 @@ from .client import Credentials, PushyClient, open_client
 from .config import AgentConfig, AllowEntry, ServerConfig, build_server_config, parse_host_port
 from .config_files import resolve_data_dir, sandbox_data_dir
 from .errors import AgentError, ConfigError
+from .facts import FactsConfig
 from .nodes.link import NodeLink
 
 __all__ = [
@@ -176,14 +177,16 @@ async def _client_keys(
 
 
 def _agent_config(org_url: str, name: str, key: Path, state_dir: Path) -> AgentConfig:
-    # Once the agent's configuration takes tags (issue 14), the sandbox nodes get the tag
-    # "sandbox" here: tags=("sandbox",).
+    # Every sandbox node has the tag "sandbox" (pushy job start … --search tags:sandbox). The
+    # agents share this machine: their facts are computed without ohai, whose run of a few
+    # seconds per agent would only repeat the same answer.
     return AgentConfig(
         server_url=org_url,
         node_name=name,
         client_key=str(key),
         state_dir=str(state_dir),
         allow=ALLOW_ANY,
+        facts=FactsConfig(ohai="off", tags=("sandbox",)),
     )
 
 

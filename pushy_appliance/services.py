@@ -15,6 +15,7 @@ from .feeds import Feeds
 from .hub import Hub
 from .jobs.runner import JobRunner
 from .model import IdentityModel
+from .nodes.inventory import Inventory
 from .nodes.link import NodeLink
 from .nodes.registry import NodeRegistry
 from .websession import WebSessions
@@ -32,6 +33,7 @@ class Services:
         auth: request authentication and authorization over the identity model.
         nodes: the node registry (live sessions).
         link: the node link (node states, availability, the node↔job link).
+        inventory: node facts and search over them.
         jobs: the job runner.
         hub: the event hub of the feeds.
         feeds: the feeds' publisher and the org feeds' logs.
@@ -48,6 +50,7 @@ class Services:
     auth: Authenticator
     nodes: NodeRegistry
     link: NodeLink
+    inventory: Inventory
     jobs: JobRunner
     hub: Hub
     feeds: Feeds

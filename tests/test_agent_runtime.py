@@ -562,7 +562,7 @@ async def test_reload_frame_rereads_the_whitelist(tmp_path: Path) -> None:
         await runtime.handle(_abort())
         # a broken file keeps the whitelist in force
         config.write_text("[[allow]]\ncommand = \n")
-        assert not await runtime.reload_whitelist()
+        assert not await runtime.reload()
         await runtime.handle(_commit("j3", "false"))
         assert isinstance(link.frames[-1], protocol.AckCommit)
 
@@ -833,7 +833,7 @@ def test_agent_trust_options_are_exclusive(capsys: pytest.CaptureFixture[str]) -
 
 async def test_reload_without_a_config_file_keeps_the_whitelist(tmp_path: Path) -> None:
     async with started(tmp_path) as (runtime, link):
-        assert not await runtime.reload_whitelist()
+        assert not await runtime.reload()
         await runtime.handle(_commit("j1", "sh -c true"))
         assert isinstance(link.frames[-1], protocol.AckCommit)
 
@@ -842,7 +842,8 @@ async def test_run_agent_reloads_the_whitelist_on_sighup(tmp_path: Path) -> None
     key = tmp_path / "node.pem"
     key.write_text(chef_auth.private_key_pem(chef_auth.generate_private_key()))
     config_file = tmp_path / "agent.toml"
-    config_file.write_text('[[allow]]\ncommand = "true"\n')
+    off = '[facts]\nohai = "off"\n'  # ohai's seconds add nothing here
+    config_file.write_text(off + '[[allow]]\ncommand = "true"\n')
     config = load_agent_config(
         config_file,
         flags={
@@ -859,7 +860,7 @@ async def test_run_agent_reloads_the_whitelist_on_sighup(tmp_path: Path) -> None
             )
             assert runtime.whitelist.resolve("false") is None
             before = runtime.whitelist
-            config_file.write_text('[[allow]]\ncommand = "false"\n')
+            config_file.write_text(off + '[[allow]]\ncommand = "false"\n')
             os.kill(os.getpid(), signal.SIGHUP)
             while runtime.whitelist is before:  # noqa: ASYNC110
                 await trio.sleep(0.01)

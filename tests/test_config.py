@@ -70,6 +70,7 @@ def test_integer_accepted_for_float_durations(tmp_path: Path) -> None:
         ("[jobs]\nlate_result_timeout = -1\n", "jobs.late_result_timeout"),
         ("[limits]\nnode_send_buffer = -1\n", "limits.node_send_buffer"),
         ("not toml [", "invalid TOML"),
+        ('[store]\nurl = "mysql://db/x"\n', "store.url: expected a postgresql:// URL"),
     ],
 )
 def test_bad_files_name_the_problem(tmp_path: Path, text: str, needle: str) -> None:
@@ -111,6 +112,17 @@ def test_ui_keys_from_the_environment() -> None:
         environ={"PUSHY_UI_LINK_TTL": "5", "PUSHY_UI_SESSION_IDLE_TIMEOUT": "600"}
     )
     assert (c.ui.link_ttl, c.ui.session_idle_timeout, c.ui.max_sessions) == (5.0, 600.0, 1000)
+
+
+def test_store_url_from_file_environment_and_flag(tmp_path: Path) -> None:
+    assert ServerConfig().store.url is None
+    f = tmp_path / "c.toml"
+    f.write_text('[store]\nurl = "postgresql://file/db"\n')
+    assert load_server_config(f).store.url == "postgresql://file/db"
+    env = {"PUSHY_STORE_URL": "postgres://env/db"}
+    assert load_server_config(f, environ=env).store.url == "postgres://env/db"
+    flags = {"store.url": "postgresql://flag/db"}
+    assert load_server_config(f, environ=env, flags=flags).store.url == "postgresql://flag/db"
 
 
 def test_reconnect_grace_default_follows_interval() -> None:

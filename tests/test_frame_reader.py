@@ -180,6 +180,7 @@ def test_every_frame_type_has_one_direction() -> None:
         "output",
         "result",
         "aborted",
+        "facts",
     }
     assert server == {"commit", "run", "result_ack", "abort", "reload"}
     assert agent | server | {"hello", "welcome", "heartbeat"} == set(protocol.FRAME_TYPES)

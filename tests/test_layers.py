@@ -76,6 +76,7 @@ LAYERS = {
     "agent.outstream": 3,
     "agent.procgroup": 3,
     "agent.runtime": 3,
+    "agent.reporter": 3,
     "http": 4,
     "nodesock": 4,
     "client": 4,

@@ -304,7 +304,7 @@ async def test_agent_online_offline_and_back(
                 assert session is not None
                 facts = session.facts
                 assert facts["hostname"] == socket.gethostname()
-                assert facts["platform"] == "linux"
+                assert facts["os"] == "linux"  # ohai's names and values (docs/SEARCH.md)
                 # heartbeats keep it online past the offline threshold: its first connection
                 # still brings frames twice the threshold after it opened
                 beyond = session.connected_at + OFFLINE_THRESHOLD * INTERVAL * 2

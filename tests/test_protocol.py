@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from pushy_appliance import protocol as p
 from pushy_appliance.errors import FrameTooLargeError, ProtocolError
+from pushy_appliance.facts import MAX_FACTS_BYTES
 
 BODY = p.ResultBody(
     job_id="j-1",
@@ -86,6 +87,15 @@ SAMPLES: list[p.Frame] = [
     p.Aborted(job_id=None, seq=9, ts=11.0),
     p.Aborted(job_id="j-1", seq=9, ts=11.0),
     p.Reload(seq=10, ts=12.0),
+    p.Facts(
+        facts={
+            "kernel": {"machine": "x86_64", "release": "6.1.0"},
+            "tags": ["web", "eu"],
+            "app": {"ports": [80, 443], "tls": True, "weight": 0.5, "owner": None},
+        },
+        seq=11,
+        ts=13.0,
+    ),
 ]
 
 
@@ -105,7 +115,7 @@ _BODY_WIRE = {k: v for k, v in _wire(SAMPLES[14]).items() if k not in ("type", "
 
 def test_every_frame_type_has_a_sample() -> None:
     assert {type(f) for f in SAMPLES} == set(p.FRAME_TYPES.values())
-    assert len(p.FRAME_TYPES) == 15
+    assert len(p.FRAME_TYPES) == 16
 
 
 @pytest.mark.parametrize("frame", SAMPLES, ids=lambda f: type(f).__name__)
@@ -262,6 +272,14 @@ def test_garbage_is_a_protocol_error(data: bytes, needle: str) -> None:
         p.decode(data)
 
 
+def _nested(levels: int) -> Any:
+    """A value nested ``levels`` lists deep."""
+    value: Any = "deep"
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
 def _sample(kind: str) -> dict[str, Any]:
     for frame in SAMPLES:
         if kind == frame.TYPE:
@@ -285,13 +303,15 @@ BAD_FIELDS: list[tuple[str, str, Any]] = [
     ("hello", "job_state", None),
     ("hello", "facts", None),
     ("hello", "facts", ["a"]),
-    ("hello", "facts", {"k": [1]}),
-    ("hello", "facts", {"k": {"nested": 1}}),
     ("hello", "facts", {"k": b"bytes"}),
-    ("hello", "facts", {"k": "x" * 1025}),
-    ("hello", "facts", {"k" * 1025: 1}),
-    ("hello", "facts", {f"k{i}": i for i in range(65)}),
+    ("hello", "facts", {"k": [1, {"deep": b"bytes"}]}),
+    ("hello", "facts", {"k": _nested(34)}),
+    ("hello", "facts", {"k": "x" * 65_536}),
     ("hello", "facts", {"k": float("inf")}),
+    ("hello", "facts", {"k": [0.5, float("nan")]}),
+    ("facts", "facts", None),
+    ("facts", "facts", [{"k": 1}]),
+    ("facts", "facts", {"k": {"a": [1, 2, {"b": float("-inf")}]}}),
     ("hello", "pending_result", "done"),
     ("hello", "pending_result", {"job_id": "j"}),
     ("hello", "pending_result", {**_BODY_WIRE, "status": "exploded"}),
@@ -331,6 +351,25 @@ def test_wrong_field_value_names_type_and_field(kind: str, field: str, value: An
         p.decode(_pack(wire))
     assert f"{kind}.{field}" in str(info.value)
     assert info.value.reason == str(info.value)
+
+
+def test_facts_may_nest_to_the_depth_limit_and_fill_the_size_limit() -> None:
+    """Nested maps and lists are facts (``[facts.attributes]``), up to ``MAX_FACTS_DEPTH``
+    levels and ``facts.MAX_FACTS_BYTES`` encoded; one level or one byte more is refused."""
+    deep: Any = "leaf"
+    for _ in range(p.MAX_FACTS_DEPTH):
+        deep = [deep]
+    frame = p.Facts(facts={"k": deep}, seq=1, ts=1.0)
+    assert p.decode(p.encode(frame)) == frame
+    with pytest.raises(ProtocolError, match=r"facts\.facts\.k.*nested deeper than 32"):
+        p.decode(p.encode(p.Facts(facts={"k": [deep]}, seq=1, ts=1.0)))
+    overhead = len(msgpack.packb({"k": ""}))
+    fits = {"k": "x" * (MAX_FACTS_BYTES - overhead - 2)}  # a str 8 header is 2 bytes longer
+    assert len(msgpack.packb(fits)) == MAX_FACTS_BYTES
+    assert p.decode(p.encode(p.Facts(facts=fits, seq=1, ts=1.0))).facts == fits
+    over = {"k": fits["k"] + "x"}
+    with pytest.raises(ProtocolError, match=r"facts\.facts: 65537 bytes encoded, at most 65536"):
+        p.decode(p.encode(p.Facts(facts=over, seq=1, ts=1.0)))
 
 
 def test_nested_error_names_the_nested_field() -> None:

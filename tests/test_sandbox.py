@@ -204,7 +204,7 @@ async def test_pushy_sandbox_then_the_printed_job_line_then_ctrl_c(tmp_path: Pat
             link = lines[lines.index(next(x for x in lines if x.startswith("Dashboard"))) + 1]
             assert "/ui/login/" in link
             job_line = next(x for x in lines if "pushy job start" in x)
-            plain = "pushy job start 'uname -a' sandbox-1 sandbox-2"
+            plain = "pushy job start 'uname -a' --search tags:sandbox"
             if os.geteuid() == 0 and os.path.exists("/var/lib/pushy/credentials"):  # noqa: ASYNC240
                 # as root the default server data directory (/var/lib/pushy) comes first:
                 # the line names the sandbox's credentials
@@ -292,7 +292,7 @@ def test_the_job_line_names_the_credentials_when_the_cli_would_not_find_them(
     assert sample_job_line(info) == (
         "PUSHY_SERVER=http://127.0.0.1:5/organizations/default PUSHY_USER=admin "
         f"PUSHY_KEY={tmp_path}/sbx/keys/admin.pem "
-        "pushy job start 'uname -a' sandbox-1 sandbox-2"
+        "pushy job start 'uname -a' --search tags:sandbox"
     )
 
 

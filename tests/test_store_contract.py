@@ -25,6 +25,7 @@ from pushy_appliance.store import (
     MemoryStore,
     Store,
     StoreStatistics,
+    open_postgres_store,
     open_store,
     verify_store,
 )
@@ -40,13 +41,20 @@ Opener = Callable[..., AbstractAsyncContextManager[Store]]
 TIMEOUT = 10.0
 
 
-@pytest.fixture(params=["memory", "file"])
+@pytest.fixture(params=["memory", "file", "postgres"])
 def opener(request: pytest.FixtureRequest, tmp_path: Path) -> Opener:
-    """``opener(**kwargs)`` opens a fresh store of the parametrized kind."""
+    """``opener(**kwargs)`` opens a fresh store of the parametrized kind (``postgres``: in a
+    new schema of the session's private PostgreSQL server; the file store's ``fsync`` and
+    ``segment_bytes`` mean nothing there)."""
+    pg_url = request.getfixturevalue("pg_url") if request.param == "postgres" else ""
 
     def open_it(**kwargs: Any) -> AbstractAsyncContextManager[Store]:
         if request.param == "memory":
             return open_store(None, **kwargs)
+        if request.param == "postgres":
+            kwargs.pop("fsync", None)
+            kwargs.pop("segment_bytes", None)
+            return open_postgres_store(pg_url, **kwargs)
         kwargs.setdefault("fsync", False)
         return open_store(tmp_path / "store", **kwargs)
 

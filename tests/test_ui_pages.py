@@ -229,10 +229,15 @@ def test_jobs_filters_live_rows_and_a_lost_feed_resumed(app: Appliance, tab: Tab
 
 
 def test_the_start_form_shows_the_apis_errors_beside_their_fields(app: Appliance, tab: Tab) -> None:
+    # two nodes the inventory knows (seen once, offline now): the form's box is a search
+    for name in ("web-1", "web-2"):
+        app.thread.run(
+            app.info.services.nodes.record_status, "default", name, "offline", {"tags": ["web"]}
+        )
     page = tab.login(app.admin.login_link())
     page.goto(f"{app.url}/ui/#/start")
-    page.fill("#f-targets", "web-1 web-2, web-1")
-    expect(page.locator("#f-preview")).to_have_text("2 nodes, 0 offline or busy, 2 unknown")
+    page.fill("#f-targets", "tags:web")
+    expect(page.locator("#f-preview")).to_have_text("2 nodes, 2 offline or busy")
     page.click("#f-submit")
     expect(page.locator("#err-command")).to_have_text("invalid command supplied")
     page.fill("#f-command", "uptime")
@@ -254,9 +259,14 @@ def test_the_start_form_shows_the_apis_errors_beside_their_fields(app: Appliance
     page.fill("#f-env", "A=1")
     page.fill("#f-targets", "")
     page.click("#f-submit")
-    expect(page.locator("#err-targets")).to_have_text("at least one node must be supplied")
+    expect(page.locator("#err-targets")).to_have_text(
+        "invalid search query: empty query at position 0"
+    )
+    page.fill("#f-targets", "tags:db")
+    page.click("#f-submit")
+    expect(page.locator("#err-targets")).to_have_text("no nodes match the search")
     tab.shot("start-errors")
-    page.fill("#f-targets", "web-1 web-2")
+    page.fill("#f-targets", "tags:web")
     page.click("#f-submit")
     expect(page.locator("#job-status")).to_have_attribute("data-status", "quorum_failed")
     assert re.fullmatch(rf"{re.escape(app.url)}/ui/#/jobs/[0-9a-f]{{32}}", page.url)

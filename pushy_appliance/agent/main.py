@@ -71,8 +71,11 @@ async def _reload_on_sighup(
     with trio.open_signal_receiver(signal.SIGHUP) as signals:
         task_status.started()
         async for _ in signals:
-            log.info("node %s: SIGHUP, reloading the whitelist", runtime.node_name)
-            await runtime.reload_whitelist()
+            log.info(
+                "node %s: SIGHUP, reloading the configuration and collecting facts",
+                runtime.node_name,
+            )
+            await runtime.reload()
 
 
 async def run_agent(
@@ -88,22 +91,24 @@ async def run_agent(
 
     Args:
         config: the agent's configuration.
-        config_path: the file ``config`` came from; the whitelist is re-read from it on
-            SIGHUP and on the server's ``reload`` (``None``: ``config.allow`` stays).
-        handle_sighup: reload the whitelist on SIGHUP (only from the main thread, and once
-            per process).
+        config_path: the file ``config`` came from; the whitelist and the facts settings are
+            re-read from it on SIGHUP and on the server's ``reload`` (``None``: ``config``'s
+            stay), and the facts collected again.
+        handle_sighup: reload on SIGHUP (only from the main thread, and once per process).
         kill_grace: seconds between SIGTERM and SIGKILL when a job is stopped.
         rng: the random source of the reconnect backoff.
 
-    Start-up: ``task_status.started(runtime)`` once the state file is loaded and the first
-    connection attempt is under way (not necessarily connected).
+    Start-up: ``task_status.started(runtime)`` once the state file is loaded, the facts
+    collected (``facts.ohai``: ohai may take a few seconds) and the first connection attempt
+    is under way (not necessarily connected).
 
     Cancellation: a running job's process group is killed and the connection closed; the
     state file keeps any unacknowledged result for the next start.
 
     Raises:
         ConfigError: the configuration lacks the server or key, or the whitelist is invalid.
-        AgentError: the state directory cannot be used, or another agent holds it.
+        AgentError: the state directory cannot be used, or another agent holds it, or the
+            facts cannot be collected (``facts.ohai = "on"`` without a working ohai).
     """
     settings = connect_settings(config)
     state_file = StateFile(config.state_dir or default_state_dir())
@@ -115,6 +120,7 @@ async def run_agent(
         working_dir=config.working_dir,
         protected_env=config.protected_env,
         kill_grace=kill_grace,
+        facts_config=config.facts,
     )
     with state_file.lock():
         log.info(

@@ -33,6 +33,10 @@ States: ``idle → committed → running → idle``, one job at a time.
 
 Frames reach the server through the current connection's :class:`Link`; without one they
 are dropped (what matters is re-sent on the next connection).
+
+The node's facts are the :class:`~.reporter.FactsReporter`'s: ``hello`` carries them, a
+``facts`` frame follows when they change; ``reload`` (and SIGHUP, through :meth:`reload`)
+re-reads the configuration file, whitelist and facts settings, and collects them again.
 """
 
 from __future__ import annotations
@@ -40,8 +44,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-import platform
-import socket
+import os
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -50,8 +53,10 @@ from typing import Any
 import trio
 
 from .. import __version__
+from ..config import AgentConfig
 from ..config_files import load_agent_config
 from ..errors import AgentError, CommitRefused, ConfigError
+from ..facts import FactsConfig
 from ..protocol import (
     PROTOCOL_VERSION,
     Abort,
@@ -59,7 +64,7 @@ from ..protocol import (
     AckCommit,
     AckRun,
     Commit,
-    FactValue,
+    Facts,
     Frame,
     NackCommit,
     NackRun,
@@ -71,13 +76,15 @@ from ..protocol import (
     Welcome,
 )
 from .executor import ExecResult, RunningJob, run_job
+from .facts import collect_facts
 from .jobspec import DEFAULT_PROTECTED_ENV, JobSpec, check_runnable, decode_file
 from .outstream import Link, OutputStreams, send_whole
 from .procgroup import end_leftover_group, process_start_time
+from .reporter import Collector, FactsReporter
 from .state import AgentState, PendingResult, StateFile
 from .whitelist import Whitelist
 
-__all__ = ["COMMIT_GRACE", "MAX_PENDING", "AgentRuntime", "Link", "load_whitelist", "node_facts"]
+__all__ = ["COMMIT_GRACE", "MAX_PENDING", "AgentRuntime", "Link", "load_whitelist"]
 
 log = logging.getLogger(__name__)
 
@@ -106,18 +113,10 @@ def load_whitelist(path: str | Path | None) -> Whitelist:
     return Whitelist.from_entries(config.allow)
 
 
-def node_facts() -> dict[str, FactValue]:
-    """The facts an agent reports in ``hello``.
-
-    Returns:
-        ``hostname``, ``platform``, ``platform_version`` and ``agent_version``.
-    """
-    return {
-        "hostname": socket.gethostname(),
-        "platform": platform.system().lower(),
-        "platform_version": platform.release(),
-        "agent_version": __version__,
-    }
+def _load_config(path: str) -> AgentConfig:
+    """The agent's configuration, read again (blocking); ``PUSHY_*`` variables apply as at
+    start."""
+    return load_agent_config(path, environ=dict(os.environ))
 
 
 def _body_fields(body: ResultBody) -> dict[str, Any]:
@@ -136,7 +135,10 @@ class AgentRuntime:
         working_dir: the directory of jobs that give no ``dir``.
         protected_env: variables a job may not set.
         kill_grace: seconds between SIGTERM and SIGKILL when a job is stopped.
-        facts: the node facts for ``hello``; default :func:`node_facts`.
+        facts: fixed node facts, never collected (tests, simulators); ``None``: collected
+            as ``facts_config`` says (:class:`~.reporter.FactsReporter`).
+        facts_config: the ``[facts]`` settings and the operator's facts.
+        collect: how facts are collected (tests); default :func:`~.facts.collect_facts`.
         run_blocking: how blocking file I/O (state file, whitelist) is run: in a worker
             thread by default; tests under the autojump clock run it inline, since the mock
             clock jumps while a thread works.
@@ -152,12 +154,20 @@ class AgentRuntime:
         working_dir: str = "/",
         protected_env: Sequence[str] = DEFAULT_PROTECTED_ENV,
         kill_grace: float = 5.0,
-        facts: dict[str, FactValue] | None = None,
+        facts: dict[str, Any] | None = None,
+        facts_config: FactsConfig | None = None,
+        collect: Collector | None = None,
         run_blocking: Callable[..., Awaitable[Any]] = trio.to_thread.run_sync,
     ) -> None:
         self.node_name = node_name
         self.incarnation_id = str(uuid.uuid4())
-        self.facts = dict(facts) if facts is not None else node_facts()
+        self.reporter = FactsReporter(
+            node_name,
+            facts_config or FactsConfig(),
+            self._send_facts,
+            fixed=facts,
+            collect=collect or collect_facts,
+        )
         self._whitelist = whitelist
         self._run_blocking = run_blocking
         self._state_file = state_file
@@ -201,6 +211,11 @@ class AgentRuntime:
         return list(self._pending)
 
     @property
+    def facts(self) -> dict[str, Any]:
+        """The node's facts now."""
+        return self.reporter.facts
+
+    @property
     def whitelist(self) -> Whitelist:
         """The whitelist in force."""
         return self._whitelist
@@ -215,7 +230,7 @@ class AgentRuntime:
             "job_id": self._job_id,
             "job_state": self._phase,
             "pending_result": latest.body if latest is not None else None,
-            "facts": dict(self.facts),
+            "facts": self.reporter.hello_facts(),
         }
 
     def heartbeat_fields(self) -> dict[str, Any]:
@@ -233,6 +248,7 @@ class AgentRuntime:
             self._link = link
             self._voting_timeout = welcome.voting_timeout
             self._max_output_bytes = welcome.max_output_bytes
+            await self.reporter.attached()
             for pending in list(self._pending.values()):
                 log.info(
                     "job %s on %s: sending the unacknowledged result again",
@@ -248,6 +264,7 @@ class AgentRuntime:
         """The connection ``link`` ended: frames are dropped until the next :meth:`attach`."""
         if self._link is link:
             self._link = None
+            self.reporter.detached()
 
     async def handle(self, frame: Frame) -> None:
         """Act on a job frame from the server (``commit``, ``run``, ``abort``, ``result_ack``,
@@ -257,7 +274,7 @@ class AgentRuntime:
             frame: the frame.
         """
         if isinstance(frame, Reload):
-            await self.reload_whitelist()
+            await self.reload()
             return
         async with self._lock:
             if isinstance(frame, Commit):
@@ -273,45 +290,58 @@ class AgentRuntime:
                     "node %s: ignoring a %s frame from the server", self.node_name, frame.TYPE
                 )
 
-    async def reload_whitelist(self) -> bool:
-        """Re-read the whitelist from the config file; on error keep the old one.
+    async def reload(self) -> bool:
+        """Re-read the config file (the whitelist and the facts settings; on error keep the
+        old ones), then ask for the facts to be collected again (in the background: the
+        caller, the connection's reader, does not wait for ohai).
 
         Returns:
-            Whether a new whitelist is in force (``False`` without a config file: the
-            whitelist given at start stays).
+            Whether the file was read (``False`` without a config file: the settings given
+            at start stay) and its whitelist and facts settings are in force.
         """
-        if self._config_path is None:
-            log.info("node %s: no config file to re-read; whitelist unchanged", self.node_name)
-            return False
         try:
-            fresh = await self._run_blocking(load_whitelist, self._config_path)
-        except ConfigError as exc:
-            log.error(
-                "node %s: whitelist not reloaded, keeping the old one: %s", self.node_name, exc
-            )
-            return False
-        self._whitelist = fresh
-        log.info("node %s: whitelist reloaded (%d entries)", self.node_name, len(fresh))
-        return True
+            if self._config_path is None:
+                log.info("node %s: no config file to re-read; whitelist unchanged", self.node_name)
+                return False
+            try:
+                config = await self._run_blocking(_load_config, self._config_path)
+                fresh = Whitelist.from_entries(config.allow)
+            except ConfigError as exc:
+                log.error(
+                    "node %s: configuration not reloaded, keeping the old one: %s",
+                    self.node_name,
+                    exc,
+                )
+                return False
+            self._whitelist = fresh
+            self.reporter.config = config.facts
+            log.info("node %s: whitelist reloaded (%d entries)", self.node_name, len(fresh))
+            return True
+        finally:
+            # after the settings changed: the collection uses the new ones
+            self.reporter.request()
 
     # --- running ----------------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Load the state file, then own the job tasks until cancelled.
 
-        Start-up: ``task_status.started()`` once the state is loaded.
+        Start-up: ``task_status.started()`` once the state is loaded and the facts collected
+        the first time.
 
         Cancellation: a running job's process group is killed (by the executor) and its
         private directory removed; the state file keeps what it had.
 
         Raises:
-            AgentError: the state file cannot be read.
+            AgentError: the state file cannot be read, or the facts cannot be collected
+                (``facts.ohai = "on"`` without a working ohai).
         """
         state = await self._run_blocking(self._state_file.load)
         for pending in state.pending:
             self._pending[pending.body.job_id] = pending
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            await nursery.start(self.reporter.run)
             if state.held_job_id is not None:
                 log.warning(
                     "job %s on %s: held (%s) by the previous agent run; reporting it until the"
@@ -329,6 +359,9 @@ class AgentRuntime:
                     nursery.start_soon(self._end_leftover, state.held_job_id, *state.held_group)
             task_status.started()
             await trio.sleep_forever()
+
+    async def _send_facts(self, facts: dict[str, Any]) -> bool:
+        return await self._send(Facts, facts=facts)
 
     def _require_nursery(self) -> trio.Nursery:
         if self._nursery is None:

@@ -227,11 +227,20 @@ def cmd_group_show(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_store_verify(args: argparse.Namespace) -> int:
-    from ..store import verify_store
+def _store_url(args: argparse.Namespace) -> str | None:
+    """``--store``, else ``PUSHY_STORE_URL``: the PostgreSQL store to work on, if any."""
+    url: str | None = args.store or os.environ.get("PUSHY_STORE_URL") or None
+    return url
 
-    directory = resolve_data_dir(args.data_dir) / "store"
-    report = verify_store(directory)
+
+def cmd_store_verify(args: argparse.Namespace) -> int:
+    from ..store import verify_postgres_store, verify_store
+
+    url = _store_url(args)
+    if url is not None:
+        report = verify_postgres_store(url)
+    else:
+        report = verify_store(resolve_data_dir(args.data_dir) / "store")
     for line in report.lines():
         print(line)
     return EXIT_OK if report.ok else EXIT_FAILED
@@ -241,6 +250,12 @@ def cmd_store_compact(args: argparse.Namespace) -> int:
     from ..appliance import compact_store
 
     data_dir = resolve_data_dir(args.data_dir)
-    seq = run_trio(compact_store, data_dir)
-    print(f"compacted {data_dir / 'store'}: snapshot at record {seq}")
+    url = _store_url(args)
+    seq = run_trio(compact_store, data_dir, url)
+    if url is None:
+        print(f"compacted {data_dir / 'store'}: snapshot at record {seq}")
+    else:
+        from ..store import redact_url
+
+        print(f"compacted {redact_url(url)}: snapshot at record {seq}")
     return EXIT_OK

@@ -24,12 +24,14 @@ from ._common import (
     EXIT_OK,
     add_credentials,
     naming,
+    plural,
     print_json,
     print_table,
     run_client,
 )
 from ._explain import unknown_nodes
 from ._follow import JOB_ID_HELP, get_job, job_path, resolve_job_id, watch_job
+from ._nodes import node_rows
 from ._progress import FINISHED_JOB_STATUSES, ProgressDisplay, job_succeeded
 
 __all__ = ["add_parsers"]
@@ -102,14 +104,32 @@ def add_parsers(sub: Any) -> None:
     p = job.add_parser(
         "start",
         help="start a job on nodes and show its progress",
-        description="Start COMMAND on the NODEs and follow it live. Exits 0 only when the job "
-        "ended complete with every node succeeded, 1 when it ended otherwise, 2 on usage "
-        "errors, 3 when the server could not be reached or refused the request. A NODE that "
-        "is no client of the org is warned about first; a node that refuses the job is shown "
-        "with its reason; a server restart on the way is waited for (up to 120 s).",
+        description="Start COMMAND on the NODEs, or on the nodes a --search QUERY finds (Chef's "
+        "search syntax over the nodes' facts, docs/SEARCH.md), and follow it live. Exits 0 "
+        "only when the job ended complete with every node succeeded, 1 when it ended "
+        "otherwise (or a --dry-run found no node), 2 on usage errors, 3 when the server could "
+        "not be reached or refused the request. A NODE that is no client of the org is warned "
+        "about first; a node that refuses the job is shown with its reason; a server restart "
+        "on the way is waited for (up to 120 s).",
+        epilog="examples:\n"
+        "  pushy job start chef-client --search 'platform:ubuntu AND tags:web'\n"
+        "  pushy job start chef-client --search 'chef_environment:production' -q 90% --dry-run",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("command_line", metavar="COMMAND", help="the command (must be whitelisted)")
-    p.add_argument("nodes", metavar="NODE", nargs="+", help="nodes to run it on")
+    p.add_argument("nodes", metavar="NODE", nargs="*", help="nodes to run it on")
+    p.add_argument(
+        "-s",
+        "--search",
+        metavar="QUERY",
+        help="run it on the nodes this query finds, resolved once when the job starts "
+        "(instead of NODEs; offline matches end unavailable); prints how many matched",
+    )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="with --search: list the nodes it finds now, start nothing",
+    )
     p.add_argument(
         "-q",
         "--quorum",
@@ -226,7 +246,11 @@ def _job_body(args: argparse.Namespace) -> dict[str, Any]:
     Raises:
         ConfigError: the ``--file`` cannot be read.
     """
-    body: dict[str, Any] = {"command": args.command_line, "nodes": list(args.nodes)}
+    body: dict[str, Any] = {"command": args.command_line}
+    if args.search is not None:
+        body["search"] = args.search
+    else:
+        body["nodes"] = list(args.nodes)
     if args.quorum is not None:
         body["quorum"] = args.quorum
     if args.timeout is not None:
@@ -257,17 +281,53 @@ def _job_body(args: argparse.Namespace) -> dict[str, Any]:
 # --- commands -------------------------------------------------------------------------------
 
 
+def _check_targets(args: argparse.Namespace) -> None:
+    """NODEs or ``--search``, exactly one; ``--dry-run`` only with ``--search``.
+
+    Raises:
+        ConfigError: (exit 2) when that is not so.
+    """
+    why = None
+    if args.search is not None and args.nodes:
+        why = "give NODEs or --search QUERY, not both"
+    elif args.search is None and not args.nodes:
+        why = "give the NODEs to run it on, or --search QUERY"
+    elif args.dry_run and args.search is None:
+        why = "--dry-run goes with --search QUERY"
+    if why is not None:
+        raise ConfigError("pushy job start", None, why)
+
+
+async def _dry_run(c: PushyClient, query: str, as_json: bool) -> int:
+    """The nodes ``query`` finds now (``job start --search … --dry-run``)."""
+    doc: dict[str, Any] = await c.json("GET", c.org_path("pushy/nodes"), params={"q": query})
+    if as_json:
+        print_json(doc)
+    else:
+        sys.stdout.write(f"search {query!r} matches {plural(int(doc['total']), 'node')}\n")
+        print_table(("NODE", "STATUS", "AVAILABILITY"), node_rows(doc["rows"]))
+    return EXIT_OK if doc["total"] else EXIT_FAILED
+
+
 def cmd_job_start(args: argparse.Namespace) -> int:
     """``pushy job start``: start a job, then (unless ``--nowait``) follow it to its end."""
+    _check_targets(args)
     body = _job_body(args)
     started: list[str] = []
 
     async def go(c: PushyClient) -> int:
+        if args.dry_run:
+            return await _dry_run(c, args.search, args.json)
         created: dict[str, Any] = await c.json("POST", c.org_path("pushy/jobs"), body)
         job_id = str(created["id"])
         started.append(job_id)
+        if args.search is not None:
+            job = await get_job(c, job_id)
+            count = sum(len(names) for names in job["nodes"].values())
+            said = sys.stderr if args.json or args.nowait else sys.stdout
+            print(f"search {args.search!r} matched {plural(count, 'node')}", file=said, flush=True)
         # said before the feed's history is shown, so it comes before these nodes' unavailable
-        missing = await unknown_nodes(c, body["nodes"])
+        missing = await unknown_nodes(c, body.get("nodes", ()))
         if missing:
             print(
                 f"pushy: warning: no such node: {', '.join(missing)}"

@@ -176,6 +176,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--data-dir", metavar="DIR", help="data directory (default: PUSHY_DATA_DIR or the default)"
     )
+    p.add_argument(
+        "--store",
+        metavar="URL",
+        help="check the store in this PostgreSQL database instead (PUSHY_STORE_URL)",
+    )
     p.set_defaults(handler=_admin.cmd_store_verify)
     p = store.add_parser(
         "compact",
@@ -185,6 +190,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--data-dir", metavar="DIR", help="data directory (default: PUSHY_DATA_DIR or the default)"
+    )
+    p.add_argument(
+        "--store",
+        metavar="URL",
+        help="compact the store in this PostgreSQL database instead (PUSHY_STORE_URL)",
     )
     p.set_defaults(handler=_admin.cmd_store_compact)
 

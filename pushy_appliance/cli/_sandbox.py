@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 __all__ = ["add_parser", "cmd_sandbox", "sample_job_line"]
 
 SAMPLE_COMMAND = "uname -a"
+SANDBOX_SEARCH = "tags:sandbox"
+"""The query that finds the sandbox's nodes (their agents' tag)."""
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -140,14 +142,12 @@ def sample_job_line(info: SandboxInfo) -> str:
     last credential source is the sandbox's default data directory); when something else
     would win (flags in the environment, a ``~/.chef/credentials`` profile, a server's data
     directory, or a ``--data-dir`` elsewhere), the line names the sandbox's credentials in
-    ``PUSHY_*`` variables.
-
-    Once the inventory (issue 14) is served, the targets become ``--search 'tags:sandbox'``.
+    ``PUSHY_*`` variables. Its nodes are found by their tag (every sandbox agent has the tag
+    ``sandbox``).
     """
     from ..client import load_credentials
 
-    targets = " ".join(info.nodes)
-    line = f"pushy job start {shlex.quote(SAMPLE_COMMAND)} {targets}"
+    line = f"pushy job start {shlex.quote(SAMPLE_COMMAND)} --search {shlex.quote(SANDBOX_SEARCH)}"
     key = info.data_dir / "keys" / "admin.pem"
     try:
         found = load_credentials()

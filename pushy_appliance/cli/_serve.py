@@ -35,6 +35,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="node WebSocket listener (default: the API's host, port 10002; 0 with --listen …:0)",
     )
     p.add_argument(
+        "--store",
+        metavar="URL",
+        help="keep the store in this PostgreSQL database, postgresql://… (PUSHY_STORE_URL; "
+        "default: the file store in DATA/store)",
+    )
+    p.add_argument(
         "--insecure-http",
         action="store_true",
         default=None,
@@ -61,6 +67,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             "data_dir": args.data_dir,
             "listen": args.listen,
             "node_listen": args.node_listen,
+            "store.url": args.store,
             "insecure_http": args.insecure_http,
         },
     )

@@ -11,7 +11,7 @@ from quart_trio import QuartTrio
 from ..paths import normalize_path
 from ..services import Services
 from ..urls import parse_host
-from . import _feeds, _identity, _jobs, _nodes, _openapi, _status, _ui
+from . import _feeds, _identity, _inventory, _jobs, _nodes, _openapi, _status, _ui
 from ._errors import install_error_handlers
 
 __all__ = ["ASGIApp", "NormalizePaths", "RequireValidHost", "create_app"]
@@ -129,6 +129,7 @@ def create_app(svc: Services) -> QuartTrio:
     _status.register(app, svc)
     _identity.register(app, svc)
     _nodes.register(app, svc)
+    _inventory.register(app, svc)
     _jobs.register(app, svc)
     _feeds.register(app, svc)
     _ui.register(app, svc)

@@ -12,8 +12,9 @@ from ..errors import NotAcceptableError, NotFoundError, ValidationError
 from ..jobs.model import JobEntry
 from ..jobs.runner import JobRunner
 from ..jobs.status import JobStatus
-from ..jobs.validation import validate_job_request
+from ..jobs.validation import validate_job_request, with_matches
 from ..jsonbody import parse_json_body
+from ..search import compile_query
 from ..services import Services
 from ._request import (
     authorized,
@@ -56,8 +57,9 @@ def _summary(e: JobEntry) -> dict[str, Any]:
 def job_document(
     e: JobEntry, *, include_file: bool = False, include_results: bool = False
 ) -> dict[str, Any]:
-    """The ``GET jobs/ID`` document (the original's shape plus ``quorum``, ``nack_reasons``;
-    with ``include_results``, ``results``: node → its stored result, late ones included)."""
+    """The ``GET jobs/ID`` document (the original's shape plus ``quorum``, ``nack_reasons``,
+    ``search`` for a job whose nodes a query named; with ``include_results``, ``results``:
+    node → its stored result, late ones included)."""
     doc = _summary(e)
     doc["nodes"] = e.buckets()
     doc["quorum"] = e.job["quorum"]
@@ -71,6 +73,8 @@ def job_document(
         doc["max_concurrency"] = e.spec["max_concurrency"]
     if e.spec.get("max_failures") is not None:
         doc["max_failures"] = e.spec["max_failures"]
+    if e.spec.get("search") is not None:
+        doc["search"] = e.spec["search"]
     if include_results:
         doc["results"] = e.results()
     return doc
@@ -115,6 +119,10 @@ def register(app: QuartTrio, svc: Services) -> None:
             max_nodes=limits.max_nodes_per_job,
             default_run_timeout=svc.config.jobs.default_run_timeout,
         )
+        if req.search is not None:
+            # resolved once, now: the job keeps these nodes whatever the facts do later
+            found = await svc.inventory.search(org, compile_query(req.search))
+            req = with_matches(req, found, max_nodes=limits.max_nodes_per_job)
         job_id = await runner.create(org, req, who.name)
         uri = f"{base_url(svc)}/organizations/{org}/pushy/jobs/{job_id}"
         return json_response({"id": job_id, "uri": uri}, 201, {"Location": uri})

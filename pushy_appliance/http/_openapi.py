@@ -3,7 +3,9 @@
 Written here, in Python, as the one source of truth (not a JSON file beside the code): the
 error shapes, the signing scheme and the common responses are written once and shared by
 every operation, and the limits come from the constants the validation uses, so the
-document cannot drift from them. ``tests/test_openapi.py`` compares its paths and methods with
+document cannot drift from them. It is one long module on purpose: it is data (one
+document), not logic, and splitting it would scatter the one contract a reader checks
+against ``API.md``. ``tests/test_openapi.py`` compares its paths and methods with
 the routes the application registers (``app.url_map``), both ways, and
 ``tests/test_api_fuzz.py`` checks the running server against it with schemathesis.
 
@@ -387,9 +389,92 @@ def _schemas() -> dict[str, Schema]:
                 "updated_at": {"type": "string"},
             },
         },
+        "NodeRow": {
+            "type": "object",
+            "required": ["name", "status", "availability", "last_seen", "facts"],
+            "properties": {
+                "name": {"type": "string"},
+                "status": {"enum": ["online", "offline"]},
+                "availability": {"enum": ["available", "unavailable"]},
+                "last_seen": {
+                    "type": "string",
+                    "description": "RFC 1123: an online node's last frame, else when it went "
+                    "offline",
+                },
+                "facts": {
+                    "type": "object",
+                    "description": "the node's last-known facts (ohai's names, docs/SEARCH.md)",
+                },
+            },
+        },
+        "NodePage": {
+            "type": "object",
+            "required": ["total", "start", "rows"],
+            "properties": {
+                "total": {"type": "integer", "minimum": 0},
+                "start": {"type": "integer", "minimum": 0},
+                "rows": {"type": "array", "items": _ref("NodeRow")},
+            },
+        },
+        "ChefNode": {
+            "type": "object",
+            "required": [
+                "name",
+                "chef_type",
+                "json_class",
+                "chef_environment",
+                "run_list",
+                "automatic",
+                "normal",
+                "default",
+                "override",
+            ],
+            "properties": {
+                "name": {"type": "string"},
+                "chef_type": {"const": "node"},
+                "json_class": {"const": "Chef::Node"},
+                "chef_environment": {"type": "string"},
+                "run_list": {"type": "array", "items": {"type": "string"}},
+                "automatic": {"type": "object"},
+                "normal": {"type": "object"},
+                "default": {"type": "object"},
+                "override": {"type": "object"},
+            },
+        },
+        "ChefSearch": {
+            "type": "object",
+            "required": ["total", "start", "rows"],
+            "properties": {
+                "total": {"type": "integer", "minimum": 0},
+                "start": {"type": "integer", "minimum": 0},
+                "rows": {"type": "array", "items": _ref("ChefNode")},
+            },
+        },
+        "PartialSearchRequest": {
+            "type": "object",
+            "description": 'result name → attribute path, e.g. {"ip": ["ipaddress"]}',
+            "additionalProperties": {"type": "array", "items": {"type": "string"}},
+        },
+        "PartialSearch": {
+            "type": "object",
+            "required": ["total", "start", "rows"],
+            "properties": {
+                "total": {"type": "integer", "minimum": 0},
+                "start": {"type": "integer", "minimum": 0},
+                "rows": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["url", "data"],
+                        "properties": {"url": {"type": "string"}, "data": {"type": "object"}},
+                    },
+                },
+            },
+        },
         "JobRequest": {
             "type": "object",
-            "required": ["command", "nodes"],
+            "required": ["command"],
+            "oneOf": [{"required": ["nodes"]}, {"required": ["search"]}],
             "additionalProperties": False,
             "properties": {
                 "command": {
@@ -398,12 +483,20 @@ def _schemas() -> dict[str, Schema]:
                     "description": f"at most {MAX_COMMAND_BYTES} UTF-8 bytes, no NUL",
                 },
                 "nodes": {"type": "array", "items": name, "minItems": 1, "uniqueItems": True},
+                "search": {
+                    "type": "string",
+                    "minLength": 1,
+                    "description": "instead of nodes: a query (Chef's search syntax, "
+                    "docs/SEARCH.md) whose matches, found once at creation, are the job's "
+                    "nodes; none is 400 no nodes match the search",
+                },
                 "quorum": {
                     "oneOf": [
                         {"type": "integer", "minimum": 0},
                         {"type": "string", "pattern": r"^[0-9]{1,3}(\.[0-9]{1,6})?%$"},
                     ],
-                    "description": "at most len(nodes); or a percentage 0% .. 100%",
+                    "description": "at most len(nodes) (the match count with search); or a "
+                    "percentage 0% .. 100% of them",
                 },
                 "run_timeout": {"type": "integer", "minimum": 1, "maximum": MAX_RUN_TIMEOUT},
                 "user": {"type": "string", "minLength": 1, "maxLength": MAX_USER_CHARS},
@@ -467,6 +560,10 @@ def _schemas() -> dict[str, Schema]:
                         },
                         "max_concurrency": {"type": "integer"},
                         "max_failures": {"type": "integer"},
+                        "search": {
+                            "type": "string",
+                            "description": "the query that named the job's nodes",
+                        },
                     },
                 },
             ]
@@ -564,6 +661,16 @@ def _paths() -> dict[str, Schema]:
         for op, op_id in (("GetClient", "getClient"), ("DeleteClient", "deleteClient"))
     }
     not_found_everywhere = {"404": _error("config/ without a node: 404 for every method")}
+    chef_search_params = [
+        _query(
+            "q",
+            {"type": "string"},
+            "a search query, percent-decoded once more (as Chef Server does); absent: *:*",
+        ),
+        _query("start", {"type": "integer", "minimum": 0}, "rows to skip"),
+        _query("rows", {"type": "integer", "minimum": 0}, "at most this many (default 1000)"),
+        _query("sort", {"type": "string"}, "accepted and ignored, as by Chef Server"),
+    ]
     paths: dict[str, Schema] = {
         OPENAPI_PATH: {
             "get": _op(
@@ -750,6 +857,47 @@ def _paths() -> dict[str, Schema]:
             "parameters": [org, node],
             "get": _op(
                 "getNodeState", "One node's state", {"200": _ok(_ref("NodeState"))}, tags=nodes
+            ),
+        },
+        "/organizations/{org}/pushy/nodes": {
+            "parameters": [org],
+            "get": _op(
+                "listNodes",
+                "Nodes and their last-known facts, sorted by name; those a query matches",
+                {"200": _ok(_ref("NodePage"))},
+                tags=nodes,
+                params=[
+                    _query("q", {"type": "string"}, "a search query (absent: every node)"),
+                    _query("start", {"type": "integer", "minimum": 0}, "rows to skip"),
+                    _query("rows", {"type": "integer", "minimum": 0}, "at most this many"),
+                ],
+            ),
+        },
+        "/organizations/{org}/pushy/nodes/{node}": {
+            "parameters": [org, node],
+            "get": _op(
+                "getNode",
+                "One node and its last-known facts",
+                {"200": _ok(_ref("NodeRow"))},
+                tags=nodes,
+            ),
+        },
+        "/organizations/{org}/search/node": {
+            "parameters": [org],
+            "get": _op(
+                "chefSearchNodes",
+                "Chef Server's node search (knife search node, knife job start --search)",
+                {"200": _ok(_ref("ChefSearch"))},
+                tags=nodes,
+                params=chef_search_params,
+            ),
+            "post": _op(
+                "chefPartialSearchNodes",
+                "Chef Server's partial node search: the named attributes of each match",
+                {"200": _ok(_ref("PartialSearch"))},
+                tags=nodes,
+                params=chef_search_params,
+                body=_ref("PartialSearchRequest"),
             ),
         },
         "/organizations/{org}/pushy/jobs": {

@@ -100,8 +100,9 @@ async def request_body(svc: Services) -> bytes:
     return body
 
 
-async def signed(svc: Services, org: str | None) -> Principal:
-    """Authenticate the current request (see :meth:`auth.Authenticator.authenticate`).
+async def signed(svc: Services, org: str | None, *, read_only: bool = False) -> Principal:
+    """Authenticate the current request (see :meth:`auth.Authenticator.authenticate`;
+    ``read_only``: a route that changes nothing whatever its method).
 
     A request to an org's push-jobs routes (``/organizations/ORG/pushy/…``) that carries the
     dashboard's session cookie and no ``X-Ops-UserId`` acts as that session's principal
@@ -130,18 +131,24 @@ async def signed(svc: Services, org: str | None) -> Principal:
         headers=typing.cast(Mapping[str, str], request.headers),
         body=body,
         now=datetime.now(UTC),
+        read_only=read_only,
     )
 
 
 async def authorized(
-    svc: Services, org: str, action: str | None = None, *, produces: str = "application/json"
+    svc: Services,
+    org: str,
+    action: str | None = None,
+    *,
+    produces: str = "application/json",
+    read_only: bool = False,
 ) -> Principal:
     """The common start of an org route: ``Accept`` allows ``produces`` (406), it is signed
     by a member of ``org`` (the checks of ``API.md`` §1, in their order, including 404 for an
     unknown org), and, with ``action``, the caller may do it (see
-    :meth:`auth.Authenticator.require`)."""
+    :meth:`auth.Authenticator.require`). ``read_only``: see :func:`signed`."""
     require_accept(produces)
-    who = await signed(svc, org)
+    who = await signed(svc, org, read_only=read_only)
     if action is not None:
         svc.auth.require(org, who, action)
     return who

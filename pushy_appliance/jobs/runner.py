@@ -258,6 +258,8 @@ class JobRunner:
             "max_concurrency": max_concurrency,
             "max_failures": max_failures,
         }
+        if req.search is not None:
+            spec["search"] = req.search  # the query that named the nodes, as given
         stamper = MonotonicStamper()
         start_data: dict[str, Any] = {
             "command": req.command,

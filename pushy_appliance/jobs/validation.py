@@ -6,6 +6,7 @@ that breaks two rules reports the same message as the original server did::
     1. invalid command supplied                 command missing, not a string, empty, over
                                                 4096 UTF-8 bytes, or holding NUL
     2. at least one node must be supplied       nodes missing, not a list of strings, or empty
+                                                (unless ``search`` is given; see below)
     3. invalid type supplied for run_timeout (expected a number)
     4. invalid type supplied for quorum (expected a number)      (an "N%" string is a number)
     5. invalid type supplied for capture_output (expected a boolean)
@@ -23,6 +24,14 @@ naming it (``run_timeout``, ``quorum`` and ``capture_output`` by rules 3-5, ``fi
 the others by their range checks); only a key left out takes its default. A number with a
 zero fraction (``300.0``) counts as the integer. A percentage quorum has at most
 :data:`MAX_PERCENT_DECIMALS` decimals, so no quorum costs more than a small number to read.
+
+``search`` (ours) names the nodes by a query instead (Chef's search syntax,
+``docs/SEARCH.md``): exactly one of ``nodes`` and ``search`` (both: 400 ``supply either nodes
+or search, not both``), a string that parses (else 400 with the query's syntax error, list
+form). Its nodes are found once, at creation, by the caller (the inventory), and
+:func:`with_matches` turns the request into one with those nodes: a percentage ``quorum`` then
+applies to the match count, an integer one may not exceed it, and no match at all is 400
+``{"error": ["no nodes match the search"]}``.
 
 ``file`` is decoded, and ``env`` names are checked, by :mod:`pushy_appliance.jobfile`, the
 rules the agent applies to the same job.
@@ -44,10 +53,11 @@ import re
 from fractions import Fraction
 from typing import Final
 
-from ..errors import ValidationError
+from ..errors import SearchRequestError, ValidationError
 from ..jobfile import decode_job_file, valid_env_name
 from ..jsonbody import MSG_JSON, DuplicateKeyDict
 from ..model import valid_name
+from ..search import compile_query
 
 __all__ = [
     "ALLOWED_KEYS",
@@ -59,6 +69,7 @@ __all__ = [
     "JobRequest",
     "resolve_quorum",
     "validate_job_request",
+    "with_matches",
 ]
 
 ALLOWED_KEYS: Final = frozenset(
@@ -74,6 +85,7 @@ ALLOWED_KEYS: Final = frozenset(
         "capture_output",
         "max_concurrency",
         "max_failures",
+        "search",
     }
 )
 """The keys a ``POST jobs`` body may hold."""
@@ -97,6 +109,9 @@ MSG_KEY: Final = "invalid key supplied"
 MSG_ENV_DUPLICATE: Final = "invalid environment value (duplicate key)"
 MSG_QUORUM_PERCENT: Final = "invalid quorum (percentage must be 0% .. 100%)"
 MSG_QUORUM_DECIMALS: Final = f"invalid quorum (at most {MAX_PERCENT_DECIMALS} decimals)"
+MSG_NODES_AND_SEARCH: Final = "supply either nodes or search, not both"
+MSG_SEARCH_TYPE: Final = "invalid search (expected a string)"
+MSG_NO_MATCH: Final = "no nodes match the search"
 _ABSENT: Final = object()
 """A key the body does not hold (``null`` is a value, and a wrong one)."""
 
@@ -107,7 +122,8 @@ class JobRequest:
 
     Attributes:
         command: the command, as given.
-        nodes: node names, in request order, unique.
+        nodes: node names, in request order, unique; ``()`` for a ``search`` not yet
+            resolved (:func:`with_matches`).
         quorum: resolved quorum (0 … ``len(nodes)``).
         run_timeout: seconds (1 … 86,400).
         user: run-as user, or ``None``.
@@ -118,6 +134,9 @@ class JobRequest:
         capture_output: whether output is captured.
         max_concurrency: most nodes running at once (≥ 1), or ``None`` (all).
         max_failures: failures tolerated before no further node starts (≥ 0), or ``None``.
+        search: the query that named the nodes, or ``None`` when the request named them.
+        quorum_asked: the ``quorum`` as given with a ``search`` (a count, ``"N%"``, or
+            ``None`` for all), resolved against the matches by :func:`with_matches`.
     """
 
     command: str
@@ -132,6 +151,32 @@ class JobRequest:
     capture_output: bool
     max_concurrency: int | None
     max_failures: int | None
+    search: str | None = None
+    quorum_asked: int | str | None = None
+
+
+def with_matches(req: JobRequest, nodes: list[str], *, max_nodes: int = 100_000) -> JobRequest:
+    """A ``search`` request with the nodes its query matched, its quorum resolved.
+
+    Args:
+        req: a request whose ``search`` is set.
+        nodes: the names the search found, in the order the job lists them.
+        max_nodes: most nodes in one job (``limits.max_nodes_per_job``).
+
+    Raises:
+        SearchRequestError: no node matched (list-form body).
+        ValidationError: more matches than ``max_nodes``, or an integer quorum over the
+            match count.
+    """
+    if not nodes:
+        raise SearchRequestError(MSG_NO_MATCH)
+    if len(nodes) > max_nodes:
+        raise ValidationError(
+            f"invalid search (matches {len(nodes)} nodes, at most {max_nodes} per job)"
+        )
+    asked = req.quorum_asked
+    quorum = len(nodes) if asked is None else _check_quorum(asked, len(nodes))
+    return dataclasses.replace(req, nodes=tuple(nodes), quorum=quorum, quorum_asked=None)
 
 
 def resolve_quorum(quorum: int | str, node_count: int) -> int:
@@ -200,8 +245,15 @@ def validate_job_request(
         or len(command.encode("utf-8", "surrogatepass")) > MAX_COMMAND_BYTES
     ):
         raise ValidationError(MSG_COMMAND)
+    search = body.get("search", _ABSENT)
     nodes = body.get("nodes")
-    if not isinstance(nodes, list) or not nodes or not all(isinstance(n, str) for n in nodes):
+    if search is not _ABSENT:
+        if "nodes" in body:
+            raise ValidationError(MSG_NODES_AND_SEARCH)
+        if not isinstance(search, str):
+            raise ValidationError(MSG_SEARCH_TYPE)
+        nodes = []
+    elif not isinstance(nodes, list) or not nodes or not all(isinstance(n, str) for n in nodes):
         raise ValidationError(MSG_NODES)
     run_timeout_raw = body.get("run_timeout", default_run_timeout)
     if not _is_number(run_timeout_raw):
@@ -222,8 +274,15 @@ def validate_job_request(
     file, file_bytes = _check_file(body.get("file", _ABSENT), max_file_bytes)
 
     # Our own range checks.
-    names = _check_nodes(nodes, max_nodes)
-    quorum = _check_quorum(quorum_raw, len(names))
+    quorum_asked: int | str | None = None
+    if isinstance(search, str):
+        compile_query(search)  # its syntax error, now: before anything is looked up
+        names: tuple[str, ...] = ()
+        quorum = 0
+        quorum_asked = _asked_quorum(body.get("quorum", _ABSENT))
+    else:
+        names = _check_nodes(nodes, max_nodes)
+        quorum = _check_quorum(quorum_raw, len(names))
     run_timeout = _whole(run_timeout_raw, "run_timeout")
     if not 1 <= run_timeout <= MAX_RUN_TIMEOUT:
         raise ValidationError(f"invalid run_timeout (must be 1 .. {MAX_RUN_TIMEOUT})")
@@ -245,7 +304,22 @@ def validate_job_request(
         capture_output=capture,
         max_concurrency=max_concurrency,
         max_failures=max_failures,
+        search=search if isinstance(search, str) else None,
+        quorum_asked=quorum_asked,
     )
+
+
+def _asked_quorum(value: object) -> int | str | None:
+    """A search's quorum before its nodes are known: checked as far as it can be."""
+    if value is _ABSENT:
+        return None
+    if isinstance(value, str):
+        resolve_quorum(value, 0)  # its format and range
+        return value
+    quorum = _whole(value, "quorum")
+    if quorum < 0:
+        raise ValidationError("invalid quorum (must be 0 or more)")
+    return quorum
 
 
 def _is_number(value: object) -> bool:

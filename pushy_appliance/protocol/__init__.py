@@ -25,9 +25,9 @@ The server sends the same heartbeat to every node on every tick; only ``seq`` di
 connection. :class:`HeartbeatTemplate` packs the shared part once and renders each frame by
 appending the few bytes of ``seq`` and ``ts``.
 
-Modules: ``_fields`` (the field checkers and limits), ``_frames`` (the records and their
-vocabulary), ``_codec`` (encode, decode, the heartbeat template), ``_seq`` (sequence numbers).
-Import from here.
+Modules: ``_fields`` (the field checkers and limits), ``_facts`` (the check of node
+facts), ``_frames`` (the records and their vocabulary), ``_codec`` (encode, decode, the
+heartbeat template), ``_seq`` (sequence numbers). Import from here.
 """
 
 from __future__ import annotations
@@ -52,8 +52,7 @@ from ._frames import (
     MAX_AGENT_VERSION_BYTES,
     MAX_COMMAND_BYTES,
     MAX_DIR_BYTES,
-    MAX_FACT_CHARS,
-    MAX_FACTS,
+    MAX_FACTS_DEPTH,
     MAX_PENDING_RESULT_BYTES,
     MAX_REASON_BYTES,
     MAX_USER_BYTES,
@@ -66,6 +65,7 @@ from ._frames import (
     AckCommit,
     AckRun,
     Commit,
+    Facts,
     FactValue,
     Frame,
     Heartbeat,
@@ -91,8 +91,7 @@ __all__ = [
     "MAX_AGENT_VERSION_BYTES",
     "MAX_COMMAND_BYTES",
     "MAX_DIR_BYTES",
-    "MAX_FACTS",
-    "MAX_FACT_CHARS",
+    "MAX_FACTS_DEPTH",
     "MAX_ID_BYTES",
     "MAX_KEYS",
     "MAX_KEY_BYTES",
@@ -110,6 +109,7 @@ __all__ = [
     "AckRun",
     "Commit",
     "FactValue",
+    "Facts",
     "Frame",
     "Heartbeat",
     "HeartbeatTemplate",

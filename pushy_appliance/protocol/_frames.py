@@ -9,12 +9,12 @@ when missing or nil.
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Mapping
 from typing import Any, ClassVar, TypeAlias
 
 from ..errors import ProtocolError
 from ..facts import MAX_FACTS_BYTES
+from ._facts import MAX_FACTS_DEPTH, FactValue, check_facts
 from ._fields import (
     ID,
     OPT_ID,
@@ -48,8 +48,7 @@ __all__ = [
     "MAX_AGENT_VERSION_BYTES",
     "MAX_COMMAND_BYTES",
     "MAX_DIR_BYTES",
-    "MAX_FACTS",
-    "MAX_FACT_CHARS",
+    "MAX_FACTS_DEPTH",
     "MAX_PENDING_RESULT_BYTES",
     "MAX_REASON_BYTES",
     "MAX_USER_BYTES",
@@ -64,6 +63,7 @@ __all__ = [
     "AckRun",
     "Commit",
     "FactValue",
+    "Facts",
     "Frame",
     "Heartbeat",
     "Hello",
@@ -117,36 +117,6 @@ MAX_REASON_BYTES = 1024
 MAX_PENDING_RESULT_BYTES = 1024
 """Most bytes ``hello.pending_result`` takes encoded (a result is about 150)."""
 
-MAX_FACTS = 64
-"""Most keys a ``hello``'s ``facts`` may hold."""
-
-MAX_FACT_CHARS = 1024
-"""Longest fact name or string value, in characters."""
-
-FactValue: TypeAlias = str | int | float | bool | None
-"""A node fact's value."""
-
-
-def _check_facts(value: Any, where: str) -> dict[str, FactValue]:
-    if not isinstance(value, dict):
-        raise bad(where, "a map", value)
-    if len(value) > MAX_FACTS:
-        raise ProtocolError(f"{where}: {len(value)} keys, at most {MAX_FACTS} allowed")
-    for key, item in value.items():
-        if not isinstance(key, str):
-            raise bad(f"{where} key", "a string", key)
-        if len(key) > MAX_FACT_CHARS:
-            raise ProtocolError(f"{where}: key {show(key)} longer than {MAX_FACT_CHARS} chars")
-        if isinstance(item, str):
-            if len(item) > MAX_FACT_CHARS:
-                raise ProtocolError(f"{where}.{key}: longer than {MAX_FACT_CHARS} chars")
-        elif isinstance(item, float):
-            if not math.isfinite(item):
-                raise bad(f"{where}.{key}", "a finite number", item)
-        elif item is not None and not isinstance(item, int):  # bool is an int: allowed
-            raise bad(f"{where}.{key}", "a string, number, boolean or nil", item)
-    return dict(value)
-
 
 def _check_pending_result(value: Any, where: str) -> ResultBody | None:
     if value is None:
@@ -198,7 +168,7 @@ class Hello:
     pending_result: ResultBody | None = dataclasses.field(
         metadata=checked(_check_pending_result, MAX_PENDING_RESULT_BYTES)
     )
-    facts: dict[str, FactValue] = dataclasses.field(metadata=checked(_check_facts, MAX_FACTS_BYTES))
+    facts: dict[str, FactValue] = dataclasses.field(metadata=checked(check_facts, MAX_FACTS_BYTES))
     seq: int = dataclasses.field(metadata=SEQ)
     ts: float = dataclasses.field(metadata=TS)
 
@@ -383,9 +353,21 @@ class Aborted:
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class Reload:
-    """Server → agent: re-read the whitelist from disk."""
+    """Server → agent: re-read the configuration from disk (whitelist, facts settings) and
+    collect the facts again."""
 
     TYPE: ClassVar[str] = "reload"
+    seq: int = dataclasses.field(metadata=SEQ)
+    ts: float = dataclasses.field(metadata=TS)
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Facts:
+    """Agent → server: the node's facts changed since it last sent them (``hello`` or
+    ``facts``); the whole new set, never a difference."""
+
+    TYPE: ClassVar[str] = "facts"
+    facts: dict[str, FactValue] = dataclasses.field(metadata=checked(check_facts, MAX_FACTS_BYTES))
     seq: int = dataclasses.field(metadata=SEQ)
     ts: float = dataclasses.field(metadata=TS)
 
@@ -406,6 +388,7 @@ Frame: TypeAlias = (
     | Abort
     | Aborted
     | Reload
+    | Facts
 )
 """Any frame of the node protocol."""
 
@@ -425,6 +408,7 @@ _FRAME_CLASSES: tuple[type[Frame], ...] = (
     Abort,
     Aborted,
     Reload,
+    Facts,
 )
 
 FRAME_TYPES: Mapping[str, type[Frame]] = {cls.TYPE: cls for cls in _FRAME_CLASSES}
@@ -438,6 +422,7 @@ FROM_AGENT: tuple[type[Frame], ...] = (
     Output,
     Result,
     Aborted,
+    Facts,
 )
 """The frames an agent sends after ``hello``, besides heartbeats (``NODES.md`` §2)."""
 

@@ -13,6 +13,12 @@ The on-disk format is specified in ``_format``'s docstring; recovery and its rul
 in ``_file``'s; the group commit in ``_base``'s. ``verify_store`` checks a store without
 changing it (``pushy store verify``).
 
+``open_postgres_store(url)`` opens the same store in a PostgreSQL database instead
+(``store.url``; the tables and their rules are in ``_postgres``'s docstring, the cluster built
+on them in ``docs/SCALE-OUT.md``), and ``verify_postgres_store(url)`` checks it. Both import
+the optional driver (``psycopg``, the ``postgresql`` extra) only when called: the file store
+never loads it.
+
 A write that fails (disk full, I/O error, file size limit) is never acknowledged: its callers
 get :class:`~pushy_appliance.errors.StoreUnavailableError`, the log is cut back to its last
 durable group, and the store refuses writes (reads of what it recovered go on) until its
@@ -30,15 +36,21 @@ import logging
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 import trio
 
+from ..errors import StoreError
 from ._base import GroupCommitStore, Recovered, Store, StoreStatistics
 from ._file import FileStore
 from ._format import MAX_RECORD_BYTES
 from ._memory import MemoryStore
 from ._outage import RETRY_MAX
+from ._pgurl import redact_url
 from ._verify import VerifyReport, verify_store
+
+if TYPE_CHECKING:
+    from ._postgres import PostgresStore
 
 __all__ = [
     "MAX_RECORD_BYTES",
@@ -49,9 +61,16 @@ __all__ = [
     "Store",
     "StoreStatistics",
     "VerifyReport",
+    "open_postgres_store",
     "open_store",
+    "redact_url",
+    "verify_postgres_store",
     "verify_store",
 ]
+
+_NO_DRIVER = (
+    "store.url needs the PostgreSQL driver: pip install 'pushy-appliance[postgresql]' (psycopg 3)"
+)
 
 log = logging.getLogger(__name__)
 
@@ -100,12 +119,72 @@ async def open_store(
         store = await FileStore.open(
             directory, fsync=fsync, segment_bytes=segment_bytes, queue_size=queue_size
         )
+    async with _running(store, close_timeout):
+        yield store
+
+
+@asynccontextmanager
+async def open_postgres_store(
+    url: str,
+    *,
+    exclusive: bool = True,
+    queue_size: int = 4096,
+    close_timeout: float = 30.0,
+) -> AsyncIterator[PostgresStore]:
+    """Open (creating its tables if needed) and recover a store in a PostgreSQL database, and
+    run its writer. The same contract as :func:`open_store`, plus ``follow()``.
+
+    Args:
+        url: a ``postgresql://`` URL (libpq's form: several hosts, ``sslmode``, ``options``).
+        exclusive: hold the store alone: a second exclusive open of the same database (and
+            schema) fails, as a second open of a directory does. ``False`` lets several
+            stores share the log (they see each other's records through ``follow()``).
+        queue_size: capacity of the writer's request channel.
+        close_timeout: seconds the exit may spend committing what is still queued.
+
+    Yields:
+        The :class:`~._postgres.PostgresStore`, recovered, with its writer running.
+
+    Raises:
+        ValueError: when ``queue_size`` is below 1.
+        StoreCorruptError: a record fails its checks, or seqs are missing.
+        StoreError: the driver is not installed, the database cannot be reached or used, or
+            another exclusive store has it open.
+
+    Start-up and cancellation: as for :func:`open_store`.
+    """
+    try:
+        from ._postgres import PostgresStore
+    except ImportError as e:
+        raise StoreError(_NO_DRIVER) from e
+    store = await PostgresStore.open(url, exclusive=exclusive, queue_size=queue_size)
+    async with _running(store, close_timeout):
+        yield store
+
+
+def verify_postgres_store(url: str) -> VerifyReport:
+    """Check every snapshot and every record's CRC of the store in a PostgreSQL database,
+    changing nothing (it may run beside live appliances: it reads one consistent snapshot).
+
+    Raises:
+        StoreError: the driver is not installed.
+    """
+    try:
+        from ._postgres import verify
+    except ImportError as e:
+        raise StoreError(_NO_DRIVER) from e
+    return verify(url)
+
+
+@asynccontextmanager
+async def _running(store: GroupCommitStore, close_timeout: float) -> AsyncIterator[None]:
+    """Run ``store``'s writer for the block; flush and release it on the way out."""
     body_error: BaseException | None = None
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(store.run)
             try:
-                yield store
+                yield
             except BaseException as e:
                 # Re-raised below, outside the nursery, so that it is not wrapped in an
                 # ExceptionGroup on its way out.

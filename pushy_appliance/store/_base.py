@@ -343,8 +343,13 @@ class GroupCommitStore(abc.ABC):
     # --- for subclasses ----------------------------------------------------------------------
 
     @abc.abstractmethod
-    async def _commit(self, frames: list[bytes], first_seq: int) -> None:
+    async def _commit(self, frames: list[bytes], first_seq: int) -> int | None:
         """Make ``frames`` durable as seqs ``first_seq``…
+
+        Returns:
+            ``None`` when the frames got seqs ``first_seq``…; a store whose log other
+            writers share (:class:`~._postgres.PostgresStore`) returns the first seq the log
+            gave them instead (after every record the others appended meanwhile).
 
         Raises:
             StoreUnavailableError: a write or fsync failed. None of ``frames`` may count as
@@ -457,7 +462,10 @@ class GroupCommitStore(abc.ABC):
             if self._outage is None:
                 first = self._last_seq + 1
                 try:
-                    await self._commit(frames, first)
+                    # a shared log (PostgreSQL) gives the group the seqs after other writers'
+                    assigned = await self._commit(frames, first)
+                    if assigned is not None:
+                        first = assigned
                 except StoreError as e:
                     # the writer's retries end it (_retry)
                     outage = Outage(unavailable(e), sum(map(len, frames)), trio.current_time())
@@ -469,7 +477,7 @@ class GroupCommitStore(abc.ABC):
                 return
             error = None
             self._groups += 1
-            self._last_seq += len(frames)
+            self._last_seq = max(self._last_seq, first + len(frames) - 1)
             seq = first - 1
             for request in group:
                 seq += len(request.frames)

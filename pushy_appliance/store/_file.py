@@ -380,8 +380,9 @@ class FileStore(GroupCommitStore):
 
     # --- writing (each *_sync runs in a worker thread, called only by the writer task) ---------
 
-    async def _commit(self, frames: list[bytes], first_seq: int) -> None:
+    async def _commit(self, frames: list[bytes], first_seq: int) -> int | None:
         await trio.to_thread.run_sync(self._commit_sync, frames, first_seq)
+        return None
 
     def _commit_sync(self, frames: list[bytes], first_seq: int) -> None:
         current = self._segments[-1]

@@ -38,10 +38,11 @@ class MemoryStore(GroupCommitStore):
         """``(seq, state)`` of the kept snapshots, oldest first (at most two)."""
         return list(self._snapshots)
 
-    async def _commit(self, frames: list[bytes], first_seq: int) -> None:
+    async def _commit(self, frames: list[bytes], first_seq: int) -> int | None:
         for offset, frame in enumerate(frames):
             self._held.append((first_seq + offset, len(frame)))
             self._held_bytes += len(frame)
+        return None
 
     async def _repair(self, probe_bytes: int) -> None:
         await trio.lowlevel.checkpoint()  # memory has nothing to cut back or probe

@@ -1,21 +1,30 @@
 // Which nodes a query means: the one place the Fleet page and the Start form ask it.
 //
-// Today the fleet inventory (issue 14: GET …/pushy/nodes?q=QUERY in Chef's search syntax, and
-// POST jobs with "search") is not served yet, so:
-//   * findNodes() reads GET …/pushy/node_states and filters by node name here;
-//   * the Start form takes node names (jobTarget() sends {"nodes": [...]}).
-// When the inventory lands, set INVENTORY = true and nothing else changes on the pages:
-// findNodes() then sends the query to the server, the Start form shows its search box and
-// jobTarget() sends {"search": QUERY}.
+// With the fleet inventory (INVENTORY = true, issue 14):
+//   * findNodes() sends the query (Chef's search syntax) to GET …/pushy/nodes?q=QUERY and
+//     turns its rows into node documents (last_seen stands in for updated_at);
+//   * the Start form's box is a search (jobTarget() sends {"search": QUERY}).
+// With INVENTORY = false (a server without the inventory) findNodes() reads
+// GET …/pushy/node_states and filters by node name here, and the Start form takes node names
+// (jobTarget() sends {"nodes": [...]}).
 
 import { get, query } from "./api.js";
 
-export const INVENTORY = false;
+export const INVENTORY = true;
 
 /** A node document: {node_name, status, availability, updated_at, facts?}. */
 export async function findNodes(base, text) {
   const q = (text || "").trim();
-  if (INVENTORY) return get(`${base}/nodes${query({ q })}`);
+  if (INVENTORY) {
+    const found = await get(`${base}/nodes${query({ q })}`);
+    return found.rows.map((r) => ({
+      node_name: r.name,
+      status: r.status,
+      availability: r.availability,
+      updated_at: r.last_seen,
+      facts: r.facts,
+    }));
+  }
   const all = await get(`${base}/node_states`);
   if (!q) return all;
   const match = nameMatcher(q);

@@ -72,7 +72,7 @@ export function mountFleet(view, ctx, params) {
         withFacts ? h("td.facts", {}, factsText(n.facts)) : null,
       ),
     );
-    const columns = ["Node", "Status", "Job", "Since", ...(withFacts ? ["Facts"] : [])];
+    const columns = ["Node", "Status", "Job", INVENTORY ? "Last seen" : "Since", ...(withFacts ? ["Facts"] : [])];
     const more =
       nodes.length > shown
         ? h(

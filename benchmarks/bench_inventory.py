@@ -1,0 +1,169 @@
+"""The inventory through the real API: query latency over 1k / 10k / 20k nodes' facts, and
+the memory the facts cost per node.
+
+Run: ``python3 benchmarks/bench_inventory.py [--nodes 1000,10000,20000] [--repeat 20]``.
+
+For each fleet size a ``pushy serve`` subprocess gets that many node clients (provisioned
+offline), and simulated nodes (``nodesim.py``: real TLS, signed upgrades, a ``hello`` with the
+default fact set in ohai's names and formats) connect; past 10,000 nodes (this machine's
+descriptor limit is 20,000 per process) the first 10,000 connect, report their facts and leave,
+then the next ones connect: the server then holds every node's facts, half of them offline.
+Each query is then sent ``--repeat`` times as a signed ``GET …/pushy/nodes?q=QUERY&rows=10``
+on a keep-alive TLS connection: the latency is the whole request as the client sees it
+(signature check, search over every node, the first ten rows). Memory: ``tracemalloc`` over
+the server's node model holding 20,000 nodes' default facts (packed and flattened), per node.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import random
+import resource
+import statistics
+import sys
+import tempfile
+import time
+import tracemalloc
+from pathlib import Path
+from urllib.parse import quote
+
+import trio
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_search import node_facts
+from harness import (
+    ORG,
+    HttpConnection,
+    ServerProcess,
+    SimFleet,
+    admin_key,
+    node_names,
+    provision_clients,
+    signed_request_bytes,
+)
+
+from pushy_appliance import chef_auth
+from pushy_appliance.nodes.model import NodeModel
+
+QUERIES = [
+    "*:*",
+    "platform:ubuntu AND tags:web",
+    "ipaddress:10.0.0.0/9",
+    "fqdn:*.eu.example.com",
+    "status:online AND availability:available AND roles:web",
+    "web",
+    "kernel_*:aarch64",
+]
+
+WAVE = 10_000
+"""Most simulated nodes connected at once."""
+
+
+def model_bytes_per_node(count: int) -> float:
+    """Bytes per node of the node model holding ``count`` nodes' default facts."""
+    rng = random.Random(1)
+    records = [
+        {
+            "t": "node.seen",
+            "org": "o",
+            "name": f"web-{i}",
+            "status": "online",
+            "at": 1.0,
+            "incarnation": f"{i:032x}",
+            "facts": node_facts(i, rng),
+        }
+        for i in range(count)
+    ]
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    model = NodeModel()
+    for r in records:
+        model.apply(r)
+    gc.collect()
+    after = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    assert len(model.names("o")) == count
+    return (after - before) / count
+
+
+async def measure(size: int, repeat: int, work: Path) -> dict[str, list[float]]:
+    data = work / f"inv-{size}"
+    key = chef_auth.generate_private_key()
+    key_file = work / f"node-{size}.pem"
+    key_file.write_text(chef_auth.private_key_pem(key))
+    server = ServerProcess(data)
+    names = node_names(size)
+    await provision_clients(data, names, chef_auth.public_key_pem(key.public_key()))
+    await server.start()
+    out: dict[str, list[float]] = {}
+    try:
+        waves = [(f, min(WAVE, size - f)) for f in range(0, size, WAVE)]
+        for n, (first, count) in enumerate(waves):
+            fleet = SimFleet(
+                server.node_url, server.ca_file, key_file, count, procs=2, connect_concurrency=32
+            )
+            for argv in fleet.argvs:
+                at = argv.index("--first") + 1
+                argv[at] = str(int(argv[at]) + first)
+            async with fleet.running():
+                await fleet.wait_for("connected", count, within=900)
+                if n < len(waves) - 1:
+                    continue  # this wave leaves: its nodes go offline, their facts stay
+                host, port = server.http_address
+                conn = await HttpConnection.connect(host, port, server.ca_file)
+                admin = admin_key(data)
+                path = f"/organizations/{ORG}/pushy/nodes"
+                for text in QUERIES:
+                    request = signed_request_bytes(
+                        "GET", path, f"{host}:{port}", "admin", admin,
+                        query=f"q={quote(text, safe='')}&rows=10",
+                    )  # fmt: skip
+                    runs = []
+                    for _ in range(repeat):
+                        t0 = time.perf_counter()
+                        status, body = await conn.request(request)
+                        runs.append((time.perf_counter() - t0) * 1000)
+                        assert status == 200, body[:200]
+                    out[text] = runs
+                await conn.aclose()
+    finally:
+        await server.stop()
+    return out
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    sizes = [int(x) for x in args.nodes.split(",")]
+    print(f"node model, default facts: {model_bytes_per_node(20_000):.0f} B per node (20,000)")
+    results: dict[int, dict[str, list[float]]] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-inventory-") as tmp:
+        for size in sizes:
+            t0 = time.perf_counter()
+            results[size] = await measure(size, args.repeat, Path(tmp))
+            print(f"  {size:,} nodes measured in {time.perf_counter() - t0:.0f} s", flush=True)
+    print()
+    print("GET pushy/nodes?q=QUERY&rows=10, median / p95 ms".ljust(60)
+          + "".join(f"{n:>16,}" for n in sizes))  # fmt: skip
+    for text in QUERIES:
+        cells = []
+        for n in sizes:
+            runs = sorted(results[n][text])
+            p95 = runs[min(len(runs) - 1, int(len(runs) * 0.95))]
+            cells.append(f"{statistics.median(runs):6.1f} / {p95:5.1f}")
+        print(text.ljust(60) + "".join(f"{c:>16}" for c in cells))
+
+
+def main() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, WAVE * 2 + 2_000)), hard))
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--nodes", default="1000,10000,20000", help="fleet sizes, comma-separated")
+    parser.add_argument("--repeat", type=int, default=20, help="requests per query and size")
+    trio.run(main_async, parser.parse_args())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,805 @@
+"""PostgresStore: the append-only store as a log in PostgreSQL, which several stores (one per
+appliance) may share. The design, and the cluster built on it, is ``docs/SCALE-OUT.md``.
+
+The tables, created at the first open in the connection's ``search_path`` (PostgreSQL 13 or
+later)::
+
+    pushy_meta     (key text PRIMARY KEY, value text NOT NULL)     format = '1'
+    pushy_head     (id int PRIMARY KEY CHECK (id = 1), seq bigint NOT NULL)
+    pushy_log      (seq bigint PRIMARY KEY, writer uuid NOT NULL, record bytea NOT NULL)
+    pushy_snapshot (seq bigint PRIMARY KEY, state bytea NOT NULL)
+
+``record`` is the record framed exactly as in a segment file (``_format``: length, CRC-32,
+msgpack) and ``state`` is exactly a snapshot file's contents (header, CRC-32, msgpack), so the
+same checks apply to both stores. ``writer`` is a UUID new at every open of a store.
+
+Appending: one group is one transaction. ``UPDATE pushy_head SET seq = seq + n RETURNING
+seq`` takes the head's row lock, held to ``COMMIT``, so groups (of every store on the
+database) get their seqs in commit order, and a group that rolls back leaves no hole; the rows
+are inserted with one ``INSERT … SELECT FROM unnest(…)``, and ``pg_notify('pushy_log', head)``
+rings the other stores' doorbell at ``COMMIT``. Sessions run with ``synchronous_commit = on``:
+a group's callers are answered once ``COMMIT`` returned, so an acknowledged record is in the
+WAL on disk (and on a synchronous standby, if the operator has one).
+
+A failure before ``COMMIT`` was sent refuses the group (nothing of it is stored) and makes the
+store unavailable, as a failed write does in the file store (``_base``, ``_outage``). A
+failure after it (the connection broke while ``COMMIT`` was on its way) leaves the group *in
+doubt*: its callers are refused all the same, and each retry of the writer first asks the
+database (``pg_xact_status`` of the transaction id read in the group's first statement). An
+aborted group is forgotten (its seqs are given out again); a committed one is in the log, and
+:meth:`PostgresStore.follow` yields it like another store's records. Each retry then proves
+that the head can be updated (an ``UPDATE`` rolled back) and that the log did not lose
+acknowledged records (a head below ``last_seq``: an asynchronous failover); once one succeeds
+the store takes writes again.
+
+Following: :meth:`PostgresStore.follow` yields, in seq order, every record after the head as
+of the open that this store did not acknowledge to its own callers: the other stores'
+records, and in-doubt groups that committed. ``LISTEN pushy_log`` on a connection of its own
+is only a doorbell (it has no replay): the follower reads ``seq > position`` whenever it rings
+(waited with ``trio.lowlevel.wait_readable`` on the connection's socket), every
+``FOLLOW_POLL`` seconds anyway, and after every reconnect.
+
+Recovery: in one ``REPEATABLE READ`` transaction, the newest snapshot that passes its checks
+(a damaged one is logged and skipped), then every record after it. Every row was committed, so
+there is no torn tail to cut: a record that fails its checks, or a missing seq, raises
+:class:`~pushy_appliance.errors.StoreCorruptError` and changes nothing.
+
+Exclusive opens (the default, until the cluster's engines follow each other) hold a session
+advisory lock keyed on the schema, so a second appliance on the same store is refused at open,
+as a second server on one data directory is.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import psycopg
+import trio
+from psycopg import conninfo
+
+from ..errors import StoreCorruptError, StoreError, StoreUnavailableError
+from ._base import GroupCommitStore, Recovered
+from ._format import decode_snapshot, encode_segment_header, scan_segment
+from ._outage import RETRY_FIRST, RETRY_MAX
+from ._pgurl import redact_url
+from ._verify import VerifyReport
+
+__all__ = [
+    "FOLLOW_BATCH",
+    "FOLLOW_POLL",
+    "FORMAT",
+    "PostgresStore",
+    "connect",
+    "decode_frames",
+    "verify",
+]
+
+log = logging.getLogger(__name__)
+
+FORMAT = "1"
+"""``pushy_meta.format`` of the tables this module writes."""
+FOLLOW_BATCH = 10_000
+"""Most records one read of the follower fetches."""
+FOLLOW_POLL = 5.0
+"""Seconds after which the follower reads the log even though its doorbell did not ring."""
+
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS pushy_meta (key text PRIMARY KEY, value text NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS pushy_head "
+    "(id int PRIMARY KEY CHECK (id = 1), seq bigint NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS pushy_log "
+    "(seq bigint PRIMARY KEY, writer uuid NOT NULL, record bytea NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS pushy_snapshot (seq bigint PRIMARY KEY, state bytea NOT NULL)",
+)
+_SESSION = (
+    # acknowledged = durable, whatever postgresql.conf says
+    "SET synchronous_commit = on",
+    # a stalled or vanished appliance cannot hold the head's lock for long
+    "SET idle_in_transaction_session_timeout = '10s'",
+    "SET lock_timeout = '10s'",
+    "SET statement_timeout = '30s'",
+)
+_CONNECT_DEFAULTS = {
+    "connect_timeout": "5",
+    "keepalives": "1",
+    "keepalives_idle": "5",
+    "keepalives_interval": "2",
+    "keepalives_count": "3",
+    "application_name": "pushy",
+}
+_NEXT_SEQS = (
+    "UPDATE pushy_head SET seq = seq + %s WHERE id = 1 RETURNING seq, pg_current_xact_id()::text"
+)
+_INSERT = """
+WITH ins AS (
+    INSERT INTO pushy_log (seq, writer, record)
+    SELECT %(first)s + t.ord - 1, %(writer)s, t.rec
+    FROM unnest(%(records)s::bytea[]) WITH ORDINALITY AS t(rec, ord)
+)
+SELECT pg_notify('pushy_log', %(head)s)
+"""
+_SCHEMA_LOCK = "SELECT pg_advisory_xact_lock(hashtext('pushy-store-schema:' || current_schema()))"
+_OPEN_LOCK = "SELECT pg_try_advisory_lock(hashtext('pushy-store-open:' || current_schema()))"
+_SAVE_SNAPSHOT = (
+    "INSERT INTO pushy_snapshot (seq, state) VALUES (%s, %s) "
+    "ON CONFLICT (seq) DO UPDATE SET state = EXCLUDED.state"
+)
+_UNREACHABLE_STATES = ("08", "57P")  # connection exceptions; admin shutdown, crash, starting
+
+
+def connect(url: str, *, autocommit: bool) -> psycopg.Connection[Any]:
+    """A connection with the store's session settings (URL parameters win over the
+    defaults: keepalives, a 5 s connect timeout).
+
+    Raises:
+        psycopg.Error: the database cannot be reached or refuses the settings.
+    """
+    params: dict[str, Any] = conninfo.conninfo_to_dict(url)
+    for key, value in _CONNECT_DEFAULTS.items():
+        params.setdefault(key, value)
+    conn = psycopg.connect(**params, autocommit=autocommit)
+    try:
+        for statement in _SESSION:
+            conn.execute(statement)
+        if not autocommit:
+            conn.commit()
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _reason(e: psycopg.Error) -> str:
+    """What a client is told (no host names or paths): the condition, not the message."""
+    state = e.sqlstate
+    if state is None or state.startswith(_UNREACHABLE_STATES):
+        return "PostgreSQL unreachable"
+    return f"PostgreSQL error {state}"
+
+
+def _detail(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
+
+
+def decode_frames(first_seq: int, frames: Sequence[bytes], where: str) -> list[dict[str, Any]]:
+    """The records of consecutive framed rows (seqs ``first_seq``…), checked as a segment.
+
+    Raises:
+        StoreCorruptError: a frame fails its length, CRC or msgpack check; the error names
+            the seq.
+    """
+    if not frames:
+        return []
+    data = encode_segment_header(first_seq) + b"".join(frames)
+    scan = scan_segment(data, path=where, first_seq=first_seq)
+    if scan.damage is not None:
+        seq = first_seq + len(scan.records)
+        raise StoreCorruptError(f"{where} pushy_log", seq, f"record {seq}: {scan.damage.reason}")
+    return scan.records
+
+
+class _StaleConnectionError(Exception):
+    """The writer's idle connection was found dead before anything was sent."""
+
+
+class _InDoubtError(Exception):
+    """``COMMIT`` was sent and its answer lost: the group may or may not be in the log."""
+
+    def __init__(self, first: int, last: int, xid: str, error: StoreUnavailableError) -> None:
+        super().__init__(error.reason)
+        self.first = first
+        self.last = last
+        self.xid = xid
+        self.error = error
+
+
+@dataclasses.dataclass(slots=True)
+class _Doubt:
+    """An in-doubt group: seqs ``first..last`` of transaction ``xid``."""
+
+    first: int
+    last: int
+    xid: str
+    committed: bool | None = None  # None: not resolved yet
+
+
+@dataclasses.dataclass(slots=True)
+class _Opened:
+    conn: psycopg.Connection[Any]
+    recovered: Recovered
+    head: int
+    bytes: int
+
+
+def _take_open_lock(conn: psycopg.Connection[Any]) -> bool:
+    row = conn.execute(_OPEN_LOCK).fetchone()
+    conn.commit()
+    return bool(row and row[0])
+
+
+def _recover(url: str, where: str, exclusive: bool) -> _Opened:
+    """Create the tables if needed, lock, and read the snapshot and the records after it.
+    Runs in a worker thread."""
+    try:
+        conn = connect(url, autocommit=False)
+    except psycopg.Error as e:
+        raise StoreError(f"cannot connect to {where}: {_detail(e)}") from e
+    try:
+        try:
+            with conn.transaction():
+                conn.execute(_SCHEMA_LOCK)
+                for statement in _SCHEMA:
+                    conn.execute(statement)
+                conn.execute(
+                    "INSERT INTO pushy_meta VALUES ('format', %s) ON CONFLICT DO NOTHING",
+                    (FORMAT,),
+                )
+                conn.execute("INSERT INTO pushy_head VALUES (1, 0) ON CONFLICT DO NOTHING")
+                row = conn.execute("SELECT value FROM pushy_meta WHERE key = 'format'").fetchone()
+            if row is None or row[0] != FORMAT:
+                raise StoreError(f"{where}: unknown store format {row[0] if row else None!r}")
+            if exclusive and not _take_open_lock(conn):
+                raise StoreError(f"{where} is already open (another pushy appliance?)")
+            conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+            with conn.transaction():
+                opened = _read(conn, where)
+            conn.isolation_level = None
+        except psycopg.Error as e:
+            raise StoreError(f"cannot open the store in {where}: {_detail(e)}") from e
+    except BaseException:
+        conn.close()
+        raise
+    return opened
+
+
+def _read(conn: psycopg.Connection[Any], where: str) -> _Opened:
+    head_row = conn.execute("SELECT seq FROM pushy_head WHERE id = 1").fetchone()
+    head = int(head_row[0]) if head_row else 0
+    state: Any = None
+    base = 0
+    seqs = [int(s) for (s,) in conn.execute("SELECT seq FROM pushy_snapshot ORDER BY seq DESC")]
+    for seq in seqs:
+        row = conn.execute("SELECT state FROM pushy_snapshot WHERE seq = %s", (seq,)).fetchone()
+        try:
+            state = decode_snapshot(bytes(row[0]) if row else b"", path=where, seq=seq)
+        except StoreCorruptError as e:
+            log.warning(
+                "store: snapshot %d in %s is damaged (%s); trying an older one", seq, where, e
+            )
+            continue
+        base = seq
+        break
+    cur = conn.cursor(binary=True)
+    rows = cur.execute(
+        "SELECT seq, record FROM pushy_log WHERE seq > %s ORDER BY seq", (base,)
+    ).fetchall()
+    size_row = conn.execute(
+        "SELECT coalesce(sum(octet_length(record)), 0) FROM pushy_log"
+    ).fetchone()
+    if head > base and (not rows or int(rows[0][0]) != base + 1):
+        found = int(rows[0][0]) if rows else head + 1
+        raise StoreCorruptError(where, base + 1, f"records {base + 1}..{found - 1} are missing")
+    for index, (seq, _record) in enumerate(rows):
+        if int(seq) != base + 1 + index:
+            raise StoreCorruptError(
+                where, base + 1 + index, f"record {base + 1 + index} is missing"
+            )
+    if rows and int(rows[-1][0]) != head:
+        raise StoreCorruptError(where, head, f"the head says {head}, the log ends at {rows[-1][0]}")
+    records = decode_frames(base + 1, [bytes(r) for _s, r in rows], where)
+    log.info(
+        "store: opened %s: snapshot at seq %d, %d record(s) replayed, last seq %d",
+        where,
+        base,
+        len(records),
+        head,
+    )
+    return _Opened(
+        conn=conn,
+        recovered=Recovered(state, base, list(enumerate(records, start=base + 1))),
+        head=head,
+        bytes=int(size_row[0]) if size_row else 0,
+    )
+
+
+class PostgresStore(GroupCommitStore):
+    """The store in a PostgreSQL database. Create it with :meth:`open` (or
+    ``open_postgres_store``).
+
+    Args:
+        url: the database's ``postgresql://`` URL.
+        opened: what recovery found, with the writer's connection.
+        exclusive: whether this store holds the database's open lock.
+        queue_size: capacity of the writer's request channel.
+    """
+
+    def __init__(self, url: str, opened: _Opened, *, exclusive: bool, queue_size: int) -> None:
+        super().__init__(opened.recovered, opened.head, queue_size=queue_size)
+        self._url = url
+        self._where = redact_url(url)
+        self._exclusive = exclusive
+        self._conn: psycopg.Connection[Any] | None = opened.conn
+        self._bytes = opened.bytes
+        self._writer = uuid.uuid4()
+        self._opened_head = opened.head
+        self._acked_max = opened.head
+        """Every own group up to this seq was acknowledged, or is in ``_doubts``."""
+        self._doubts: list[_Doubt] = []
+        self._verdict = trio.Event()
+        """Set (and replaced) whenever a group's outcome is known."""
+        self._following = False
+        self._followed = opened.head
+
+    @classmethod
+    async def open(
+        cls, url: str, *, exclusive: bool = True, queue_size: int = 4096
+    ) -> PostgresStore:
+        """Connect, create the tables if needed and recover (see the module doc).
+
+        The caller owns the result: run :meth:`run` in a nursery, then :meth:`aclose` and
+        :meth:`release`; ``open_postgres_store`` does all of that.
+
+        Args:
+            url: a ``postgresql://`` URL (libpq's: several hosts, ``sslmode``, ``options``).
+            exclusive: hold the store's open lock: a second exclusive open fails.
+            queue_size: capacity of the writer's request channel.
+
+        Raises:
+            ValueError: when ``queue_size`` is below 1.
+            StoreCorruptError: a record fails its checks, or seqs are missing.
+            StoreError: the database cannot be reached or used, or another exclusive store
+                has it open.
+
+        Cancellation: recovery runs to the end in a worker thread (shielded).
+        """
+        if queue_size < 1:
+            raise ValueError("queue_size must be at least 1")
+        with trio.CancelScope(shield=True):
+            opened = await trio.to_thread.run_sync(_recover, url, redact_url(url), exclusive)
+        return cls(url, opened, exclusive=exclusive, queue_size=queue_size)
+
+    @property
+    def where(self) -> str:
+        """The database's URL without its password."""
+        return self._where
+
+    @property
+    def followed_seq(self) -> int:
+        """The seq up to which :meth:`follow` has read the log (the head at open before)."""
+        return self._followed
+
+    def release(self) -> None:
+        """Close the writer's connection (and with it the open lock)."""
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    # --- the writer's connection (used only from the writer task's worker threads) ----------
+
+    def _writer_conn(self) -> psycopg.Connection[Any]:
+        if self._conn is not None and not self._conn.closed and not self._conn.broken:
+            return self._conn
+        self._drop_conn()
+        try:
+            conn = connect(self._url, autocommit=False)
+        except psycopg.Error as e:
+            raise self._unavailable(e) from e
+        if self._exclusive:
+            try:
+                held = _take_open_lock(conn)
+            except psycopg.Error as e:
+                conn.close()
+                raise self._unavailable(e) from e
+            if not held:
+                conn.close()
+                raise StoreUnavailableError(
+                    "the database is held by another appliance", self._where
+                )
+        self._conn = conn
+        return conn
+
+    def _drop_conn(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def _abort(self, conn: psycopg.Connection[Any]) -> None:
+        """End a failed transaction: roll back, or drop a connection that cannot."""
+        if conn.closed or conn.broken:
+            self._drop_conn()
+            return
+        try:
+            conn.rollback()
+        except psycopg.Error:
+            self._drop_conn()
+
+    def _unavailable(self, e: psycopg.Error) -> StoreUnavailableError:
+        return StoreUnavailableError(_reason(e), f"{self._where} ({_detail(e)})")
+
+    # --- writing ------------------------------------------------------------------------------
+
+    async def _commit(self, frames: list[bytes], first_seq: int) -> int | None:
+        try:
+            first = await trio.to_thread.run_sync(self._commit_sync, frames)
+        except _InDoubtError as e:
+            self._doubts.append(_Doubt(e.first, e.last, e.xid))
+            self._settled()
+            log.error(
+                "store: the commit of seqs %d..%d was sent but its answer lost; refused, and "
+                "resolved before the next write",
+                e.first,
+                e.last,
+            )
+            raise e.error from None
+        self._acked_max = first + len(frames) - 1
+        self._bytes += sum(map(len, frames))
+        self._settled()
+        return first
+
+    def _settled(self) -> None:
+        self._verdict.set()
+        self._verdict = trio.Event()
+
+    def _commit_sync(self, frames: list[bytes]) -> int:
+        try:
+            return self._try_commit(frames)
+        except _StaleConnectionError:
+            # an idle connection that died (a database restart): nothing was sent, try anew
+            self._drop_conn()
+            return self._try_commit(frames)
+
+    def _try_commit(self, frames: list[bytes]) -> int:
+        fresh = self._conn is None or self._conn.closed or self._conn.broken
+        conn = self._writer_conn()
+        n = len(frames)
+        try:
+            row = conn.execute(_NEXT_SEQS, (n,)).fetchone()
+            assert row is not None
+            head, xid = int(row[0]), str(row[1])
+            first = head - n + 1
+            conn.execute(
+                _INSERT,
+                {"first": first, "writer": self._writer, "records": frames, "head": str(head)},
+            )
+        except psycopg.Error as e:
+            self._abort(conn)
+            if not fresh and (conn.closed or conn.broken):
+                raise _StaleConnectionError from e
+            raise self._unavailable(e) from e
+        try:
+            conn.commit()
+        except psycopg.Error as e:
+            self._drop_conn()
+            raise _InDoubtError(first, head, xid, self._unavailable(e)) from e
+        return first
+
+    async def _repair(self, probe_bytes: int) -> None:
+        doubts = [d for d in self._doubts if d.committed is None]
+        resolved = await trio.to_thread.run_sync(self._repair_sync, doubts, self._last_seq)
+        for doubt, committed in resolved:
+            doubt.committed = committed
+            if committed:
+                log.warning(
+                    "store: the in-doubt commit of seqs %d..%d was committed after all; its "
+                    "callers were refused, the follower applies it",
+                    doubt.first,
+                    doubt.last,
+                )
+            else:
+                log.warning(
+                    "store: the in-doubt commit of seqs %d..%d was not committed",
+                    doubt.first,
+                    doubt.last,
+                )
+        self._doubts = [d for d in self._doubts if d.committed is not False]
+        if resolved:
+            self._settled()
+
+    def _repair_sync(self, doubts: list[_Doubt], last_seq: int) -> list[tuple[_Doubt, bool]]:
+        conn = self._writer_conn()
+        resolved: list[tuple[_Doubt, bool]] = []
+        try:
+            for doubt in doubts:
+                row = conn.execute("SELECT pg_xact_status(%s::xid8)", (doubt.xid,)).fetchone()
+                status = row[0] if row else None
+                if status == "in progress":
+                    raise StoreUnavailableError(
+                        "an earlier commit is still in progress", self._where
+                    )
+                if status is None:  # too old to say: the rows do
+                    found = conn.execute(
+                        "SELECT count(*) FROM pushy_log WHERE seq = %s AND writer = %s",
+                        (doubt.first, self._writer),
+                    ).fetchone()
+                    status = "committed" if found and found[0] else "aborted"
+                resolved.append((doubt, status == "committed"))
+            row = conn.execute("SELECT seq FROM pushy_head WHERE id = 1 FOR UPDATE").fetchone()
+            head = int(row[0]) if row else 0
+            if head < last_seq:
+                raise StoreUnavailableError(
+                    f"the database lost acknowledged records: its log ends at {head}, this "
+                    f"store wrote or read up to {last_seq} (an asynchronous failover?)",
+                    self._where,
+                )
+            conn.execute("UPDATE pushy_head SET seq = seq WHERE id = 1")  # proves a write
+            conn.rollback()
+        except psycopg.Error as e:
+            self._abort(conn)
+            raise self._unavailable(e) from e
+        except StoreUnavailableError:
+            self._abort(conn)
+            raise
+        return resolved
+
+    async def _save_snapshot(self, contents: bytes, seq: int) -> None:
+        await trio.to_thread.run_sync(self._save_snapshot_sync, contents, seq)
+
+    def _save_snapshot_sync(self, contents: bytes, seq: int) -> None:
+        try:
+            with connect(self._url, autocommit=True) as conn:
+                conn.execute(_SAVE_SNAPSHOT, (seq, contents))
+        except psycopg.Error as e:
+            raise StoreError(f"cannot write snapshot {seq} to {self._where}: {_detail(e)}") from e
+
+    async def _after_snapshot(self, seq: int) -> None:
+        self._bytes = await trio.to_thread.run_sync(self._after_snapshot_sync, seq)
+
+    def _after_snapshot_sync(self, seq: int) -> int:
+        try:
+            conn = self._writer_conn()
+        except StoreUnavailableError as e:
+            raise StoreError(f"after snapshot {seq}: {e.reason}") from e
+        try:
+            kept = [
+                int(s)
+                for (s,) in conn.execute(
+                    "SELECT seq FROM pushy_snapshot ORDER BY seq DESC LIMIT 2"
+                ).fetchall()
+            ]
+            removed = 0
+            if len(kept) == 2:
+                older = kept[1]
+                cur = conn.execute("DELETE FROM pushy_snapshot WHERE seq < %s", (older,))
+                removed += max(cur.rowcount, 0)
+                cur = conn.execute("DELETE FROM pushy_log WHERE seq <= %s", (older,))
+                removed += max(cur.rowcount, 0)
+            row = conn.execute(
+                "SELECT coalesce(sum(octet_length(record)), 0) FROM pushy_log"
+            ).fetchone()
+            conn.commit()
+        except psycopg.Error as e:
+            self._abort(conn)
+            raise StoreError(f"after snapshot {seq}: {_detail(e)}") from e
+        log.info("store: snapshot at seq %d; removed %d obsolete row(s)", seq, removed)
+        return int(row[0]) if row else 0
+
+    def _segment_figures(self) -> tuple[int, int]:
+        return 0, self._bytes
+
+    # --- following ----------------------------------------------------------------------------
+
+    async def follow(self) -> AsyncIterator[list[tuple[int, dict[str, Any]]]]:
+        """Yield, in seq order and in batches, every record appended after the open that this
+        store did not acknowledge itself: other stores' records, and in-doubt groups of its
+        own that committed (see the module doc).
+
+        Use it with ``contextlib.aclosing``; one follower at a time. While the database is
+        away it reconnects on its own (backoff ``RETRY_FIRST`` doubling to ``RETRY_MAX``) and
+        catches up by seq, so nothing is missed.
+
+        Yields:
+            Non-empty lists of ``(seq, record)``.
+
+        Raises:
+            StoreError: another follower is running, or the records after :attr:`followed_seq`
+                were deleted by a compaction before they could be read (reload from the
+                newest snapshot).
+            StoreCorruptError: a record fails its checks.
+
+        Cancellation: safe between batches; a read in progress finishes in its thread first.
+        """
+        if self._following:
+            raise StoreError("the store already has a follower")
+        self._following = True
+        conn: psycopg.Connection[Any] | None = None
+        delay = RETRY_FIRST
+        try:
+            while True:
+                if conn is None:
+                    try:
+                        conn = await trio.to_thread.run_sync(self._listen)
+                    except psycopg.Error as e:
+                        log.warning(
+                            "store: follower cannot reach %s (%s); again in %.2f s",
+                            self._where,
+                            _detail(e),
+                            delay,
+                        )
+                        await trio.sleep(delay)
+                        delay = min(delay * 2, RETRY_MAX)
+                        continue
+                    delay = RETRY_FIRST
+                try:
+                    rows = await trio.to_thread.run_sync(self._fetch, conn, self._followed)
+                except psycopg.Error as e:
+                    log.warning("store: follower lost %s (%s)", self._where, _detail(e))
+                    conn.close()
+                    conn = None
+                    continue
+                batch, pending = self._take(rows)
+                verdict = self._verdict  # before the yield: a verdict may come during it
+                if batch:
+                    self._last_seq = max(self._last_seq, batch[-1][0])
+                    yield batch
+                if pending:
+                    with trio.move_on_after(FOLLOW_POLL):
+                        await verdict.wait()
+                elif len(rows) < FOLLOW_BATCH and not await self._wait_doorbell(conn):
+                    conn.close()
+                    conn = None
+        finally:
+            self._following = False
+            if conn is not None:
+                conn.close()
+
+    def _listen(self) -> psycopg.Connection[Any]:
+        conn = connect(self._url, autocommit=True)
+        try:
+            conn.execute("LISTEN pushy_log")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _fetch(self, conn: psycopg.Connection[Any], after: int) -> list[tuple[int, Any, bytes]]:
+        cur = conn.cursor(binary=True)
+        rows = cur.execute(
+            "SELECT seq, writer, record FROM pushy_log WHERE seq > %s ORDER BY seq LIMIT %s",
+            (after, FOLLOW_BATCH),
+        ).fetchall()
+        return [(int(s), w, bytes(r)) for s, w, r in rows]
+
+    def _take(
+        self, rows: list[tuple[int, Any, bytes]]
+    ) -> tuple[list[tuple[int, dict[str, Any]]], bool]:
+        """The rows to yield, advancing :attr:`followed_seq`; ``True`` when a row of this
+        store's own group came before its outcome was known (wait for it, read again)."""
+        out: list[tuple[int, dict[str, Any]]] = []
+        for seq, writer, frame in rows:
+            if seq != self._followed + 1:
+                raise StoreError(
+                    f"{self._where}: records {self._followed + 1}..{seq - 1} were compacted "
+                    "away before the follower read them; reload from the newest snapshot"
+                )
+            if writer == self._writer:
+                doubt = next((d for d in self._doubts if d.first <= seq <= d.last), None)
+                if doubt is None and seq > self._acked_max:
+                    return out, True  # its COMMIT's answer is on its way to the writer
+                if doubt is None:
+                    self._followed = seq  # acknowledged: its appender applies it
+                    continue
+            (record,) = decode_frames(seq, [frame], self._where)
+            out.append((seq, record))
+            self._bytes += len(frame)
+            self._followed = seq
+        self._doubts = [d for d in self._doubts if d.last > self._followed or d.committed is None]
+        return out, False
+
+    async def _wait_doorbell(self, conn: psycopg.Connection[Any]) -> bool:
+        """Wait for a notification (or ``FOLLOW_POLL`` seconds); ``False`` when the
+        connection broke."""
+        try:
+            if list(conn.notifies(timeout=0)):
+                return True  # rang during the last read
+        except psycopg.Error:
+            return False
+        with trio.move_on_after(FOLLOW_POLL):
+            await trio.lowlevel.wait_readable(conn.fileno())
+        try:
+            list(conn.notifies(timeout=0))
+        except psycopg.Error:
+            return False
+        return True
+
+
+# --- pushy store verify --------------------------------------------------------------------
+
+
+def verify(url: str) -> VerifyReport:
+    """Check every snapshot and every record of the store in ``url``'s database, in one
+    read-only ``REPEATABLE READ`` transaction (a consistent view beside live appliances).
+
+    Returns:
+        The report; ``ok`` is false when a record or snapshot is damaged, seqs are missing
+        that no valid snapshot covers, or the head does not meet the log's end.
+    """
+    where = redact_url(url)
+    problems: list[str] = []
+    notes: list[str] = []
+    try:
+        conn = connect(url, autocommit=False)
+    except psycopg.Error as e:
+        return VerifyReport(False, 0, 0, 0, 0, [f"cannot connect: {_detail(e)}"], where)
+    try:
+        conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        conn.read_only = True
+        with conn.transaction():
+            return _verify_in(conn, where, problems, notes)
+    except psycopg.Error as e:
+        problems.append(f"cannot read the store: {_detail(e)}")
+        return VerifyReport(False, 0, 0, 0, 0, problems, where, notes)
+    finally:
+        conn.close()
+
+
+def _verify_in(
+    conn: psycopg.Connection[Any], where: str, problems: list[str], notes: list[str]
+) -> VerifyReport:
+    found = conn.execute("SELECT to_regclass('pushy_meta') IS NOT NULL").fetchone()
+    if not found or not found[0]:
+        problems.append("no pushy store here (no pushy_meta table in the search_path)")
+        return VerifyReport(False, 0, 0, 0, 0, problems, where, notes)
+    row = conn.execute("SELECT value FROM pushy_meta WHERE key = 'format'").fetchone()
+    if row is None or row[0] != FORMAT:
+        problems.append(f"unknown store format {row[0] if row else None!r}")
+        return VerifyReport(False, 0, 0, 0, 0, problems, where, notes)
+    head_row = conn.execute("SELECT seq FROM pushy_head WHERE id = 1").fetchone()
+    head = int(head_row[0]) if head_row else 0
+    valid: list[int] = []
+    seqs = [int(s) for (s,) in conn.execute("SELECT seq FROM pushy_snapshot ORDER BY seq")]
+    for seq in seqs:
+        state_row = conn.execute(
+            "SELECT state FROM pushy_snapshot WHERE seq = %s", (seq,)
+        ).fetchone()
+        try:
+            decode_snapshot(bytes(state_row[0]) if state_row else b"", path=where, seq=seq)
+        except StoreCorruptError as e:
+            problems.append(f"snapshot {seq}: {e.reason}; the next open skips it")
+            continue
+        valid.append(seq)
+    base = max(valid, default=0)
+    records = 0
+    size = 0
+    expected: int | None = None
+    with conn.cursor(name="pushy_verify", binary=True) as cur:
+        cur.itersize = 2000
+        cur.execute("SELECT seq, record FROM pushy_log ORDER BY seq")
+        for seq, record in cur:
+            seq = int(seq)
+            frame = bytes(record)
+            size += len(frame)
+            records += 1
+            if expected is None:
+                if seq > base + 1:
+                    problems.append(
+                        f"records {base + 1}..{seq - 1} are missing and no valid snapshot "
+                        "covers them"
+                    )
+            elif seq != expected:
+                problems.append(f"records {expected}..{seq - 1} are missing")
+            expected = seq + 1
+            try:
+                decode_frames(seq, [frame], where)
+            except StoreCorruptError as e:
+                problems.append(f"{e.reason}; the store will not open")
+    end = expected - 1 if expected is not None else base
+    if expected is None and head > base:
+        problems.append(f"records {base + 1}..{head} are missing and no valid snapshot covers them")
+    elif end != head and not (expected is None and head <= base):
+        problems.append(f"the head says {head}, the log ends at {end}")
+    notes.append(f"head at seq {head}; newest valid snapshot at seq {base}")
+    return VerifyReport(
+        ok=not problems,
+        segments=0,
+        records=records,
+        bytes=size,
+        snapshots=len(seqs),
+        problems=problems,
+        directory=where,
+        notes=notes,
+    )
