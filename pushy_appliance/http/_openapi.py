@@ -575,7 +575,7 @@ def _schemas() -> dict[str, Schema]:
                 "one Server-Sent Event; data is JSON whose first key is timestamp. A"
                 " quorum_vote's data: node, status, and where known reason (a failure's nack"
                 " reason) and held_by (the live job holding a node that nacked busy or voted"
-                " down); see docs/API-ADDITIONS.md"
+                " down); see docs/API-EXTENSIONS.md"
             ),
             "properties": {
                 "event": {"enum": _EVENTS},
