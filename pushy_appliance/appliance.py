@@ -331,6 +331,9 @@ async def _serve_locked(
                 await stop.wait()
                 log.info("shutting down: draining requests for up to %.0f s", DRAIN_SECONDS)
                 registry.close_all(CLOSE_GOING_AWAY, "server going away")
+                # open feeds end now (their clients resume with Last-Event-ID after the
+                # restart), so a feed is not what the drain waits for
+                hub.close_all()
                 await http_done.wait()
                 if store.statistics().records >= SHUTDOWN_SNAPSHOT_RECORDS:
                     # the next start loads a snapshot instead of replaying the log

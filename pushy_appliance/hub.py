@@ -204,9 +204,18 @@ class Hub:
         self._subscribers = 0
         self._published = 0
         self._lagged_disconnects = 0
+        self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close_all` was called."""
+        return self._closed
 
     def subscribe(self, topic: str) -> Subscription:
         """Attach a new subscription to ``topic``; it sees every item published from now on.
+
+        After :meth:`close_all` the subscription is born detached: its reader ends at once,
+        normally (``lagged`` false).
 
         Args:
             topic: the topic name (the hub gives names no meaning).
@@ -215,6 +224,9 @@ class Hub:
             The subscription, to be used as a ``with`` block so it is released on exit.
         """
         sub = Subscription(self, topic)
+        if self._closed:
+            sub._attached = False
+            return sub
         subs = self._topics.get(topic)
         if subs is None:
             subs = self._topics[topic] = {}
@@ -271,6 +283,17 @@ class Hub:
             sub._attached = False
             if sub._lot:
                 sub._lot.unpark_all()
+
+    def close_all(self) -> None:
+        """End every topic and take no new subscription (the server is shutting down).
+
+        Every reader drains what it has buffered and ends normally (``lagged`` false), as
+        after :meth:`close_topic`, so a feed client resumes later with ``Last-Event-ID``;
+        later subscriptions are born detached. Idempotent; never blocks.
+        """
+        self._closed = True
+        for topic in list(self._topics):
+            self.close_topic(topic)
 
     def statistics(self) -> HubStatistics:
         """Return a snapshot of the hub's counters.

@@ -358,3 +358,40 @@ def test_org_log_arguments_are_checked() -> None:
         OrgEventLog(1.0, max_events=0)
     with pytest.raises(ValueError, match="first must be at least 1"):
         OrgEventLog(1.0, first=0)
+
+
+# --- Hub: shutdown --------------------------------------------------------------------------
+
+
+async def test_close_all_ends_every_reader_normally_and_later_ones_are_born_detached() -> None:
+    hub = Hub(buffer=4)
+    ended: list[tuple[str, list[Any], bool]] = []
+
+    async def reader(topic: str, task_status: trio.TaskStatus[None]) -> None:
+        with hub.subscribe(topic) as sub:
+            task_status.started()
+            got = [item async for item in sub]
+            ended.append((topic, got, sub.lagged))
+
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:
+            for topic in ("job:1", "job:2", "org:o"):
+                await nursery.start(reader, topic)
+            hub.publish("job:1", "a")
+            hub.publish("org:o", "b")
+            assert not hub.closed
+            hub.close_all()
+            hub.close_all()  # idempotent
+            assert hub.closed
+        assert sorted(ended) == [
+            ("job:1", ["a"], False),
+            ("job:2", [], False),
+            ("org:o", ["b"], False),
+        ]
+        assert hub.statistics().subscribers == 0
+        assert hub.statistics().topics == 0
+        with hub.subscribe("job:3") as late:
+            assert not late.attached and not late.lagged
+            hub.publish("job:3", "never seen")
+            assert [item async for item in late] == []
+        assert hub.statistics().subscribers == 0

@@ -31,6 +31,11 @@ Ids and special events:
   client that resumes with it gets every later event exactly once. Its data is
   ``{"timestamp":…,"buffer":N}``.
 
+Shutdown. The server closes every topic (:meth:`~..hub.Hub.close_all`) as it starts to drain:
+each feed sends what it has and ends, without ``lagged``, so its client resumes with
+``Last-Event-ID`` once the server is back; a feed opened during the drain sends its history
+and ends. An open feed does not hold up the stop.
+
 Slow and stalled clients. Publishing never waits for a reader. A client that stops reading
 fills the TCP buffers, the feed's writes block, its subscription's buffer
 (``feeds.subscriber_buffer``) fills and the hub cuts it off at once: neither the job nor the
