@@ -190,7 +190,15 @@ def _schemas() -> dict[str, Schema]:
                         "available": {"type": "integer"},
                     },
                 },
-                "feeds": {"type": "object", "properties": {"subscribers": {"type": "integer"}}},
+                "feeds": {
+                    "type": "object",
+                    "properties": {
+                        "subscribers": {"type": "integer"},
+                        "open": {"type": "integer"},
+                        "lagged": {"type": "integer"},
+                        "revoked": {"type": "integer"},
+                    },
+                },
                 "store": {
                     "type": "object",
                     "properties": {"records": {"type": "integer"}, "bytes": {"type": "integer"}},
@@ -503,6 +511,10 @@ def _paths() -> dict[str, Schema]:
     created_key = {
         "201": _ok(_ref("CreatedWithKey"), "created", _LOCATION),
         "409": _error("exists, or the other kind of principal of the org has that name"),
+    }
+    feed_refusals = {
+        "429": _error("the principal has feeds.max_per_principal feeds open"),
+        "503": _error("the server has feeds.max_connections feeds open"),
     }
     event_stream = {
         "description": "Server-Sent Events (``event:``, ``id:``, ``data: JSON``)",
@@ -844,7 +856,7 @@ def _paths() -> dict[str, Schema]:
             "get": _op(
                 f"getJobFeed{alias}",
                 "A job's events: history, then live, to the end",
-                {"200": event_stream},
+                {"200": event_stream, **feed_refusals},
                 tags=feeds,
                 params=feed_headers,
             ),
@@ -854,7 +866,7 @@ def _paths() -> dict[str, Schema]:
             "get": _op(
                 f"getOrgFeed{alias}",
                 "The org's job starts and ends, live",
-                {"200": event_stream},
+                {"200": event_stream, **feed_refusals},
                 tags=feeds,
                 params=feed_headers,
             ),
