@@ -16,6 +16,20 @@ write per step) and then handed to :meth:`Feeds.publish_job`, which
 An event is logged (org feed) or stored (job feed) before it is published, so a feed
 handler that subscribes first and reads the log or store second sees every event once.
 
+Node events (an addition to the org feed, ``docs/FEEDS.md``), sent only to the org feed's
+readers that ask for them (``?node_events=true``). The node link tells
+:meth:`Feeds.node_changed` of every node whose status or availability may have changed; at
+most every ``NODE_STATUS_INTERVAL`` seconds :meth:`Feeds.run` asks the link the state of those
+nodes (``node_state``) and, for each whose ``(status, availability)`` differs from what the
+org feed last said of it, publishes ``node_status`` (``timestamp``, ``node``, ``status``,
+``availability``). So a node gets at most one event per interval, a change undone within it
+gets none, and a node the feed has not mentioned is taken to be offline (as every node is
+when the server starts). When more than ``NODE_STATUS_BURST`` nodes of one organization
+changed in one interval (a fleet reconnecting after a restart), that organization's feed
+gets one ``nodes_changed`` event (``timestamp``, ``count``) instead: readers read
+``node_states`` again. Node events are live only: they have no id, are not kept in the org
+log (a resumed reader reads the nodes' states anew) and are not logged.
+
 Open feeds. Every feed response is a :class:`FeedReader` from :meth:`Feeds.open_reader`,
 held until the response ends: at most ``feeds.max_connections`` on the server and
 ``feeds.max_per_principal`` per principal (:class:`~.errors.TooManyFeedsError`,
@@ -32,19 +46,39 @@ from __future__ import annotations
 import collections
 import dataclasses
 import logging
+import math
 import time
 from collections.abc import Callable, Hashable, Mapping
-from typing import Any
+from typing import Any, Final
 
 import trio
 
 from .errors import TooManyFeedsError, TooManyPrincipalFeedsError
 from .hub import Hub, OrgEventLog, Subscription
-from .sse import encode_event
+from .sse import encode_event, format_timestamp
 
-__all__ = ["FeedEvent", "FeedReader", "Feeds", "FeedsStatistics", "job_topic", "org_topic"]
+__all__ = [
+    "NODE_EVENTS",
+    "NODE_STATUS_BURST",
+    "NODE_STATUS_INTERVAL",
+    "FeedEvent",
+    "FeedReader",
+    "Feeds",
+    "FeedsStatistics",
+    "job_topic",
+    "org_topic",
+]
 
 log = logging.getLogger(__name__)
+
+NODE_STATUS_INTERVAL: Final = 0.5
+"""Seconds between two rounds of node events: a node gets at most one event per round."""
+NODE_STATUS_BURST: Final = 100
+"""Nodes of one organization changed in one round above which its feed gets one
+``nodes_changed`` event instead of a ``node_status`` event per node."""
+NODE_EVENTS: Final = frozenset({"node_status", "nodes_changed"})
+"""The org feed's node events (live only, without an id, for readers that ask for them)."""
+_OFFLINE: Final = ("offline", "unavailable")
 
 
 def job_topic(job_id: str) -> str:
@@ -70,6 +104,11 @@ class FeedEvent:
     seq: int
     name: str
     wire: bytes
+
+    @property
+    def is_node_event(self) -> bool:
+        """Whether it is one of the org feed's :data:`NODE_EVENTS` (``seq`` 0, no id)."""
+        return self.name in NODE_EVENTS
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -173,6 +212,8 @@ class Feeds:
         max_readers: feeds open at once on the server (``feeds.max_connections``).
         max_readers_per_principal: feeds one principal may have open
             (``feeds.max_per_principal``).
+        node_state: ``(status, availability)`` of a node of an organization now (the node
+            link's); without it no node event is published.
         now: the clock of the org log's retention (seconds since the epoch).
 
     Attributes:
@@ -186,6 +227,7 @@ class Feeds:
         org_retention: float,
         max_readers: int = 2048,
         max_readers_per_principal: int = 64,
+        node_state: Callable[[str, str], tuple[str, str]] | None = None,
         now: Callable[[], float] = time.time,
     ) -> None:
         self.hub = hub
@@ -205,6 +247,11 @@ class Feeds:
         self._changed = trio.Event()
         self._none_open = trio.Event()
         self._none_open.set()
+        self._node_state = node_state
+        self._nodes_dirty: dict[tuple[str, str], None] = {}
+        self._nodes_said: dict[tuple[str, str], tuple[str, str]] = {}
+        """What the org feed last said of each node not offline (``_OFFLINE`` otherwise)."""
+        self._nodes_changed = trio.Event()
 
     def org_log(self, org: str) -> OrgEventLog:
         """The org feed's retained events of ``org`` (created empty on first use)."""
@@ -248,6 +295,67 @@ class Feeds:
         if self.hub.has_subscribers(topic):
             wire = event.encode()
             self.hub.publish(topic, FeedEvent(event.seq, name, wire), len(wire))
+
+    # --- node events ------------------------------------------------------------------------
+
+    def node_changed(self, org: str, node: str) -> None:
+        """The node's status or availability may have changed (the node link's watcher): an
+        event follows within ``NODE_STATUS_INTERVAL`` if it did. Never blocks."""
+        self._nodes_dirty[(org, node)] = None
+        self._nodes_changed.set()
+
+    def publish_node_events(self) -> int:
+        """Publish what changed of the nodes marked by :meth:`node_changed` (one round).
+
+        Returns:
+            How many nodes changed.
+        """
+        dirty, self._nodes_dirty = self._nodes_dirty, {}
+        if self._node_state is None:
+            return 0
+        changed: dict[str, list[tuple[str, tuple[str, str]]]] = {}
+        said = self._nodes_said
+        for org, node in dirty:
+            state = self._node_state(org, node)
+            if state == said.get((org, node), _OFFLINE):
+                continue
+            if state == _OFFLINE:
+                del said[(org, node)]
+            else:
+                said[(org, node)] = state
+            changed.setdefault(org, []).append((node, state))
+        stamp = format_timestamp(self._now())
+        for org, nodes in changed.items():
+            topic = org_topic(org)
+            if not self.hub.has_subscribers(topic):
+                continue
+            if len(nodes) > NODE_STATUS_BURST:
+                self._publish_live(
+                    topic, "nodes_changed", {"timestamp": stamp, "count": len(nodes)}
+                )
+                continue
+            for node, (status, availability) in nodes:
+                payload = {
+                    "timestamp": stamp,
+                    "node": node,
+                    "status": status,
+                    "availability": availability,
+                }
+                self._publish_live(topic, "node_status", payload)
+        return sum(len(nodes) for nodes in changed.values())
+
+    def _publish_live(self, topic: str, name: str, payload: dict[str, Any]) -> None:
+        wire = encode_event(name, None, payload)
+        self.hub.publish(topic, FeedEvent(0, name, wire), len(wire))
+
+    async def _node_events(self) -> None:
+        last = -math.inf
+        while True:
+            await self._nodes_changed.wait()
+            await trio.sleep_until(last + NODE_STATUS_INTERVAL)
+            self._nodes_changed = trio.Event()
+            last = trio.current_time()
+            self.publish_node_events()
 
     # --- open feeds -------------------------------------------------------------------------
 
@@ -312,14 +420,17 @@ class Feeds:
         return FeedsStatistics(len(self._readers), self._revoked)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Re-check the open readers after each :meth:`permissions_changed`, until cancelled.
+        """Re-check the open readers after each :meth:`permissions_changed`, and publish the
+        node events, until cancelled.
 
         Start-up: ready at once.
         """
-        task_status.started()
-        while True:
-            await self._changed.wait()
-            # (a batch of identity records is applied whole before this task runs again)
-            self._changed = trio.Event()
-            for reader in list(self._readers):
-                reader.still_allowed()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._node_events)
+            task_status.started()
+            while True:
+                await self._changed.wait()
+                # (a batch of identity records is applied whole before this task runs again)
+                self._changed = trio.Event()
+                for reader in list(self._readers):
+                    reader.still_allowed()

@@ -24,7 +24,8 @@ Ids and special events:
   ids never repeat across restarts; never ends on its own. Without ``Last-Event-ID`` only live
   events are sent. An unknown or expired id gets ``start_of_history`` (id ``start_id``, data
   just the ``timestamp``) and then every retained event; a client that resumes with
-  ``start_id`` gets the same again.
+  ``start_id`` gets the same again. With ``?node_events=true`` the reader also gets the live
+  node events (``node_status``, ``nodes_changed``: see :mod:`..feeds`), which have no id.
 * both: a subscriber the hub cut off for falling behind gets what was buffered, then a final
   ``lagged`` event, and the stream ends. ``lagged`` carries the id of the last event the
   client was sent (``job-0`` or ``start_id`` when none: those resume from the start), so a
@@ -320,7 +321,7 @@ class _Feeds:
                     return
 
     async def org_chunks(
-        self, org: str, last_event_id: str | None, reader: FeedReader
+        self, org: str, last_event_id: str | None, reader: FeedReader, *, node_events: bool
     ) -> AsyncGenerator[bytes, None]:
         """The org feed's bytes: retained events after ``last_event_id``, then live ones.
 
@@ -328,6 +329,7 @@ class _Feeds:
             org: the organization.
             last_event_id: the request's ``Last-Event-ID``.
             reader: the feed's reader (its subscription, and whether it may still read).
+            node_events: also send the live node events (``?node_events=true``).
 
         Yields:
             Encoded events (in writes of at most ``_WRITE_BYTES``), keep-alives, and a final
@@ -369,6 +371,10 @@ class _Feeds:
                     continue
                 out = []
                 for item in items:
+                    if item.is_node_event:  # live only, without an id
+                        if node_events:
+                            out.append(item.wire)
+                        continue
                     if item.seq <= seen:
                         continue
                     seen = item.seq
@@ -424,7 +430,8 @@ def register(app: QuartTrio, svc: Services) -> None:
         who = await authorized(svc, org, "read", produces=EVENT_STREAM)
         reader = open_reader(org, who)
         last = request.headers.get("Last-Event-ID")
-        return _stream(feeds.org_chunks(org, last, reader), reader)
+        node_events = request.args.get("node_events", "").lower() == "true"
+        return _stream(feeds.org_chunks(org, last, reader, node_events=node_events), reader)
 
     for name in ("job_status_feed", "jobs_status_feed"):
         app.add_url_rule(

@@ -65,6 +65,8 @@ _EVENTS: Final = [
     "summary",
     "start_of_history",
     "lagged",
+    "node_status",
+    "nodes_changed",
 ]
 _BUCKETS: Final = [
     "new",
@@ -528,6 +530,9 @@ def _paths() -> dict[str, Schema]:
         {"name": "Last-Event-ID", "in": "header", "required": False,
          "schema": {"type": "string"}, "description": "resume after this event"},
     ]  # fmt: skip
+    node_events = {"name": "node_events", "in": "query", "required": False,
+                   "schema": {"type": "string"},
+                   "description": "true: also the live node events (docs/FEEDS.md)"}  # fmt: skip
     job_link = {
         "GetJob": {
             "operationId": "getJob",
@@ -865,10 +870,10 @@ def _paths() -> dict[str, Schema]:
             "parameters": [org],
             "get": _op(
                 f"getOrgFeed{alias}",
-                "The org's job starts and ends, live",
+                "The org's job starts and ends, live (and its nodes' changes, when asked)",
                 {"200": event_stream, **feed_refusals},
                 tags=feeds,
-                params=feed_headers,
+                params=[*feed_headers, node_events],
             ),
         }
     paths.update(_ui_paths(org))

@@ -26,6 +26,9 @@ knows each job's nodes. Between them this module owns:
   - :meth:`NodeLink.available`: reachable and held by no live job. What ``node_states``,
     ``_status`` and :meth:`NodeLink.statistics` report.
 
+  The watcher given to :meth:`NodeLink.watch` is told of every node whose status or
+  availability may have changed (the org feed's ``node_status`` events).
+
 Without a job engine (registry-only tests, tools) the link runs with :class:`NoJobs`, a
 port that knows no job: every job a node reports is sent to rehab, every result
 acknowledged.
@@ -103,6 +106,12 @@ class NodeLink:
         """``(org, node)`` → the live jobs that hold it."""
         self._rehab: dict[tuple[str, str], NodeSession] = {}
         """``(org, node)`` → its session that waits for ``aborted``."""
+        self._changed: Callable[[str, str], None] = _ignore
+
+    def watch(self, changed: Callable[[str, str], None]) -> None:
+        """Call ``changed(org, node)`` from now on whenever the node's status (online,
+        offline) or availability may have changed. It must not block or raise."""
+        self._changed = changed
 
     def connect(self, port: JobPort) -> None:
         """Hand node messages to ``port`` (the job runner) from now on."""
@@ -174,6 +183,7 @@ class NodeLink:
             jobs = held.get((org, node))
             if jobs is None:
                 held[(org, node)] = {job_id}
+                self._changed(org, node)
             else:
                 jobs.add(job_id)
 
@@ -186,6 +196,7 @@ class NodeLink:
                 jobs.discard(job_id)
                 if not jobs:
                     del held[(org, node)]
+                    self._changed(org, node)
 
     # --- rehab ------------------------------------------------------------------------------
 
@@ -193,6 +204,7 @@ class NodeLink:
         """An ``abort`` goes to the node: hold it unavailable until its agent answers
         ``aborted``."""
         self._rehab[(session.org, session.name)] = session
+        self._changed(session.org, session.name)
 
     def start_rehab(self, session: NodeSession) -> None:
         """Send ``abort {job_id: nil}`` (queued) and hold the node unavailable until
@@ -207,6 +219,7 @@ class NodeLink:
         a job it holds that no live job of its incarnation takes; acknowledge a result no
         job takes."""
         org, node = session.org, session.name
+        self._changed(org, node)
         key = (org, node)
         stale = self._rehab.get(key)
         if stale is not None and stale is not session:
@@ -237,6 +250,7 @@ class NodeLink:
         if isinstance(frame, protocol.Aborted):
             if self._rehab.get((org, node)) is session:
                 del self._rehab[(org, node)]
+                self._changed(org, node)
             if frame.job_id is not None:  # the job it held, if still live, learns it is gone
                 await self.port.post(org, frame.job_id, NodeAborted(node, self._now()))
             return
@@ -255,11 +269,16 @@ class NodeLink:
     async def node_lost(self, session: NodeSession) -> None:
         """The node's current session ended: tell every job that holds it."""
         org, node = session.org, session.name
+        self._changed(org, node)
         if self._rehab.get((org, node)) is session:
             del self._rehab[(org, node)]
         now = self._now()
         for job_id in sorted(self._held.get((org, node), ())):
             await self.port.post(org, job_id, NodeDown(node, now))
+
+
+def _ignore(org: str, node: str) -> None:
+    """The watcher of a link nobody watches."""
 
 
 def _result(node: str, r: protocol.Result | protocol.ResultBody, now: float) -> Result:
