@@ -5,8 +5,11 @@ bind the node listener; bind the HTTP API; write ``run/server.json``; report rea
 
 Shutdown (``stop`` set, e.g. by SIGTERM): the HTTP server stops accepting and drains in-flight
 requests for up to ``DRAIN_SECONDS``; agents are told the server is going away (close code
-1001); the store is flushed under a shielded, bounded cancel scope; ``run/server.json`` is
-removed. Cancellation of ``serve()`` itself is the hard stop used by tests: the store still
+1001); open feeds end at once (their clients resume after the restart); a connection still
+open when the drain deadline passes (a client that stopped reading: hypercorn shields its
+socket writes from cancellation) is shut down at the socket; the store is flushed under a
+shielded, bounded cancel scope; ``run/server.json`` is removed. Cancellation of ``serve()``
+itself is the hard stop used by tests: the store still
 flushes what it had acknowledged (it fsyncs before acknowledging, so nothing acknowledged is
 lost either way).
 """
@@ -20,6 +23,7 @@ import gc
 import json
 import logging
 import os
+import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -60,6 +64,12 @@ __all__ = ["DRAIN_SECONDS", "ServerInfo", "compact_store", "lock_data_dir", "new
 log = logging.getLogger(__name__)
 
 DRAIN_SECONDS = 10.0
+FEED_END_SECONDS = 1.0
+"""Seconds the feeds ended at shutdown have to send their last bytes before the connections
+of those still open are shut down."""
+DRAIN_MARGIN = 0.5
+"""Seconds past ``DRAIN_SECONDS`` (when hypercorn cancels its connections) after which the
+connections it still holds are shut down at the socket."""
 LISTEN_BACKLOG = 1024
 """Connections the kernel queues for the API's accept (hypercorn's default is 100): a burst
 of connections, hostile or a restart's reconnecting clients, waits there instead of having
@@ -270,8 +280,28 @@ async def _serve_locked(
         )
         link = NodeLink(registry)
         inventory = Inventory(db, registry, link)
-        hub = Hub(buffer=config.feeds.subscriber_buffer)
-        feeds = Feeds(hub, org_retention=config.feeds.org_retention)
+        hub = Hub(buffer=config.feeds.subscriber_buffer, max_bytes=config.feeds.subscriber_bytes)
+
+        def node_status(org: str, name: str) -> tuple[str, str]:
+            state = link.node_state(org, name)
+            return state["status"], state["availability"]
+
+        feeds = Feeds(
+            hub,
+            org_retention=config.feeds.org_retention,
+            max_readers=config.feeds.max_connections,
+            max_readers_per_principal=config.feeds.max_per_principal,
+            node_state=node_status,
+        )
+        link.watch(feeds.node_changed)
+        web_sessions = WebSessions(
+            link_ttl=config.ui.link_ttl,
+            idle_timeout=config.ui.session_idle_timeout,
+            max_sessions=config.ui.max_sessions,
+        )
+        # open feeds re-check their readers' permission when identities or sessions change
+        identity.watch(feeds.permissions_changed)
+        web_sessions.watch(feeds.permissions_changed)
         runner = JobRunner(
             db,
             registry,
@@ -295,6 +325,8 @@ async def _serve_locked(
             await nursery.start(registry.run)
             await nursery.start(runner.run)
             await nursery.start(retention.run)
+            await nursery.start(feeds.run)
+            await nursery.start(hub.run)
             nursery.start_soon(_compactor, db)
             nursery.start_soon(_gc_keeper, registry)
             bound_node_port: int = await nursery.start(
@@ -322,11 +354,7 @@ async def _serve_locked(
                 server_public_pem=server_public_pem,
                 node_port=bound_node_port,
                 node_scheme=node_scheme,
-                web_sessions=WebSessions(
-                    link_ttl=config.ui.link_ttl,
-                    idle_timeout=config.ui.session_idle_timeout,
-                    max_sessions=config.ui.max_sessions,
-                ),
+                web_sessions=web_sessions,
             )
             app = asgi_app(svc)
             binds: list[str] = await nursery.start(_run_http, app, hc, stop, http_done)
@@ -355,7 +383,11 @@ async def _serve_locked(
                 await stop.wait()
                 log.info("shutting down: draining requests for up to %.0f s", DRAIN_SECONDS)
                 registry.close_all(CLOSE_GOING_AWAY, "server going away")
-                await http_done.wait()
+                # open feeds end now (their clients resume with Last-Event-ID after the
+                # restart), so a feed is not what the drain waits for
+                hub.close_all()
+                await _end_feeds(feeds, bound_port)
+                await _drain(http_done, bound_port)
                 if store.statistics().records >= SHUTDOWN_SNAPSHOT_RECORDS:
                     # the next start loads a snapshot instead of replaying the log
                     with trio.move_on_after(SHUTDOWN_SNAPSHOT_SECONDS):
@@ -363,6 +395,68 @@ async def _serve_locked(
             finally:
                 server_json.unlink(missing_ok=True)
                 nursery.cancel_scope.cancel()
+
+
+async def _end_feeds(feeds: Feeds, port: int) -> None:
+    """The feeds were ended (``Hub.close_all``): give them ``FEED_END_SECONDS`` to send their
+    last bytes, then shut down the connections of those still open (their clients stopped
+    reading), so they do not hold the drain for its whole deadline."""
+    with trio.move_on_after(FEED_END_SECONDS):
+        await feeds.wait_all_closed()
+        return
+    cut = _shut_down_connections(port, feeds.open_peers())
+    log.info("drain: %d feed connection(s) not reading shut down", cut)
+
+
+async def _drain(http_done: trio.Event, port: int) -> None:
+    """Wait for the HTTP server's drain; past its deadline, shut down the connections it
+    still holds (their clients stopped reading, and a shielded write waits for them)."""
+    with trio.move_on_after(DRAIN_SECONDS + DRAIN_MARGIN):
+        await http_done.wait()
+        return
+    cut = _shut_down_connections(port)
+    log.warning(
+        "drain: %d connection(s) still open after %.0f s shut down (clients not reading)",
+        cut,
+        DRAIN_SECONDS,
+    )
+    while True:
+        with trio.move_on_after(1.0):
+            await http_done.wait()
+            return
+        _shut_down_connections(port)
+
+
+def _shut_down_connections(port: int, peers: set[tuple[str, int]] | None = None) -> int:
+    """``shutdown(SHUT_RDWR)`` every connected TCP socket of this process on local ``port``
+    (only those to ``peers``, when given): a write blocked on one of them fails at once.
+    Returns how many there were (0 where ``/proc/self/fd`` cannot be read)."""
+    try:
+        fds = [int(name) for name in os.listdir("/proc/self/fd")]
+    except OSError:
+        return 0
+    cut = 0
+    for fd in fds:
+        try:
+            if not os.readlink(f"/proc/self/fd/{fd}").startswith("socket:"):
+                continue
+            sock = socket.socket(fileno=os.dup(fd))
+        except OSError:
+            continue  # closed meanwhile (the listing's own descriptor, too)
+        with sock:
+            if sock.family not in (socket.AF_INET, socket.AF_INET6):
+                continue
+            if sock.type != socket.SOCK_STREAM or sock.getsockname()[1] != port:
+                continue
+            try:
+                peer = sock.getpeername()  # the listener has none
+                if peers is not None and (peer[0], peer[1]) not in peers:
+                    continue
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                continue
+            cut += 1
+    return cut
 
 
 async def _gc_keeper(registry: NodeRegistry) -> None:

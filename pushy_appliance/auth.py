@@ -22,7 +22,7 @@ from .errors import AuthError, NoSuchIdentityError, NotFoundError
 from .model import PIVOTAL, IdentityModel
 from .replay import ReplayGuard, changes_state
 
-__all__ = ["Authenticator", "KeyCache", "Principal", "forbidden", "org_not_found"]
+__all__ = ["Authenticator", "Grant", "KeyCache", "Principal", "forbidden", "org_not_found"]
 
 
 class KeyCache:
@@ -67,6 +67,27 @@ class Principal:
     @property
     def is_pivotal(self) -> bool:
         return self.kind == "user" and self.name == PIVOTAL
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Grant:
+    """What one authorized request was allowed, kept to ask again later whether it still is
+    (an open feed): made by :meth:`Authenticator.grant`, asked by :meth:`Authenticator.holds`.
+
+    Attributes:
+        org: the organization.
+        who: the principal.
+        action: what it was allowed (as for :meth:`Authenticator.require`).
+        org_record: the organization as it was (one deleted and made again is another).
+        keys: the principal's public keys then, for a signed request (one of them signed
+            it); ``None`` for a dashboard session, which is not bound to a key.
+    """
+
+    org: str
+    who: Principal
+    action: str
+    org_record: object
+    keys: frozenset[str] | None
 
 
 def forbidden(name: str) -> AuthError:
@@ -186,3 +207,40 @@ class Authenticator:
             ):
                 return
         raise forbidden(who.name)
+
+    def grant(self, org: str, who: Principal, action: str, *, signed: bool) -> Grant:
+        """Remember that ``who`` was just allowed ``action`` in ``org`` (after
+        :meth:`authenticate` and :meth:`require` passed).
+
+        Args:
+            signed: the request was signed with one of the principal's keys (else it came
+                with a dashboard session).
+        """
+        found = self.identity.principal(org, who.name)
+        keys = frozenset(found[1]) if signed and found is not None else None
+        return Grant(org, who, action, self.identity.org(org), keys)
+
+    def holds(self, grant: Grant) -> bool:
+        """Whether the grant still holds: the same organization exists, the principal still
+        exists as the same kind and (signed) still holds every key it held then, belongs
+        to the organization, and may do the action (:meth:`require`).
+
+        The key that signed is one of those held then: a principal that lost any of them
+        fails, so the removal of that key always does.
+        """
+        identity = self.identity
+        org, who = grant.org, grant.who
+        if not identity.has_org(org) or identity.org(org) is not grant.org_record:
+            return False
+        found = identity.principal(org, who.name)
+        if found is None or found[0] != who.kind:
+            return False
+        if grant.keys is not None and not grant.keys <= frozenset(found[1]):
+            return False
+        if not identity.is_org_member(org, who.kind, who.name):
+            return False
+        try:
+            self.require(org, who, grant.action)
+        except AuthError:
+            return False
+        return True

@@ -119,6 +119,12 @@ class FeedsConfig:
     """Seconds the org feed keeps events for ``Last-Event-ID`` resume."""
     subscriber_buffer: int = 1024
     """Events a feed subscriber may fall behind before it is cut off with ``lagged``."""
+    subscriber_bytes: int = 4_194_304
+    """Bytes of events a feed subscriber may fall behind before it is cut off with ``lagged``."""
+    max_connections: int = 2048
+    """Feeds open at once on the server; one more is refused with 503."""
+    max_per_principal: int = 64
+    """Feeds one user or client may have open at once; one more is refused with 429."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -521,6 +527,9 @@ def _check_server(c: ServerConfig) -> ServerConfig:
         ("limits.node_outbox", c.limits.node_outbox),
         ("limits.node_handshakes", c.limits.node_handshakes),
         ("feeds.subscriber_buffer", c.feeds.subscriber_buffer),
+        ("feeds.subscriber_bytes", c.feeds.subscriber_bytes),
+        ("feeds.max_connections", c.feeds.max_connections),
+        ("feeds.max_per_principal", c.feeds.max_per_principal),
         ("ui.max_sessions", c.ui.max_sessions),
     ):
         if val < 1:

@@ -17,7 +17,10 @@ map the tree to status codes in one place (``http/_errors.py``)::
     │   ├── NoSuchJobError       no job ``job_id`` (in that organization)
     │   ├── JobFinishedError     job ``job_id`` has already finished (abort)
     │   ├── NoSuchIdentityError  no organization, user, member, client, group or principal
-    │   └── IdentityExistsError  that organization, user, member, client or group exists
+    │   ├── IdentityExistsError  that organization, user, member, client or group exists
+    │   └── FeedLimitError       no feed opened: a cap on open feeds is reached
+    │       ├── TooManyFeedsError            the server's (``feeds.max_connections``)
+    │       └── TooManyPrincipalFeedsError   the principal's (``feeds.max_per_principal``)
     ├── ApiError                 a request the API refuses: has ``status`` and ``body()``
     │   ├── ValidationError      400, ``{"error": "<message naming the field>"}``
     │   │   ├── SearchSyntaxError 400, ``{"error": ["invalid search query: … at position N"]}``
@@ -231,6 +234,39 @@ class IdentityExistsError(DomainError):
         else:
             message = f"{kind} '{name}' already exists"
         super().__init__(message)
+
+
+class FeedLimitError(DomainError):
+    """A feed that is not opened because a cap on open feeds is reached.
+
+    Attributes:
+        key: the configuration key of the cap.
+        limit: its value.
+    """
+
+    def __init__(self, key: str, limit: int, message: str) -> None:
+        self.key = key
+        self.limit = limit
+        super().__init__(f"{message} ({key} = {limit}): close one, or try again later")
+
+
+class TooManyFeedsError(FeedLimitError):
+    """The server has ``feeds.max_connections`` feeds open."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__("feeds.max_connections", limit, "too many open feeds on this server")
+
+
+class TooManyPrincipalFeedsError(FeedLimitError):
+    """The principal has ``feeds.max_per_principal`` feeds open.
+
+    Attributes:
+        name: the principal.
+    """
+
+    def __init__(self, name: str, limit: int) -> None:
+        self.name = name
+        super().__init__("feeds.max_per_principal", limit, f"too many open feeds of '{name}'")
 
 
 class ApiError(PushyError):

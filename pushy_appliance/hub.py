@@ -1,12 +1,21 @@
 """Event fan-out where publishing never blocks, and the org feed's short-term memory.
 
 :class:`Hub` delivers items published on a topic to every current subscriber of that topic.
-Each subscriber has its own bounded buffer. Publishing is a plain synchronous call: it
-appends to each buffer and wakes any waiting reader, so a job engine can publish from any
-point of its state machine without awaiting and without being slowed by a slow client. A
-subscriber whose buffer is full when an item arrives is *lagged*: it is detached at once and
-receives nothing more; its reader drains what is buffered, then the subscription ends with
-``lagged`` set, and the feed tells the client to resume with ``Last-Event-ID``.
+Each subscriber has its own bounded buffer, bounded both in items (``buffer``) and in the
+bytes those items stand for (``max_bytes``, the size the publisher gives each item).
+Publishing is a plain synchronous call: it appends to each buffer and wakes any waiting
+reader, so a job engine can publish from any point of its state machine without awaiting and
+without being slowed by a slow client. A subscriber whose buffer would go over either bound
+is *lagged*: it is detached at once and receives nothing more; its reader drains what is
+buffered, then the subscription ends with ``lagged`` set, and the feed tells the client to
+resume with ``Last-Event-ID``. The items are shared by all subscribers of a topic: what a
+lagging subscriber holds is at most ``max_bytes`` of items the others were handed too.
+
+Waking readers. Without :meth:`Hub.run`, a publish wakes each waiting reader at once. With
+it running (the server runs it), the readers an item wakes are woken ``WAKE_BATCH`` at a time
+with a pass of the scheduler between groups: a thousand feeds that each write when an event
+arrives then cost the event loop a thousand short turns interleaved with everything else
+(node heartbeats, requests), not one stall of a thousand writes.
 
 :class:`OrgEventLog` keeps an organization's feed events for a retention window so a
 reconnecting client can resume. It is pure and driven by the ``now`` it is given.
@@ -35,6 +44,7 @@ import trio
 from .sse import encode_event
 
 __all__ = [
+    "WAKE_BATCH",
     "Hub",
     "HubStatistics",
     "OrgEvent",
@@ -43,6 +53,9 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+WAKE_BATCH: Final = 16
+"""Readers woken per scheduler pass by :meth:`Hub.run`."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -75,12 +88,13 @@ class Subscription:
         topic: the topic subscribed to.
     """
 
-    __slots__ = ("_attached", "_closed", "_hub", "_lagged", "_lot", "_queue", "topic")
+    __slots__ = ("_attached", "_bytes", "_closed", "_hub", "_lagged", "_lot", "_queue", "topic")
 
     def __init__(self, hub: Hub, topic: str) -> None:
         self.topic = topic
         self._hub = hub
-        self._queue: collections.deque[Any] = collections.deque()
+        self._queue: collections.deque[tuple[Any, int]] = collections.deque()
+        self._bytes = 0
         self._lot = trio.lowlevel.ParkingLot()
         self._attached = True
         self._lagged = False
@@ -95,6 +109,11 @@ class Subscription:
     def attached(self) -> bool:
         """True while the hub still delivers new items to this subscription."""
         return self._attached
+
+    @property
+    def buffered_bytes(self) -> int:
+        """The sizes of the items buffered and not yet received, added up."""
+        return self._bytes
 
     def __enter__(self) -> Subscription:
         return self
@@ -117,6 +136,7 @@ class Subscription:
             return
         self._closed = True
         self._queue.clear()
+        self._bytes = 0
         if self._attached:
             self._hub._detach(self)
         if self._lot:
@@ -137,10 +157,16 @@ class Subscription:
         if self._closed:
             raise trio.ClosedResourceError("subscription is closed")
         if self._queue:
-            return self._queue.popleft()
+            item, size = self._queue.popleft()
+            self._bytes -= size
+            return item
         if self._attached:
             raise trio.WouldBlock
         raise trio.EndOfChannel
+
+    def peek_size(self) -> int | None:
+        """The size of the next buffered item, or ``None`` when nothing is buffered."""
+        return self._queue[0][1] if self._queue else None
 
     async def receive(self) -> Any:
         """Wait for the next item.
@@ -177,7 +203,9 @@ class Subscription:
 
     def __repr__(self) -> str:
         state = "lagged" if self._lagged else "attached" if self._attached else "detached"
-        return f"<Subscription {self.topic!r} {state} buffered={len(self._queue)}>"
+        return (
+            f"<Subscription {self.topic!r} {state} buffered={len(self._queue)} bytes={self._bytes}>"
+        )
 
 
 class Hub:
@@ -186,27 +214,45 @@ class Hub:
     Not thread-safe: use it from the trio thread that runs the appliance.
     """
 
-    def __init__(self, *, buffer: int = 1024) -> None:
+    def __init__(self, *, buffer: int = 1024, max_bytes: int = 4 * 1024 * 1024) -> None:
         """Create an empty hub.
 
         Args:
             buffer: items each subscriber may have unread before it is cut off
                 (``feeds.subscriber_buffer``).
+            max_bytes: bytes (the sizes given to :meth:`publish`) of the items a subscriber
+                may have unread before it is cut off (``feeds.subscriber_bytes``); one item
+                alone is always taken, however large.
 
         Raises:
-            ValueError: ``buffer`` is less than 1.
+            ValueError: ``buffer`` or ``max_bytes`` is less than 1.
         """
         if buffer < 1:
             raise ValueError(f"buffer must be at least 1, not {buffer}")
+        if max_bytes < 1:
+            raise ValueError(f"max_bytes must be at least 1, not {max_bytes}")
         self.buffer: Final = buffer
+        self.max_bytes: Final = max_bytes
         # A dict keeps subscription order, which makes lag decisions and tests deterministic.
         self._topics: dict[str, dict[Subscription, None]] = {}
         self._subscribers = 0
         self._published = 0
         self._lagged_disconnects = 0
+        self._closed = False
+        self._to_wake: dict[Subscription, None] = {}
+        self._wake: trio.Event | None = None
+        """Set by :meth:`publish` for :meth:`run` (``None`` while it does not run)."""
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close_all` was called."""
+        return self._closed
 
     def subscribe(self, topic: str) -> Subscription:
         """Attach a new subscription to ``topic``; it sees every item published from now on.
+
+        After :meth:`close_all` the subscription is born detached: its reader ends at once,
+        normally (``lagged`` false).
 
         Args:
             topic: the topic name (the hub gives names no meaning).
@@ -215,6 +261,9 @@ class Hub:
             The subscription, to be used as a ``with`` block so it is released on exit.
         """
         sub = Subscription(self, topic)
+        if self._closed:
+            sub._attached = False
+            return sub
         subs = self._topics.get(topic)
         if subs is None:
             subs = self._topics[topic] = {}
@@ -222,37 +271,59 @@ class Hub:
         self._subscribers += 1
         return sub
 
-    def publish(self, topic: str, item: Any) -> None:
+    def has_subscribers(self, topic: str) -> bool:
+        """Whether ``topic`` has an attached subscription (else :meth:`publish` drops items)."""
+        return topic in self._topics
+
+    def publish(self, topic: str, item: Any, size: int = 0) -> None:
         """Deliver ``item`` to every subscriber of ``topic``. Never blocks, never raises.
 
-        A subscriber whose buffer already holds ``buffer`` unread items does not get
-        ``item``; it is detached and marked lagged instead. Costs O(subscribers of topic),
-        with no task spawned.
+        A subscriber whose buffer already holds ``buffer`` unread items, or whose unread
+        items would come to more than ``max_bytes`` with this one, does not get ``item``; it
+        is detached and marked lagged instead. Costs O(subscribers of topic), with no task
+        spawned.
 
         Args:
             topic: the topic to publish on; without subscribers the item is dropped.
             item: the item; the same object is handed to every subscriber, so it should be
                 immutable (encoded bytes, a frozen record).
+            size: what the item costs a subscriber that holds it, in bytes.
         """
         self._published += 1
         subs = self._topics.get(topic)
         if not subs:
             return
         limit = self.buffer
+        room = self.max_bytes - size
         lagging: list[Subscription] | None = None
+        entry = (item, size)
         for sub in subs:
             queue = sub._queue
-            if len(queue) >= limit:
+            if len(queue) >= limit or (queue and sub._bytes > room):
                 if lagging is None:
                     lagging = []
                 lagging.append(sub)
                 continue
-            queue.append(item)
+            queue.append(entry)
+            sub._bytes += size
             if sub._lot:
-                sub._lot.unpark()
+                if self._wake is None:
+                    sub._lot.unpark()
+                else:
+                    self._to_wake[sub] = None
+        if self._to_wake and self._wake is not None:
+            self._wake.set()
         if lagging is not None:
             for sub in lagging:
                 self._cut_off(sub)
+            logger.warning(
+                "%d feed subscriber(s) on %s fell behind and were disconnected "
+                "(feeds.subscriber_buffer = %d events, feeds.subscriber_bytes = %d bytes)",
+                len(lagging),
+                topic,
+                self.buffer,
+                self.max_bytes,
+            )
 
     def close_topic(self, topic: str) -> None:
         """Detach every subscriber of ``topic``; each reader drains its buffer, then ends.
@@ -272,6 +343,43 @@ class Hub:
             if sub._lot:
                 sub._lot.unpark_all()
 
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Wake the readers that published items wait for, ``WAKE_BATCH`` at a time with a
+        scheduler pass between groups, until cancelled (then publishing wakes them at once
+        again, and those still to wake are woken).
+
+        Start-up: ready at once.
+        """
+        self._wake = trio.Event()
+        task_status.started()
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake = trio.Event()
+                while self._to_wake:
+                    for _ in range(min(WAKE_BATCH, len(self._to_wake))):
+                        sub = next(iter(self._to_wake))
+                        del self._to_wake[sub]
+                        if sub._lot:
+                            sub._lot.unpark()
+                    await trio.lowlevel.cancel_shielded_checkpoint()
+        finally:
+            self._wake = None
+            for sub in self._to_wake:
+                sub._lot.unpark_all()
+            self._to_wake.clear()
+
+    def close_all(self) -> None:
+        """End every topic and take no new subscription (the server is shutting down).
+
+        Every reader drains what it has buffered and ends normally (``lagged`` false), as
+        after :meth:`close_topic`, so a feed client resumes later with ``Last-Event-ID``;
+        later subscriptions are born detached. Idempotent; never blocks.
+        """
+        self._closed = True
+        for topic in list(self._topics):
+            self.close_topic(topic)
+
     def statistics(self) -> HubStatistics:
         """Return a snapshot of the hub's counters.
 
@@ -289,11 +397,6 @@ class Hub:
         sub._lagged = True
         self._lagged_disconnects += 1
         self._detach(sub)
-        logger.warning(
-            "feed subscriber on %s fell %d events behind and was disconnected",
-            sub.topic,
-            self.buffer,
-        )
         # A reader parks only on an empty buffer, so none should be waiting on a full one;
         # waking any is a guard that keeps a waiter from sleeping past the end.
         if sub._lot:

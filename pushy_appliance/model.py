@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Callable
 from collections.abc import Set as AbstractSet
 from typing import Any
 
@@ -62,6 +63,9 @@ ORG_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,254}")
 NAME_RE = re.compile(r"[A-Za-z0-9_.:-]{1,255}")
 DEFAULT_GROUPS = ("admins", "users", "clients")
 _DERIVED = {"users": "users", "clients": "clients"}
+_RECORD_TYPES = frozenset(
+    f"{kind}.{op}" for kind in ("org", "user", "client", "group") for op in ("put", "del")
+) | {"member.add", "member.del"}
 """Default group -> the kind of actor it lists by derivation (every member, every client)."""
 PIVOTAL = "pivotal"
 """The superuser: may do anything in any organization."""
@@ -128,12 +132,30 @@ class IdentityModel:
         self._members: dict[str, set[str]] = {}
         self._clients: dict[str, dict[str, Client]] = {}
         self._groups: dict[str, dict[str, Group]] = {}
+        self.generation = 0
+        """Counts the identity records applied: a change of it may change who may do what."""
+        self._watchers: list[Callable[[], None]] = []
+
+    def watch(self, changed: Callable[[], None]) -> None:
+        """Call ``changed()`` after every identity record applied from now on (a change of
+        who exists, which keys they hold, who belongs where). It must not block or raise;
+        it may run between the records of one committed batch, so a watcher that re-checks
+        permissions defers the check (open feeds: :meth:`.feeds.Feeds.permissions_changed`).
+        """
+        self._watchers.append(changed)
 
     # --- records ------------------------------------------------------------------------
 
     def apply(self, r: dict[str, Any]) -> None:
         """Apply one record. Unknown record types are ignored (other models own them)."""
         t = r.get("t")
+        if t in _RECORD_TYPES:
+            self._apply(t, r)
+            self.generation += 1
+            for changed in self._watchers:
+                changed()
+
+    def _apply(self, t: str, r: dict[str, Any]) -> None:
         if t == "org.put":
             self._orgs[r["name"]] = Org(r["name"], r["full_name"], r["created_at"])
             self._members.setdefault(r["name"], set())
@@ -219,7 +241,8 @@ class IdentityModel:
         }
 
     def load(self, snap: dict[str, Any]) -> None:
-        """Replace the model with a :meth:`snapshot`."""
+        """Replace the model with a :meth:`snapshot` (its watchers stay)."""
+        watchers, generation = self._watchers, self.generation
         self.__init__()  # type: ignore[misc]
         for o in snap["orgs"]:
             self.apply({"t": "org.put", **o})
@@ -231,6 +254,9 @@ class IdentityModel:
             self.apply({"t": "client.put", **c})
         for g in snap["groups"]:
             self.apply({"t": "group.put", **g})
+        self._watchers, self.generation = watchers, generation + 1
+        for changed in watchers:
+            changed()
 
     # --- queries ------------------------------------------------------------------------
 

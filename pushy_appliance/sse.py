@@ -94,17 +94,19 @@ def _check_field(what: str, value: str) -> None:
         raise ValueError(f"SSE {what} must not contain CR, LF or NUL: {value!r}")
 
 
-def encode_event(name: str, event_id: str, data: Mapping[str, Any]) -> bytes:
+def encode_event(name: str, event_id: str | None, data: Mapping[str, Any]) -> bytes:
     """Encode one event as UTF-8 bytes, ready to write to the response.
 
     Args:
         name: the event type (``start``, ``job_complete``, …).
-        event_id: the event id (``job-3``, ``org-12``).
+        event_id: the event id (``job-3``, ``org-12``); ``None`` for an event without one
+            (a client's last event id, what it resumes from, stays as it was).
         data: the payload; encoded as compact JSON with its key order kept (putting
             ``timestamp`` first is the caller's job) and non-ASCII text kept as UTF-8.
 
     Returns:
-        ``event: NAME\\nid: ID\\ndata: JSON\\n\\n``.
+        ``event: NAME\\nid: ID\\ndata: JSON\\n\\n`` (without the ``id:`` line when
+        ``event_id`` is ``None``).
 
     Raises:
         ValueError: ``name`` or ``event_id`` contains CR, LF or NUL; ``data`` holds a NaN or
@@ -112,10 +114,12 @@ def encode_event(name: str, event_id: str, data: Mapping[str, Any]) -> bytes:
         TypeError: ``data`` holds a value JSON cannot represent.
     """
     _check_field("event name", name)
-    _check_field("event id", event_id)
+    if event_id is not None:
+        _check_field("event id", event_id)
     obj = data if isinstance(data, dict) else dict(data)
     payload = json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    return f"event: {name}\nid: {event_id}\ndata: {payload}\n\n".encode()
+    id_line = "" if event_id is None else f"id: {event_id}\n"
+    return f"event: {name}\n{id_line}data: {payload}\n\n".encode()
 
 
 def encode_comment(text: str) -> bytes:

@@ -18,6 +18,9 @@ in short:
   exist and belong to that organization (a deleted client or a user removed from the org loses
   access at its next request). The route's permission (read, write) is then checked exactly as
   for a signed request, by :meth:`auth.Authenticator.require`.
+* A feed opened through a session is closed when the session ends (logout, idle timeout, or
+  dropped for a newer one): :meth:`WebSessions.alive` is what it re-checks, and
+  :meth:`WebSessions.watch` tells it when a session ended.
 
 Ids and tokens are 256 random bits (:func:`secrets.token_urlsafe`).
 """
@@ -28,6 +31,7 @@ import collections
 import dataclasses
 import hmac
 import secrets
+from collections.abc import Callable
 from typing import Final
 
 from .auth import Principal
@@ -98,6 +102,16 @@ class WebSessions:
         self._links: collections.OrderedDict[str, _Link] = collections.OrderedDict()
         # Least recently used first: touching a session moves it to the end.
         self._sessions: collections.OrderedDict[str, WebSession] = collections.OrderedDict()
+        self._watchers: list[Callable[[], None]] = []
+
+    def watch(self, ended: Callable[[], None]) -> None:
+        """Call ``ended()`` whenever sessions end from now on (logout, idle timeout found,
+        dropped for a newer one). It must not block or raise."""
+        self._watchers.append(ended)
+
+    def _ended(self) -> None:
+        for ended in self._watchers:
+            ended()
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -126,8 +140,10 @@ class WebSessions:
         if link is None or now >= link.expires:
             raise AuthError(401, MSG_LINK)
         self._expire_sessions(now)
-        while len(self._sessions) >= self.max_sessions:
-            self._sessions.popitem(last=False)
+        if len(self._sessions) >= self.max_sessions:
+            while len(self._sessions) >= self.max_sessions:
+                self._sessions.popitem(last=False)
+            self._ended()
         session = WebSession(
             id=secrets.token_urlsafe(32),
             org=link.org,
@@ -148,9 +164,17 @@ class WebSessions:
         self._sessions.move_to_end(session_id)
         return session
 
+    def alive(self, session_id: str, now: float) -> bool:
+        """Whether the session ``session_id`` is live at ``now`` (its idle clock untouched)."""
+        session = self._sessions.get(session_id)
+        return session is not None and now - session.last_seen < self.idle_timeout
+
     def end(self, session_id: str) -> bool:
         """End a session (logout). Returns whether it existed."""
-        return self._sessions.pop(session_id, None) is not None
+        if self._sessions.pop(session_id, None) is None:
+            return False
+        self._ended()
+        return True
 
     def authenticate(
         self,
@@ -206,8 +230,12 @@ class WebSessions:
             del self._links[token]
 
     def _expire_sessions(self, now: float) -> None:
+        expired = False
         while self._sessions:
             sid, session = next(iter(self._sessions.items()))
             if now - session.last_seen < self.idle_timeout:
-                return
+                break
             del self._sessions[sid]
+            expired = True
+        if expired:
+            self._ended()

@@ -30,6 +30,8 @@ class Behaviour:
     deaf: bool = False
     """Stop reading after ``welcome`` (heartbeats still go out): a node whose socket fills.
     The WebSocket client's own reader then stops too, holding the next frame (no queue)."""
+    gate: trio.Event | None = None
+    """Set: a run waits for it (after ``run_seconds``) before its output and result."""
 
 
 class FakeNode:
@@ -131,6 +133,8 @@ class FakeNode:
         with trio.CancelScope() as scope:
             self.running = scope
             await trio.sleep(self.b.run_seconds)
+            if self.b.gate is not None:
+                await self.b.gate.wait()
             for channel, data in (("stdout", self.b.stdout), ("stderr", self.b.stderr)):
                 if data:
                     await ws.send_message(

@@ -7,6 +7,7 @@ real node protocol, and reads the feeds with httpx streaming and :class:`sse.SSE
 from __future__ import annotations
 
 import itertools
+import json
 import socket
 import ssl
 from collections.abc import AsyncIterator
@@ -46,6 +47,7 @@ class Feed:
 
     def __init__(self) -> None:
         self.parser = SSEParser()
+        self.raw = bytearray()
         self.events: list[Event] = []
         self.ended = False
         self.status = 0
@@ -53,6 +55,7 @@ class Feed:
         self.changed = trio.Event()
 
     def _got(self, chunk: bytes) -> None:
+        self.raw += chunk
         self.events += self.parser.feed(chunk)
         self.changed.set()
         self.changed = trio.Event()
@@ -62,6 +65,15 @@ class Feed:
         while len(self.events) < count:
             await self.changed.wait()
         return self.events
+
+    async def wait_ended(self) -> None:
+        """Wait until the server ended the response."""
+        while not self.ended:
+            await self.changed.wait()
+
+    def body(self) -> Any:
+        """The response body as JSON (a refusal's)."""
+        return json.loads(bytes(self.raw))
 
     async def wait_comment(self) -> None:
         """Wait until a comment (keep-alive) arrived."""

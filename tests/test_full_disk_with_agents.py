@@ -9,9 +9,9 @@ process whose segment file hits its size limit (``RLIMIT_FSIZE``, set from outsi
   raised the store takes writes again on its own, the job ends with its output stored;
 - after a restart every acknowledged write is there, and no refused one.
 
-The store and the HTTP API keep their half today (``test_full_disk_e2e``); the engines (the
-job runner and the node link, rewritten in another branch) still end the process when a
-step or a node status cannot be stored: hence the strict xfail, which the integrator lifts.
+The store and the HTTP API keep their half (``test_full_disk_e2e``); this test holds the
+engines' half: the job runner holds a step it cannot store, the registry the status changes
+of the nodes (``test_engine_outage`` pins each on the autojump clock).
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 import trio
 from test_jobs_e2e import (
     JOBS,
@@ -101,7 +100,6 @@ def newest_segment(data: Path) -> Path:
     return sorted((data / "store").glob("segment-*.log"))[-1]
 
 
-@pytest.mark.xfail(strict=True, reason="engine half after the core merge")
 async def test_a_full_disk_under_traffic_with_agents(tmp_path: Path) -> None:
     data = tmp_path / "data"
     api_port, node_port = free_port(), free_port()

@@ -8,7 +8,7 @@ import pytest
 import trio
 import trio.testing
 
-from pushy_appliance.hub import Hub, HubStatistics, OrgEvent, OrgEventLog, Subscription
+from pushy_appliance.hub import WAKE_BATCH, Hub, HubStatistics, OrgEvent, OrgEventLog, Subscription
 
 # Every test that could hang on a bug runs under an absolute deadline.
 DEADLINE = 10.0
@@ -256,9 +256,38 @@ def test_burst_beyond_buffer_cuts_off_every_unread_subscriber() -> None:
     )
 
 
+def test_a_subscriber_is_cut_off_by_the_bytes_it_holds(caplog: pytest.LogCaptureFixture) -> None:
+    hub = Hub(buffer=100, max_bytes=1000)
+    stalled = [hub.subscribe("job:1") for _ in range(3)]
+    reader = hub.subscribe("job:1")
+    other = hub.subscribe("job:2")
+    hub.publish("job:1", "a", size=600)
+    hub.publish("job:2", "big", size=5000)  # alone in an empty buffer: taken, however large
+    assert [s.buffered_bytes for s in stalled] == [600, 600, 600]
+    assert drain(reader) == ["a"] and reader.buffered_bytes == 0
+    assert other.attached and other.buffered_bytes == 5000
+    hub.publish("job:1", "b", size=400)  # 1000 bytes: at the limit, not over it
+    assert all(s.attached for s in stalled)
+    assert drain(reader) == ["b"]
+    hub.publish("job:1", "c", size=1)  # over it: every stalled one is cut off, at once
+    assert [s.lagged for s in stalled] == [True, True, True]
+    assert drain(reader) == ["c"] and not reader.lagged
+    assert drain(stalled[0]) == ["a", "b"]
+    assert stalled[0].buffered_bytes == 0
+    # one line for the three of them, naming both limits
+    cut = [r.getMessage() for r in caplog.records if "fell behind" in r.getMessage()]
+    assert cut == [
+        "3 feed subscriber(s) on job:1 fell behind and were disconnected "
+        "(feeds.subscriber_buffer = 100 events, feeds.subscriber_bytes = 1000 bytes)"
+    ]
+    assert hub.has_subscribers("job:1") and not hub.has_subscribers("job:3")
+
+
 def test_buffer_must_be_positive() -> None:
     with pytest.raises(ValueError, match="at least 1"):
         Hub(buffer=0)
+    with pytest.raises(ValueError, match="at least 1"):
+        Hub(max_bytes=0)
 
 
 # --- OrgEventLog ------------------------------------------------------------------------
@@ -358,3 +387,71 @@ def test_org_log_arguments_are_checked() -> None:
         OrgEventLog(1.0, max_events=0)
     with pytest.raises(ValueError, match="first must be at least 1"):
         OrgEventLog(1.0, first=0)
+
+
+# --- Hub: shutdown --------------------------------------------------------------------------
+
+
+async def test_close_all_ends_every_reader_normally_and_later_ones_are_born_detached() -> None:
+    hub = Hub(buffer=4)
+    ended: list[tuple[str, list[Any], bool]] = []
+
+    async def reader(topic: str, task_status: trio.TaskStatus[None]) -> None:
+        with hub.subscribe(topic) as sub:
+            task_status.started()
+            got = [item async for item in sub]
+            ended.append((topic, got, sub.lagged))
+
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:
+            for topic in ("job:1", "job:2", "org:o"):
+                await nursery.start(reader, topic)
+            hub.publish("job:1", "a")
+            hub.publish("org:o", "b")
+            assert not hub.closed
+            hub.close_all()
+            hub.close_all()  # idempotent
+            assert hub.closed
+        assert sorted(ended) == [
+            ("job:1", ["a"], False),
+            ("job:2", [], False),
+            ("org:o", ["b"], False),
+        ]
+        assert hub.statistics().subscribers == 0
+        assert hub.statistics().topics == 0
+        with hub.subscribe("job:3") as late:
+            assert not late.attached and not late.lagged
+            hub.publish("job:3", "never seen")
+            assert [item async for item in late] == []
+        assert hub.statistics().subscribers == 0
+
+
+async def test_with_run_the_readers_of_an_item_are_woken_a_group_at_a_time() -> None:
+    """A thousand feeds woken by one event do not all run in one turn of the event loop."""
+    hub = Hub()
+    readers = 4 * WAKE_BATCH
+    received = 0
+
+    async def reader(task_status: trio.TaskStatus[None]) -> None:
+        nonlocal received
+        with hub.subscribe("job:1") as sub:
+            task_status.started()
+            await sub.receive()
+            received += 1
+
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(hub.run)
+            for _ in range(readers):
+                await nursery.start(reader)
+            await trio.testing.wait_all_tasks_blocked()
+            hub.publish("job:1", "event")
+            # between two turns of this task, one group (or parts of two) ran
+            progress = []
+            while received < readers:
+                before = received
+                await trio.lowlevel.checkpoint()
+                progress.append(received - before)
+            assert max(progress) <= 2 * WAKE_BATCH
+            assert sum(1 for p in progress if p) >= readers // (2 * WAKE_BATCH)
+            nursery.cancel_scope.cancel()

@@ -359,3 +359,20 @@ async def test_an_old_store_recovers_to_the_same_answers(tmp_path: Path) -> None
                 identity = db.models["identity"]
                 assert isinstance(identity, IdentityModel)
                 assert_old_answers(identity)
+
+
+def test_watchers_hear_of_every_identity_record_and_of_nothing_else() -> None:
+    model = IdentityModel()
+    heard: list[int] = []
+    model.watch(lambda: heard.append(model.generation))
+    for record in org_records("acme", "Acme", None, created_at=0.0):
+        model.apply(record)
+    assert heard == list(range(1, len(heard) + 1)) and len(heard) >= 4
+    before = model.generation
+    model.apply({"t": "job.step", "id": "x"})  # another model's record
+    model.apply({"t": "node.seen", "org": "acme", "name": "n1"})
+    assert model.generation == before and len(heard) == before
+    model.load(model.snapshot())  # a snapshot loaded keeps the watchers and says so
+    assert heard[-1] == model.generation == before + 1
+    model.apply({"t": "member.add", "org": "acme", "user": "carol"})
+    assert heard[-1] == model.generation == before + 2

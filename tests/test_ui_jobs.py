@@ -259,3 +259,44 @@ def test_a_reader_watches_but_cannot_start_or_abort(fleet: Fleet, tab: Tab) -> N
     finally:
         go.touch()
         rita.close()
+
+
+def test_the_fleet_follows_its_nodes_going_offline_and_online(fleet: Fleet, tab: Tab) -> None:
+    """An agent that stops shows as offline within the org feed's latency (its node_status
+    event, at most half a second after the change, then the page's reload), with no timer."""
+    made = fleet.admin.ok(
+        "POST", "/organizations/default/clients", {"name": "brief-1", "create_key": True}
+    )
+    key = fleet.work / "brief-1.pem"
+    key.write_text(made["chef_key"]["private_key"])
+    config = fleet.work / "brief-1.toml"
+    config.write_text(
+        f'server_url = "{fleet.info.org_url}"\nnode_name = "brief-1"\nclient_key = "{key}"\n'
+        f'state_dir = "{fleet.work / "brief-1-state"}"\n'
+    )
+    argv = [sys.executable, "-m", "pushy_appliance.cli", "agent", "--config", str(config)]
+    page = tab.login(fleet.admin.login_link())
+    counts = page.locator("#fleet-counts")
+    row = page.locator("#fleet-table tr[data-node=brief-1] td")
+    expect(counts.locator("[data-count=online] .n")).to_have_text("4")
+    expect(page.locator("#fleet-table")).to_have_attribute("data-loaded-by", "start")
+    with (fleet.work / "brief-1.log").open("wb") as log:
+        agent = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=log)
+    try:
+        # it connects while the page is open: online, from the feed
+        expect(row.nth(1)).to_have_text("online")
+        expect(counts.locator("[data-count=online] .n")).to_have_text("5")
+        expect(page.locator("#fleet-table")).to_have_attribute("data-loaded-by", "feed")
+        agent.terminate()
+        agent.wait(30)
+        began = time.monotonic()
+        expect(counts.locator("[data-count=offline] .n")).to_have_text("1", timeout=3000)
+        expect(counts.locator("[data-count=online] .n")).to_have_text("4")
+        expect(row.nth(1)).to_have_text("offline")
+        assert time.monotonic() - began < 3.0
+        expect(page.locator("#fleet-table")).to_have_attribute("data-loaded-by", "feed")
+        tab.shot("fleet-offline")
+    finally:
+        if agent.poll() is None:
+            agent.kill()
+            agent.wait(30)

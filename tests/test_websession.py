@@ -165,3 +165,21 @@ def test_a_principal_deleted_or_removed_from_the_org_loses_the_session() -> None
         403,
         "'alice' is not associated with organization 'acme'",
     )
+
+
+def test_watchers_hear_of_every_session_that_ends_and_alive_touches_nothing() -> None:
+    s = sessions(idle_timeout=100.0, max_sessions=2)
+    ended: list[int] = []
+    s.watch(lambda: ended.append(len(s)))
+    a = s.redeem(s.mint_link("acme", ALICE, now=0.0), now=0.0)
+    b = s.redeem(s.mint_link("acme", ALICE, now=1.0), now=1.0)
+    assert ended == []
+    assert s.alive(a.id, now=99.0) and not s.alive(a.id, now=100.0)
+    assert s.lookup(a.id, now=99.0) is a  # alive() did not restart its idle clock; this does
+    s.redeem(s.mint_link("acme", ALICE, now=2.0), now=2.0)  # full: b goes
+    assert ended == [1]
+    assert not s.alive(b.id, now=2.0)
+    assert s.end(a.id) and ended == [1, 1]
+    assert not s.end(a.id) and ended == [1, 1]  # nothing ended
+    s.lookup("nope", now=500.0)  # the last one timed out, found by any later call
+    assert ended == [1, 1, 0]

@@ -28,6 +28,8 @@ from ..errors import (
     NoSuchJobError,
     PayloadTooLargeError,
     StoreUnavailableError,
+    TooManyFeedsError,
+    TooManyPrincipalFeedsError,
 )
 from ..services import Services
 from ._request import json_response
@@ -42,6 +44,8 @@ _DOMAIN_ERRORS: dict[type[DomainError], tuple[int, bool]] = {
     JobFinishedError: (409, False),
     NoSuchIdentityError: (404, True),
     IdentityExistsError: (409, True),
+    TooManyPrincipalFeedsError: (429, False),
+    TooManyFeedsError: (503, False),
 }
 """Status and body form by domain error: the job routes answer ``{"error": "…"}`` (``API.md``
 §3), the identity routes Chef Server's list form ``{"error": ["…"]}`` (§4)."""

@@ -67,6 +67,8 @@ _EVENTS: Final = [
     "summary",
     "start_of_history",
     "lagged",
+    "node_status",
+    "nodes_changed",
 ]
 _BUCKETS: Final = [
     "new",
@@ -192,7 +194,15 @@ def _schemas() -> dict[str, Schema]:
                         "available": {"type": "integer"},
                     },
                 },
-                "feeds": {"type": "object", "properties": {"subscribers": {"type": "integer"}}},
+                "feeds": {
+                    "type": "object",
+                    "properties": {
+                        "subscribers": {"type": "integer"},
+                        "open": {"type": "integer"},
+                        "lagged": {"type": "integer"},
+                        "revoked": {"type": "integer"},
+                    },
+                },
                 "store": {
                     "type": "object",
                     "properties": {"records": {"type": "integer"}, "bytes": {"type": "integer"}},
@@ -606,6 +616,10 @@ def _paths() -> dict[str, Schema]:
         "201": _ok(_ref("CreatedWithKey"), "created", _LOCATION),
         "409": _error("exists, or the other kind of principal of the org has that name"),
     }
+    feed_refusals = {
+        "429": _error("the principal has feeds.max_per_principal feeds open"),
+        "503": _error("the server has feeds.max_connections feeds open"),
+    }
     event_stream = {
         "description": "Server-Sent Events (``event:``, ``id:``, ``data: JSON``)",
         "headers": {
@@ -618,6 +632,9 @@ def _paths() -> dict[str, Schema]:
         {"name": "Last-Event-ID", "in": "header", "required": False,
          "schema": {"type": "string"}, "description": "resume after this event"},
     ]  # fmt: skip
+    node_events = {"name": "node_events", "in": "query", "required": False,
+                   "schema": {"type": "string"},
+                   "description": "true: also the live node events (docs/FEEDS.md)"}  # fmt: skip
     job_link = {
         "GetJob": {
             "operationId": "getJob",
@@ -997,7 +1014,7 @@ def _paths() -> dict[str, Schema]:
             "get": _op(
                 f"getJobFeed{alias}",
                 "A job's events: history, then live, to the end",
-                {"200": event_stream},
+                {"200": event_stream, **feed_refusals},
                 tags=feeds,
                 params=feed_headers,
             ),
@@ -1006,10 +1023,10 @@ def _paths() -> dict[str, Schema]:
             "parameters": [org],
             "get": _op(
                 f"getOrgFeed{alias}",
-                "The org's job starts and ends, live",
-                {"200": event_stream},
+                "The org's job starts and ends, live (and its nodes' changes, when asked)",
+                {"200": event_stream, **feed_refusals},
                 tags=feeds,
-                params=feed_headers,
+                params=[*feed_headers, node_events],
             ),
         }
     paths.update(_ui_paths(org))

@@ -44,6 +44,7 @@ __all__ = [
     "require_accept",
     "require_json_content",
     "rfc1123",
+    "session_cookie",
     "signed",
 ]
 
@@ -100,15 +101,12 @@ async def request_body(svc: Services) -> bytes:
     return body
 
 
-async def signed(svc: Services, org: str | None, *, read_only: bool = False) -> Principal:
-    """Authenticate the current request (see :meth:`auth.Authenticator.authenticate`;
-    ``read_only``: a route that changes nothing whatever its method).
+def session_cookie(org: str | None) -> str | None:
+    """The dashboard session the current request acts through, or ``None`` when it is signed.
 
     A request to an org's push-jobs routes (``/organizations/ORG/pushy/…``) that carries the
-    dashboard's session cookie and no ``X-Ops-UserId`` acts as that session's principal
-    instead (see :meth:`websession.WebSessions.authenticate`; ``docs/DASHBOARD.md``).
+    dashboard's session cookie and no ``X-Ops-UserId`` acts as that session's principal.
     """
-    body = await request_body(svc)
     session_id = request.cookies.get(SESSION_COOKIE)
     if (
         session_id is not None
@@ -116,6 +114,21 @@ async def signed(svc: Services, org: str | None, *, read_only: bool = False) -> 
         and "X-Ops-UserId" not in request.headers
         and request.path.startswith(f"/organizations/{org}/pushy/")
     ):
+        return session_id
+    return None
+
+
+async def signed(svc: Services, org: str | None, *, read_only: bool = False) -> Principal:
+    """Authenticate the current request (see :meth:`auth.Authenticator.authenticate`;
+    ``read_only``: a route that changes nothing whatever its method).
+
+    A request through a dashboard session (:func:`session_cookie`) acts as that session's
+    principal instead (see :meth:`websession.WebSessions.authenticate`;
+    ``docs/DASHBOARD.md``).
+    """
+    body = await request_body(svc)
+    session_id = session_cookie(org)
+    if session_id is not None and org is not None:
         return svc.web_sessions.authenticate(
             svc.identity,
             session_id,

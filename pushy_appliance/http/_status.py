@@ -17,6 +17,7 @@ def status_document(svc: Services) -> dict[str, object]:
     nodes = svc.link.statistics() if svc.link is not None else None
     jobs = svc.jobs.live_job_ids() if svc.jobs is not None else []
     hub = svc.hub.statistics() if svc.hub is not None else None
+    feeds = svc.feeds.statistics() if svc.feeds is not None else None
     return {
         "status": "it's alive",
         "incarnation_id": svc.incarnation_id,
@@ -28,7 +29,12 @@ def status_document(svc: Services) -> dict[str, object]:
             "online": nodes.online if nodes else 0,
             "available": nodes.available if nodes else 0,
         },
-        "feeds": {"subscribers": hub.subscribers if hub else 0},
+        "feeds": {
+            "subscribers": hub.subscribers if hub else 0,
+            "open": feeds.readers if feeds else 0,
+            "lagged": hub.lagged_disconnects if hub else 0,
+            "revoked": feeds.revoked if feeds else 0,
+        },
         "store": {"records": stats.records, "bytes": stats.bytes},
     }
 

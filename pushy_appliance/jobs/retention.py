@@ -2,7 +2,8 @@
 
 A purge is one ``job.purge`` record: the stored model drops the job, its events and its
 output, and the store's compaction drops their records. The job's feed topic is closed so
-no reader waits on a job that is gone. ``retention_days`` 0 keeps every job forever.
+no reader waits on a job that is gone. ``retention_days`` 0 keeps every job forever. A purge
+the store refuses (disk full) is put off until the store writes again.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import Callable
 import trio
 
 from ..db import Database
+from ..errors import StoreUnavailableError
 from ..feeds import Feeds
 from .model import JobsModel
 
@@ -62,6 +64,10 @@ class Retention:
 
         Returns:
             How many jobs were purged.
+
+        Raises:
+            StoreUnavailableError: the store refused a purge; the jobs purged before it are
+                gone, the others are kept.
         """
         if self.retention_days <= 0:
             return 0
@@ -81,11 +87,17 @@ class Retention:
         return len(old)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Purge expired jobs now and every :data:`CHECK_SECONDS`, until cancelled.
+        """Purge expired jobs now and every :data:`CHECK_SECONDS`, until cancelled; a purge the
+        store refuses is tried again as soon as the store writes again.
 
         Start-up: ready at once (the first purge runs after ``started()``).
         """
         task_status.started()
         while True:
-            await self.purge_expired()
+            try:
+                await self.purge_expired()
+            except StoreUnavailableError as e:
+                log.warning("retention: purge put off until the store can write (%s)", e.reason)
+                await self.db.wait_writable()
+                continue
             await trio.sleep(CHECK_SECONDS)

@@ -5,9 +5,10 @@ goes through :func:`.machine.transition`; the changes of the whole batch (job fi
 nodes, published feed events, output chunks, results) become ONE ``job.step`` record,
 committed durably; only then are the effects performed (frames sent, timers armed, events
 published on the feeds). So a crash loses effects, never state, and a fan-out to thousands of
-nodes costs a handful of fsyncs, not one per vote. After a restart :meth:`JobRunner.resume`
-sends ``Resume`` to every unfinished job; the machine re-derives what a lost effect would
-have done.
+nodes costs a handful of fsyncs, not one per vote. A step the store refuses (disk full) is
+held, with its effects, until the store writes again; the job goes on from there. After a
+restart :meth:`JobRunner.resume` sends ``Resume`` to every unfinished job; the machine
+re-derives what a lost effect would have done.
 
 The runner only creates, aborts and drives jobs. Node messages reach it from the node link
 (:mod:`..nodes.link`) through :meth:`JobRunner.post`, its :class:`~..nodes.link.JobPort`;
@@ -23,6 +24,7 @@ trio's, so timers run on the autojump clock).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
 import time
@@ -34,7 +36,7 @@ import trio
 
 from .. import protocol
 from ..db import Database
-from ..errors import JobFinishedError, NoSuchJobError
+from ..errors import JobFinishedError, NoSuchJobError, StoreUnavailableError
 from ..feeds import Feeds
 from ..nodes.link import NodeLink
 from ..nodes.registry import NodeRegistry, NodeSession
@@ -111,12 +113,15 @@ class _LiveJob:
         if len(self.inbox) >= INBOX_HIGH_WATER and self.room.is_set():
             self.room = trio.Event()
 
-    async def post_from_node(self, event: Event) -> None:
+    async def post_from_node(self, event: Event, session: NodeSession | None) -> None:
         """Queue a node's event, first waiting while the inbox is over its high-water mark:
         a node that floods frames is slowed down at its own socket, and the inbox stays
-        bounded."""
-        while not self.room.is_set():
-            await self.room.wait()
+        bounded. While it waits the node's frames (its heartbeats too) stay unread, so its
+        ``session`` is not timed out for that silence (:meth:`NodeSession.held_back`)."""
+        if not self.room.is_set():
+            with session.held_back() if session is not None else contextlib.nullcontext():
+                while not self.room.is_set():
+                    await self.room.wait()
         self.post(event)
 
 
@@ -315,6 +320,8 @@ class JobRunner:
         Raises:
             NoSuchJobError: no such job in ``org``.
             JobFinishedError: the job already finished.
+            StoreUnavailableError: the store refuses writes now; the job is not touched (its
+                end could not be stored, and the caller would wait for it).
         """
         entry = self.model.jobs.get(job_id)
         if entry is None or entry.org != org:
@@ -322,6 +329,9 @@ class JobRunner:
         job = self.live.get(job_id)
         if job is None or entry.finished:
             raise JobFinishedError(job_id)
+        if not self.db.writable:
+            # appending nothing writes nothing, and raises the store's own refusal
+            await self.db.store.append_many([])
         job.post(Abort(self._now()))
         await job.ended.wait()
 
@@ -343,7 +353,7 @@ class JobRunner:
         if isinstance(event, NodeBack | NodeDown):
             job.post(event)
             return True
-        await job.post_from_node(event)
+        await job.post_from_node(event, self.registry.get(org, event.node))
         return self.live.get(job_id) is job
 
     # --- the per-job task -------------------------------------------------------------------
@@ -428,7 +438,15 @@ class JobRunner:
             "results": results,
             "at": now,
         }
-        await self.db.commit(step)
+        try:
+            await self.db.commit(step)
+        except StoreUnavailableError as e:
+            # Nothing of the step is stored or applied: hold it, and its effects, until the
+            # store writes again. Meanwhile the inbox fills, and above its high-water mark the
+            # nodes' frames wait (they are not timed out for it: see ``post_from_node``).
+            log.warning("job %s: step held until the store can write (%s)", job.id, e.reason)
+            await self.db.commit_retrying(step)
+            log.info("job %s: held step stored", job.id)
         if is_finished(state):
             job.ended.set()
         released = [name for name in touched if not holds(state, name)]

@@ -49,6 +49,9 @@ knows each job's nodes. Between them this module owns:
   - :meth:`NodeLink.available`: reachable and held by no live job. What ``node_states``,
     ``_status`` and :meth:`NodeLink.statistics` report.
 
+  The watcher given to :meth:`NodeLink.watch` is told of every node whose status or
+  availability may have changed (the org feed's ``node_status`` events).
+
 Without a job engine (registry-only tests, tools) the link runs with :class:`NoJobs`, a
 port that knows no job: every job a node reports is sent to rehab, every result
 acknowledged.
@@ -144,6 +147,12 @@ class NodeLink:
         """``(org, node)`` → its session that waits for ``aborted``."""
         self._streams: dict[tuple[str, str], dict[tuple[str, str], _Stream]] = {}
         """``(org, node)`` → ``(job, channel)`` → what the job has of that output."""
+        self._changed: Callable[[str, str], None] = _ignore
+
+    def watch(self, changed: Callable[[str, str], None]) -> None:
+        """Call ``changed(org, node)`` from now on whenever the node's status (online,
+        offline) or availability may have changed. It must not block or raise."""
+        self._changed = changed
 
     def connect(self, port: JobPort) -> None:
         """Hand node messages to ``port`` (the job runner) from now on."""
@@ -228,6 +237,7 @@ class NodeLink:
             jobs = held.get((org, node))
             if jobs is None:
                 held[(org, node)] = {job_id: None}
+                self._changed(org, node)
             else:
                 jobs[job_id] = None
 
@@ -241,6 +251,7 @@ class NodeLink:
                 jobs.pop(job_id, None)
                 if not jobs:
                     del held[(org, node)]
+                    self._changed(org, node)
             mine = streams.get((org, node))
             if mine is not None:
                 mine.pop((job_id, "stdout"), None)
@@ -254,6 +265,7 @@ class NodeLink:
         """An ``abort`` goes to the node: hold it unavailable until its agent answers
         ``aborted``."""
         self._rehab[(session.org, session.name)] = session
+        self._changed(session.org, session.name)
 
     def start_rehab(self, session: NodeSession) -> None:
         """Send ``abort {job_id: nil}`` (queued) and hold the node unavailable until
@@ -268,6 +280,7 @@ class NodeLink:
         a job it holds that no live job of its incarnation takes; acknowledge a result no
         job takes."""
         org, node = session.org, session.name
+        self._changed(org, node)
         key = (org, node)
         stale = self._rehab.get(key)
         if stale is not None and stale is not session:
@@ -309,6 +322,7 @@ class NodeLink:
         if isinstance(frame, protocol.Aborted):
             if self._rehab.get((org, node)) is session:
                 del self._rehab[(org, node)]
+                self._changed(org, node)
             if frame.job_id is not None:  # the job it held, if still live, learns it is gone
                 await self.port.post(org, frame.job_id, NodeAborted(node, self._now()))
             return
@@ -384,6 +398,7 @@ class NodeLink:
     async def node_lost(self, session: NodeSession) -> None:
         """The node's current session ended: tell every job that holds it."""
         org, node = session.org, session.name
+        self._changed(org, node)
         if self._rehab.get((org, node)) is session:
             del self._rehab[(org, node)]
         for stream in self._streams.get((org, node), {}).values():
@@ -392,6 +407,10 @@ class NodeLink:
         now = self._now()
         for job_id in sorted(self._held.get((org, node), ())):
             await self.port.post(org, job_id, NodeDown(node, now))
+
+
+def _ignore(org: str, node: str) -> None:
+    """The watcher of a link nobody watches."""
 
 
 def _result(node: str, r: protocol.Result | protocol.ResultBody, now: float) -> Result:

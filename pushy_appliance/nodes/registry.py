@@ -32,23 +32,26 @@ it with ``CLOSE_DELETED`` (4003) before the change's commit returns, so no job, 
 secret reaches a session whose identity is gone.
 
 Status changes (online, offline) are stored as ``node.seen`` records (see
-:class:`~.model.NodeModel`), not every heartbeat. The registry knows nothing of jobs: what a
-node does with jobs (its messages, rehab, which job holds it, whether it is available) is
-the node link's (:mod:`.link`).
+:class:`~.model.NodeModel`), not every heartbeat. A store that refuses writes never fails a
+node for it: the latest change of each node is held and stored once the store writes again.
+The registry knows nothing of jobs: what a node does with jobs (its messages, rehab, which
+job holds it, whether it is available) is the node link's (:mod:`.link`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, Protocol
 
 import trio
 
 from .. import protocol
 from ..db import Database
+from ..errors import StoreUnavailableError
 from ..model import IdentityModel
 from .model import NodeModel
 
@@ -78,6 +81,9 @@ CLOSE_STUCK = 4008
 CLOSE_TIMEOUT = 4009
 CLOSE_UNSUPPORTED_VERSION = 4010
 """The close code for a ``hello`` of a protocol version the server does not speak."""
+
+_STATUS_BATCH = 1000
+"""Held status changes stored per record (one batch record each)."""
 
 DIRECT_SEND_TIMEOUT = 1.0
 """Seconds one write to a node may wait (socket buffer full) before the node is closed as
@@ -123,6 +129,7 @@ class NodeSession:
 
     __slots__ = (
         "_close_requested",
+        "_held_back",
         "_outbox",
         "_pending",
         "_room",
@@ -174,6 +181,8 @@ class NodeSession:
         """A direct write is in progress."""
         self._seq = protocol.Sequencer()
         self._close_requested = close_requested
+        self._held_back = 0
+        """Waits in progress in which the server does not read this node's frames."""
 
     def __repr__(self) -> str:
         return f"<node {self.org}/{self.name} incarnation {self.incarnation_id[:8]}>"
@@ -272,6 +281,24 @@ class NodeSession:
     def next_seq(self) -> int:
         return self._seq.next()
 
+    @property
+    def heard(self) -> bool:
+        """Whether the server reads this node's frames now (see :meth:`held_back`)."""
+        return not self._held_back
+
+    @contextlib.contextmanager
+    def held_back(self) -> Iterator[None]:
+        """The server stops reading this node's frames for a while (back-pressure of a job
+        whose inbox is full, as while its step waits for the store): the node's heartbeats
+        go unread, and that silence is the server's, not the node's. The ticker does not time
+        it out meanwhile, and its silence counts from the end of the wait."""
+        self._held_back += 1
+        try:
+            yield
+        finally:
+            self._held_back -= 1
+            self.last_received = max(self.last_received, trio.current_time())
+
     def close(self, code: int, reason: str) -> None:
         """Ask the connection to close with ``code`` (idempotent, never blocks)."""
         if self.close_code is None:
@@ -310,6 +337,12 @@ class NodeRegistry:
         self._timed_out = 0
         self._closers: dict[NodeSession, Callable[[int, str], None]] = {}
         db.watch(self._identity_changed)
+        self._status_seq = 0
+        self._held_statuses: dict[tuple[str, str], tuple[int, dict[str, Any]]] = {}
+        """``(org, node)`` → the latest status change the store refused: (order, record)."""
+        self._flushing = False
+        """Held changes exist or are being stored: new changes queue behind them."""
+        self._nursery: trio.Nursery | None = None
 
     @property
     def model(self) -> NodeModel:
@@ -436,17 +469,71 @@ class NodeRegistry:
         facts: dict[str, Any] | None = None,
         incarnation: str | None = None,
     ) -> None:
-        await self.db.commit(
-            {
-                "incarnation": incarnation,
-                "t": "node.seen",
-                "org": org,
-                "name": name,
-                "status": status,
-                "at": time.time(),
-                "facts": facts,
-            }
+        """Store a node's status change (a ``node.seen`` record). Never raises because the
+        store refuses writes, and never waits for it.
+
+        While the store refuses writes (or changes held earlier are still being stored), the
+        change is held instead: only the latest of each node is kept, and the ticker's task
+        stores them once the store writes again (logged once per outage). Changes are stored
+        in the order they were made.
+        """
+        record = {
+            "incarnation": incarnation,
+            "t": "node.seen",
+            "org": org,
+            "name": name,
+            "status": status,
+            "at": time.time(),
+            "facts": facts,
+        }
+        self._status_seq += 1
+        seq = self._status_seq
+        if not self._held_statuses and not self._flushing and self.db.writable:
+            try:
+                await self.db.commit(record)
+                return
+            except StoreUnavailableError as e:
+                reason = e.reason
+        else:
+            reason = "the store is not writable"
+        self._hold_status(seq, record, reason)
+
+    def _hold_status(self, seq: int, record: dict[str, Any], reason: str) -> None:
+        key = (record["org"], record["name"])
+        held = self._held_statuses.get(key)
+        if held is None or held[0] < seq:
+            self._held_statuses[key] = (seq, record)
+        if self._flushing:
+            return
+        self._flushing = True
+        log.warning(
+            "node status changes held until the store can write (%s); "
+            "the latest of each node is stored then",
+            reason,
         )
+        if self._nursery is not None:
+            self._nursery.start_soon(self._store_held_statuses)
+
+    async def _store_held_statuses(self) -> None:
+        """Store the held status changes once the store writes again, oldest first."""
+        stored = 0
+        try:
+            while self._held_statuses:
+                await self.db.wait_writable()
+                held = sorted(self._held_statuses.values(), key=lambda item: item[0])
+                self._held_statuses = {}
+                done = 0
+                try:
+                    for done in range(0, len(held), _STATUS_BATCH):
+                        await self.db.commit(*(r for _, r in held[done : done + _STATUS_BATCH]))
+                    done = len(held)
+                except StoreUnavailableError:  # refused again: hold what is left
+                    for seq, record in held[done:]:
+                        self._hold_status(seq, record, "")
+                stored += done
+        finally:
+            self._flushing = False
+        log.info("stored the held node status changes of %d node(s)", stored)
 
     def known_nodes(self, org: str) -> list[str]:
         """Nodes of ``org`` that ever connected (and still exist as clients)."""
@@ -468,7 +555,7 @@ class NodeRegistry:
         # tick began, halving their heartbeat rate.
         due = now - self.interval * 0.5
         for s in list(self.sessions.values()):
-            if now - s.last_received > silent_after:
+            if now - s.last_received > silent_after and s.heard:
                 self._timed_out += 1
                 log.info(
                     "node %s/%s: no frame for %.1f s, marking offline",
@@ -482,14 +569,18 @@ class NodeRegistry:
                 await s.send_now(render(s.next_seq(), ts))
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Run the heartbeat ticker until cancelled.
+        """Run the heartbeat ticker until cancelled; it also stores held status changes.
 
         Start-up: ready at once.
         """
-        task_status.started()
-        deadline = trio.current_time()
-        while True:
-            # a fixed period: a tick that takes long (many nodes) does not stretch the next
-            deadline = max(deadline + self.interval, trio.current_time())
-            await trio.sleep_until(deadline)
-            await self.tick()
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            if self._flushing:  # held before the registry ran
+                nursery.start_soon(self._store_held_statuses)
+            task_status.started()
+            deadline = trio.current_time()
+            while True:
+                # a fixed period: a tick that takes long (many nodes) does not stretch the next
+                deadline = max(deadline + self.interval, trio.current_time())
+                await trio.sleep_until(deadline)
+                await self.tick()

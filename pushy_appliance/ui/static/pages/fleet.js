@@ -1,13 +1,12 @@
 // Fleet: counts (online, offline, busy) and a searchable table of nodes, kept current by the
-// org feed (every job start and end changes who is busy) and a slow refresh (the org feed
-// carries no node events yet, so a node going on- or offline shows within REFRESH_MS).
+// org feed: its node_status events (a node went on- or offline, or busy or idle), its
+// nodes_changed events (many nodes at once), and every job's start and end.
 
 import { h, fill, byName, plural, ago, when, throttle } from "../dom.js";
 import { openFeed } from "../feed.js";
 import { INVENTORY, findNodes } from "../nodequery.js";
 
 const PAGE = 500;
-const REFRESH_MS = 10000;
 
 export function mountFleet(view, ctx, params) {
   let text = params.get("q") || "";
@@ -27,7 +26,7 @@ export function mountFleet(view, ctx, params) {
   const table = h("div#fleet-table");
   fill(view, h("h1", {}, "Fleet"), counts, h("div.toolbar", {}, input, problem), table);
 
-  // why the table was last loaded ("feed", "timer", "search", "start"), for the tests
+  // why the table was last loaded ("feed", "search", "start"), for the tests
   async function load(reason = "start") {
     const mine = ++seq;
     try {
@@ -104,12 +103,15 @@ export function mountFleet(view, ctx, params) {
     }, 250);
   });
 
-  const feed = openFeed(`${ctx.base}/job_status_feed`, "Org", { start: refresh, job_complete: refresh });
-  const timer = setInterval(() => load("timer"), REFRESH_MS);
+  const feed = openFeed(`${ctx.base}/job_status_feed?node_events=true`, "Org", {
+    start: refresh,
+    job_complete: refresh,
+    node_status: refresh,
+    nodes_changed: refresh,
+  });
   load();
   return () => {
     feed.close();
-    clearInterval(timer);
     clearTimeout(typing);
   };
 }
