@@ -26,6 +26,13 @@ store *unavailable*:
 Work that must not interleave with appends (rotating the segment after a snapshot, deleting
 what the snapshot made obsolete) travels down the same channel as a control item and runs in
 the writer, between two groups.
+
+The archive (finished jobs' details, read back by reference) is written beside the log, not
+through it: :meth:`GroupCommitStore.archive` appends a group of blobs with one fsync under
+its own lock and returns their references once they are durable. Nothing in the log refers
+to the archive; a snapshot does (``write_snapshot(..., archives=...)``), and an archive is
+deleted after a snapshot once neither kept snapshot refers to it. A snapshot holds the
+archive lock from start to clean-up, so no reference is handed out in between.
 """
 
 from __future__ import annotations
@@ -34,13 +41,13 @@ import abc
 import dataclasses
 import logging
 import math
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 import trio
 
 from ..errors import StoreError, StoreUnavailableError
-from ._format import encode_record, encode_snapshot
+from ._format import BlobRef, encode_blob, encode_record, encode_snapshot
 from ._outage import Outage, unavailable
 
 __all__ = ["GroupCommitStore", "Recovered", "Store", "StoreStatistics"]
@@ -79,6 +86,8 @@ class StoreStatistics:
         pending: records handed to ``append``/``append_many`` that are not durable yet.
         writable: the store takes writes (false while a failed write is being retried).
         refused: records refused since open because the store could not write them.
+        archives: number of archive files (MemoryStore: of archives held).
+        archive_bytes: their total size.
     """
 
     records: int
@@ -90,6 +99,8 @@ class StoreStatistics:
     pending: int
     writable: bool = True
     refused: int = 0
+    archives: int = 0
+    archive_bytes: int = 0
 
 
 class Store(Protocol):
@@ -122,8 +133,23 @@ class Store(Protocol):
         """Append records as one group; return the last seq once all are durable."""
         ...
 
-    async def write_snapshot(self, state: Any, seq: int) -> None:
-        """Persist ``state`` as everything up to ``seq`` and drop what it makes obsolete."""
+    async def write_snapshot(
+        self, state: Any, seq: int, archives: Mapping[int, int] | None = None
+    ) -> None:
+        """Persist ``state`` as everything up to ``seq`` and drop what it makes obsolete;
+        ``archives``: the archives it refers to (number → end of the last blob used)."""
+        ...
+
+    async def archive(self, blobs: Sequence[bytes]) -> list[BlobRef]:
+        """Append blobs to the archive as one group; their references once durable."""
+        ...
+
+    def read_archived(self, ref: BlobRef) -> bytes:
+        """The payload of an archived blob (one read)."""
+        ...
+
+    def archive_sizes(self) -> dict[int, int]:
+        """Archive number → its size in bytes, without I/O."""
         ...
 
     def statistics(self) -> StoreStatistics:
@@ -168,6 +194,7 @@ class GroupCommitStore(abc.ABC):
         self._snapshot_seq = recovered.snapshot_seq
         self._send, self._receive = trio.open_memory_channel[_Append | _Control](queue_size)
         self._snapshot_lock = trio.Lock()
+        self._archive_lock = trio.Lock()
         self._writer_done = trio.Event()
         self._closed = False
         self._groups = 0
@@ -274,17 +301,21 @@ class GroupCommitStore(abc.ABC):
             raise StoreError(request.error)
         return request.last_seq
 
-    async def write_snapshot(self, state: Any, seq: int) -> None:
+    async def write_snapshot(
+        self, state: Any, seq: int, archives: Mapping[int, int] | None = None
+    ) -> None:
         """Persist ``state`` as the state after every record up to and including ``seq``.
 
         The state is serialized in the calling task, so the caller may go on mutating its
         objects once this returns or is cancelled. Then the snapshot file is written and
         made durable, the writer starts a new segment, and only the newest two snapshots are
-        kept, with the segments the older one still needs.
+        kept, with the segments the older one still needs, and the archives one of them
+        refers to (or that is still being appended to).
 
         Args:
             state: a msgpack-serializable object.
             seq: the seq it is as of: ``statistics().snapshot_seq <= seq <= last_seq``.
+            archives: archive number → end of the last blob ``state`` refers to there.
 
         Raises:
             ValueError: when ``seq`` is out of that range.
@@ -301,13 +332,18 @@ class GroupCommitStore(abc.ABC):
         cancellation takes effect once the snapshot and its clean-up are done.
         """
         self._check_usable()
-        async with self._snapshot_lock:
+        async with self._snapshot_lock, self._archive_lock:
             if not self._snapshot_seq <= seq <= self._last_seq:
                 raise ValueError(
                     f"snapshot seq {seq} outside {self._snapshot_seq}..{self._last_seq}"
                 )
-            contents = encode_snapshot(state, seq)
-            control = _Control(lambda: self._after_snapshot(seq))
+            sizes = self.archive_sizes()
+            used = dict(archives or {})
+            for number, end in used.items():
+                if end > sizes.get(number, 0):
+                    raise ValueError(f"the state refers to archive {number} up to {end}")
+            contents = encode_snapshot(state, seq, used)
+            control = _Control(lambda: self._after_snapshot(seq, used))
             with trio.CancelScope(shield=True):
                 await self._save_snapshot(contents, seq)
                 self._snapshot_seq = seq
@@ -321,6 +357,45 @@ class GroupCommitStore(abc.ABC):
             if control.error is not None:
                 raise StoreError(f"after the snapshot: {control.error}") from control.error
 
+    async def archive(self, blobs: Sequence[bytes]) -> list[BlobRef]:
+        """Append ``blobs`` to the archive as one group (one write, one fsync).
+
+        Args:
+            blobs: payloads, each one msgpack object of 1 .. ``MAX_RECORD_BYTES`` bytes.
+
+        Returns:
+            Their references, in order, once all of them are durable; read a payload back
+            with :meth:`read_archived`. Nothing refers to them until a snapshot does: keep
+            them in the state of the next :meth:`write_snapshot`.
+
+        Raises:
+            ValueError: a blob is empty or too large (nothing was written).
+            StoreUnavailableError: the store is not writable (a failed commit is being
+                retried); nothing was written.
+            StoreError: the store is closed, or the write failed (the archive then goes on
+                in a new file; the bytes of the failed group are never referred to).
+
+        Cancellation: the write runs to its end (shielded: file I/O in a worker thread
+        cannot be interrupted), and its references are lost if the caller was cancelled.
+        """
+        self._check_usable()
+        frames = [encode_blob(b) for b in blobs]
+        async with self._archive_lock:
+            with trio.CancelScope(shield=True):
+                refs = await self._append_blobs(frames) if frames else []
+        await trio.lowlevel.checkpoint()
+        return refs
+
+    def read_archived(self, ref: BlobRef) -> bytes:
+        """The payload of the blob ``ref`` (one read; cheap for a small blob, so the caller
+        may stay on the event loop; read a large one from a worker thread).
+
+        Raises:
+            StoreCorruptError: the bytes read are not that blob (or the archive is gone).
+            StoreError: the archive cannot be read.
+        """
+        return self._read_blob(ref)
+
     def statistics(self) -> StoreStatistics:
         """Counters of the store. Cheap: no I/O.
 
@@ -328,6 +403,7 @@ class GroupCommitStore(abc.ABC):
             A frozen :class:`StoreStatistics`.
         """
         segments, size = self._segment_figures()
+        archives = self.archive_sizes()
         return StoreStatistics(
             records=self._last_seq - self._snapshot_seq,
             bytes=size,
@@ -338,6 +414,8 @@ class GroupCommitStore(abc.ABC):
             pending=self._pending,
             writable=self._outage is None,
             refused=self._refused,
+            archives=len(archives),
+            archive_bytes=sum(archives.values()),
         )
 
     # --- for subclasses ----------------------------------------------------------------------
@@ -366,12 +444,29 @@ class GroupCommitStore(abc.ABC):
         """Make a snapshot file durable (outside the writer); raise StoreError on failure."""
 
     @abc.abstractmethod
-    async def _after_snapshot(self, seq: int) -> None:
-        """In the writer, once snapshot ``seq`` is durable: rotate and drop the obsolete."""
+    async def _after_snapshot(self, seq: int, archives: dict[int, int]) -> None:
+        """In the writer, once snapshot ``seq`` (referring to ``archives``) is durable:
+        rotate and drop the obsolete (segments, snapshots, archives)."""
 
     @abc.abstractmethod
     def _segment_figures(self) -> tuple[int, int]:
         """``(segments, bytes)`` for :meth:`statistics`; no I/O."""
+
+    @abc.abstractmethod
+    async def _append_blobs(self, frames: list[bytes]) -> list[BlobRef]:
+        """Make framed blobs durable in the archive (under the archive lock); their refs.
+
+        Raises:
+            StoreError: the write failed; none of the frames may be referred to.
+        """
+
+    @abc.abstractmethod
+    def _read_blob(self, ref: BlobRef) -> bytes:
+        """The payload of blob ``ref``; StoreCorruptError when the bytes do not check out."""
+
+    @abc.abstractmethod
+    def archive_sizes(self) -> dict[int, int]:
+        """Archive number → its size in bytes, without I/O."""
 
     def release(self) -> None:  # noqa: B027 - a hook: only the file store holds anything
         """Give back what the store holds (files, locks); call once the writer stopped."""
