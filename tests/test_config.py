@@ -69,6 +69,10 @@ def test_integer_accepted_for_float_durations(tmp_path: Path) -> None:
         ("[limits]\nhandshake_timeout = 0\n", "limits.handshake_timeout"),
         ("[jobs]\nlate_result_timeout = -1\n", "jobs.late_result_timeout"),
         ("[limits]\nnode_send_buffer = -1\n", "limits.node_send_buffer"),
+        ("[limits]\nmax_live_jobs = 0\n", "limits.max_live_jobs: must be positive"),
+        ("[limits]\nmax_live_job_nodes = 0\n", "limits.max_live_job_nodes: must be positive"),
+        ("[limits]\nmax_nodes_per_job = 100001\n", "limits.max_nodes_per_job: must be 1"),
+        ("[jobs]\nhistory_cache_bytes = -1\n", "jobs.history_cache_bytes: must be 0 or more"),
         ("not toml [", "invalid TOML"),
     ],
 )

@@ -313,7 +313,7 @@ def register(app: QuartTrio, svc: Services) -> None:
 
     async def job_feed(org: str, job_id: str) -> Response:
         await authorized(svc, org, "read", produces=EVENT_STREAM)
-        entry = find_job(svc, org, job_id)
+        entry = await find_job(svc, org, job_id)
         return _stream(feeds.job_chunks(entry, request.headers.get("Last-Event-ID")))
 
     async def org_feed(org: str) -> Response:

@@ -48,7 +48,7 @@ def _summary(e: JobEntry) -> dict[str, Any]:
         doc["env"] = spec["env"]
     if spec["capture"]:
         doc["capture_output"] = True
-    if spec["file"] is not None:
+    if e.file_specified:
         doc["file_specified"] = True
     return doc
 
@@ -61,9 +61,9 @@ def job_document(
     doc = _summary(e)
     doc["nodes"] = e.buckets()
     doc["quorum"] = e.job["quorum"]
-    if include_file and e.spec["file"] is not None:
+    if include_file and e.file_specified:
         doc.pop("file_specified", None)
-        doc["file"] = e.spec["file"]
+        doc["file"] = e.file()
     reasons = e.nack_reasons()
     if reasons:
         doc["nack_reasons"] = reasons
@@ -122,7 +122,7 @@ def register(app: QuartTrio, svc: Services) -> None:
     @app.route("/organizations/<org>/pushy/jobs/<job_id>", methods=["GET"])
     async def job(org: str, job_id: str) -> Response:
         await authorized(svc, org, "read")
-        entry = find_job(svc, org, job_id)
+        entry = await find_job(svc, org, job_id)
         include = request.args.get("include_file", "").lower() == "true"
         results = request.args.get("include_results", "").lower() == "true"
         return json_response(job_document(entry, include_file=include, include_results=results))
@@ -136,7 +136,7 @@ def register(app: QuartTrio, svc: Services) -> None:
             body = parse_json_body(raw)
             if body != {}:
                 raise ValidationError("abort takes an empty body or {}")
-        entry = find_job(svc, org, job_id)
+        entry = await find_job(svc, org, job_id)
         await runner.abort(org, job_id)
         return json_response(job_document(entry))
 
@@ -149,7 +149,7 @@ def register(app: QuartTrio, svc: Services) -> None:
         svc.auth.require(org, who, "read")
         if channel not in ("stdout", "stderr"):
             raise NotFoundError(f"no channel '{channel[:32]}' (stdout or stderr)", list_form=False)
-        entry = find_job(svc, org, job_id)
+        entry = await find_job(svc, org, job_id)
         if node not in entry.nodes:
             raise NotFoundError(f"node '{node[:300]}' is not part of job {job_id}", list_form=False)
         if not entry.spec["capture"]:

@@ -192,9 +192,14 @@ def rfc1123(t: float) -> str:
     return formatdate(t, usegmt=True)
 
 
-def find_job(svc: Services, org: str, job_id: str) -> JobEntry:
-    """The job ``job_id`` of ``org``; 404 for another org's job too (**fix** of the original)."""
+async def find_job(svc: Services, org: str, job_id: str) -> JobEntry:
+    """The job ``job_id`` of ``org``; 404 for another org's job too (**fix** of the original).
+
+    A finished job's details are read from the store's archive first if they are not in
+    memory (a large one off the event loop: ``JobRunner.load_details``).
+    """
     entry = svc.jobs.model.jobs.get(job_id) if _JOB_ID.fullmatch(job_id) else None
     if entry is None or entry.org != org:
         raise NoSuchJobError(job_id)
+    await svc.jobs.load_details(entry)
     return entry

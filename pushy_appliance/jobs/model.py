@@ -22,125 +22,39 @@ does not keep (command, user, dir, env, file, capture, requester, quorum as aske
 
 from __future__ import annotations
 
-import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import msgpack
 
-from .status import FINISHED_JOB_STATUSES, nack_reasons, node_buckets
+from .compact import EventLog, NodeTable
+from .details import JobDetails, decode_details, is_blob
+from .history import History, pack_ref, unpack_ref
+from .output import OutputBuffer
+from .status import FINISHED_JOB_STATUSES
 
-__all__ = ["JobEntry", "JobsModel", "OutputBuffer"]
-
-
-RESULT_FIELDS = ("status", "exit_code", "signal", "duration_s")
-"""The result fields an :class:`OutputBuffer` keeps besides its byte counts and truncation."""
-
-
-@dataclasses.dataclass(slots=True)
-class OutputBuffer:
-    """One node's captured output (bytes kept up to the cap, totals counted beyond it) and
-    the result that finished it (``finished``: the output is complete)."""
-
-    stdout: bytearray = dataclasses.field(default_factory=bytearray)
-    stderr: bytearray = dataclasses.field(default_factory=bytearray)
-    stdout_total: int = 0
-    stderr_total: int = 0
-    truncated: bool = False
-    finished: bool = False
-    status: str | None = None
-    exit_code: int | None = None
-    signal: int | None = None
-    duration_s: float | None = None
-
-    def finish(self, result: dict[str, Any]) -> None:
-        """Take a node's result: the output is complete; keep the result's fields."""
-        self.finished = True
-        self.truncated = self.truncated or bool(result.get("truncated"))
-        self.stdout_total = max(self.stdout_total, int(result.get("stdout_bytes") or 0))
-        self.stderr_total = max(self.stderr_total, int(result.get("stderr_bytes") or 0))
-        self.status = result.get("status")
-        self.exit_code = result.get("exit_code")
-        self.signal = result.get("signal")
-        self.duration_s = result.get("duration_s")
-
-    def result(self) -> dict[str, Any]:
-        """The stored result: the agent's status, exit code, signal, byte counts, truncation
-        and duration (of a finished node)."""
-        return {
-            "status": self.status,
-            "exit_code": self.exit_code,
-            "signal": self.signal,
-            "stdout_bytes": self.stdout_total,
-            "stderr_bytes": self.stderr_total,
-            "truncated": self.truncated,
-            "duration_s": self.duration_s,
-        }
-
-    def channel(self, name: str) -> bytearray:
-        return self.stdout if name == "stdout" else self.stderr
-
-    def add(self, channel: str, offset: int, data: bytes, cap: int) -> None:
-        """Append ``data`` found at ``offset`` of ``channel``; overlap is dropped, the part
-        beyond ``cap`` is counted but not kept."""
-        total = self.stdout_total if channel == "stdout" else self.stderr_total
-        if offset + len(data) <= total:
-            return  # already have it (a re-send after a reconnect)
-        if offset < total:
-            data = data[total - offset :]
-            offset = total
-        new_total = offset + len(data)
-        buf = self.channel(channel)
-        room = cap - len(buf)
-        if room > 0:
-            buf += data[:room]
-        if len(data) > max(room, 0):
-            self.truncated = True
-        if channel == "stdout":
-            self.stdout_total = new_total
-        else:
-            self.stderr_total = new_total
-
-    def to_plain(self) -> dict[str, Any]:
-        return {
-            "stdout": bytes(self.stdout),
-            "stderr": bytes(self.stderr),
-            "stdout_total": self.stdout_total,
-            "stderr_total": self.stderr_total,
-            "truncated": self.truncated,
-            "finished": self.finished,
-            **{key: getattr(self, key) for key in RESULT_FIELDS},
-        }
-
-    @classmethod
-    def from_plain(cls, d: dict[str, Any]) -> OutputBuffer:
-        """The buffer of :meth:`to_plain`'s map (one from before results were kept too)."""
-        return cls(
-            bytearray(d["stdout"]),
-            bytearray(d["stderr"]),
-            d["stdout_total"],
-            d["stderr_total"],
-            d["truncated"],
-            d["finished"],
-            *(d.get(key) for key in RESULT_FIELDS),
-        )
+__all__ = ["DEFAULT_HISTORY_CACHE", "JobEntry", "JobsModel", "OutputBuffer"]
 
 
 class JobEntry:
-    """One job as stored.
+    """One job as stored: its index (what ``GET jobs`` lists and filters on) and its details.
 
-    A finished job's bulk (node table, feed events, captured output) may be held *packed*:
-    one msgpack ``bytes`` value, decoded the first time it is read. Start-up then loads
-    100,000 finished jobs as 100,000 small byte strings instead of millions of objects, and
-    memory holds old jobs compactly until someone reads them.
+    The details are held in one of three ways:
+
+    * in memory (a live job, or one that closed since the last archiving);
+    * *packed*: one ``bytes`` value from a snapshot, decoded the first time it is read;
+    * *archived*: a reference into the store's archive, read through the model's
+      :class:`~.history.History` (its bounded cache) each time they are not cached. An
+      archived job's ``spec`` holds no ``file`` (:meth:`file` reads it) and its ``job``
+      only ``status`` and ``quorum``; both are shared by the archived jobs that have the
+      same ones.
     """
 
     __slots__ = (
-        "_buckets",
-        "_events",
-        "_nack_reasons",
-        "_nodes",
-        "_output",
+        "_details",
+        "_history",
         "_packed",
+        "_ref",
         "created_at",
         "finished_at",
         "id",
@@ -160,9 +74,7 @@ class JobEntry:
         created_at: float,
         updated_at: float,
         finished_at: float | None = None,
-        nodes: dict[str, list[Any]] | None = None,
-        events: list[list[Any]] | None = None,
-        output: dict[str, OutputBuffer] | None = None,
+        details: JobDetails | None = None,
         packed: bytes | None = None,
     ) -> None:
         self.id = id
@@ -172,52 +84,85 @@ class JobEntry:
         self.created_at = created_at
         self.updated_at = updated_at
         self.finished_at = finished_at
-        self._nodes = nodes if nodes is not None else {}
-        self._buckets: dict[str, list[str]] | None = None
-        self._nack_reasons: dict[str, str] | None = None
-        self._events = events if events is not None else []
-        self._output = output if output is not None else {}
+        if details is None and packed is None:
+            details = JobDetails(NodeTable({}), EventLog(), {})
+        self._details = details
         self._packed = packed
+        self._ref: int | None = None
+        self._history: History[JobDetails] | None = None
 
-    def _unpack(self) -> None:
-        packed, self._packed = self._packed, None
-        if packed is not None:
-            nodes, events, output = msgpack.unpackb(packed, raw=False, strict_map_key=False)
-            self._nodes = {n[0]: n for n in nodes}
-            self._events = events
-            self._output = {n: OutputBuffer.from_plain(b) for n, b in output.items()}
+    # --- the details ----------------------------------------------------------------------
 
     @property
-    def nodes(self) -> dict[str, list[Any]]:
-        if self._packed is not None:
-            self._unpack()
-        return self._nodes
+    def archived(self) -> bool:
+        """Whether the details are in the store's archive (not held by the entry)."""
+        return self._ref is not None
 
     @property
-    def events(self) -> list[list[Any]]:
+    def ref(self) -> tuple[int, int, int] | None:
+        """The archived details' blob reference."""
+        return None if self._ref is None else unpack_ref(self._ref)
+
+    def details(self) -> JobDetails:
+        """The details, wherever they are (an archived job's may be read and decoded now).
+
+        Raises:
+            StoreError: archived details that cannot be read.
+        """
+        found = self._details
+        if found is not None:
+            return found
         if self._packed is not None:
-            self._unpack()
-        return self._events
+            found = self._details = decode_details(self._packed)
+            self._packed = None
+            return found
+        assert self._ref is not None and self._history is not None
+        return self._history.get(self.id, unpack_ref(self._ref))
+
+    @property
+    def nodes(self) -> NodeTable:
+        """Node name → its entry (``record.node_record``'s form), in request order."""
+        return self.details().nodes
+
+    @property
+    def events(self) -> EventLog:
+        """The job feed's stored events, in ``n`` order."""
+        return self.details().events
 
     @property
     def output(self) -> dict[str, OutputBuffer]:
-        if self._packed is not None:
-            self._unpack()
-        return self._output
+        """Node → its captured output and result."""
+        return self.details().output
 
-    def packed(self) -> bytes:
-        """The bulk as one msgpack value (without unpacking a packed entry)."""
-        if self._packed is not None:
-            return self._packed
-        packed: bytes = msgpack.packb(
-            [
-                list(self._nodes.values()),
-                self._events,
-                {n: b.to_plain() for n, b in self._output.items()},
-            ],
-            use_bin_type=True,
-        )
-        return packed
+    @property
+    def file_specified(self) -> bool:
+        """Whether the job was given a file."""
+        if "file" in self.spec:
+            return self.spec["file"] is not None
+        return bool(self.spec.get("file_specified"))
+
+    def file(self) -> str | None:
+        """The job's file, with its prefix (an archived job's is read from the archive)."""
+        if "file" in self.spec:
+            file: str | None = self.spec["file"]
+            return file
+        return self.details().file if self.file_specified else None
+
+    def pack(self) -> bytes:
+        """The details as one blob, for the archive (without changing the entry: safe from
+        a worker thread for a closed job, whose details no longer change)."""
+        if self._ref is not None:
+            raise ValueError(f"job {self.id} is archived already")
+        details = self._details
+        if details is None:
+            assert self._packed is not None
+            if is_blob(self._packed):
+                return self._packed
+            details = decode_details(self._packed)
+        job = self.job if details.job is None else details.job
+        return details.pack(job, self.file())
+
+    # --- the index ------------------------------------------------------------------------
 
     @property
     def status(self) -> str:
@@ -236,28 +181,41 @@ class JobEntry:
 
     def state_record(self) -> dict[str, Any]:
         """The full ``record.to_record`` form, for ``record.from_record``."""
-        return {**self.job, "nodes": list(self.nodes.values())}
+        details = self.details()
+        job = self.job if details.job is None else details.job
+        return {**job, "nodes": list(details.nodes.values())}
 
     def set_nodes(self, records: list[list[Any]]) -> None:
         """Store changed node records (the only way node records change after loading)."""
         if records:
-            nodes = self.nodes
+            details = self._held()
             for n in records:
-                nodes[n[0]] = n
-            self._buckets = self._nack_reasons = None
+                details.nodes.set(n)
+            details.changed()
+
+    def _held(self) -> JobDetails:
+        """The details, held by the entry from now on (an archived job taken back)."""
+        details = self.details()
+        if self._ref is not None:
+            assert details.job is not None
+            self.job = details.job
+            self.spec = {k: v for k, v in self.spec.items() if k != "file_specified"}
+            self.spec["file"] = details.file
+            details.job = details.file = None
+            self._ref = None
+            if self._history is not None:
+                self._history.drop(self.id)
+            self._details = details
+        return details
 
     def buckets(self) -> dict[str, list[str]]:
         """The job document's ``nodes`` (:func:`.status.node_buckets`), computed once per
         change: big jobs are polled."""
-        if self._buckets is None:
-            self._buckets = node_buckets((name, e[1]) for name, e in self.nodes.items())
-        return {b: list(names) for b, names in self._buckets.items()}
+        return {b: list(names) for b, names in self.details().buckets().items()}
 
     def nack_reasons(self) -> dict[str, str]:
         """The job document's ``nack_reasons`` (:func:`.status.nack_reasons`)."""
-        if self._nack_reasons is None:
-            self._nack_reasons = nack_reasons((name, e[1], e[4]) for name, e in self.nodes.items())
-        return dict(self._nack_reasons)
+        return dict(self.details().nack_reasons())
 
     def results(self) -> dict[str, dict[str, Any]]:
         """The stored results: node → :meth:`OutputBuffer.result`, sorted by node."""
@@ -265,8 +223,14 @@ class JobEntry:
         return {n: output[n].result() for n in sorted(output) if output[n].finished}
 
     def last_event_n(self) -> int:
-        events = self.events
-        return events[-1][0] if events else 0
+        return self.events.last_n()
+
+
+DEFAULT_HISTORY_CACHE = 32 * 1024 * 1024
+"""Default ``jobs.history_cache_bytes``."""
+
+_INDEX_KEYS = ("id", "org", "spec", "status", "quorum", "created", "updated", "finished", "ref")
+"""The columns of a snapshot's index of archived jobs."""
 
 
 class JobsModel:
@@ -274,40 +238,60 @@ class JobsModel:
 
     Args:
         output_cap: bytes kept per node and channel.
+        history_cache_bytes: archived details kept decoded (:class:`~.history.History`).
     """
 
-    def __init__(self, output_cap: int = 1_048_576) -> None:
+    def __init__(
+        self, output_cap: int = 1_048_576, history_cache_bytes: int = DEFAULT_HISTORY_CACHE
+    ) -> None:
         self.jobs: dict[str, JobEntry] = {}
         self.output_cap = output_cap
         self.last_at = 0.0
         """Time of the newest job record applied (when the server last wrote)."""
+        self.history: History[JobDetails] = History(history_cache_bytes, decode_details)
+        self._closed: dict[str, None] = {}
+        """Closed jobs whose details are not archived yet, oldest first."""
+        self._shared: dict[Any, Any] = {}
+        """Archived jobs' specs, job maps and orgs, one object for equal ones."""
+
+    def attach_archive(self, read: Callable[[tuple[int, int, int]], bytes]) -> None:
+        """Read archived details with ``read`` (the store's ``read_archived``)."""
+        self.history.read = read
+
+    # --- records ----------------------------------------------------------------------------
 
     def apply(self, r: dict[str, Any]) -> None:
         t = r.get("t")
         if t is None or not t.startswith("job."):
             if t == "org.del":
                 for job_id in [j.id for j in self.jobs.values() if j.org == r["name"]]:
-                    del self.jobs[job_id]
+                    self._remove(job_id)
             return
         at = r.get("at")
         if isinstance(at, int | float):
             self.last_at = max(self.last_at, float(at))
         if t == "job.create":
             state = r["state"]
-            job = {k: v for k, v in state.items() if k != "nodes"}
+            job = {k: v for k, v in state.items() if k not in ("nodes", "node_columns")}
+            if "node_columns" in state:
+                nodes = NodeTable.from_columns(state["node_columns"])
+            else:
+                nodes = NodeTable.from_entries(state["nodes"])
+            log = EventLog.from_stored(r["events"])
             entry = JobEntry(
                 id=r["id"],
                 org=r["org"],
                 spec=r["spec"],
                 job=job,
-                nodes={n[0]: n for n in state["nodes"]},
-                events=list(r["events"]),
+                details=JobDetails(nodes, log, {}),
                 created_at=r["at"],
                 updated_at=r["at"],
             )
+            self._remove(entry.id)
             self.jobs[entry.id] = entry
             if entry.finished:
                 entry.finished_at = r["at"]
+            self._note(entry)
             return
         found = self.jobs.get(r["id"])
         if found is None:
@@ -318,22 +302,141 @@ class JobsModel:
                 entry.updated_at = r["at"]
                 if r["job"]["status"] in FINISHED_JOB_STATUSES:
                     entry.finished_at = r["at"]
+            details = entry._held()
             entry.job = r["job"]
             entry.set_nodes(r["nodes"])
-            entry.events.extend(r["events"])
+            details.events.extend(r["events"])
+            output = details.output
             for node, channel, offset, data in r.get("outputs") or ():
-                entry.output.setdefault(node, OutputBuffer()).add(
-                    channel, offset, data, self.output_cap
-                )
+                output.setdefault(node, OutputBuffer()).add(channel, offset, data, self.output_cap)
             for node, res in (r.get("results") or {}).items():
-                entry.output.setdefault(node, OutputBuffer()).finish(res)
+                output.setdefault(node, OutputBuffer()).finish(res)
+            self._note(entry)
         elif t == "job.purge":
-            del self.jobs[r["id"]]
+            self._remove(r["id"])
 
-    def snapshot(self) -> list[dict[str, Any]]:
-        """Every job; finished ones with their bulk packed (see :class:`JobEntry`)."""
-        out: list[dict[str, Any]] = []
-        for e in self.jobs.values():
+    def _note(self, entry: JobEntry) -> None:
+        if entry.closed and not entry.archived:
+            self._closed[entry.id] = None
+
+    def _remove(self, job_id: str) -> None:
+        if self.jobs.pop(job_id, None) is not None:
+            self._closed.pop(job_id, None)
+            self.history.drop(job_id)
+
+    # --- the archive ------------------------------------------------------------------------
+
+    def to_archive(self) -> list[JobEntry]:
+        """The closed jobs whose details are still held in memory, oldest first: what the
+        database moves to the archive (:meth:`JobEntry.pack`, then :meth:`archived`)."""
+        return [self.jobs[job_id] for job_id in self._closed]
+
+    def archived(self, entry: JobEntry, ref: tuple[int, int, int]) -> bool:
+        """The details of ``entry`` are archived at ``ref``: drop them from memory (they go
+        to the history cache, as the most recently used) and share its index.
+
+        Returns:
+            ``False`` when the job is gone (purged meanwhile): nothing changed.
+        """
+        if self.jobs.get(entry.id) is not entry:
+            return False
+        if not entry.archived:
+            details = entry._details
+            if details is not None and details.job is None:
+                details.job = entry.job
+                details.file = entry.file()
+            entry.spec = self._index_spec(entry)
+            entry.job = self._share(("job", entry.job["status"], entry.job.get("quorum")))
+            entry.org = self._share(entry.org)
+            entry._details = None
+            entry._packed = None
+            entry._history = self.history
+            if details is not None:
+                self.history.keep(entry.id, details, ref[2])
+            self._closed.pop(entry.id, None)
+        else:
+            entry._history = self.history
+        entry._ref = pack_ref(ref)
+        return True
+
+    def _index_spec(self, entry: JobEntry) -> dict[str, Any]:
+        spec = {k: v for k, v in entry.spec.items() if k not in ("file", "file_specified")}
+        spec["file_specified"] = entry.file_specified
+        shared: dict[str, Any] = self._share(spec)
+        return shared
+
+    def _share(self, value: Any) -> Any:
+        """One object for equal archived specs, job maps and orgs."""
+        if isinstance(value, dict):
+            key: Any = ("spec", msgpack.packb(value, use_bin_type=True))
+            found = self._shared.get(key)
+            if found is None:
+                found = self._shared[key] = value
+            return found
+        if isinstance(value, tuple):
+            found = self._shared.get(value)
+            if found is None:
+                found = self._shared[value] = {"status": value[1], "quorum": value[2]}
+            return found
+        return self._shared.setdefault(value, value)
+
+    def archive_use(self) -> dict[int, int]:
+        """Archive number → end of the last blob that archived jobs use there."""
+        use: dict[int, int] = {}
+        for entry in self.jobs.values():
+            if entry._ref is not None:
+                number, offset, length = unpack_ref(entry._ref)
+                end = offset + 8 + length
+                if end > use.get(number, 0):
+                    use[number] = end
+        return use
+
+    def archived_bytes(self) -> dict[int, int]:
+        """Archive number → bytes of the blobs archived jobs still use there."""
+        live: dict[int, int] = {}
+        for entry in self.jobs.values():
+            if entry._ref is not None:
+                number, _offset, length = unpack_ref(entry._ref)
+                live[number] = live.get(number, 0) + 8 + length
+        return live
+
+    def archived_in(self, numbers: set[int]) -> list[tuple[JobEntry, tuple[int, int, int]]]:
+        """The archived jobs whose blobs are in archives ``numbers``, with their refs."""
+        out = []
+        for entry in self.jobs.values():
+            if entry._ref is not None and entry._ref >> 64 in numbers:
+                out.append((entry, unpack_ref(entry._ref)))
+        return out
+
+    # --- snapshots --------------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        """Every job: archived ones as columns of their index and blob references, the
+        others whole; finished ones among those with their details packed."""
+        entries = list(self.jobs.values())
+        archived = [e for e in entries if e._ref is not None]
+        specs: dict[int, int] = {}
+        spec_list: list[dict[str, Any]] = []
+        for e in archived:
+            if id(e.spec) not in specs:
+                specs[id(e.spec)] = len(spec_list)
+                spec_list.append(e.spec)
+        index = {
+            "id": [e.id for e in archived],
+            "org": [e.org for e in archived],
+            "spec": [specs[id(e.spec)] for e in archived],
+            "status": [e.job["status"] for e in archived],
+            "quorum": [e.job.get("quorum") for e in archived],
+            "created": [e.created_at for e in archived],
+            "updated": [e.updated_at for e in archived],
+            "finished": [e.finished_at for e in archived],
+            "ref": [list(unpack_ref(e._ref)) for e in archived if e._ref is not None],
+        }
+        others: list[dict[str, Any]] = []
+        for e in entries:
+            if e._ref is not None:
+                others.append({"archived": e.id})
+                continue
             doc: dict[str, Any] = {
                 "id": e.id,
                 "org": e.org,
@@ -344,33 +447,79 @@ class JobsModel:
                 "finished_at": e.finished_at,
             }
             if e.finished:
-                doc["packed"] = e.packed()
+                doc["packed"] = e._packed if e._packed is not None else e.pack()
             else:
-                doc["nodes"] = list(e.nodes.values())
-                doc["events"] = list(e.events)
-                doc["output"] = {n: b.to_plain() for n, b in e.output.items()}
-            out.append(doc)
+                d = e.details()
+                doc["nodes"] = d.nodes.columns()
+                doc["events"] = d.events.stored()
+                doc["output"] = {n: b.to_plain() for n, b in d.output.items()}
+            others.append(doc)
+        return {"format": 2, "specs": spec_list, "index": index, "jobs": others}
+
+    def load(self, snap: dict[str, Any] | list[dict[str, Any]]) -> None:
+        """Replace the model with a :meth:`snapshot` (or one of before the archive: a list
+        of jobs, finished ones packed)."""
+        self.jobs = {}
+        self._closed = {}
+        self._shared = {}
+        if isinstance(snap, list):
+            for d in snap:
+                self._load_whole(d)
+            return
+        archived = self._load_index(snap["specs"], snap["index"])
+        for d in snap["jobs"]:
+            if "archived" in d:
+                entry = archived[d["archived"]]
+                self.jobs[entry.id] = entry
+            else:
+                self._load_whole(d)
+
+    def _load_index(
+        self, specs: list[dict[str, Any]], index: dict[str, list[Any]]
+    ) -> dict[str, JobEntry]:
+        shared_specs = [self._share(s) for s in specs]
+        out: dict[str, JobEntry] = {}
+        history = self.history
+        for job_id, org, spec, status, quorum, created, updated, finished, ref in zip(
+            *(index[k] for k in _INDEX_KEYS), strict=True
+        ):
+            entry = JobEntry.__new__(JobEntry)
+            entry.id = job_id
+            entry.org = self._share(org)
+            entry.spec = shared_specs[spec]
+            entry.job = self._share(("job", status, quorum))
+            entry.created_at = created
+            entry.updated_at = updated
+            entry.finished_at = updated if finished == updated else finished
+            entry._details = None
+            entry._packed = None
+            entry._ref = pack_ref((ref[0], ref[1], ref[2]))
+            entry._history = history
+            out[job_id] = entry
         return out
 
-    def load(self, snap: list[dict[str, Any]]) -> None:
-        self.jobs = {}
-        for d in snap:
-            bulk: dict[str, Any]
-            if "packed" in d:
-                bulk = {"packed": d["packed"]}
-            else:
-                bulk = {
-                    "nodes": {n[0]: n for n in d["nodes"]},
-                    "events": d["events"],
-                    "output": {n: OutputBuffer.from_plain(b) for n, b in d["output"].items()},
-                }
-            self.jobs[d["id"]] = JobEntry(
-                id=d["id"],
-                org=d["org"],
-                spec=d["spec"],
-                job=d["job"],
-                created_at=d["created_at"],
-                updated_at=d["updated_at"],
-                finished_at=d["finished_at"],
-                **bulk,
+    def _load_whole(self, d: dict[str, Any]) -> None:
+        packed = d.get("packed")
+        details = None
+        if packed is None:
+            nodes = d["nodes"]
+            details = JobDetails(
+                NodeTable.from_columns(nodes)
+                if isinstance(nodes, dict)
+                else NodeTable.from_entries(nodes),
+                EventLog.from_stored(d["events"]),
+                {n: OutputBuffer.from_plain(b) for n, b in d["output"].items()},
             )
+        entry = JobEntry(
+            id=d["id"],
+            org=d["org"],
+            spec=d["spec"],
+            job=d["job"],
+            created_at=d["created_at"],
+            updated_at=d["updated_at"],
+            finished_at=d["finished_at"],
+            details=details,
+            packed=packed,
+        )
+        self.jobs[entry.id] = entry
+        self._note(entry)

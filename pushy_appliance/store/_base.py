@@ -111,6 +111,11 @@ class Store(Protocol):
         """What replay found at open."""
         ...
 
+    def release_recovered(self) -> None:
+        """Let go of what replay found (the snapshot's state, the records) once the caller
+        rebuilt its models from it: ``recovered`` keeps only its ``snapshot_seq``."""
+        ...
+
     @property
     def last_seq(self) -> int:
         """Seq of the newest durable record (0 when empty)."""
@@ -210,6 +215,11 @@ class GroupCommitStore(abc.ABC):
     def recovered(self) -> Recovered:
         """What replay found at open."""
         return self._recovered
+
+    def release_recovered(self) -> None:
+        """Let go of what replay found (the snapshot's state, the records) once the caller
+        rebuilt its models from it: ``recovered`` keeps only its ``snapshot_seq``."""
+        self._recovered = Recovered(None, self._recovered.snapshot_seq, [])
 
     @property
     def last_seq(self) -> int:
@@ -574,6 +584,7 @@ class GroupCommitStore(abc.ABC):
             self._pending -= len(frames)
             for request in group:
                 request.error = error
+                request.frames = []  # the writer's batch outlives the group: let them go
                 request.done.set()
 
     async def _control(self, item: _Control) -> None:

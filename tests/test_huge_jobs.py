@@ -1,0 +1,121 @@
+"""Huge jobs: creating a 100,000-node job never holds the event loop for long, and the caps
+on live jobs and their nodes refuse a job clearly (``JobCapacityError``: 503 with
+``Retry-After`` over HTTP)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import trio
+
+from pushy_appliance.errors import JobCapacityError
+from pushy_appliance.jobs import runner as runner_module
+from pushy_appliance.jobs.validation import JobRequest
+
+from helpers import idle_hello, memory_engine
+
+
+def request(nodes: list[str], quorum: int | None = None) -> JobRequest:
+    return JobRequest(
+        command="chef-client",
+        nodes=tuple(nodes),
+        quorum=len(nodes) if quorum is None else quorum,
+        run_timeout=300,
+        user=None,
+        dir=None,
+        env=None,
+        file=None,
+        file_bytes=None,
+        capture_output=False,
+        max_concurrency=None,
+        max_failures=None,
+    )
+
+
+class StepCPU(trio.abc.Instrument):
+    """The event loop thread's CPU time of each task step (CPU, not wall time: the machine
+    may be busy with other work; what counts here is how much work one step does)."""
+
+    def __init__(self) -> None:
+        self.started: dict[trio.lowlevel.Task, float] = {}
+        self.steps: list[tuple[float, str]] = []
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        self.started[task] = time.thread_time()
+
+    def after_task_step(self, task: trio.lowlevel.Task) -> None:
+        began = self.started.pop(task, None)
+        if began is not None:
+            self.steps.append((time.thread_time() - began, task.name))
+
+    def worst(self) -> tuple[float, str]:
+        return max(self.steps)
+
+
+async def test_a_100000_node_job_never_holds_the_event_loop_for_long() -> None:
+    """Its state, first events and record are built in a worker thread; its 100,001 first
+    events and the commits to its 5,000 online nodes go out in chunks. Before, one step of
+    the creating task took about a second of CPU."""
+    nodes = [f"huge-node-{i:06d}" for i in range(100_000)]
+    async with memory_engine() as engine:
+        outboxes = [  # connected; their commits stay queued in their outboxes
+            engine.registry.open_session("o", node, idle_hello(), lambda code, why: None)[1]
+            for node in nodes[:5000]
+        ]
+        steps = StepCPU()
+        trio.lowlevel.add_instrument(steps)
+        try:
+            await trio.lowlevel.checkpoint()  # from here every step is timed
+            job_id = await engine.runner.create("o", request(nodes, quorum=5000), "admin")
+            await trio.sleep(0.1)  # the job's task writes its commits
+        finally:
+            trio.lowlevel.remove_instrument(steps)
+        entry = engine.jobs.jobs[job_id]
+        assert entry.status == "voting"
+        assert len(entry.events) == 1 + 95_000  # start, and a vote for each node that was down
+        assert entry.buckets().keys() == {"new", "unavailable"}
+        assert sum(o.statistics().current_buffer_used for o in outboxes) == 5000
+        seconds, task = steps.worst()
+        assert seconds < 0.05, f"a step of {task} took {seconds * 1000:.0f} ms of CPU"
+
+
+async def test_live_jobs_are_capped_and_a_finished_one_makes_room() -> None:
+    async with memory_engine() as engine:
+        engine.runner.max_live_jobs = 2
+        engine.runner.max_live_job_nodes = 5
+        for node in ("a", "b", "c"):
+            engine.registry.open_session("o", node, idle_hello(), lambda code, why: None)
+        first = await engine.runner.create("o", request(["a", "b"]), "admin")
+        await engine.runner.create("o", request(["c"]), "admin")
+        with pytest.raises(JobCapacityError, match="too many live jobs \\(2, at most 2\\)"):
+            await engine.runner.create("o", request(["c"]), "admin")
+        await engine.runner.abort("o", first)
+        with pytest.raises(JobCapacityError, match="nodes in live jobs \\(6, at most 5\\)"):
+            await engine.runner.create("o", request(["a", "b", "c", "d", "e"]), "admin")
+        await engine.runner.create("o", request(["x", "y", "z"]), "admin")  # down: ends at once
+        assert len(engine.runner.live_job_ids()) == 1
+
+
+async def test_concurrent_creations_count_against_the_cap(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A job being built (in its worker thread) already counts: two creations cannot both
+    pass a cap that has room for one."""
+    monkeypatch.setattr(runner_module, "BUILD_IN_THREAD_NODES", 0)
+    async with memory_engine() as engine:
+        engine.runner.max_live_jobs = 1
+        engine.registry.open_session("o", "a", idle_hello(), lambda code, why: None)
+        outcomes: list[str] = []
+
+        async def create() -> None:
+            try:
+                await engine.runner.create("o", request(["a"]), "admin")
+                outcomes.append("created")
+            except JobCapacityError:
+                outcomes.append("refused")
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(create)
+            nursery.start_soon(create)
+        assert sorted(outcomes) == ["created", "refused"]
