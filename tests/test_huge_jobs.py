@@ -119,3 +119,20 @@ async def test_concurrent_creations_count_against_the_cap(
             nursery.start_soon(create)
             nursery.start_soon(create)
         assert sorted(outcomes) == ["created", "refused"]
+
+
+async def test_the_link_holds_a_node_for_one_job_or_several() -> None:
+    """A node held by one job costs the link its job id, not a set: the same answers."""
+    async with memory_engine() as engine:
+        link = engine.link
+        link.hold("o", "j1", ["a", "b"])
+        link.hold("o", "j2", ["a"])
+        link.hold("o", "j1", ["a"])  # again: nothing changes
+        assert link.held_by("o", "a") == {"j1", "j2"} and link.held_by("o", "b") == {"j1"}
+        link.release("o", "j1", ["a", "b", "c"])
+        assert link.held_by("o", "a") == {"j2"} and link.held_by("o", "b") == frozenset()
+        link.release("o", "j1", ["a"])  # not held by j1 any more: nothing changes
+        assert link.held_by("o", "a") == {"j2"}
+        link.release("o", "j2", ["a"])
+        assert link.held_by("o", "a") == frozenset()
+        assert link._held == {}
