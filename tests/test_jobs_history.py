@@ -265,9 +265,11 @@ def test_a_snapshot_holds_archived_jobs_as_an_index_in_creation_order() -> None:
     archive_all(model, archive)
     before = {j: document(model, j) for j in model.jobs}
     snap = msgpack.unpackb(msgpack.packb(model.snapshot()), raw=False, strict_map_key=False)
-    assert snap["index"]["id"] == ["old", "new"]
+    assert snap["index"]["id"] == ["old", "live", "new"]
+    assert snap["index"]["archive"] == [1, None, 1]
     assert len(snap["specs"]) == 2  # the two finished jobs differ in their file only
-    assert {k for k in snap["jobs"][1]} >= {"nodes", "events", "output"}
+    assert [d["id"] for d in snap["jobs"]] == ["live"]
+    assert {k for k in snap["jobs"][0]} >= {"nodes", "events", "output"}
     assert model.archive_use() == {1: archive.offset}
     restored = JobsModel()
     restored.attach_archive(archive.read)

@@ -101,6 +101,11 @@ class History(Generic[D]):
             _key, (_details, gone) = self._cache.popitem(last=False)
             self._bytes -= gone
 
+    def clear(self) -> None:
+        """Forget every cached job's details."""
+        self._cache.clear()
+        self._bytes = 0
+
     def drop(self, key: str) -> None:
         """Forget ``key``'s details (the job was purged)."""
         found = self._cache.pop(key, None)

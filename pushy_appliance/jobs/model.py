@@ -229,8 +229,20 @@ class JobEntry:
 DEFAULT_HISTORY_CACHE = 32 * 1024 * 1024
 """Default ``jobs.history_cache_bytes``."""
 
-_INDEX_KEYS = ("id", "org", "spec", "status", "quorum", "created", "updated", "finished", "ref")
-"""The columns of a snapshot's index of archived jobs."""
+_INDEX_KEYS = (
+    "id",
+    "org",
+    "spec",
+    "status",
+    "quorum",
+    "created",
+    "updated",
+    "finished",
+    "archive",
+    "offset",
+    "length",
+)
+"""The columns of a snapshot's index of jobs (:meth:`JobsModel.snapshot`)."""
 
 
 class JobsModel:
@@ -411,31 +423,40 @@ class JobsModel:
     # --- snapshots --------------------------------------------------------------------------
 
     def snapshot(self) -> dict[str, Any]:
-        """Every job: archived ones as columns of their index and blob references, the
-        others whole; finished ones among those with their details packed."""
+        """Every job, in creation order, as columns of its index (``_INDEX_KEYS``), archived
+        ones with their blob references; the others also whole (in ``jobs``, in the same
+        order), finished ones among those with their details packed::
+
+            {"format": 2, "specs": [spec, ...], "index": {key: [value per job]},
+             "jobs": [whole job, ...]}
+
+        An archived job's ``spec`` column is its index in ``specs`` (equal specs once); the
+        others' is -1 and their ``archive``, ``offset``, ``length`` are nil.
+        """
         entries = list(self.jobs.values())
-        archived = [e for e in entries if e._ref is not None]
         specs: dict[int, int] = {}
         spec_list: list[dict[str, Any]] = []
-        for e in archived:
-            if id(e.spec) not in specs:
+        for e in entries:
+            if e._ref is not None and id(e.spec) not in specs:
                 specs[id(e.spec)] = len(spec_list)
                 spec_list.append(e.spec)
+        refs = [None if e._ref is None else unpack_ref(e._ref) for e in entries]
         index = {
-            "id": [e.id for e in archived],
-            "org": [e.org for e in archived],
-            "spec": [specs[id(e.spec)] for e in archived],
-            "status": [e.job["status"] for e in archived],
-            "quorum": [e.job.get("quorum") for e in archived],
-            "created": [e.created_at for e in archived],
-            "updated": [e.updated_at for e in archived],
-            "finished": [e.finished_at for e in archived],
-            "ref": [list(unpack_ref(e._ref)) for e in archived if e._ref is not None],
+            "id": [e.id for e in entries],
+            "org": [e.org for e in entries],
+            "spec": [specs.get(id(e.spec), -1) for e in entries],
+            "status": [e.job["status"] for e in entries],
+            "quorum": [e.job.get("quorum") for e in entries],
+            "created": [e.created_at for e in entries],
+            "updated": [e.updated_at for e in entries],
+            "finished": [e.finished_at for e in entries],
+            "archive": [None if r is None else r[0] for r in refs],
+            "offset": [None if r is None else r[1] for r in refs],
+            "length": [None if r is None else r[2] for r in refs],
         }
-        others: list[dict[str, Any]] = []
+        whole: list[dict[str, Any]] = []
         for e in entries:
             if e._ref is not None:
-                others.append({"archived": e.id})
                 continue
             doc: dict[str, Any] = {
                 "id": e.id,
@@ -453,8 +474,8 @@ class JobsModel:
                 doc["nodes"] = d.nodes.columns()
                 doc["events"] = d.events.stored()
                 doc["output"] = {n: b.to_plain() for n, b in d.output.items()}
-            others.append(doc)
-        return {"format": 2, "specs": spec_list, "index": index, "jobs": others}
+            whole.append(doc)
+        return {"format": 2, "specs": spec_list, "index": index, "jobs": whole}
 
     def load(self, snap: dict[str, Any] | list[dict[str, Any]]) -> None:
         """Replace the model with a :meth:`snapshot` (or one of before the archive: a list
@@ -462,31 +483,28 @@ class JobsModel:
         self.jobs = {}
         self._closed = {}
         self._shared = {}
+        self.history.clear()
         if isinstance(snap, list):
             for d in snap:
                 self._load_whole(d)
             return
-        archived = self._load_index(snap["specs"], snap["index"])
-        for d in snap["jobs"]:
-            if "archived" in d:
-                entry = archived[d["archived"]]
-                self.jobs[entry.id] = entry
-            else:
-                self._load_whole(d)
-
-    def _load_index(
-        self, specs: list[dict[str, Any]], index: dict[str, list[Any]]
-    ) -> dict[str, JobEntry]:
-        shared_specs = [self._share(s) for s in specs]
-        out: dict[str, JobEntry] = {}
+        specs = [self._share(s) for s in snap["specs"]]
+        whole = iter(snap["jobs"])
         history = self.history
-        for job_id, org, spec, status, quorum, created, updated, finished, ref in zip(
+        index = snap["index"]
+        for job_id, org, spec, status, quorum, created, updated, finished, *ref in zip(
             *(index[k] for k in _INDEX_KEYS), strict=True
         ):
+            if ref[0] is None:
+                d = next(whole)
+                if d["id"] != job_id:
+                    raise ValueError(f"snapshot: job {d['id']} where {job_id} was expected")
+                self._load_whole(d)
+                continue
             entry = JobEntry.__new__(JobEntry)
             entry.id = job_id
             entry.org = self._share(org)
-            entry.spec = shared_specs[spec]
+            entry.spec = specs[spec]
             entry.job = self._share(("job", status, quorum))
             entry.created_at = created
             entry.updated_at = updated
@@ -495,8 +513,7 @@ class JobsModel:
             entry._packed = None
             entry._ref = pack_ref((ref[0], ref[1], ref[2]))
             entry._history = history
-            out[job_id] = entry
-        return out
+            self.jobs[job_id] = entry
 
     def _load_whole(self, d: dict[str, Any]) -> None:
         packed = d.get("packed")
