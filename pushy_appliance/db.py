@@ -141,8 +141,13 @@ class Database:
     def recover(self) -> int:
         """Rebuild the models from what the store recovered. Returns the records replayed.
 
-        The store lets go of what it recovered, and each record is dropped once applied:
-        nothing of a long log outlives its replay but what the models keep.
+        The store lets go of what it recovered; its records are read one at a time (the file
+        store reads a segment at a time): nothing of a long log outlives its replay but what
+        the models keep.
+
+        Raises:
+            StoreCorruptError: a record of an older segment is not a record (the store does
+                not open then either).
         """
         rec = self.store.recovered
         self.store.release_recovered()
@@ -150,11 +155,10 @@ class Database:
             for name, model in self.models.items():
                 if name in rec.snapshot:
                     model.load(rec.snapshot[name])
-        records = rec.records
-        count = len(records)
-        records.reverse()
-        while records:
-            self._apply(records.pop()[1])
+        count = 0
+        for _seq, record in rec.records:
+            self._apply(record)
+            count += 1
         return count
 
     def _apply(self, record: dict[str, Any]) -> None:

@@ -64,12 +64,13 @@ class Recovered:
     Attributes:
         snapshot: the state of the newest valid snapshot, or ``None`` if there was none.
         snapshot_seq: the seq that snapshot is as of (0 without one).
-        records: ``(seq, record)`` for every record with seq > ``snapshot_seq``, in order.
+        records: ``(seq, record)`` for every record with seq > ``snapshot_seq``, in order
+            (the file store's reads its segments again each time it is iterated).
     """
 
     snapshot: Any | None
     snapshot_seq: int
-    records: list[tuple[int, dict[str, Any]]]
+    records: Sequence[tuple[int, dict[str, Any]]]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -5,13 +5,16 @@ Opening recovers, in a worker thread:
 1. ``snapshot-*.msgpack.tmp`` left by a crash during a snapshot is removed.
 2. The newest snapshot that passes its checks is loaded. One that fails is moved to
    ``quarantine/<name>.bad`` (logged as a warning) and the next older one is tried.
-3. The segments holding records after that snapshot are read and every record is checked.
-   Damage in the newest segment is a torn or corrupt tail: its bytes are copied to
-   ``quarantine/<segment>.<offset>.bad`` and fsynced, then the segment is truncated there
-   (removed if its header is the damaged part), with a warning naming the file and the byte
-   count. Damage in any older segment, or a gap in the seqs, raises
+3. The segments holding records after that snapshot are read and every record's frame is
+   checked (length and CRC; the newest segment's records are decoded too). The records are
+   not kept: ``recovered.records`` reads them back one segment at a time when it is
+   iterated (``_replay``). Damage in the newest segment is a torn or corrupt tail: its
+   bytes are copied to ``quarantine/<segment>.<offset>.bad`` and fsynced, then the segment
+   is truncated there (removed if its header is the damaged part), with a warning naming
+   the file and the byte count. Damage in any older segment, or a gap in the seqs, raises
    :class:`~pushy_appliance.errors.StoreCorruptError` and changes nothing: records after it
-   were acknowledged, and silently dropping them is not an option.
+   were acknowledged, and silently dropping them is not an option (a record of an older
+   segment whose CRC holds but which does not decode raises it when it is replayed).
 4. Appends continue in the newest segment, or in a new one when there is none or its end
    does not meet the newest seq.
 
@@ -78,11 +81,12 @@ from ._format import (
     parse_archive_name,
     parse_segment_name,
     parse_snapshot_name,
-    scan_segment,
+    scan_frames,
     segment_name,
     snapshot_archives,
     snapshot_name,
 )
+from ._replay import RecordLog, SegmentPart
 
 __all__ = ["LOCK_NAME", "QUARANTINE_DIR", "FileStore"]
 
@@ -271,7 +275,7 @@ def _recover_locked(directory: Path, lock_fd: int, fsync: bool) -> _Opened:
     _check_archives(directory, base, used, archives)
 
     segments: list[_Segment] = []
-    records: list[tuple[int, dict[str, Any]]] = []
+    parts: list[SegmentPart] = []
     prev_end: int | None = None  # seq of the last record of the last segment read
     tail: tuple[_Segment, int] | None = None  # the newest segment read, with its record count
     for index, first in enumerate(firsts):
@@ -282,7 +286,9 @@ def _recover_locked(directory: Path, lock_fd: int, fsync: bool) -> _Opened:
             segments.append(_Segment(first, path, path.stat().st_size))
             continue
         data = path.read_bytes()
-        scan = scan_segment(data, path=str(path), first_seq=first)
+        # records are decoded when replayed (_replay); the newest segment's are decoded here
+        # too, as one that does not decode there is damage to cut, not to refuse
+        scan = scan_frames(data, path=str(path), first_seq=first, decode=newest)
         if scan.damage is not None:
             if not newest:
                 raise scan.damage
@@ -297,13 +303,11 @@ def _recover_locked(directory: Path, lock_fd: int, fsync: bool) -> _Opened:
             raise StoreCorruptError(
                 str(path), 0, f"segment starts at seq {first}, expected {prev_end + 1}"
             )
-        records.extend(
-            (first + k, record) for k, record in enumerate(scan.records) if first + k > base
-        )
-        prev_end = first + len(scan.records) - 1
+        parts.append(SegmentPart(path, first, scan.end, scan.count, base))
+        prev_end = first + scan.count - 1
         segment = _Segment(first, path, scan.end)
         segments.append(segment)
-        tail = (segment, len(scan.records))
+        tail = (segment, scan.count)
 
     last_seq = max(base, prev_end if prev_end is not None else 0)
     if tail is not None and tail[0] is segments[-1] and prev_end == last_seq:
@@ -313,8 +317,9 @@ def _recover_locked(directory: Path, lock_fd: int, fsync: bool) -> _Opened:
         fd, segment = _create_segment(directory, last_seq + 1, fsync=fsync)
         segments.append(segment)
         current_records = 0
+    records = RecordLog(parts)
     log.info(
-        "store: opened %s: snapshot at seq %d, %d record(s) replayed, last seq %d",
+        "store: opened %s: snapshot at seq %d, %d record(s) to replay, last seq %d",
         directory,
         base,
         len(records),

@@ -83,7 +83,7 @@ import dataclasses
 import re
 import struct
 import zlib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any, Final
 
 import msgpack
@@ -104,6 +104,7 @@ __all__ = [
     "SNAPSHOT_VERSION",
     "ArchiveScan",
     "BlobRef",
+    "FrameScan",
     "Snapshot",
     "archive_name",
     "check_blob",
@@ -113,11 +114,13 @@ __all__ = [
     "encode_record",
     "encode_segment_header",
     "encode_snapshot",
+    "iter_records",
     "pack",
     "parse_archive_name",
     "parse_segment_name",
     "parse_snapshot_name",
     "scan_archive",
+    "scan_frames",
     "scan_segment",
     "segment_name",
     "snapshot_archives",
@@ -347,6 +350,85 @@ def scan_segment(data: bytes, *, path: str, first_seq: int) -> SegmentScan:
         records.append(record)
         offset = start + length
     return SegmentScan(first_seq, records, offset, damage)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class FrameScan:
+    """What :func:`scan_frames` found in one segment file (as :class:`SegmentScan`, with a
+    count instead of the records)."""
+
+    first_seq: int
+    count: int
+    end: int
+    damage: StoreCorruptError | None
+
+    @property
+    def header_ok(self) -> bool:
+        return self.end > 0
+
+
+def scan_frames(data: bytes, *, path: str, first_seq: int, decode: bool) -> FrameScan:
+    """Check every record's frame (length, CRC) of a segment file's contents, keeping none.
+
+    Args:
+        data: the whole file.
+        path: the file's path, for messages.
+        first_seq: the seq in the file's name.
+        decode: also decode each payload (and drop it) to check that it is a msgpack map,
+            as :func:`scan_segment` does.
+
+    Returns:
+        How many records are intact and where the damage, if any, starts.
+    """
+    bad_header = _check_header(data, path, first_seq, SEGMENT_MAGIC, "first seq")
+    if bad_header is not None:
+        return FrameScan(first_seq, 0, 0, bad_header)
+    count = 0
+    offset = SEGMENT_HEADER
+    damage: StoreCorruptError | None = None
+    while offset < len(data):
+        damage, length = _check_frame(data, offset, path)
+        if damage is not None:
+            break
+        start = offset + FRAME_HEADER
+        if decode:
+            damage = _decode_problem(data[start : start + length], path, offset)
+            if damage is not None:
+                break
+        count += 1
+        offset = start + length
+    return FrameScan(first_seq, count, offset, damage)
+
+
+def _decode_problem(payload: bytes, path: str, offset: int) -> StoreCorruptError | None:
+    try:
+        record = unpack(payload)
+    except ValueError as e:
+        return StoreCorruptError(path, offset, str(e))
+    if not isinstance(record, dict):
+        return StoreCorruptError(path, offset, f"record is a {type(record).__name__}")
+    return None
+
+
+def iter_records(data: bytes, *, path: str, end: int) -> Iterator[dict[str, Any]]:
+    """Decode the records of a segment file's contents, up to ``end`` (frames that
+    :func:`scan_frames` checked).
+
+    Raises:
+        StoreCorruptError: a record is not a msgpack map (frames checked by CRC alone).
+    """
+    offset = SEGMENT_HEADER
+    while offset < end:
+        length = _U32.unpack_from(data, offset)[0]
+        start = offset + FRAME_HEADER
+        try:
+            record = unpack(data[start : start + length])
+        except ValueError as e:
+            raise StoreCorruptError(path, offset, str(e)) from None
+        if not isinstance(record, dict):
+            raise StoreCorruptError(path, offset, f"record is a {type(record).__name__}")
+        yield record
+        offset = start + length
 
 
 # --- snapshots ------------------------------------------------------------------------------
