@@ -383,7 +383,8 @@ async def _compactor(db: Database) -> None:
     while True:
         await trio.sleep(ARCHIVE_SECONDS)
         try:
-            await db.archive()
+            if db.writable:  # during an outage the store says so itself
+                await db.archive()
         except StoreError as e:
             log.warning("archive: closed jobs' details stay in memory for now: %s", e)
         if trio.current_time() >= next_check:

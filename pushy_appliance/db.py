@@ -52,6 +52,8 @@ SPARSE_ARCHIVE = 0.5
 """An archive whose blobs in use are less than this share of its size is re-archived."""
 SMALL_ARCHIVE = 1024 * 1024
 """An archive smaller than this (not the newest) is re-archived into the newest."""
+REPLAY_COMPACT_RECORDS = 10_000
+"""Records replayed between two packings of what the archiving models will archive."""
 
 
 class Model(Protocol):
@@ -90,6 +92,10 @@ class ArchivingModel(Protocol):
 
     def archive_use(self) -> dict[int, int]:
         """Archive number → end of the last blob the model refers to there."""
+        ...
+
+    def compact(self) -> int:
+        """Hold the items to archive in their packed form until they are (a replay)."""
         ...
 
     def archived_bytes(self) -> dict[int, int]:
@@ -142,8 +148,9 @@ class Database:
         """Rebuild the models from what the store recovered. Returns the records replayed.
 
         The store lets go of what it recovered; its records are read one at a time (the file
-        store reads a segment at a time): nothing of a long log outlives its replay but what
-        the models keep.
+        store reads a segment at a time), and every ``REPLAY_COMPACT_RECORDS`` the archiving
+        models pack what they will archive: nothing of a long log outlives its replay but
+        what the models keep, compactly.
 
         Raises:
             StoreCorruptError: a record of an older segment is not a record (the store does
@@ -159,6 +166,11 @@ class Database:
         for _seq, record in rec.records:
             self._apply(record)
             count += 1
+            if count % REPLAY_COMPACT_RECORDS == 0:
+                for model in self._archiving:
+                    model.compact()
+        for model in self._archiving:
+            model.compact()
         return count
 
     def _apply(self, record: dict[str, Any]) -> None:

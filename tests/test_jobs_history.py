@@ -198,11 +198,14 @@ def test_a_closed_job_is_archived_and_reads_the_same() -> None:
     entry = model.jobs["done"]
     assert entry.archived and entry._details is None and "file" not in entry.spec
     assert model.to_archive() == []
-    assert document(model, "done") == before  # from the cache: nothing read yet
     assert archive.reads == 0
-    model.history.drop("done")
     assert document(model, "done") == before
     assert archive.reads == 1
+    assert document(model, "done") == before  # from the cache
+    assert archive.reads == 1
+    model.history.drop("done")
+    assert document(model, "done") == before
+    assert archive.reads == 2
     assert entry.state_record()["status"] == "complete"
 
 
@@ -218,15 +221,41 @@ def test_the_cache_keeps_the_most_recently_read_within_its_size() -> None:
     model.jobs["j1"].buckets()
     model.jobs["j1"].buckets()
     assert archive.reads == 2
-    size = max(ref[2] for ref in archive.blobs)
+    size = max(decode_details(blob)[1] for blob in archive.blobs.values())
+    assert size > max(ref[2] for ref in archive.blobs)  # weighed uncompressed
     model.history.capacity = size + 1  # room for one
     model.jobs["j1"].buckets()
     model.jobs["j2"].buckets()
     model.jobs["j2"].events  # noqa: B018 - a read
     assert archive.reads == 4
-    assert model.history.statistics()[0] == 1
+    assert model.history.statistics() == (1, size)
     model.apply({"t": "job.purge", "id": "j2"})
     assert model.history.statistics() == (0, 0)
+
+
+def test_a_replay_holds_closed_jobs_packed_until_they_are_archived() -> None:
+    model = JobsModel(history_cache_bytes=10_000)
+    archive = Archive()
+    model.attach_archive(archive.read)
+    model.apply(create("done", ["a", "b"], file="raw:hello"))
+    finish(model, "done", ["a", "b"])
+    model.apply(create("live", ["c"]))
+    before = {j: document(model, j) for j in model.jobs}
+    assert model.compact() == 1
+    entry = model.jobs["done"]
+    assert entry._details is None and entry._packed is not None
+    assert model.jobs["live"]._details is not None
+    assert model.compact() == 0  # already packed
+    blob = entry._packed
+    assert archive_all(model, archive) == 1
+    assert entry.ref is not None and archive.blobs[entry.ref] is blob  # archived as it is
+    assert {j: document(model, j) for j in model.jobs} == before
+    assert archive.reads == 1
+    model.apply(create("again", ["d"]))
+    finish(model, "again", ["d"])
+    model.compact()
+    assert document(model, "again")[0] == "complete"  # read back from its blob
+    assert model.jobs["again"]._packed is None and archive.reads == 1
 
 
 def test_a_job_purged_while_it_was_packed_is_not_archived() -> None:

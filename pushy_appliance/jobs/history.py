@@ -3,9 +3,9 @@
 A closed job's details (node table, feed events, output, results, file) live in the store's
 archive; :class:`History` reads one through the reader it is given (the store's
 ``read_archived``: one ``pread``), decodes it, and keeps the decoded details of the most
-recently read jobs, up to ``capacity`` bytes counted as their archived (encoded) size; the
-least recently read go first. Decoded details take about three to five times their encoded
-size in memory (``docs/PERFORMANCE.md``).
+recently read jobs, up to ``capacity`` bytes counted as their size uncompressed (msgpack);
+the least recently read go first. Decoded details take about twice that in memory (a job's
+feed events stay encoded; ``docs/PERFORMANCE.md``).
 """
 
 from __future__ import annotations
@@ -45,11 +45,12 @@ class History(Generic[D]):
     the most recently read kept.
 
     Args:
-        capacity: bytes of archived details kept decoded (counted as encoded); 0 keeps none.
-        decode: builds the details of a blob's payload.
+        capacity: bytes of archived details kept decoded (counted as their size
+            uncompressed); 0 keeps none.
+        decode: builds the details of a blob's payload, with that size.
     """
 
-    def __init__(self, capacity: int, decode: Callable[[bytes], D]) -> None:
+    def __init__(self, capacity: int, decode: Callable[[bytes], tuple[D, int]]) -> None:
         self.capacity = capacity
         self.decode = decode
         self.read: Callable[[tuple[int, int, int]], bytes] | None = None
@@ -67,8 +68,9 @@ class History(Generic[D]):
         self._cache.move_to_end(key)
         return found[0]
 
-    def load(self, ref: tuple[int, int, int]) -> D:
-        """Read and decode the blob ``ref`` (not cached: :meth:`keep` the result).
+    def load(self, ref: tuple[int, int, int]) -> tuple[D, int]:
+        """Read and decode the blob ``ref``: the details and their size (not cached:
+        :meth:`keep` them).
 
         Raises:
             StoreError: no archive is attached, or the blob cannot be read
@@ -85,13 +87,13 @@ class History(Generic[D]):
         found = self.cached(key)
         if found is not None:
             return found
-        details = self.load(ref)
-        self.keep(key, details, ref[2])
+        details, size = self.load(ref)
+        self.keep(key, details, size)
         return details
 
     def keep(self, key: str, details: D, size: int) -> None:
-        """Cache ``details`` of ``key`` (``size``: their encoded bytes); the least recently
-        used go until the cache fits its capacity again."""
+        """Cache ``details`` of ``key`` (``size``: their uncompressed bytes); the least
+        recently used go until the cache fits its capacity again."""
         self.drop(key)
         if size > self.capacity:
             return
@@ -113,5 +115,5 @@ class History(Generic[D]):
             self._bytes -= found[1]
 
     def statistics(self) -> tuple[int, int]:
-        """``(jobs cached, their encoded bytes)``."""
+        """``(jobs cached, their uncompressed bytes)``."""
         return len(self._cache), self._bytes

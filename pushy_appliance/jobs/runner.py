@@ -90,7 +90,7 @@ BUILD_IN_THREAD_NODES = 2_000
 of CPU to build; the event loop serves other requests meanwhile)."""
 FAN_OUT_CHUNK = 2_000
 """Feed events and commits a new job hands out between two checkpoints."""
-READ_IN_THREAD_BYTES = 256 * 1024
+READ_IN_THREAD_BYTES = 64 * 1024
 """Archived details this large or larger are read and decoded in a worker thread."""
 
 
@@ -423,9 +423,9 @@ class JobRunner:
         if ref[2] < READ_IN_THREAD_BYTES:
             entry.details()
             return
-        details = await trio.to_thread.run_sync(history.load, ref)
+        details, size = await trio.to_thread.run_sync(history.load, ref)
         if self.model.jobs.get(entry.id) is entry and entry.ref == ref:
-            history.keep(entry.id, details, ref[2])
+            history.keep(entry.id, details, size)
 
     # --- the job port (node messages from the link) -----------------------------------------
 
