@@ -87,8 +87,8 @@ class JobsConfig:
     """Seconds an aborted or timed-out job waits for the results its stopped nodes owe."""
     history_cache_bytes: int = 33_554_432
     """Finished jobs' details (kept in the store's archive) held decoded in memory once read,
-    counted as their archived size (decoded they take about 3-5 times as much); 0 keeps
-    none."""
+    counted as their msgpack size before compression (decoded they take about twice as
+    much); 0 keeps none."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
