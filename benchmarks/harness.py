@@ -148,6 +148,8 @@ class ServerProcess:
         head = ["-m", "pushy_appliance.cli"]
         if self.gc_file is not None:
             head = [str(REPO / "benchmarks" / "gcwrap.py")]
+        elif self.env.get("BENCH_LOOP_STATS"):
+            head = [str(REPO / "benchmarks" / "loopwrap.py")]
         return [
             sys.executable,
             *head,

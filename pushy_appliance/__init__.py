@@ -14,7 +14,8 @@ network, subprocess, task or thread); ``tests/test_exports.py`` pins each packag
    URLs from the request's Host), ``replay`` (refusing replayed signatures), ``paths`` (the
    normal form of request paths), ``jobs.status``, ``jobs.events``, ``jobs.state``,
    ``jobs.machine``, ``jobs.step``, ``jobs.ending``, ``jobs.record``, ``jobs.validation``,
-   ``jobs.model``, ``nodes.model``, ``agent.whitelist``, ``search`` (the query language and
+   ``jobs.model`` (with ``jobs.output``, ``jobs.compact``, ``jobs.details``,
+   ``jobs.history``), ``nodes.model``, ``agent.whitelist``, ``search`` (the query language and
    matcher), ``facts`` (the node facts' names, config and size limit), ``agent.facts_parse``
    (facts from the system's files).
 2. Resources: ``store`` (files), ``hub`` (event fan-out), ``feeds`` (topic names, job-feed

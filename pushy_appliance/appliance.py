@@ -44,7 +44,7 @@ from .errors import ConfigError, DataDirBusyError, StoreError
 from .feeds import Feeds
 from .http import asgi_app
 from .hub import Hub
-from .jobs.model import JobsModel
+from .jobs.model import DEFAULT_HISTORY_CACHE, JobsModel
 from .jobs.retention import Retention
 from .jobs.runner import JobRunner
 from .lockfile import exclusive_lock
@@ -77,6 +77,8 @@ its SYNs dropped and retried a second later."""
 SNAPSHOT_RECORDS = 100_000
 """Records replayed at start-up beyond which the compactor writes a snapshot."""
 COMPACT_CHECK_SECONDS = 60.0
+ARCHIVE_SECONDS = 10.0
+"""Seconds between two moves of closed jobs' details to the store's archive."""
 SHUTDOWN_SNAPSHOT_RECORDS = 10_000
 """Records a restart would replay beyond which a graceful stop writes a snapshot first."""
 SHUTDOWN_SNAPSHOT_SECONDS = 20.0
@@ -112,12 +114,12 @@ class ServerInfo:
         }
 
 
-def new_database(store: Store, output_cap: int = 1_048_576) -> Database:
+def new_database(
+    store: Store, output_cap: int = 1_048_576, history_cache_bytes: int = DEFAULT_HISTORY_CACHE
+) -> Database:
     """A database over ``store`` with every model of the appliance."""
-    return Database(
-        store,
-        {"identity": IdentityModel(), "nodes": NodeModel(), "jobs": JobsModel(output_cap)},
-    )
+    jobs = JobsModel(output_cap, history_cache_bytes)
+    return Database(store, {"identity": IdentityModel(), "nodes": NodeModel(), "jobs": jobs})
 
 
 @contextlib.contextmanager
@@ -257,7 +259,9 @@ async def _serve_locked(
         else open_postgres_store(config.store.url)
     )
     async with opened as store:
-        db = new_database(store, config.output.max_bytes_per_channel)
+        db = new_database(
+            store, config.output.max_bytes_per_channel, config.jobs.history_cache_bytes
+        )
         replayed = db.recover()
         log.info(
             "store recovered: %d records replayed, snapshot at %d",
@@ -310,6 +314,8 @@ async def _serve_locked(
             voting_timeout=config.jobs.voting_timeout,
             reconnect_grace=config.reconnect_grace,
             late_result_timeout=config.jobs.late_result_timeout,
+            max_live_jobs=config.limits.max_live_jobs,
+            max_live_job_nodes=config.limits.max_live_job_nodes,
         )
         retention = Retention(db, feeds, retention_days=config.jobs.retention_days)
 
@@ -487,12 +493,22 @@ async def _gc_keeper(registry: NodeRegistry) -> None:
 
 
 async def _compactor(db: Database) -> None:
-    """Snapshot whenever the records a restart would replay pass ``SNAPSHOT_RECORDS``, so
-    start-up time stays bounded; the store then drops the segments the snapshot covers."""
+    """Move closed jobs' details to the store's archive every ``ARCHIVE_SECONDS`` (memory
+    holds finished jobs' index only), and snapshot whenever the records a restart would
+    replay pass ``SNAPSHOT_RECORDS``, so start-up time stays bounded; the store then drops
+    the segments (and archives) the snapshot made obsolete."""
+    next_check = trio.current_time() + COMPACT_CHECK_SECONDS
     while True:
-        await trio.sleep(COMPACT_CHECK_SECONDS)
-        if db.store.statistics().records >= SNAPSHOT_RECORDS:
-            await _snapshot(db)
+        await trio.sleep(ARCHIVE_SECONDS)
+        try:
+            if db.writable:  # during an outage the store says so itself
+                await db.archive()
+        except StoreError as e:
+            log.warning("archive: closed jobs' details stay in memory for now: %s", e)
+        if trio.current_time() >= next_check:
+            next_check = trio.current_time() + COMPACT_CHECK_SECONDS
+            if db.store.statistics().records >= SNAPSHOT_RECORDS:
+                await _snapshot(db)
 
 
 async def _snapshot(db: Database) -> None:

@@ -103,6 +103,10 @@ class JobsConfig:
     """Days finished jobs are kept; 0 keeps them forever."""
     late_result_timeout: float = 30.0
     """Seconds an aborted or timed-out job waits for the results its stopped nodes owe."""
+    history_cache_bytes: int = 33_554_432
+    """Finished jobs' details (kept in the store's archive) held decoded in memory once read,
+    counted as their msgpack size before compression (decoded they take about twice as
+    much); 0 keeps none."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -136,7 +140,12 @@ class LimitsConfig:
     max_frame_bytes: int = 1_048_576
     """Largest node WebSocket frame; larger ones close the connection (1009)."""
     max_nodes_per_job: int = 100_000
-    """Most nodes one job may name."""
+    """Most nodes one job may name (1 … 100,000)."""
+    max_live_jobs: int = 1000
+    """Most jobs that have not finished at once; one more is refused (503, Retry-After)."""
+    max_live_job_nodes: int = 1_000_000
+    """Most nodes in jobs that have not finished, together; a job that would pass it is
+    refused (503, Retry-After)."""
     node_outbox: int = 256
     """Frames queued for one node before the connection is dropped as stuck."""
     node_send_buffer: int = 0
@@ -518,12 +527,20 @@ def _check_server(c: ServerConfig) -> ServerConfig:
         raise ConfigError("config", "limits.node_send_buffer", "must be 0 or more")
     if not 0 <= c.jobs.late_result_timeout <= 86_400:
         raise ConfigError("config", "jobs.late_result_timeout", "must be 0 … 86400")
+    if c.jobs.history_cache_bytes < 0:
+        raise ConfigError("config", "jobs.history_cache_bytes", "must be 0 or more")
+    if c.limits.max_nodes_per_job > 100_000:
+        # the API's bound; a job.create record of 100,000 names of 255 characters and
+        # their votes stays under the store's 64 MiB record limit
+        raise ConfigError("config", "limits.max_nodes_per_job", "must be 1 … 100000")
     for key, val in (
         ("output.max_bytes_per_channel", c.output.max_bytes_per_channel),
         ("limits.max_body_bytes", c.limits.max_body_bytes),
         ("limits.max_file_bytes", c.limits.max_file_bytes),
         ("limits.max_frame_bytes", c.limits.max_frame_bytes),
         ("limits.max_nodes_per_job", c.limits.max_nodes_per_job),
+        ("limits.max_live_jobs", c.limits.max_live_jobs),
+        ("limits.max_live_job_nodes", c.limits.max_live_job_nodes),
         ("limits.node_outbox", c.limits.node_outbox),
         ("limits.node_handshakes", c.limits.node_handshakes),
         ("feeds.subscriber_buffer", c.feeds.subscriber_buffer),

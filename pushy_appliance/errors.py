@@ -16,6 +16,7 @@ map the tree to status codes in one place (``http/_errors.py``)::
     ├── DomainError              what a model or engine refuses, whoever asked; no status code
     │   ├── NoSuchJobError       no job ``job_id`` (in that organization)
     │   ├── JobFinishedError     job ``job_id`` has already finished (abort)
+    │   ├── JobCapacityError     a new job would pass the cap on live jobs or their nodes
     │   ├── NoSuchIdentityError  no organization, user, member, client, group or principal
     │   ├── IdentityExistsError  that organization, user, member, client or group exists
     │   └── FeedLimitError       no feed opened: a cap on open feeds is reached
@@ -180,6 +181,25 @@ class JobFinishedError(DomainError):
     def __init__(self, job_id: str) -> None:
         self.job_id = job_id
         super().__init__("job already finished")
+
+
+class JobCapacityError(DomainError):
+    """A new job would pass a cap on what live (unfinished) jobs hold: their number
+    (``limits.max_live_jobs``) or their nodes together (``limits.max_live_job_nodes``).
+
+    Attributes:
+        what: ``live jobs`` or ``nodes in live jobs``.
+        limit: the cap.
+        current: how many there are (with the new job's, for nodes).
+    """
+
+    def __init__(self, what: str, limit: int, current: int) -> None:
+        self.what = what
+        self.limit = limit
+        self.current = current
+        super().__init__(
+            f"too many {what} ({current}, at most {limit}): try again when a job has finished"
+        )
 
 
 class NoSuchIdentityError(DomainError):

@@ -91,6 +91,7 @@ PUBLIC = {
         "parse",
     },
     "pushy_appliance.store": {
+        "BlobRef",
         "FileStore",
         "RETRY_MAX",
         "MAX_RECORD_BYTES",

@@ -92,7 +92,7 @@ def test_snapshot_packs_finished_jobs_and_loads_them_lazily() -> None:
     _finish(model, "done")
     model.apply(_create("live", ["c"]))
     snap = model.snapshot()
-    by_id = {d["id"]: d for d in snap}
+    by_id = {d["id"]: d for d in snap["jobs"]}
     assert "packed" in by_id["done"] and "nodes" not in by_id["done"]
     assert "nodes" in by_id["live"]
     # the snapshot goes through msgpack like the store's

@@ -9,14 +9,18 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import struct
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import pytest
 import trio
 
+from pushy_appliance.db import Database
 from pushy_appliance.errors import StoreCorruptError
 from pushy_appliance.store import open_store, verify_store
 from pushy_appliance.store._format import SEGMENT_HEADER, encode_record
@@ -224,6 +228,27 @@ async def test_damage_in_an_older_segment_refuses_to_open(tmp_path: Path) -> Non
     assert report.records == 4
     assert any(older.name in p and "will not open" in p for p in report.problems)
     assert report.lines()[0].startswith(f"store {tmp_path}: DAMAGED")
+
+
+async def test_an_older_record_whose_crc_holds_but_that_is_no_record_refuses_replay(
+    tmp_path: Path,
+) -> None:
+    """Opening checks older segments' frames by CRC; their records are decoded when they
+    are replayed, and one that is not a map refuses the replay (as damage there refuses the
+    open): the server does not start on it."""
+    with trio.fail_after(TIMEOUT):
+        await write(tmp_path, range(1, 6), segment_bytes=1)
+        older = seg(tmp_path, 2)
+        payload = msgpack.packb([2, "not a map"])
+        length = struct.pack(">I", len(payload))
+        frame = length + struct.pack(">I", zlib.crc32(payload, zlib.crc32(length))) + payload
+        older.write_bytes(older.read_bytes()[:SEGMENT_HEADER] + frame)
+        async with open_store(tmp_path, fsync=False) as store:
+            assert len(store.recovered.records) == 5
+            with pytest.raises(StoreCorruptError, match="record is a list") as caught:
+                Database(store, {}).recover()
+    assert caught.value.path == str(older)
+    assert any(older.name in p and "record is a list" in p for p in verify_store(tmp_path).problems)
 
 
 async def test_a_missing_middle_segment_refuses_to_open(tmp_path: Path) -> None:

@@ -169,9 +169,11 @@ def build_parser() -> argparse.ArgumentParser:
     store.required = True
     p = store.add_parser(
         "verify",
-        help="check every record's CRC and every snapshot",
-        description="Check every record's CRC and every snapshot of the store (it may run "
-        "beside a live server). Exits 1 when something is damaged.",
+        help="check every record's CRC, every snapshot and every archived blob",
+        description="Check every record's CRC, every snapshot, and every blob of the archive "
+        "of finished jobs' details (its CRC, and that the archives a snapshot refers to are "
+        "there and whole) of the store; it may run beside a live server. Exits 1 when "
+        "something is damaged.",
     )
     p.add_argument(
         "--data-dir", metavar="DIR", help="data directory (default: PUSHY_DATA_DIR or the default)"
@@ -185,8 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = store.add_parser(
         "compact",
         help="write a snapshot and drop what it covers (server stopped)",
-        description="Write a snapshot of the store and drop the segments it covers. The "
-        "server must be stopped.",
+        description="Move finished jobs' details to the store's archive, write a snapshot "
+        "and drop the segments (and archives) it makes obsolete. The server must be stopped.",
     )
     p.add_argument(
         "--data-dir", metavar="DIR", help="data directory (default: PUSHY_DATA_DIR or the default)"

@@ -3,7 +3,8 @@
 :class:`ApiError` carries its own status and body; a :class:`DomainError` (what a model or
 engine refuses) gets the status and body form of ``API.md`` here; a write the store refused
 (:class:`StoreUnavailableError`: disk full, I/O error) is ``503 {"error": "store unavailable:
-…"}``, with nothing changed; Werkzeug's own errors
+…"}``, with nothing changed; a job that would pass the cap on live jobs
+(:class:`JobCapacityError`) is ``503`` with ``Retry-After``; Werkzeug's own errors
 (unknown route, wrong method, oversized body, timeout) get the contract's JSON bodies. No
 traceback ever reaches a client: an unexpected error is logged with a request id and answered
 ``500 {"error":["internal error"],"request_id":…}``.
@@ -22,6 +23,7 @@ from ..errors import (
     ApiError,
     DomainError,
     IdentityExistsError,
+    JobCapacityError,
     JobFinishedError,
     MethodNotAllowedError,
     NoSuchIdentityError,
@@ -42,6 +44,7 @@ log = logging.getLogger("pushy_appliance.http")
 _DOMAIN_ERRORS: dict[type[DomainError], tuple[int, bool]] = {
     NoSuchJobError: (404, False),
     JobFinishedError: (409, False),
+    JobCapacityError: (503, False),
     NoSuchIdentityError: (404, True),
     IdentityExistsError: (409, True),
     TooManyPrincipalFeedsError: (429, False),
@@ -50,13 +53,18 @@ _DOMAIN_ERRORS: dict[type[DomainError], tuple[int, bool]] = {
 """Status and body form by domain error: the job routes answer ``{"error": "…"}`` (``API.md``
 §3), the identity routes Chef Server's list form ``{"error": ["…"]}`` (§4)."""
 
+CAPACITY_RETRY_AFTER = 5
+"""Seconds a client refused for the cap on live jobs is told to wait (``Retry-After``)."""
+
 
 def _domain_response(e: DomainError) -> Response:
     mapped = _DOMAIN_ERRORS.get(type(e))
     if mapped is None:
         return _internal(e)
     status, list_form = mapped
-    return json_response({"error": [str(e)] if list_form else str(e)}, status)
+    # the server is full, not the request wrong: the same request succeeds later
+    headers = {"Retry-After": str(CAPACITY_RETRY_AFTER)} if status == 503 else None
+    return json_response({"error": [str(e)] if list_form else str(e)}, status, headers)
 
 
 def install_error_handlers(app: QuartTrio, svc: Services) -> None:

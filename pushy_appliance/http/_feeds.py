@@ -421,7 +421,7 @@ def register(app: QuartTrio, svc: Services) -> None:
 
     async def job_feed(org: str, job_id: str) -> Response:
         who = await authorized(svc, org, "read", produces=EVENT_STREAM)
-        entry = find_job(svc, org, job_id)
+        entry = await find_job(svc, org, job_id)
         reader = open_reader(org, who)
         last = request.headers.get("Last-Event-ID")
         return _stream(feeds.job_chunks(entry, last, reader), reader)

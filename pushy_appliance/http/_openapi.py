@@ -945,6 +945,18 @@ def _paths() -> dict[str, Schema]:
                 "Start a job (write)",
                 {
                     "201": {**_ok(_ref("JobCreated"), "created", _LOCATION), "links": job_link},
+                    "503": {
+                        **_error(
+                            "too many live jobs, or nodes in them (limits.max_live_jobs, "
+                            "limits.max_live_job_nodes), or the store refuses writes"
+                        ),
+                        "headers": {
+                            "Retry-After": {
+                                "description": "seconds to wait (the caps on live jobs)",
+                                "schema": {"type": "integer"},
+                            }
+                        },
+                    },
                 },
                 tags=jobs,
                 body=_ref("JobRequest"),

@@ -13,7 +13,7 @@ import typing
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from email.utils import formatdate
-from typing import Any
+from typing import Any, Final
 from urllib.parse import unquote
 
 import trio
@@ -34,6 +34,7 @@ from ..urls import public_base_url
 from ..websession import CSRF_HEADER, SESSION_COOKIE
 
 __all__ = [
+    "JSON_STYLE",
     "accepts",
     "authorized",
     "base_url",
@@ -51,10 +52,14 @@ __all__ = [
 _JOB_ID = re.compile(r"[0-9a-f]{32}")
 
 
+JSON_STYLE: Final[dict[str, Any]] = {"separators": (",", ":"), "ensure_ascii": False}
+"""How response bodies are encoded: compact, non-ASCII text as UTF-8."""
+
+
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     """A JSON response with compact encoding."""
     return Response(
-        json.dumps(body, separators=(",", ":"), ensure_ascii=False),
+        json.dumps(body, **JSON_STYLE),
         status=status,
         headers=headers or {},
         content_type="application/json",
@@ -212,9 +217,14 @@ def rfc1123(t: float) -> str:
     return formatdate(t, usegmt=True)
 
 
-def find_job(svc: Services, org: str, job_id: str) -> JobEntry:
-    """The job ``job_id`` of ``org``; 404 for another org's job too (**fix** of the original)."""
+async def find_job(svc: Services, org: str, job_id: str) -> JobEntry:
+    """The job ``job_id`` of ``org``; 404 for another org's job too (**fix** of the original).
+
+    A finished job's details are read from the store's archive first if they are not in
+    memory (a large one off the event loop: ``JobRunner.load_details``).
+    """
     entry = svc.jobs.model.jobs.get(job_id) if _JOB_ID.fullmatch(job_id) else None
     if entry is None or entry.org != org:
         raise NoSuchJobError(job_id)
+    await svc.jobs.load_details(entry)
     return entry

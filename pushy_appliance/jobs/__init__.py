@@ -10,7 +10,10 @@ Pure (layer 1 of ``pushy_appliance``: no I/O, no trio tasks):
 * ``jobs.machine``: ``transition(state, event) -> (state, effects)``, with ``jobs.ending``
   (how a job ends, late results) and ``jobs.step`` (one transition in progress);
 * ``jobs.record``: the stored form of a state, and its checks;
-* ``jobs.model``: the stored view of every job (what the API reads);
+* ``jobs.model``: the stored view of every job (what the API reads), over ``jobs.output``
+  (one node's output and result), ``jobs.compact`` (compact node tables and event logs),
+  ``jobs.details`` (a job's details and the blob they are archived as) and ``jobs.history``
+  (the bounded cache of archived details);
 * ``jobs.validation``: ``POST jobs`` bodies.
 
 Engines (layer 3): ``jobs.runner`` drives the machine (feeds it events, stores each new state,

@@ -30,6 +30,22 @@ so that msgpack can hold them and a restart can rebuild the state exactly. The f
     The format number stays 1: the late-result keys are additions, and records stored
     before them (no late keys, five-item node entries) load as jobs that owe nothing.
 
+    to_columns(state) is the same job map with "node_columns" in place of "nodes": the node
+    entries as columns, what a job.create stores (a 100,000-node job is then a list of
+    names and a list of small integers, not 100,000 small lists):
+
+      node_columns     map:
+        names          the node names in request order, joined by "\n" into one string
+                       (a node name has no newline); a list of str is read too
+        codes          one int per name: status | launched << 4 | owes << 5 |
+                       reason << 6, where status indexes STATUS_ORDER and reason is 0 for
+                       none, else 1 + an index into reasons; bytes (one byte per
+                       name) when every code is below 256, else a list of int
+        reasons        list of str: the distinct reasons
+        away           map name -> away_deadline, for the nodes that have one
+
+    from_record takes either form.
+
 :func:`from_record` checks every field and the consistency of node and job statuses, and
 raises :class:`~pushy_appliance.errors.StoreError` for anything else: a damaged or foreign
 record never becomes a state the machine could trip over.
@@ -37,14 +53,29 @@ record never becomes a state the machine could trip over.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Final, TypeAlias
 
 from ..errors import StoreError
 from .state import DEFAULT_LATE_RESULT_TIMEOUT, JobState, NodeTables, check_params
 from .status import FINISHED_JOB_STATUSES, LIVE_NODE_STATUSES, JobStatus, NodeStatus
 
-__all__ = ["RECORD_FORMAT", "clone", "from_record", "job_record", "node_record", "to_record"]
+__all__ = [
+    "RECORD_FORMAT",
+    "STATUS_ORDER",
+    "clone",
+    "code_entry",
+    "column_entries",
+    "column_lists",
+    "columns_map",
+    "from_record",
+    "job_record",
+    "node_code",
+    "node_columns",
+    "node_record",
+    "to_columns",
+    "to_record",
+]
 
 RECORD_FORMAT: Final = 1
 """Version of the :func:`to_record` format."""
@@ -138,6 +169,162 @@ def to_record(state: JobState) -> dict[str, Any]:
     return record
 
 
+STATUS_ORDER: Final = tuple(str(s) for s in NodeStatus)
+"""Node statuses by their number in a node code (the order of :class:`.status.NodeStatus`)."""
+_STATUS_NUMBER: Final = {status: i for i, status in enumerate(STATUS_ORDER)}
+_LAUNCHED: Final = 1 << 4
+_OWES: Final = 1 << 5
+_REASON_SHIFT: Final = 6
+
+
+def node_code(entry: Sequence[Any], reasons: dict[str, int]) -> int:
+    """The code of one node entry (see ``node_columns`` above).
+
+    Args:
+        entry: ``[name, status, launched, away_deadline, reason]`` (and ``True``).
+        reasons: reason → its number (from 1) so far; a new reason is added.
+
+    Raises:
+        KeyError: the status is not a node status.
+    """
+    code = _STATUS_NUMBER[entry[1]]
+    if entry[2]:
+        code |= _LAUNCHED
+    if len(entry) > 5 and entry[5]:
+        code |= _OWES
+    reason = entry[4]
+    if reason is not None:
+        number = reasons.get(reason)
+        if number is None:
+            number = reasons[reason] = len(reasons) + 1
+        code |= number << _REASON_SHIFT
+    return code
+
+
+def code_entry(
+    name: str, code: int, reasons: Sequence[str], away_deadline: float | None
+) -> list[Any]:
+    """The node entry of a code (the inverse of :func:`node_code`).
+
+    Raises:
+        IndexError: the code names a status or reason that does not exist.
+    """
+    entry = [
+        name,
+        STATUS_ORDER[code & 0xF],
+        bool(code & _LAUNCHED),
+        away_deadline,
+        reasons[(code >> _REASON_SHIFT) - 1] if code >> _REASON_SHIFT else None,
+    ]
+    if code & _OWES:
+        entry.append(True)
+    return entry
+
+
+def node_columns(entries: Iterable[Sequence[Any]]) -> dict[str, Any]:
+    """Node entries as the ``node_columns`` map.
+
+    Args:
+        entries: node entries (:func:`node_record`'s form), in request order.
+    """
+    reasons: dict[str, int] = {}
+    names: list[str] = []
+    codes: list[int] = []
+    away: dict[str, float] = {}
+    for entry in entries:
+        names.append(entry[0])
+        codes.append(node_code(entry, reasons))
+        if entry[3] is not None:
+            away[entry[0]] = entry[3]
+    return columns_map(names, codes, list(reasons), away)
+
+
+def columns_map(
+    names: Iterable[str], codes: list[int], reasons: list[str], away: dict[str, float]
+) -> dict[str, Any]:
+    """The ``node_columns`` map of its columns (names joined, codes as bytes if they fit)."""
+    packed: bytes | list[int]
+    try:
+        packed = bytes(codes)
+    except ValueError:
+        packed = codes
+    return {"names": "\n".join(names), "codes": packed, "reasons": reasons, "away": away}
+
+
+def column_lists(columns: Mapping[str, Any]) -> tuple[list[str], list[int]]:
+    """The names and codes of a ``node_columns`` map, as lists.
+
+    Raises:
+        TypeError, ValueError: they are not a names string (or list) and codes of one
+            length.
+    """
+    names, codes = columns["names"], columns["codes"]
+    if isinstance(names, str):
+        names = names.split("\n") if names else []
+    if isinstance(codes, bytes):
+        codes = list(codes)
+    if not isinstance(names, list) or not isinstance(codes, list) or len(names) != len(codes):
+        raise ValueError("node_columns needs names and codes of one length")
+    return names, codes
+
+
+def to_columns(state: JobState) -> dict[str, Any]:
+    """:func:`to_record` with the nodes as ``node_columns``: what a ``job.create`` stores.
+
+    Args:
+        state: the job.
+
+    Returns:
+        A new map; it shares nothing with ``state`` but the node names.
+    """
+    t = state.tables
+    number = {status: _STATUS_NUMBER[str(status)] for status in NodeStatus}
+    launched, owed, reasons_of = t.launched, t.owed, t.reasons
+    reasons: dict[str, int] = {}
+    codes: list[int] = []
+    for name, status in t.nodes.items():
+        code = number[status]
+        if name in launched:
+            code |= _LAUNCHED
+        if name in owed:
+            code |= _OWES
+        reason = reasons_of.get(name)
+        if reason is not None:
+            n = reasons.get(reason)
+            if n is None:
+                n = reasons[reason] = len(reasons) + 1
+            code |= n << _REASON_SHIFT
+        codes.append(code)
+    record = job_record(state)
+    record["node_columns"] = columns_map(t.nodes, codes, list(reasons), dict(t.away))
+    return record
+
+
+def column_entries(columns: object, bad: Callable[[str], StoreError] | None = None) -> list[Any]:
+    """The node entries of a ``node_columns`` map (the inverse of :func:`node_columns`).
+
+    Raises:
+        StoreError: the map is not valid node columns.
+    """
+    fail = bad or StoreError
+    if not isinstance(columns, Mapping):
+        raise fail("node_columns is not a map")
+    reasons, away = columns.get("reasons"), columns.get("away")
+    try:
+        names, codes = column_lists(columns)
+    except (KeyError, TypeError, ValueError):
+        raise fail("node_columns needs names and codes of one length") from None
+    if not isinstance(reasons, list) or not isinstance(away, Mapping):
+        raise fail("node_columns needs reasons (a list) and away (a map)")
+    try:
+        return [
+            code_entry(name, code, reasons, away.get(name))
+            for name, code in zip(names, codes, strict=True)
+        ]
+    except (IndexError, TypeError) as e:
+        raise fail(f"invalid node code ({e})") from None
+
+
 def from_record(record: Mapping[str, Any]) -> JobState:
     """Rebuild a state from :func:`to_record`'s map.
 
@@ -160,7 +347,7 @@ def from_record(record: Mapping[str, Any]) -> JobState:
     def bad(reason: str) -> StoreError:
         return StoreError(f"job {job_id}: invalid job record: {reason}")
 
-    unknown = set(record) - set(_JOB_KEYS) - {"nodes"}
+    unknown = set(record) - set(_JOB_KEYS) - {"nodes", "node_columns"}
     if unknown:
         raise bad(f"unknown keys {sorted(unknown)}")
     if record.get("format") != RECORD_FORMAT:
@@ -195,7 +382,11 @@ def from_record(record: Mapping[str, Any]) -> JobState:
     except ValueError as exc:
         raise bad(str(exc)) from None
 
-    entries = record.get("nodes")
+    entries: Any = record.get("nodes")
+    if "node_columns" in record:
+        if "nodes" in record:
+            raise bad("both nodes and node_columns")
+        entries = column_entries(record["node_columns"], bad)
     if not isinstance(entries, list):
         raise bad("nodes is not a list")
     nodes: dict[str, NodeStatus] = {}

@@ -25,6 +25,7 @@ trio's, so timers run on the autojump clock).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import secrets
 import time
@@ -36,12 +37,14 @@ import trio
 
 from .. import protocol
 from ..db import Database
-from ..errors import JobFinishedError, NoSuchJobError, StoreUnavailableError
+from ..errors import JobCapacityError, JobFinishedError, NoSuchJobError, StoreUnavailableError
 from ..feeds import Feeds
 from ..nodes.link import NodeLink
 from ..nodes.registry import NodeRegistry, NodeSession
 from ..sse import MonotonicStamper, format_timestamp
 from . import record
+from .compact import pack_events
+from .details import JobDetails
 from .events import (
     Abort,
     CancelTimer,
@@ -73,12 +76,37 @@ from .state import DEFAULT_LATE_RESULT_TIMEOUT, JobState, holds, is_closed, is_f
 from .status import JobStatus
 from .validation import JobRequest
 
-__all__ = ["INBOX_HIGH_WATER", "JobRunner"]
+__all__ = [
+    "BUILD_IN_THREAD_NODES",
+    "FAN_OUT_CHUNK",
+    "INBOX_HIGH_WATER",
+    "READ_IN_THREAD_BYTES",
+    "JobRunner",
+]
 
 log = logging.getLogger(__name__)
 
 INBOX_HIGH_WATER = 10_000
 """Queued events beyond which node frames for a job wait (back-pressure on their sockets)."""
+BUILD_IN_THREAD_NODES = 2_000
+"""Jobs of more nodes are built in a worker thread (a 100,000-node job takes about a second
+of CPU to build; the event loop serves other requests meanwhile)."""
+FAN_OUT_CHUNK = 2_000
+"""Feed events and commits a new job hands out between two checkpoints."""
+READ_IN_THREAD_BYTES = 64 * 1024
+"""Archived details this large or larger are read and decoded in a worker thread."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Built:
+    """A new job as :meth:`JobRunner._build` makes it, before it is stored."""
+
+    state: JobState
+    effects: list[Effect]
+    events: list[list[Any]]
+    record: dict[str, Any]
+    stamper: MonotonicStamper
+    held: list[str]
 
 
 class _LiveJob:
@@ -134,6 +162,8 @@ class JobRunner:
         link: the node link; the runner becomes its job port.
         feeds: where stored feed events are published.
         voting_timeout, reconnect_grace, late_result_timeout: seconds, from the configuration.
+        max_live_jobs, max_live_job_nodes: the caps on jobs that have not finished, and on
+            their nodes together (``limits.*``).
         now: the clock (seconds since the epoch) of events and timers.
     """
 
@@ -147,6 +177,8 @@ class JobRunner:
         voting_timeout: float,
         reconnect_grace: float,
         late_result_timeout: float = DEFAULT_LATE_RESULT_TIMEOUT,
+        max_live_jobs: int = 1000,
+        max_live_job_nodes: int = 1_000_000,
         now: Callable[[], float] = time.time,
     ) -> None:
         self.db = db
@@ -156,8 +188,12 @@ class JobRunner:
         self.voting_timeout = voting_timeout
         self.reconnect_grace = reconnect_grace
         self.late_result_timeout = late_result_timeout
+        self.max_live_jobs = max_live_jobs
+        self.max_live_job_nodes = max_live_job_nodes
         self._now = now
         self.live: dict[str, _LiveJob] = {}
+        self._creating: list[int] = []
+        """Node counts of the jobs being created (reserved against the caps)."""
         self._nursery: trio.Nursery | None = None
         link.connect(self)
 
@@ -206,6 +242,7 @@ class JobRunner:
         state: JobState,
         stamper: MonotonicStamper | None = None,
         first: tuple[Iterable[Effect], list[list[Any]]] | None = None,
+        held: list[str] | None = None,
     ) -> _LiveJob:
         """Start driving a stored job.
 
@@ -213,6 +250,7 @@ class JobRunner:
             stamper: the stamper that made the job's first events (a new job).
             first: effects and feed events of the step that created the job, performed by
                 the job's task before anything else (a job can be over at once).
+            held: the nodes the job holds (``state.holds``), if known already.
         """
         job = _LiveJob(entry, state)
         if stamper is not None:
@@ -220,7 +258,9 @@ class JobRunner:
         self.live[entry.id] = job
         if is_finished(state):
             job.ended.set()
-        self.link.hold(entry.org, entry.id, [n for n in state.nodes if holds(state, n)])
+        if held is None:
+            held = [n for n in state.nodes if holds(state, n)]
+        self.link.hold(entry.org, entry.id, held)
         assert self._nursery is not None
         await self._nursery.start(self._drive, job, first)
         return job
@@ -230,11 +270,73 @@ class JobRunner:
     async def create(self, org: str, req: JobRequest, requester: str) -> str:
         """Create and start a job; returns once its record is durable.
 
+        A job of more than :data:`BUILD_IN_THREAD_NODES` nodes is built (its state after
+        ``Start``, its first feed events, its ``job.create`` record) in a worker thread:
+        nothing else sees it before it is stored, and the event loop goes on serving
+        meanwhile. Its first feed events and commits are then handed out in chunks of
+        :data:`FAN_OUT_CHUNK` with a checkpoint between two.
+
         Returns:
             The new job id (32 lowercase hex characters).
+
+        Raises:
+            JobCapacityError: the job would pass ``max_live_jobs`` or ``max_live_job_nodes``
+                (nothing was stored).
         """
-        job_id = secrets.token_hex(16)
-        now = self._now()
+        self._reserve(len(req.nodes))
+        try:
+            job_id = secrets.token_hex(16)
+            now = self._now()
+            online = self.link.reachable_nodes(org, req.nodes)
+            holders = self.link.holders(org, req.nodes)
+            build = (job_id, org, req, requester, online, holders, now)
+            if len(req.nodes) > BUILD_IN_THREAD_NODES:
+                built = await trio.to_thread.run_sync(self._build, *build)
+            else:
+                built = self._build(*build)
+            # Once stored, the job must also run: a client that hangs up (cancelling this
+            # request) must not leave a stored job that nobody drives until the next restart.
+            with trio.CancelScope(shield=True):
+                await self.db.commit(built.record)
+                log.info(
+                    "job %s: started by %s in %s on %d node(s): %r",
+                    job_id,
+                    requester,
+                    org,
+                    len(req.nodes),
+                    req.command,
+                )
+                first = (built.effects, built.events)
+                await self._adopt(
+                    self.model.jobs[job_id], built.state, built.stamper, first, built.held
+                )
+        finally:
+            self._creating.pop()
+        return job_id
+
+    def _reserve(self, nodes: int) -> None:
+        """Count a job being created against the caps on live jobs, or refuse it."""
+        live = [job for job in self.live.values() if not is_finished(job.state)]
+        jobs = len(live) + len(self._creating) + 1
+        if jobs > self.max_live_jobs:
+            raise JobCapacityError("live jobs", self.max_live_jobs, jobs - 1)
+        held = sum(len(job.state.nodes) for job in live) + sum(self._creating) + nodes
+        if held > self.max_live_job_nodes:
+            raise JobCapacityError("nodes in live jobs", self.max_live_job_nodes, held)
+        self._creating.append(nodes)
+
+    def _build(
+        self,
+        job_id: str,
+        org: str,
+        req: JobRequest,
+        requester: str,
+        online: frozenset[str],
+        holders: dict[str, str],
+        now: float,
+    ) -> _Built:
+        """A new job after ``Start``, and its ``job.create`` record (pure: safe in a worker
+        thread, as it touches nothing another task may change)."""
         # Limits beyond the node count change nothing; clamped, any integer the request may
         # carry (2**64 and more) fits the store's msgpack records.
         max_concurrency = _at_most(req.max_concurrency, len(req.nodes))
@@ -283,9 +385,7 @@ class JobRunner:
             start_data["file_specified"] = True
         start_data["capture"] = req.capture_output
         events: list[list[Any]] = [_feed_event(1, "start", start_data, stamper, now)]
-        link = self.link
-        start = Start(now, link.reachable_nodes(org, req.nodes), link.holders(org, req.nodes))
-        state, effects = transition(state0, start)
+        state, effects = transition(state0, Start(now, online, holders))
         for fx in effects:
             if isinstance(fx, Publish):
                 events.append(_feed_event(len(events) + 1, fx.event, fx.data, stamper, now))
@@ -294,24 +394,12 @@ class JobRunner:
             "id": job_id,
             "org": org,
             "spec": spec,
-            "state": record.to_record(state),
-            "events": events,
+            "state": record.to_columns(state),
+            "events": pack_events(events),
             "at": now,
         }
-        # Once stored, the job must also run: a client that hangs up (cancelling this
-        # request) must not leave a stored job that nobody drives until the next restart.
-        with trio.CancelScope(shield=True):
-            await self.db.commit(created)
-            log.info(
-                "job %s: started by %s in %s on %d node(s): %r",
-                job_id,
-                requester,
-                org,
-                len(req.nodes),
-                req.command,
-            )
-            await self._adopt(self.model.jobs[job_id], state, stamper, (effects, events))
-        return job_id
+        held = [n for n in state.nodes if holds(state, n)]
+        return _Built(state, list(effects), events, created, stamper, held)
 
     async def abort(self, org: str, job_id: str) -> None:
         """Abort a voting or running job and wait until its end is durable (not for the late
@@ -334,6 +422,32 @@ class JobRunner:
             await self.db.store.append_many([])
         job.post(Abort(self._now()))
         await job.ended.wait()
+
+    async def load_details(self, entry: JobEntry) -> None:
+        """Have an archived job's details in memory (the model's cache) before they are
+        read: a blob of :data:`READ_IN_THREAD_BYTES` or more is read and decoded in a worker
+        thread, so that the event loop does not wait for a 100,000-node job's.
+
+        Raises:
+            StoreError: the details cannot be read.
+        """
+        ref = entry.ref
+        history = self.model.history
+        if ref is None or history.cached(entry.id) is not None:
+            return
+        if ref[2] < READ_IN_THREAD_BYTES:
+            entry.details()
+            return
+
+        def load() -> tuple[JobDetails, int]:
+            details, size = history.load(ref)
+            details.buckets()  # what the job document shows, computed here too (a
+            details.nack_reasons()  # 100,000-node job's took 50 ms of the event loop)
+            return details, size
+
+        details, size = await trio.to_thread.run_sync(load)
+        if self.model.jobs.get(entry.id) is entry and entry.ref == ref:
+            history.keep(entry.id, details, size)
 
     # --- the job port (node messages from the link) -----------------------------------------
 
@@ -368,7 +482,7 @@ class JobRunner:
         async with trio.open_nursery() as nursery:
             job.nursery = nursery
             if first is not None:
-                self._perform(job, *first)
+                await self._perform_first(job, *first)
             task_status.started()
             try:
                 while True:
@@ -462,6 +576,27 @@ class JobRunner:
 
     # --- effects ----------------------------------------------------------------------------
 
+    async def _perform_first(
+        self, job: _LiveJob, effects: Iterable[Effect], events: list[list[Any]]
+    ) -> None:
+        """:meth:`_perform` for the step that created the job, in chunks: a 100,000-node
+        job's first events (a vote for every node that was down) and commits are handed
+        out :data:`FAN_OUT_CHUNK` at a time, with a checkpoint between two."""
+        chunk = FAN_OUT_CHUNK
+        for start in range(0, len(events), chunk):
+            if start:
+                await trio.lowlevel.checkpoint()
+            self._perform(job, (), events[start : start + chunk])
+        for fx in effects:
+            if isinstance(fx, Publish):
+                continue  # its event is one of ``events``
+            if isinstance(fx, SendCommit) and len(fx.nodes) > chunk:
+                for start in range(0, len(fx.nodes), chunk):
+                    await trio.lowlevel.checkpoint()
+                    self._perform(job, (SendCommit(fx.nodes[start : start + chunk]),), [])
+            else:
+                self._perform(job, (fx,), [])
+
     def _perform(self, job: _LiveJob, effects: Iterable[Effect], events: list[list[Any]]) -> None:
         org = job.entry.org
         for ev in events:
@@ -521,13 +656,17 @@ class JobRunner:
     async def _write(self, job: _LiveJob) -> None:
         """Write the job's outgoing frames, in order. Each frame's ``seq`` is taken just before
         its write, so that frames other tasks send the node (heartbeats, …) stay in order.
-        A write never waits for a node that stopped reading (see ``NodeSession.send_now``)."""
+        A write never waits for a node that stopped reading (see ``NodeSession.send_now``);
+        one queued for its writer does not checkpoint, so a fan-out checkpoints after every
+        :data:`FAN_OUT_CHUNK` frames."""
         while job.outgoing:
             batch, job.outgoing = job.outgoing, []
             ts = time.time()
-            for s, cls, fields in batch:
+            for i, (s, cls, fields) in enumerate(batch, 1):
                 if s.close_code is None:
                     await s.send_now(protocol.encode(cls(seq=s.next_seq(), ts=ts, **fields)))
+                if i % FAN_OUT_CHUNK == 0:
+                    await trio.lowlevel.checkpoint()
 
     def _arm(self, job: _LiveJob, kind: str, deadline: float) -> None:
         old = job.timers.pop(kind, None)

@@ -62,7 +62,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
 
 from .. import protocol
@@ -141,8 +141,10 @@ class NodeLink:
         self.registry = registry
         self.port: JobPort = NoJobs()
         self._now = now
-        self._held: dict[tuple[str, str], dict[str, None]] = {}
-        """``(org, node)`` → the live jobs that hold it, the oldest first."""
+        self._held: dict[tuple[str, str], str | dict[str, None]] = {}
+        """``(org, node)`` → the live job that holds it, or, when several do, a dict of them
+        (as keys), the oldest first (a dict costs about 200 bytes; a 100,000-node job holds
+        100,000 nodes, almost all held by that job alone)."""
         self._rehab: dict[tuple[str, str], NodeSession] = {}
         """``(org, node)`` → its session that waits for ``aborted``."""
         self._streams: dict[tuple[str, str], dict[tuple[str, str], _Stream]] = {}
@@ -195,20 +197,38 @@ class NodeLink:
 
     def held_by(self, org: str, node: str) -> frozenset[str]:
         """The live jobs that hold the node."""
-        return frozenset(self._held.get((org, node), ()))
+        return frozenset(self._holding((org, node)))
+
+    def _holding(self, key: tuple[str, str]) -> list[str]:
+        """The live jobs that hold the node ``key``, sorted."""
+        jobs = self._held.get(key)
+        if jobs is None:
+            return []
+        return [jobs] if isinstance(jobs, str) else sorted(jobs)
 
     def holder(self, org: str, node: str, *, besides: str | None = None) -> str | None:
         """The live job (other than ``besides``) that has held the node longest, if any: the
         job a busy node is running, for the votes that say so."""
-        for job_id in self._held.get((org, node), ()):
+        for job_id in self._jobs_holding((org, node)):
             if job_id != besides:
                 return job_id
         return None
 
     def holders(self, org: str, nodes: Iterable[str]) -> dict[str, str]:
         """Node → :meth:`holder`, for the nodes of ``nodes`` that a live job holds."""
-        held = self._held
-        return {node: next(iter(held[(org, node)])) for node in nodes if (org, node) in held}
+        out: dict[str, str] = {}
+        for node in nodes:
+            jobs = self._jobs_holding((org, node))
+            if jobs:
+                out[node] = jobs[0]
+        return out
+
+    def _jobs_holding(self, key: tuple[str, str]) -> Sequence[str]:
+        """The live jobs that hold the node ``key``, the oldest first."""
+        jobs = self._held.get(key)
+        if jobs is None:
+            return ()
+        return (jobs,) if isinstance(jobs, str) else tuple(jobs)
 
     def statistics(self) -> LinkStatistics:
         sessions = self.registry.sessions.values()
@@ -234,10 +254,14 @@ class NodeLink:
         """The live job ``job_id`` holds ``nodes`` (live in it, or owing it a result)."""
         held = self._held
         for node in nodes:
-            jobs = held.get((org, node))
+            key = (org, node)
+            jobs = held.get(key)
             if jobs is None:
-                held[(org, node)] = {job_id: None}
+                held[key] = job_id
                 self._changed(org, node)
+            elif isinstance(jobs, str):
+                if jobs != job_id:
+                    held[key] = {jobs: None, job_id: None}
             else:
                 jobs[job_id] = None
 
@@ -246,18 +270,23 @@ class NodeLink:
         held = self._held
         streams = self._streams
         for node in nodes:
-            jobs = held.get((org, node))
+            key = (org, node)
+            jobs = held.get(key)
             if jobs is not None:
-                jobs.pop(job_id, None)
-                if not jobs:
-                    del held[(org, node)]
-                    self._changed(org, node)
-            mine = streams.get((org, node))
+                if isinstance(jobs, str):
+                    if jobs == job_id:
+                        del held[key]
+                        self._changed(org, node)
+                else:
+                    jobs.pop(job_id, None)
+                    if len(jobs) == 1:
+                        held[key] = next(iter(jobs))
+            mine = streams.get(key)
             if mine is not None:
                 mine.pop((job_id, "stdout"), None)
                 mine.pop((job_id, "stderr"), None)
                 if not mine:
-                    del streams[(org, node)]
+                    del streams[key]
 
     # --- rehab ------------------------------------------------------------------------------
 
@@ -290,7 +319,7 @@ class NodeLink:
         same = previous is not None and previous == hello.incarnation_id
         pending = hello.pending_result
         taken: set[str] = set()
-        for job_id in sorted(self._held.get(key, ())):
+        for job_id in self._holding(key):
             job_state = hello.job_state if hello.job_id == job_id else "idle"
             result = None
             if pending is not None and pending.job_id == job_id:
@@ -343,7 +372,7 @@ class NodeLink:
     async def _output(self, session: NodeSession, frame: protocol.Output) -> None:
         """Hand the new part of an ``output`` chunk to its job, as the module docstring says."""
         org, node, job_id, channel = session.org, session.name, frame.job_id, frame.channel
-        if job_id not in self._held.get((org, node), ()):
+        if job_id not in self._jobs_holding((org, node)):
             return  # output of a job that is over (or unknown): dropped
         if self.registry.get(org, node) is not session:
             return  # a replaced connection's late frame: its agent sends it again
@@ -405,7 +434,7 @@ class NodeLink:
             if stream.session is session:
                 stream.session = None
         now = self._now()
-        for job_id in sorted(self._held.get((org, node), ())):
+        for job_id in self._holding((org, node)):
             await self.port.post(org, job_id, NodeDown(node, now))
 
 

@@ -10,8 +10,15 @@ starts its single writer task and yields a :class:`Store`::
         await store.write_snapshot(state_as_msgpack(), seq)
 
 The on-disk format is specified in ``_format``'s docstring; recovery and its rules on damage
-in ``_file``'s; the group commit in ``_base``'s. ``verify_store`` checks a store without
-changing it (``pushy store verify``).
+in ``_file``'s; the group commit and the archive in ``_base``'s. ``verify_store`` checks a
+store without changing it (``pushy store verify``).
+
+Beside the log, the store keeps an *archive*: blobs (finished jobs' details) appended once
+and read back by reference, which a snapshot refers to instead of holding them::
+
+    refs = await store.archive([blob1, blob2])        # durable now
+    data = store.read_archived(refs[0])               # one pread
+    await store.write_snapshot(state_with_refs, seq, archives={refs[0][0]: end})
 
 ``open_postgres_store(url)`` opens the same store in a PostgreSQL database instead
 (``store.url``; the tables and their rules are in ``_postgres``'s docstring, the cluster built
@@ -43,7 +50,7 @@ import trio
 from ..errors import StoreError
 from ._base import GroupCommitStore, Recovered, Store, StoreStatistics
 from ._file import FileStore
-from ._format import MAX_RECORD_BYTES
+from ._format import MAX_RECORD_BYTES, BlobRef
 from ._memory import MemoryStore
 from ._outage import RETRY_MAX
 from ._pgurl import redact_url
@@ -55,6 +62,7 @@ if TYPE_CHECKING:
 __all__ = [
     "MAX_RECORD_BYTES",
     "RETRY_MAX",
+    "BlobRef",
     "FileStore",
     "MemoryStore",
     "Recovered",
@@ -83,6 +91,7 @@ async def open_store(
     segment_bytes: int = 64 * 1024 * 1024,
     queue_size: int = 4096,
     close_timeout: float = 30.0,
+    archive_bytes: int = 64 * 1024 * 1024,
 ) -> AsyncIterator[Store]:
     """Open (creating it if needed) and recover a store, and run its writer.
 
@@ -94,12 +103,13 @@ async def open_store(
         segment_bytes: size after which the writer starts a new segment.
         queue_size: capacity of the writer's request channel; appends wait when it is full.
         close_timeout: seconds the exit may spend committing what is still queued.
+        archive_bytes: size after which the archive goes on in a new file.
 
     Yields:
         The store, recovered, with its writer running.
 
     Raises:
-        ValueError: when ``segment_bytes`` or ``queue_size`` is below 1.
+        ValueError: when ``segment_bytes``, ``queue_size`` or ``archive_bytes`` is below 1.
         StoreCorruptError: damage that recovery must not cut: in a segment other than the
             newest, or missing seqs.
         StoreError: the directory cannot be created, locked, read or written.
@@ -110,14 +120,18 @@ async def open_store(
     already queued under a shielded cancel scope bounded by ``close_timeout``, then the files
     are closed and the lock released. Appends still waiting after that get StoreError.
     """
-    if segment_bytes < 1:
-        raise ValueError("segment_bytes must be at least 1")
+    if segment_bytes < 1 or archive_bytes < 1:
+        raise ValueError("segment_bytes and archive_bytes must be at least 1")
     store: GroupCommitStore
     if directory is None:
-        store = MemoryStore(queue_size=queue_size)
+        store = MemoryStore(queue_size=queue_size, archive_bytes=archive_bytes)
     else:
         store = await FileStore.open(
-            directory, fsync=fsync, segment_bytes=segment_bytes, queue_size=queue_size
+            directory,
+            fsync=fsync,
+            segment_bytes=segment_bytes,
+            queue_size=queue_size,
+            archive_bytes=archive_bytes,
         )
     async with _running(store, close_timeout):
         yield store

@@ -26,6 +26,13 @@ store *unavailable*:
 Work that must not interleave with appends (rotating the segment after a snapshot, deleting
 what the snapshot made obsolete) travels down the same channel as a control item and runs in
 the writer, between two groups.
+
+The archive (finished jobs' details, read back by reference) is written beside the log, not
+through it: :meth:`GroupCommitStore.archive` appends a group of blobs with one fsync under
+its own lock and returns their references once they are durable. Nothing in the log refers
+to the archive; a snapshot does (``write_snapshot(..., archives=...)``), and an archive is
+deleted after a snapshot once neither kept snapshot refers to it. A snapshot holds the
+archive lock from start to clean-up, so no reference is handed out in between.
 """
 
 from __future__ import annotations
@@ -34,13 +41,13 @@ import abc
 import dataclasses
 import logging
 import math
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 import trio
 
 from ..errors import StoreError, StoreUnavailableError
-from ._format import encode_record, encode_snapshot
+from ._format import BlobRef, encode_blob, encode_record, encode_snapshot
 from ._outage import Outage, unavailable
 
 __all__ = ["GroupCommitStore", "Recovered", "Store", "StoreStatistics"]
@@ -57,12 +64,13 @@ class Recovered:
     Attributes:
         snapshot: the state of the newest valid snapshot, or ``None`` if there was none.
         snapshot_seq: the seq that snapshot is as of (0 without one).
-        records: ``(seq, record)`` for every record with seq > ``snapshot_seq``, in order.
+        records: ``(seq, record)`` for every record with seq > ``snapshot_seq``, in order
+            (the file store's reads its segments again each time it is iterated).
     """
 
     snapshot: Any | None
     snapshot_seq: int
-    records: list[tuple[int, dict[str, Any]]]
+    records: Sequence[tuple[int, dict[str, Any]]]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -79,6 +87,8 @@ class StoreStatistics:
         pending: records handed to ``append``/``append_many`` that are not durable yet.
         writable: the store takes writes (false while a failed write is being retried).
         refused: records refused since open because the store could not write them.
+        archives: number of archive files (MemoryStore: of archives held).
+        archive_bytes: their total size.
     """
 
     records: int
@@ -90,6 +100,8 @@ class StoreStatistics:
     pending: int
     writable: bool = True
     refused: int = 0
+    archives: int = 0
+    archive_bytes: int = 0
 
 
 class Store(Protocol):
@@ -100,6 +112,11 @@ class Store(Protocol):
         """What replay found at open."""
         ...
 
+    def release_recovered(self) -> None:
+        """Let go of what replay found (the snapshot's state, the records) once the caller
+        rebuilt its models from it: ``recovered`` keeps only its ``snapshot_seq``."""
+        ...
+
     @property
     def last_seq(self) -> int:
         """Seq of the newest durable record (0 when empty)."""
@@ -108,6 +125,12 @@ class Store(Protocol):
     @property
     def writable(self) -> bool:
         """Whether the store takes writes (false while it retries a failed one)."""
+        ...
+
+    @property
+    def keeps_archive(self) -> bool:
+        """Whether :meth:`archive` keeps blobs (the PostgreSQL store's does not: closed jobs'
+        details stay in memory there)."""
         ...
 
     async def wait_writable(self) -> None:
@@ -122,8 +145,23 @@ class Store(Protocol):
         """Append records as one group; return the last seq once all are durable."""
         ...
 
-    async def write_snapshot(self, state: Any, seq: int) -> None:
-        """Persist ``state`` as everything up to ``seq`` and drop what it makes obsolete."""
+    async def write_snapshot(
+        self, state: Any, seq: int, archives: Mapping[int, int] | None = None
+    ) -> None:
+        """Persist ``state`` as everything up to ``seq`` and drop what it makes obsolete;
+        ``archives``: the archives it refers to (number → end of the last blob used)."""
+        ...
+
+    async def archive(self, blobs: Sequence[bytes]) -> list[BlobRef]:
+        """Append blobs to the archive as one group; their references once durable."""
+        ...
+
+    def read_archived(self, ref: BlobRef) -> bytes:
+        """The payload of an archived blob (one read)."""
+        ...
+
+    def archive_sizes(self) -> dict[int, int]:
+        """Archive number → its size in bytes, without I/O."""
         ...
 
     def statistics(self) -> StoreStatistics:
@@ -160,6 +198,9 @@ class GroupCommitStore(abc.ABC):
         queue_size: capacity of the request channel (requests, not records).
     """
 
+    keeps_archive: bool = True
+    """Whether :meth:`archive` keeps blobs (see :class:`Store`)."""
+
     def __init__(self, recovered: Recovered, last_seq: int, *, queue_size: int) -> None:
         if queue_size < 1:
             raise ValueError("queue_size must be at least 1")
@@ -168,6 +209,7 @@ class GroupCommitStore(abc.ABC):
         self._snapshot_seq = recovered.snapshot_seq
         self._send, self._receive = trio.open_memory_channel[_Append | _Control](queue_size)
         self._snapshot_lock = trio.Lock()
+        self._archive_lock = trio.Lock()
         self._writer_done = trio.Event()
         self._closed = False
         self._groups = 0
@@ -183,6 +225,11 @@ class GroupCommitStore(abc.ABC):
     def recovered(self) -> Recovered:
         """What replay found at open."""
         return self._recovered
+
+    def release_recovered(self) -> None:
+        """Let go of what replay found (the snapshot's state, the records) once the caller
+        rebuilt its models from it: ``recovered`` keeps only its ``snapshot_seq``."""
+        self._recovered = Recovered(None, self._recovered.snapshot_seq, [])
 
     @property
     def last_seq(self) -> int:
@@ -274,17 +321,21 @@ class GroupCommitStore(abc.ABC):
             raise StoreError(request.error)
         return request.last_seq
 
-    async def write_snapshot(self, state: Any, seq: int) -> None:
+    async def write_snapshot(
+        self, state: Any, seq: int, archives: Mapping[int, int] | None = None
+    ) -> None:
         """Persist ``state`` as the state after every record up to and including ``seq``.
 
         The state is serialized in the calling task, so the caller may go on mutating its
         objects once this returns or is cancelled. Then the snapshot file is written and
         made durable, the writer starts a new segment, and only the newest two snapshots are
-        kept, with the segments the older one still needs.
+        kept, with the segments the older one still needs, and the archives one of them
+        refers to (or that is still being appended to).
 
         Args:
             state: a msgpack-serializable object.
             seq: the seq it is as of: ``statistics().snapshot_seq <= seq <= last_seq``.
+            archives: archive number → end of the last blob ``state`` refers to there.
 
         Raises:
             ValueError: when ``seq`` is out of that range.
@@ -301,13 +352,18 @@ class GroupCommitStore(abc.ABC):
         cancellation takes effect once the snapshot and its clean-up are done.
         """
         self._check_usable()
-        async with self._snapshot_lock:
+        async with self._snapshot_lock, self._archive_lock:
             if not self._snapshot_seq <= seq <= self._last_seq:
                 raise ValueError(
                     f"snapshot seq {seq} outside {self._snapshot_seq}..{self._last_seq}"
                 )
-            contents = encode_snapshot(state, seq)
-            control = _Control(lambda: self._after_snapshot(seq))
+            sizes = self.archive_sizes()
+            used = dict(archives or {})
+            for number, end in used.items():
+                if end > sizes.get(number, 0):
+                    raise ValueError(f"the state refers to archive {number} up to {end}")
+            contents = encode_snapshot(state, seq, used)
+            control = _Control(lambda: self._after_snapshot(seq, used))
             with trio.CancelScope(shield=True):
                 await self._save_snapshot(contents, seq)
                 self._snapshot_seq = seq
@@ -321,6 +377,45 @@ class GroupCommitStore(abc.ABC):
             if control.error is not None:
                 raise StoreError(f"after the snapshot: {control.error}") from control.error
 
+    async def archive(self, blobs: Sequence[bytes]) -> list[BlobRef]:
+        """Append ``blobs`` to the archive as one group (one write, one fsync).
+
+        Args:
+            blobs: payloads, each one msgpack object of 1 .. ``MAX_RECORD_BYTES`` bytes.
+
+        Returns:
+            Their references, in order, once all of them are durable; read a payload back
+            with :meth:`read_archived`. Nothing refers to them until a snapshot does: keep
+            them in the state of the next :meth:`write_snapshot`.
+
+        Raises:
+            ValueError: a blob is empty or too large (nothing was written).
+            StoreUnavailableError: the store is not writable (a failed commit is being
+                retried); nothing was written.
+            StoreError: the store is closed, or the write failed (the archive then goes on
+                in a new file; the bytes of the failed group are never referred to).
+
+        Cancellation: the write runs to its end (shielded: file I/O in a worker thread
+        cannot be interrupted), and its references are lost if the caller was cancelled.
+        """
+        self._check_usable()
+        frames = [encode_blob(b) for b in blobs]
+        async with self._archive_lock:
+            with trio.CancelScope(shield=True):
+                refs = await self._append_blobs(frames) if frames else []
+        await trio.lowlevel.checkpoint()
+        return refs
+
+    def read_archived(self, ref: BlobRef) -> bytes:
+        """The payload of the blob ``ref`` (one read; cheap for a small blob, so the caller
+        may stay on the event loop; read a large one from a worker thread).
+
+        Raises:
+            StoreCorruptError: the bytes read are not that blob (or the archive is gone).
+            StoreError: the archive cannot be read.
+        """
+        return self._read_blob(ref)
+
     def statistics(self) -> StoreStatistics:
         """Counters of the store. Cheap: no I/O.
 
@@ -328,6 +423,7 @@ class GroupCommitStore(abc.ABC):
             A frozen :class:`StoreStatistics`.
         """
         segments, size = self._segment_figures()
+        archives = self.archive_sizes()
         return StoreStatistics(
             records=self._last_seq - self._snapshot_seq,
             bytes=size,
@@ -338,6 +434,8 @@ class GroupCommitStore(abc.ABC):
             pending=self._pending,
             writable=self._outage is None,
             refused=self._refused,
+            archives=len(archives),
+            archive_bytes=sum(archives.values()),
         )
 
     # --- for subclasses ----------------------------------------------------------------------
@@ -371,12 +469,29 @@ class GroupCommitStore(abc.ABC):
         """Make a snapshot file durable (outside the writer); raise StoreError on failure."""
 
     @abc.abstractmethod
-    async def _after_snapshot(self, seq: int) -> None:
-        """In the writer, once snapshot ``seq`` is durable: rotate and drop the obsolete."""
+    async def _after_snapshot(self, seq: int, archives: dict[int, int]) -> None:
+        """In the writer, once snapshot ``seq`` (referring to ``archives``) is durable:
+        rotate and drop the obsolete (segments, snapshots, archives)."""
 
     @abc.abstractmethod
     def _segment_figures(self) -> tuple[int, int]:
         """``(segments, bytes)`` for :meth:`statistics`; no I/O."""
+
+    @abc.abstractmethod
+    async def _append_blobs(self, frames: list[bytes]) -> list[BlobRef]:
+        """Make framed blobs durable in the archive (under the archive lock); their refs.
+
+        Raises:
+            StoreError: the write failed; none of the frames may be referred to.
+        """
+
+    @abc.abstractmethod
+    def _read_blob(self, ref: BlobRef) -> bytes:
+        """The payload of blob ``ref``; StoreCorruptError when the bytes do not check out."""
+
+    @abc.abstractmethod
+    def archive_sizes(self) -> dict[int, int]:
+        """Archive number → its size in bytes, without I/O."""
 
     def release(self) -> None:  # noqa: B027 - a hook: only the file store holds anything
         """Give back what the store holds (files, locks); call once the writer stopped."""
@@ -487,6 +602,7 @@ class GroupCommitStore(abc.ABC):
             self._pending -= len(frames)
             for request in group:
                 request.error = error
+                request.frames = []  # the writer's batch outlives the group: let them go
                 request.done.set()
 
     async def _control(self, item: _Control) -> None:

@@ -5,13 +5,16 @@ Opening recovers, in a worker thread:
 1. ``snapshot-*.msgpack.tmp`` left by a crash during a snapshot is removed.
 2. The newest snapshot that passes its checks is loaded. One that fails is moved to
    ``quarantine/<name>.bad`` (logged as a warning) and the next older one is tried.
-3. The segments holding records after that snapshot are read and every record is checked.
-   Damage in the newest segment is a torn or corrupt tail: its bytes are copied to
-   ``quarantine/<segment>.<offset>.bad`` and fsynced, then the segment is truncated there
-   (removed if its header is the damaged part), with a warning naming the file and the byte
-   count. Damage in any older segment, or a gap in the seqs, raises
+3. The segments holding records after that snapshot are read and every record's frame is
+   checked (length and CRC; the newest segment's records are decoded too). The records are
+   not kept: ``recovered.records`` reads them back one segment at a time when it is
+   iterated (``_replay``). Damage in the newest segment is a torn or corrupt tail: its
+   bytes are copied to ``quarantine/<segment>.<offset>.bad`` and fsynced, then the segment
+   is truncated there (removed if its header is the damaged part), with a warning naming
+   the file and the byte count. Damage in any older segment, or a gap in the seqs, raises
    :class:`~pushy_appliance.errors.StoreCorruptError` and changes nothing: records after it
-   were acknowledged, and silently dropping them is not an option.
+   were acknowledged, and silently dropping them is not an option (a record of an older
+   segment whose CRC holds but which does not decode raises it when it is replayed).
 4. Appends continue in the newest segment, or in a new one when there is none or its end
    does not meet the newest seq.
 
@@ -37,7 +40,18 @@ is rotated by the retry, since that is what the next write would do.
 A snapshot is written with :func:`~pushy_appliance.fsutil.write_durably` (staged as
 ``snapshot-<seq>.msgpack.tmp``, fsynced, renamed, the directory fsynced). After a snapshot the
 writer rotates likewise, keeps the two newest snapshots, and deletes older snapshots and every
-segment whose records are all covered by the older kept one.
+segment whose records are all covered by the older kept one, and every archive that neither
+kept snapshot refers to (except the one being appended to).
+
+Archives: blobs are appended to the newest archive, one group per ``write`` and ``fsync``; an
+archive that reached ``archive_bytes`` is left, and a new one is created (header fsynced, the
+directory fsynced) before any of its blobs is referred to. Opening never appends to an
+archive written before: the first group after an open starts a new one, so a torn group a
+crash left at the end of an archive stays there, unreferenced (``verify_store`` notes it).
+A group whose write or fsync fails is abandoned with its archive: the next group starts a
+new one. Opening refuses a store whose snapshot refers to an archive that is missing or
+shorter than the end the snapshot needs (:class:`~pushy_appliance.errors.StoreCorruptError`).
+A blob is read with one ``pread`` and its CRC checked.
 """
 
 from __future__ import annotations
@@ -57,14 +71,22 @@ from .. import fsutil
 from ..errors import StoreCorruptError, StoreError, StoreUnavailableError
 from ._base import GroupCommitStore, Recovered
 from ._format import (
+    FRAME_HEADER,
+    BlobRef,
+    archive_name,
+    check_blob,
     decode_snapshot,
+    encode_archive_header,
     encode_segment_header,
+    parse_archive_name,
     parse_segment_name,
     parse_snapshot_name,
-    scan_segment,
+    scan_frames,
     segment_name,
+    snapshot_archives,
     snapshot_name,
 )
+from ._replay import RecordLog, SegmentPart
 
 __all__ = ["LOCK_NAME", "QUARANTINE_DIR", "FileStore"]
 
@@ -96,6 +118,10 @@ class _Opened:
     snapshots: list[int]
     fd: int
     current_records: int
+    archives: dict[int, int]
+    """Archive number → size of every archive file."""
+    snapshot_archives: dict[int, dict[int, int]]
+    """Snapshot seq → the archives it refers to, for the snapshot that was loaded."""
 
 
 # --- small file helpers ---------------------------------------------------------------------
@@ -192,12 +218,16 @@ def _cut_tail(
     )
 
 
-def _load_snapshot(directory: Path, seqs: list[int], fsync: bool) -> tuple[Any | None, int]:
-    """Load the newest valid snapshot; quarantine (and drop from ``seqs``) invalid newer ones."""
+def _load_snapshot(
+    directory: Path, seqs: list[int], fsync: bool
+) -> tuple[Any | None, int, dict[int, int]]:
+    """Load the newest valid snapshot (state, seq, archives); quarantine (and drop from
+    ``seqs``) invalid newer ones."""
     for seq in reversed(list(seqs)):
         path = directory / snapshot_name(seq)
         try:
-            return decode_snapshot(path.read_bytes(), path=str(path), seq=seq), seq
+            snapshot = decode_snapshot(path.read_bytes(), path=str(path), seq=seq)
+            return snapshot.state, seq, snapshot.archives
         except StoreCorruptError as e:
             target = _quarantine_path(directory, path.name)
             os.replace(path, target)
@@ -211,7 +241,20 @@ def _load_snapshot(directory: Path, seqs: list[int], fsync: bool) -> tuple[Any |
                 e.reason,
                 target,
             )
-    return None, 0
+    return None, 0, {}
+
+
+def _check_archives(directory: Path, seq: int, used: dict[int, int], sizes: dict[int, int]) -> None:
+    """Refuse a snapshot whose archives are missing or cut short."""
+    for number, end in sorted(used.items()):
+        size = sizes.get(number)
+        if size is None or size < end:
+            found = "is missing" if size is None else f"has only {size} bytes"
+            raise StoreCorruptError(
+                str(directory / archive_name(number)),
+                0,
+                f"snapshot {seq} refers to it up to byte {end}, but it {found}",
+            )
 
 
 def _recover_locked(directory: Path, lock_fd: int, fsync: bool) -> _Opened:
@@ -222,11 +265,17 @@ def _recover_locked(directory: Path, lock_fd: int, fsync: bool) -> _Opened:
             log.warning("store: removed %s, left by a snapshot that did not finish", name)
     snapshots = sorted(s for s in map(parse_snapshot_name, names) if s is not None)
     firsts = sorted(s for s in map(parse_segment_name, names) if s is not None)
+    archives = {
+        n: (directory / archive_name(n)).stat().st_size
+        for n in (parse_archive_name(name) for name in names)
+        if n is not None
+    }
 
-    state, base = _load_snapshot(directory, snapshots, fsync)
+    state, base, used = _load_snapshot(directory, snapshots, fsync)
+    _check_archives(directory, base, used, archives)
 
     segments: list[_Segment] = []
-    records: list[tuple[int, dict[str, Any]]] = []
+    parts: list[SegmentPart] = []
     prev_end: int | None = None  # seq of the last record of the last segment read
     tail: tuple[_Segment, int] | None = None  # the newest segment read, with its record count
     for index, first in enumerate(firsts):
@@ -237,7 +286,9 @@ def _recover_locked(directory: Path, lock_fd: int, fsync: bool) -> _Opened:
             segments.append(_Segment(first, path, path.stat().st_size))
             continue
         data = path.read_bytes()
-        scan = scan_segment(data, path=str(path), first_seq=first)
+        # records are decoded when replayed (_replay); the newest segment's are decoded here
+        # too, as one that does not decode there is damage to cut, not to refuse
+        scan = scan_frames(data, path=str(path), first_seq=first, decode=newest)
         if scan.damage is not None:
             if not newest:
                 raise scan.damage
@@ -252,13 +303,11 @@ def _recover_locked(directory: Path, lock_fd: int, fsync: bool) -> _Opened:
             raise StoreCorruptError(
                 str(path), 0, f"segment starts at seq {first}, expected {prev_end + 1}"
             )
-        records.extend(
-            (first + k, record) for k, record in enumerate(scan.records) if first + k > base
-        )
-        prev_end = first + len(scan.records) - 1
+        parts.append(SegmentPart(path, first, scan.end, scan.count, base))
+        prev_end = first + scan.count - 1
         segment = _Segment(first, path, scan.end)
         segments.append(segment)
-        tail = (segment, len(scan.records))
+        tail = (segment, scan.count)
 
     last_seq = max(base, prev_end if prev_end is not None else 0)
     if tail is not None and tail[0] is segments[-1] and prev_end == last_seq:
@@ -268,8 +317,9 @@ def _recover_locked(directory: Path, lock_fd: int, fsync: bool) -> _Opened:
         fd, segment = _create_segment(directory, last_seq + 1, fsync=fsync)
         segments.append(segment)
         current_records = 0
+    records = RecordLog(parts)
     log.info(
-        "store: opened %s: snapshot at seq %d, %d record(s) replayed, last seq %d",
+        "store: opened %s: snapshot at seq %d, %d record(s) to replay, last seq %d",
         directory,
         base,
         len(records),
@@ -284,6 +334,8 @@ def _recover_locked(directory: Path, lock_fd: int, fsync: bool) -> _Opened:
         snapshots=snapshots,
         fd=fd,
         current_records=current_records,
+        archives=archives,
+        snapshot_archives={base: used} if state is not None else {},
     )
 
 
@@ -315,10 +367,17 @@ class FileStore(GroupCommitStore):
         fsync: whether to fsync (``False`` only for fast unit tests).
         segment_bytes: size after which the writer starts a new segment.
         queue_size: capacity of the writer's request channel.
+        archive_bytes: size after which the archive goes on in a new file.
     """
 
     def __init__(
-        self, opened: _Opened, *, fsync: bool, segment_bytes: int, queue_size: int
+        self,
+        opened: _Opened,
+        *,
+        fsync: bool,
+        segment_bytes: int,
+        queue_size: int,
+        archive_bytes: int = 64 * 1024 * 1024,
     ) -> None:
         super().__init__(opened.recovered, opened.last_seq, queue_size=queue_size)
         self._dir = opened.directory
@@ -332,6 +391,13 @@ class FileStore(GroupCommitStore):
         self._bytes = sum(s.size for s in self._segments)
         self._dirty = False
         """The current segment may hold bytes past its durable size (a failed group's)."""
+        self._archive_bytes = archive_bytes
+        self._archives = dict(opened.archives)
+        self._archive_fd: int | None = None
+        """The archive groups are appended to; none until the first group after open."""
+        self._archive_current = 0
+        self._next_archive = max(self._archives, default=0) + 1
+        self._snapshot_archives = dict(opened.snapshot_archives)
 
     @classmethod
     async def open(
@@ -341,6 +407,7 @@ class FileStore(GroupCommitStore):
         fsync: bool = True,
         segment_bytes: int = 64 * 1024 * 1024,
         queue_size: int = 4096,
+        archive_bytes: int = 64 * 1024 * 1024,
     ) -> FileStore:
         """Create or open the store in ``directory`` and recover it (see the module doc).
 
@@ -356,13 +423,19 @@ class FileStore(GroupCommitStore):
         lock it takes is never leaked; cancellation takes effect at the caller's next
         checkpoint.
         """
-        if segment_bytes < 1:
-            raise ValueError("segment_bytes must be at least 1")
+        if segment_bytes < 1 or archive_bytes < 1:
+            raise ValueError("segment_bytes and archive_bytes must be at least 1")
         if queue_size < 1:
             raise ValueError("queue_size must be at least 1")
         with trio.CancelScope(shield=True):
             opened = await trio.to_thread.run_sync(_recover, Path(directory), fsync)
-        return cls(opened, fsync=fsync, segment_bytes=segment_bytes, queue_size=queue_size)
+        return cls(
+            opened,
+            fsync=fsync,
+            segment_bytes=segment_bytes,
+            queue_size=queue_size,
+            archive_bytes=archive_bytes,
+        )
 
     @property
     def directory(self) -> Path:
@@ -374,6 +447,9 @@ class FileStore(GroupCommitStore):
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+        if self._archive_fd is not None:
+            os.close(self._archive_fd)
+            self._archive_fd = None
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
@@ -467,10 +543,11 @@ class FileStore(GroupCommitStore):
         except OSError as e:
             raise StoreError(f"cannot write snapshot {final}: {e.strerror or e}") from e
 
-    async def _after_snapshot(self, seq: int) -> None:
-        await trio.to_thread.run_sync(self._after_snapshot_sync, seq, self._last_seq)
+    async def _after_snapshot(self, seq: int, archives: dict[int, int]) -> None:
+        await trio.to_thread.run_sync(self._after_snapshot_sync, seq, self._last_seq, archives)
 
-    def _after_snapshot_sync(self, seq: int, last_seq: int) -> None:
+    def _after_snapshot_sync(self, seq: int, last_seq: int, archives: dict[int, int]) -> None:
+        self._snapshot_archives[seq] = archives
         if seq not in self._snapshots:
             bisect.insort(self._snapshots, seq)
         if self._current_records:
@@ -491,6 +568,11 @@ class FileStore(GroupCommitStore):
                 removed.append(segment.path)
                 self._bytes -= segment.size
             del self._segments[:keep]
+        for s in obsolete:
+            self._snapshot_archives.pop(s, None)
+        for number in self._unreferenced_archives():
+            removed.append(self._dir / archive_name(number))
+            del self._archives[number]
         failed = 0
         for path in removed:
             try:
@@ -507,5 +589,101 @@ class FileStore(GroupCommitStore):
             "store: snapshot at seq %d; removed %d obsolete file(s)", seq, len(removed) - failed
         )
 
+    def _unreferenced_archives(self) -> list[int]:
+        """Archives neither kept snapshot refers to, but not the one being appended to
+        (nothing is appended during a snapshot: it holds the archive lock)."""
+        referenced: set[int] = set()
+        for seq in self._snapshots:
+            used = self._snapshot_archives.get(seq)
+            if used is None:
+                path = self._dir / snapshot_name(seq)
+                try:
+                    used = snapshot_archives(path.read_bytes(), path=str(path), seq=seq)
+                except (OSError, StoreCorruptError) as e:
+                    log.warning("store: keeping every archive: cannot read %s: %s", path, e)
+                    return []
+                self._snapshot_archives[seq] = used
+            referenced.update(used)
+        current = self._archive_current if self._archive_fd is not None else None
+        return sorted(n for n in self._archives if n not in referenced and n != current)
+
     def _segment_figures(self) -> tuple[int, int]:
         return len(self._segments), self._bytes
+
+    # --- the archive (each *_sync runs in a worker thread, under the archive lock) -----------
+
+    def archive_sizes(self) -> dict[int, int]:
+        return dict(self._archives)
+
+    async def _append_blobs(self, frames: list[bytes]) -> list[BlobRef]:
+        return await trio.to_thread.run_sync(self._append_blobs_sync, frames)
+
+    def _new_archive(self) -> None:
+        number = self._next_archive
+        path = self._dir / archive_name(number)
+        header = encode_archive_header(number)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
+        try:
+            fsutil.write_all(fd, header)
+            if self._fsync:
+                os.fsync(fd)
+                fsutil.fsync_dir(self._dir)
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                path.unlink()
+            raise
+        self._next_archive = number + 1
+        if self._archive_fd is not None:
+            os.close(self._archive_fd)
+        self._archive_fd = fd
+        self._archive_current = number
+        self._archives[number] = len(header)
+
+    def _append_blobs_sync(self, frames: list[bytes]) -> list[BlobRef]:
+        path = self._dir / archive_name(self._next_archive)
+        try:
+            if self._archive_fd is None or self._archives[self._archive_current] >= (
+                self._archive_bytes
+            ):
+                self._new_archive()
+            number = self._archive_current
+            path = self._dir / archive_name(number)
+            assert self._archive_fd is not None
+            data = b"".join(frames)
+            fsutil.write_all(self._archive_fd, data)
+            if self._fsync:
+                os.fsync(self._archive_fd)
+        except OSError as e:
+            if self._archive_fd is not None:
+                # what this group left in it is never referred to: go on in a new archive
+                os.close(self._archive_fd)
+                self._archive_fd = None
+                current = self._dir / archive_name(self._archive_current)
+                with contextlib.suppress(OSError):
+                    self._archives[self._archive_current] = current.stat().st_size
+            raise StoreError(f"cannot write the archive {path}: {e.strerror or e}") from e
+        refs: list[BlobRef] = []
+        offset = self._archives[number]
+        for frame in frames:
+            refs.append((number, offset, len(frame) - FRAME_HEADER))
+            offset += len(frame)
+        self._archives[number] = offset
+        return refs
+
+    def _read_blob(self, ref: BlobRef) -> bytes:
+        number, offset, length = ref
+        path = self._dir / archive_name(number)
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            raise StoreCorruptError(str(path), offset, "the archive is missing") from None
+        except OSError as e:
+            raise StoreError(f"cannot read {path}: {e.strerror or e}") from e
+        try:
+            frame = os.pread(fd, FRAME_HEADER + length, offset)
+        except OSError as e:
+            raise StoreError(f"cannot read {path}: {e.strerror or e}") from e
+        finally:
+            os.close(fd)
+        return check_blob(frame, path=str(path), offset=offset, length=length)

@@ -63,7 +63,7 @@ from psycopg import conninfo
 
 from ..errors import StoreCorruptError, StoreError, StoreUnavailableError
 from ._base import GroupCommitStore, Recovered
-from ._format import decode_snapshot, encode_segment_header, scan_segment
+from ._format import BlobRef, decode_snapshot, encode_segment_header, scan_segment
 from ._outage import RETRY_FIRST, RETRY_MAX
 from ._pgurl import redact_url
 from ._verify import VerifyReport
@@ -266,7 +266,7 @@ def _read(conn: psycopg.Connection[Any], where: str) -> _Opened:
     for seq in seqs:
         row = conn.execute("SELECT state FROM pushy_snapshot WHERE seq = %s", (seq,)).fetchone()
         try:
-            state = decode_snapshot(bytes(row[0]) if row else b"", path=where, seq=seq)
+            state = decode_snapshot(bytes(row[0]) if row else b"", path=where, seq=seq).state
         except StoreCorruptError as e:
             log.warning(
                 "store: snapshot %d in %s is damaged (%s); trying an older one", seq, where, e
@@ -317,6 +317,10 @@ class PostgresStore(GroupCommitStore):
         exclusive: whether this store holds the database's open lock.
         queue_size: capacity of the writer's request channel.
     """
+
+    keeps_archive = False
+    """Closed jobs' details are not moved to an archive here: they stay in the appliance's
+    memory, packed (``docs/SCALE-OUT.md`` §13)."""
 
     def __init__(self, url: str, opened: _Opened, *, exclusive: bool, queue_size: int) -> None:
         super().__init__(opened.recovered, opened.head, queue_size=queue_size)
@@ -546,8 +550,18 @@ class PostgresStore(GroupCommitStore):
         except psycopg.Error as e:
             raise StoreError(f"cannot write snapshot {seq} to {self._where}: {_detail(e)}") from e
 
-    async def _after_snapshot(self, seq: int) -> None:
+    async def _after_snapshot(self, seq: int, archives: dict[int, int]) -> None:
+        # ``archives`` is empty: this store keeps no archive (``keeps_archive``)
         self._bytes = await trio.to_thread.run_sync(self._after_snapshot_sync, seq)
+
+    def archive_sizes(self) -> dict[int, int]:
+        return {}
+
+    async def _append_blobs(self, frames: list[bytes]) -> list[BlobRef]:
+        raise StoreError(f"{self._where} keeps no archive: closed jobs stay in memory")
+
+    def _read_blob(self, ref: BlobRef) -> bytes:
+        raise StoreCorruptError(self._where, ref[1], f"no archive {ref[0]} in PostgreSQL")
 
     def _after_snapshot_sync(self, seq: int) -> int:
         try:
