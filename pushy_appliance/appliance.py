@@ -31,9 +31,12 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 
 from . import __version__, chef_auth, fsutil, tls
+from .audit.model import AuditModel
+from .audit.recorder import AuditRecorder
+from .audit.retention import AuditRetention
 from .auth import Authenticator
 from .bootstrap import bootstrap, write_credentials
-from .config import ServerConfig, parse_host_port
+from .config import AuditConfig, ServerConfig, WebhooksConfig, parse_host_port
 from .config_files import resolve_data_dir
 from .db import Database
 from .errors import ConfigError, DataDirBusyError, StoreError
@@ -53,6 +56,8 @@ from .nodesock import serve_nodes
 from .replay import ReplayGuard
 from .services import Services
 from .store import Store, open_postgres_store, open_store
+from .webhooks.engine import WebhookEngine
+from .webhooks.model import WebhooksModel
 from .websession import WebSessions
 
 __all__ = ["DRAIN_SECONDS", "ServerInfo", "compact_store", "lock_data_dir", "new_database", "serve"]
@@ -102,11 +107,30 @@ class ServerInfo:
         }
 
 
-def new_database(store: Store, output_cap: int = 1_048_576) -> Database:
-    """A database over ``store`` with every model of the appliance."""
+def new_database(
+    store: Store,
+    output_cap: int = 1_048_576,
+    *,
+    audit: AuditConfig | None = None,
+    webhooks: WebhooksConfig | None = None,
+) -> Database:
+    """A database over ``store`` with every model of the appliance (the webhooks model
+    after the jobs model, whose records it reads as they are applied); ``audit`` and
+    ``webhooks``: their bounds (default: the configuration's defaults)."""
+    audit = audit or AuditConfig()
+    webhooks = webhooks or WebhooksConfig()
+    jobs = JobsModel(output_cap)
     return Database(
         store,
-        {"identity": IdentityModel(), "nodes": NodeModel(), "jobs": JobsModel(output_cap)},
+        {
+            "identity": IdentityModel(),
+            "nodes": NodeModel(),
+            "jobs": jobs,
+            "audit": AuditModel(audit.max_entries),
+            "webhooks": WebhooksModel(
+                jobs, max_pending=webhooks.max_pending, deliveries_kept=webhooks.deliveries_kept
+            ),
+        },
     )
 
 
@@ -247,7 +271,12 @@ async def _serve_locked(
         else open_postgres_store(config.store.url)
     )
     async with opened as store:
-        db = new_database(store, config.output.max_bytes_per_channel)
+        db = new_database(
+            store,
+            config.output.max_bytes_per_channel,
+            audit=config.audit,
+            webhooks=config.webhooks,
+        )
         replayed = db.recover()
         log.info(
             "store recovered: %d records replayed, snapshot at %d",
@@ -282,6 +311,13 @@ async def _serve_locked(
             late_result_timeout=config.jobs.late_result_timeout,
         )
         retention = Retention(db, feeds, retention_days=config.jobs.retention_days)
+        recorder = AuditRecorder(
+            db,
+            refusals_per_minute=config.audit.refusals_per_minute,
+            refusal_peers=config.audit.refusal_peers,
+        )
+        link.on_rehab = recorder.node_rehab
+        audit_retention = AuditRetention(db, retention_days=config.audit.retention_days)
 
         async def close_deleted_client(org: str, name: str) -> None:
             registry.disconnect(org, name, CLOSE_DELETED, "client deleted")
@@ -298,6 +334,8 @@ async def _serve_locked(
             await nursery.start(registry.run)
             await nursery.start(runner.run)
             await nursery.start(retention.run)
+            await nursery.start(recorder.run)
+            await nursery.start(audit_retention.run)
             nursery.start_soon(_compactor, db)
             nursery.start_soon(_gc_keeper, registry)
             bound_node_port: int = await nursery.start(
@@ -330,11 +368,15 @@ async def _serve_locked(
                     idle_timeout=config.ui.session_idle_timeout,
                     max_sessions=config.ui.max_sessions,
                 ),
+                audit=recorder,
                 on_client_deleted=(close_deleted_client,),
             )
             app = asgi_app(svc)
             binds: list[str] = await nursery.start(_run_http, app, hc, stop, http_done)
             bound_port = int(binds[0].rsplit(":", 1)[1])
+            # after both listeners are bound: deliveries never go to their ports locally
+            webhooks = WebhookEngine(db, config.webhooks, own_ports=(bound_port, bound_node_port))
+            await nursery.start(webhooks.run)
             scheme = "http" if config.insecure_http else "https"
             url = f"{scheme}://{_url_host(host)}:{bound_port}"
             node_url = f"{node_scheme}://{_url_host(host)}:{bound_node_port}"
@@ -360,6 +402,8 @@ async def _serve_locked(
                 log.info("shutting down: draining requests for up to %.0f s", DRAIN_SECONDS)
                 registry.close_all(CLOSE_GOING_AWAY, "server going away")
                 await http_done.wait()
+                with trio.move_on_after(SHUTDOWN_SNAPSHOT_SECONDS):
+                    await recorder.flush()
                 if store.statistics().records >= SHUTDOWN_SNAPSHOT_RECORDS:
                     # the next start loads a snapshot instead of replaying the log
                     with trio.move_on_after(SHUTDOWN_SNAPSHOT_SECONDS):

@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Awaitable, Callable
 
+from .audit.model import AuditModel
+from .audit.recorder import AuditRecorder
 from .auth import Authenticator
 from .config import ServerConfig
 from .db import Database
@@ -19,6 +21,7 @@ from .model import IdentityModel
 from .nodes.inventory import Inventory
 from .nodes.link import NodeLink
 from .nodes.registry import NodeRegistry
+from .webhooks.model import WebhooksModel
 from .websession import WebSessions
 
 __all__ = ["Services"]
@@ -44,6 +47,7 @@ class Services:
         node_port: the node listener's bound port, for ``connect_url``.
         node_scheme: ``wss`` or ``ws``.
         web_sessions: the dashboard's login links and sessions.
+        audit: the recorder of refusals (the audit entries no change carries).
         on_client_deleted: callbacks run after a client is deleted (closes its socket).
     """
 
@@ -62,9 +66,24 @@ class Services:
     node_port: int
     node_scheme: str
     web_sessions: WebSessions
+    audit: AuditRecorder
     on_client_deleted: tuple[Callable[[str, str], Awaitable[None]], ...] = ()
 
     @property
     def identity(self) -> IdentityModel:
         """The identity model (the one :attr:`auth` answers from)."""
         return self.auth.identity
+
+    @property
+    def audit_log(self) -> AuditModel:
+        """The stored audit entries."""
+        model = self.db.models["audit"]
+        assert isinstance(model, AuditModel)
+        return model
+
+    @property
+    def webhooks(self) -> WebhooksModel:
+        """The stored webhooks and their deliveries."""
+        model = self.db.models["webhooks"]
+        assert isinstance(model, WebhooksModel)
+        return model

@@ -99,6 +99,8 @@ class _LiveJob:
         self.outgoing: list[tuple[NodeSession, type[Any], dict[str, Any]]] = []
         """Frames the machine asked for, written by the job's task after the step is stored
         (directly to each node's connection when that cannot block)."""
+        self.riders: list[dict[str, Any]] = []
+        """Records to store in the job's next step (an abort's audit record)."""
 
     @property
     def id(self) -> str:
@@ -222,8 +224,21 @@ class JobRunner:
 
     # --- API operations ---------------------------------------------------------------------
 
-    async def create(self, org: str, req: JobRequest, requester: str) -> str:
+    async def create(
+        self,
+        org: str,
+        req: JobRequest,
+        requester: str,
+        *,
+        rerun_of: str | None = None,
+        riders: Callable[[str], Iterable[dict[str, Any]]] | None = None,
+    ) -> str:
         """Create and start a job; returns once its record is durable.
+
+        Args:
+            rerun_of: the job this one re-runs (kept in its spec).
+            riders: given the new job's id, records to store in the same commit as the job
+                (the request's audit record).
 
         Returns:
             The new job id (32 lowercase hex characters).
@@ -260,6 +275,8 @@ class JobRunner:
         }
         if req.search is not None:
             spec["search"] = req.search  # the query that named the nodes, as given
+        if rerun_of is not None:
+            spec["rerun_of"] = rerun_of
         stamper = MonotonicStamper()
         start_data: dict[str, Any] = {
             "command": req.command,
@@ -294,7 +311,7 @@ class JobRunner:
         # Once stored, the job must also run: a client that hangs up (cancelling this
         # request) must not leave a stored job that nobody drives until the next restart.
         with trio.CancelScope(shield=True):
-            await self.db.commit(created)
+            await self.db.commit(created, *(riders(job_id) if riders is not None else ()))
             log.info(
                 "job %s: started by %s in %s on %d node(s): %r",
                 job_id,
@@ -306,9 +323,13 @@ class JobRunner:
             await self._adopt(self.model.jobs[job_id], state, stamper, (effects, events))
         return job_id
 
-    async def abort(self, org: str, job_id: str) -> None:
+    async def abort(self, org: str, job_id: str, *, riders: Iterable[dict[str, Any]] = ()) -> None:
         """Abort a voting or running job and wait until its end is durable (not for the late
         results of the nodes it stopped: the job's and the nodes' statuses are final then).
+
+        Args:
+            riders: records to store in the same commit as the step that ends the job (the
+                request's audit record).
 
         Raises:
             NoSuchJobError: no such job in ``org``.
@@ -320,6 +341,7 @@ class JobRunner:
         job = self.live.get(job_id)
         if job is None or entry.finished:
             raise JobFinishedError(job_id)
+        job.riders.extend(riders)
         job.post(Abort(self._now()))
         await job.ended.wait()
 
@@ -411,7 +433,10 @@ class JobRunner:
             if isinstance(result, Result) and result.fields is not None:
                 results[result.node] = result.fields
         job.state = state
+        riders, job.riders = job.riders, []
         if not changed and not results and not outputs:
+            if riders:
+                await self.db.commit(*riders)
             self._perform(job, effects, [])
             return
         step = {
@@ -424,7 +449,7 @@ class JobRunner:
             "results": results,
             "at": now,
         }
-        await self.db.commit(step)
+        await self.db.commit(step, *riders)
         if is_finished(state):
             job.ended.set()
         released = [name for name in touched if not holds(state, name)]
@@ -469,6 +494,7 @@ class JobRunner:
                     self._send_abort(job, node, abort)
             elif isinstance(fx, SendRehab):
                 self._send_abort(job, fx.node, {"job_id": None})
+                self.link.on_rehab(org, fx.node, job.id)
             elif isinstance(fx, SendResultAck):
                 self._send(job, fx.node, protocol.ResultAck, {"job_id": job.id})
             elif isinstance(fx, StartTimer):

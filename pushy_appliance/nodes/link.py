@@ -103,6 +103,9 @@ class NodeLink:
         """``(org, node)`` → the live jobs that hold it."""
         self._rehab: dict[tuple[str, str], NodeSession] = {}
         """``(org, node)`` → its session that waits for ``aborted``."""
+        self.on_rehab: Callable[[str, str, str | None], None] = _no_observer
+        """Told ``(org, node, job_id)`` each time a node is sent to rehab, by the link
+        (``job_id`` ``None``) or for a live job by the runner (the audit log's node event)."""
 
     def connect(self, port: JobPort) -> None:
         """Hand node messages to ``port`` (the job runner) from now on."""
@@ -199,6 +202,7 @@ class NodeLink:
         ``aborted``."""
         self.expect_aborted(session)
         session.send(protocol.Abort, job_id=None)
+        self.on_rehab(session.org, session.name, None)
 
     # --- node messages (from the node listener) ---------------------------------------------
 
@@ -260,6 +264,10 @@ class NodeLink:
         now = self._now()
         for job_id in sorted(self._held.get((org, node), ())):
             await self.port.post(org, job_id, NodeDown(node, now))
+
+
+def _no_observer(org: str, node: str, job_id: str | None) -> None:
+    """:attr:`NodeLink.on_rehab` of a link nobody observes."""
 
 
 def _result(node: str, r: protocol.Result | protocol.ResultBody, now: float) -> Result:
