@@ -339,7 +339,8 @@ class JobRunner:
         if entry is None or entry.org != org:
             raise NoSuchJobError(job_id)
         job = self.live.get(job_id)
-        if job is None or entry.finished:
+        # (the job's own task may be storing the step that ends it: its riders are taken)
+        if job is None or entry.finished or is_finished(job.state):
             raise JobFinishedError(job_id)
         job.riders.extend(riders)
         job.post(Abort(self._now()))
