@@ -426,3 +426,53 @@ async def test_webhook_routes_refuse_bad_bodies_and_non_admins(tmp_path: Path) -
         assert r.status_code == 404
         r = await admin.get(f"{path}/{hook}/deliveries")
         assert r.status_code == 404
+
+
+async def test_cli_webhook_and_audit_commands(tmp_path: Path) -> None:
+    config = test_config(tmp_path / "data")
+    async with running_server(config) as info, admin_client(info) as admin:
+        home = tmp_path / "home"
+        knife_profile(home, info.url, info.data_dir)
+        cli = Cli(home)
+        added = await cli.run("webhook", "add", "https://hooks.example.com/x?t=1", "--json")
+        assert added.returncode == 0, show(added)
+        doc = json.loads(added.stdout)
+        assert doc["events"] == ["job_complete"] and len(doc["secret"]) == 64
+        r = await admin.get(f"{ORG}/pushy/webhooks")
+        assert [h["id"] for h in r.json()] == [doc["id"]]
+        assert doc["secret"] not in r.text
+        listed = await cli.run("webhook", "list")
+        assert listed.returncode == 0, show(listed)
+        assert doc["id"] in listed.stdout.decode()
+        assert "https://hooks.example.com/x?t=1" in listed.stdout.decode()
+        refused = await cli.run("webhook", "add", "http://hooks.example.com/x")
+        assert refused.returncode == 3, show(refused)
+        assert b"https://" in refused.stderr
+        removed = await cli.run("webhook", "remove", doc["id"][:6])
+        assert removed.returncode == 0, show(removed)
+        assert f"webhook {doc['id']} removed" in removed.stdout.decode()
+
+        shown = await cli.run("audit", "--since", "1h", "--action", "webhook", "--json")
+        assert shown.returncode == 0, show(shown)
+        entries = json.loads(shown.stdout)["entries"]
+        assert [(e["action"], e["target"]) for e in entries] == [
+            ("webhook.delete", doc["id"]),
+            ("webhook.create", doc["id"]),
+        ]
+        assert doc["secret"] not in shown.stdout.decode()
+        table = await cli.run("audit", "--actor", "admin", "--limit", "1")
+        assert table.returncode == 0, show(table)
+        lines = table.stdout.decode().splitlines()
+        assert lines[0].split() == ["TIME", "ACTOR", "ACTION", "TARGET", "STATUS", "FROM"]
+        assert lines[1].split()[1:] == [
+            "admin",
+            "webhook.delete",
+            f"default/{doc['id']}",
+            "200",
+            "127.0.0.1",
+        ]
+        assert b"more entries than --limit 1" in table.stderr
+        future = await cli.run("audit", "--since", "2999-01-01T00:00:00Z", "--json")
+        assert json.loads(future.stdout) == {"entries": [], "more": False}
+        bad = await cli.run("audit", "--since", "yesterday")
+        assert bad.returncode == 2, show(bad)
