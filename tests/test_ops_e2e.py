@@ -9,7 +9,7 @@ import hashlib
 import hmac
 import json
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -20,7 +20,7 @@ from test_cli_jobs import Cli, knife_profile, show
 from test_jobs_e2e import JOBS, LIMIT, ORG, cluster, job_doc, output, start_job, wait_job
 from test_node_e2e import create_client
 
-from pushy_appliance import chef_auth
+from pushy_appliance import chef_auth, tls
 
 from helpers import Signed, admin_client, running_server, test_config
 
@@ -56,7 +56,11 @@ class Receiver:
     script: list[int] = field(default_factory=list)
     got: list[Received] = field(default_factory=list)
 
-    async def handle(self, stream: trio.SocketStream) -> None:
+    async def handle(self, stream: trio.abc.Stream) -> None:
+        with suppress(trio.BrokenResourceError):  # a client that refused our TLS handshake
+            await self._handle(stream)
+
+    async def _handle(self, stream: trio.abc.Stream) -> None:
         data = b""
         while b"\r\n\r\n" not in data:
             chunk = await stream.receive_some()
@@ -476,3 +480,72 @@ async def test_cli_webhook_and_audit_commands(tmp_path: Path) -> None:
         assert json.loads(future.stdout) == {"entries": [], "more": False}
         bad = await cli.run("audit", "--since", "yesterday")
         assert bad.returncode == 2, show(bad)
+
+
+async def test_webhook_over_https_checks_the_receivers_certificate(tmp_path: Path) -> None:
+    ca_pem, ca_key = tls.generate_ca("receivers' CA")
+    cert, key = tls.issue_server_cert(ca_pem, ca_key, ["localhost"], [])
+    for name, pem in (("ca.pem", ca_pem), ("cert.pem", cert), ("key.pem", key)):
+        (tmp_path / name).write_bytes(pem)
+    context = tls.server_ssl_context(tmp_path / "cert.pem", tmp_path / "key.pem")
+    rx = Receiver()
+    flags = {
+        "webhooks.allow": ["127.0.0.1", "::1"],
+        "webhooks.ca_file": str(tmp_path / "ca.pem"),
+        "webhooks.retry_initial": 60.0,
+    }
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(
+            partial(trio.serve_ssl_over_tcp, rx.handle, 0, context, host="localhost")
+        )
+        rx.port = listeners[0].transport_listener.socket.getsockname()[1]
+        config = test_config(tmp_path / "data", **flags)
+        async with running_server(config) as info, admin_client(info) as admin:
+            with trio.fail_after(LIMIT):
+                good = await add_hook(admin, f"https://localhost:{rx.port}/in")
+                # the certificate names localhost, not the address
+                bad = await add_hook(admin, f"https://127.0.0.1:{rx.port}/in")
+                job = await start_job(admin, {"command": "x", "nodes": ["nowhere"]})
+                await wait_job(admin, job)
+                done = await wait_delivery(admin, good, state="delivered")
+                assert done["attempts"] == 1
+                [got] = rx.got
+                assert got.headers["host"] == f"localhost:{rx.port}"
+                verify(SECRET, got)
+                assert got.doc["job"]["nodes"] == {"unavailable": 1}
+                failed = await wait_delivery(admin, bad, attempts=1)
+                assert failed["state"] == "pending"
+                assert "certificate" in failed["last_attempts"][0]["error"].lower()
+                assert len(rx.got) == 1
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_receiver_that_never_answers_delays_no_other(tmp_path: Path) -> None:
+    hung = trio.Event()
+
+    async def never_answer(stream: trio.SocketStream) -> None:
+        await stream.receive_some()
+        hung.set()
+        await trio.sleep_forever()
+
+    flags = {**HOOK_FLAGS, "webhooks.timeout": 2.0, "webhooks.retry_initial": 60.0}
+    async with receiver() as rx, trio.open_nursery() as nursery:
+        listeners = await nursery.start(partial(trio.serve_tcp, never_answer, 0, host="127.0.0.1"))
+        dead_port = listeners[0].socket.getsockname()[1]
+        config = test_config(tmp_path / "data", **flags)
+        async with running_server(config) as info, admin_client(info) as admin:
+            with trio.fail_after(LIMIT):
+                dead = await add_hook(admin, f"http://127.0.0.1:{dead_port}/")
+                alive = await add_hook(admin, f"http://127.0.0.1:{rx.port}/")
+                job = await start_job(admin, {"command": "x", "nodes": ["nowhere"]})
+                await wait_job(admin, job)
+                await hung.wait()
+                # delivered while the other receiver holds its attempt open
+                done = await wait_delivery(admin, alive, state="delivered")
+                assert done["attempts"] == 1
+                assert (await deliveries(admin, dead))[0]["attempts"] == 0
+                late = await wait_delivery(admin, dead, attempts=1)
+                assert late["state"] == "pending"
+                assert late["last_attempts"][0]["error"] == "no answer within 2 s"
+                assert late["last_attempts"][0]["ms"] >= 2000
+        nursery.cancel_scope.cancel()

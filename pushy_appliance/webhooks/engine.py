@@ -382,6 +382,13 @@ def _receiver(hook: Webhook) -> tuple[str, int]:
 
 
 def _describe(e: httpx.HTTPError, target: Target) -> str:
-    """An HTTP error in a few words, without the URL's path (it may be a credential)."""
-    text = str(e).replace(target.path, "/…") if target.path != "/" else str(e)
+    """An HTTP error in a few words, without the URL's path (it may be a credential); the
+    cause's words when the error has none (a refused certificate)."""
+    cause: BaseException | None = e
+    text = ""
+    while cause is not None and not text:
+        text = str(cause)
+        cause = cause.__cause__ or cause.__context__
+    if target.path != "/":
+        text = text.replace(target.path, "/…")
     return f"{type(e).__name__}: {text}"[:300] if text else type(e).__name__
