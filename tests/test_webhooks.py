@@ -7,12 +7,18 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import socket
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
+import trio
 
+from pushy_appliance.appliance import new_database
+from pushy_appliance.config import WebhooksConfig
 from pushy_appliance.errors import ValidationError
+from pushy_appliance.store import open_store
+from pushy_appliance.webhooks.engine import WebhookEngine
 from pushy_appliance.webhooks.model import (
     DELIVERED,
     FAILED,
@@ -258,3 +264,46 @@ def test_bounds_and_deletion() -> None:
     assert m.webhooks["w1"].pending == 1
     m = replay([*records, {"t": "webhook.delete", "id": "w1"}], max_pending=3)
     assert m.pending == {} and m.webhooks == {}
+
+
+# --- resolution at each attempt (DNS rebinding) ---------------------------------------------
+
+
+class Resolver(trio.abc.HostnameResolver):
+    """Answers ``rebind.example`` with the next list of ``answers`` at each lookup."""
+
+    def __init__(self, answers: list[list[str]]) -> None:
+        self.answers = answers
+
+    async def getaddrinfo(self, host: Any, port: Any, *args: Any, **kw: Any) -> Any:
+        assert host in ("rebind.example", b"rebind.example")
+        return [
+            (socket.AF_INET6 if ":" in a else socket.AF_INET, socket.SOCK_STREAM, 6, "", (a, port))
+            for a in self.answers.pop(0)
+        ]
+
+    async def getnameinfo(self, *args: Any) -> Any:
+        raise AssertionError("the engine never asks for a name")
+
+
+async def test_every_address_is_checked_at_every_attempt() -> None:
+    async with open_store(None) as store:
+        engine = WebhookEngine(
+            new_database(store), WebhooksConfig(), own_ports=(8443,), is_local=lambda a: False
+        )
+        target = parse_url("https://rebind.example/hook", allow_http=False)
+        previous = trio.socket.set_custom_hostname_resolver(
+            Resolver(
+                [["93.184.216.34"], ["93.184.216.34", "127.0.0.1"], ["::ffff:169.254.169.254"]]
+            )
+        )
+        try:
+            assert await engine._address(target) == ("93.184.216.34", None)
+            address, why = await engine._address(target)
+            assert address is None and why == (
+                "refused: 127.0.0.1 is a loopback address (not allowed by default)"
+            )
+            address, why = await engine._address(target)
+            assert address is None and "link-local" in (why or "")
+        finally:
+            trio.socket.set_custom_hostname_resolver(previous)
