@@ -40,7 +40,7 @@ import socket
 import ssl
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
@@ -368,10 +368,34 @@ class WebhookEngine:
         extensions: dict[str, Any] = {}
         if target.scheme == "https" and target.host != address:
             extensions["sni_hostname"] = target.host
-        async with self._http.stream(
-            "POST", url, content=body, headers=headers, extensions=extensions
-        ) as response:
-            return response.status_code
+        extensions["timeout"] = httpx.Timeout(self.config.timeout).as_dict()
+        request = httpx.Request(
+            "POST",
+            url,
+            headers={**headers, "Content-Length": str(len(body))},
+            stream=_Body(body),
+            extensions=extensions,
+        )
+        response = await self._http.send(request, stream=True)
+        await response.aclose()  # only the status counts
+        return response.status_code
+
+
+class _Body(httpx.AsyncByteStream):
+    """A request body in one piece, read through a plain iterator: an attempt cancelled in
+    the middle (its timeout, a shutdown) leaves no half-read async generator behind (httpx's
+    own ``bytes`` stream is one, and warns when collected)."""
+
+    def __init__(self, data: bytes) -> None:
+        self._chunks = [data]
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if not self._chunks:
+            raise StopAsyncIteration
+        return self._chunks.pop()
 
 
 def _receiver(hook: Webhook) -> tuple[str, int]:
