@@ -549,3 +549,34 @@ async def test_a_receiver_that_never_answers_delays_no_other(tmp_path: Path) -> 
                 assert late["last_attempts"][0]["error"] == "no answer within 2 s"
                 assert late["last_attempts"][0]["ms"] >= 2000
         nursery.cancel_scope.cancel()
+
+
+async def test_audit_behind_a_trusted_proxy(tmp_path: Path) -> None:
+    flags = {"audit.trusted_proxies": ["127.0.0.0/8"], "audit.refusals_per_minute": 1}
+    config = test_config(tmp_path / "data", **flags)
+    async with running_server(config) as info, admin_client(info) as admin:
+        with trio.fail_after(LIMIT):
+            fwd = {"X-Forwarded-For": "198.51.100.7, 203.0.113.5"}
+            r = await admin.post(f"{ORG}/groups", {"groupname": "ops"}, headers=fwd)
+            assert r.status_code == 201, r.text
+            # refusals are counted per client the proxy names: one each is recorded
+            stranger = Signed(admin.http, admin.base, "admin", chef_auth.generate_private_key())
+            for client in ("203.0.113.5", "203.0.113.5", "203.0.113.6"):
+                r = await stranger.get(f"{ORG}/pushy/jobs", headers={"X-Forwarded-For": client})
+                assert r.status_code == 401
+            while True:
+                refused = await audit(admin, action="refused")
+                if len(refused) == 2:
+                    break
+                await trio.sleep(0.05)
+            assert [e["forwarded_for"] for e in refused] == ["203.0.113.6", "203.0.113.5"]
+            assert {e["peer"] for e in refused} == {"127.0.0.1"}
+            [made] = await audit(admin, action="group.create")
+            assert (made["target"], made["peer"]) == ("ops", "127.0.0.1")
+            assert made["forwarded_for"] == "198.51.100.7, 203.0.113.5"
+    # without the proxy trusted, the header is not recorded
+    async with running_server(test_config(tmp_path / "data2")) as info, admin_client(info) as admin:
+        r = await admin.post(f"{ORG}/groups", {"groupname": "ops"}, headers=fwd)
+        assert r.status_code == 201, r.text
+        [made] = await audit(admin, action="group.create")
+        assert made["forwarded_for"] is None
