@@ -580,3 +580,30 @@ async def test_audit_behind_a_trusted_proxy(tmp_path: Path) -> None:
         assert r.status_code == 201, r.text
         [made] = await audit(admin, action="group.create")
         assert made["forwarded_for"] is None
+
+
+async def test_cli_webhook_secret_file_and_deliveries(tmp_path: Path) -> None:
+    config = test_config(tmp_path / "data", **HOOK_FLAGS)
+    async with receiver([503]) as rx, running_server(config) as info, admin_client(info) as admin:
+        home = tmp_path / "home"
+        knife_profile(home, info.url, info.data_dir)
+        cli = Cli(home)
+        (home / "secret").write_text(SECRET + "\n")
+        url = f"http://127.0.0.1:{rx.port}/in"
+        added = await cli.run(
+            "webhook", "add", url, "--secret-file", str(home / "secret"), "--event", "job_start"
+        )
+        assert added.returncode == 0, show(added)
+        assert SECRET not in added.stdout.decode() and "secret" not in added.stdout.decode()
+        hook = added.stdout.decode().split()[1].rstrip(":")
+        with trio.fail_after(LIMIT):
+            job = await start_job(admin, {"command": "x", "nodes": ["nowhere"]})
+            [got] = await rx.wait_count(1)
+            verify(SECRET, got)  # the secret as read from the file, its newline dropped
+            assert got.doc["event"] == "job_start" and got.doc["job"]["id"] == job
+            await wait_delivery(admin, hook, attempts=1)
+        shown = await cli.run("webhook", "deliveries", hook[:8])
+        assert shown.returncode == 0, show(shown)
+        lines = shown.stdout.decode().splitlines()
+        assert lines[0].split() == ["DELIVERY", "EVENT", "JOB", "STATE", "ATTEMPTS", "LAST"]
+        assert lines[1].split()[1:] == ["job_start", job, "pending", "1", "503"]
