@@ -580,6 +580,19 @@ async def test_audit_behind_a_trusted_proxy(tmp_path: Path) -> None:
         assert r.status_code == 201, r.text
         [made] = await audit(admin, action="group.create")
         assert made["forwarded_for"] is None
+        # a dashboard login link is a credential handed out: recorded (batched)
+        r = await admin.post(f"{ORG}/pushy/ui/links")
+        assert r.status_code == 201, r.text
+        with trio.fail_after(LIMIT):
+            while True:
+                links = await audit(admin, action="ui.link")
+                if links:
+                    break
+                await trio.sleep(0.05)
+        assert [(e["actor"], e["route"], e["status"]) for e in links] == [
+            ("admin", "/organizations/<org>/pushy/ui/links", 201)
+        ]
+        assert r.json()["url"].rsplit("/", 1)[1] not in json.dumps(links)
 
 
 async def test_cli_webhook_secret_file_and_deliveries(tmp_path: Path) -> None:

@@ -1,10 +1,11 @@
-"""The audit entries that no change carries: refused requests and node rehab.
+"""The audit entries that no change carries: refused requests, node rehab and dashboard
+login links.
 
 A state change made through the API stores its audit entry in its own commit (the route
 passes it to ``Database.commit``, ``JobRunner.create`` or ``JobRunner.abort``). A refusal
-(401, 403) and a node sent to rehab change nothing to commit with, so they are queued here
-(never blocking) and committed in batches, one ``batch`` record per
-:data:`FLUSH_SECONDS` at most:
+(401, 403), a node sent to rehab and a dashboard login link made (``ui.link``) change
+nothing to commit with, so they are queued here (never blocking) and committed in batches,
+one ``batch`` record per :data:`FLUSH_SECONDS` at most:
 
 * a refusal must stay a 401 or 403 whatever the disk does: were its entry committed before
   the response, a full disk would turn every refusal into a 503, and a flood of bad
@@ -104,6 +105,15 @@ class AuditRecorder:
         self._put(
             audit_record(at=self._now(), action=NODE_REHAB, org=org, target=node, summary=summary)
         )
+
+    def note(self, record: dict[str, Any]) -> None:
+        """An entry of a request that changed nothing stored (a dashboard login link made);
+        never blocks.
+
+        Args:
+            record: an ``audit`` record (:func:`~.model.audit_record`).
+        """
+        self._put(record)
 
     def _put(self, record: dict[str, Any]) -> None:
         if len(self._queue) >= MAX_QUEUED:
