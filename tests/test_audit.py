@@ -4,10 +4,12 @@ recorder and retention, on an in-memory store (``docs/OPERATIONS.md``)."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
 import trio
+from test_node_link import open_node, queued
 
 from pushy_appliance.appliance import new_database
 from pushy_appliance.audit.model import AuditModel, audit_record, purge_record
@@ -16,7 +18,10 @@ from pushy_appliance.audit.refusals import RefusalLimiter
 from pushy_appliance.audit.retention import AuditRetention
 from pushy_appliance.audit.summary import identity_summary, job_summary, url_origin
 from pushy_appliance.jobs.validation import validate_job_request
+from pushy_appliance.nodes.link import NodeLink
 from pushy_appliance.store import open_store
+
+from helpers import idle_hello, memory_registry
 
 
 def entry(
@@ -156,3 +161,15 @@ async def test_retention_purges_and_survives_replay(tmp_path: Path) -> None:
         model = db.models["audit"]
         assert isinstance(model, AuditModel)
         assert [(e.id, e.target) for e in model.query("o1").entries] == [(2, "new")]
+
+
+async def test_the_link_tells_of_each_node_it_sends_to_rehab() -> None:
+    async with memory_registry() as registry:
+        link = NodeLink(registry, now=lambda: 1000.0)
+        told: list[tuple[str, str, str | None]] = []
+        link.on_rehab = lambda org, node, job: told.append((org, node, job))
+        hello = dataclasses.replace(idle_hello(), job_id="j1", job_state="running")
+        session, outbox = open_node(link, hello)
+        await link.node_hello(session, hello)
+        assert [f.TYPE for f in queued(outbox)] == ["abort"]
+        assert told == [("o", "n", None)]
