@@ -131,7 +131,7 @@ class Delivery:
             self.next_at,
             self.state,
             self.attempts,
-            self.history,
+            list(self.history),  # a copy: the snapshot is written after the models go on
         ]
 
     @classmethod
