@@ -586,6 +586,19 @@ async def test_audit_behind_a_trusted_proxy(tmp_path: Path) -> None:
         assert r.status_code == 201, r.text
         [made] = await audit(admin, action="group.create")
         assert made["forwarded_for"] is None
+        r = await admin.get("/pushy/audit")  # the superuser's only
+        assert r.status_code == 403
+        async with admin_client(info, "pivotal") as root:  # no org's: the superuser sees it
+            with trio.fail_after(LIMIT):
+                while True:
+                    r = await root.get("/pushy/audit?action=refused")
+                    refused = r.json()["entries"]
+                    if refused:
+                        break
+                    await trio.sleep(0.05)
+        assert [(e["org"], e["actor"], e["route"], e["status"]) for e in refused] == [
+            (None, "admin", "/pushy/audit", 403)
+        ]
         # a dashboard login link is a credential handed out: recorded (batched)
         r = await admin.post(f"{ORG}/pushy/ui/links")
         assert r.status_code == 201, r.text

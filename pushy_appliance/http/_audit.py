@@ -121,10 +121,12 @@ def audit_entry(
 
 def note_refusal(svc: Services, e: AuthError) -> None:
     """Queue the entry of a refused request (401, 403) of the signed routes (``/users…``,
-    ``/organizations…``); the recorder limits them per peer. The actor is the name the
+    ``/organizations…``, ``/pushy/…``; not the dashboard's ``/ui/…``, whose session check
+    is no request of the API); the recorder limits them per peer. The actor is the name the
     request claims (``X-Ops-UserId``: a 401's is not verified)."""
     path = request.path
-    if e.status not in (401, 403) or not path.startswith(("/organizations", "/users")):
+    signed_route = path.startswith(("/organizations", "/users", "/pushy/"))
+    if e.status not in (401, 403) or not signed_route:
         return
     parts = path.split("/")
     org = parts[2][:255] if len(parts) > 2 and parts[1] == "organizations" and parts[2] else None
