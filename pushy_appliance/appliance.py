@@ -35,9 +35,12 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 
 from . import __version__, chef_auth, fsutil, tls
+from .audit.model import AuditModel
+from .audit.recorder import AuditRecorder
+from .audit.retention import AuditRetention
 from .auth import Authenticator
 from .bootstrap import bootstrap, write_credentials
-from .config import ServerConfig, parse_host_port
+from .config import AuditConfig, ServerConfig, WebhooksConfig, parse_host_port
 from .config_files import resolve_data_dir
 from .db import Database
 from .errors import ConfigError, DataDirBusyError, StoreError
@@ -57,6 +60,8 @@ from .nodesock import serve_nodes
 from .replay import ReplayGuard
 from .services import Services
 from .store import Store, open_postgres_store, open_store
+from .webhooks.engine import WebhookEngine
+from .webhooks.model import WebhooksModel
 from .websession import WebSessions
 
 __all__ = ["DRAIN_SECONDS", "ServerInfo", "compact_store", "lock_data_dir", "new_database", "serve"]
@@ -115,11 +120,31 @@ class ServerInfo:
 
 
 def new_database(
-    store: Store, output_cap: int = 1_048_576, history_cache_bytes: int = DEFAULT_HISTORY_CACHE
+    store: Store,
+    output_cap: int = 1_048_576,
+    history_cache_bytes: int = DEFAULT_HISTORY_CACHE,
+    *,
+    audit: AuditConfig | None = None,
+    webhooks: WebhooksConfig | None = None,
 ) -> Database:
-    """A database over ``store`` with every model of the appliance."""
+    """A database over ``store`` with every model of the appliance (the webhooks model
+    after the jobs model, whose records it reads as they are applied); ``audit`` and
+    ``webhooks``: their bounds (default: the configuration's defaults)."""
+    audit = audit or AuditConfig()
+    webhooks = webhooks or WebhooksConfig()
     jobs = JobsModel(output_cap, history_cache_bytes)
-    return Database(store, {"identity": IdentityModel(), "nodes": NodeModel(), "jobs": jobs})
+    return Database(
+        store,
+        {
+            "identity": IdentityModel(),
+            "nodes": NodeModel(),
+            "jobs": jobs,
+            "audit": AuditModel(audit.max_entries),
+            "webhooks": WebhooksModel(
+                jobs, max_pending=webhooks.max_pending, deliveries_kept=webhooks.deliveries_kept
+            ),
+        },
+    )
 
 
 @contextlib.contextmanager
@@ -260,7 +285,11 @@ async def _serve_locked(
     )
     async with opened as store:
         db = new_database(
-            store, config.output.max_bytes_per_channel, config.jobs.history_cache_bytes
+            store,
+            config.output.max_bytes_per_channel,
+            config.jobs.history_cache_bytes,
+            audit=config.audit,
+            webhooks=config.webhooks,
         )
         replayed = db.recover()
         log.info(
@@ -318,6 +347,13 @@ async def _serve_locked(
             max_live_job_nodes=config.limits.max_live_job_nodes,
         )
         retention = Retention(db, feeds, retention_days=config.jobs.retention_days)
+        recorder = AuditRecorder(
+            db,
+            refusals_per_minute=config.audit.refusals_per_minute,
+            refusal_peers=config.audit.refusal_peers,
+        )
+        link.on_rehab = recorder.node_rehab
+        audit_retention = AuditRetention(db, retention_days=config.audit.retention_days)
 
         node_scheme = "ws" if config.insecure_http else "wss"
         hc = _hypercorn_config(config, data_dir, host, port)
@@ -333,6 +369,8 @@ async def _serve_locked(
             await nursery.start(retention.run)
             await nursery.start(feeds.run)
             await nursery.start(hub.run)
+            await nursery.start(recorder.run)
+            await nursery.start(audit_retention.run)
             nursery.start_soon(_compactor, db)
             nursery.start_soon(_gc_keeper, registry)
             bound_node_port: int = await nursery.start(
@@ -361,10 +399,14 @@ async def _serve_locked(
                 node_port=bound_node_port,
                 node_scheme=node_scheme,
                 web_sessions=web_sessions,
+                audit=recorder,
             )
             app = asgi_app(svc)
             binds: list[str] = await nursery.start(_run_http, app, hc, stop, http_done)
             bound_port = int(binds[0].rsplit(":", 1)[1])
+            # after both listeners are bound: deliveries never go to their ports locally
+            webhooks = WebhookEngine(db, config.webhooks, own_ports=(bound_port, bound_node_port))
+            await nursery.start(webhooks.run)
             scheme = "http" if config.insecure_http else "https"
             url = f"{scheme}://{_url_host(host)}:{bound_port}"
             node_url = f"{node_scheme}://{_url_host(host)}:{bound_node_port}"
@@ -394,6 +436,8 @@ async def _serve_locked(
                 hub.close_all()
                 await _end_feeds(feeds, bound_port)
                 await _drain(http_done, bound_port)
+                with trio.move_on_after(SHUTDOWN_SNAPSHOT_SECONDS):
+                    await recorder.flush()
                 if store.statistics().records >= SHUTDOWN_SNAPSHOT_RECORDS:
                     # the next start loads a snapshot instead of replaying the log
                     with trio.move_on_after(SHUTDOWN_SNAPSHOT_SECONDS):

@@ -29,6 +29,7 @@ file (:func:`~pushy_appliance.config_files.load_server_config`,
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import re
 import tomllib
 import types
@@ -44,6 +45,7 @@ __all__ = [
     "DEFAULT_PROTECTED_ENV",
     "AgentConfig",
     "AllowEntry",
+    "AuditConfig",
     "AuthConfig",
     "FeedsConfig",
     "HeartbeatConfig",
@@ -55,6 +57,7 @@ __all__ = [
     "StoreConfig",
     "TLSConfig",
     "UiConfig",
+    "WebhooksConfig",
     "build_agent_config",
     "build_server_config",
     "parse_host_port",
@@ -178,6 +181,56 @@ class UiConfig:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class AuditConfig:
+    """The audit log (``docs/OPERATIONS.md``)."""
+
+    retention_days: float = 365.0
+    """Days an audit entry is kept; 0 keeps them forever (``max_entries`` still applies)."""
+    max_entries: int = 1_000_000
+    """Most entries held; one more drops the oldest."""
+    refusals_per_minute: int = 60
+    """Refused requests (401, 403) of one peer recorded per minute; the rest are counted."""
+    refusal_peers: int = 10_000
+    """Peers whose refusals are counted at once; the least recently refused is forgotten."""
+    trusted_proxies: tuple[str, ...] = ()
+    """Addresses or CIDRs of proxies whose ``X-Forwarded-For`` is recorded (and counted as
+    the peer); empty: the header is ignored."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class WebhooksConfig:
+    """Job notifications by webhook (``docs/OPERATIONS.md``)."""
+
+    allow: tuple[str, ...] = ()
+    """Hosts (``hooks.example.com``, ``*.example.com``) and addresses or CIDRs deliveries
+    may go to; empty: any address but loopback, link-local, multicast and reserved ones."""
+    allow_http_orgs: tuple[str, ...] = ()
+    """Organizations whose webhooks may use ``http://`` (else ``https://`` only)."""
+    ca_file: str | None = None
+    """CA certificates receivers are checked against; unset: the system's."""
+    max_per_org: int = 20
+    """Most webhooks of one organization."""
+    max_pending: int = 10_000
+    """Most deliveries queued at once (all organizations); one more is dropped (counted)."""
+    deliveries_kept: int = 100
+    """Finished deliveries kept per webhook for ``GET …/deliveries``."""
+    max_payload_bytes: int = 65_536
+    """Largest delivery body; beyond, the failed nodes' names are cut."""
+    workers: int = 8
+    """Deliveries in flight at once."""
+    per_receiver: int = 2
+    """Deliveries in flight at once to one receiver (host and port)."""
+    timeout: float = 10.0
+    """Seconds one attempt may take (resolving, connecting, the answer's status line)."""
+    retry_initial: float = 10.0
+    """Seconds before the first retry; each next one waits twice as long."""
+    retry_max_interval: float = 3600.0
+    """Longest wait between two attempts."""
+    retry_for: float = 86_400.0
+    """Seconds after the event beyond which a delivery is not tried again (it fails)."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class LogConfig:
     level: str = "info"
     """One of debug, info, warning, error."""
@@ -209,6 +262,8 @@ class ServerConfig:
     limits: LimitsConfig = LimitsConfig()
     auth: AuthConfig = AuthConfig()
     ui: UiConfig = UiConfig()
+    audit: AuditConfig = AuditConfig()
+    webhooks: WebhooksConfig = WebhooksConfig()
     log: LogConfig = LogConfig()
 
     @property
@@ -561,6 +616,8 @@ def _check_server(c: ServerConfig) -> ServerConfig:
             raise ConfigError("config", key, "must be positive")
     if c.limits.handshake_timeout <= 0:
         raise ConfigError("config", "limits.handshake_timeout", "must be positive")
+    _check_audit(c.audit)
+    _check_webhooks(c.webhooks)
     if c.log.level not in ("debug", "info", "warning", "error"):
         raise ConfigError("config", "log.level", "must be debug, info, warning or error")
     if c.log.format not in ("text", "json"):
@@ -570,6 +627,64 @@ def _check_server(c: ServerConfig) -> ServerConfig:
             "config", "bootstrap.org", f"invalid organization name {c.bootstrap.org!r}"
         )
     return c
+
+
+def _check_audit(a: AuditConfig) -> None:
+    if a.retention_days < 0:
+        raise ConfigError("config", "audit.retention_days", "must be 0 or more")
+    for key, val in (
+        ("audit.max_entries", a.max_entries),
+        ("audit.refusals_per_minute", a.refusals_per_minute),
+        ("audit.refusal_peers", a.refusal_peers),
+    ):
+        if val < 1:
+            raise ConfigError("config", key, "must be positive")
+    for i, entry in enumerate(a.trusted_proxies):
+        try:
+            ipaddress.ip_network(entry.strip(), strict=False)
+        except ValueError:
+            raise ConfigError(
+                "config", f"audit.trusted_proxies[{i}]", f"not an address or CIDR: {entry!r}"
+            ) from None
+
+
+def _check_webhooks(w: WebhooksConfig) -> None:
+    for i, entry in enumerate(w.allow):
+        text = entry.strip()
+        try:
+            ipaddress.ip_network(text, strict=False)
+            continue
+        except ValueError:
+            pass
+        if not valid_host_name(text.removeprefix("*.")):
+            raise ConfigError(
+                "config", f"webhooks.allow[{i}]", f"not a host name, address or CIDR: {entry!r}"
+            )
+    for i, org in enumerate(w.allow_http_orgs):
+        if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,254}", org):
+            raise ConfigError(
+                "config", f"webhooks.allow_http_orgs[{i}]", f"invalid organization name {org!r}"
+            )
+    for key, val in (
+        ("webhooks.max_per_org", w.max_per_org),
+        ("webhooks.max_pending", w.max_pending),
+        ("webhooks.deliveries_kept", w.deliveries_kept),
+        ("webhooks.workers", w.workers),
+        ("webhooks.per_receiver", w.per_receiver),
+    ):
+        if val < 1:
+            raise ConfigError("config", key, "must be positive")
+    if w.max_payload_bytes < 4096:
+        raise ConfigError("config", "webhooks.max_payload_bytes", "must be 4096 or more")
+    for key, seconds in (
+        ("webhooks.timeout", w.timeout),
+        ("webhooks.retry_initial", w.retry_initial),
+        ("webhooks.retry_max_interval", w.retry_max_interval),
+    ):
+        if seconds <= 0:
+            raise ConfigError("config", key, "must be positive")
+    if w.retry_for < 0:
+        raise ConfigError("config", "webhooks.retry_for", "must be 0 or more")
 
 
 def build_server_config(

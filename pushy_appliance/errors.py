@@ -17,6 +17,9 @@ map the tree to status codes in one place (``http/_errors.py``)::
     │   ├── NoSuchJobError       no job ``job_id`` (in that organization)
     │   ├── JobFinishedError     job ``job_id`` has already finished (abort)
     │   ├── JobCapacityError     a new job would pass the cap on live jobs or their nodes
+    │   ├── NothingToRerunError  a re-run that would have no node
+    │   ├── NoSuchWebhookError   no webhook ``webhook_id`` (in that organization)
+    │   ├── WebhookLimitError    the organization has ``webhooks.max_per_org`` webhooks
     │   ├── NoSuchIdentityError  no organization, user, member, client, group or principal
     │   ├── IdentityExistsError  that organization, user, member, client or group exists
     │   └── FeedLimitError       no feed opened: a cap on open feeds is reached
@@ -200,6 +203,46 @@ class JobCapacityError(DomainError):
         super().__init__(
             f"too many {what} ({current}, at most {limit}): try again when a job has finished"
         )
+
+
+class NothingToRerunError(DomainError):
+    """A re-run of job ``job_id`` whose node selection is empty (no node ended that way).
+
+    Attributes:
+        job_id: the job to re-run.
+        selection: the selection asked for (``failed``, ``unsuccessful``, ``all``).
+    """
+
+    def __init__(self, job_id: str, selection: str) -> None:
+        self.job_id = job_id
+        self.selection = selection
+        super().__init__("no nodes to re-run")
+
+
+class NoSuchWebhookError(DomainError):
+    """No webhook ``webhook_id`` (or none in the organization asked about).
+
+    Attributes:
+        webhook_id: the id as given (the message shows at most 64 characters of it).
+    """
+
+    def __init__(self, webhook_id: str) -> None:
+        self.webhook_id = webhook_id
+        super().__init__(f"webhook '{webhook_id[:64]}' not found")
+
+
+class WebhookLimitError(DomainError):
+    """The organization has as many webhooks as ``webhooks.max_per_org`` allows.
+
+    Attributes:
+        org: the organization.
+        limit: the most webhooks one organization may have.
+    """
+
+    def __init__(self, org: str, limit: int) -> None:
+        self.org = org
+        self.limit = limit
+        super().__init__(f"organization '{org}' has {limit} webhooks, the most allowed")
 
 
 class NoSuchIdentityError(DomainError):

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from .audit.model import AuditModel
+from .audit.recorder import AuditRecorder
 from .auth import Authenticator
 from .config import ServerConfig
 from .db import Database
@@ -18,6 +20,7 @@ from .model import IdentityModel
 from .nodes.inventory import Inventory
 from .nodes.link import NodeLink
 from .nodes.registry import NodeRegistry
+from .webhooks.model import WebhooksModel
 from .websession import WebSessions
 
 __all__ = ["Services"]
@@ -43,6 +46,7 @@ class Services:
         node_port: the node listener's bound port, for ``connect_url``.
         node_scheme: ``wss`` or ``ws``.
         web_sessions: the dashboard's login links and sessions.
+        audit: the recorder of refusals (the audit entries no change carries).
     """
 
     config: ServerConfig
@@ -60,8 +64,23 @@ class Services:
     node_port: int
     node_scheme: str
     web_sessions: WebSessions
+    audit: AuditRecorder
 
     @property
     def identity(self) -> IdentityModel:
         """The identity model (the one :attr:`auth` answers from)."""
         return self.auth.identity
+
+    @property
+    def audit_log(self) -> AuditModel:
+        """The stored audit entries."""
+        model = self.db.models["audit"]
+        assert isinstance(model, AuditModel)
+        return model
+
+    @property
+    def webhooks(self) -> WebhooksModel:
+        """The stored webhooks and their deliveries."""
+        model = self.db.models["webhooks"]
+        assert isinstance(model, WebhooksModel)
+        return model

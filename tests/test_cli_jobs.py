@@ -422,7 +422,15 @@ def test_every_job_and_node_option_has_help_text() -> None:
             for action in p._actions:
                 assert action.help, f"{group} {name}: {action.dest} has no help"
     job_sub = next(a for a in top.choices["job"]._actions if a.dest == "sub")  # type: ignore[index]
-    assert set(job_sub.choices) == {"start", "list", "status", "output", "watch", "abort"}
+    assert set(job_sub.choices) == {
+        "start",
+        "rerun",
+        "list",
+        "status",
+        "output",
+        "watch",
+        "abort",
+    }
 
 
 def _ev(name: str, n: int, **data: Any) -> Event:

@@ -75,6 +75,17 @@ def test_integer_accepted_for_float_durations(tmp_path: Path) -> None:
         ("[jobs]\nhistory_cache_bytes = -1\n", "jobs.history_cache_bytes: must be 0 or more"),
         ("not toml [", "invalid TOML"),
         ('[store]\nurl = "mysql://db/x"\n', "store.url: expected a postgresql:// URL"),
+        ("[audit]\nretention_days = -1\n", "audit.retention_days: must be 0 or more"),
+        ("[audit]\nmax_entries = 0\n", "audit.max_entries: must be positive"),
+        ("[audit]\nrefusals_per_minute = 0\n", "audit.refusals_per_minute: must be positive"),
+        ('[audit]\ntrusted_proxies = ["proxy.local"]\n', "audit.trusted_proxies[0]"),
+        ('[webhooks]\nallow = ["not a host"]\n', "webhooks.allow[0]"),
+        ('[webhooks]\nallow_http_orgs = ["Bad Org"]\n', "webhooks.allow_http_orgs[0]"),
+        ("[webhooks]\nworkers = 0\n", "webhooks.workers: must be positive"),
+        ("[webhooks]\nper_receiver = 0\n", "webhooks.per_receiver: must be positive"),
+        ("[webhooks]\nmax_payload_bytes = 100\n", "webhooks.max_payload_bytes"),
+        ("[webhooks]\ntimeout = 0\n", "webhooks.timeout: must be positive"),
+        ("[webhooks]\nsecret = 1\n", "unknown key(s): webhooks.secret"),
     ],
 )
 def test_bad_files_name_the_problem(tmp_path: Path, text: str, needle: str) -> None:
@@ -176,3 +187,22 @@ def test_protected_env_takes_names_and_prefixes(tmp_path: Path) -> None:
     f = tmp_path / "agent.toml"
     f.write_text('protected_env = ["PATH", "LD_*", "*"]\n')
     assert load_agent_config(f).protected_env == ("PATH", "LD_*", "*")
+
+
+def test_audit_and_webhook_keys_from_file_and_environment(tmp_path: Path) -> None:
+    f = tmp_path / "c.toml"
+    f.write_text(
+        '[audit]\nretention_days = 7\ntrusted_proxies = ["10.0.0.0/8"]\n'
+        '[webhooks]\nallow = ["*.example.com", "192.0.2.0/24"]\nworkers = 3\n'
+    )
+    c = load_server_config(
+        f, environ={"PUSHY_WEBHOOKS_ALLOW_HTTP_ORGS": "default,lab", "PUSHY_AUDIT_MAX_ENTRIES": "9"}
+    )
+    assert (c.audit.retention_days, c.audit.trusted_proxies, c.audit.max_entries) == (
+        7.0,
+        ("10.0.0.0/8",),
+        9,
+    )
+    assert c.webhooks.allow == ("*.example.com", "192.0.2.0/24")
+    assert c.webhooks.allow_http_orgs == ("default", "lab")
+    assert (c.webhooks.workers, c.webhooks.per_receiver) == (3, 2)

@@ -15,6 +15,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "pushy_appliance"
 PUBLIC = {
     "pushy_appliance": {"__version__"},
     "pushy_appliance.agent": set(),
+    "pushy_appliance.audit": set(),
     "pushy_appliance.agent.main": {"connect_settings", "run_agent"},
     "pushy_appliance.cli": {"main"},
     "pushy_appliance.http": {"asgi_app", "create_app", "openapi_document"},
@@ -90,6 +91,7 @@ PUBLIC = {
         "flatten_facts",
         "parse",
     },
+    "pushy_appliance.webhooks": set(),
     "pushy_appliance.store": {
         "BlobRef",
         "FileStore",

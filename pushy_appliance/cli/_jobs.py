@@ -1,10 +1,12 @@
-"""Job commands: ``pushy job start|list|status|watch|abort`` (``job output`` is ``_output``).
+"""Job commands: ``pushy job start|rerun|list|status|watch|abort`` (``job output`` is
+``_output``).
 
-Option names follow knife-push (``APPLIANCE.md`` §1). Exit codes: 0 success (for ``job start``
-and ``job watch``: the job ended ``complete`` with every node ``succeeded``); 1 the job ended
-otherwise, or the command could not do what was asked; 2 usage errors; 3 the server could not
-be reached or refused the request (``_main.main`` maps the client errors). Progress is
-followed by ``_follow``.
+Option names follow knife-push (``APPLIANCE.md`` §1). Exit codes: 0 success (for ``job start``,
+``job rerun`` and ``job watch``: the job ended ``complete`` with every node ``succeeded``); 1
+the job ended otherwise, or the command could not do what was asked; 2 usage errors; 3 the
+server could not be reached or refused the request (``_main.main`` maps the client errors).
+Progress is followed by ``_follow``; ``job start`` and ``job rerun`` share it
+(:func:`_start_and_follow`).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import argparse
 import base64
 import json
 import sys
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, Final, TextIO
 
@@ -88,7 +91,7 @@ def _env_json(text: str) -> dict[str, str]:
 
 
 def add_parsers(sub: Any) -> None:
-    """Register ``job`` (start, list, status, output, watch, abort).
+    """Register ``job`` (start, rerun, list, status, output, watch, abort).
 
     Args:
         sub: the top-level ``argparse`` subparsers object of ``pushy``.
@@ -192,6 +195,68 @@ def add_parsers(sub: Any) -> None:
     )
     add_credentials(p)
     p.set_defaults(handler=cmd_job_start)
+
+    p = job.add_parser(
+        "rerun",
+        help="run a job again on its failed (or other) nodes and show its progress",
+        description="Start a new job with the command, file, environment, user, directory, "
+        "capture, timeout and rolling limits of job ID, on its nodes that failed (the "
+        "default: failed, timed out, crashed or aborted), that were unsuccessful (those, and "
+        "the ones that refused it or were unavailable), all of them, or the NODEs named; then "
+        "follow it live as `job start` does, with the same exit codes. The quorum is the "
+        "original's, as the same share of the new node count, unless --quorum says. A job "
+        "with no such node is refused (exit 3).",
+        epilog="examples:\n"
+        "  pushy job rerun 3f2a            # the nodes of job 3f2a… that failed\n"
+        "  pushy job rerun 3f2a --unsuccessful -q 90%\n"
+        "  pushy job rerun 3f2a web-1 web-7",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("job_id", metavar="ID", help=JOB_ID_HELP)
+    p.add_argument("nodes", metavar="NODE", nargs="*", help="re-run on these nodes of the job")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument(
+        "--failed",
+        dest="selection",
+        action="store_const",
+        const="failed",
+        help="the nodes that failed, timed out, crashed or were aborted (the default)",
+    )
+    which.add_argument(
+        "--unsuccessful",
+        dest="selection",
+        action="store_const",
+        const="unsuccessful",
+        help="those, and the nodes that refused the job (nacked) or were unavailable",
+    )
+    which.add_argument(
+        "--all",
+        dest="selection",
+        action="store_const",
+        const="all",
+        help="every node of the job",
+    )
+    p.add_argument(
+        "-q",
+        "--quorum",
+        type=_quorum,
+        metavar="N|N%",
+        help="nodes (or percentage of nodes) that must agree to run (default: the original "
+        "quorum's share of the new node count)",
+    )
+    p.add_argument(
+        "-b",
+        "--nowait",
+        action="store_true",
+        help="print the new job's id and exit without waiting for it",
+    )
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print the final job document (with --nowait: the 201 body) as JSON",
+    )
+    add_credentials(p)
+    p.set_defaults(handler=cmd_job_rerun)
 
     p = job.add_parser(
         "list",
@@ -313,21 +378,61 @@ def cmd_job_start(args: argparse.Namespace) -> int:
     """``pushy job start``: start a job, then (unless ``--nowait``) follow it to its end."""
     _check_targets(args)
     body = _job_body(args)
+    if args.dry_run:
+        return run_client(args, lambda c: _dry_run(c, args.search, args.json))
+
+    async def create(c: PushyClient) -> dict[str, Any]:
+        created: dict[str, Any] = await c.json("POST", c.org_path("pushy/jobs"), body)
+        return created
+
+    return _start_and_follow(args, create, nodes=body.get("nodes", ()), search=args.search)
+
+
+def cmd_job_rerun(args: argparse.Namespace) -> int:
+    """``pushy job rerun ID``: start a re-run of a job, then follow it as ``job start``."""
+    if args.nodes and args.selection is not None:
+        raise ConfigError("pushy job rerun", None, f"give NODEs or --{args.selection}, not both")
+    body: dict[str, Any] = {"nodes": list(args.nodes) if args.nodes else args.selection}
+    if body["nodes"] is None:
+        del body["nodes"]  # the server's default: the failed nodes
+    if args.quorum is not None:
+        body["quorum"] = args.quorum
+
+    async def create(c: PushyClient) -> dict[str, Any]:
+        job_id = await resolve_job_id(c, args.job_id)
+        try:
+            created: dict[str, Any] = await c.json("POST", job_path(c, job_id, "/rerun"), body)
+        except ServerRefusedError as e:
+            raise naming(e, "job", job_id) from None
+        return created
+
+    return _start_and_follow(args, create)
+
+
+def _start_and_follow(
+    args: argparse.Namespace,
+    create: Callable[[PushyClient], Awaitable[dict[str, Any]]],
+    *,
+    nodes: Sequence[str] = (),
+    search: str | None = None,
+) -> int:
+    """Create a job with ``create`` (its 201 body), then, unless ``--nowait``, show its
+    progress to its end; exit 0 only when it ended ``complete`` with every node
+    ``succeeded``. ``nodes``: the names asked for (those that are no client are warned
+    about); ``search``: the query that named them (its match count is told)."""
     started: list[str] = []
 
     async def go(c: PushyClient) -> int:
-        if args.dry_run:
-            return await _dry_run(c, args.search, args.json)
-        created: dict[str, Any] = await c.json("POST", c.org_path("pushy/jobs"), body)
+        created = await create(c)
         job_id = str(created["id"])
         started.append(job_id)
-        if args.search is not None:
+        if search is not None:
             job = await get_job(c, job_id)
             count = sum(len(names) for names in job["nodes"].values())
             said = sys.stderr if args.json or args.nowait else sys.stdout
-            print(f"search {args.search!r} matched {plural(count, 'node')}", file=said, flush=True)
+            print(f"search {search!r} matched {plural(count, 'node')}", file=said, flush=True)
         # said before the feed's history is shown, so it comes before these nodes' unavailable
-        missing = await unknown_nodes(c, body.get("nodes", ()))
+        missing = await unknown_nodes(c, nodes) if nodes else []
         if missing:
             print(
                 f"pushy: warning: no such node: {', '.join(missing)}"

@@ -11,7 +11,18 @@ from quart_trio import QuartTrio
 from ..paths import normalize_path
 from ..services import Services
 from ..urls import parse_host
-from . import _feeds, _identity, _inventory, _jobs, _nodes, _openapi, _status, _ui
+from . import (
+    _audit,
+    _feeds,
+    _identity,
+    _inventory,
+    _jobs,
+    _nodes,
+    _openapi,
+    _status,
+    _ui,
+    _webhooks,
+)
 from ._errors import install_error_handlers
 
 __all__ = ["ASGIApp", "NormalizePaths", "RequireValidHost", "create_app"]
@@ -131,6 +142,8 @@ def create_app(svc: Services) -> QuartTrio:
     _nodes.register(app, svc)
     _inventory.register(app, svc)
     _jobs.register(app, svc)
+    _webhooks.register(app, svc)
+    _audit.register(app, svc)
     _feeds.register(app, svc)
     _ui.register(app, svc)
     _openapi.register(app, svc)

@@ -7,7 +7,8 @@ engine refuses) gets the status and body form of ``API.md`` here; a write the st
 (:class:`JobCapacityError`) is ``503`` with ``Retry-After``; Werkzeug's own errors
 (unknown route, wrong method, oversized body, timeout) get the contract's JSON bodies. No
 traceback ever reaches a client: an unexpected error is logged with a request id and answered
-``500 {"error":["internal error"],"request_id":…}``.
+``500 {"error":["internal error"],"request_id":…}``. A refusal (401, 403) of a signed route
+is also handed to the audit log here (:func:`._audit.note_refusal`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from werkzeug.exceptions import HTTPException
 
 from ..errors import (
     ApiError,
+    AuthError,
     DomainError,
     IdentityExistsError,
     JobCapacityError,
@@ -28,12 +30,16 @@ from ..errors import (
     MethodNotAllowedError,
     NoSuchIdentityError,
     NoSuchJobError,
+    NoSuchWebhookError,
+    NothingToRerunError,
     PayloadTooLargeError,
     StoreUnavailableError,
     TooManyFeedsError,
     TooManyPrincipalFeedsError,
+    WebhookLimitError,
 )
 from ..services import Services
+from ._audit import note_refusal
 from ._request import json_response
 
 __all__ = ["install_error_handlers"]
@@ -45,6 +51,9 @@ _DOMAIN_ERRORS: dict[type[DomainError], tuple[int, bool]] = {
     NoSuchJobError: (404, False),
     JobFinishedError: (409, False),
     JobCapacityError: (503, False),
+    NothingToRerunError: (409, False),
+    NoSuchWebhookError: (404, False),
+    WebhookLimitError: (409, False),
     NoSuchIdentityError: (404, True),
     IdentityExistsError: (409, True),
     TooManyPrincipalFeedsError: (429, False),
@@ -72,6 +81,8 @@ def install_error_handlers(app: QuartTrio, svc: Services) -> None:
 
     @app.errorhandler(ApiError)
     async def _api_error(e: ApiError) -> Response:
+        if isinstance(e, AuthError):
+            note_refusal(svc, e)  # a 401 or 403 goes to the audit log
         return json_response(e.body(), e.status, e.headers)
 
     @app.errorhandler(DomainError)

@@ -3,7 +3,8 @@
 The routes parse and authorize; the identity model owns the rules. Reads ask its query
 methods; a write holds the name's lock (``Database.exclusive``) around the model's change
 method (which checks the change and returns its records) and the commit, so two creations
-of the same name cannot both succeed. A client and a member of an organization share one
+of the same name cannot both succeed. The request's audit entry is committed with the
+change's records (``_audit.audit_entry``). A client and a member of an organization share one
 name space there (the name a request is signed with), so both take the same lock,
 ``("principal", ORG, NAME)``. The response is sent after the record is durable.
 """
@@ -18,10 +19,12 @@ from quart import Response, request
 from quart_trio import QuartTrio
 
 from .. import chef_auth
+from ..audit.summary import identity_summary
 from ..auth import Principal, forbidden, org_not_found
 from ..errors import KeyFormatError, NoSuchIdentityError, ValidationError
 from ..model import Group, valid_name, valid_org
 from ..services import Services
+from ._audit import audit_entry
 from ._request import authorized, base_url, json_response, read_json, require_accept, signed
 
 __all__ = ["register"]
@@ -147,7 +150,18 @@ def register(app: QuartTrio, svc: Services) -> None:
         name = _check_org_name(body.get("name"))
         full_name = _optional_str(body, "full_name", name)
         async with db.exclusive(("org", name)):
-            await db.commit(*identity.create_org(name, full_name, created_at=time.time()))
+            await db.commit(
+                *identity.create_org(name, full_name, created_at=time.time()),
+                audit_entry(
+                    svc,
+                    who,
+                    name,
+                    "org.create",
+                    status=201,
+                    target=name,
+                    summary=identity_summary(body, ("name", "full_name")),
+                ),
+            )
         uri = f"{base_url(svc)}/organizations/{name}"
         return json_response({"uri": uri}, 201, {"Location": uri})
 
@@ -159,7 +173,10 @@ def register(app: QuartTrio, svc: Services) -> None:
         if request.method == "DELETE":
             require_pivotal(who)
             async with db.exclusive(("org", org)):
-                await db.commit(*identity.delete_org(org))
+                await db.commit(
+                    *identity.delete_org(org),
+                    audit_entry(svc, who, org, "org.delete", status=200, target=org),
+                )
         return json_response(doc)
 
     # --- users ------------------------------------------------------------------------------
@@ -177,7 +194,18 @@ def register(app: QuartTrio, svc: Services) -> None:
         email = _optional_str(body, "email")
         public, private = await _key_material(body)
         async with db.exclusive(("user", name)):
-            await db.commit(*identity.create_user(name, display, email, public))
+            await db.commit(
+                *identity.create_user(name, display, email, public),
+                audit_entry(
+                    svc,
+                    who,
+                    None,
+                    "user.create",
+                    status=201,
+                    target=name,
+                    summary=identity_summary(body, ("username", "display_name", "email"), key=True),
+                ),
+            )
         uri = f"{base_url(svc)}/users/{name}"
         return json_response(
             {"uri": uri, "chef_key": _chef_key(public, private)}, 201, {"Location": uri}
@@ -200,7 +228,10 @@ def register(app: QuartTrio, svc: Services) -> None:
         if request.method == "DELETE":
             require_pivotal(who)
             async with db.exclusive(("user", name)):
-                await db.commit(*identity.delete_user(name))
+                await db.commit(
+                    *identity.delete_user(name),
+                    audit_entry(svc, who, None, "user.delete", status=200, target=name),
+                )
         return json_response(doc)
 
     # --- org membership -----------------------------------------------------------------------
@@ -215,7 +246,10 @@ def register(app: QuartTrio, svc: Services) -> None:
         body = await read_json()
         name = _check_name(body.get("username"), "username")
         async with db.exclusive(("principal", org, name)):
-            await db.commit(*identity.add_member(org, name))
+            await db.commit(
+                *identity.add_member(org, name),
+                audit_entry(svc, who, org, "member.add", status=201, target=name),
+            )
         uri = f"{base_url(svc)}/organizations/{org}/users/{name}"
         return json_response({"uri": uri}, 201, {"Location": uri})
 
@@ -228,7 +262,10 @@ def register(app: QuartTrio, svc: Services) -> None:
         if request.method == "DELETE":
             svc.auth.require(org, who, "admin")
             async with db.exclusive(("principal", org, name)):
-                await db.commit(*identity.remove_member(org, name))
+                await db.commit(
+                    *identity.remove_member(org, name),
+                    audit_entry(svc, who, org, "member.remove", status=200, target=name),
+                )
         return json_response(doc)
 
     # --- clients ----------------------------------------------------------------------------
@@ -248,7 +285,18 @@ def register(app: QuartTrio, svc: Services) -> None:
             raise ValidationError("field 'admin' must be a boolean")
         public, private = await _key_material(body)
         async with db.exclusive(("principal", org, name)):
-            await db.commit(*identity.create_client(org, name, public, admin))
+            await db.commit(
+                *identity.create_client(org, name, public, admin),
+                audit_entry(
+                    svc,
+                    who,
+                    org,
+                    "client.create",
+                    status=201,
+                    target=name,
+                    summary=identity_summary(body, ("name", "clientname", "admin"), key=True),
+                ),
+            )
         uri = f"{base_url(svc)}/organizations/{org}/clients/{name}"
         return json_response(
             {"uri": uri, "chef_key": _chef_key(public, private)}, 201, {"Location": uri}
@@ -271,7 +319,10 @@ def register(app: QuartTrio, svc: Services) -> None:
             if not (who.kind == "client" and who.name == name):
                 svc.auth.require(org, who, "admin")
             async with db.exclusive(("principal", org, name)):
-                await db.commit(*identity.delete_client(org, name))
+                await db.commit(
+                    *identity.delete_client(org, name),
+                    audit_entry(svc, who, org, "client.delete", status=200, target=name),
+                )
         else:
             svc.auth.require(org, who, "member")
         return json_response(doc)
@@ -290,7 +341,18 @@ def register(app: QuartTrio, svc: Services) -> None:
         name = _check_name(body.get("groupname", body.get("name")), "groupname")
         users, clients_, subgroups = _actor_lists(body)
         async with db.exclusive(("group", org, name)):
-            await db.commit(*identity.create_group(org, name, users, clients_, subgroups))
+            await db.commit(
+                *identity.create_group(org, name, users, clients_, subgroups),
+                audit_entry(
+                    svc,
+                    who,
+                    org,
+                    "group.create",
+                    status=201,
+                    target=name,
+                    summary=identity_summary(body, ("groupname", "name", "actors")),
+                ),
+            )
         uri = f"{base_url(svc)}/organizations/{org}/groups/{name}"
         return json_response({"uri": uri}, 201, {"Location": uri})
 
@@ -305,14 +367,28 @@ def register(app: QuartTrio, svc: Services) -> None:
         svc.auth.require(org, who, "admin")
         if request.method == "DELETE":
             async with db.exclusive(("group", org, name)):
-                await db.commit(*identity.delete_group(org, name))
+                await db.commit(
+                    *identity.delete_group(org, name),
+                    audit_entry(svc, who, org, "group.delete", status=200, target=name),
+                )
             return json_response(doc)
         body = await read_json()
         if "groupname" in body and _check_name(body["groupname"], "groupname") != name:
             raise ValidationError("renaming a group is not supported (field 'groupname')")
         users, clients_, subgroups = _actor_lists(body)
         async with db.exclusive(("group", org, name)):
-            await db.commit(*identity.update_group(org, name, users, clients_, subgroups))
+            await db.commit(
+                *identity.update_group(org, name, users, clients_, subgroups),
+                audit_entry(
+                    svc,
+                    who,
+                    org,
+                    "group.update",
+                    status=200,
+                    target=name,
+                    summary=identity_summary(body, ("actors",)),
+                ),
+            )
         return json_response(group_document(org, identity.group(org, name)))
 
     # --- principals (no authentication) -------------------------------------------------------

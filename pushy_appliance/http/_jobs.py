@@ -1,4 +1,6 @@
-"""Job routes: ``jobs``, ``jobs/ID``, ``jobs/ID/abort`` and the output routes (``API.md`` §3)."""
+"""Job routes: ``jobs``, ``jobs/ID``, ``jobs/ID/abort``, ``jobs/ID/rerun`` and the output
+routes (``API.md`` §3, ``docs/OPERATIONS.md``). Each change is committed with its audit entry
+(``_audit.audit_entry``)."""
 
 from __future__ import annotations
 
@@ -10,14 +12,17 @@ import trio
 from quart import Response, request
 from quart_trio import QuartTrio
 
+from ..audit.summary import job_summary
 from ..errors import NotAcceptableError, NotFoundError, ValidationError
 from ..jobs.model import JobEntry
+from ..jobs.rerun import parse_rerun_request, rerun_body, rerun_nodes, scaled_quorum
 from ..jobs.runner import JobRunner
 from ..jobs.status import JobStatus
 from ..jobs.validation import JobRequest, validate_job_request, with_matches
 from ..jsonbody import parse_json_body
 from ..search import compile_query
 from ..services import Services
+from ._audit import audit_entry
 from ._request import (
     JSON_STYLE,
     authorized,
@@ -65,8 +70,8 @@ def job_document(
     e: JobEntry, *, include_file: bool = False, include_results: bool = False
 ) -> dict[str, Any]:
     """The ``GET jobs/ID`` document (the original's shape plus ``quorum``, ``nack_reasons``,
-    ``search`` for a job whose nodes a query named; with ``include_results``, ``results``:
-    node → its stored result, late ones included)."""
+    ``search`` for a job whose nodes a query named, ``rerun_of`` for a re-run; with
+    ``include_results``, ``results``: node → its stored result, late ones included)."""
     doc = _summary(e)
     doc["nodes"] = e.buckets()
     doc["quorum"] = e.job["quorum"]
@@ -82,6 +87,8 @@ def job_document(
         doc["max_failures"] = e.spec["max_failures"]
     if e.spec.get("search") is not None:
         doc["search"] = e.spec["search"]
+    if e.spec.get("rerun_of") is not None:
+        doc["rerun_of"] = e.spec["rerun_of"]
     if include_results:
         doc["results"] = e.results()
     return doc
@@ -122,12 +129,7 @@ def register(app: QuartTrio, svc: Services) -> None:
         require_json_content()
 
         def check() -> JobRequest:
-            return validate_job_request(
-                parse_json_body(raw, mark_duplicates=True),
-                max_file_bytes=limits.max_file_bytes,
-                max_nodes=limits.max_nodes_per_job,
-                default_run_timeout=svc.config.jobs.default_run_timeout,
-            )
+            return _validated(parse_json_body(raw, mark_duplicates=True))
 
         if len(raw) < CHECK_IN_THREAD_BYTES:
             req = check()
@@ -137,7 +139,17 @@ def register(app: QuartTrio, svc: Services) -> None:
             # resolved once, now: the job keeps these nodes whatever the facts do later
             found = await svc.inventory.search(org, compile_query(req.search))
             req = with_matches(req, found, max_nodes=limits.max_nodes_per_job)
-        job_id = await runner.create(org, req, who.name)
+        summary = job_summary(req)
+
+        def entry(job_id: str) -> list[dict[str, Any]]:
+            return [
+                audit_entry(svc, who, org, "job.create", status=201, target=job_id, summary=summary)
+            ]
+
+        job_id = await runner.create(org, req, who.name, riders=entry)
+        return _created(org, job_id)
+
+    def _created(org: str, job_id: str) -> Response:
         uri = f"{base_url(svc)}/organizations/{org}/pushy/jobs/{job_id}"
         return json_response({"id": job_id, "uri": uri}, 201, {"Location": uri})
 
@@ -151,7 +163,7 @@ def register(app: QuartTrio, svc: Services) -> None:
 
     @app.route("/organizations/<org>/pushy/jobs/<job_id>/abort", methods=["POST"])
     async def abort(org: str, job_id: str) -> Response:
-        await authorized(svc, org, "write")
+        who = await authorized(svc, org, "write")
         raw = await request_body(svc)
         if raw.strip():
             require_json_content()
@@ -159,8 +171,49 @@ def register(app: QuartTrio, svc: Services) -> None:
             if body != {}:
                 raise ValidationError("abort takes an empty body or {}")
         entry = await find_job(svc, org, job_id)
-        await runner.abort(org, job_id)
+        record = audit_entry(svc, who, org, "job.abort", status=200, target=job_id)
+        await runner.abort(org, job_id, riders=[record])
         return json_response(job_document(entry))
+
+    @app.route("/organizations/<org>/pushy/jobs/<job_id>/rerun", methods=["POST"])
+    async def rerun(org: str, job_id: str) -> Response:
+        who = await authorized(svc, org, "write")
+        raw = await request_body(svc)
+        body: object = {}
+        if raw.strip():
+            require_json_content()
+            body = parse_json_body(raw)
+        asked = parse_rerun_request(body)
+        entry = await find_job(svc, org, job_id)
+        nodes = rerun_nodes(job_id, entry.buckets(), asked.nodes)
+        quorum = asked.quorum
+        if quorum is None:
+            quorum = scaled_quorum(int(entry.job["quorum"]), len(entry.nodes), len(nodes))
+        # an archived job's spec leaves its file in the archive: read it back
+        spec = {**entry.spec, "file": entry.file()}
+        req = _validated(rerun_body(spec, nodes, quorum))
+        summary = {
+            "rerun_of": job_id,
+            "selection": asked.nodes if isinstance(asked.nodes, str) else "nodes",
+            **job_summary(req),
+        }
+
+        def entry_of(new_id: str) -> list[dict[str, Any]]:
+            return [
+                audit_entry(svc, who, org, "job.rerun", status=201, target=new_id, summary=summary)
+            ]
+
+        new_id = await runner.create(org, req, who.name, rerun_of=job_id, riders=entry_of)
+        return _created(org, new_id)
+
+    def _validated(body: object) -> JobRequest:
+        """A ``POST jobs`` body through ``POST jobs``'s own validation."""
+        return validate_job_request(
+            body,
+            max_file_bytes=limits.max_file_bytes,
+            max_nodes=limits.max_nodes_per_job,
+            default_run_timeout=svc.config.jobs.default_run_timeout,
+        )
 
     @app.route("/organizations/<org>/pushy/jobs/<job_id>/output/<node>/<channel>", methods=["GET"])
     async def output(org: str, job_id: str, node: str, channel: str) -> Response:

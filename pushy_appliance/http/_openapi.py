@@ -24,9 +24,11 @@ from quart import Response
 from quart_trio import QuartTrio
 
 from .. import __version__
+from ..jobs.rerun import SELECTIONS
 from ..jobs.validation import MAX_COMMAND_BYTES, MAX_RUN_TIMEOUT, MAX_USER_CHARS
 from ..model import NAME_RE, ORG_RE
 from ..services import Services
+from ..webhooks.rules import EVENTS, MAX_SECRET_CHARS, MAX_URL_BYTES, MIN_SECRET_CHARS
 from ._request import json_response
 
 __all__ = ["OPENAPI_PATH", "openapi_document", "register"]
@@ -574,11 +576,16 @@ def _schemas() -> dict[str, Schema]:
                             "type": "string",
                             "description": "the query that named the job's nodes",
                         },
+                        "rerun_of": {
+                            "type": "string",
+                            "description": "the job this one re-runs (POST jobs/ID/rerun)",
+                        },
                     },
                 },
             ]
         },
         "AbortRequest": {"type": "object", "maxProperties": 0},
+        **_ops_schemas(),
         "Event": {
             "type": "object",
             "description": (
@@ -1042,6 +1049,7 @@ def _paths() -> dict[str, Schema]:
             ),
         }
     paths.update(_ui_paths(org))
+    paths.update(_ops_paths(org, job_id, job_link))
     for path, item in paths.items():
         if path.startswith("/organizations/{org}/pushy/"):
             for op in item.values():
@@ -1123,6 +1131,229 @@ def _ui_paths(org: Schema) -> dict[str, Schema]:
     }
 
 
+def _ops_schemas() -> dict[str, Schema]:
+    """Re-runs, the audit log and webhooks (``docs/OPERATIONS.md``)."""
+    nullable_string = {"type": ["string", "null"]}
+    rfc3339 = {"type": "string", "format": "date-time"}
+    return {
+        "RerunRequest": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "nodes": {
+                    "oneOf": [
+                        {"enum": list(SELECTIONS)},
+                        {
+                            "type": "array",
+                            "items": {"type": "string", "minLength": 1},
+                            "minItems": 1,
+                            "uniqueItems": True,
+                        },
+                    ],
+                    "description": "failed (default: failed, timed_out, crashed, aborted), "
+                    "unsuccessful (those, nacked and unavailable), all, or node names of the "
+                    "job",
+                },
+                "quorum": {
+                    "oneOf": [
+                        {"type": "integer", "minimum": 0},
+                        {"type": "string", "pattern": r"^[0-9]{1,3}(\.[0-9]{1,6})?%$"},
+                    ],
+                    "description": "default: the original quorum as the same share of the "
+                    "new node count, rounded up",
+                },
+            },
+        },
+        "AuditEntry": {
+            "type": "object",
+            "required": ["id", "at", "action", "org", "actor", "status"],
+            "properties": {
+                "id": {"type": "integer", "minimum": 1},
+                "at": rfc3339,
+                "action": {"type": "string"},
+                "org": nullable_string,
+                "actor": nullable_string,
+                "actor_kind": {"enum": ["user", "client", None]},
+                "method": nullable_string,
+                "route": nullable_string,
+                "target": nullable_string,
+                "summary": {"type": ["object", "null"]},
+                "peer": nullable_string,
+                "forwarded_for": nullable_string,
+                "status": {"type": ["integer", "null"]},
+                "dropped": {"type": "integer", "minimum": 1},
+            },
+        },
+        "AuditPage": {
+            "type": "object",
+            "required": ["entries", "more"],
+            "properties": {
+                "entries": {"type": "array", "items": _ref("AuditEntry")},
+                "more": {"type": "boolean"},
+            },
+        },
+        "WebhookRequest": {
+            "type": "object",
+            "required": ["url", "events", "secret"],
+            "additionalProperties": False,
+            "properties": {
+                "url": {
+                    "type": "string",
+                    "maxLength": MAX_URL_BYTES,
+                    "description": "https:// (http:// where webhooks.allow_http_orgs allows)",
+                },
+                "events": {
+                    "type": "array",
+                    "items": {"enum": list(EVENTS)},
+                    "minItems": 1,
+                    "uniqueItems": True,
+                },
+                "secret": {
+                    "type": "string",
+                    "minLength": MIN_SECRET_CHARS,
+                    "maxLength": MAX_SECRET_CHARS,
+                    "description": "the HMAC key of X-Pushy-Signature; stored, never returned",
+                },
+            },
+        },
+        "Webhook": {
+            "type": "object",
+            "required": ["id", "url", "events", "created_at", "created_by", "pending", "dropped"],
+            "properties": {
+                "id": {"type": "string"},
+                "url": {"type": "string"},
+                "events": {"type": "array", "items": {"enum": list(EVENTS)}},
+                "created_at": rfc3339,
+                "created_by": {"type": "string"},
+                "pending": {"type": "integer", "minimum": 0},
+                "dropped": {"type": "integer", "minimum": 0},
+                "uri": {"type": "string"},
+            },
+        },
+        "Delivery": {
+            "type": "object",
+            "required": ["id", "event", "job", "state", "attempts", "enqueued_at"],
+            "properties": {
+                "id": {"type": "string"},
+                "event": {"enum": list(EVENTS)},
+                "job": {"type": "string"},
+                "state": {"enum": ["pending", "delivered", "failed", "dropped"]},
+                "attempts": {"type": "integer", "minimum": 0},
+                "enqueued_at": rfc3339,
+                "next_at": rfc3339,
+                "last_attempts": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["n", "at", "status", "error", "ms"],
+                        "properties": {
+                            "n": {"type": "integer"},
+                            "at": rfc3339,
+                            "status": {"type": ["integer", "null"]},
+                            "error": nullable_string,
+                            "ms": {"type": "number"},
+                        },
+                    },
+                },
+            },
+        },
+    }
+
+
+def _ops_paths(org: Schema, job_id: Schema, job_link: Schema) -> dict[str, Schema]:
+    """Re-runs, the audit log and webhooks (``docs/OPERATIONS.md``)."""
+    webhook_id = {"name": "webhook_id", "in": "path", "required": True,
+                  "schema": {"type": "string", "minLength": 1}}  # fmt: skip
+    audit_params = [
+        _query("since", {"type": "string", "format": "date-time"}, "only entries at or after"),
+        _query("until", {"type": "string", "format": "date-time"}, "only entries at or before"),
+        _query("actor", {"type": "string"}, "only this user's or client's entries"),
+        _query("action", {"type": "string"}, "only this action (job.create) or family (job)"),
+        _query(
+            "limit",
+            {"type": "integer", "minimum": 1, "maximum": 1000},
+            "at most this many (default 100)",
+        ),
+        _query("before", {"type": "integer", "minimum": 1}, "only entries older than this id"),
+    ]
+    audit_page = {"200": _ok(_ref("AuditPage"))}
+    return {
+        "/organizations/{org}/pushy/jobs/{job_id}/rerun": {
+            "parameters": [org, job_id],
+            "post": _op(
+                "rerunJob",
+                "Start a new job like this one on some of its nodes (write)",
+                {
+                    "201": {**_ok(_ref("JobCreated"), "created", _LOCATION), "links": job_link},
+                    "409": _error("no nodes to re-run"),
+                },
+                tags=["jobs"],
+                body=_ref("RerunRequest"),
+                body_required=False,
+            ),
+        },
+        "/organizations/{org}/pushy/audit": {
+            "parameters": [org],
+            "get": _op(
+                "getOrgAudit",
+                "The organization's audit log, newest first (admins)",
+                audit_page,
+                tags=["audit"],
+                params=audit_params,
+            ),
+        },
+        "/pushy/audit": {
+            "get": _op(
+                "getAudit",
+                "Every organization's audit log, newest first (pivotal)",
+                audit_page,
+                tags=["audit"],
+                params=audit_params,
+            ),
+        },
+        "/organizations/{org}/pushy/webhooks": {
+            "parameters": [org],
+            "get": _op(
+                "listWebhooks",
+                "The organization's webhooks (admins; never their secret)",
+                {"200": _ok({"type": "array", "items": _ref("Webhook")})},
+                tags=["webhooks"],
+            ),
+            "post": _op(
+                "createWebhook",
+                "Add a webhook (admins)",
+                {
+                    "201": _ok(_ref("Webhook"), "created", _LOCATION),
+                    "409": _error("the organization has webhooks.max_per_org webhooks"),
+                },
+                tags=["webhooks"],
+                body=_ref("WebhookRequest"),
+            ),
+        },
+        "/organizations/{org}/pushy/webhooks/{webhook_id}": {
+            "parameters": [org, webhook_id],
+            "get": _op(
+                "getWebhook", "A webhook (admins)", {"200": _ok(_ref("Webhook"))}, tags=["webhooks"]
+            ),
+            "delete": _op(
+                "deleteWebhook",
+                "Remove a webhook and its queued deliveries (admins)",
+                {"200": _ok(_ref("Webhook"))},
+                tags=["webhooks"],
+            ),
+        },
+        "/organizations/{org}/pushy/webhooks/{webhook_id}/deliveries": {
+            "parameters": [org, webhook_id],
+            "get": _op(
+                "listDeliveries",
+                "A webhook's recent deliveries, newest first (admins)",
+                {"200": _ok({"type": "array", "items": _ref("Delivery")})},
+                tags=["webhooks"],
+            ),
+        },
+    }
+
+
 def _security_schemes() -> dict[str, Schema]:
     described = {
         "opsUserId": ("X-Ops-UserId", "the user or client name that signs"),
@@ -1167,7 +1398,10 @@ _DOCUMENT: Final[Schema] = {
     },
     "paths": _paths(),
     "components": {"schemas": _schemas(), "securitySchemes": _security_schemes()},
-    "tags": [{"name": t} for t in ("status", "identity", "nodes", "jobs", "feeds", "dashboard")],
+    "tags": [
+        {"name": t}
+        for t in ("status", "identity", "nodes", "jobs", "feeds", "audit", "webhooks", "dashboard")
+    ],
 }
 
 

@@ -34,6 +34,7 @@ from ..errors import AuthError, NotFoundError, ValidationError
 from ..jsonbody import parse_json_body
 from ..services import Services
 from ..websession import CSRF_HEADER, SESSION_COOKIE
+from ._audit import audit_entry
 from ._request import authorized, base_url, json_response, request_body, require_json_content
 
 __all__ = ["STATIC_DIR", "register"]
@@ -122,6 +123,8 @@ def register(app: QuartTrio, svc: Services) -> None:
             if parse_json_body(raw) != {}:
                 raise ValidationError("ui/links takes an empty body or {}")
         token = sessions.mint_link(org, who, trio.current_time())
+        # a credential handed out: in the audit log (batched: nothing is stored by it)
+        svc.audit.note(audit_entry(svc, who, org, "ui.link", status=201))
         return json_response(
             {"url": f"{base_url(svc)}/ui/login/{token}", "expires_in": round(sessions.link_ttl)},
             201,

@@ -129,6 +129,8 @@ class _LiveJob:
         self.outgoing: list[tuple[NodeSession, type[Any], dict[str, Any]]] = []
         """Frames the machine asked for, written by the job's task after the step is stored
         (directly to each node's connection when that cannot block)."""
+        self.riders: list[dict[str, Any]] = []
+        """Records to store in the job's next step (an abort's audit record)."""
 
     @property
     def id(self) -> str:
@@ -267,7 +269,15 @@ class JobRunner:
 
     # --- API operations ---------------------------------------------------------------------
 
-    async def create(self, org: str, req: JobRequest, requester: str) -> str:
+    async def create(
+        self,
+        org: str,
+        req: JobRequest,
+        requester: str,
+        *,
+        rerun_of: str | None = None,
+        riders: Callable[[str], Iterable[dict[str, Any]]] | None = None,
+    ) -> str:
         """Create and start a job; returns once its record is durable.
 
         A job of more than :data:`BUILD_IN_THREAD_NODES` nodes is built (its state after
@@ -275,6 +285,11 @@ class JobRunner:
         nothing else sees it before it is stored, and the event loop goes on serving
         meanwhile. Its first feed events and commits are then handed out in chunks of
         :data:`FAN_OUT_CHUNK` with a checkpoint between two.
+
+        Args:
+            rerun_of: the job this one re-runs (kept in its spec).
+            riders: given the new job's id, records to store in the same commit as the job
+                (the request's audit record).
 
         Returns:
             The new job id (32 lowercase hex characters).
@@ -289,7 +304,7 @@ class JobRunner:
             now = self._now()
             online = self.link.reachable_nodes(org, req.nodes)
             holders = self.link.holders(org, req.nodes)
-            build = (job_id, org, req, requester, online, holders, now)
+            build = (job_id, org, req, requester, online, holders, now, rerun_of)
             if len(req.nodes) > BUILD_IN_THREAD_NODES:
                 built = await trio.to_thread.run_sync(self._build, *build)
             else:
@@ -297,7 +312,7 @@ class JobRunner:
             # Once stored, the job must also run: a client that hangs up (cancelling this
             # request) must not leave a stored job that nobody drives until the next restart.
             with trio.CancelScope(shield=True):
-                await self.db.commit(built.record)
+                await self.db.commit(built.record, *(riders(job_id) if riders is not None else ()))
                 log.info(
                     "job %s: started by %s in %s on %d node(s): %r",
                     job_id,
@@ -334,6 +349,7 @@ class JobRunner:
         online: frozenset[str],
         holders: dict[str, str],
         now: float,
+        rerun_of: str | None,
     ) -> _Built:
         """A new job after ``Start``, and its ``job.create`` record (pure: safe in a worker
         thread, as it touches nothing another task may change)."""
@@ -367,6 +383,8 @@ class JobRunner:
         }
         if req.search is not None:
             spec["search"] = req.search  # the query that named the nodes, as given
+        if rerun_of is not None:
+            spec["rerun_of"] = rerun_of
         stamper = MonotonicStamper()
         start_data: dict[str, Any] = {
             "command": req.command,
@@ -401,9 +419,13 @@ class JobRunner:
         held = [n for n in state.nodes if holds(state, n)]
         return _Built(state, list(effects), events, created, stamper, held)
 
-    async def abort(self, org: str, job_id: str) -> None:
+    async def abort(self, org: str, job_id: str, *, riders: Iterable[dict[str, Any]] = ()) -> None:
         """Abort a voting or running job and wait until its end is durable (not for the late
         results of the nodes it stopped: the job's and the nodes' statuses are final then).
+
+        Args:
+            riders: records to store in the same commit as the step that ends the job (the
+                request's audit record).
 
         Raises:
             NoSuchJobError: no such job in ``org``.
@@ -415,11 +437,13 @@ class JobRunner:
         if entry is None or entry.org != org:
             raise NoSuchJobError(job_id)
         job = self.live.get(job_id)
-        if job is None or entry.finished:
+        # (the job's own task may be storing the step that ends it: its riders are taken)
+        if job is None or entry.finished or is_finished(job.state):
             raise JobFinishedError(job_id)
         if not self.db.writable:
             # appending nothing writes nothing, and raises the store's own refusal
             await self.db.store.append_many([])
+        job.riders.extend(riders)
         job.post(Abort(self._now()))
         await job.ended.wait()
 
@@ -539,7 +563,10 @@ class JobRunner:
             if isinstance(result, Result) and result.fields is not None:
                 results[result.node] = result.fields
         job.state = state
+        riders, job.riders = job.riders, []
         if not changed and not results and not outputs:
+            if riders:
+                await self.db.commit(*riders)
             self._perform(job, effects, [])
             return
         step = {
@@ -553,13 +580,13 @@ class JobRunner:
             "at": now,
         }
         try:
-            await self.db.commit(step)
+            await self.db.commit(step, *riders)
         except StoreUnavailableError as e:
             # Nothing of the step is stored or applied: hold it, and its effects, until the
             # store writes again. Meanwhile the inbox fills, and above its high-water mark the
             # nodes' frames wait (they are not timed out for it: see ``post_from_node``).
             log.warning("job %s: step held until the store can write (%s)", job.id, e.reason)
-            await self.db.commit_retrying(step)
+            await self.db.commit_retrying(step, *riders)
             log.info("job %s: held step stored", job.id)
         if is_finished(state):
             job.ended.set()
@@ -626,6 +653,7 @@ class JobRunner:
                     self._send_abort(job, node, abort)
             elif isinstance(fx, SendRehab):
                 self._send_abort(job, fx.node, {"job_id": None})
+                self.link.on_rehab(org, fx.node, job.id)
             elif isinstance(fx, SendResultAck):
                 self._send(job, fx.node, protocol.ResultAck, {"job_id": job.id})
             elif isinstance(fx, StartTimer):

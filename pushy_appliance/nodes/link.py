@@ -155,6 +155,9 @@ class NodeLink:
         """Call ``changed(org, node)`` from now on whenever the node's status (online,
         offline) or availability may have changed. It must not block or raise."""
         self._changed = changed
+        self.on_rehab: Callable[[str, str, str | None], None] = _no_observer
+        """Told ``(org, node, job_id)`` each time a node is sent to rehab, by the link
+        (``job_id`` ``None``) or for a live job by the runner (the audit log's node event)."""
 
     def connect(self, port: JobPort) -> None:
         """Hand node messages to ``port`` (the job runner) from now on."""
@@ -301,6 +304,7 @@ class NodeLink:
         ``aborted``."""
         self.expect_aborted(session)
         session.send(protocol.Abort, job_id=None)
+        self.on_rehab(session.org, session.name, None)
 
     # --- node messages (from the node listener) ---------------------------------------------
 
@@ -440,6 +444,10 @@ class NodeLink:
 
 def _ignore(org: str, node: str) -> None:
     """The watcher of a link nobody watches."""
+
+
+def _no_observer(org: str, node: str, job_id: str | None) -> None:
+    """:attr:`NodeLink.on_rehab` of a link nobody observes."""
 
 
 def _result(node: str, r: protocol.Result | protocol.ResultBody, now: float) -> Result:

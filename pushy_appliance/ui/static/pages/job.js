@@ -10,6 +10,8 @@ import { openFeed } from "../feed.js";
 // The buckets of the job document, in their order (API.md, GET jobs/ID).
 const BUCKETS = ["new", "ready", "running", "succeeded", "failed", "aborted", "unavailable", "nacked", "crashed", "was_ready", "timed_out"];
 const LIVE_JOB = new Set(["new", "voting", "running"]);
+// The node states a re-run of the failed nodes runs again (docs/OPERATIONS.md, "failed").
+const FAILED = ["failed", "timed_out", "crashed", "aborted"];
 const GRID_PAGE = 200;
 const REFETCH_MS = 250;
 const OUTPUT_KEEP = 64 * 1024;
@@ -30,6 +32,7 @@ export function mountJob(view, ctx, jobId) {
     selectedFetched: null,
     abortError: "",
     aborting: false,
+    rerunning: false,
   };
   let feed = null;
   let gone = false;
@@ -136,6 +139,7 @@ export function mountJob(view, ctx, jobId) {
       ["Run timeout", duration(d.run_timeout)],
       ["Output", d.capture_output ? "captured" : "not captured"],
     ];
+    if (d.rerun_of) facts.push(["Re-run of", h("a.mono#job-rerun-of", { href: `#/jobs/${d.rerun_of}` }, d.rerun_of.slice(0, 8))]);
     if (d.user) facts.push(["As user", d.user]);
     if (d.dir) facts.push(["In directory", d.dir]);
     if (d.env) facts.push(["Environment", Object.entries(d.env).map(([k, v]) => `${k}=${v}`).join(" ")]);
@@ -151,6 +155,10 @@ export function mountJob(view, ctx, jobId) {
 
   function renderActions() {
     const live = LIVE_JOB.has(state.doc.status);
+    if (ctx.canWrite && !live) {
+      renderRerun();
+      return;
+    }
     if (!ctx.canWrite || !live) {
       fill(actions, state.abortError ? h("p.field-error", { role: "alert" }, state.abortError) : null);
       return;
@@ -178,6 +186,42 @@ export function mountJob(view, ctx, jobId) {
         state.aborting ? "Aborting…" : "Abort job",
       ),
       state.abortError ? h("p.field-error", { role: "alert" }, state.abortError) : null,
+    );
+  }
+
+  // A finished job with failed nodes: start a new job like it on those (POST jobs/ID/rerun)
+  // and go to its page.
+  function renderRerun() {
+    const failed = FAILED.reduce((n, b) => n + ((state.doc.nodes || {})[b] || []).length, 0);
+    const error = state.abortError ? h("p.field-error", { role: "alert" }, state.abortError) : null;
+    if (failed === 0) {
+      fill(actions, error);
+      return;
+    }
+    fill(
+      actions,
+      h(
+        "button#job-rerun",
+        {
+          type: "button",
+          disabled: state.rerunning,
+          onclick: async () => {
+            state.rerunning = true;
+            state.abortError = "";
+            render();
+            try {
+              const created = await post(`${base}/rerun`, { nodes: "failed" });
+              ctx.go(`#/jobs/${created.id}`);
+            } catch (e) {
+              state.abortError = e.message;
+            }
+            state.rerunning = false;
+            render();
+          },
+        },
+        state.rerunning ? "Starting…" : `Re-run failed (${plural(failed, "node")})`,
+      ),
+      error,
     );
   }
 
