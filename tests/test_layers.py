@@ -51,6 +51,7 @@ LAYERS = {
     "jobs.validation": 1,
     "jobs.model": 1,
     "agent.whitelist": 1,
+    "agent.failover": 1,
     "search": 1,
     "facts": 1,
     "agent.facts_parse": 1,
