@@ -1,12 +1,13 @@
 """An agent with two servers, end to end: two real ``pushy serve`` processes sharing one CA
-and the admin keys (two file-store data directories), a real ``pushy agent`` given both URLs
+and the admin keys (two file-store data directories, the second made with ``pushy cluster
+join``), a real ``pushy agent`` given both URLs
 (``server_urls``). It connects to the first; the first is killed (SIGKILL); the agent is on
 the second within its backoff bound and runs a job there."""
 
 from __future__ import annotations
 
 import json
-import shutil
+import sys
 from contextlib import AsyncExitStack
 from pathlib import Path
 
@@ -33,14 +34,7 @@ LIMIT = 90.0
 CONNECT_SLACK = 5.0
 """Seconds one connection (config request, TLS, upgrade, hello) may take on a loaded box."""
 
-SECRETS = ("keys/pivotal.pem", "keys/admin.pem", "tls/ca.pem", "tls/ca.key")
-
-
-def share_secrets(source: Path, target: Path) -> None:
-    """Give the not yet started data directory ``target`` the keys and CA of ``source``."""
-    for name in SECRETS:
-        (target / name).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        shutil.copy2(source / name, target / name)
+PUSHY = [sys.executable, "-m", "pushy_appliance.cli"]
 
 
 async def test_the_agent_fails_over_to_the_second_server_and_runs_a_job_there(
@@ -70,7 +64,13 @@ async def test_the_agent_fails_over_to_the_second_server_and_runs_a_job_there(
             http = await stack.enter_async_context(
                 httpx.AsyncClient(verify=ca_context_file(ca), timeout=10)
             )
-            share_secrets(data_a, data_b)
+            # B shares A's keys and CA before its first start; it issues its own certificate
+            joined = await trio.run_process(
+                [*PUSHY, "cluster", "join", str(data_a), "--data-dir", str(data_b)],
+                capture_stdout=True,
+                capture_stderr=True,
+            )
+            assert b"now shares the keys and CA" in joined.stdout, joined.stderr
             await stack.enter_async_context(
                 server_process(data_b, int(url_b.rsplit(":", 1)[1]), free_port())
             )

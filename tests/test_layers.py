@@ -54,6 +54,7 @@ LAYERS = {
     "agent.failover": 1,
     "search": 1,
     "facts": 1,
+    "cluster_secrets": 1,
     "agent.facts_parse": 1,
     "store": 2,
     "config_files": 2,
