@@ -66,6 +66,7 @@ from ._base import GroupCommitStore, Recovered
 from ._format import decode_snapshot, encode_segment_header, scan_segment
 from ._outage import RETRY_FIRST, RETRY_MAX
 from ._pgurl import redact_url
+from ._shared import SharedQuery
 from ._verify import VerifyReport
 
 __all__ = [
@@ -307,15 +308,6 @@ def _read(conn: psycopg.Connection[Any], where: str) -> _Opened:
     )
 
 
-@dataclasses.dataclass(eq=False, slots=True)
-class _HeadQuery:
-    """One head query and the callers that share it."""
-
-    done: trio.Event = dataclasses.field(default_factory=trio.Event)
-    seq: int = 0
-    error: StoreError | None = None
-
-
 class PostgresStore(GroupCommitStore):
     """The store in a PostgreSQL database. Create it with :meth:`open` (or
     ``open_postgres_store``).
@@ -344,10 +336,7 @@ class PostgresStore(GroupCommitStore):
         self._following = False
         self._followed = opened.head
         self._head_conn: psycopg.Connection[Any] | None = None
-        self._head_next: _HeadQuery | None = None
-        """The head query the next callers join; not started yet."""
-        self._head_running: _HeadQuery | None = None
-        self._head_queries = 0
+        self._head = SharedQuery(self._query_head)
 
     @classmethod
     async def open(
@@ -401,16 +390,15 @@ class PostgresStore(GroupCommitStore):
     @property
     def head_queries(self) -> int:
         """How many head queries :meth:`head` has sent to the database."""
-        return self._head_queries
+        return self._head.sent
 
     async def head(self) -> int:
         """Seq of the newest record committed to the log by any store on the database.
 
-        Every append acknowledged (by any store) before this call started is at or below it,
-        since the query that answers is sent after the call started: a caller that arrives
-        while a query is in flight waits for the next one, which every caller arriving
-        meanwhile shares. So the database sees at most one head query at a time per store,
-        however many callers there are.
+        Every append acknowledged (by any store) before this call started is at or below it:
+        the callers share head queries (:class:`~._shared.SharedQuery`), each answered by a
+        query sent after it called, so the database sees at most one head query at a time
+        per store, however many callers there are.
 
         Returns:
             ``pushy_head.seq``.
@@ -420,39 +408,29 @@ class PostgresStore(GroupCommitStore):
             StoreError: the database holds no head (not a store any more).
 
         Cancellation: a caller waiting for a query another caller sent stops at once; the
-        caller that sent one waits for its answer first, since the callers that share it
-        need it (bounded by the session's ``connect_timeout``, 5 s, and
-        ``statement_timeout``, 30 s).
+        caller that sent one waits for its answer first (bounded by the session's
+        ``connect_timeout``, 5 s, and ``statement_timeout``, 30 s).
         """
-        query = self._head_next
-        if query is None:
-            query = self._head_next = _HeadQuery()
-        while not query.done.is_set():
-            running = self._head_running
-            if running is None:
-                self._head_next = None
-                self._head_running = query
-                with trio.CancelScope(shield=True):  # the others wait for its answer
-                    try:
-                        query.seq = await trio.to_thread.run_sync(self._head_sync)
-                    except psycopg.Error as e:
-                        query.error = self._head_unavailable(e)
-                    except StoreError as e:
-                        query.error = e
-                    finally:
-                        self._head_running = None
-                        query.done.set()
-            else:
-                await running.done.wait()
+        answer = await self._head.ask()
         # each caller raises an exception of its own (one instance would gather tracebacks)
-        if isinstance(query.error, StoreUnavailableError):
-            raise StoreUnavailableError(query.error.reason, query.error.path)
-        if query.error is not None:
-            raise StoreError(str(query.error))
-        return query.seq
+        if isinstance(answer, StoreUnavailableError):
+            raise StoreUnavailableError(answer.reason, answer.path)
+        if isinstance(answer, StoreError):
+            raise StoreError(str(answer))
+        return answer
+
+    async def _query_head(self) -> int | StoreError:
+        try:
+            return await trio.to_thread.run_sync(self._head_sync)
+        except psycopg.Error as e:
+            if self._head_conn is not None:
+                self._head_conn.close()
+                self._head_conn = None
+            return self._unavailable(e)
+        except StoreError as e:
+            return e
 
     def _head_sync(self) -> int:
-        self._head_queries += 1
         if self._head_conn is None or self._head_conn.closed or self._head_conn.broken:
             if self._head_conn is not None:
                 self._head_conn.close()
@@ -462,12 +440,6 @@ class PostgresStore(GroupCommitStore):
         if row is None:
             raise StoreError(f"{self._where}: pushy_head has no row; not a pushy store any more")
         return int(row[0])
-
-    def _head_unavailable(self, e: psycopg.Error) -> StoreUnavailableError:
-        if self._head_conn is not None:
-            self._head_conn.close()
-            self._head_conn = None
-        return self._unavailable(e)
 
     # --- the writer's connection (used only from the writer task's worker threads) ----------
 
