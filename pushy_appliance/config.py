@@ -339,7 +339,10 @@ class AgentConfig:
     """Everything ``pushy agent`` needs."""
 
     server_url: str | None = None
-    """The org URL, ``https://host:10003/organizations/ORG``."""
+    """The org URL, ``https://host:10003/organizations/ORG``: ``server_urls`` of one."""
+    server_urls: tuple[str, ...] = ()
+    """The org URLs of several appliances of one cluster (one org), tried in turn
+    (``agent.failover``); give this or ``server_url``, not both."""
     node_name: str | None = None
     """This node's name, also its client name; unset: the host name."""
     client_key: str | None = None
@@ -360,6 +363,14 @@ class AgentConfig:
     facts: FactsConfig = dataclasses.field(default_factory=FactsConfig)
     """How facts are collected and the operator's own (``[facts]``, ``tags``,
     ``environment``, ``roles``; see :mod:`pushy_appliance.facts`)."""
+
+    @property
+    def servers(self) -> tuple[str, ...]:
+        """The org URLs to connect to, in order: ``server_urls``, or ``server_url`` alone;
+        empty when neither is set."""
+        if self.server_urls:
+            return self.server_urls
+        return (self.server_url,) if self.server_url else ()
 
 
 # --- loading --------------------------------------------------------------------------------
@@ -782,6 +793,35 @@ def _agent_facts(
     )
 
 
+_SERVER_KEYS = ("server_url", "server_urls")
+
+
+def _one_server_source(
+    file: dict[str, Any] | None,
+    source: str,
+    env: dict[str, str],
+    flags: Mapping[str, Any] | None,
+) -> None:
+    """Make ``server_url`` and ``server_urls`` one setting: a source may give either, not
+    both, and a later source's replaces an earlier's whichever it gives (the earlier one's
+    key is dropped from ``file`` and ``env`` in place)."""
+    given = {
+        source: [k for k in _SERVER_KEYS if file is not None and k in file],
+        "environment": [k for k in _SERVER_KEYS if f"PUSHY_{k.upper()}" in env],
+        "flags": [k for k in _SERVER_KEYS if flags is not None and flags.get(k) is not None],
+    }
+    for where, keys in given.items():
+        if len(keys) == 2:
+            raise ConfigError(where, "server_urls", "give server_url or server_urls, not both")
+    later = given["flags"] or given["environment"]
+    for key in _SERVER_KEYS:
+        if later and key not in later:
+            if file is not None:
+                file.pop(key, None)
+            if given["flags"]:
+                env.pop(f"PUSHY_{key.upper()}", None)
+
+
 def build_agent_config(
     file: Mapping[str, Any] | None = None,
     *,
@@ -801,6 +841,7 @@ def build_agent_config(
     facts_env = {
         k: env.pop(k) for k in list(env) if k.startswith("PUSHY_FACTS_") or k in _FACTS_TOP_ENV
     }
+    _one_server_source(rest, source, env, flags)
     config = _load(AgentConfig, rest, source, env, flags)
     facts = _agent_facts(section, top, facts_env, source if file is not None else "defaults")
     return _check_agent(dataclasses.replace(config, facts=facts))

@@ -752,7 +752,9 @@ async def test_reconnect_schedule(
         nursery.start_soon(
             lambda: connection.maintain_connection(
                 None,  # type: ignore[arg-type]
-                SimpleNamespace(node_name="n", server_url="https://x/organizations/o"),  # type: ignore[arg-type]
+                SimpleNamespace(
+                    node_name="n", urls=("https://x/organizations/o",), at=lambda url: url
+                ),  # type: ignore[arg-type]
                 rng=random.Random(3),
             )
         )
@@ -798,7 +800,7 @@ def test_agent_flags_map_onto_the_config(tmp_path: Path) -> None:
         load_agent_config(
             None,
             flags={
-                "server_url": args.server,
+                "server_urls": tuple(args.server),
                 "node_name": args.node,
                 "client_key": args.key,
                 "server_fingerprint": args.fingerprint,

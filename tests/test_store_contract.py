@@ -91,6 +91,16 @@ async def test_append_returns_increasing_seqs(opener: Opener) -> None:
             assert store.last_seq == 3
 
 
+async def test_the_head_covers_every_acknowledged_append(opener: Opener) -> None:
+    with trio.fail_after(TIMEOUT):
+        async with opener() as store:
+            assert await store.head() == 0
+            seq = await store.append_many([{"n": n} for n in range(3)])
+            assert await store.head() == seq == 3
+            assert await store.append({"n": 3}) == 4
+            assert await store.head() == 4
+
+
 async def test_append_many_is_one_group(opener: Opener) -> None:
     with trio.fail_after(TIMEOUT):
         async with opener() as store:

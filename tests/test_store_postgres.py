@@ -7,6 +7,7 @@ stopped and started under traffic loses nothing acknowledged. Against real priva
 
 from __future__ import annotations
 
+import threading
 from collections.abc import AsyncIterator, Iterator
 from contextlib import aclosing
 from typing import Any
@@ -14,9 +15,11 @@ from typing import Any
 import psycopg
 import pytest
 import trio
+import trio.testing
 
 from pushy_appliance.errors import StoreCorruptError, StoreError, StoreUnavailableError
 from pushy_appliance.store import open_postgres_store, verify_postgres_store
+from pushy_appliance.store._postgres import PostgresStore
 
 from pgserver import PgServer
 
@@ -91,6 +94,73 @@ async def test_a_follower_reads_what_was_appended_while_it_waited(pg_url: str) -
                 await writer.append({"n": n})
             await done.wait()
     assert got == [(n, {"n": n}) for n in range(1, 21)]
+
+
+async def test_the_head_is_the_shared_log_s_whoever_appended(pg_url: str) -> None:
+    with trio.fail_after(TIMEOUT):
+        async with (
+            open_postgres_store(pg_url, exclusive=False) as a,
+            open_postgres_store(pg_url, exclusive=False) as b,
+        ):
+            assert (await a.head(), await b.head()) == (0, 0)
+            assert await b.append_many([{"by": "b", "n": n} for n in range(3)]) == 3
+            # a never followed the log (its last_seq is still 0), yet its head has b's write
+            assert (a.last_seq, a.followed_seq) == (0, 0)
+            assert await a.head() == 3
+            assert await a.append({"by": "a"}) == 4
+            assert (await a.head(), await b.head()) == (4, 4)
+            assert (a.head_queries, b.head_queries) == (3, 2)
+
+
+async def test_callers_share_head_queries_and_none_reads_one_older_than_itself(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = PostgresStore._head_sync
+    gate = threading.Event()
+    in_flight = trio.Event()
+
+    def held(self: PostgresStore) -> int:
+        seq = real(self)  # the head as of this query, then held back before the answer
+        if self.head_queries == 1:
+            trio.from_thread.run_sync(in_flight.set)
+            gate.wait(TIMEOUT)
+        return seq
+
+    monkeypatch.setattr(PostgresStore, "_head_sync", held)
+    answers: dict[str, int] = {}
+
+    async def head(name: str, store: Any) -> None:
+        answers[name] = await store.head()
+
+    with trio.fail_after(TIMEOUT):
+        async with (
+            open_postgres_store(pg_url, exclusive=False) as reader,
+            open_postgres_store(pg_url, exclusive=False) as writer,
+        ):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(head, "first", reader)
+                await in_flight.wait()  # the first query read the head: 0
+                assert await writer.append({"n": 1}) == 1
+                # callers that start after that acknowledgement must not get the first
+                # query's answer: they share the next one
+                for i in range(10):
+                    nursery.start_soon(head, f"later{i}", reader)
+                await trio.testing.wait_all_tasks_blocked()
+                gate.set()
+            assert answers == {"first": 0} | {f"later{i}": 1 for i in range(10)}
+            assert reader.head_queries == 2
+
+
+async def test_the_head_is_unavailable_while_postgres_is_away(own_pg: PgServer) -> None:
+    with trio.fail_after(60):
+        async with open_postgres_store(own_pg.url()) as store:
+            await store.append({"n": 1})
+            assert await store.head() == 1
+            await trio.to_thread.run_sync(own_pg.stop, "fast")
+            with pytest.raises(StoreUnavailableError, match="PostgreSQL unreachable"):
+                await store.head()
+            await trio.to_thread.run_sync(own_pg.start)
+            assert await store.head() == 1  # reconnected on its own
 
 
 async def test_a_second_exclusive_open_is_refused(pg_url: str) -> None:

@@ -10,10 +10,14 @@ out within the interval), a watchdog that gives up on the server after
 and dropped, the third within a minute closes with 1008) handing job frames to the
 :class:`~pushy_appliance.agent.runtime.AgentRuntime`.
 
-Between attempts: exponential backoff with full jitter, 1 s doubling up to 60 s, reset after
-a connection that lived :data:`STABLE_AFTER` seconds. When the server closes with 1001 (going
-away: a planned restart), the first retry instead waits a random splay within one heartbeat
-interval, and the backoff starts over, so a restarted server is not stampeded.
+Between attempts (:mod:`~pushy_appliance.agent.failover`): the next of the agent's server
+URLs, round after round; within a round a switch waits up to 1 s, and each round ends with
+exponential backoff with full jitter, 1 s doubling up to 60 s, reset after a connection that
+lived :data:`STABLE_AFTER` seconds. When the server closes with 1001 (going away: a planned
+restart), the next attempt instead waits a random splay within one heartbeat interval, and the
+backoff starts over, so a restarted server is not stampeded. With one URL that is the plain
+backoff. The runtime (and so the job the agent is in) is the same whichever server it reaches:
+the ``hello`` names its job.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ from ..client import Credentials, PushyClient, client_ssl
 from ..errors import ClientError, ProtocolError, ServerRefusedError
 from ..frame_reader import FrameReader
 from ..protocol import Frame
+from .failover import BACKOFF_BASE, BACKOFF_CAP, Backoff, ServerRotation
 from .runtime import AgentRuntime
 
 __all__ = [
@@ -64,12 +69,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-BACKOFF_BASE = 1.0
-"""Seconds: the cap of the first backoff delay."""
-
-BACKOFF_CAP = 60.0
-"""Seconds: the largest backoff delay."""
 
 STABLE_AFTER = 60.0
 """Seconds a connection must live for the backoff to start over."""
@@ -96,71 +95,19 @@ _CLOSE_SERVER_LOST = 4009
 _CLOSE_PROTOCOL = 1008
 
 
-class Backoff:
-    """Reconnect delays: full jitter over an exponentially growing cap.
-
-    Args:
-        base: the cap of the first delay, in seconds.
-        cap: the largest cap.
-        rng: the random source (tests pass a seeded one).
-    """
-
-    def __init__(
-        self,
-        *,
-        base: float = BACKOFF_BASE,
-        cap: float = BACKOFF_CAP,
-        rng: random.Random | None = None,
-    ) -> None:
-        self.base = base
-        self.cap = cap
-        self.attempt = 0
-        self._rng = rng if rng is not None else random.Random()
-
-    def ceiling(self) -> float:
-        """The cap of the next :meth:`next_delay`: ``min(cap, base × 2^attempt)``."""
-        return min(self.cap, self.base * 2.0 ** min(self.attempt, 62))
-
-    def next_delay(self) -> float:
-        """The wait before the next attempt, uniform in ``[0, ceiling()]``; grows the cap.
-
-        Returns:
-            Seconds.
-        """
-        delay = self._rng.uniform(0.0, self.ceiling())
-        self.attempt += 1
-        return delay
-
-    def splay(self, interval: float) -> float:
-        """The wait after a server's going-away close: uniform in ``[0, interval]``.
-
-        The backoff starts over after it.
-
-        Args:
-            interval: the heartbeat interval.
-
-        Returns:
-            Seconds.
-        """
-        self.reset()
-        return self._rng.uniform(0.0, interval)
-
-    def reset(self) -> None:
-        """Start over from the first cap."""
-        self.attempt = 0
-
-
 @dataclasses.dataclass(frozen=True, slots=True)
 class ConnectSettings:
     """Who the agent is and how it trusts the server.
 
     Attributes:
-        server_url: the org URL, ``https://host:10003/organizations/ORG``.
+        server_url: the org URL, ``https://host:10003/organizations/ORG`` (the first to try).
         node_name: the node's (client's) name.
         key_file: the client's private key file (named in logs and credentials).
         key: that key, loaded.
         ca_cert: CA file to verify the server with, or ``None``.
         fingerprint: the pinned server certificate fingerprint, or ``None``.
+        server_urls: every org URL to try, in order (``server_url`` first); empty:
+            ``server_url`` alone.
     """
 
     server_url: str
@@ -169,13 +116,23 @@ class ConnectSettings:
     key: rsa.RSAPrivateKey = dataclasses.field(repr=False)
     ca_cert: str | None = None
     fingerprint: str | None = None
+    server_urls: tuple[str, ...] = ()
+
+    @property
+    def urls(self) -> tuple[str, ...]:
+        """The org URLs to try, in order (at least ``server_url``)."""
+        return self.server_urls or (self.server_url,)
 
     @property
     def credentials(self) -> Credentials:
-        """The settings as the signed client's credentials."""
+        """The settings as the signed client's credentials (for ``server_url``)."""
         return Credentials(
             self.server_url, self.node_name, self.key_file, self.ca_cert, self.fingerprint
         )
+
+    def at(self, url: str) -> ConnectSettings:
+        """The same settings speaking to ``url``."""
+        return self if url == self.server_url else dataclasses.replace(self, server_url=url)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -578,36 +535,44 @@ async def maintain_connection(
     rng: random.Random | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Keep the node connected to the server, reconnecting forever.
+    """Keep the node connected to one of its servers, reconnecting forever.
 
-    Start-up: ``task_status.started()`` at once; the first attempt follows.
+    Each attempt goes to the next of ``settings.urls``, waiting as
+    :class:`~pushy_appliance.agent.failover.ServerRotation` says.
+
+    Start-up: ``task_status.started()`` at once; the first attempt (on the first URL) follows.
 
     Cancellation: the current connection is closed (bounded by ``DISCONNECT_TIMEOUT``).
 
     Args:
         runtime: the agent's job runtime.
-        settings: who to be and how to trust the server.
+        settings: who to be, where the servers are and how to trust them.
         rng: the random source of the backoff.
     """
-    backoff = Backoff(rng=rng)
+    rotation = ServerRotation(settings.urls, Backoff(rng=rng))
     task_status.started()
     attempt = 0
     while True:
         attempt += 1
-        log.info(
-            "node %s: connecting to %s (attempt %d)",
-            settings.node_name,
-            settings.server_url,
-            attempt,
-        )
-        end = await _attempt(runtime, settings)
+        url = rotation.current
+        log.info("node %s: connecting to %s (attempt %d)", settings.node_name, url, attempt)
+        end = await _attempt(runtime, settings.at(url))
         if end.welcomed:
             attempt = 0
-            if end.lived >= STABLE_AFTER:
-                backoff.reset()
-        if end.welcomed and end.close_code == CLOSE_GOING_AWAY:
-            delay = backoff.splay(end.heartbeat_interval or 10.0)
+        delay = rotation.after_attempt(
+            stable=end.welcomed and end.lived >= STABLE_AFTER,
+            going_away=end.welcomed and end.close_code == CLOSE_GOING_AWAY,
+            interval=end.heartbeat_interval or 10.0,
+        )
+        if rotation.current == url:
+            log.warning("node %s: %s; retrying in %.2f s", settings.node_name, end.reason, delay)
         else:
-            delay = backoff.next_delay()
-        log.warning("node %s: %s; retrying in %.2f s", settings.node_name, end.reason, delay)
+            log.warning(
+                "node %s: %s (%s); trying %s in %.2f s",
+                settings.node_name,
+                end.reason,
+                url,
+                rotation.current,
+                delay,
+            )
         await trio.sleep(delay)

@@ -37,18 +37,29 @@ def connect_settings(config: AgentConfig) -> ConnectSettings:
         The connection settings (the node name defaults to the host name).
 
     Raises:
-        ConfigError: ``server_url`` or ``client_key`` is missing, the URL is not an org URL,
-            the key cannot be read, the CA file cannot be loaded or the fingerprint is not one
-            (each would otherwise fail every connection attempt, for ever).
+        ConfigError: ``server_url`` (or ``server_urls``) or ``client_key`` is missing, a URL
+            is not an org URL, the URLs name different orgs, the key cannot be read, the CA
+            file cannot be loaded or the fingerprint is not one (each would otherwise fail
+            every connection attempt, for ever).
     """
-    if not config.server_url:
-        raise ConfigError("config", "server_url", "required (--server URL)")
+    urls = config.servers
+    if not urls:
+        raise ConfigError("config", "server_url", "required (--server URL, or server_urls)")
     if not config.client_key:
         raise ConfigError("config", "client_key", "required (--key FILE)")
-    try:
-        split_org_url(config.server_url)
-    except ConfigError as e:
-        raise ConfigError("config", "server_url", e.reason) from None
+    orgs: set[str] = set()
+    for i, url in enumerate(urls):
+        where = f"server_urls[{i}]" if config.server_urls else "server_url"
+        try:
+            orgs.add(split_org_url(url)[1])
+        except ConfigError as e:
+            raise ConfigError("config", where, e.reason) from None
+    if len(orgs) > 1:
+        raise ConfigError(
+            "config",
+            "server_urls",
+            f"the URLs name different orgs ({', '.join(sorted(orgs))}); a cluster serves one",
+        )
     node_name = config.node_name or socket.gethostname()
     key = read_private_key(config.client_key)
     if config.ca_cert:
@@ -56,12 +67,13 @@ def connect_settings(config: AgentConfig) -> ConnectSettings:
     if config.server_fingerprint:
         tls.parse_fingerprint(config.server_fingerprint)
     return ConnectSettings(
-        server_url=config.server_url,
+        server_url=urls[0],
         node_name=node_name,
         key_file=config.client_key,
         key=key,
         ca_cert=config.ca_cert,
         fingerprint=config.server_fingerprint,
+        server_urls=urls,
     )
 
 

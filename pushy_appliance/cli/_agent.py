@@ -34,13 +34,20 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "environment variables, then these flags (later ones win). SIGHUP re-reads the "
         "whitelist ([[allow]]) from --config without dropping the connection or a running "
         "job; SIGTERM or SIGINT stops the agent (exit 0). Exits 2 on a configuration error, "
-        "1 when it cannot go on (another agent holds --state-dir).",
+        "1 when it cannot go on (another agent holds --state-dir). With several servers "
+        "(--server given more than once, or server_urls: appliances of one cluster, one org) "
+        "each connection attempt goes to the next URL in the list: after a lost connection "
+        "or a failed connect the agent tries the next server within a second, and one full "
+        "round of the list counts as one step of the backoff (1 s doubling to 60 s). A job "
+        "the agent is running goes on whichever server it reaches.",
     )
     p.add_argument("--config", metavar="FILE", help="agent TOML configuration file")
     p.add_argument(
         "--server",
         metavar="URL",
-        help="org URL of the server, https://HOST:PORT/organizations/ORG (server_url)",
+        action="append",
+        help="org URL of the server, https://HOST:PORT/organizations/ORG (server_url); "
+        "repeat for the appliances of a cluster, tried in turn (server_urls)",
     )
     p.add_argument("--node", metavar="NAME", help="node (client) name; default: the host name")
     p.add_argument("--key", metavar="FILE", help="the node client's private key (client_key)")
@@ -75,7 +82,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
         AgentError: the state directory cannot be used, or another agent holds it.
     """
     flags: dict[str, Any] = {
-        "server_url": args.server,
+        "server_urls": tuple(args.server) if args.server else None,
         "node_name": args.node,
         "client_key": args.key,
         "ca_cert": args.ca_cert,

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from ..errors import ClientError, ConfigError, PushyError, ServerRefusedError, StoreError
-from . import _admin, _agent, _jobs, _nodes, _ops, _sandbox, _serve, _ui
+from . import _admin, _agent, _cluster, _jobs, _nodes, _ops, _sandbox, _serve, _ui
 from ._common import EXIT_FAILED, EXIT_UNREACHABLE, EXIT_USAGE, add_credentials
 
 __all__ = ["build_parser", "main"]
@@ -201,6 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_admin.cmd_store_compact)
 
     _agent.add_parsers(sub)
+    _cluster.add_parser(sub)
     _jobs.add_parsers(sub)
     _nodes.add_parsers(sub)
     _ops.add_parsers(sub)

@@ -146,7 +146,8 @@ async def open_postgres_store(
     close_timeout: float = 30.0,
 ) -> AsyncIterator[PostgresStore]:
     """Open (creating its tables if needed) and recover a store in a PostgreSQL database, and
-    run its writer. The same contract as :func:`open_store`, plus ``follow()``.
+    run its writer. The same contract as :func:`open_store` (whose ``head()`` here asks the
+    database), plus ``follow()``.
 
     Args:
         url: a ``postgresql://`` URL (libpq's form: several hosts, ``sslmode``, ``options``).

@@ -137,6 +137,11 @@ class Store(Protocol):
         """Wait until the store takes writes (at once if it does, or once it is closed)."""
         ...
 
+    async def head(self) -> int:
+        """Seq of the newest record in the log, whoever appended it (read-your-writes: every
+        append acknowledged before the call started is at or below it)."""
+        ...
+
     async def append(self, record: dict[str, Any]) -> int:
         """Append one record; return its seq once it is durable."""
         ...
@@ -240,6 +245,17 @@ class GroupCommitStore(abc.ABC):
     def writable(self) -> bool:
         """Whether the store takes writes (false from a failed commit until a retry succeeds)."""
         return self._outage is None
+
+    async def head(self) -> int:
+        """Seq of the newest record in the log: here :attr:`last_seq`, since this store is
+        its log's one appender (the PostgreSQL store, which shares its log, asks the
+        database).
+
+        Returns:
+            The seq (0 when empty); every append acknowledged before the call is at or below.
+        """
+        await trio.lowlevel.checkpoint()
+        return self._last_seq
 
     async def wait_writable(self) -> None:
         """Wait until the store takes writes: at once if it does, else until a retry of the

@@ -66,6 +66,7 @@ from ._base import GroupCommitStore, Recovered
 from ._format import BlobRef, decode_snapshot, encode_segment_header, scan_segment
 from ._outage import RETRY_FIRST, RETRY_MAX
 from ._pgurl import redact_url
+from ._shared import SharedQuery
 from ._verify import VerifyReport
 
 __all__ = [
@@ -338,6 +339,8 @@ class PostgresStore(GroupCommitStore):
         """Set (and replaced) whenever a group's outcome is known."""
         self._following = False
         self._followed = opened.head
+        self._head_conn: psycopg.Connection[Any] | None = None
+        self._head = SharedQuery(self._query_head)
 
     @classmethod
     async def open(
@@ -378,10 +381,69 @@ class PostgresStore(GroupCommitStore):
         return self._followed
 
     def release(self) -> None:
-        """Close the writer's connection (and with it the open lock)."""
+        """Close the writer's connection (and with it the open lock) and the head's."""
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+        if self._head_conn is not None:
+            self._head_conn.close()
+            self._head_conn = None
+
+    # --- the head (the read barrier's target, docs/SCALE-OUT.md §6) ---------------------------
+
+    @property
+    def head_queries(self) -> int:
+        """How many head queries :meth:`head` has sent to the database."""
+        return self._head.sent
+
+    async def head(self) -> int:
+        """Seq of the newest record committed to the log by any store on the database.
+
+        Every append acknowledged (by any store) before this call started is at or below it:
+        the callers share head queries (:class:`~._shared.SharedQuery`), each answered by a
+        query sent after it called, so the database sees at most one head query at a time
+        per store, however many callers there are.
+
+        Returns:
+            ``pushy_head.seq``.
+
+        Raises:
+            StoreUnavailableError: the database cannot be reached (the next call reconnects).
+            StoreError: the database holds no head (not a store any more).
+
+        Cancellation: a caller waiting for a query another caller sent stops at once; the
+        caller that sent one waits for its answer first (bounded by the session's
+        ``connect_timeout``, 5 s, and ``statement_timeout``, 30 s).
+        """
+        answer = await self._head.ask()
+        # each caller raises an exception of its own (one instance would gather tracebacks)
+        if isinstance(answer, StoreUnavailableError):
+            raise StoreUnavailableError(answer.reason, answer.path)
+        if isinstance(answer, StoreError):
+            raise StoreError(str(answer))
+        return answer
+
+    async def _query_head(self) -> int | StoreError:
+        try:
+            return await trio.to_thread.run_sync(self._head_sync)
+        except psycopg.Error as e:
+            if self._head_conn is not None:
+                self._head_conn.close()
+                self._head_conn = None
+            return self._unavailable(e)
+        except StoreError as e:
+            return e
+
+    def _head_sync(self) -> int:
+        if self._head_conn is None or self._head_conn.closed or self._head_conn.broken:
+            if self._head_conn is not None:
+                self._head_conn.close()
+            self._head_conn = None
+            self._head_conn = connect(self._url, autocommit=True)
+        row = self._head_conn.execute("SELECT seq FROM pushy_head WHERE id = 1").fetchone()
+        if row is None:
+            raise StoreError(f"{self._where}: pushy_head has no row; not a pushy store any more")
+        return int(row[0])
 
     # --- the writer's connection (used only from the writer task's worker threads) ----------
 
