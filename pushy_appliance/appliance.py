@@ -12,6 +12,9 @@ shielded, bounded cancel scope; ``run/server.json`` is removed. Cancellation of 
 itself is the hard stop used by tests: the store still
 flushes what it had acknowledged (it fsyncs before acknowledging, so nothing acknowledged is
 lost either way).
+
+Why one module of about 600 lines: it is the composition root (every engine built and
+started under one nursery, then the ordered shutdown); its parts are the wiring itself.
 """
 
 from __future__ import annotations

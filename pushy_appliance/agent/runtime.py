@@ -37,6 +37,10 @@ are dropped (what matters is re-sent on the next connection).
 The node's facts are the :class:`~.reporter.FactsReporter`'s: ``hello`` carries them, a
 ``facts`` frame follows when they change; ``reload`` (and SIGHUP, through :meth:`reload`)
 re-reads the configuration file, whitelist and facts settings, and collects them again.
+
+Why one module of about 600 lines: the agent's one state machine over its connection (job
+state, frames, reload) with its I/O; the output re-sending and facts live in their own
+modules (:mod:`.outstream`, :mod:`.reporter`).
 """
 
 from __future__ import annotations

@@ -33,6 +33,10 @@ its own lock and returns their references once they are durable. Nothing in the 
 to the archive; a snapshot does (``write_snapshot(..., archives=...)``), and an archive is
 deleted after a snapshot once neither kept snapshot refers to it. A snapshot holds the
 archive lock from start to clean-up, so no reference is handed out in between.
+
+Why one module of about 700 lines: the ``Store`` protocol and the group-commit writer that
+every backend shares (queue, seqs, outage and retry, snapshot and archive locks) are one
+state machine; splitting it would split its locks' rules across files.
 """
 
 from __future__ import annotations

@@ -52,6 +52,10 @@ A group whose write or fsync fails is abandoned with its archive: the next group
 new one. Opening refuses a store whose snapshot refers to an archive that is missing or
 shorter than the end the snapshot needs (:class:`~pushy_appliance.errors.StoreCorruptError`).
 A blob is read with one ``pread`` and its CRC checked.
+
+Why one module of about 700 lines: the file store's segments, recovery of a torn tail,
+snapshots and archives share one directory's invariants (what a crash may leave where), and
+keeping them together keeps those invariants readable in one place.
 """
 
 from __future__ import annotations
