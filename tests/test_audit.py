@@ -8,6 +8,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import trio
 from test_node_link import open_node, queued
 
@@ -106,6 +107,15 @@ def test_summaries_keep_no_secret() -> None:
     assert s["env"] == ["TOKEN"] and s["file_bytes"] == len(b"private")
     assert s["node_count"] == 30 and len(s["nodes"]) == 20
     assert "hunter2" not in repr(s) and "private" not in repr(s)
+    # limits as the job stores them: any integer a request carries fits a msgpack record
+    big = validate_job_request(
+        {"command": "x", "nodes": ["a", "b"], "max_failures": 2**64, "max_concurrency": 2**70},
+        max_file_bytes=1000,
+        max_nodes=100,
+        default_run_timeout=60,
+    )
+    assert (job_summary(big)["max_failures"], job_summary(big)["max_concurrency"]) == (2, 2)
+    msgpack.packb(job_summary(big))
     body = {"name": "c1", "public_key": "-----BEGIN PUBLIC KEY-----", "admin": True, "x": 1}
     assert identity_summary(body, ("name", "admin", "x"), key=True) == {
         "name": "c1",

@@ -13,6 +13,8 @@ import trio
 from pushy_appliance import protocol
 from pushy_appliance.db import Database
 from pushy_appliance.errors import ProtocolError
+from pushy_appliance.jobs.compact import EventLog, NodeTable
+from pushy_appliance.jobs.details import JobDetails
 from pushy_appliance.jobs.events import (
     AckCommit,
     NackCommit,
@@ -191,8 +193,9 @@ def _entry(job_id: str, *, capture: bool = True, **output: OutputBuffer) -> JobE
         job={"status": "running"},
         created_at=T,
         updated_at=T,
-        nodes={"n": ["n", "running"]},
-        output=dict(output),
+        details=JobDetails(
+            NodeTable.from_entries([["n", "running", True, None, None]]), EventLog(), dict(output)
+        ),
     )
 
 

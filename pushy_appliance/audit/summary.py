@@ -51,10 +51,12 @@ def job_summary(req: JobRequest) -> dict[str, Any]:
         out["env"] = sorted(req.env)
     if req.file_bytes is not None:
         out["file_bytes"] = len(req.file_bytes)
+    # as the job stores them: a limit beyond the node count changes nothing, and any integer
+    # a request may carry (2**64 and more) must fit the store's msgpack records
     if req.max_concurrency is not None:
-        out["max_concurrency"] = req.max_concurrency
+        out["max_concurrency"] = min(req.max_concurrency, len(req.nodes))
     if req.max_failures is not None:
-        out["max_failures"] = req.max_failures
+        out["max_failures"] = min(req.max_failures, len(req.nodes))
     return out
 
 

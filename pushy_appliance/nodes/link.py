@@ -150,14 +150,14 @@ class NodeLink:
         self._streams: dict[tuple[str, str], dict[tuple[str, str], _Stream]] = {}
         """``(org, node)`` → ``(job, channel)`` → what the job has of that output."""
         self._changed: Callable[[str, str], None] = _ignore
+        self.on_rehab: Callable[[str, str, str | None], None] = _no_observer
+        """Told ``(org, node, job_id)`` each time a node is sent to rehab, by the link
+        (``job_id`` ``None``) or for a live job by the runner (the audit log's node event)."""
 
     def watch(self, changed: Callable[[str, str], None]) -> None:
         """Call ``changed(org, node)`` from now on whenever the node's status (online,
         offline) or availability may have changed. It must not block or raise."""
         self._changed = changed
-        self.on_rehab: Callable[[str, str, str | None], None] = _no_observer
-        """Told ``(org, node, job_id)`` each time a node is sent to rehab, by the link
-        (``job_id`` ``None``) or for a live job by the runner (the audit log's node event)."""
 
     def connect(self, port: JobPort) -> None:
         """Hand node messages to ``port`` (the job runner) from now on."""
