@@ -7,9 +7,10 @@ upward. A package's ``__init__`` imports nothing above the lowest layer of its s
 all of this on the source, and that the pure layer does no I/O (no file, environment, clock,
 network, subprocess, task or thread); ``tests/test_exports.py`` pins each package's ``__all__``.
 
-1. Pure (no I/O, no trio tasks): ``errors``, ``config``, ``chef_auth``, ``protocol``,
-   ``sse``, ``model`` (identity), ``auth`` (request authentication and authorization over
-   the identity model), ``websession`` (the dashboard's login links and sessions),
+1. Pure (no I/O, no trio tasks): ``errors``, ``config`` (with ``config_base``, the loader,
+   and ``config_agent``), ``chef_auth``, ``protocol``, ``sse``, ``model`` (identity),
+   ``auth`` (request authentication and authorization over the identity model),
+   ``websession`` (the dashboard's login links and sessions),
    ``jsonbody`` (the JSON body policy), ``jobfile`` (a job's file payload), ``urls`` (public
    URLs from the request's Host), ``replay`` (refusing replayed signatures), ``paths`` (the
    normal form of request paths), ``jobs.status``, ``jobs.events``, ``jobs.state``,

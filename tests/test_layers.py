@@ -30,6 +30,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "pushy_appliance"
 LAYERS = {
     "errors": 1,
     "config": 1,
+    "config_base": 1,
+    "config_agent": 1,
     "paths": 1,
     "chef_auth": 1,
     "protocol": 1,
