@@ -23,6 +23,11 @@ FOLLOW_POLL = 5.0
 
 
 def listen(url: str) -> psycopg.Connection[Any]:
+    """A connection of the follower's own, listening on ``pushy_log`` (in a worker thread).
+
+    Raises:
+        psycopg.Error: the database cannot be reached.
+    """
     conn = connect(url, autocommit=True)
     try:
         conn.execute("LISTEN pushy_log")
@@ -33,6 +38,12 @@ def listen(url: str) -> psycopg.Connection[Any]:
 
 
 def fetch(conn: psycopg.Connection[Any], after: int) -> list[tuple[int, Any, bytes]]:
+    """Up to ``FOLLOW_BATCH`` rows ``(seq, writer, framed record)`` after seq ``after``, in
+    seq order (in a worker thread).
+
+    Raises:
+        psycopg.Error: the connection broke.
+    """
     cur = conn.cursor(binary=True)
     rows = cur.execute(
         "SELECT seq, writer, record FROM pushy_log WHERE seq > %s ORDER BY seq LIMIT %s",
