@@ -93,6 +93,7 @@ def reason(e: psycopg.Error) -> str:
 
 
 def detail(e: BaseException) -> str:
+    """The first line of an error's message, for logs and the operator's reports."""
     text = str(e).strip().splitlines()
     return text[0] if text else type(e).__name__
 
@@ -116,6 +117,8 @@ def decode_frames(first_seq: int, frames: Sequence[bytes], where: str) -> list[d
 
 @dataclasses.dataclass(slots=True)
 class Opened:
+    """What recovery found, with the connection it read it on (the writer's from then on)."""
+
     conn: psycopg.Connection[Any]
     recovered: Recovered
     head: int
@@ -123,6 +126,7 @@ class Opened:
 
 
 def take_open_lock(conn: psycopg.Connection[Any]) -> bool:
+    """Take the exclusive open's session lock; ``False`` when another session holds it."""
     row = conn.execute(_OPEN_LOCK).fetchone()
     conn.commit()
     return bool(row and row[0])
@@ -153,7 +157,7 @@ def recover(url: str, where: str, exclusive: bool) -> Opened:
                 raise StoreError(f"{where} is already open (another pushy appliance?)")
             conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
             with conn.transaction():
-                opened = read_store(conn, where)
+                opened = _read(conn, where)
             conn.isolation_level = None
         except psycopg.Error as e:
             raise StoreError(f"cannot open the store in {where}: {detail(e)}") from e
@@ -163,7 +167,7 @@ def recover(url: str, where: str, exclusive: bool) -> Opened:
     return opened
 
 
-def read_store(conn: psycopg.Connection[Any], where: str) -> Opened:
+def _read(conn: psycopg.Connection[Any], where: str) -> Opened:
     head_row = conn.execute("SELECT seq FROM pushy_head WHERE id = 1").fetchone()
     head = int(head_row[0]) if head_row else 0
     state: Any = None
