@@ -7,13 +7,14 @@ upward. A package's ``__init__`` imports nothing above the lowest layer of its s
 all of this on the source, and that the pure layer does no I/O (no file, environment, clock,
 network, subprocess, task or thread); ``tests/test_exports.py`` pins each package's ``__all__``.
 
-1. Pure (no I/O, no trio tasks): ``errors``, ``config``, ``chef_auth``, ``protocol``,
-   ``sse``, ``model`` (identity), ``auth`` (request authentication and authorization over
-   the identity model), ``websession`` (the dashboard's login links and sessions),
-   ``jsonbody`` (the JSON body policy), ``jobfile`` (a job's file payload), ``urls`` (public
-   URLs from the request's Host), ``replay`` (refusing replayed signatures), ``paths`` (the
-   normal form of request paths), ``jobs.status``, ``jobs.events``, ``jobs.state``,
-   ``jobs.machine``, ``jobs.step``, ``jobs.ending``, ``jobs.record``, ``jobs.validation``,
+1. Pure (no I/O, no trio tasks): ``errors``, ``config`` (with ``config_base``, the loader,
+   and ``config_agent``), ``chef_auth``, ``protocol``, ``sse``, ``model`` (identity),
+   ``auth`` (request authentication and authorization over the identity model),
+   ``websession`` (the dashboard's login links and sessions), ``jsonbody`` (the JSON body
+   policy), ``jobfile`` (a job's file payload), ``urls`` (public URLs from the request's
+   Host), ``replay`` (refusing replayed signatures), ``paths`` (the normal form of request
+   paths), ``jobs.status``, ``jobs.events``, ``jobs.state``, ``jobs.machine``, ``jobs.step``,
+   ``jobs.ending``, ``jobs.record``, ``jobs.validation``, ``jobs.build`` (a new job),
    ``jobs.model`` (with ``jobs.output``, ``jobs.compact``, ``jobs.details``,
    ``jobs.history``), ``nodes.model``, ``agent.whitelist``, ``search`` (the query language and
    matcher), ``facts`` (the node facts' names, config and size limit), ``agent.facts_parse``
@@ -27,9 +28,10 @@ network, subprocess, task or thread); ``tests/test_exports.py`` pins each packag
    cap on a listener's connections still in their handshake), ``agent.facts`` (runs ohai,
    reads the system's files).
 3. Engines: ``db`` (store + models), ``nodes.registry``, ``nodes.sendroom``, ``nodes.link``
-   (the node↔job link), ``jobs.runner``, ``jobs.retention``, ``agent.executor``,
-   ``agent.jobspec``, ``agent.procgroup``, ``agent.outstream`` (what of a running job's
-   output each connection has had) and ``agent.runtime`` (the node side's engine);
+   (the node↔job link), ``jobs.runner`` (with ``jobs.live``), ``jobs.retention``,
+   ``agent.executor``, ``agent.jobspec``, ``agent.procgroup``, ``agent.outstream`` (what of a
+   running job's output each connection has had) and ``agent.runtime`` (the node side's
+   engine);
    ``services`` (the engines of one running server, handed to the adapters).
 4. Adapters: ``http`` (the REST API and feeds), ``nodesock`` (the node WebSocket listener),
    ``client`` (the signed HTTP client of the CLI and agent), ``agent.connection``.

@@ -7,13 +7,7 @@ Loaded once, from three sources in order, later ones winning:
    (``heartbeat.interval`` → ``PUSHY_HEARTBEAT_INTERVAL``);
 3. command-line flags, given as a mapping of dotted keys.
 
-The agent's facts are the one exception to the generic loader: its ``[facts]`` table holds a
-free-form ``[facts.attributes]`` table, and the top-level ``tags``, ``environment`` and
-``roles`` belong to them too, so these are taken out and handed to
-:func:`~pushy_appliance.facts.parse_facts_config` (``AgentConfig.facts``); their environment
-variables are ``PUSHY_FACTS_OHAI``, ``PUSHY_FACTS_OHAI_TIMEOUT``,
-``PUSHY_FACTS_REFRESH_INTERVAL``, ``PUSHY_TAGS``, ``PUSHY_ROLES`` (comma-separated) and
-``PUSHY_ENVIRONMENT``.
+The agent's facts are the one exception to the generic loader: see ``config_agent``.
 
 Unknown keys in the file are an error naming them. Environment variables that start with
 ``PUSHY_`` but name no key are ignored (the CLI uses ``PUSHY_SERVER``, ``PUSHY_USER`` and
@@ -21,8 +15,11 @@ friends), except within a known section prefix where they are almost certainly t
 (``PUSHY_HEARTBEAT_INTERVL``): those are an error too.
 
 This module is pure: it parses what it is handed (the file's bytes, the environment as a
-mapping, the flags) and reads no file, environment or clock itself. ``config_files`` reads the
-file (:func:`~pushy_appliance.config_files.load_server_config`,
+mapping, the flags) and reads no file, environment or clock itself. It holds the server's
+configuration and its checks, and re-exports the rest: the loader, ``parse_toml``,
+``parse_host_port`` and ``LogConfig`` from ``config_base``, the agent's configuration from
+``config_agent``. ``config_files`` reads the file
+(:func:`~pushy_appliance.config_files.load_server_config`,
 :func:`~pushy_appliance.config_files.load_agent_config`) and finds the data directory.
 """
 
@@ -31,14 +28,13 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import re
-import tomllib
-import types
-import typing
 from collections.abc import Mapping
-from typing import Any, TypeVar
+from typing import Any
 
+from .config_agent import DEFAULT_ALLOW as DEFAULT_ALLOW
+from .config_agent import DEFAULT_PROTECTED_ENV, AgentConfig, AllowEntry, build_agent_config
+from .config_base import LOG_LEVELS, LogConfig, load, parse_host_port, parse_toml
 from .errors import ConfigError
-from .facts import FactsConfig, parse_facts_config
 from .urls import valid_host_name
 
 __all__ = [
@@ -231,14 +227,6 @@ class WebhooksConfig:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class LogConfig:
-    level: str = "info"
-    """One of debug, info, warning, error."""
-    format: str = "text"
-    """``text`` or ``json`` (one object per line)."""
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
 class ServerConfig:
     """Everything ``pushy serve`` needs."""
 
@@ -264,7 +252,7 @@ class ServerConfig:
     ui: UiConfig = UiConfig()
     audit: AuditConfig = AuditConfig()
     webhooks: WebhooksConfig = WebhooksConfig()
-    log: LogConfig = LogConfig()
+    log: LogConfig = dataclasses.field(default_factory=LogConfig)
 
     @property
     def reconnect_grace(self) -> float:
@@ -272,299 +260,6 @@ class ServerConfig:
         if self.jobs.reconnect_grace is not None:
             return self.jobs.reconnect_grace
         return 2 * self.heartbeat.interval + 10.0
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class AllowEntry:
-    """One whitelist entry of the agent: exactly one of ``command`` and ``pattern``."""
-
-    command: str | None = None
-    pattern: str | None = None
-    run: str | None = None
-    shell: bool = False
-
-
-DEFAULT_ALLOW = (AllowEntry(command="chef-client"),)
-
-DEFAULT_PROTECTED_ENV: tuple[str, ...] = (
-    # where commands are found
-    "PATH",
-    "CDPATH",
-    # the dynamic loader reads every LD_ variable (LD_PRELOAD, LD_LIBRARY_PATH, LD_AUDIT, …);
-    # glibc loads conversion modules and locale data from these
-    "LD_*",
-    "DYLD_*",
-    "GCONV_PATH",
-    "GLIBC_TUNABLES",
-    "LOCPATH",
-    "NLSPATH",
-    # shells: startup files, exported functions, options (xtrace expands PS4), word splitting
-    "BASH_ENV",
-    "ENV",
-    "BASH_FUNC_*",
-    "SHELLOPTS",
-    "BASHOPTS",
-    "PS4",
-    "IFS",
-    # interpreters that load code the environment names
-    "PYTHONPATH",
-    "PYTHONHOME",
-    "PYTHONSTARTUP",
-    "PYTHONUSERBASE",
-    "PYTHONWARNINGS",
-    "PYTHONBREAKPOINT",
-    "RUBYOPT",
-    "RUBYLIB",
-    "GEM_HOME",
-    "GEM_PATH",
-    "PERL5OPT",
-    "PERL5LIB",
-    "PERLLIB",
-    "PERL5DB",
-    "NODE_OPTIONS",
-    "NODE_PATH",
-    "JAVA_TOOL_OPTIONS",
-    "_JAVA_OPTIONS",
-    "JDK_JAVA_OPTIONS",
-)
-"""Variables a job's ``env`` may not set unless the agent's config says otherwise: those that
-make the loader, a shell or an interpreter run code the whitelisted command does not name. A
-name ending in ``*`` is a prefix: ``LD_*`` (every variable of the dynamic loader), ``DYLD_*``
-(macOS's), ``BASH_FUNC_*`` (exported bash functions). The interpreters' families are listed
-name by name, since they also hold settings jobs use (``PYTHONUNBUFFERED``, ``NODE_ENV``)."""
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class AgentConfig:
-    """Everything ``pushy agent`` needs."""
-
-    server_url: str | None = None
-    """The org URL, ``https://host:10003/organizations/ORG``: ``server_urls`` of one."""
-    server_urls: tuple[str, ...] = ()
-    """The org URLs of several appliances of one cluster (one org), tried in turn
-    (``agent.failover``); give this or ``server_url``, not both."""
-    node_name: str | None = None
-    """This node's name, also its client name; unset: the host name."""
-    client_key: str | None = None
-    """PEM private key of the node's client."""
-    ca_cert: str | None = None
-    """CA file that signs the server's certificate."""
-    server_fingerprint: str | None = None
-    """``SHA256:HEX`` of the server certificate to pin instead of a CA."""
-    state_dir: str | None = None
-    """Where the agent keeps its state file; unset: /var/lib/pushy-agent or ~/.local/state."""
-    working_dir: str = "/"
-    """Directory commands run in when a job gives no ``dir``."""
-    protected_env: tuple[str, ...] = DEFAULT_PROTECTED_ENV
-    """Variables a job's ``env`` cannot set; a name ending in ``*`` is a prefix."""
-    allow: tuple[AllowEntry, ...] = DEFAULT_ALLOW
-    """The whitelist."""
-    log: LogConfig = LogConfig()
-    facts: FactsConfig = dataclasses.field(default_factory=FactsConfig)
-    """How facts are collected and the operator's own (``[facts]``, ``tags``,
-    ``environment``, ``roles``; see :mod:`pushy_appliance.facts`)."""
-
-    @property
-    def servers(self) -> tuple[str, ...]:
-        """The org URLs to connect to, in order: ``server_urls``, or ``server_url`` alone;
-        empty when neither is set."""
-        if self.server_urls:
-            return self.server_urls
-        return (self.server_url,) if self.server_url else ()
-
-
-# --- loading --------------------------------------------------------------------------------
-
-T = TypeVar("T")
-
-_NAME_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,255}$")
-
-
-def parse_host_port(value: str, *, key: str = "listen", source: str = "config") -> tuple[str, int]:
-    """Split ``HOST:PORT`` (``[v6]:PORT`` too) into its parts.
-
-    Raises:
-        ConfigError: when the value is not of that form or the port is out of range.
-    """
-    m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d+)|([^:\s]+):(\d+)", value.strip())
-    if not m:
-        raise ConfigError(source, key, f"expected HOST:PORT, got {value!r}")
-    host = m.group(1) or m.group(3)
-    port = int(m.group(2) or m.group(4))
-    if not 0 <= port <= 65535:
-        raise ConfigError(source, key, f"port {port} out of range 0..65535")
-    return host, port
-
-
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", str(tp))
-
-
-def _coerce(value: Any, tp: Any, key: str, source: str, from_text: bool) -> Any:
-    """Check (or, for environment text, convert) ``value`` against the annotation ``tp``."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if value is None or (from_text and value == ""):
-            return None
-        return _coerce(value, args[0], key, source, from_text)
-    if tp is bool:
-        if from_text and isinstance(value, str):
-            low = value.strip().lower()
-            if low in ("1", "true", "yes", "on"):
-                return True
-            if low in ("0", "false", "no", "off"):
-                return False
-            raise ConfigError(source, key, f"expected a boolean, got {value!r}")
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(source, key, f"expected a boolean, got {type(value).__name__}")
-    if tp is int:
-        if from_text and isinstance(value, str):
-            try:
-                return int(value.strip())
-            except ValueError:
-                raise ConfigError(source, key, f"expected an integer, got {value!r}") from None
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise ConfigError(source, key, f"expected an integer, got {type(value).__name__}")
-    if tp is float:
-        if from_text and isinstance(value, str):
-            try:
-                return float(value.strip())
-            except ValueError:
-                raise ConfigError(source, key, f"expected a number, got {value!r}") from None
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        raise ConfigError(source, key, f"expected a number, got {type(value).__name__}")
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise ConfigError(source, key, f"expected a string, got {type(value).__name__}")
-    if origin is tuple:
-        (item_tp, _ellipsis) = typing.get_args(tp)
-        if from_text and isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        if not isinstance(value, list | tuple):
-            raise ConfigError(source, key, f"expected a list, got {type(value).__name__}")
-        return tuple(
-            _coerce(v, item_tp, f"{key}[{i}]", source, from_text) for i, v in enumerate(value)
-        )
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, Mapping):
-            raise ConfigError(source, key, f"expected a table, got {type(value).__name__}")
-        return _build(typing.cast(type[Any], tp), value, source, prefix=f"{key}.")
-    raise ConfigError(source, key, f"unsupported type {_type_name(tp)}")  # pragma: no cover
-
-
-def _build(cls: type[T], data: Mapping[str, Any], source: str, prefix: str = "") -> T:
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        names = ", ".join(prefix + u for u in unknown)
-        raise ConfigError(source, None, f"unknown key(s): {names}")
-    kwargs = {
-        name: _coerce(value, hints[name], prefix + name, source, from_text=False)
-        for name, value in data.items()
-    }
-    return cls(**kwargs)
-
-
-def _merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for k, v in override.items():
-        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
-            out[k] = _merge(dict(out[k]), v)
-        else:
-            out[k] = v
-    return out
-
-
-def parse_toml(data: bytes, source: str) -> dict[str, Any]:
-    """Parse a configuration file's bytes (UTF-8 TOML).
-
-    Args:
-        data: the file's content.
-        source: what errors call the file (its path).
-
-    Raises:
-        ConfigError: the bytes are not valid TOML.
-    """
-    try:
-        return tomllib.loads(data.decode())
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(source, None, f"invalid TOML: {e}") from None
-
-
-def _is_table_list(tp: Any) -> bool:
-    """A tuple of tables (``[[allow]]``): only settable from the file."""
-    if typing.get_origin(tp) is not tuple:
-        return False
-    return dataclasses.is_dataclass(typing.get_args(tp)[0])
-
-
-def _env_overrides(cls: type[Any], environ: Mapping[str, str]) -> dict[str, Any]:
-    """Map ``PUSHY_SECTION_KEY`` variables onto the dataclass ``cls``'s keys (text values)."""
-    hints = typing.get_type_hints(cls)
-    out: dict[str, Any] = {}
-    sections: dict[str, tuple[str, type[Any]]] = {}
-    for f in dataclasses.fields(cls):
-        tp = hints[f.name]
-        if dataclasses.is_dataclass(tp):
-            sections[f"PUSHY_{f.name.upper()}_"] = (f.name, tp)  # type: ignore[assignment]
-        elif not _is_table_list(tp):
-            var = f"PUSHY_{f.name.upper()}"
-            if var in environ:
-                out[f.name] = _coerce(environ[var], tp, var, "environment", from_text=True)
-    for var, text in environ.items():
-        for prefix, (section, sub_cls) in sections.items():
-            if not var.startswith(prefix):
-                continue
-            sub_hints = typing.get_type_hints(sub_cls)
-            key = var[len(prefix) :].lower()
-            if key not in sub_hints:
-                raise ConfigError("environment", var, f"no key {section}.{key}")
-            out.setdefault(section, {})[key] = _coerce(
-                text, sub_hints[key], var, "environment", from_text=True
-            )
-    return out
-
-
-def _to_plain(obj: Any) -> Any:
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: _to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, tuple):
-        return [_to_plain(v) for v in obj]
-    return obj
-
-
-def _load(
-    cls: type[T],
-    file: Mapping[str, Any] | None,
-    source: str,
-    environ: Mapping[str, str],
-    flags: Mapping[str, Any] | None,
-) -> T:
-    data: dict[str, Any] = {}
-    if file is not None:
-        data = dict(file)
-        _build(cls, data, source)  # type- and key-check the file on its own
-    env = _env_overrides(cls, environ)
-    # Environment values are already typed; merge them as plain data.
-    data = _merge(data, {k: _to_plain(v) for k, v in env.items()})
-    flag_tree: dict[str, Any] = {}
-    for dotted, value in (flags or {}).items():
-        if value is None:
-            continue
-        node = flag_tree
-        *parents, leaf = dotted.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    data = _merge(data, flag_tree)
-    config = _build(cls, data, "flags" if flags else (source if file is not None else "defaults"))
-    return config
 
 
 def _check_server(c: ServerConfig) -> ServerConfig:
@@ -629,7 +324,7 @@ def _check_server(c: ServerConfig) -> ServerConfig:
         raise ConfigError("config", "limits.handshake_timeout", "must be positive")
     _check_audit(c.audit)
     _check_webhooks(c.webhooks)
-    if c.log.level not in ("debug", "info", "warning", "error"):
+    if c.log.level not in LOG_LEVELS:
         raise ConfigError("config", "log.level", "must be debug, info, warning or error")
     if c.log.format not in ("text", "json"):
         raise ConfigError("config", "log.format", "must be text or json")
@@ -716,132 +411,4 @@ def build_server_config(
     Raises:
         ConfigError: naming the source and key of the first problem found.
     """
-    return _check_server(_load(ServerConfig, file, source, environ or {}, flags))
-
-
-def _check_agent(c: AgentConfig) -> AgentConfig:
-    if c.node_name is not None and not _NAME_RE.match(c.node_name):
-        raise ConfigError("config", "node_name", f"invalid node name {c.node_name!r}")
-    if c.ca_cert and c.server_fingerprint:
-        raise ConfigError(
-            "config", "ca_cert", "give either ca_cert or server_fingerprint, not both"
-        )
-    for i, entry in enumerate(c.allow):
-        if (entry.command is None) == (entry.pattern is None):
-            raise ConfigError("config", f"allow[{i}]", "needs exactly one of command and pattern")
-        if entry.pattern is not None:
-            try:
-                re.compile(entry.pattern)
-            except re.error as e:
-                raise ConfigError("config", f"allow[{i}].pattern", f"invalid regex: {e}") from None
-    if c.log.level not in ("debug", "info", "warning", "error"):
-        raise ConfigError("config", "log.level", "must be debug, info, warning or error")
-    for i, name in enumerate(c.protected_env):
-        stem = name.removesuffix("*")
-        if (
-            not name
-            or "*" in stem
-            or "=" in stem
-            or not all(ch.isprintable() and ch != " " for ch in stem)
-        ):
-            raise ConfigError(
-                "config",
-                f"protected_env[{i}]",
-                f"{name[:80]!r} is no variable name (nor a prefix ending in *)",
-            )
-    return c
-
-
-_FACTS_TOP = ("tags", "environment", "roles")
-"""Top-level agent keys that belong to the facts."""
-
-_FACTS_ENV = {
-    "PUSHY_FACTS_OHAI": "ohai",
-    "PUSHY_FACTS_OHAI_TIMEOUT": "ohai_timeout",
-    "PUSHY_FACTS_REFRESH_INTERVAL": "refresh_interval",
-}
-_FACTS_TOP_ENV = {"PUSHY_TAGS": "tags", "PUSHY_ROLES": "roles", "PUSHY_ENVIRONMENT": "environment"}
-
-
-def _agent_facts(
-    section: Any, top: dict[str, Any], environ: Mapping[str, str], source: str
-) -> FactsConfig:
-    """The facts configuration: the file's ``[facts]`` and top-level keys, then ``PUSHY_*``."""
-    if section is not None and not isinstance(section, Mapping):
-        raise ConfigError(source, "facts", f"expected a table, got {type(section).__name__}")
-    table = dict(section or {})
-    for var, text in environ.items():
-        if var in _FACTS_ENV:
-            key = _FACTS_ENV[var]
-            table[key] = text if key == "ohai" else _coerce(text, float, var, "environment", True)
-        elif var in _FACTS_TOP_ENV:
-            key = _FACTS_TOP_ENV[var]
-            if key == "environment":
-                top[key] = text
-            else:
-                top[key] = _coerce(text, tuple[str, ...], var, "environment", True)
-        elif var.startswith("PUSHY_FACTS_"):
-            raise ConfigError(
-                "environment", var, "no such key (facts.attributes is set in the file only)"
-            )
-    return parse_facts_config(
-        table,
-        tags=top.get("tags"),
-        environment=top.get("environment"),
-        roles=top.get("roles"),
-        source=source,
-    )
-
-
-_SERVER_KEYS = ("server_url", "server_urls")
-
-
-def _one_server_source(
-    file: dict[str, Any] | None,
-    source: str,
-    env: dict[str, str],
-    flags: Mapping[str, Any] | None,
-) -> None:
-    """Make ``server_url`` and ``server_urls`` one setting: a source may give either, not
-    both, and a later source's replaces an earlier's whichever it gives (the earlier one's
-    key is dropped from ``file`` and ``env`` in place)."""
-    given = {
-        source: [k for k in _SERVER_KEYS if file is not None and k in file],
-        "environment": [k for k in _SERVER_KEYS if f"PUSHY_{k.upper()}" in env],
-        "flags": [k for k in _SERVER_KEYS if flags is not None and flags.get(k) is not None],
-    }
-    for where, keys in given.items():
-        if len(keys) == 2:
-            raise ConfigError(where, "server_urls", "give server_url or server_urls, not both")
-    later = given["flags"] or given["environment"]
-    for key in _SERVER_KEYS:
-        if later and key not in later:
-            if file is not None:
-                file.pop(key, None)
-            if given["flags"]:
-                env.pop(f"PUSHY_{key.upper()}", None)
-
-
-def build_agent_config(
-    file: Mapping[str, Any] | None = None,
-    *,
-    source: str = "config",
-    environ: Mapping[str, str] | None = None,
-    flags: Mapping[str, Any] | None = None,
-) -> AgentConfig:
-    """Build the agent's configuration; same sources and errors as :func:`build_server_config`.
-
-    The facts (``[facts]``, ``tags``, ``environment``, ``roles`` and their ``PUSHY_*``
-    variables) are checked by :func:`~pushy_appliance.facts.parse_facts_config`.
-    """
-    rest = None if file is None else dict(file)
-    section = None if rest is None else rest.pop("facts", None)
-    top = {} if rest is None else {k: rest.pop(k) for k in _FACTS_TOP if k in rest}
-    env = dict(environ or {})
-    facts_env = {
-        k: env.pop(k) for k in list(env) if k.startswith("PUSHY_FACTS_") or k in _FACTS_TOP_ENV
-    }
-    _one_server_source(rest, source, env, flags)
-    config = _load(AgentConfig, rest, source, env, flags)
-    facts = _agent_facts(section, top, facts_env, source if file is not None else "defaults")
-    return _check_agent(dataclasses.replace(config, facts=facts))
+    return _check_server(load(ServerConfig, file, source, environ or {}, flags))

@@ -10,12 +10,14 @@ held, with its effects, until the store writes again; the job goes on from there
 restart :meth:`JobRunner.resume` sends ``Resume`` to every unfinished job; the machine
 re-derives what a lost effect would have done.
 
-The runner only creates, aborts and drives jobs. Node messages reach it from the node link
-(:mod:`..nodes.link`) through :meth:`JobRunner.post`, its :class:`~..nodes.link.JobPort`;
-the runner tells the link which nodes each live job holds (:meth:`~..nodes.link.NodeLink.hold`,
-:meth:`~..nodes.link.NodeLink.release`). Frames to nodes never wait for a node that stopped
-reading: :meth:`~..nodes.registry.NodeSession.send_now` writes at once only when the write
-cannot block, and queues the frame for the node's own writer otherwise.
+The runner only creates, aborts and drives jobs; a new job's state, first feed events and
+``job.create`` record are built by :func:`.build.build_job` (pure). Node messages reach it
+from the node link (:mod:`..nodes.link`) through :meth:`JobRunner.post`, its
+:class:`~..nodes.link.JobPort`; the runner tells the link which nodes each live job holds
+(:meth:`~..nodes.link.NodeLink.hold`, :meth:`~..nodes.link.NodeLink.release`). Frames to
+nodes never wait for a node that stopped reading:
+:meth:`~..nodes.registry.NodeSession.send_now` writes at once only when the write cannot
+block, and queues the frame for the node's own writer otherwise.
 
 Clock: every ``now`` the runner gives the machine, and every timer, reads the ``now`` callable
 it was built with (wall-clock ``time.time`` by default; tests pass a clock that follows
@@ -24,13 +26,10 @@ trio's, so timers run on the autojump clock).
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import logging
 import secrets
 import time
-from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import trio
@@ -41,15 +40,14 @@ from ..errors import JobCapacityError, JobFinishedError, NoSuchJobError, StoreUn
 from ..feeds import Feeds
 from ..nodes.link import NodeLink
 from ..nodes.registry import NodeRegistry, NodeSession
-from ..sse import MonotonicStamper, format_timestamp
+from ..sse import MonotonicStamper
 from . import record
-from .compact import pack_events
+from .build import JobTimers, build_job, feed_event
 from .details import JobDetails
 from .events import (
     Abort,
     CancelTimer,
     Effect,
-    Event,
     GraceExpired,
     KeepOutput,
     LateTimeout,
@@ -70,9 +68,10 @@ from .events import (
     StartTimer,
     VotingTimeout,
 )
+from .live import LiveJob
 from .machine import transition
 from .model import JobEntry, JobsModel
-from .state import DEFAULT_LATE_RESULT_TIMEOUT, JobState, holds, is_closed, is_finished, new_job
+from .state import DEFAULT_LATE_RESULT_TIMEOUT, JobState, holds, is_closed, is_finished
 from .status import JobStatus
 from .validation import JobRequest
 
@@ -95,64 +94,6 @@ FAN_OUT_CHUNK = 2_000
 """Feed events and commits a new job hands out between two checkpoints."""
 READ_IN_THREAD_BYTES = 64 * 1024
 """Archived details this large or larger are read and decoded in a worker thread."""
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class _Built:
-    """A new job as :meth:`JobRunner._build` makes it, before it is stored."""
-
-    state: JobState
-    effects: list[Effect]
-    events: list[list[Any]]
-    record: dict[str, Any]
-    stamper: MonotonicStamper
-    held: list[str]
-
-
-class _LiveJob:
-    """A job the runner is driving."""
-
-    def __init__(self, entry: JobEntry, state: JobState) -> None:
-        self.entry = entry
-        self.state = state
-        self.inbox: deque[Event] = deque()
-        self.wakeup = trio.Event()
-        self.room = trio.Event()
-        self.room.set()
-        self.timers: dict[str, trio.CancelScope] = {}
-        self.stamper = MonotonicStamper()
-        self.ended = trio.Event()
-        """Set once the job's end (a finished status) is durable."""
-        self.done = trio.Event()
-        """Set once the job is closed (no late result owed) and no longer driven."""
-        self.nursery: trio.Nursery | None = None
-        self.outgoing: list[tuple[NodeSession, type[Any], dict[str, Any]]] = []
-        """Frames the machine asked for, written by the job's task after the step is stored
-        (directly to each node's connection when that cannot block)."""
-        self.riders: list[dict[str, Any]] = []
-        """Records to store in the job's next step (an abort's audit record)."""
-
-    @property
-    def id(self) -> str:
-        return self.entry.id
-
-    def post(self, event: Event) -> None:
-        """Queue an event (never blocks: timers, operator requests, connection changes)."""
-        self.inbox.append(event)
-        self.wakeup.set()
-        if len(self.inbox) >= INBOX_HIGH_WATER and self.room.is_set():
-            self.room = trio.Event()
-
-    async def post_from_node(self, event: Event, session: NodeSession | None) -> None:
-        """Queue a node's event, first waiting while the inbox is over its high-water mark:
-        a node that floods frames is slowed down at its own socket, and the inbox stays
-        bounded. While it waits the node's frames (its heartbeats too) stay unread, so its
-        ``session`` is not timed out for that silence (:meth:`NodeSession.held_back`)."""
-        if not self.room.is_set():
-            with session.held_back() if session is not None else contextlib.nullcontext():
-                while not self.room.is_set():
-                    await self.room.wait()
-        self.post(event)
 
 
 class JobRunner:
@@ -193,7 +134,7 @@ class JobRunner:
         self.max_live_jobs = max_live_jobs
         self.max_live_job_nodes = max_live_job_nodes
         self._now = now
-        self.live: dict[str, _LiveJob] = {}
+        self.live: dict[str, LiveJob] = {}
         self._creating: list[int] = []
         """Node counts of the jobs being created (reserved against the caps)."""
         self._nursery: trio.Nursery | None = None
@@ -245,7 +186,7 @@ class JobRunner:
         stamper: MonotonicStamper | None = None,
         first: tuple[Iterable[Effect], list[list[Any]]] | None = None,
         held: list[str] | None = None,
-    ) -> _LiveJob:
+    ) -> LiveJob:
         """Start driving a stored job.
 
         Args:
@@ -254,7 +195,7 @@ class JobRunner:
                 the job's task before anything else (a job can be over at once).
             held: the nodes the job holds (``state.holds``), if known already.
         """
-        job = _LiveJob(entry, state)
+        job = LiveJob(entry, state, high_water=INBOX_HIGH_WATER)
         if stamper is not None:
             job.stamper = stamper
         self.live[entry.id] = job
@@ -304,11 +245,12 @@ class JobRunner:
             now = self._now()
             online = self.link.reachable_nodes(org, req.nodes)
             holders = self.link.holders(org, req.nodes)
-            build = (job_id, org, req, requester, online, holders, now, rerun_of)
+            timers = JobTimers(self.voting_timeout, self.reconnect_grace, self.late_result_timeout)
+            build = (job_id, org, req, requester, online, holders, now, rerun_of, timers)
             if len(req.nodes) > BUILD_IN_THREAD_NODES:
-                built = await trio.to_thread.run_sync(self._build, *build)
+                built = await trio.to_thread.run_sync(build_job, *build)
             else:
-                built = self._build(*build)
+                built = build_job(*build)
             # Once stored, the job must also run: a client that hangs up (cancelling this
             # request) must not leave a stored job that nobody drives until the next restart.
             with trio.CancelScope(shield=True):
@@ -339,85 +281,6 @@ class JobRunner:
         if held > self.max_live_job_nodes:
             raise JobCapacityError("nodes in live jobs", self.max_live_job_nodes, held)
         self._creating.append(nodes)
-
-    def _build(
-        self,
-        job_id: str,
-        org: str,
-        req: JobRequest,
-        requester: str,
-        online: frozenset[str],
-        holders: dict[str, str],
-        now: float,
-        rerun_of: str | None,
-    ) -> _Built:
-        """A new job after ``Start``, and its ``job.create`` record (pure: safe in a worker
-        thread, as it touches nothing another task may change)."""
-        # Limits beyond the node count change nothing; clamped, any integer the request may
-        # carry (2**64 and more) fits the store's msgpack records.
-        max_concurrency = _at_most(req.max_concurrency, len(req.nodes))
-        max_failures = _at_most(req.max_failures, len(req.nodes))
-        state0 = new_job(
-            job_id,
-            req.nodes,
-            quorum=req.quorum,
-            run_timeout=req.run_timeout,
-            voting_timeout=self.voting_timeout,
-            reconnect_grace=self.reconnect_grace,
-            max_concurrency=max_concurrency,
-            max_failures=max_failures,
-            late_result_timeout=self.late_result_timeout,
-        )
-        spec: dict[str, Any] = {
-            "command": req.command,
-            "run_timeout": req.run_timeout,
-            "quorum": req.quorum,
-            "user": req.user,
-            "dir": req.dir,
-            "env": req.env,
-            "file": req.file,
-            "capture": req.capture_output,
-            "requester": requester,
-            "max_concurrency": max_concurrency,
-            "max_failures": max_failures,
-        }
-        if req.search is not None:
-            spec["search"] = req.search  # the query that named the nodes, as given
-        if rerun_of is not None:
-            spec["rerun_of"] = rerun_of
-        stamper = MonotonicStamper()
-        start_data: dict[str, Any] = {
-            "command": req.command,
-            "run_timeout": req.run_timeout,
-            "quorum": req.quorum,
-            "node_count": len(req.nodes),
-            "user": requester,
-        }
-        if req.user is not None:
-            start_data["job_user"] = req.user
-        if req.dir is not None:
-            start_data["dir"] = req.dir
-        if req.env is not None:
-            start_data["env"] = req.env
-        if req.file is not None:
-            start_data["file_specified"] = True
-        start_data["capture"] = req.capture_output
-        events: list[list[Any]] = [_feed_event(1, "start", start_data, stamper, now)]
-        state, effects = transition(state0, Start(now, online, holders))
-        for fx in effects:
-            if isinstance(fx, Publish):
-                events.append(_feed_event(len(events) + 1, fx.event, fx.data, stamper, now))
-        created = {
-            "t": "job.create",
-            "id": job_id,
-            "org": org,
-            "spec": spec,
-            "state": record.to_columns(state),
-            "events": pack_events(events),
-            "at": now,
-        }
-        held = [n for n in state.nodes if holds(state, n)]
-        return _Built(state, list(effects), events, created, stamper, held)
 
     async def abort(self, org: str, job_id: str, *, riders: Iterable[dict[str, Any]] = ()) -> None:
         """Abort a voting or running job and wait until its end is durable (not for the late
@@ -498,7 +361,7 @@ class JobRunner:
 
     async def _drive(
         self,
-        job: _LiveJob,
+        job: LiveJob,
         first: tuple[Iterable[Effect], list[list[Any]]] | None,
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
@@ -520,7 +383,7 @@ class JobRunner:
                 nursery.cancel_scope.cancel()
         self._retire(job)
 
-    async def _batch(self, job: _LiveJob) -> None:
+    async def _batch(self, job: LiveJob) -> None:
         """Run every queued event through the machine; store the batch as one ``job.step``
         (job fields, changed nodes, feed events, output chunks, results); then act on it.
 
@@ -549,7 +412,7 @@ class JobRunner:
             effects.extend(fx)
             for f in fx:
                 if isinstance(f, Publish):
-                    events.append(_feed_event(n, f.event, f.data, job.stamper, now))
+                    events.append(feed_event(n, f.event, f.data, job.stamper, now))
                     n += 1
                 elif isinstance(f, KeepOutput) and capture:
                     chunk = [f.node, f.channel, f.offset, f.data]
@@ -557,7 +420,7 @@ class JobRunner:
                     if f.data:  # a chunk past the cap is counted, not published
                         text = f.data.decode("utf-8", "replace")
                         fields = {"node": f.node, "channel": f.channel, "data": text}
-                        events.append(_feed_event(n, "output", fields, job.stamper, now))
+                        events.append(feed_event(n, "output", fields, job.stamper, now))
                         n += 1
             result = event.result if isinstance(event, NodeBack) else event
             if isinstance(result, Result) and result.fields is not None:
@@ -594,7 +457,7 @@ class JobRunner:
         self.link.release(job.entry.org, job.id, released)
         self._perform(job, effects, events)
 
-    def _retire(self, job: _LiveJob) -> None:
+    def _retire(self, job: LiveJob) -> None:
         self.live.pop(job.id, None)
         job.room.set()  # nobody drains this inbox any more: let waiting nodes go on
         self.link.release(job.entry.org, job.id, job.state.nodes)
@@ -604,7 +467,7 @@ class JobRunner:
     # --- effects ----------------------------------------------------------------------------
 
     async def _perform_first(
-        self, job: _LiveJob, effects: Iterable[Effect], events: list[list[Any]]
+        self, job: LiveJob, effects: Iterable[Effect], events: list[list[Any]]
     ) -> None:
         """:meth:`_perform` for the step that created the job, in chunks: a 100,000-node
         job's first events (a vote for every node that was down) and commits are handed
@@ -624,7 +487,7 @@ class JobRunner:
             else:
                 self._perform(job, (fx,), [])
 
-    def _perform(self, job: _LiveJob, effects: Iterable[Effect], events: list[list[Any]]) -> None:
+    def _perform(self, job: LiveJob, effects: Iterable[Effect], events: list[list[Any]]) -> None:
         org = job.entry.org
         for ev in events:
             self.feeds.publish_job(org, job.id, ev)
@@ -664,7 +527,7 @@ class JobRunner:
                     scope.cancel()
 
     def _send(
-        self, job: _LiveJob, node: str, cls: type[Any], fields: dict[str, Any]
+        self, job: LiveJob, node: str, cls: type[Any], fields: dict[str, Any]
     ) -> NodeSession | None:
         """Queue a frame for the node's current session (if it has one that is not closing)
         on the job's outgoing list; returns that session."""
@@ -674,14 +537,14 @@ class JobRunner:
         job.outgoing.append((s, cls, fields))
         return s
 
-    def _send_abort(self, job: _LiveJob, node: str, fields: dict[str, Any]) -> None:
+    def _send_abort(self, job: LiveJob, node: str, fields: dict[str, Any]) -> None:
         """Queue an ``abort`` (of the job, or ``job_id: nil`` for rehab); the link holds the
         node unavailable until its agent answers ``aborted``."""
         s = self._send(job, node, protocol.Abort, fields)
         if s is not None:
             self.link.expect_aborted(s)
 
-    async def _write(self, job: _LiveJob) -> None:
+    async def _write(self, job: LiveJob) -> None:
         """Write the job's outgoing frames, in order. Each frame's ``seq`` is taken just before
         its write, so that frames other tasks send the node (heartbeats, …) stay in order.
         A write never waits for a node that stopped reading (see ``NodeSession.send_now``);
@@ -696,7 +559,7 @@ class JobRunner:
                 if i % FAN_OUT_CHUNK == 0:
                     await trio.lowlevel.checkpoint()
 
-    def _arm(self, job: _LiveJob, kind: str, deadline: float) -> None:
+    def _arm(self, job: LiveJob, kind: str, deadline: float) -> None:
         old = job.timers.pop(kind, None)
         if old is not None:
             old.cancel()
@@ -708,7 +571,7 @@ class JobRunner:
         job.nursery.start_soon(self._timer, job, kind, deadline, scope)
 
     async def _timer(
-        self, job: _LiveJob, kind: str, deadline: float, scope: trio.CancelScope
+        self, job: LiveJob, kind: str, deadline: float, scope: trio.CancelScope
     ) -> None:
         with scope:
             await trio.sleep(max(0.0, deadline - self._now()))
@@ -723,14 +586,3 @@ class JobRunner:
                 job.post(LateTimeout(now))
             elif kind.startswith("grace:"):
                 job.post(GraceExpired(kind[len("grace:") :], now))
-
-
-def _at_most(value: int | None, limit: int) -> int | None:
-    return None if value is None else min(value, limit)
-
-
-def _feed_event(
-    n: int, name: str, fields: Mapping[str, Any], stamper: MonotonicStamper, now: float
-) -> list[Any]:
-    """A job-feed event as stored and published: ``[n, name, data]``, ``timestamp`` first."""
-    return [n, name, {"timestamp": format_timestamp(stamper.stamp(now)), **fields}]

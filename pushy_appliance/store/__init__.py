@@ -185,7 +185,7 @@ def verify_postgres_store(url: str) -> VerifyReport:
         StoreError: the driver is not installed.
     """
     try:
-        from ._postgres import verify
+        from ._pgverify import verify
     except ImportError as e:
         raise StoreError(_NO_DRIVER) from e
     return verify(url)

@@ -47,6 +47,10 @@ there is no torn tail to cut: a record that fails its checks, or a missing seq, 
 Exclusive opens (the default, until the cluster's engines follow each other) hold a session
 advisory lock keyed on the schema, so a second appliance on the same store is refused at open,
 as a second server on one data directory is.
+
+The code, by seam: connections, the tables and recovery in ``_pgopen``; the follower's reads
+and its doorbell in ``_pgfollow``; ``pushy store verify`` in ``_pgverify``; here the store
+itself: the group commit, in-doubt groups, snapshots, the head and the follower's loop.
 """
 
 from __future__ import annotations
@@ -54,21 +58,24 @@ from __future__ import annotations
 import dataclasses
 import logging
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from typing import Any
 
 import psycopg
 import trio
-from psycopg import conninfo
 
 from ..errors import StoreCorruptError, StoreError, StoreUnavailableError
-from ._base import GroupCommitStore, Recovered
-from ._format import BlobRef, decode_snapshot, encode_segment_header, scan_segment
+from ._base import GroupCommitStore
+from ._format import BlobRef
 from ._outage import RETRY_FIRST, RETRY_MAX
+from ._pgfollow import FOLLOW_BATCH, FOLLOW_POLL, fetch, listen, wait_doorbell
+from ._pgopen import FORMAT, Opened, connect, decode_frames, detail, reason, recover, take_open_lock
 from ._pgurl import redact_url
+from ._pgverify import verify
 from ._shared import SharedQuery
-from ._verify import VerifyReport
 
+# FORMAT, connect, decode_frames and verify are re-exported: their home is ``_pgopen`` and
+# ``_pgverify``.
 __all__ = [
     "FOLLOW_BATCH",
     "FOLLOW_POLL",
@@ -81,37 +88,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-FORMAT = "1"
-"""``pushy_meta.format`` of the tables this module writes."""
-FOLLOW_BATCH = 10_000
-"""Most records one read of the follower fetches."""
-FOLLOW_POLL = 5.0
-"""Seconds after which the follower reads the log even though its doorbell did not ring."""
-
-_SCHEMA = (
-    "CREATE TABLE IF NOT EXISTS pushy_meta (key text PRIMARY KEY, value text NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS pushy_head "
-    "(id int PRIMARY KEY CHECK (id = 1), seq bigint NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS pushy_log "
-    "(seq bigint PRIMARY KEY, writer uuid NOT NULL, record bytea NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS pushy_snapshot (seq bigint PRIMARY KEY, state bytea NOT NULL)",
-)
-_SESSION = (
-    # acknowledged = durable, whatever postgresql.conf says
-    "SET synchronous_commit = on",
-    # a stalled or vanished appliance cannot hold the head's lock for long
-    "SET idle_in_transaction_session_timeout = '10s'",
-    "SET lock_timeout = '10s'",
-    "SET statement_timeout = '30s'",
-)
-_CONNECT_DEFAULTS = {
-    "connect_timeout": "5",
-    "keepalives": "1",
-    "keepalives_idle": "5",
-    "keepalives_interval": "2",
-    "keepalives_count": "3",
-    "application_name": "pushy",
-}
 _NEXT_SEQS = (
     "UPDATE pushy_head SET seq = seq + %s WHERE id = 1 RETURNING seq, pg_current_xact_id()::text"
 )
@@ -123,65 +99,10 @@ WITH ins AS (
 )
 SELECT pg_notify('pushy_log', %(head)s)
 """
-_SCHEMA_LOCK = "SELECT pg_advisory_xact_lock(hashtext('pushy-store-schema:' || current_schema()))"
-_OPEN_LOCK = "SELECT pg_try_advisory_lock(hashtext('pushy-store-open:' || current_schema()))"
 _SAVE_SNAPSHOT = (
     "INSERT INTO pushy_snapshot (seq, state) VALUES (%s, %s) "
     "ON CONFLICT (seq) DO UPDATE SET state = EXCLUDED.state"
 )
-_UNREACHABLE_STATES = ("08", "57P")  # connection exceptions; admin shutdown, crash, starting
-
-
-def connect(url: str, *, autocommit: bool) -> psycopg.Connection[Any]:
-    """A connection with the store's session settings (URL parameters win over the
-    defaults: keepalives, a 5 s connect timeout).
-
-    Raises:
-        psycopg.Error: the database cannot be reached or refuses the settings.
-    """
-    params: dict[str, Any] = conninfo.conninfo_to_dict(url)
-    for key, value in _CONNECT_DEFAULTS.items():
-        params.setdefault(key, value)
-    conn = psycopg.connect(**params, autocommit=autocommit)
-    try:
-        for statement in _SESSION:
-            conn.execute(statement)
-        if not autocommit:
-            conn.commit()
-    except BaseException:
-        conn.close()
-        raise
-    return conn
-
-
-def _reason(e: psycopg.Error) -> str:
-    """What a client is told (no host names or paths): the condition, not the message."""
-    state = e.sqlstate
-    if state is None or state.startswith(_UNREACHABLE_STATES):
-        return "PostgreSQL unreachable"
-    return f"PostgreSQL error {state}"
-
-
-def _detail(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__
-
-
-def decode_frames(first_seq: int, frames: Sequence[bytes], where: str) -> list[dict[str, Any]]:
-    """The records of consecutive framed rows (seqs ``first_seq``…), checked as a segment.
-
-    Raises:
-        StoreCorruptError: a frame fails its length, CRC or msgpack check; the error names
-            the seq.
-    """
-    if not frames:
-        return []
-    data = encode_segment_header(first_seq) + b"".join(frames)
-    scan = scan_segment(data, path=where, first_seq=first_seq)
-    if scan.damage is not None:
-        seq = first_seq + len(scan.records)
-        raise StoreCorruptError(f"{where} pushy_log", seq, f"record {seq}: {scan.damage.reason}")
-    return scan.records
 
 
 class _StaleConnectionError(Exception):
@@ -209,105 +130,6 @@ class _Doubt:
     committed: bool | None = None  # None: not resolved yet
 
 
-@dataclasses.dataclass(slots=True)
-class _Opened:
-    conn: psycopg.Connection[Any]
-    recovered: Recovered
-    head: int
-    bytes: int
-
-
-def _take_open_lock(conn: psycopg.Connection[Any]) -> bool:
-    row = conn.execute(_OPEN_LOCK).fetchone()
-    conn.commit()
-    return bool(row and row[0])
-
-
-def _recover(url: str, where: str, exclusive: bool) -> _Opened:
-    """Create the tables if needed, lock, and read the snapshot and the records after it.
-    Runs in a worker thread."""
-    try:
-        conn = connect(url, autocommit=False)
-    except psycopg.Error as e:
-        raise StoreError(f"cannot connect to {where}: {_detail(e)}") from e
-    try:
-        try:
-            with conn.transaction():
-                conn.execute(_SCHEMA_LOCK)
-                for statement in _SCHEMA:
-                    conn.execute(statement)
-                conn.execute(
-                    "INSERT INTO pushy_meta VALUES ('format', %s) ON CONFLICT DO NOTHING",
-                    (FORMAT,),
-                )
-                conn.execute("INSERT INTO pushy_head VALUES (1, 0) ON CONFLICT DO NOTHING")
-                row = conn.execute("SELECT value FROM pushy_meta WHERE key = 'format'").fetchone()
-            if row is None or row[0] != FORMAT:
-                raise StoreError(f"{where}: unknown store format {row[0] if row else None!r}")
-            if exclusive and not _take_open_lock(conn):
-                raise StoreError(f"{where} is already open (another pushy appliance?)")
-            conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
-            with conn.transaction():
-                opened = _read(conn, where)
-            conn.isolation_level = None
-        except psycopg.Error as e:
-            raise StoreError(f"cannot open the store in {where}: {_detail(e)}") from e
-    except BaseException:
-        conn.close()
-        raise
-    return opened
-
-
-def _read(conn: psycopg.Connection[Any], where: str) -> _Opened:
-    head_row = conn.execute("SELECT seq FROM pushy_head WHERE id = 1").fetchone()
-    head = int(head_row[0]) if head_row else 0
-    state: Any = None
-    base = 0
-    seqs = [int(s) for (s,) in conn.execute("SELECT seq FROM pushy_snapshot ORDER BY seq DESC")]
-    for seq in seqs:
-        row = conn.execute("SELECT state FROM pushy_snapshot WHERE seq = %s", (seq,)).fetchone()
-        try:
-            state = decode_snapshot(bytes(row[0]) if row else b"", path=where, seq=seq).state
-        except StoreCorruptError as e:
-            log.warning(
-                "store: snapshot %d in %s is damaged (%s); trying an older one", seq, where, e
-            )
-            continue
-        base = seq
-        break
-    cur = conn.cursor(binary=True)
-    rows = cur.execute(
-        "SELECT seq, record FROM pushy_log WHERE seq > %s ORDER BY seq", (base,)
-    ).fetchall()
-    size_row = conn.execute(
-        "SELECT coalesce(sum(octet_length(record)), 0) FROM pushy_log"
-    ).fetchone()
-    if head > base and (not rows or int(rows[0][0]) != base + 1):
-        found = int(rows[0][0]) if rows else head + 1
-        raise StoreCorruptError(where, base + 1, f"records {base + 1}..{found - 1} are missing")
-    for index, (seq, _record) in enumerate(rows):
-        if int(seq) != base + 1 + index:
-            raise StoreCorruptError(
-                where, base + 1 + index, f"record {base + 1 + index} is missing"
-            )
-    if rows and int(rows[-1][0]) != head:
-        raise StoreCorruptError(where, head, f"the head says {head}, the log ends at {rows[-1][0]}")
-    records = decode_frames(base + 1, [bytes(r) for _s, r in rows], where)
-    log.info(
-        "store: opened %s: snapshot at seq %d, %d record(s) replayed, last seq %d",
-        where,
-        base,
-        len(records),
-        head,
-    )
-    return _Opened(
-        conn=conn,
-        recovered=Recovered(state, base, list(enumerate(records, start=base + 1))),
-        head=head,
-        bytes=int(size_row[0]) if size_row else 0,
-    )
-
-
 class PostgresStore(GroupCommitStore):
     """The store in a PostgreSQL database. Create it with :meth:`open` (or
     ``open_postgres_store``).
@@ -323,7 +145,7 @@ class PostgresStore(GroupCommitStore):
     """Closed jobs' details are not moved to an archive here: they stay in the appliance's
     memory, packed (``docs/SCALE-OUT.md`` §13)."""
 
-    def __init__(self, url: str, opened: _Opened, *, exclusive: bool, queue_size: int) -> None:
+    def __init__(self, url: str, opened: Opened, *, exclusive: bool, queue_size: int) -> None:
         super().__init__(opened.recovered, opened.head, queue_size=queue_size)
         self._url = url
         self._where = redact_url(url)
@@ -367,7 +189,7 @@ class PostgresStore(GroupCommitStore):
         if queue_size < 1:
             raise ValueError("queue_size must be at least 1")
         with trio.CancelScope(shield=True):
-            opened = await trio.to_thread.run_sync(_recover, url, redact_url(url), exclusive)
+            opened = await trio.to_thread.run_sync(recover, url, redact_url(url), exclusive)
         return cls(url, opened, exclusive=exclusive, queue_size=queue_size)
 
     @property
@@ -457,7 +279,7 @@ class PostgresStore(GroupCommitStore):
             raise self._unavailable(e) from e
         if self._exclusive:
             try:
-                held = _take_open_lock(conn)
+                held = take_open_lock(conn)
             except psycopg.Error as e:
                 conn.close()
                 raise self._unavailable(e) from e
@@ -485,7 +307,7 @@ class PostgresStore(GroupCommitStore):
             self._drop_conn()
 
     def _unavailable(self, e: psycopg.Error) -> StoreUnavailableError:
-        return StoreUnavailableError(_reason(e), f"{self._where} ({_detail(e)})")
+        return StoreUnavailableError(reason(e), f"{self._where} ({detail(e)})")
 
     # --- writing ------------------------------------------------------------------------------
 
@@ -610,7 +432,7 @@ class PostgresStore(GroupCommitStore):
             with connect(self._url, autocommit=True) as conn:
                 conn.execute(_SAVE_SNAPSHOT, (seq, contents))
         except psycopg.Error as e:
-            raise StoreError(f"cannot write snapshot {seq} to {self._where}: {_detail(e)}") from e
+            raise StoreError(f"cannot write snapshot {seq} to {self._where}: {detail(e)}") from e
 
     async def _after_snapshot(self, seq: int, archives: dict[int, int]) -> None:
         # ``archives`` is empty: this store keeps no archive (``keeps_archive``)
@@ -650,7 +472,7 @@ class PostgresStore(GroupCommitStore):
             conn.commit()
         except psycopg.Error as e:
             self._abort(conn)
-            raise StoreError(f"after snapshot {seq}: {_detail(e)}") from e
+            raise StoreError(f"after snapshot {seq}: {detail(e)}") from e
         log.info("store: snapshot at seq %d; removed %d obsolete row(s)", seq, removed)
         return int(row[0]) if row else 0
 
@@ -688,12 +510,12 @@ class PostgresStore(GroupCommitStore):
             while True:
                 if conn is None:
                     try:
-                        conn = await trio.to_thread.run_sync(self._listen)
+                        conn = await trio.to_thread.run_sync(listen, self._url)
                     except psycopg.Error as e:
                         log.warning(
                             "store: follower cannot reach %s (%s); again in %.2f s",
                             self._where,
-                            _detail(e),
+                            detail(e),
                             delay,
                         )
                         await trio.sleep(delay)
@@ -701,9 +523,9 @@ class PostgresStore(GroupCommitStore):
                         continue
                     delay = RETRY_FIRST
                 try:
-                    rows = await trio.to_thread.run_sync(self._fetch, conn, self._followed)
+                    rows = await trio.to_thread.run_sync(fetch, conn, self._followed)
                 except psycopg.Error as e:
-                    log.warning("store: follower lost %s (%s)", self._where, _detail(e))
+                    log.warning("store: follower lost %s (%s)", self._where, detail(e))
                     conn.close()
                     conn = None
                     continue
@@ -715,30 +537,13 @@ class PostgresStore(GroupCommitStore):
                 if pending:
                     with trio.move_on_after(FOLLOW_POLL):
                         await verdict.wait()
-                elif len(rows) < FOLLOW_BATCH and not await self._wait_doorbell(conn):
+                elif len(rows) < FOLLOW_BATCH and not await wait_doorbell(conn):
                     conn.close()
                     conn = None
         finally:
             self._following = False
             if conn is not None:
                 conn.close()
-
-    def _listen(self) -> psycopg.Connection[Any]:
-        conn = connect(self._url, autocommit=True)
-        try:
-            conn.execute("LISTEN pushy_log")
-        except BaseException:
-            conn.close()
-            raise
-        return conn
-
-    def _fetch(self, conn: psycopg.Connection[Any], after: int) -> list[tuple[int, Any, bytes]]:
-        cur = conn.cursor(binary=True)
-        rows = cur.execute(
-            "SELECT seq, writer, record FROM pushy_log WHERE seq > %s ORDER BY seq LIMIT %s",
-            (after, FOLLOW_BATCH),
-        ).fetchall()
-        return [(int(s), w, bytes(r)) for s, w, r in rows]
 
     def _take(
         self, rows: list[tuple[int, Any, bytes]]
@@ -765,117 +570,3 @@ class PostgresStore(GroupCommitStore):
             self._followed = seq
         self._doubts = [d for d in self._doubts if d.last > self._followed or d.committed is None]
         return out, False
-
-    async def _wait_doorbell(self, conn: psycopg.Connection[Any]) -> bool:
-        """Wait for a notification (or ``FOLLOW_POLL`` seconds); ``False`` when the
-        connection broke."""
-        try:
-            if list(conn.notifies(timeout=0)):
-                return True  # rang during the last read
-        except psycopg.Error:
-            return False
-        with trio.move_on_after(FOLLOW_POLL):
-            await trio.lowlevel.wait_readable(conn.fileno())
-        try:
-            list(conn.notifies(timeout=0))
-        except psycopg.Error:
-            return False
-        return True
-
-
-# --- pushy store verify --------------------------------------------------------------------
-
-
-def verify(url: str) -> VerifyReport:
-    """Check every snapshot and every record of the store in ``url``'s database, in one
-    read-only ``REPEATABLE READ`` transaction (a consistent view beside live appliances).
-
-    Returns:
-        The report; ``ok`` is false when a record or snapshot is damaged, seqs are missing
-        that no valid snapshot covers, or the head does not meet the log's end.
-    """
-    where = redact_url(url)
-    problems: list[str] = []
-    notes: list[str] = []
-    try:
-        conn = connect(url, autocommit=False)
-    except psycopg.Error as e:
-        return VerifyReport(False, 0, 0, 0, 0, [f"cannot connect: {_detail(e)}"], where)
-    try:
-        conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
-        conn.read_only = True
-        with conn.transaction():
-            return _verify_in(conn, where, problems, notes)
-    except psycopg.Error as e:
-        problems.append(f"cannot read the store: {_detail(e)}")
-        return VerifyReport(False, 0, 0, 0, 0, problems, where, notes)
-    finally:
-        conn.close()
-
-
-def _verify_in(
-    conn: psycopg.Connection[Any], where: str, problems: list[str], notes: list[str]
-) -> VerifyReport:
-    found = conn.execute("SELECT to_regclass('pushy_meta') IS NOT NULL").fetchone()
-    if not found or not found[0]:
-        problems.append("no pushy store here (no pushy_meta table in the search_path)")
-        return VerifyReport(False, 0, 0, 0, 0, problems, where, notes)
-    row = conn.execute("SELECT value FROM pushy_meta WHERE key = 'format'").fetchone()
-    if row is None or row[0] != FORMAT:
-        problems.append(f"unknown store format {row[0] if row else None!r}")
-        return VerifyReport(False, 0, 0, 0, 0, problems, where, notes)
-    head_row = conn.execute("SELECT seq FROM pushy_head WHERE id = 1").fetchone()
-    head = int(head_row[0]) if head_row else 0
-    valid: list[int] = []
-    seqs = [int(s) for (s,) in conn.execute("SELECT seq FROM pushy_snapshot ORDER BY seq")]
-    for seq in seqs:
-        state_row = conn.execute(
-            "SELECT state FROM pushy_snapshot WHERE seq = %s", (seq,)
-        ).fetchone()
-        try:
-            decode_snapshot(bytes(state_row[0]) if state_row else b"", path=where, seq=seq)
-        except StoreCorruptError as e:
-            problems.append(f"snapshot {seq}: {e.reason}; the next open skips it")
-            continue
-        valid.append(seq)
-    base = max(valid, default=0)
-    records = 0
-    size = 0
-    expected: int | None = None
-    with conn.cursor(name="pushy_verify", binary=True) as cur:
-        cur.itersize = 2000
-        cur.execute("SELECT seq, record FROM pushy_log ORDER BY seq")
-        for seq, record in cur:
-            seq = int(seq)
-            frame = bytes(record)
-            size += len(frame)
-            records += 1
-            if expected is None:
-                if seq > base + 1:
-                    problems.append(
-                        f"records {base + 1}..{seq - 1} are missing and no valid snapshot "
-                        "covers them"
-                    )
-            elif seq != expected:
-                problems.append(f"records {expected}..{seq - 1} are missing")
-            expected = seq + 1
-            try:
-                decode_frames(seq, [frame], where)
-            except StoreCorruptError as e:
-                problems.append(f"{e.reason}; the store will not open")
-    end = expected - 1 if expected is not None else base
-    if expected is None and head > base:
-        problems.append(f"records {base + 1}..{head} are missing and no valid snapshot covers them")
-    elif end != head and not (expected is None and head <= base):
-        problems.append(f"the head says {head}, the log ends at {end}")
-    notes.append(f"head at seq {head}; newest valid snapshot at seq {base}")
-    return VerifyReport(
-        ok=not problems,
-        segments=0,
-        records=records,
-        bytes=size,
-        snapshots=len(seqs),
-        problems=problems,
-        directory=where,
-        notes=notes,
-    )
