@@ -771,17 +771,21 @@ def _long_steps(path: Path, since: float, until: float) -> list[tuple[float, str
     return sorted(steps, reverse=True)
 
 
-async def _poll_status(conn: HttpConnection, host: str, done: trio.Event) -> list[float]:
-    """``GET /pushy/_status`` back to back until ``done``; the latency of each."""
+async def _poll_status(
+    conn: HttpConnection, host: str, done: trio.Event, latencies: list[float] | None = None
+) -> list[float]:
+    """``GET /pushy/_status`` back to back until ``done``; the latency of each (appended to
+    ``latencies`` as they come, so a connection the server closes loses none of them)."""
     get = plain_request_bytes("GET", "/pushy/_status", host)
-    latencies: list[float] = []
+    own: list[float] = []
+    latencies = own if latencies is None else latencies
     while not done.is_set():
         t0 = time.perf_counter()
         status, _body = await conn.request(get)
         latencies.append(time.perf_counter() - t0)
         if status != 200:
             raise RuntimeError(f"GET /pushy/_status: {status}")
-    return latencies
+    return own
 
 
 async def _store_bytes(conn: HttpConnection, host: str) -> int:
@@ -843,8 +847,16 @@ async def huge(bench: Bench) -> None:
                 conn: HttpConnection = poll_conn,
                 done: trio.Event = done,
                 out: list[float] = latencies,
+                index: int = i,
             ) -> None:
-                out.extend(await _poll_status(conn, hostport, done))
+                while not done.is_set():
+                    try:
+                        await _poll_status(conn, hostport, done, out)
+                    except (ConnectionError, trio.BrokenResourceError):
+                        # hypercorn closes a keep-alive connection after 1,000 requests
+                        await conn.aclose()
+                        conn = await HttpConnection.connect(host, port, server.ca_file, 1 + index)
+                await conn.aclose()
 
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(poller)
@@ -868,7 +880,6 @@ async def huge(bench: Bench) -> None:
                 await trio.sleep(1.0)  # what follows the job's end (archiving) is measured too
                 t_end = time.time()
                 done.set()
-            await poll_conn.aclose()
             await trio.sleep(0.3)  # the instrument's file is rewritten every 0.2 s
             steps = _long_steps(loop_file, t_start, t_end)
             rss1 = await _settle_rss(server.pid)
