@@ -215,6 +215,45 @@ class Api:
         return r.json()
 
 
+def write_agent_home(server: Server, node: str, home: Path, private_key: str, allow: str) -> Path:
+    """Write node ``node``'s key and agent config in ``home`` (``allow``: the whitelist's
+    TOML entries); the config's path."""
+    home.mkdir(parents=True)
+    key = home / "client.pem"
+    key.write_text(private_key)
+    key.chmod(0o600)
+    config = home / "agent.toml"
+    config.write_text(
+        f"server_url = {json.dumps(server.url + ORG)}\n"
+        f"node_name = {json.dumps(node)}\n"
+        f"client_key = {json.dumps(str(key))}\n"
+        f"ca_cert = {json.dumps(str(server.data_dir / 'tls' / 'ca.pem'))}\n"
+        f"state_dir = {json.dumps(str(home / 'state'))}\n"
+        f"working_dir = {json.dumps(str(home))}\n" + allow
+    )
+    return config
+
+
+async def start_agent(
+    api: Api, server: Server, node: str, home: Path, allow: str, cwd: Path
+) -> trio.Process:
+    """Create client ``node``, give it a home (:func:`write_agent_home`) and start a real
+    ``pushy agent`` on it, logging to ``home/agent.log``."""
+    r = await api.request("POST", f"{ORG}/clients", {"name": node, "create_key": True})
+    if r.status_code != 201:
+        raise RuntimeError(f"cannot create client {node}: {r.status_code} {r.text}")
+    config = write_agent_home(server, node, home, r.json()["chef_key"]["private_key"], allow)
+    with (home / "agent.log").open("ab") as log:
+        return await trio.lowlevel.open_process(
+            [*PUSHY, "agent", "--config", str(config)],
+            stdout=log,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
+            env=server.env,
+            cwd=cwd,
+        )
+
+
 def http_client(server: Server) -> httpx.AsyncClient:
     verify = ssl.create_default_context(cafile=str(server.data_dir / "tls" / "ca.pem"))
     return httpx.AsyncClient(verify=verify, timeout=30)
@@ -262,33 +301,8 @@ class Soak:
             f"\n[[allow]]\npattern = '^count ([0-9]+)$'\nrun = '/bin/sh {scripts}/count.sh \\1'\n"
         )
         for node in self.agents:
-            r = await api.request("POST", f"{ORG}/clients", {"name": node, "create_key": True})
-            if r.status_code != 201:
-                raise RuntimeError(f"cannot create client {node}: {r.status_code} {r.text}")
             home = self.workdir / "agents" / node
-            home.mkdir(parents=True)
-            key = home / "client.pem"
-            key.write_text(r.json()["chef_key"]["private_key"])
-            key.chmod(0o600)
-            config = home / "agent.toml"
-            config.write_text(
-                f"server_url = {json.dumps(self.server.url + ORG)}\n"
-                f"node_name = {json.dumps(node)}\n"
-                f"client_key = {json.dumps(str(key))}\n"
-                f"ca_cert = {json.dumps(str(self.server.data_dir / 'tls' / 'ca.pem'))}\n"
-                f"state_dir = {json.dumps(str(home / 'state'))}\n"
-                f"working_dir = {json.dumps(str(home))}\n" + allow
-            )
-            with (home / "agent.log").open("ab") as log:
-                proc = await trio.lowlevel.open_process(
-                    [*PUSHY, "agent", "--config", str(config)],
-                    stdout=log,
-                    stderr=log,
-                    stdin=subprocess.DEVNULL,
-                    env=self.server.env,
-                    cwd=REPO,
-                )
-            self.agent_procs.append(proc)
+            self.agent_procs.append(await start_agent(api, self.server, node, home, allow, REPO))
         pem = chef_auth.public_key_pem(chef_auth.generate_private_key())
         self.client_pem = pem
 

@@ -33,12 +33,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import shutil
 import signal
 import socket
 import ssl
-import subprocess
 import sys
 import tempfile
 import time
@@ -55,7 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import soak
 from harness import REPO, command_line, proc_stats
-from soak import ORG, PUSHY, Api, Server, emit, http_client
+from soak import ORG, Api, Server, emit, http_client, start_agent
 
 from pushy_appliance import chef_auth
 
@@ -209,34 +207,8 @@ class Bench:
             "\n[[allow]]\npattern = '^quiet$'\nrun = '/bin/sh -c \"sleep 2; echo quiet\"'\n"
         )
         for node in ("loud", "quiet"):
-            r = await api.request("POST", f"{ORG}/clients", {"name": node, "create_key": True})
-            if r.status_code != 201:
-                raise RuntimeError(f"cannot create client {node}: {r.status_code} {r.text}")
             home = self.workdir / "agents" / node
-            home.mkdir(parents=True)
-            key = home / "client.pem"
-            key.write_text(r.json()["chef_key"]["private_key"])
-            key.chmod(0o600)
-            config = home / "agent.toml"
-            config.write_text(
-                f"server_url = {json.dumps(self.server.url + ORG)}\n"
-                f"node_name = {json.dumps(node)}\n"
-                f"client_key = {json.dumps(str(key))}\n"
-                f"ca_cert = {json.dumps(str(self.server.data_dir / 'tls' / 'ca.pem'))}\n"
-                f"state_dir = {json.dumps(str(home / 'state'))}\n"
-                f"working_dir = {json.dumps(str(home))}\n" + allow
-            )
-            with (home / "agent.log").open("ab") as log:
-                self.agents.append(
-                    await trio.lowlevel.open_process(
-                        [*PUSHY, "agent", "--config", str(config)],
-                        stdout=log,
-                        stderr=log,
-                        stdin=subprocess.DEVNULL,
-                        env=self.server.env,
-                        cwd=self.tree,
-                    )
-                )
+            self.agents.append(await start_agent(api, self.server, node, home, allow, self.tree))
         while True:
             states = await api.json("GET", f"{ORG}/pushy/node_states")
             if sum(1 for s in states if s["status"] == "online") == 2:

@@ -36,9 +36,9 @@ process because a write was refused.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable, Hashable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, NoReturn, Protocol, runtime_checkable
 
 import trio
 
@@ -262,6 +262,21 @@ class Database:
             if self._in_flight == 0:
                 self._idle.set()
         return seq
+
+    async def purge_every(
+        self, purge: Callable[[], Awaitable[int]], *, seconds: float, what: str
+    ) -> NoReturn:
+        """Run ``purge`` now and every ``seconds`` (a retention task's loop): a purge the
+        store refuses is put off, logged as ``what``, and tried again as soon as the store
+        writes again."""
+        while True:
+            try:
+                await purge()
+            except StoreUnavailableError as e:
+                log.warning("%s: purge put off until the store can write (%s)", what, e.reason)
+                await self.wait_writable()
+                continue
+            await trio.sleep(seconds)
 
     async def commit_retrying(self, *records: dict[str, Any]) -> int:
         """:meth:`commit`, waiting out store outages: the same ``records`` are committed again

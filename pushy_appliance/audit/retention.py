@@ -14,7 +14,6 @@ from collections.abc import Callable
 import trio
 
 from ..db import Database
-from ..errors import StoreUnavailableError
 from .model import AuditModel, purge_record
 
 __all__ = ["CHECK_SECONDS", "AuditRetention"]
@@ -69,14 +68,10 @@ class AuditRetention:
         return purged
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Purge expired entries now and every :data:`CHECK_SECONDS`, until cancelled.
+        """Purge expired entries now and every :data:`CHECK_SECONDS`, until cancelled; a purge the
+        store refuses is tried again as soon as the store writes again.
 
         Start-up: ready at once (the first purge runs after ``started()``).
         """
         task_status.started()
-        while True:
-            try:
-                await self.purge_expired()
-            except StoreUnavailableError as e:
-                log.warning("audit: purge put off, the store refuses writes (%s)", e.reason)
-            await trio.sleep(CHECK_SECONDS)
+        await self.db.purge_every(self.purge_expired, seconds=CHECK_SECONDS, what="audit")

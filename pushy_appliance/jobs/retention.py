@@ -15,7 +15,6 @@ from collections.abc import Callable
 import trio
 
 from ..db import Database
-from ..errors import StoreUnavailableError
 from ..feeds import Feeds
 from .model import JobsModel
 
@@ -93,11 +92,4 @@ class Retention:
         Start-up: ready at once (the first purge runs after ``started()``).
         """
         task_status.started()
-        while True:
-            try:
-                await self.purge_expired()
-            except StoreUnavailableError as e:
-                log.warning("retention: purge put off until the store can write (%s)", e.reason)
-                await self.db.wait_writable()
-                continue
-            await trio.sleep(CHECK_SECONDS)
+        await self.db.purge_every(self.purge_expired, seconds=CHECK_SECONDS, what="retention")
