@@ -318,16 +318,12 @@ async def _serve_locked(
         inventory = Inventory(db, registry, link)
         hub = Hub(buffer=config.feeds.subscriber_buffer, max_bytes=config.feeds.subscriber_bytes)
 
-        def node_status(org: str, name: str) -> tuple[str, str]:
-            state = link.node_state(org, name)
-            return state["status"], state["availability"]
-
         feeds = Feeds(
             hub,
             org_retention=config.feeds.org_retention,
             max_readers=config.feeds.max_connections,
             max_readers_per_principal=config.feeds.max_per_principal,
-            node_state=node_status,
+            node_state=link.status,
         )
         link.watch(feeds.node_changed)
         web_sessions = WebSessions(

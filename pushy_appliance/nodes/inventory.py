@@ -7,7 +7,7 @@ routes, ``POST jobs`` with ``search``). It reads:
   (:class:`~.model.NodeModel`; ``hello``'s facts arrive with the ``node.seen`` record the
   registry writes, a ``facts`` frame's through :meth:`Inventory.node_facts`);
 * ``status`` from the registry (a live session: ``online``) and ``availability`` from the
-  node link (:meth:`~.link.NodeLink.is_available`), at query time.
+  node link (:meth:`~.link.NodeLink.status`), at query time.
 
 So an offline node still matches on its last-known facts (and a job it is picked for ends it
 ``unavailable``, as knife-push's do).
@@ -130,10 +130,11 @@ class Inventory:
             last_seen = self._now() - (trio.current_time() - session.last_received)
         else:
             last_seen = entry["at"]
+        status, availability = self.link.status(org, name)
         return NodeRow(
             name=name,
-            status="online" if session is not None else "offline",
-            availability="available" if self.link.is_available(org, name) else "unavailable",
+            status=status,
+            availability=availability,
             last_seen=last_seen,
             facts=self.model.facts(org, name) or {},
         )
@@ -155,8 +156,7 @@ class Inventory:
         predicate = query.predicate
         nodes = model.nodes
         live = _reads_live_state(query.tree)
-        get_session = self.registry.sessions.get
-        available = self.link.available
+        live_status = self.link.status
         hits: list[str] = []
         for start in range(0, len(names), CHUNK):
             for name in names[start : start + CHUNK]:
@@ -165,9 +165,7 @@ class Inventory:
                     continue  # forgotten while this search waited at a checkpoint
                 status = availability = ""
                 if live:
-                    s = get_session((org, name))
-                    status = "online" if s is not None else "offline"
-                    availability = "available" if s is not None and available(s) else "unavailable"
+                    status, availability = live_status(org, name)
                 if predicate(name, status, availability, entry["flat"]):
                     hits.append(name)
             await trio.lowlevel.checkpoint()

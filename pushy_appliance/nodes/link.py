@@ -237,16 +237,24 @@ class NodeLink:
         sessions = self.registry.sessions.values()
         return LinkStatistics(len(sessions), sum(1 for s in sessions if self.available(s)))
 
+    def status(self, org: str, name: str) -> tuple[str, str]:
+        """``(status, availability)`` of the node ``name`` of ``org``: ``online`` or
+        ``offline``, ``available`` (online and :meth:`available`) or ``unavailable``."""
+        s = self.registry.get(org, name)
+        if s is None:
+            return "offline", "unavailable"
+        return "online", "available" if self.available(s) else "unavailable"
+
     def node_state(self, org: str, name: str) -> dict[str, Any]:
         """``{"node_name","status","availability","updated_at"?}`` (``updated_at`` a float,
         the stored time of the last status change)."""
-        s = self.registry.get(org, name)
-        stored = self.registry.model.nodes.get((org, name))
+        status, availability = self.status(org, name)
         doc: dict[str, Any] = {
             "node_name": name,
-            "status": "online" if s is not None else "offline",
-            "availability": "available" if self.is_available(org, name) else "unavailable",
+            "status": status,
+            "availability": availability,
         }
+        stored = self.registry.model.nodes.get((org, name))
         if stored is not None:
             doc["updated_at"] = stored["at"]
         return doc
