@@ -45,14 +45,17 @@ pattern = '^echo [a-z]+\$'
 TOML
 "${envp[@]}" "$work/pushy" agent --config "$work/agent.toml" >"$work/agent.log" 2>&1 &
 agent_pid=$!
-# "available" as a word: "unavailable" (offline, or not yet connected) must not end the wait
+# "available" as a word: "unavailable" (offline, or not yet connected) must not end the wait.
+# The output is read whole first: under pipefail, grep -q exiting at its match could fail the
+# pipeline with the writer's broken pipe.
 available=""
 deadline=$((SECONDS + 60))
 while [ "$SECONDS" -lt "$deadline" ]; do
-  run node status smoke1 2>/dev/null | grep -qw available && { available=1; break; }
+  state=$(run node status smoke1 2>/dev/null || true)
+  grep -qw available <<<"$state" && { available=1; break; }
   sleep 0.1
 done
-[ -n "$available" ] || { cat "$work/agent.log" "$work/server.log"; echo "smoke: the agent did not come online within 60 s"; exit 1; }
+[ -n "$available" ] || { printf '%s\n' "$state"; cat "$work/agent.log" "$work/server.log"; echo "smoke: the agent did not come online within 60 s"; exit 1; }
 
 out=$(run job start 'echo smoke' smoke1 --capture --json) || { printf '%s\n' "$out"; cat "$work/agent.log"; echo "smoke: job start failed"; exit 1; }
 job_id=$(printf '%s' "$out" | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
