@@ -561,7 +561,8 @@ class SimFleet:
         with trio.fail_after(within):
             while True:
                 if self.total("lost") or self.total("failed"):
-                    raise RuntimeError(f"nodes failed: {self.summary()}")
+                    errors = [e for s in self.status.values() for e in s.get("errors", ())]
+                    raise RuntimeError(f"nodes failed: {self.summary()}: {errors[:5]}")
                 if self.total(key) >= value:
                     break
                 await trio.sleep(0.05)

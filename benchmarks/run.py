@@ -8,6 +8,21 @@
     python3 benchmarks/run.py huge --job-size 100000 --huge-jobs 3
     python3 benchmarks/run.py smoke            # all six, small, in about two minutes
 
+Several appliances on PostgreSQL (issue 17)::
+
+    python3 benchmarks/run.py presence --postgres --appliances 3 --nodes 50000 --intervals 10 \\
+        --procs 4 --connect-concurrency 16
+    python3 benchmarks/run.py api --postgres --with-file-store --appliances 1,3
+    python3 benchmarks/run.py store --postgres --with-file-store --appliances 1,3
+    python3 benchmarks/run.py fanout --postgres --with-file-store --appliances 1,3 --sizes 10000
+
+``--postgres`` starts a private PostgreSQL for the run (``--store URL`` uses a database of
+yours); each setup measured gets a new schema in it. ``--appliances N`` starts N appliances
+sharing the keys and CA (``pushy cluster join``) and one store, and spreads the load: node
+``i`` on appliance ``i mod N``, HTTP connection ``i`` likewise, a fan-out job posted to the
+first; the bare ceilings are N bare servers. ``presence`` also reports each appliance and the
+database's work over the window (``benchmarks/cluster.py``).
+
 Every scenario starts ``pushy serve`` as a subprocess on 127.0.0.1 with a fresh data
 directory under ``--workdir`` (removed afterwards unless ``--keep``), drives it from other
 processes (node simulator workers, this process as HTTP client), and prints the server's CPU
@@ -442,7 +457,9 @@ async def _hold(
 def _presence_line(label: str, r: dict[str, Any], seconds: float) -> str:
     return (
         f"  {label}: server CPU {r['cpu_s']:.2f} s "
-        f"({100 * r['cpu_s'] / seconds:.1f}% of a core), RSS {kib(r['rss_kib'])} "
+        f"({100 * r['cpu_s'] / seconds:.1f}% of a core; "
+        f"{1e6 * r['cpu_s'] / seconds / r['nodes']:.1f} µs per node per s), "
+        f"RSS {kib(r['rss_kib'])} "
         f"(peak {kib(r['hwm_kib'])}), "
         f"{r['per_node_kib']:.1f} KiB/node, connect {r['connect_s']:.1f} s "
         f"(server CPU {r['connect_cpu_s']:.1f} s), all online: {r['all_online']}, "
@@ -646,6 +663,11 @@ async def fanout(bench: Bench) -> None:
     a = bench.args
     sizes = [int(x) for x in a.sizes.split(",")]
     most = max(sizes)
+    for setup in bench.setups():
+        if bench.separate(setup):
+            raise SystemExit(
+                "fanout: a job spans appliances only on one store (no --separate-schemas)"
+            )
     runs = [(setup, *await _fanout(bench, setup, sizes)) for setup in bench.setups()]
     d = runs[0][3][0]
     bare_runs: dict[str, dict[int, list[float]]] = {}
