@@ -550,8 +550,15 @@ class SimFleet:
                 if line.strip():
                     self.status[index] = json.loads(line)
 
-    async def wait_for(self, key: str, value: int, within: float) -> float:
+    async def wait_for(
+        self, key: str, value: int, within: float, *, tolerate_losses: bool = False
+    ) -> float:
         """Wait until the workers' ``key`` counters add up to ``value``. Returns seconds.
+
+        Args:
+            tolerate_losses: wait instead until every node connected or failed or lost its
+                connection (``key`` then counts those that failed or were lost too): the
+                caller reports the losses (:meth:`errors`) rather than give up.
 
         Raises:
             RuntimeError: nodes failed to connect or lost their connection meanwhile.
@@ -560,13 +567,17 @@ class SimFleet:
         t0 = time.perf_counter()
         with trio.fail_after(within):
             while True:
-                if self.total("lost") or self.total("failed"):
-                    errors = [e for s in self.status.values() for e in s.get("errors", ())]
-                    raise RuntimeError(f"nodes failed: {self.summary()}: {errors[:5]}")
-                if self.total(key) >= value:
+                gone = self.total("lost") + self.total("failed")
+                if gone and not tolerate_losses:
+                    raise RuntimeError(f"nodes failed: {self.summary()}: {self.errors()[:5]}")
+                if self.total(key) + (gone if tolerate_losses else 0) >= value:
                     break
                 await trio.sleep(0.05)
         return time.perf_counter() - t0
+
+    def errors(self) -> list[str]:
+        """The first errors each worker reported (a node that failed or was lost)."""
+        return [e for s in self.status.values() for e in s.get("errors", ())]
 
     def by_url(self) -> list[dict[str, int]]:
         """The workers' per-URL counters (``connected``, ``lost``, ``hb_sent``, ``hb_recv``)

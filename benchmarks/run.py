@@ -391,7 +391,10 @@ async def _hold(
     lifetime = seconds + interval + 120 + nodes / 50
     fleet = bench.fleet(node_urls, ca, nodes, lifetime)
     async with fleet.running():
-        connect_s = await fleet.wait_for("connected", nodes, within=60 + nodes / 50)
+        # a node lost meanwhile is reported (all online: False, its error), not fatal
+        connect_s = await fleet.wait_for(
+            "connected", nodes, within=60 + nodes / 50, tolerate_losses=True
+        )
         after_connect = [proc_stats(p) for p in pids]
         await trio.sleep(min(interval, 10) + 1)  # every node past its first heartbeat phase
         db0: DbCounters | None = await db_counters(db_url) if db_url else None
@@ -447,6 +450,7 @@ async def _hold(
         "hb_recv": hb1["hb_recv"] - hb0["hb_recv"],
         "all_online": online and all(r["all_online"] for r in servers),
         "sim": hb1,
+        "errors": fleet.errors()[:10],
         "servers": servers,
     }
     if db0 is not None and db1 is not None:
@@ -551,6 +555,12 @@ async def _presence(bench: Bench, setup: Setup) -> None:
         for name, r in rows:
             emit(_presence_line(name, r, a.seconds))
             _presence_servers(r, a.seconds)
+            if r["errors"]:
+                sim = r["sim"]
+                emit(
+                    f"    NOT all online: {sim['failed']} failed, {sim['lost']} lost; "
+                    f"first errors {r['errors'][:3]}"
+                )
         if "db" in prod:
             emit(_db_line(prod["db"], a.seconds))
         ratios = {m: prod["cpu_s"] / max(r["cpu_s"], 1e-9) for m, r in ceilings.items()}
