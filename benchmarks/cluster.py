@@ -96,16 +96,25 @@ class DbCounters:
         store_rows_written: of those, rows of the store's tables (``pushy_*``, every schema).
         statements: statements executed in the database other than this sampler's
             (``pg_stat_statements``), or ``None`` where that extension is not installed.
+        by_query: those statements' calls by normalized text.
     """
 
     transactions: int
     rows_written: int
     store_rows_written: int
     statements: int | None
+    by_query: dict[str, int] = dataclasses.field(default_factory=dict)
 
     def minus(self, earlier: DbCounters) -> dict[str, Any]:
-        """The deltas since ``earlier``, as a JSON-able dict."""
+        """The deltas since ``earlier``, as a JSON-able dict (``by_query``: the statements
+        run meanwhile, by their normalized text, most first)."""
+        by_query = {
+            q: n - earlier.by_query.get(q, 0)
+            for q, n in self.by_query.items()
+            if n > earlier.by_query.get(q, 0)
+        }
         return {
+            "by_query": dict(sorted(by_query.items(), key=lambda kv: -kv[1])),
             "transactions": self.transactions - earlier.transactions,
             "rows_written": self.rows_written - earlier.rows_written,
             "store_rows_written": self.store_rows_written - earlier.store_rows_written,
@@ -135,15 +144,16 @@ def _read_counters(url: str) -> DbCounters:
             "FROM pg_stat_database d WHERE d.datname = current_database()"
         ).fetchone() or (0, 0, 0, None)
         statements = None
+        by_query: dict[str, int] = {}
         if view is not None:
-            (statements,) = conn.execute(
-                f"{_SAMPLER} SELECT coalesce(sum(s.calls), 0) FROM {view} s "
+            for query, calls in conn.execute(
+                f"{_SAMPLER} SELECT s.query, sum(s.calls) FROM {view} s "
                 "JOIN pg_database d ON d.oid = s.dbid WHERE d.datname = current_database() "
-                "AND s.query NOT LIKE '%pushy-bench sampler%'"
-            ).fetchone() or (0,)
-    return DbCounters(
-        int(xacts), int(rows), int(store_rows), None if statements is None else int(statements)
-    )
+                "AND s.query NOT LIKE '%pushy-bench sampler%' GROUP BY s.query"
+            ).fetchall():
+                by_query[" ".join(query.split())] = int(calls)
+            statements = sum(by_query.values())
+    return DbCounters(int(xacts), int(rows), int(store_rows), statements, by_query)
 
 
 async def db_counters(url: str) -> DbCounters:

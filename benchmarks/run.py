@@ -563,6 +563,8 @@ async def _presence(bench: Bench, setup: Setup) -> None:
                 )
         if "db" in prod:
             emit(_db_line(prod["db"], a.seconds))
+            for query, calls in list(prod["db"]["by_query"].items())[:5]:
+                emit(f"    {calls:>6} x {query[:110]}")
         ratios = {m: prod["cpu_s"] / max(r["cpu_s"], 1e-9) for m, r in ceilings.items()}
         emit(
             "  ratio CPU pushy/bare "
