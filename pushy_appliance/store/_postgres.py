@@ -44,9 +44,15 @@ Recovery: in one ``REPEATABLE READ`` transaction, the newest snapshot that passe
 there is no torn tail to cut: a record that fails its checks, or a missing seq, raises
 :class:`~pushy_appliance.errors.StoreCorruptError` and changes nothing.
 
-Exclusive opens (the default, until the cluster's engines follow each other) hold a session
-advisory lock keyed on the schema, so a second appliance on the same store is refused at open,
-as a second server on one data directory is.
+The open lock: a session advisory lock keyed on the schema, on the writer's connection. The
+appliances of a cluster hold it shared (``exclusive=False``); an exclusive open (the default:
+maintenance commands that must be alone, ``pushy store compact``) holds it alone, so it is
+refused while an appliance runs, and an appliance is refused while it runs.
+
+Two more advisory locks, on a connection of their own (the *locks'* connection): a key's
+(:meth:`PostgresStore.key_lock`: check-then-commit on one name across appliances) and the
+compactor's (:meth:`PostgresStore.take_compactor`: the one appliance that writes snapshots).
+Both are keyed on the schema too, and die with the session.
 
 The code, by seam: connections, the tables and recovery in ``_pgopen``; the follower's reads
 and its doorbell in ``_pgfollow``; ``pushy store verify`` in ``_pgverify``; here the store
@@ -55,10 +61,11 @@ itself: the group commit, in-doubt groups, snapshots, the head and the follower'
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import psycopg
@@ -80,6 +87,7 @@ __all__ = [
     "FOLLOW_BATCH",
     "FOLLOW_POLL",
     "FORMAT",
+    "KEY_LOCK_POLL",
     "PostgresStore",
     "connect",
     "decode_frames",
@@ -99,6 +107,15 @@ WITH ins AS (
 )
 SELECT pg_notify('pushy_log', %(head)s)
 """
+_TRY_KEY_LOCK = (
+    "SELECT pg_try_advisory_lock(hashtext('pushy-key:' || current_schema() || ':' || %s))"
+)
+_KEY_UNLOCK = "SELECT pg_advisory_unlock(hashtext('pushy-key:' || current_schema() || ':' || %s))"
+_TRY_COMPACTOR_LOCK = (
+    "SELECT pg_try_advisory_lock(hashtext('pushy compactor:' || current_schema()))"
+)
+KEY_LOCK_POLL = 0.2
+"""Longest wait between two tries of a key lock another store holds."""
 _SAVE_SNAPSHOT = (
     "INSERT INTO pushy_snapshot (seq, state) VALUES (%s, %s) "
     "ON CONFLICT (seq) DO UPDATE SET state = EXCLUDED.state"
@@ -163,6 +180,10 @@ class PostgresStore(GroupCommitStore):
         self._followed = opened.head
         self._head_conn: psycopg.Connection[Any] | None = None
         self._head = SharedQuery(self._query_head)
+        self._locks_conn: psycopg.Connection[Any] | None = None
+        self._locks_lock = trio.Lock()
+        self._compactor_on: psycopg.Connection[Any] | None = None
+        """The locks connection holding the compactor's lock (None: not held)."""
 
     @classmethod
     async def open(
@@ -202,14 +223,85 @@ class PostgresStore(GroupCommitStore):
         """The seq up to which :meth:`follow` has read the log (the head at open before)."""
         return self._followed
 
+    @property
+    def appliance_id(self) -> str:
+        """The writer's UUID, new at every open: the appliance's id in the cluster."""
+        return str(self._writer)
+
     def release(self) -> None:
-        """Close the writer's connection (and with it the open lock) and the head's."""
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
-        if self._head_conn is not None:
-            self._head_conn.close()
-            self._head_conn = None
+        """Close the writer's connection (and with it the open lock), the head's and the
+        locks' (and with it the compactor's lock and any key lock)."""
+        for conn in (self._conn, self._head_conn, self._locks_conn):
+            if conn is not None:
+                conn.close()
+        self._conn = self._head_conn = self._locks_conn = self._compactor_on = None
+
+    # --- advisory locks: keys across appliances, the compactor ------------------------------
+
+    @contextlib.asynccontextmanager
+    async def key_lock(self, key: str) -> AsyncIterator[None]:
+        """Hold ``key`` against every store on the database (of this schema) for the block:
+        a session advisory lock on a hash of it, on the locks' connection (``Database
+        .exclusive``: check-then-commit across appliances). A key held elsewhere is tried
+        again every ``KEY_LOCK_POLL`` seconds at most (a hash collision only serializes two
+        keys).
+
+        Raises:
+            StoreUnavailableError: the database cannot be reached (nothing is held).
+
+        Cancellation: waiting, nothing is held; the unlock at the end is shielded. Were the
+        locks' connection lost meanwhile, its session's locks went with it.
+        """
+        delay = KEY_LOCK_POLL / 16
+        while not await self._locks_call(_TRY_KEY_LOCK, key):
+            await trio.sleep(delay)
+            delay = min(delay * 2, KEY_LOCK_POLL)
+        try:
+            yield
+        finally:
+            # a lost connection took its locks with it
+            with trio.CancelScope(shield=True), contextlib.suppress(StoreUnavailableError):
+                await self._locks_call(_KEY_UNLOCK, key)
+
+    async def take_compactor(self) -> bool:
+        """Whether this store holds the compactor's lock, trying to take it (a session lock
+        on the locks' connection; whoever holds it snapshots the shared log; when its
+        appliance dies the next try of another takes it).
+
+        Returns:
+            ``True`` while held; ``False`` when another store holds it, or the database
+            cannot be reached.
+        """
+        try:
+            return await self._locks_call(None, "")
+        except StoreUnavailableError:
+            return False
+
+    async def _locks_call(self, statement: str | None, key: str) -> bool:
+        async with self._locks_lock:
+            try:
+                return await trio.to_thread.run_sync(self._locks_sync, statement, key)
+            except psycopg.Error as e:
+                if self._locks_conn is not None:
+                    self._locks_conn.close()
+                self._locks_conn = self._compactor_on = None
+                raise self._unavailable(e) from e
+
+    def _locks_sync(self, statement: str | None, key: str) -> bool:
+        conn = self._locks_conn
+        if conn is None or conn.closed or conn.broken:
+            if conn is not None:
+                conn.close()
+            self._locks_conn = self._compactor_on = None
+            conn = self._locks_conn = connect(self._url, autocommit=True)
+        if statement is None:  # the compactor's lock: taken once per session
+            if self._compactor_on is not conn:
+                row = conn.execute(_TRY_COMPACTOR_LOCK).fetchone()
+                if row and row[0]:
+                    self._compactor_on = conn
+            return self._compactor_on is conn
+        row = conn.execute(statement, (key,)).fetchone()
+        return bool(row and row[0])
 
     # --- the head (the read barrier's target, docs/SCALE-OUT.md §6) ---------------------------
 
@@ -277,17 +369,14 @@ class PostgresStore(GroupCommitStore):
             conn = connect(self._url, autocommit=False)
         except psycopg.Error as e:
             raise self._unavailable(e) from e
-        if self._exclusive:
-            try:
-                held = take_open_lock(conn)
-            except psycopg.Error as e:
-                conn.close()
-                raise self._unavailable(e) from e
-            if not held:
-                conn.close()
-                raise StoreUnavailableError(
-                    "the database is held by another appliance", self._where
-                )
+        try:
+            held = take_open_lock(conn, exclusive=self._exclusive)
+        except psycopg.Error as e:
+            conn.close()
+            raise self._unavailable(e) from e
+        if not held:
+            conn.close()
+            raise StoreUnavailableError("the database is held by another appliance", self._where)
         self._conn = conn
         return conn
 
@@ -481,7 +570,7 @@ class PostgresStore(GroupCommitStore):
 
     # --- following ----------------------------------------------------------------------------
 
-    async def follow(self) -> AsyncIterator[list[tuple[int, dict[str, Any]]]]:
+    async def follow(self) -> AsyncGenerator[list[tuple[int, dict[str, Any]]], None]:
         """Yield, in seq order and in batches, every record appended after the open that this
         store did not acknowledge itself: other stores' records, and in-doubt groups of its
         own that committed (see the module doc).
