@@ -47,6 +47,7 @@ process because a write was refused.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Mapping, Sequence
 from contextlib import aclosing, asynccontextmanager
 from typing import Any, NoReturn, Protocol, runtime_checkable
@@ -71,6 +72,9 @@ REPLAY_COMPACT_RECORDS = 10_000
 BARRIER_WAIT = 10.0
 """Seconds the read barrier waits for the follower to apply the head before the request
 reads what was applied (the database went away meanwhile)."""
+BARRIER_RETRY = 1.0
+"""Seconds after a head query failed (the database away) during which the barrier does not
+ask again: requests read what was applied at once."""
 
 
 class Model(Protocol):
@@ -168,6 +172,7 @@ class Database:
         self._applied_changed = trio.Event()
         self._applied_waiting = 0
         self._barrier_failing = False
+        self._barrier_retry_at = -math.inf
         self._follower_error: StoreError | None = None
         self._archive_lock = trio.Lock()
         self._archiving = [m for m in self.models.values() if isinstance(m, ArchivingModel)]
@@ -220,16 +225,19 @@ class Database:
 
         While the database cannot be reached (or the follower does not get to the head
         within ``BARRIER_WAIT`` seconds) it returns all the same: the caller reads what was
-        applied, and the log says so once per outage.
+        applied, and the log says so once per outage; after a failed head query the barrier
+        returns at once for ``BARRIER_RETRY`` seconds.
 
         Cancellation: safe; nothing is changed.
         """
-        if not self._ordered:
+        if not self._ordered or trio.current_time() < self._barrier_retry_at:
             await trio.lowlevel.checkpoint()
             return
         try:
             head = await self.store.head()
         except StoreUnavailableError as e:
+            # the next requests do not each wait for a connect that fails: one try a second
+            self._barrier_retry_at = trio.current_time() + BARRIER_RETRY
             self._barrier_failed(e.reason)
             return
         with trio.move_on_after(BARRIER_WAIT):
