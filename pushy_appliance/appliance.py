@@ -312,6 +312,8 @@ async def _serve_locked(
         server_public_pem = _server_public_pem(config, data_dir)
         identity = db.models["identity"]
         assert isinstance(identity, IdentityModel)
+        jobs_model = db.models["jobs"]
+        assert isinstance(jobs_model, JobsModel)
         replay = ReplayGuard(config.auth.replay_cache) if config.auth.replay_cache else None
         auth = Authenticator(identity, replay=replay)
         registry = NodeRegistry(
@@ -331,7 +333,12 @@ async def _serve_locked(
             max_readers=config.feeds.max_connections,
             max_readers_per_principal=config.feeds.max_per_principal,
             node_state=link.status,
+            job_org=lambda job_id: entry.org if (entry := jobs_model.jobs.get(job_id)) else None,
         )
+        # the org feed from every record applied (ids org-S.K: the same on every appliance),
+        # the job feeds of jobs other appliances drive from their records
+        db.watch(lambda record: feeds.record_applied(record, db.applying_seq))
+        db.watch_followed(feeds.record_followed)
         link.watch(feeds.node_changed)
         web_sessions = WebSessions(
             link_ttl=config.ui.link_ttl,

@@ -31,8 +31,12 @@ seq every appliance holds the same models. :attr:`Database.applied_seq` is the n
 applied; :meth:`Database.barrier` (read-your-writes: the log's head, then waiting for it to
 be applied) runs before a request reads the models; :meth:`Database.exclusive` holds its key
 on every appliance (the store's ``key_lock``), then passes the barrier. On the file and
-memory stores, each its log's only appender, there is no follower, a commit applies at
-once, and the barrier returns at once: nothing changes there.
+memory stores, each its log's only appender, there is no follower and the barrier returns at
+once; commits are applied in seq order there too (the commits of one group wake in any
+order: one that wakes early waits for those below it), so that every appliance derives the
+same things from a record at the same seq (the org feed's ids). Every record goes through
+:meth:`Database.commit`: a record appended to the store beside it would leave a gap the
+next commit waits on.
 
 When the store cannot write (disk full, I/O error, file size limit), :meth:`Database.commit`
 raises :class:`~pushy_appliance.errors.StoreUnavailableError` and applies nothing: the models
@@ -46,6 +50,8 @@ process because a write was refused.
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import logging
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Mapping, Sequence
@@ -169,8 +175,11 @@ class Database:
         every record up to it is applied."""
         self.applying_seq = 0
         """Seq of the record being applied (for watchers: an org feed id's ``S``)."""
-        self._applied_changed = trio.Event()
-        self._applied_waiting = 0
+        self._ready: dict[int, tuple[dict[str, Any], bool]] = {}
+        """Records stored and not applied yet (a record below them is not), by seq; with
+        whether another appliance appended them."""
+        self._waiters: list[tuple[int, int, trio.Event]] = []
+        self._tick = itertools.count()
         self._barrier_failing = False
         self._barrier_retry_at = -math.inf
         self._follower_error: StoreError | None = None
@@ -201,22 +210,44 @@ class Database:
         Raises:
             StoreError: the follower stopped (the log was compacted past it…) before.
         """
+        if self.applied_seq >= seq:
+            await trio.lowlevel.checkpoint()
+            return
+        await self._wait_applied(seq)
+
+    async def _wait_applied(self, seq: int) -> None:
         while self.applied_seq < seq:
             if self._follower_error is not None:
                 raise StoreError(f"the follower stopped: {self._follower_error}")
-            self._applied_waiting += 1
-            try:
-                await self._applied_changed.wait()
-            finally:
-                self._applied_waiting -= 1
-        await trio.lowlevel.checkpoint()
+            event = trio.Event()
+            # one event per waiter, set once its seq is applied: a group's commits woken
+            # in any order each wake once, not at every record applied before theirs
+            heapq.heappush(self._waiters, (seq, next(self._tick), event))
+            await event.wait()
+
+    def _offer(self, seq: int, record: dict[str, Any], *, followed: bool) -> None:
+        """Apply the record stored at ``seq`` once every record below it is applied: now if
+        they are, and then every record offered already that follows it, in seq order (the
+        commits of one group wake in any order; whichever comes with the next seq applies
+        the others' too, so none waits for a scheduler pass per record)."""
+        ready = self._ready
+        ready[seq] = (record, followed)
+        while (nxt := self.applied_seq + 1) in ready:
+            record, followed = ready.pop(nxt)
+            self.applying_seq = nxt
+            self._apply(record)
+            self._applied(nxt)
+            if followed:
+                for watcher in self._followed_watchers:
+                    for inner in _records_of(record):
+                        watcher(inner)
 
     def _applied(self, seq: int) -> None:
         if seq > self.applied_seq:
             self.applied_seq = seq
-            if self._applied_waiting:  # (the file store's commits never wait)
-                self._applied_changed.set()
-                self._applied_changed = trio.Event()
+            waiters = self._waiters
+            while waiters and waiters[0][0] <= seq:
+                heapq.heappop(waiters)[2].set()
 
     async def barrier(self) -> None:
         """Read-your-writes across appliances (``docs/SCALE-OUT.md`` §6): wait until every
@@ -280,13 +311,9 @@ class Database:
             async with aclosing(self.store.follow()) as batches:
                 async for batch in batches:
                     for seq, record in batch:
-                        await self.wait_applied(seq - 1)
-                        self.applying_seq = seq
-                        self._apply(record)
-                        self._applied(seq)
-                        for watcher in self._followed_watchers:
-                            for inner in _records_of(record):
-                                watcher(inner)
+                        self._offer(seq, record, followed=True)
+                    # (the own commits between them apply them, if they come later)
+                    await self.wait_applied(batch[-1][0])
         except StoreError as e:
             log.critical(
                 "follower: %s; this appliance stops (restart it: it loads the newest snapshot)",
@@ -294,7 +321,9 @@ class Database:
             )
             # commits waiting for records the follower will never apply are told
             self._follower_error = e
-            self._applied_changed.set()
+            for _seq, _tick, event in self._waiters:
+                event.set()
+            self._waiters.clear()
             raise
 
     def recover(self) -> int:
@@ -409,14 +438,9 @@ class Database:
             )
             with trio.CancelScope(shield=True):
                 seq = await self.store.append_many(stored)
-                if self._ordered:
-                    # the seqs below are others' records (the follower applies them) or own
-                    # commits still on their way here: apply in order
-                    await self.wait_applied(seq - 1)
-                self.applying_seq = seq
-                for record in stored:
-                    self._apply(record)
-                self._applied(seq)
+                self._offer(seq, stored[0], followed=False)
+                if self.applied_seq < seq:
+                    await self._wait_applied(seq)
         finally:
             self._in_flight -= 1
             if self._in_flight == 0:
