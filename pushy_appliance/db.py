@@ -53,7 +53,6 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
-import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Mapping, Sequence
 from contextlib import aclosing, asynccontextmanager
 from typing import Any, NoReturn, Protocol, runtime_checkable
@@ -78,9 +77,6 @@ REPLAY_COMPACT_RECORDS = 10_000
 BARRIER_WAIT = 10.0
 """Seconds the read barrier waits for the follower to apply the head before the request
 reads what was applied (the database went away meanwhile)."""
-BARRIER_RETRY = 1.0
-"""Seconds after a head query failed (the database away) during which the barrier does not
-ask again: requests read what was applied at once."""
 
 
 class Model(Protocol):
@@ -181,7 +177,6 @@ class Database:
         self._waiters: list[tuple[int, int, trio.Event]] = []
         self._tick = itertools.count()
         self._barrier_failing = False
-        self._barrier_retry_at = -math.inf
         self._follower_error: StoreError | None = None
         self._archive_lock = trio.Lock()
         self._archiving = [m for m in self.models.values() if isinstance(m, ArchivingModel)]
@@ -256,19 +251,20 @@ class Database:
 
         While the database cannot be reached (or the follower does not get to the head
         within ``BARRIER_WAIT`` seconds) it returns all the same: the caller reads what was
-        applied, and the log says so once per outage; after a failed head query the barrier
-        returns at once for ``BARRIER_RETRY`` seconds.
+        applied, and the log says so once per outage. A head query that cannot connect
+        fails within the session's ``connect_timeout`` (5 s by default).
 
         Cancellation: safe; nothing is changed.
         """
-        if not self._ordered or trio.current_time() < self._barrier_retry_at:
+        if not self._ordered:
             await trio.lowlevel.checkpoint()
             return
         try:
+            # (asked again by every barrier, the database away too: one that skipped the
+            # question could miss a write acknowledged the moment the database was back;
+            # the callers share the queries, so the database sees at most one at a time)
             head = await self.store.head()
         except StoreUnavailableError as e:
-            # the next requests do not each wait for a connect that fails: one try a second
-            self._barrier_retry_at = trio.current_time() + BARRIER_RETRY
             self._barrier_failed(e.reason)
             return
         with trio.move_on_after(BARRIER_WAIT):

@@ -243,7 +243,7 @@ class _Feeds:
         return self.cache.get(("job", job_id, n), lambda: encode_event(name, f"job-{n}", data))
 
     def _org_event(self, org: str, event: OrgEvent) -> bytes:
-        return self.cache.get(("org", org, event.seq), event.encode)
+        return self.cache.get(("org", org, event.order), event.encode)
 
     def _stored(self, entry: JobEntry, after: int) -> Iterator[bytes]:
         """The job's stored events after ``job-<after>``, encoded, up to ``job_complete``."""

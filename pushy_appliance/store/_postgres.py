@@ -289,11 +289,25 @@ class PostgresStore(GroupCommitStore):
 
     def _locks_sync(self, statement: str | None, key: str) -> bool:
         conn = self._locks_conn
-        if conn is None or conn.closed or conn.broken:
+        fresh = conn is None or conn.closed or conn.broken
+        if fresh:
             if conn is not None:
                 conn.close()
             self._locks_conn = self._compactor_on = None
             conn = self._locks_conn = connect(self._url, autocommit=True)
+        assert conn is not None
+        try:
+            return self._locks_query(conn, statement, key)
+        except psycopg.OperationalError:
+            if fresh:
+                raise
+            # an idle connection the database closed (a restart), and its locks with it:
+            # once more on a new one
+            conn.close()
+            self._locks_conn = self._compactor_on = None
+            return self._locks_sync(statement, key)
+
+    def _locks_query(self, conn: psycopg.Connection[Any], statement: str | None, key: str) -> bool:
         if statement is None:  # the compactor's lock: taken once per session
             if self._compactor_on is not conn:
                 row = conn.execute(_TRY_COMPACTOR_LOCK).fetchone()
@@ -349,12 +363,23 @@ class PostgresStore(GroupCommitStore):
             return e
 
     def _head_sync(self) -> int:
-        if self._head_conn is None or self._head_conn.closed or self._head_conn.broken:
-            if self._head_conn is not None:
-                self._head_conn.close()
+        conn = self._head_conn
+        fresh = conn is None or conn.closed or conn.broken
+        if fresh:
+            if conn is not None:
+                conn.close()
             self._head_conn = None
-            self._head_conn = connect(self._url, autocommit=True)
-        row = self._head_conn.execute("SELECT seq FROM pushy_head WHERE id = 1").fetchone()
+            conn = self._head_conn = connect(self._url, autocommit=True)
+        assert conn is not None
+        try:
+            row = conn.execute("SELECT seq FROM pushy_head WHERE id = 1").fetchone()
+        except psycopg.OperationalError:
+            if fresh:
+                raise
+            # an idle connection the database closed (a restart): once more on a new one
+            conn.close()
+            self._head_conn = None
+            return self._head_sync()
         if row is None:
             raise StoreError(f"{self._where}: pushy_head has no row; not a pushy store any more")
         return int(row[0])
