@@ -9,14 +9,20 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
 
+from pushy_appliance import chef_auth
+from pushy_appliance.appliance import new_database
+from pushy_appliance.bootstrap import bootstrap
 from pushy_appliance.db import Database
 from pushy_appliance.errors import StoreError
 from pushy_appliance.store import open_postgres_store, open_store
+
+from helpers import test_config
 
 TIMEOUT = 30.0
 
@@ -184,3 +190,45 @@ async def test_the_file_store_has_nothing_to_follow_or_wait_for() -> None:
             async with db.exclusive(("client", "org", "x")):
                 assert names_of(db) == ["x"]
             assert await store.take_compactor()
+
+
+async def test_two_first_starts_at_once_bootstrap_the_database_once(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """Two appliances starting for the first time on one empty database at once: the
+    superuser, the admin and the org are created once (the second sees the first's)."""
+
+    ready: list[str] = []
+    both = trio.Event()
+
+    async def first_start(name: str) -> None:
+        async with open_postgres_store(pg_url, exclusive=False) as store, trio.open_nursery() as n:
+            db = new_database(store)
+            db.recover()
+            await n.start(db.follower)
+            data = tmp_path / name
+            # keys made and TLS skipped beforehand: both reach the check at once after go
+            (data / "keys").mkdir(parents=True)
+            for user in ("pivotal", "admin"):
+                pem = chef_auth.private_key_pem(chef_auth.generate_private_key())
+                (data / "keys" / f"{user}.pem").write_text(pem)
+            config = test_config(data, **{"tls.cert": str(data / "c.pem"), "tls.key": "k.pem"})
+            ready.append(name)
+            if len(ready) == 2:
+                both.set()
+            await both.wait()
+            await bootstrap(db, data, config)
+            n.cancel_scope.cancel()
+
+    with trio.fail_after(TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(first_start, "a")
+            nursery.start_soon(first_start, "b")
+        async with open_postgres_store(pg_url) as store:
+            names = [
+                (r["t"], r["name"])
+                for _seq, record in store.recovered.records
+                for r in record.get("records") or [record]
+                if r["t"] in ("user.put", "org.put")
+            ]
+    assert sorted(names) == [("org.put", "default"), ("user.put", "admin"), ("user.put", "pivotal")]
