@@ -232,3 +232,26 @@ async def test_two_first_starts_at_once_bootstrap_the_database_once(
                 if r["t"] in ("user.put", "org.put")
             ]
     assert sorted(names) == [("org.put", "default"), ("user.put", "admin"), ("user.put", "pivotal")]
+
+
+async def test_an_appliance_opened_while_another_writes_misses_nothing(pg_url: str) -> None:
+    """Recovery reads one consistent prefix of the log while another appliance appends, and
+    the follower goes on from there: the late one ends with every record, in order."""
+
+    async def write(db: Database, count: int, opened: trio.Event) -> None:
+        for n in range(count):
+            await db.commit({"t": "name", "name": f"n{n}"})
+            if n == count // 3:
+                opened.set()
+
+    with trio.fail_after(TIMEOUT):
+        async with appliance(pg_url) as a:
+            opened = trio.Event()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(write, a, 300, opened)
+                await opened.wait()
+                async with appliance(pg_url) as late:
+                    assert late.applied_seq > 100  # recovered what was there at open
+                    await a.wait_applied(300)
+                    await late.barrier()
+                    assert names_of(late) == [f"n{n}" for n in range(300)]
