@@ -49,14 +49,10 @@ appliances of a cluster hold it shared (``exclusive=False``); an exclusive open 
 maintenance commands that must be alone, ``pushy store compact``) holds it alone, so it is
 refused while an appliance runs, and an appliance is refused while it runs.
 
-Two more advisory locks, on a connection of their own (the *locks'* connection): a key's
-(:meth:`PostgresStore.key_lock`: check-then-commit on one name across appliances) and the
-compactor's (:meth:`PostgresStore.take_compactor`: the one appliance that writes snapshots).
-Both are keyed on the schema too, and die with the session.
-
 The code, by seam: connections, the tables and recovery in ``_pgopen``; the follower's reads
-and its doorbell in ``_pgfollow``; ``pushy store verify`` in ``_pgverify``; here the store
-itself: the group commit, in-doubt groups, snapshots, the head and the follower's loop.
+and its doorbell in ``_pgfollow``; the advisory locks in ``_pglocks``; ``pushy store verify``
+in ``_pgverify``; here the store itself: the group commit, in-doubt groups, snapshots, the
+head and the follower's loop.
 """
 
 from __future__ import annotations
@@ -76,6 +72,7 @@ from ._base import GroupCommitStore
 from ._format import BlobRef
 from ._outage import RETRY_FIRST, RETRY_MAX
 from ._pgfollow import FOLLOW_BATCH, FOLLOW_POLL, fetch, listen, wait_doorbell
+from ._pglocks import AdvisoryLocks
 from ._pgopen import FORMAT, Opened, connect, decode_frames, detail, reason, recover, take_open_lock
 from ._pgurl import redact_url
 from ._pgverify import verify
@@ -87,7 +84,6 @@ __all__ = [
     "FOLLOW_BATCH",
     "FOLLOW_POLL",
     "FORMAT",
-    "KEY_LOCK_POLL",
     "PostgresStore",
     "connect",
     "decode_frames",
@@ -107,15 +103,6 @@ WITH ins AS (
 )
 SELECT pg_notify('pushy_log', %(head)s)
 """
-_TRY_KEY_LOCK = (
-    "SELECT pg_try_advisory_lock(hashtext('pushy-key:' || current_schema() || ':' || %s))"
-)
-_KEY_UNLOCK = "SELECT pg_advisory_unlock(hashtext('pushy-key:' || current_schema() || ':' || %s))"
-_TRY_COMPACTOR_LOCK = (
-    "SELECT pg_try_advisory_lock(hashtext('pushy compactor:' || current_schema()))"
-)
-KEY_LOCK_POLL = 0.2
-"""Longest wait between two tries of a key lock another store holds."""
 _SAVE_SNAPSHOT = (
     "INSERT INTO pushy_snapshot (seq, state) VALUES (%s, %s) "
     "ON CONFLICT (seq) DO UPDATE SET state = EXCLUDED.state"
@@ -180,10 +167,7 @@ class PostgresStore(GroupCommitStore):
         self._followed = opened.head
         self._head_conn: psycopg.Connection[Any] | None = None
         self._head = SharedQuery(self._query_head)
-        self._locks_conn: psycopg.Connection[Any] | None = None
-        self._locks_lock = trio.Lock()
-        self._compactor_on: psycopg.Connection[Any] | None = None
-        """The locks connection holding the compactor's lock (None: not held)."""
+        self._locks = AdvisoryLocks(url, self._unavailable)
 
     @classmethod
     async def open(
@@ -231,91 +215,25 @@ class PostgresStore(GroupCommitStore):
     def release(self) -> None:
         """Close the writer's connection (and with it the open lock), the head's and the
         locks' (and with it the compactor's lock and any key lock)."""
-        for conn in (self._conn, self._head_conn, self._locks_conn):
+        for conn in (self._conn, self._head_conn):
             if conn is not None:
                 conn.close()
-        self._conn = self._head_conn = self._locks_conn = self._compactor_on = None
+        self._conn = self._head_conn = None
+        self._locks.close()
 
-    # --- advisory locks: keys across appliances, the compactor ------------------------------
+    # --- advisory locks: keys across appliances, the compactor (``_pglocks``) ----------------
 
     @contextlib.asynccontextmanager
     async def key_lock(self, key: str) -> AsyncIterator[None]:
-        """Hold ``key`` against every store on the database (of this schema) for the block:
-        a session advisory lock on a hash of it, on the locks' connection (``Database
-        .exclusive``: check-then-commit across appliances). A key held elsewhere is tried
-        again every ``KEY_LOCK_POLL`` seconds at most (a hash collision only serializes two
-        keys).
-
-        Raises:
-            StoreUnavailableError: the database cannot be reached (nothing is held).
-
-        Cancellation: waiting, nothing is held; the unlock at the end is shielded. Were the
-        locks' connection lost meanwhile, its session's locks went with it.
-        """
-        delay = KEY_LOCK_POLL / 16
-        while not await self._locks_call(_TRY_KEY_LOCK, key):
-            await trio.sleep(delay)
-            delay = min(delay * 2, KEY_LOCK_POLL)
-        try:
+        """Hold ``key`` against every store on the database for the block (check-then-commit
+        across appliances): :meth:`~._pglocks.AdvisoryLocks.key_lock`."""
+        async with self._locks.key_lock(key):
             yield
-        finally:
-            # a lost connection took its locks with it
-            with trio.CancelScope(shield=True), contextlib.suppress(StoreUnavailableError):
-                await self._locks_call(_KEY_UNLOCK, key)
 
     async def take_compactor(self) -> bool:
-        """Whether this store holds the compactor's lock, trying to take it (a session lock
-        on the locks' connection; whoever holds it snapshots the shared log; when its
-        appliance dies the next try of another takes it).
-
-        Returns:
-            ``True`` while held; ``False`` when another store holds it, or the database
-            cannot be reached.
-        """
-        try:
-            return await self._locks_call(None, "")
-        except StoreUnavailableError:
-            return False
-
-    async def _locks_call(self, statement: str | None, key: str) -> bool:
-        async with self._locks_lock:
-            try:
-                return await trio.to_thread.run_sync(self._locks_sync, statement, key)
-            except psycopg.Error as e:
-                if self._locks_conn is not None:
-                    self._locks_conn.close()
-                self._locks_conn = self._compactor_on = None
-                raise self._unavailable(e) from e
-
-    def _locks_sync(self, statement: str | None, key: str) -> bool:
-        conn = self._locks_conn
-        fresh = conn is None or conn.closed or conn.broken
-        if fresh:
-            if conn is not None:
-                conn.close()
-            self._locks_conn = self._compactor_on = None
-            conn = self._locks_conn = connect(self._url, autocommit=True)
-        assert conn is not None
-        try:
-            return self._locks_query(conn, statement, key)
-        except psycopg.OperationalError:
-            if fresh:
-                raise
-            # an idle connection the database closed (a restart), and its locks with it:
-            # once more on a new one
-            conn.close()
-            self._locks_conn = self._compactor_on = None
-            return self._locks_sync(statement, key)
-
-    def _locks_query(self, conn: psycopg.Connection[Any], statement: str | None, key: str) -> bool:
-        if statement is None:  # the compactor's lock: taken once per session
-            if self._compactor_on is not conn:
-                row = conn.execute(_TRY_COMPACTOR_LOCK).fetchone()
-                if row and row[0]:
-                    self._compactor_on = conn
-            return self._compactor_on is conn
-        row = conn.execute(statement, (key,)).fetchone()
-        return bool(row and row[0])
+        """Whether this store holds the compactor's lock, trying to take it; see
+        :meth:`~._pglocks.AdvisoryLocks.take_compactor`."""
+        return await self._locks.take_compactor()
 
     # --- the head (the read barrier's target, docs/SCALE-OUT.md §6) ---------------------------
 
