@@ -284,9 +284,10 @@ async def _serve_locked(
     opened = (
         open_store(data_dir / "store")
         if config.store.url is None
-        else open_postgres_store(config.store.url)
+        # the appliances of a cluster share the database (the open lock held shared)
+        else open_postgres_store(config.store.url, exclusive=False)
     )
-    async with opened as store:
+    async with opened as store, trio.open_nursery() as root:
         db = new_database(
             store,
             config.output.max_bytes_per_channel,
@@ -300,11 +301,19 @@ async def _serve_locked(
             replayed,
             store.recovered.snapshot_seq,
         )
+        if store.appliance_id is not None:
+            log.info("cluster: appliance id %s", store.appliance_id)
+        # others' records from the recovered seq on (a follower that fails stops the
+        # appliance); bootstrap reads what they wrote too
+        await root.start(db.follower)
+        await db.barrier()
         await bootstrap(db, data_dir, config)
         started_at = trio.current_time()
         server_public_pem = _server_public_pem(config, data_dir)
         identity = db.models["identity"]
         assert isinstance(identity, IdentityModel)
+        jobs_model = db.models["jobs"]
+        assert isinstance(jobs_model, JobsModel)
         replay = ReplayGuard(config.auth.replay_cache) if config.auth.replay_cache else None
         auth = Authenticator(identity, replay=replay)
         registry = NodeRegistry(
@@ -324,7 +333,12 @@ async def _serve_locked(
             max_readers=config.feeds.max_connections,
             max_readers_per_principal=config.feeds.max_per_principal,
             node_state=link.status,
+            job_org=lambda job_id: entry.org if (entry := jobs_model.jobs.get(job_id)) else None,
         )
+        # the org feed from every record applied (ids from the seq: the same on every appliance),
+        # the job feeds of jobs other appliances drive from their records
+        db.watch(lambda record: feeds.record_applied(record, db.applying_seq))
+        db.watch_followed(feeds.record_followed)
         link.watch(feeds.node_changed)
         web_sessions = WebSessions(
             link_ttl=config.ui.link_ttl,
@@ -437,13 +451,17 @@ async def _serve_locked(
                 await _drain(http_done, bound_port)
                 with trio.move_on_after(SHUTDOWN_SNAPSHOT_SECONDS):
                     await recorder.flush()
-                if store.statistics().records >= SHUTDOWN_SNAPSHOT_RECORDS:
+                if (
+                    store.statistics().records >= SHUTDOWN_SNAPSHOT_RECORDS
+                    and await store.take_compactor()
+                ):
                     # the next start loads a snapshot instead of replaying the log
                     with trio.move_on_after(SHUTDOWN_SNAPSHOT_SECONDS):
                         await _snapshot(db)
             finally:
                 server_json.unlink(missing_ok=True)
                 nursery.cancel_scope.cancel()
+        root.cancel_scope.cancel()  # the follower
 
 
 async def _end_feeds(feeds: Feeds, port: int) -> None:
@@ -539,7 +557,11 @@ async def _compactor(db: Database) -> None:
     """Move closed jobs' details to the store's archive every ``ARCHIVE_SECONDS`` (memory
     holds finished jobs' index only), and snapshot whenever the records a restart would
     replay pass ``SNAPSHOT_RECORDS``, so start-up time stays bounded; the store then drops
-    the segments (and archives) the snapshot made obsolete."""
+    the segments (and archives) the snapshot made obsolete.
+
+    On a log several appliances share, only the one holding the store's compactor lock
+    snapshots (``Store.take_compactor``, tried at every check, so another appliance takes
+    over within ``COMPACT_CHECK_SECONDS`` when the holder dies)."""
     next_check = trio.current_time() + COMPACT_CHECK_SECONDS
     while True:
         await trio.sleep(ARCHIVE_SECONDS)
@@ -550,7 +572,8 @@ async def _compactor(db: Database) -> None:
             log.warning("archive: closed jobs' details stay in memory for now: %s", e)
         if trio.current_time() >= next_check:
             next_check = trio.current_time() + COMPACT_CHECK_SECONDS
-            if db.store.statistics().records >= SNAPSHOT_RECORDS:
+            compactor = await db.store.take_compactor()
+            if compactor and db.store.statistics().records >= SNAPSHOT_RECORDS:
                 await _snapshot(db)
 
 
