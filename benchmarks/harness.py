@@ -561,12 +561,16 @@ class SimFleet:
                 caller reports the losses (:meth:`errors`) rather than give up.
 
         Raises:
-            RuntimeError: nodes failed to connect or lost their connection meanwhile.
+            RuntimeError: nodes failed to connect or lost their connection meanwhile, or a
+                worker process exited.
             trio.TooSlowError: not reached within ``within`` seconds.
         """
         t0 = time.perf_counter()
         with trio.fail_after(within):
             while True:
+                dead = [p.returncode for p in self.procs if p.returncode is not None]
+                if dead:
+                    raise RuntimeError(f"a simulator worker exited ({dead}): {self.summary()}")
                 gone = self.total("lost") + self.total("failed")
                 if gone and not tolerate_losses:
                     raise RuntimeError(f"nodes failed: {self.summary()}: {self.errors()[:5]}")

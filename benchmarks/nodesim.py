@@ -56,6 +56,7 @@ from wsproto.events import (
     Request,
     TextMessage,
 )
+from wsproto.utilities import LocalProtocolError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -155,7 +156,7 @@ class _Node:
         try:
             async with self.w.connect_limit:
                 await self._connect()
-        except (OSError, trio.BrokenResourceError, ConnectionError) as e:
+        except (OSError, trio.BrokenResourceError, ConnectionError, LocalProtocolError) as e:
             c["failed"] += 1
             self.w.errors.append(f"{self.name}: connect: {e!r}")
             return
@@ -167,7 +168,13 @@ class _Node:
                 nursery.start_soon(self._heartbeats)
                 await self._read()
                 nursery.cancel_scope.cancel()
-        except* (OSError, trio.BrokenResourceError, ConnectionError) as group:
+        except* (
+            OSError,
+            trio.BrokenResourceError,
+            ConnectionError,
+            # a heartbeat sent after the server's close frame arrived: the node is lost too
+            LocalProtocolError,
+        ) as group:
             self.w.errors.append(f"{self.name}: {group.exceptions[0]!r}")
         c["lost"] += 1
         c["connected"] -= 1
