@@ -487,6 +487,18 @@ def _presence_servers(r: dict[str, Any], seconds: float) -> None:
         )
 
 
+def _presence_rows(name: str, r: dict[str, Any], seconds: float) -> None:
+    """The lines of one measurement: the total, each server, the nodes not online."""
+    emit(_presence_line(name, r, seconds))
+    _presence_servers(r, seconds)
+    if r["errors"]:
+        sim = r["sim"]
+        emit(
+            f"    NOT all online: {sim['failed']} failed, {sim['lost']} lost; "
+            f"first errors {r['errors'][:3]}"
+        )
+
+
 def _db_line(db: dict[str, Any], seconds: float) -> str:
     statements = (
         "statements not counted (no pg_stat_statements)"
@@ -526,7 +538,21 @@ async def _presence(bench: Bench, setup: Setup) -> None:
                 http=[s.http_address for s in servers] if n > 1 else None,
                 db_url=bench.store_urls.get(dirs[0]),
             )
+        # the appliances' figures go out before the ceiling is measured: a long run that
+        # fails in its comparator keeps them
+        emit(
+            f"\n== presence: {a.nodes} nodes, heartbeat every {interval:g} s, {a.seconds:g} s, "
+            f"{setup.label(bench.separate(setup))} =="
+        )
+        emit(f"$ {command_line()}")
+        _presence_rows(label, prod, a.seconds)
+        if "db" in prod:
+            emit(_db_line(prod["db"], a.seconds))
+            for query, calls in list(prod["db"]["by_query"].items())[:5]:
+                emit(f"    {calls:>6} x {query[:110]}")
+        bench.record("presence-appliances", setup=setup.key, appliances=n, pushy=prod)
         ceilings: dict[str, dict[str, Any]] = {}
+        bare_label = "bare" if n == 1 else f"bare x {n}"
         for mode in _gc_modes(a):
             async with contextlib.AsyncExitStack() as stack:
                 bares = [
@@ -545,26 +571,7 @@ async def _presence(bench: Bench, setup: Setup) -> None:
                     interval,
                     a.seconds,
                 )
-        emit(
-            f"\n== presence: {a.nodes} nodes, heartbeat every {interval:g} s, {a.seconds:g} s, "
-            f"{setup.label(bench.separate(setup))} =="
-        )
-        emit(f"$ {command_line()}")
-        bare_label = "bare" if n == 1 else f"bare x {n}"
-        rows = [(label, prod)] + [(f"{bare_label} ({m} GC)", r) for m, r in ceilings.items()]
-        for name, r in rows:
-            emit(_presence_line(name, r, a.seconds))
-            _presence_servers(r, a.seconds)
-            if r["errors"]:
-                sim = r["sim"]
-                emit(
-                    f"    NOT all online: {sim['failed']} failed, {sim['lost']} lost; "
-                    f"first errors {r['errors'][:3]}"
-                )
-        if "db" in prod:
-            emit(_db_line(prod["db"], a.seconds))
-            for query, calls in list(prod["db"]["by_query"].items())[:5]:
-                emit(f"    {calls:>6} x {query[:110]}")
+            _presence_rows(f"{bare_label} ({mode} GC)", ceilings[mode], a.seconds)
         ratios = {m: prod["cpu_s"] / max(r["cpu_s"], 1e-9) for m, r in ceilings.items()}
         emit(
             "  ratio CPU pushy/bare "
