@@ -229,8 +229,12 @@ class Database:
         """
         await self.store.wait_writable()
 
-    async def commit(self, *records: dict[str, Any]) -> int:
+    async def commit(self, *records: dict[str, Any], fence: Sequence[tuple[str, int]] = ()) -> int:
         """Make ``records`` durable, then apply them to the models.
+
+        Args:
+            fence: ``(job_id, epoch)`` leases the records are fenced with (a job's driver in
+                a cluster, ``docs/SCALE-OUT.md`` §4); see ``Store.append_many``.
 
         Returns:
             The sequence number of the last record.
@@ -240,6 +244,8 @@ class Database:
                 now or earlier and it is not writable again yet). None of ``records`` is
                 stored and none was applied: the models are as before the call. The same
                 records may be committed again once :meth:`wait_writable` returns.
+            StaleLeaseError: a lease of ``fence`` has another epoch now; nothing was stored
+                or applied.
             StoreError: the store is closed; nothing was applied.
 
         Cancellation: once the records were handed to the store they are applied even if the
@@ -254,7 +260,10 @@ class Database:
                 list(records) if len(records) == 1 else [{"t": "batch", "records": list(records)}]
             )
             with trio.CancelScope(shield=True):
-                seq = await self.store.append_many(stored)
+                if fence:
+                    seq = await self.store.append_many(stored, fence=fence)
+                else:
+                    seq = await self.store.append_many(stored)
                 for record in stored:
                     self._apply(record)
         finally:
