@@ -43,6 +43,7 @@ from .audit.recorder import AuditRecorder
 from .audit.retention import AuditRetention
 from .auth import Authenticator
 from .bootstrap import bootstrap, write_credentials
+from .cluster import Coordinator, LogHolds, Solo, open_coordinator
 from .config import AuditConfig, ServerConfig, WebhooksConfig, parse_host_port
 from .config_files import resolve_data_dir
 from .db import Database
@@ -334,6 +335,7 @@ async def _serve_locked(
         # open feeds re-check their readers' permission when identities or sessions change
         identity.watch(feeds.permissions_changed)
         web_sessions.watch(feeds.permissions_changed)
+        coordinator = await _coordinator(config, incarnation)
         runner = JobRunner(
             db,
             registry,
@@ -344,7 +346,14 @@ async def _serve_locked(
             late_result_timeout=config.jobs.late_result_timeout,
             max_live_jobs=config.limits.max_live_jobs,
             max_live_job_nodes=config.limits.max_live_job_nodes,
+            cluster=coordinator,
         )
+        if coordinator.clustered:
+            jobs_model = db.models["jobs"]
+            assert isinstance(jobs_model, JobsModel)
+            holds = LogHolds(jobs_model)
+            db.watch(holds.applied)
+            link.attach_cluster(coordinator, holds, runner.drives)
         retention = Retention(db, feeds, retention_days=config.jobs.retention_days)
         recorder = AuditRecorder(
             db,
@@ -409,6 +418,9 @@ async def _serve_locked(
             scheme = "http" if config.insecure_http else "https"
             url = f"{scheme}://{_url_host(host)}:{bound_port}"
             node_url = f"{node_scheme}://{_url_host(host)}:{bound_node_port}"
+            await nursery.start(
+                functools.partial(coordinator.run, runner, api_url=url, node_url=node_url)
+            )
             ca_file = None if config.insecure_http else data_dir / "tls" / "ca.pem"
             write_credentials(data_dir, url, config.bootstrap.org, ca_file=ca_file)
             info = ServerInfo(url, node_url, os.getpid(), incarnation, __version__, data_dir, svc)
@@ -444,6 +456,16 @@ async def _serve_locked(
             finally:
                 server_json.unlink(missing_ok=True)
                 nursery.cancel_scope.cancel()
+
+
+async def _coordinator(config: ServerConfig, appliance_id: str) -> Coordinator:
+    """The cluster's coordinator: PostgreSQL's with ``store.url`` (its tables created if
+    needed), else :class:`Solo`."""
+    if config.store.url is None:
+        return Solo()
+    return await open_coordinator(
+        config.store.url, appliance_id, lease_ttl=config.cluster.lease_ttl
+    )
 
 
 async def _end_feeds(feeds: Feeds, port: int) -> None:

@@ -272,6 +272,15 @@ class Database:
                 self._idle.set()
         return seq
 
+    async def barrier(self) -> None:
+        """Read-your-writes: wait until every record acknowledged before this call is
+        applied here. The database applies only its own commits (each its store's one
+        appender), so asking the store's head is all there is to wait for.
+
+        Cancellation: safe; nothing is changed.
+        """
+        await self.store.head()
+
     async def purge_every(
         self, purge: Callable[[], Awaitable[int]], *, seconds: float, what: str
     ) -> NoReturn:
@@ -287,7 +296,9 @@ class Database:
                 continue
             await trio.sleep(seconds)
 
-    async def commit_retrying(self, *records: dict[str, Any]) -> int:
+    async def commit_retrying(
+        self, *records: dict[str, Any], fence: Sequence[tuple[str, int]] = ()
+    ) -> int:
         """:meth:`commit`, waiting out store outages: the same ``records`` are committed again
         each time the store is writable again, until they are durable and applied.
 
@@ -298,6 +309,7 @@ class Database:
             The sequence number of the last record.
 
         Raises:
+            StaleLeaseError: a lease of ``fence`` has another epoch now (see :meth:`commit`).
             StoreError: the store is closed; nothing was applied.
 
         Cancellation: while waiting for the store nothing is applied, and nothing will be;
@@ -305,7 +317,7 @@ class Database:
         """
         while True:
             try:
-                return await self.commit(*records)
+                return await self.commit(*records, fence=fence)
             except StoreUnavailableError:
                 await self.wait_writable()
 

@@ -83,6 +83,15 @@ class Coordinator(Protocol):
         """The job is closed: give its lease back (soon; never blocks)."""
         ...
 
+    async def lease_orphans(self, jobs: Sequence[tuple[str, str]]) -> None:
+        """Give the unclosed jobs ``(org, job_id)`` that have no lease an expired one, so
+        that a takeover hands them out (jobs stored before the store was shared).
+
+        Raises:
+            StoreUnavailableError: the database cannot be reached.
+        """
+        ...
+
     def routed(self, org: str, node: str) -> str | None:
         """The appliance holding the node's connection, when it is another live one."""
         ...
@@ -107,6 +116,21 @@ class Coordinator(Protocol):
         is full)."""
         ...
 
+    async def run(
+        self,
+        engine: ClusterEngine,
+        *,
+        api_url: str = "",
+        node_url: str = "",
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Take part in the cluster until cancelled, calling ``engine`` back; ``api_url``
+        and ``node_url``: this appliance's, for the other appliances' operators.
+
+        Start-up: ready once this appliance is known to the others (``Solo``: at once).
+        """
+        ...
+
 
 class Solo:
     """The coordinator of an appliance alone on its store: the engines behave as if there
@@ -123,6 +147,9 @@ class Solo:
 
     def release(self, job_id: str) -> None:
         pass
+
+    async def lease_orphans(self, jobs: Sequence[tuple[str, str]]) -> None:
+        await trio.lowlevel.checkpoint()
 
     def routed(self, org: str, node: str) -> str | None:
         return None

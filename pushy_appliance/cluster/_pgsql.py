@@ -34,6 +34,7 @@ __all__ = [
     "declare_dead",
     "fetch_routes",
     "heartbeat",
+    "lease_orphans",
     "listen",
     "release",
     "renew",
@@ -112,6 +113,18 @@ def claim(conn: psycopg.Connection[Any], me: str, org: str, job_id: str, ttl: fl
             "VALUES (%s, %s, %s, 1, now() + make_interval(secs => %s))",
             (org, job_id, me, ttl),
         )
+
+
+def lease_orphans(conn: psycopg.Connection[Any], me: str, jobs: Sequence[tuple[str, str]]) -> int:
+    """Expired leases (epoch 0) for the jobs ``(org, job_id)`` that have none; how many."""
+    with conn.transaction():
+        cur = conn.execute(
+            "INSERT INTO pushy_lease (org, job_id, holder, epoch, expires_at) "
+            "SELECT o, j, %s, 0, now() - interval '1 second' "
+            "FROM unnest(%s::text[], %s::text[]) AS t(o, j) ON CONFLICT (job_id) DO NOTHING",
+            (me, [o for o, _j in jobs], [j for _o, j in jobs]),
+        )
+    return max(cur.rowcount, 0)
 
 
 def renew(conn: psycopg.Connection[Any], me: str, ttl: float) -> dict[str, int]:

@@ -111,6 +111,8 @@ class PostgresCoordinator:
         self._wake = trio.Event()
         self._room = trio.Event()
         self._room.set()
+        self._opened: list[psycopg.Connection[Any]] = []
+        """The tasks' connections made after a reconnect (closed when :meth:`run` ends)."""
         self.statistics_mail_sent = 0
         self.statistics_mail_received = 0
 
@@ -169,6 +171,26 @@ class PostgresCoordinator:
             self._since.pop(job_id, None)
             self._releases.append(job_id)
             self._wake.set()
+
+    async def lease_orphans(self, jobs: Sequence[tuple[str, str]]) -> None:
+        if not jobs:
+            await trio.lowlevel.checkpoint()
+            return
+        async with self._claim_lock:
+            try:
+                added = await trio.to_thread.run_sync(self._orphans_sync, jobs)
+            except psycopg.Error as e:
+                if self._claim_conn is not None:
+                    self._claim_conn.close()
+                    self._claim_conn = None
+                raise StoreUnavailableError("PostgreSQL unreachable", self._where) from e
+        if added:
+            log.info("cluster: %d unclosed job(s) without a lease, to be taken over", added)
+
+    def _orphans_sync(self, jobs: Sequence[tuple[str, str]]) -> int:
+        if self._claim_conn is None or self._claim_conn.closed or self._claim_conn.broken:
+            self._claim_conn = _connect(self._url)
+        return sql.lease_orphans(self._claim_conn, self._me, jobs)
 
     def routed(self, org: str, node: str) -> str | None:
         return self._routes.get((org, node))
@@ -249,8 +271,9 @@ class PostgresCoordinator:
                 nursery.start_soon(self._receiver, listen_conn, engine)
                 task_status.started()
         finally:
-            for conn in conns:
+            for conn in [*conns, *self._opened]:
                 conn.close()
+            self._opened.clear()
             if self._claim_conn is not None:
                 self._claim_conn.close()
                 self._claim_conn = None
@@ -271,8 +294,12 @@ class PostgresCoordinator:
         while True:
             try:
                 if what == "listen":
-                    return await trio.to_thread.run_sync(self._listen_sync)
-                return await trio.to_thread.run_sync(_connect, self._url)
+                    new = await trio.to_thread.run_sync(self._listen_sync)
+                else:
+                    new = await trio.to_thread.run_sync(_connect, self._url)
+                self._opened = [c for c in self._opened if not c.closed]
+                self._opened.append(new)
+                return new
             except psycopg.Error as e:
                 log.warning("cluster: %s connection to %s failed (%s)", what, self._where, e)
                 await trio.sleep(delay)
@@ -288,14 +315,17 @@ class PostgresCoordinator:
         node_url: str,
     ) -> None:
         period = self.lease_ttl / 3
-        while True:
-            try:
-                await self._lease_round(conn, engine, api_url, node_url)
-            except psycopg.Error as e:
-                log.warning("cluster: lease round failed (%s)", e)
-                if conn.closed or conn.broken:
-                    conn = await self._reconnect(conn, "lease")
-            await trio.sleep(period)
+        try:
+            while True:
+                try:
+                    await self._lease_round(conn, engine, api_url, node_url)
+                except psycopg.Error as e:
+                    log.warning("cluster: lease round failed (%s)", e)
+                    if conn.closed or conn.broken:
+                        conn = await self._reconnect(conn, "lease")
+                await trio.sleep(period)
+        finally:
+            conn.close()
 
     async def _watchdog(self, engine: ClusterEngine) -> None:
         """Self-fencing on this appliance's clock, whatever the lease task is waiting for (a
@@ -363,17 +393,20 @@ class PostgresCoordinator:
     # --- the sender --------------------------------------------------------------------------
 
     async def _sender(self, conn: psycopg.Connection[Any], engine: ClusterEngine) -> None:
-        while True:
-            await self._wake.wait()
-            if self._out_bytes < BATCH_BYTES:
-                await trio.sleep(BATCH_SECONDS)
-            self._wake = trio.Event()
-            try:
-                await self._flush(conn, engine)
-            except psycopg.Error as e:
-                log.warning("cluster: sending to %s failed (%s)", self._where, e)
-                if conn.closed or conn.broken:
-                    conn = await self._reconnect(conn, "send")
+        try:
+            while True:
+                await self._wake.wait()
+                if self._out_bytes < BATCH_BYTES:
+                    await trio.sleep(BATCH_SECONDS)
+                self._wake = trio.Event()
+                try:
+                    await self._flush(conn, engine)
+                except psycopg.Error as e:
+                    log.warning("cluster: sending to %s failed (%s)", self._where, e)
+                    if conn.closed or conn.broken:
+                        conn = await self._reconnect(conn, "send")
+        finally:
+            conn.close()
 
     async def _flush(self, conn: psycopg.Connection[Any], engine: ClusterEngine) -> None:
         changes, self._route_changes = self._route_changes, {}
