@@ -154,6 +154,9 @@ async def test_a_job_over_nodes_on_two_appliances(pg_url: str) -> None:
             n3, out3 = await b.connect("n3")
             await until(lambda: a.cluster.routed("o", "n3") == b.cluster.appliance_id)
             assert not b.link.is_available("o", "n1") and b.link.is_available("o", "n3")
+            # every appliance sees a node connected elsewhere online, through its route
+            await until(lambda: b.link.status("o", "n1") == ("online", "available"))
+            assert b.link.status("o", "n9") == ("offline", "unavailable")
             job_id = await a.runner.create("o", request(["n1", "n3"]), "admin")
             # n3 is reachable through b: it gets the commit there, by mail
             commit = await next_frame(out3)
@@ -162,6 +165,7 @@ async def test_a_job_over_nodes_on_two_appliances(pg_url: str) -> None:
             # b applied the job from the log: n3 is held by a job driven elsewhere
             await until(lambda: job_id in b.jobs.jobs)
             assert not b.link.is_available("o", "n3") and job_id not in b.runner.live
+            await until(lambda: b.link.status("o", "n1") == ("online", "unavailable"))
             await a.frame(n1, protocol.AckCommit, job_id=job_id)
             await b.frame(n3, protocol.AckCommit, job_id=job_id)  # forwarded to a
             assert isinstance(await next_frame(out3), protocol.Run)

@@ -274,10 +274,17 @@ class NodeLink:
 
     def status(self, org: str, name: str) -> tuple[str, str]:
         """``(status, availability)`` of the node ``name`` of ``org``: ``online`` or
-        ``offline``, ``available`` (online and :meth:`available`) or ``unavailable``."""
+        ``offline``, ``available`` (online and :meth:`available`) or ``unavailable``. In a
+        cluster a node connected to another appliance is ``online`` too, ``available`` when
+        no job holds it (its rehab there is that appliance's to know)."""
         s = self.registry.get(org, name)
         if s is None:
-            return "offline", "unavailable"
+            if self._cluster is None or self._cluster.routed(org, name) is None:
+                return "offline", "unavailable"
+            # connected to another appliance of the cluster
+            key = (org, name)
+            held = key in self._held or bool(self._elsewhere(key))
+            return "online", "unavailable" if held else "available"
         return "online", "available" if self.available(s) else "unavailable"
 
     def node_state(self, org: str, name: str) -> dict[str, Any]:
