@@ -278,3 +278,19 @@ async def test_a_dead_appliance_s_nodes_go_down_in_jobs_driven_elsewhere(pg_url:
             assert trio.current_time() - stopped <= 1.0 + 1.0 / 3 + 1.0
             assert a.cluster.routed("o", "n3") is None
             assert a.jobs.jobs[job_id].nodes["n1"][3] is None
+
+
+async def test_an_abort_asked_of_another_appliance_reaches_the_driver(pg_url: str) -> None:
+    with trio.fail_after(TIMEOUT):
+        async with appliance(pg_url, ttl=5.0) as a, appliance(pg_url, ttl=5.0) as b:
+            n1, out1 = await a.connect("n1")
+            job_id = await a.runner.create("o", request(["n1"]), "admin")
+            assert isinstance(await next_frame(out1), protocol.Commit)
+            await a.frame(n1, protocol.AckCommit, job_id=job_id)
+            assert isinstance(await next_frame(out1), protocol.Run)
+            await until(lambda: job_id in b.jobs.jobs and b.jobs.jobs[job_id].status == "running")
+            await b.runner.abort("o", job_id)  # returns once the end is applied on b
+            assert b.jobs.jobs[job_id].status == "aborted"
+            abort = await next_frame(out1)
+            assert isinstance(abort, protocol.Abort) and abort.job_id == job_id
+            assert a.jobs.jobs[job_id].status == "aborted"

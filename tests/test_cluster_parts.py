@@ -8,7 +8,14 @@ from typing import Any
 import pytest
 
 from pushy_appliance.cluster import LogHolds
-from pushy_appliance.cluster._wire import EventItem, FrameItem, decode_mail, encode_mail
+from pushy_appliance.cluster._wire import (
+    AbortItem,
+    EventItem,
+    FrameItem,
+    MailItem,
+    decode_mail,
+    encode_mail,
+)
 from pushy_appliance.errors import ProtocolError
 from pushy_appliance.jobs import record
 from pushy_appliance.jobs.build import JobTimers, build_job
@@ -109,8 +116,11 @@ def test_mail_round_trips_every_node_event_and_frames() -> None:
         NodeDown("n", 6.0),
         NodeAborted("n", 7.0),
     ]
-    items = [FrameItem("o", "n", "commit", {"job_id": "j", "env": {"A": "1"}, "run_timeout": 3.0})]
+    items: list[MailItem] = [
+        FrameItem("o", "n", "commit", {"job_id": "j", "env": {"A": "1"}, "run_timeout": 3.0})
+    ]
     items += [EventItem("o", "j", e) for e in events]
+    items.append(AbortItem("o", "j"))
     back = decode_mail(encode_mail(items))
     assert back == items
     assert back[6].event.fields == result.fields  # type: ignore[union-attr]

@@ -52,6 +52,11 @@ class ClusterEngine(Protocol):
         jobs this appliance drives that hold them. Never blocks."""
         ...
 
+    def abort_remote(self, org: str, job_id: str) -> None:
+        """An operator asked another appliance to abort the job ``job_id`` driven here.
+        Never blocks."""
+        ...
+
 
 class Coordinator(Protocol):
     """The cluster as the engines see it (``docs/SCALE-OUT.md`` §4, §5, §8)."""
@@ -116,6 +121,10 @@ class Coordinator(Protocol):
         is full)."""
         ...
 
+    async def forward_abort(self, org: str, job_id: str) -> None:
+        """Mail an operator's abort of ``job_id`` to the appliance driving it."""
+        ...
+
     async def run(
         self,
         engine: ClusterEngine,
@@ -166,6 +175,9 @@ class Solo:
         await trio.lowlevel.checkpoint()
 
     async def forward(self, org: str, job_id: str, event: NodeEvent) -> None:
+        await trio.lowlevel.checkpoint()
+
+    async def forward_abort(self, org: str, job_id: str) -> None:
         await trio.lowlevel.checkpoint()
 
     async def run(

@@ -33,7 +33,7 @@ from ..jobs.events import NodeEvent, Output
 from ..store import connect_postgres, redact_url
 from . import _pgsql as sql
 from ._base import ClusterEngine, LeaseGrant
-from ._wire import EventItem, FrameItem, MailItem, decode_mail, encode_mail
+from ._wire import AbortItem, EventItem, FrameItem, MailItem, decode_mail, encode_mail
 
 __all__ = [
     "BATCH_BYTES",
@@ -106,7 +106,8 @@ class PostgresCoordinator:
         """``(org, node)`` → the incarnation connected here, ``None``: the connection ended."""
         self._releases: list[str] = []
         self._frames: dict[str, list[MailItem]] = {}
-        self._events: list[EventItem] = []
+        self._events: list[EventItem | AbortItem] = []
+        """Items for the drivers of their jobs (found by their leases when sent)."""
         self._out_bytes = 0
         self._wake = trio.Event()
         self._room = trio.Event()
@@ -215,6 +216,11 @@ class PostgresCoordinator:
         await self._wait_room()
         self._events.append(EventItem(org, job_id, event))
         self._queued(_item_bytes(event))
+
+    async def forward_abort(self, org: str, job_id: str) -> None:
+        await self._wait_room()
+        self._events.append(AbortItem(org, job_id))
+        self._queued(_ITEM_BYTES)
 
     async def _wait_room(self) -> None:
         while not self._room.is_set():
@@ -422,7 +428,7 @@ class PostgresCoordinator:
             if events:
                 jobs = sorted({e.job_id for e in events})
                 drivers = await trio.to_thread.run_sync(sql.holders, conn, jobs)
-            mine: list[EventItem] = []
+            mine: list[EventItem | AbortItem] = []
             for item in events:
                 driver = drivers.get(item.job_id)
                 if driver == self._me:
@@ -440,7 +446,7 @@ class PostgresCoordinator:
             raise
         self.statistics_mail_sent += len(rows)
         for item in mine:
-            await engine.post_remote(item.org, item.job_id, item.event)
+            await _hand(engine, item)
 
     def _write_sync(
         self,
@@ -476,10 +482,7 @@ class PostgresCoordinator:
                     log.error("cluster: mail dropped: %s", e)
                     continue
                 for item in items:
-                    if isinstance(item, FrameItem):
-                        await engine.deliver(item.org, item.node, item.type, item.fields)
-                    else:
-                        await engine.post_remote(item.org, item.job_id, item.event)
+                    await _hand(engine, item)
             if not await _wait_doorbell(conn):
                 conn = await self._reconnect(conn, "listen")
 
@@ -497,6 +500,17 @@ class PostgresCoordinator:
                 self._routes[key] = appliance
         if gone:
             engine.nodes_gone(gone)
+
+
+async def _hand(engine: ClusterEngine, item: MailItem) -> None:
+    """Hand a mail item to the engine it is for."""
+    if isinstance(item, FrameItem):
+        await engine.deliver(item.org, item.node, item.type, item.fields)
+    elif isinstance(item, AbortItem):
+        engine.abort_remote(item.org, item.job_id)
+        await trio.lowlevel.checkpoint()
+    else:
+        await engine.post_remote(item.org, item.job_id, item.event)
 
 
 async def _wait_doorbell(conn: psycopg.Connection[Any]) -> bool:

@@ -9,6 +9,8 @@ A row's ``payload`` is one msgpack list of items, each a list tagged by its firs
 * ``["event", org, job_id, kind, fields]``: a node's event (``jobs.events``) for a job the
   receiving appliance drives; ``kind`` is the event class's name, ``fields`` its fields (a
   ``NodeBack``'s ``result`` as a nested ``Result`` map).
+* ``["abort", org, job_id, "", {}]``: an operator's abort, asked of another appliance, of a
+  job the receiving appliance drives.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from ..jobs.events import (
 )
 
 __all__ = [
+    "AbortItem",
     "EventItem",
     "FrameItem",
     "MailItem",
@@ -77,7 +80,15 @@ class EventItem:
     event: NodeEvent
 
 
-MailItem: TypeAlias = FrameItem | EventItem
+@dataclasses.dataclass(frozen=True, slots=True)
+class AbortItem:
+    """An operator's abort of the job ``job_id`` of ``org``, driven by the receiver."""
+
+    org: str
+    job_id: str
+
+
+MailItem: TypeAlias = FrameItem | EventItem | AbortItem
 
 
 def event_fields(event: NodeEvent) -> dict[str, Any]:
@@ -109,6 +120,8 @@ def encode_mail(items: list[MailItem]) -> bytes:
     for item in items:
         if isinstance(item, FrameItem):
             out.append(["frame", item.org, item.node, item.type, item.fields])
+        elif isinstance(item, AbortItem):
+            out.append(["abort", item.org, item.job_id, "", {}])
         else:
             kind = type(item.event).__name__
             out.append(["event", item.org, item.job_id, kind, event_fields(item.event)])
@@ -129,6 +142,8 @@ def decode_mail(payload: bytes) -> list[MailItem]:
                 items.append(FrameItem(str(org), str(name), str(kind), dict(fields)))
             elif tag == "event":
                 items.append(EventItem(str(org), str(name), _event(str(kind), fields)))
+            elif tag == "abort":
+                items.append(AbortItem(str(org), str(name)))
             else:
                 raise ProtocolError(f"mail: unknown item {tag!r}")
     except (ValueError, TypeError, msgpack.UnpackException) as e:

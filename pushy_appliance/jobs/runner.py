@@ -88,7 +88,7 @@ from .live import LiveJob
 from .machine import transition
 from .model import JobEntry, JobsModel
 from .state import DEFAULT_LATE_RESULT_TIMEOUT, JobState, holds, is_closed, is_finished
-from .status import JobStatus
+from .status import FINISHED_JOB_STATUSES, JobStatus
 from .validation import JobRequest
 
 __all__ = [
@@ -110,6 +110,8 @@ FAN_OUT_CHUNK = 2_000
 """Feed events and commits a new job hands out between two checkpoints."""
 READ_IN_THREAD_BYTES = 64 * 1024
 """Archived details this large or larger are read and decoded in a worker thread."""
+ABORT_ELSEWHERE_SECONDS = 30.0
+"""Seconds an abort of a job another appliance drives waits for the job's end."""
 
 
 _HELD_STATES = {"new": "idle", "ready": "committed", "running": "running"}
@@ -162,6 +164,9 @@ class JobRunner:
         self._creating: list[int] = []
         """Node counts of the jobs being created (reserved against the caps)."""
         self._nursery: trio.Nursery | None = None
+        self._ending: dict[str, trio.Event] = {}
+        """Jobs driven elsewhere whose end an abort here waits for (set by :meth:`_applied`)."""
+        self._watching = False
         link.connect(self)
 
     @property
@@ -333,6 +338,9 @@ class JobRunner:
         if entry is None or entry.org != org:
             raise NoSuchJobError(job_id)
         job = self.live.get(job_id)
+        if job is None and self.cluster.clustered and not entry.finished:
+            await self._abort_elsewhere(entry, riders)
+            return
         # (the job's own task may be storing the step that ends it: its riders are taken)
         if job is None or entry.finished or is_finished(job.state):
             raise JobFinishedError(job_id)
@@ -344,6 +352,39 @@ class JobRunner:
         await job.ended.wait()
         if job.dropped:
             raise StoreUnavailableError("the job is driven by another appliance now; try again")
+
+    async def _abort_elsewhere(self, entry: JobEntry, riders: Iterable[dict[str, Any]]) -> None:
+        """Abort a job another appliance drives: mail the abort to its driver, wait until
+        the job's end is applied here, then store ``riders``.
+
+        Raises:
+            StoreUnavailableError: the store refuses writes, or the job did not end within
+                :data:`ABORT_ELSEWHERE_SECONDS` (its driver is away: try again).
+        """
+        if not self.db.writable:
+            await self.db.store.append_many([])
+        if not self._watching:
+            self.db.watch(self._applied)
+            self._watching = True
+        ended = self._ending.setdefault(entry.id, trio.Event())
+        await self.cluster.forward_abort(entry.org, entry.id)
+        with trio.move_on_after(ABORT_ELSEWHERE_SECONDS):
+            while not entry.finished:
+                await ended.wait()
+        if not entry.finished:  # (its event stays for the other waiters, set at the end)
+            raise StoreUnavailableError("the job's appliance did not end it in time; try again")
+        riders = list(riders)
+        if riders:
+            await self.db.commit(*riders)
+
+    def _applied(self, r: dict[str, Any]) -> None:
+        """A database watcher (registered once an abort waits for a job driven elsewhere):
+        wake the abort when the job's end is applied."""
+        if r.get("t") == "job.step":
+            ended = self._ending.get(r["id"])
+            if ended is not None and r["job"]["status"] in FINISHED_JOB_STATUSES:
+                del self._ending[r["id"]]
+                ended.set()
 
     async def load_details(self, entry: JobEntry) -> None:
         """Have an archived job's details in memory (the model's cache) before they are
@@ -498,6 +539,12 @@ class JobRunner:
             await trio.lowlevel.checkpoint()
             return
         await job.post_from_node(event, None)
+
+    def abort_remote(self, org: str, job_id: str) -> None:
+        """Another appliance's operator aborts a job driven here."""
+        job = self.live.get(job_id)
+        if job is not None and job.entry.org == org and not is_finished(job.state):
+            job.post(Abort(self._now()))
 
     def nodes_gone(self, nodes: Sequence[tuple[str, str]]) -> None:
         """Nodes of an appliance declared dead: ``NodeDown`` for the jobs driven here that
