@@ -324,3 +324,20 @@ async def test_a_dead_appliance_s_nodes_go_down_for_the_jobs_driven_elsewhere(
                 assert conn.execute("SELECT count(*) FROM pushy_mail").fetchone() == (0,)
                 ids = [str(r[0]) for r in conn.execute("SELECT id FROM pushy_appliance")]
             assert ids == [b.appliance_id]
+
+
+async def test_events_for_a_job_whose_lease_expired_wait_for_its_takeover(pg_url: str) -> None:
+    with trio.fail_after(TIMEOUT):
+        ea, eb = Engine(), Engine()
+        async with running(pg_url, ea, ttl=30.0) as (a, _), running(pg_url, eb) as (_b, _):
+            with psycopg.connect(pg_url, autocommit=True) as conn:  # a dead holder's lease
+                conn.execute(
+                    "INSERT INTO pushy_lease VALUES ('o', 'jx', %s, 1, now() - interval '1s')",
+                    (str(uuid.uuid4()),),
+                )
+            await a.forward("o", "jx", NodeDown("n1", 1.0))
+            await eb.until(lambda: bool(eb.taken))
+            assert eb.taken == [LeaseGrant("o", "jx", 2)]
+            # held by a until the takeover, then mailed to b
+            await eb.until(lambda: bool(eb.events))
+            assert eb.events == [("o", "jx", NodeDown("n1", 1.0))]

@@ -163,12 +163,14 @@ def release(conn: psycopg.Connection[Any], me: str, job_ids: Sequence[str]) -> N
         )
 
 
-def holders(conn: psycopg.Connection[Any], job_ids: Sequence[str]) -> dict[str, str]:
-    """Job → the appliance holding its lease (jobs without one are left out)."""
+def holders(conn: psycopg.Connection[Any], job_ids: Sequence[str]) -> dict[str, str | None]:
+    """Job → the appliance holding its lease, ``None`` while the lease is expired (its
+    holder is dead or cut off: a takeover is due); jobs without one are left out."""
     rows = conn.execute(
-        "SELECT job_id, holder FROM pushy_lease WHERE job_id = ANY(%s)", (list(job_ids),)
+        "SELECT job_id, holder, expires_at > now() FROM pushy_lease WHERE job_id = ANY(%s)",
+        (list(job_ids),),
     ).fetchall()
-    return {str(j): str(h) for j, h in rows}
+    return {str(j): str(h) if live else None for j, h, live in rows}
 
 
 def write_routes(

@@ -55,6 +55,8 @@ OUTBOX_BYTES = 4 * 1024 * 1024
 :meth:`~PostgresCoordinator.forward` wait (back-pressure on the job's task or the node)."""
 MAIL_POLL = 1.0
 """Seconds after which the receiver looks for mail though its doorbell did not ring."""
+HOLD_SECONDS = 0.5
+"""Seconds between two tries to send events held for a job whose lease is expired."""
 TAKEOVER_BATCH = 100
 """Most expired leases one takeover scan takes."""
 _ITEM_BYTES = 64
@@ -108,6 +110,10 @@ class PostgresCoordinator:
         self._frames: dict[str, list[MailItem]] = {}
         self._events: list[EventItem | AbortItem] = []
         """Items for the drivers of their jobs (found by their leases when sent)."""
+        self._held: list[tuple[float, EventItem | AbortItem]] = []
+        """Items for jobs whose lease is expired, kept (for up to ``2 * lease_ttl``) until
+        another appliance takes the job over, with when they were first held."""
+        self._held_until = 0.0
         self._out_bytes = 0
         self._wake = trio.Event()
         self._room = trio.Event()
@@ -405,6 +411,12 @@ class PostgresCoordinator:
                 if self._out_bytes < BATCH_BYTES:
                     await trio.sleep(BATCH_SECONDS)
                 self._wake = trio.Event()
+                if self._held and not (
+                    self._route_changes or self._releases or self._frames or self._events
+                ):
+                    with trio.move_on_at(self._held_until):  # or new items come
+                        await self._wake.wait()
+                    self._wake = trio.Event()
                 try:
                     await self._flush(conn, engine)
                 except psycopg.Error as e:
@@ -419,25 +431,36 @@ class PostgresCoordinator:
         releases, self._releases = self._releases, []
         frames, self._frames = self._frames, {}
         events, self._events = self._events, []
+        held, self._held = self._held, []
+        now = trio.current_time()
+        since = {id(item): at for at, item in held}
+        events = [item for _at, item in held] + events
         self._out_bytes = 0
         self._room.set()
         up = [(org, node, inc) for (org, node), inc in changes.items() if inc is not None]
         down = [key for key, inc in changes.items() if inc is None]
         try:
-            drivers: dict[str, str] = {}
+            drivers: dict[str, str | None] = {}
             if events:
                 jobs = sorted({e.job_id for e in events})
                 drivers = await trio.to_thread.run_sync(sql.holders, conn, jobs)
             mine: list[EventItem | AbortItem] = []
             for item in events:
-                driver = drivers.get(item.job_id)
-                if driver == self._me:
+                if item.job_id not in drivers:
+                    continue  # the job is closed: nobody drives it
+                driver = drivers[item.job_id]
+                if driver is None:
+                    at = since.get(id(item), now)
+                    if now - at < 2 * self.lease_ttl:
+                        self._held.append((at, item))  # wait for the takeover
+                elif driver == self._me:
                     mine.append(item)  # taken over by this appliance meanwhile
-                elif driver is not None:
+                else:
                     frames.setdefault(driver, []).append(item)
             rows = [(to, encode_mail(items)) for to, items in frames.items()]
             await trio.to_thread.run_sync(self._write_sync, conn, up, down, releases, rows)
         except BaseException:
+            self._held = [(since.get(id(i), now), i) for i in events]  # tried again
             for key, inc in changes.items():  # the routes are written again next time
                 self._route_changes.setdefault(key, inc)
             self._releases.extend(releases)
@@ -445,6 +468,9 @@ class PostgresCoordinator:
                 self._wake.set()
             raise
         self.statistics_mail_sent += len(rows)
+        if self._held:
+            self._held_until = trio.current_time() + HOLD_SECONDS
+            self._wake.set()
         for item in mine:
             await _hand(engine, item)
 

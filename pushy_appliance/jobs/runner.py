@@ -426,7 +426,11 @@ class JobRunner:
         """
         job = self.live.get(job_id)
         if job is None or job.entry.org != org or event.node not in job.state.nodes:
-            if self.cluster.clustered and self._driven_elsewhere(org, job_id, event.node):
+            if not self.cluster.clustered:
+                return False
+            if job_id not in self.model.jobs:
+                await self.db.barrier()  # a job just created elsewhere, not applied yet?
+            if self._driven_elsewhere(org, job_id, event.node):
                 await self.cluster.forward(org, job_id, event)
                 return True
             return False
@@ -518,6 +522,11 @@ class JobRunner:
     async def deliver(self, org: str, node: str, frame_type: str, fields: dict[str, Any]) -> None:
         """Write a frame a job driven by another appliance sends to a node connected here (a
         node that left meanwhile is skipped: its driver learns of it by its ``NodeDown``)."""
+        job_id = fields.get("job_id")
+        if isinstance(job_id, str) and job_id not in self.model.jobs:
+            # the node's answer is forwarded to the job's driver only once the job is
+            # applied here: catch up with the log first
+            await self.db.barrier()
         s = self.registry.get(org, node)
         cls = protocol.FRAME_TYPES.get(frame_type)
         if s is None or s.close_code is not None or cls is None:
