@@ -477,6 +477,8 @@ class JobRunner:
 
     def _stop_driving(self, job: LiveJob) -> None:
         job.dropped = True
+        if self.live.get(job.id) is job:
+            del self.live[job.id]  # a takeover may adopt it again before its task unwound
         if job.nursery is not None:
             job.nursery.cancel_scope.cancel()
 
@@ -701,7 +703,8 @@ class JobRunner:
         if self.live.get(job.id) is job:
             del self.live[job.id]
         job.room.set()
-        self.link.release(job.entry.org, job.id, job.state.nodes)
+        if job.id not in self.live:  # (not adopted again meanwhile: its holds are the new one's)
+            self.link.release(job.entry.org, job.id, job.state.nodes)
         job.ended.set()  # an abort waiting for it is answered (``abort``)
         job.done.set()
         log.warning("job %s: no longer driven here (its lease is another appliance's)", job.id)
