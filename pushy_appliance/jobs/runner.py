@@ -680,6 +680,8 @@ class JobRunner:
             # the nodes' events it took go to the new driver
             log.warning("job %s: step refused (%s); driven elsewhere now", job.id, e)
             job.dropped = True  # the drive loop ends after this batch
+            if self.live.get(job.id) is job:
+                del self.live[job.id]  # the node events that come now are forwarded
             for event in (*batch, *job.inbox):
                 if isinstance(event, NodeEvent):
                     await self.cluster.forward(job.entry.org, job.id, event)
