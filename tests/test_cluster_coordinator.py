@@ -8,7 +8,7 @@ doorbell and its backstop, and a dead appliance's nodes.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -22,6 +22,8 @@ from pushy_appliance.cluster._postgres import MAIL_POLL, PostgresCoordinator
 from pushy_appliance.errors import StaleLeaseError
 from pushy_appliance.jobs.events import NodeBack, NodeDown, Output, Result
 from pushy_appliance.store import open_postgres_store
+
+from pgserver import PgServer
 
 TIMEOUT = 30.0
 TTL = 1.0
@@ -341,3 +343,40 @@ async def test_events_for_a_job_whose_lease_expired_wait_for_its_takeover(pg_url
             # held by a until the takeover, then mailed to b
             await eb.until(lambda: bool(eb.events))
             assert eb.events == [("o", "jx", NodeDown("n1", 1.0))]
+
+
+@pytest.fixture
+def own_pg() -> Iterator[PgServer]:
+    """A private server of this test's own: it is stopped and started."""
+    server = PgServer()
+    try:
+        server.start()
+        server.create_database()
+        yield server
+    finally:
+        server.close()
+
+
+async def test_postgres_restarting_the_holder_stops_driving_then_takes_its_jobs_back(
+    own_pg: PgServer,
+) -> None:
+    url = own_pg.url()
+    ttl = 2.0
+    with trio.fail_after(60):
+        engine, other = Engine(), Engine()
+        async with running(url, engine, ttl=ttl) as (a, _):
+            await a.claim("o", "j1")
+            await trio.to_thread.run_sync(own_pg.stop)
+            stopped = trio.current_time()
+            await engine.until(lambda: engine.lost == ["j1"])  # self-fenced on its own clock
+            assert trio.current_time() - stopped <= ttl + 1.0
+            assert a.fence("j1") == (("j1", 0),)
+            await trio.to_thread.run_sync(own_pg.start)
+            # every task reconnects: the expired lease is taken again, routes and mail flow
+            await engine.until(lambda: bool(engine.taken))
+            assert engine.taken == [LeaseGrant("o", "j1", 2)]
+            async with running(url, other, ttl=ttl) as (b, _):
+                a.node_up("o", "n1", "i")
+                await until(lambda: b.routed("o", "n1") == a.appliance_id)
+                await b.send_frame(a.appliance_id, "o", "n1", "run", {"job_id": "j1"})
+                await engine.until(lambda: bool(engine.frames))

@@ -38,6 +38,7 @@ __all__ = [
     "listen",
     "release",
     "renew",
+    "retake",
     "take_mail",
     "take_over",
     "write_mail",
@@ -151,6 +152,20 @@ def take_over(
             "ORDER BY expires_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED) AS expired "
             "WHERE l.job_id = expired.job_id RETURNING l.org, l.job_id, l.epoch",
             {"me": me, "ttl": ttl, "limit": limit},
+        ).fetchall()
+    return [(str(o), str(j), int(e)) for o, j, e in rows]
+
+
+def retake(
+    conn: psycopg.Connection[Any], me: str, job_ids: Sequence[str]
+) -> list[tuple[str, str, int]]:
+    """Bump the epoch of leases this appliance holds but stopped driving (it could not renew
+    them for a while, and nobody took them meanwhile); ``(org, job_id, epoch)`` of each."""
+    with conn.transaction():
+        rows = conn.execute(
+            "UPDATE pushy_lease SET epoch = epoch + 1 WHERE holder = %s AND job_id = ANY(%s) "
+            "RETURNING org, job_id, epoch",
+            (me, list(job_ids)),
         ).fetchall()
     return [(str(o), str(j), int(e)) for o, j, e in rows]
 

@@ -98,6 +98,8 @@ class PostgresCoordinator:
         self._since: dict[str, int] = {}
         """Job → the renewal round during which its lease was taken."""
         self._round = 0
+        self._claiming: set[str] = set()
+        """Jobs whose lease is being claimed (not in ``_epochs`` yet)."""
         self._renewed_at = trio.current_time()
         self._claim_lock = trio.Lock()
         self._claim_conn: psycopg.Connection[Any] | None = None
@@ -158,6 +160,7 @@ class PostgresCoordinator:
 
     async def claim(self, org: str, job_id: str) -> None:
         async with self._claim_lock:
+            self._claiming.add(job_id)
             try:
                 await trio.to_thread.run_sync(self._claim_sync, org, job_id)
             except psycopg.Error as e:
@@ -165,8 +168,10 @@ class PostgresCoordinator:
                     self._claim_conn.close()
                     self._claim_conn = None
                 raise StoreUnavailableError("PostgreSQL unreachable", self._where) from e
-        self._epochs[job_id] = 1
-        self._since[job_id] = self._round
+            finally:
+                self._claiming.discard(job_id)
+            self._epochs[job_id] = 1
+            self._since[job_id] = self._round
 
     def _claim_sync(self, org: str, job_id: str) -> None:
         if self._claim_conn is None or self._claim_conn.closed or self._claim_conn.broken:
@@ -311,6 +316,7 @@ class PostgresCoordinator:
                     new = await trio.to_thread.run_sync(_connect, self._url)
                 self._opened = [c for c in self._opened if not c.closed]
                 self._opened.append(new)
+                log.info("cluster: %s connection to %s back", what, self._where)
                 return new
             except psycopg.Error as e:
                 log.warning("cluster: %s connection to %s failed (%s)", what, self._where, e)
@@ -380,7 +386,13 @@ class PostgresCoordinator:
                 ttl,
                 cleared,
             )
-        taken = await trio.to_thread.run_sync(sql.take_over, conn, self._me, ttl, TAKEOVER_BATCH)
+        # leases still this appliance's that it stopped driving (self-fenced, nobody took
+        # them): driven again, with a new epoch that fences any step of the old drive
+        stopped = [j for j in held if j not in self._epochs and j not in self._claiming]
+        taken = []
+        if stopped:
+            taken = await trio.to_thread.run_sync(sql.retake, conn, self._me, stopped)
+        taken += await trio.to_thread.run_sync(sql.take_over, conn, self._me, ttl, TAKEOVER_BATCH)
         if taken:
             grants = [LeaseGrant(org, job, epoch) for org, job, epoch in taken]
             for grant in grants:
