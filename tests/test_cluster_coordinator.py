@@ -380,3 +380,23 @@ async def test_postgres_restarting_the_holder_stops_driving_then_takes_its_jobs_
                 await until(lambda: b.routed("o", "n1") == a.appliance_id)
                 await b.send_frame(a.appliance_id, "o", "n1", "run", {"job_id": "j1"})
                 await engine.until(lambda: bool(engine.frames))
+
+
+async def test_events_mailed_to_a_driver_that_died_reach_the_job_s_next_driver(
+    pg_url: str,
+) -> None:
+    with trio.fail_after(TIMEOUT):
+        ea, eb = Engine(), Engine()
+        async with running(pg_url, ea) as (a, a_scope), running(pg_url, eb) as (b, _):
+            await a.claim("o", "j1")
+            a_scope.cancel()  # a dies with its lease and row still valid
+            await b.forward("o", "j1", NodeDown("n1", 1.0))  # mailed to a: nobody reads it
+            with psycopg.connect(pg_url, autocommit=True) as conn:
+                await until(
+                    lambda: conn.execute("SELECT count(*) FROM pushy_mail").fetchone() == (1,)
+                )
+            # a is declared dead, its job taken over by b, and the event rescued from a's mail
+            await eb.until(lambda: bool(eb.taken) and bool(eb.events))
+            assert eb.taken == [LeaseGrant("o", "j1", 2)]
+            assert eb.events == [("o", "j1", NodeDown("n1", 1.0))]
+            assert ea.events == []

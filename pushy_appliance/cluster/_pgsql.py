@@ -40,6 +40,7 @@ __all__ = [
     "renew",
     "retake",
     "take_mail",
+    "take_orphan_mail",
     "take_over",
     "write_mail",
     "write_routes",
@@ -179,10 +180,12 @@ def release(conn: psycopg.Connection[Any], me: str, job_ids: Sequence[str]) -> N
 
 
 def holders(conn: psycopg.Connection[Any], job_ids: Sequence[str]) -> dict[str, str | None]:
-    """Job → the appliance holding its lease, ``None`` while the lease is expired (its
-    holder is dead or cut off: a takeover is due); jobs without one are left out."""
+    """Job → the appliance holding its lease, ``None`` while the lease is expired or its
+    holder was declared dead (a takeover is due); jobs without one are left out."""
     rows = conn.execute(
-        "SELECT job_id, holder, expires_at > now() FROM pushy_lease WHERE job_id = ANY(%s)",
+        "SELECT l.job_id, l.holder, l.expires_at > now() AND a.id IS NOT NULL "
+        "FROM pushy_lease l LEFT JOIN pushy_appliance a ON a.id = l.holder "
+        "WHERE l.job_id = ANY(%s)",
         (list(job_ids),),
     ).fetchall()
     return {str(j): str(h) if live else None for j, h, live in rows}
@@ -248,9 +251,20 @@ def fetch_routes(conn: psycopg.Connection[Any], after: int) -> list[Route]:
     return [(str(o), str(n), None if a is None else str(a), g, int(r)) for o, n, a, g, r in rows]
 
 
+def take_orphan_mail(conn: psycopg.Connection[Any]) -> list[bytes]:
+    """Take the mail addressed to appliances that are no more (declared dead, or mailed as
+    they were), oldest first: its node events go to the jobs' new drivers."""
+    rows = conn.execute(
+        "DELETE FROM pushy_mail m WHERE NOT EXISTS "
+        "(SELECT 1 FROM pushy_appliance a WHERE a.id = m.to_appliance) RETURNING id, payload"
+    ).fetchall()
+    return [bytes(p) for _id, p in sorted(rows, key=lambda r: int(r[0]))]
+
+
 def declare_dead(conn: psycopg.Connection[Any], dead: str) -> int:
     """Forget a dead appliance: clear its routes (``gone = 'dead'``: the drivers of their
-    nodes' jobs post ``NodeDown``), delete its mail and its row. The routes cleared."""
+    nodes' jobs post ``NodeDown``) and delete its row (its mail is orphaned then:
+    :func:`take_orphan_mail`). The routes cleared."""
     with conn.transaction():
         conn.execute(_ROUTE_LOCK)
         cur = conn.execute(
@@ -259,7 +273,6 @@ def declare_dead(conn: psycopg.Connection[Any], dead: str) -> int:
             (dead,),
         )
         cleared = max(cur.rowcount, 0)
-        conn.execute("DELETE FROM pushy_mail WHERE to_appliance = %s", (dead,))
         conn.execute("DELETE FROM pushy_appliance WHERE id = %s", (dead,))
         if cleared:
             conn.execute("SELECT pg_notify(%s, '')", (ROUTE_CHANNEL,))

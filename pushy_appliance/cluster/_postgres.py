@@ -386,6 +386,7 @@ class PostgresCoordinator:
                 ttl,
                 cleared,
             )
+        await self._rescue_mail(conn)
         # leases still this appliance's that it stopped driving (self-fenced, nobody took
         # them): driven again, with a new epoch that fences any step of the old drive
         stopped = [j for j in held if j not in self._epochs and j not in self._claiming]
@@ -400,6 +401,27 @@ class PostgresCoordinator:
                 self._since[grant.job_id] = self._round
             log.info("cluster: took over %d job(s)", len(grants))
             await engine.take_over(grants)
+
+    async def _rescue_mail(self, conn: psycopg.Connection[Any]) -> None:
+        """The node events and aborts mailed to appliances that are no more go to their
+        jobs' drivers now (held until a takeover names one); frames for their nodes are
+        dropped (those nodes reconnect elsewhere)."""
+        payloads = await trio.to_thread.run_sync(sql.take_orphan_mail, conn)
+        rescued = 0
+        for payload in payloads:
+            try:
+                items = decode_mail(payload)
+            except ProtocolError as e:
+                log.error("cluster: orphaned mail dropped: %s", e)
+                continue
+            for item in items:
+                if not isinstance(item, FrameItem):
+                    self._events.append(item)
+                    self._out_bytes += _ITEM_BYTES
+                    rescued += 1
+        if rescued:
+            log.info("cluster: %d node event(s) mailed to a dead appliance sent on", rescued)
+            self._wake.set()
 
     def _self_fence(self, engine: ClusterEngine) -> None:
         """No renewal for ``lease_ttl``: another appliance may hold the leases now."""
