@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import trio
 from test_jobs_e2e import JOBS, ORG, start_job, wait_job, wait_online
 from test_node_e2e import (
@@ -182,8 +183,17 @@ async def test_a_job_over_nodes_on_three_appliances(tmp_path: Path, pg_url: str)
                     assert (r.status_code, r.content) == (200, b"hello\n")
 
 
+@pytest.mark.parametrize(
+    "nap",
+    [
+        pytest.param(NAP, id="results-after-the-takeover"),
+        # the results come while the dead driver's lease still holds: they are mailed to it,
+        # rescued from its mail once it is declared dead, and held until the takeover
+        pytest.param(1, id="results-before-the-takeover"),
+    ],
+)
 async def test_the_driver_killed_mid_job_another_appliance_ends_it(
-    tmp_path: Path, pg_url: str
+    tmp_path: Path, pg_url: str, nap: int
 ) -> None:
     nodes = {"n0": 0, "n1": 1, "n2": 2}
     with trio.fail_after(LIMIT):
@@ -192,7 +202,7 @@ async def test_the_driver_killed_mid_job_another_appliance_ends_it(
             await start_agents(stack, tmp_path, cluster, nodes)
             await wait_connected(cluster, nodes)
             driver, survivor = cluster[0], cluster[1]
-            job_id = await start_job(driver.admin, {"command": f"nap {NAP}", "nodes": list(nodes)})
+            job_id = await start_job(driver.admin, {"command": f"nap {nap}", "nodes": list(nodes)})
             await wait_job(driver.admin, job_id, {"running"}, running=3)
             driver.proc.process.kill()
             await driver.proc.process.wait()
