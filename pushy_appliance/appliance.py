@@ -285,9 +285,10 @@ async def _serve_locked(
     opened = (
         open_store(data_dir / "store")
         if config.store.url is None
-        else open_postgres_store(config.store.url)
+        # the appliances of a cluster share the database (the open lock held shared)
+        else open_postgres_store(config.store.url, exclusive=False)
     )
-    async with opened as store:
+    async with opened as store, trio.open_nursery() as root:
         db = new_database(
             store,
             config.output.max_bytes_per_channel,
@@ -301,11 +302,19 @@ async def _serve_locked(
             replayed,
             store.recovered.snapshot_seq,
         )
+        if store.appliance_id is not None:
+            log.info("cluster: appliance id %s", store.appliance_id)
+        # others' records from the recovered seq on (a follower that fails stops the
+        # appliance); bootstrap reads what they wrote too
+        await root.start(db.follower)
+        await db.barrier()
         await bootstrap(db, data_dir, config)
         started_at = trio.current_time()
         server_public_pem = _server_public_pem(config, data_dir)
         identity = db.models["identity"]
         assert isinstance(identity, IdentityModel)
+        jobs_model = db.models["jobs"]
+        assert isinstance(jobs_model, JobsModel)
         replay = ReplayGuard(config.auth.replay_cache) if config.auth.replay_cache else None
         auth = Authenticator(identity, replay=replay)
         registry = NodeRegistry(
@@ -325,7 +334,12 @@ async def _serve_locked(
             max_readers=config.feeds.max_connections,
             max_readers_per_principal=config.feeds.max_per_principal,
             node_state=link.status,
+            job_org=lambda job_id: entry.org if (entry := jobs_model.jobs.get(job_id)) else None,
         )
+        # the org feed from every record applied (ids org-S.K: the same on every appliance),
+        # the job feeds of jobs other appliances drive from their records
+        db.watch(lambda record: feeds.record_applied(record, db.applying_seq))
+        db.watch_followed(feeds.record_followed)
         link.watch(feeds.node_changed)
         web_sessions = WebSessions(
             link_ttl=config.ui.link_ttl,
@@ -335,7 +349,7 @@ async def _serve_locked(
         # open feeds re-check their readers' permission when identities or sessions change
         identity.watch(feeds.permissions_changed)
         web_sessions.watch(feeds.permissions_changed)
-        coordinator = await _coordinator(config, incarnation)
+        coordinator = await _coordinator(config, store.appliance_id)
         runner = JobRunner(
             db,
             registry,
@@ -349,8 +363,6 @@ async def _serve_locked(
             cluster=coordinator,
         )
         if coordinator.clustered:
-            jobs_model = db.models["jobs"]
-            assert isinstance(jobs_model, JobsModel)
             holds = LogHolds(jobs_model)
             db.watch(holds.applied)
             link.attach_cluster(coordinator, holds, runner.drives)
@@ -449,19 +461,24 @@ async def _serve_locked(
                 await _drain(http_done, bound_port)
                 with trio.move_on_after(SHUTDOWN_SNAPSHOT_SECONDS):
                     await recorder.flush()
-                if store.statistics().records >= SHUTDOWN_SNAPSHOT_RECORDS:
+                if (
+                    store.statistics().records >= SHUTDOWN_SNAPSHOT_RECORDS
+                    and await store.take_compactor()
+                ):
                     # the next start loads a snapshot instead of replaying the log
                     with trio.move_on_after(SHUTDOWN_SNAPSHOT_SECONDS):
                         await _snapshot(db)
             finally:
                 server_json.unlink(missing_ok=True)
                 nursery.cancel_scope.cancel()
+        root.cancel_scope.cancel()  # the follower
 
 
-async def _coordinator(config: ServerConfig, appliance_id: str) -> Coordinator:
-    """The cluster's coordinator: PostgreSQL's with ``store.url`` (its tables created if
-    needed), else :class:`Solo`."""
-    if config.store.url is None:
+async def _coordinator(config: ServerConfig, appliance_id: str | None) -> Coordinator:
+    """The cluster's coordinator: on a store whose log other appliances may share (it has
+    an ``appliance_id``: PostgreSQL) the PostgreSQL coordinator, its tables created if
+    needed; else :class:`Solo`."""
+    if appliance_id is None or config.store.url is None:
         return Solo()
     return await open_coordinator(
         config.store.url, appliance_id, lease_ttl=config.cluster.lease_ttl
@@ -561,7 +578,11 @@ async def _compactor(db: Database) -> None:
     """Move closed jobs' details to the store's archive every ``ARCHIVE_SECONDS`` (memory
     holds finished jobs' index only), and snapshot whenever the records a restart would
     replay pass ``SNAPSHOT_RECORDS``, so start-up time stays bounded; the store then drops
-    the segments (and archives) the snapshot made obsolete."""
+    the segments (and archives) the snapshot made obsolete.
+
+    On a log several appliances share, only the one holding the store's compactor lock
+    snapshots (``Store.take_compactor``, tried at every check, so another appliance takes
+    over within ``COMPACT_CHECK_SECONDS`` when the holder dies)."""
     next_check = trio.current_time() + COMPACT_CHECK_SECONDS
     while True:
         await trio.sleep(ARCHIVE_SECONDS)
@@ -572,7 +593,8 @@ async def _compactor(db: Database) -> None:
             log.warning("archive: closed jobs' details stay in memory for now: %s", e)
         if trio.current_time() >= next_check:
             next_check = trio.current_time() + COMPACT_CHECK_SECONDS
-            if db.store.statistics().records >= SNAPSHOT_RECORDS:
+            compactor = await db.store.take_compactor()
+            if compactor and db.store.statistics().records >= SNAPSHOT_RECORDS:
                 await _snapshot(db)
 
 

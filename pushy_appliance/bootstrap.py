@@ -97,7 +97,9 @@ async def bootstrap(db: Database, data_dir: Path, config: ServerConfig) -> None:
         names, ips = _hostnames(config)
         await trio.to_thread.run_sync(tls.write_tls_material, data_dir / "tls", names, ips)
     org = config.bootstrap.org
-    async with db.write_lock:
+    # (held on every appliance of a shared database too: two first starts at once create the
+    # superuser, the admin and the org once)
+    async with db.write_lock, db.exclusive(("bootstrap",)):
         records: list[dict[str, Any]] = []
         if not identity.has_user(PIVOTAL):
             records.append(user_record(PIVOTAL, "Pushy superuser", "", pivotal_pub))

@@ -23,6 +23,21 @@ once neither kept snapshot refers to it. Nothing in the log refers to the archiv
 before the next snapshot loses only the archive's new copies, and replay rebuilds the items
 in memory from their records.
 
+Several appliances on one log (the PostgreSQL store, ``docs/SCALE-OUT.md`` §3, §6). Every
+record is applied in seq order, own or another appliance's: :meth:`Database.follower` applies
+the records the store's ``follow()`` yields, and a commit whose record got seq ``N`` applies
+it only once everything below ``N`` is applied (:meth:`Database.wait_applied`), so at any
+seq every appliance holds the same models. :attr:`Database.applied_seq` is the newest seq
+applied; :meth:`Database.barrier` (read-your-writes: the log's head, then waiting for it to
+be applied) runs before a request reads the models; :meth:`Database.exclusive` holds its key
+on every appliance (the store's ``key_lock``), then passes the barrier. On the file and
+memory stores, each its log's only appender, there is no follower and the barrier returns at
+once; commits are applied in seq order there too (the commits of one group wake in any
+order: one that wakes early waits for those below it), so that every appliance derives the
+same things from a record at the same seq (the org feed's ids). Every record goes through
+:meth:`Database.commit`: a record appended to the store beside it would leave a gap the
+next commit waits on.
+
 When the store cannot write (disk full, I/O error, file size limit), :meth:`Database.commit`
 raises :class:`~pushy_appliance.errors.StoreUnavailableError` and applies nothing: the models
 stay exactly as they were, and so does the store (none of the records is in it). Reads go on.
@@ -35,9 +50,11 @@ process because a write was refused.
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from contextlib import aclosing, asynccontextmanager
 from typing import Any, NoReturn, Protocol, runtime_checkable
 
 import trio
@@ -45,7 +62,7 @@ import trio
 from .errors import StoreCorruptError, StoreError, StoreUnavailableError
 from .store import BlobRef, Store
 
-__all__ = ["ARCHIVE_GROUP_BYTES", "ArchivingModel", "Database", "Model"]
+__all__ = ["ARCHIVE_GROUP_BYTES", "BARRIER_WAIT", "ArchivingModel", "Database", "Model"]
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +74,9 @@ SMALL_ARCHIVE = 1024 * 1024
 """An archive smaller than this (not the newest) is re-archived into the newest."""
 REPLAY_COMPACT_RECORDS = 10_000
 """Records replayed between two packings of what the archiving models will archive."""
+BARRIER_WAIT = 10.0
+"""Seconds the read barrier waits for the follower to apply the head before the request
+reads what was applied (the database went away meanwhile)."""
 
 
 class Model(Protocol):
@@ -143,6 +163,21 @@ class Database:
         self._idle.set()
         self._gate: trio.Event | None = None
         self._watchers: list[Callable[[dict[str, Any]], None]] = []
+        self._followed_watchers: list[Callable[[dict[str, Any]], None]] = []
+        self._ordered = store.appliance_id is not None
+        """Others append to the log too: records are applied strictly in seq order."""
+        self.applied_seq = store.last_seq
+        """Seq of the newest record applied (own or followed); in order on a shared log,
+        every record up to it is applied."""
+        self.applying_seq = 0
+        """Seq of the record being applied (for watchers: an org feed id's ``S``)."""
+        self._ready: dict[int, tuple[dict[str, Any], bool]] = {}
+        """Records stored and not applied yet (a record below them is not), by seq; with
+        whether another appliance appended them."""
+        self._waiters: list[tuple[int, int, trio.Event]] = []
+        self._tick = itertools.count()
+        self._barrier_failing = False
+        self._follower_error: StoreError | None = None
         self._archive_lock = trio.Lock()
         self._archiving = [m for m in self.models.values() if isinstance(m, ArchivingModel)]
         for model in self._archiving:
@@ -155,6 +190,137 @@ class Database:
         A watcher runs inside the commit: it must neither block nor raise.
         """
         self._watchers.append(watcher)
+
+    def watch_followed(self, watcher: Callable[[dict[str, Any]], None]) -> None:
+        """Call ``watcher(record)`` for every record another appliance appended (a batch's
+        records one by one), once every model and every :meth:`watch` watcher applied the
+        whole record. It must neither block nor raise."""
+        self._followed_watchers.append(watcher)
+
+    async def wait_applied(self, seq: int) -> None:
+        """Wait until every record up to ``seq`` is applied (at once if it is).
+
+        Cancellation: safe; nothing is changed.
+
+        Raises:
+            StoreError: the follower stopped (the log was compacted past it…) before.
+        """
+        if self.applied_seq >= seq:
+            await trio.lowlevel.checkpoint()
+            return
+        await self._wait_applied(seq)
+
+    async def _wait_applied(self, seq: int) -> None:
+        while self.applied_seq < seq:
+            if self._follower_error is not None:
+                raise StoreError(f"the follower stopped: {self._follower_error}")
+            event = trio.Event()
+            # one event per waiter, set once its seq is applied: a group's commits woken
+            # in any order each wake once, not at every record applied before theirs
+            heapq.heappush(self._waiters, (seq, next(self._tick), event))
+            await event.wait()
+
+    def _offer(self, seq: int, record: dict[str, Any], *, followed: bool) -> None:
+        """Apply the record stored at ``seq`` once every record below it is applied: now if
+        they are, and then every record offered already that follows it, in seq order (the
+        commits of one group wake in any order; whichever comes with the next seq applies
+        the others' too, so none waits for a scheduler pass per record)."""
+        ready = self._ready
+        ready[seq] = (record, followed)
+        while (nxt := self.applied_seq + 1) in ready:
+            record, followed = ready.pop(nxt)
+            self.applying_seq = nxt
+            self._apply(record)
+            self._applied(nxt)
+            if followed:
+                for watcher in self._followed_watchers:
+                    for inner in _records_of(record):
+                        watcher(inner)
+
+    def _applied(self, seq: int) -> None:
+        if seq > self.applied_seq:
+            self.applied_seq = seq
+            waiters = self._waiters
+            while waiters and waiters[0][0] <= seq:
+                heapq.heappop(waiters)[2].set()
+
+    async def barrier(self) -> None:
+        """Read-your-writes across appliances (``docs/SCALE-OUT.md`` §6): wait until every
+        record acknowledged anywhere before this call is applied here. On a store that is
+        its log's only appender, at once.
+
+        While the database cannot be reached (or the follower does not get to the head
+        within ``BARRIER_WAIT`` seconds) it returns all the same: the caller reads what was
+        applied, and the log says so once per outage. A head query that cannot connect
+        fails within the session's ``connect_timeout`` (5 s by default).
+
+        Cancellation: safe; nothing is changed.
+        """
+        if not self._ordered:
+            await trio.lowlevel.checkpoint()
+            return
+        try:
+            # (asked again by every barrier, the database away too: one that skipped the
+            # question could miss a write acknowledged the moment the database was back;
+            # the callers share the queries, so the database sees at most one at a time)
+            head = await self.store.head()
+        except StoreUnavailableError as e:
+            self._barrier_failed(e.reason)
+            return
+        with trio.move_on_after(BARRIER_WAIT):
+            await self.wait_applied(head)
+            if self._barrier_failing:
+                self._barrier_failing = False
+                log.warning("read barrier: passed again; reads see every acknowledged write")
+            return
+        self._barrier_failed(f"records up to {head} not applied within {BARRIER_WAIT:.0f} s")
+
+    def _barrier_failed(self, reason: str) -> None:
+        if not self._barrier_failing:
+            self._barrier_failing = True
+            log.warning(
+                "read barrier: not passed (%s); reads are served from what was applied (up to "
+                "%d) and may miss writes other appliances acknowledged just before",
+                reason,
+                self.applied_seq,
+            )
+
+    async def follower(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Apply the records other appliances append, in seq order, as the store's
+        ``follow()`` yields them (no-op on a store that is its log's only appender: it
+        returns once started).
+
+        Start-up: started at once (it catches up from the seq the models were recovered at).
+
+        Raises:
+            StoreError: the log was compacted past the records not yet read (the appliance
+                must be restarted, to load the newest snapshot), or a record is damaged.
+
+        Cancellation: between records; a record is applied whole or not at all.
+        """
+        task_status.started()
+        if not self._ordered:
+            return
+        try:
+            async with aclosing(self.store.follow()) as batches:
+                async for batch in batches:
+                    for seq, record in batch:
+                        self._offer(seq, record, followed=True)
+                    # (the own commits between them apply them, if they come later)
+                    await self.wait_applied(batch[-1][0])
+        except StoreError as e:
+            log.critical(
+                "follower: %s; this appliance stops (restart it: it loads the newest snapshot)",
+                e,
+            )
+            # commits waiting for records the follower will never apply are told
+            self._follower_error = e
+            for _seq, _tick, event in self._waiters:
+                event.set()
+            self._waiters.clear()
+            raise
 
     def recover(self) -> int:
         """Rebuild the models from what the store recovered. Returns the records replayed.
@@ -175,7 +341,8 @@ class Database:
                 if name in rec.snapshot:
                     model.load(rec.snapshot[name])
         count = 0
-        for _seq, record in rec.records:
+        for seq, record in rec.records:
+            self.applying_seq = seq
             self._apply(record)
             count += 1
             if count % REPLAY_COMPACT_RECORDS == 0:
@@ -183,6 +350,7 @@ class Database:
                     model.compact()
         for model in self._archiving:
             model.compact()
+        self.applied_seq = self.store.last_seq
         return count
 
     def _apply(self, record: dict[str, Any]) -> None:
@@ -201,7 +369,13 @@ class Database:
 
         Writes to different names proceed concurrently, so their fsyncs are batched by the
         store's group commit; two creations of the same name run one after the other, and
-        the second sees the first.
+        the second sees the first. On a shared log the name is held on every appliance (the
+        store's ``key_lock``) and the barrier is passed inside, so two creations on two
+        appliances at once give one creation and one conflict too.
+
+        Raises:
+            StoreUnavailableError: the name cannot be held across appliances (the database
+                is away): the change could not be committed anyway.
         """
         lock, users = self._key_locks.get(key, (None, 0))
         if lock is None:
@@ -209,7 +383,12 @@ class Database:
         self._key_locks[key] = (lock, users + 1)
         try:
             async with lock:
-                yield
+                if not self._ordered:
+                    yield
+                else:
+                    async with self.store.key_lock(repr(key)):
+                        await self.barrier()
+                        yield
         finally:
             lock_, users = self._key_locks[key]
             if users == 1:
@@ -264,22 +443,14 @@ class Database:
                     seq = await self.store.append_many(stored, fence=fence)
                 else:
                     seq = await self.store.append_many(stored)
-                for record in stored:
-                    self._apply(record)
+                self._offer(seq, stored[0], followed=False)
+                if self.applied_seq < seq:
+                    await self._wait_applied(seq)
         finally:
             self._in_flight -= 1
             if self._in_flight == 0:
                 self._idle.set()
         return seq
-
-    async def barrier(self) -> None:
-        """Read-your-writes: wait until every record acknowledged before this call is
-        applied here. The database applies only its own commits (each its store's one
-        appender), so asking the store's head is all there is to wait for.
-
-        Cancellation: safe; nothing is changed.
-        """
-        await self.store.head()
 
     async def purge_every(
         self, purge: Callable[[], Awaitable[int]], *, seconds: float, what: str
@@ -406,7 +577,8 @@ class Database:
         return group, index
 
     async def snapshot(self) -> int:
-        """Write a snapshot of every model at the store's newest record.
+        """Write a snapshot of every model at the store's newest record (on a shared log, at
+        the newest applied: every record up to it is applied, in order).
 
         First the archiving models' items are archived (and sparse archives re-archived),
         so that the snapshot refers to them instead of holding them. New commits wait while
@@ -429,21 +601,38 @@ class Database:
                 raise
             except StoreError as e:
                 log.warning("archive: not written before the snapshot (%s)", e)
-            gate = trio.Event()
-            while self._gate is not None:
-                await self._gate.wait()
-            self._gate = gate
-            try:
-                await self._idle.wait()
-                seq = self.store.last_seq
-                state = {name: model.snapshot() for name, model in self.models.items()}
-                archives: dict[int, int] = {}
-                for model in self._archiving:
-                    for number, end in model.archive_use().items():
-                        archives[number] = max(end, archives.get(number, 0))
-            finally:
-                self._gate = None
-                gate.set()
+            if self._ordered:
+                # applied in order: the models are exactly the records up to applied_seq
+                # (commits in flight wait for the follower, which a gate would not stop)
+                seq = self.applied_seq
+                state, archives = self._copy_models()
+            else:
+                gate = trio.Event()
+                while self._gate is not None:
+                    await self._gate.wait()
+                self._gate = gate
+                try:
+                    await self._idle.wait()
+                    seq = self.store.last_seq
+                    state, archives = self._copy_models()
+                finally:
+                    self._gate = None
+                    gate.set()
             await self.store.write_snapshot(state, seq, archives)
         log.info("snapshot written at record %d", seq)
         return seq
+
+    def _copy_models(self) -> tuple[dict[str, Any], dict[int, int]]:
+        state = {name: model.snapshot() for name, model in self.models.items()}
+        archives: dict[int, int] = {}
+        for model in self._archiving:
+            for number, end in model.archive_use().items():
+                archives[number] = max(end, archives.get(number, 0))
+        return state, archives
+
+
+def _records_of(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """A record's records: a batch's, one by one, else itself."""
+    if record.get("t") == "batch":
+        return [r for inner in record["records"] for r in _records_of(inner)]
+    return [record]

@@ -1,20 +1,26 @@
 """The event feeds' side of the hub: topic names, publishing, the org feed's log, and the
 open feeds (their caps, and whether their readers may still read).
 
-Publishing. A job's feed events are stored by the runner (with the job's state, one store
-write per step) and then handed to :meth:`Feeds.publish_job`, which
+Publishing. A job's feed events are stored (with the job's state, one store write per step)
+before they are published, so a feed handler that subscribes first and reads the log or the
+store second sees every event once:
 
-* publishes the event on the job's topic (:func:`job_topic`) as a :class:`FeedEvent`,
-  encoded once for all its readers, its size what it costs a reader that holds it;
-* for ``start`` and ``job_complete``, the only job events of the org feed (``API.md`` §3),
-  appends the org event to the organization's :class:`~.hub.OrgEventLog` (kept for
-  ``feeds.org_retention`` seconds, so a client can resume with ``Last-Event-ID``) and then
-  publishes it on the org topic (:func:`org_topic`);
-* after ``job_complete`` (always the job feed's last event) closes the job's topic: its
-  readers drain what they have and end.
-
-An event is logged (org feed) or stored (job feed) before it is published, so a feed
-handler that subscribes first and reads the log or store second sees every event once.
+* the job feed: the runner hands each event it stored to :meth:`Feeds.publish_job`, which
+  publishes it on the job's topic (:func:`job_topic`) as a :class:`FeedEvent`, encoded once
+  for all its readers, its size what it costs a reader that holds it, and after
+  ``job_complete`` (always the job feed's last event) closes the topic: its readers drain
+  what they have and end. The events of a job another appliance drives (a log several
+  appliances share, ``docs/SCALE-OUT.md`` §7) are published alike by
+  :meth:`Feeds.record_followed`, the database's ``watch_followed`` watcher, as the follower
+  applies the records that stored them.
+* the org feed: ``start`` and ``job_complete``, its only job events (``API.md`` §3), come from
+  the records as the database applies them, own or followed (:meth:`Feeds.record_applied`,
+  a database watcher): each is appended to the organization's
+  :class:`~.hub.OrgEventLog` (kept for ``feeds.org_retention`` seconds, so a client can
+  resume with ``Last-Event-ID``) and then published on the org topic (:func:`org_topic`).
+  Its id is ``org-S.K``: ``S`` the seq of the record, ``K`` the event's index among the
+  record's org events; every appliance on one log derives the same ids, so a reader resumes
+  on any of them.
 
 Node events (an addition to the org feed, ``docs/FEEDS.md``), sent only to the org feed's
 readers that ask for them (``?node_events=true``). The node link tells
@@ -48,13 +54,14 @@ import dataclasses
 import logging
 import math
 import time
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any, Final
 
 import trio
 
 from .errors import TooManyFeedsError, TooManyPrincipalFeedsError
 from .hub import Hub, OrgEventLog, Subscription
+from .jobs.compact import EventLog
 from .sse import encode_event, format_timestamp
 
 __all__ = [
@@ -96,7 +103,8 @@ class FeedEvent:
     """An event as published on a feed's topic.
 
     Attributes:
-        seq: its number: ``N`` of ``job-N`` or of ``org-N``.
+        seq: its number: ``N`` of ``job-N``; of an org event its order key
+            (:attr:`~.hub.OrgEvent.order`); 0 for a node event.
         name: the event type.
         wire: the event encoded for the stream (``event:``, ``id:``, ``data:`` lines).
     """
@@ -215,9 +223,8 @@ class Feeds:
         node_state: ``(status, availability)`` of a node of an organization now (the node
             link's); without it no node event is published.
         now: the clock of the org log's retention (seconds since the epoch).
-
-    Attributes:
-        org_feed_first: the number of this run's first org-feed id (``org-N``).
+        job_org: the organization of a job (the jobs model's), for the org events of a
+            ``job.step`` record (:meth:`record_applied`).
     """
 
     def __init__(
@@ -229,6 +236,7 @@ class Feeds:
         max_readers_per_principal: int = 64,
         node_state: Callable[[str, str], tuple[str, str]] | None = None,
         now: Callable[[], float] = time.time,
+        job_org: Callable[[str], str | None] | None = None,
     ) -> None:
         self.hub = hub
         self.org_retention = org_retention
@@ -236,10 +244,9 @@ class Feeds:
         self.max_readers_per_principal = max_readers_per_principal
         self._now = now
         self._logs: dict[str, OrgEventLog] = {}
-        # Org feed ids of this run start at the start time in microseconds: above every id
-        # an earlier run issued (unless it issued more than one event per microsecond, or
-        # the clock was set back), so an id from before a restart is unknown, not reused.
-        self.org_feed_first = time.time_ns() // 1000
+        self._job_org = job_org
+        self._record_seq = 0
+        self._record_index = 0
         self._readers: dict[FeedReader, None] = {}
         self._per_principal: collections.Counter[Hashable] = collections.Counter()
         self._generation = 0
@@ -257,16 +264,14 @@ class Feeds:
         """The org feed's retained events of ``org`` (created empty on first use)."""
         log_ = self._logs.get(org)
         if log_ is None:
-            log_ = self._logs[org] = OrgEventLog(self.org_retention, first=self.org_feed_first)
+            log_ = self._logs[org] = OrgEventLog(self.org_retention)
         return log_
 
     # --- publishing -------------------------------------------------------------------------
 
     def publish_job(self, org: str, job_id: str, event: list[Any]) -> None:
-        """Publish a stored job-feed event (``[n, name, data]``, ``data`` stamped).
-
-        ``start`` and ``job_complete`` go to the org feed too; the job's topic is closed
-        after ``job_complete``. Never blocks.
+        """Publish a stored job-feed event (``[n, name, data]``, ``data`` stamped) on the
+        job's topic; the topic is closed after ``job_complete``. Never blocks.
 
         Args:
             org: the job's organization.
@@ -278,23 +283,69 @@ class Feeds:
         if self.hub.has_subscribers(topic):
             wire = encode_event(name, f"job-{n}", data)
             self.hub.publish(topic, FeedEvent(n, name, wire), len(wire))
-        if name in ("start", "job_complete"):
-            self._publish_org(org, name, job_id, data)
         if name == "job_complete":
             self.hub.close_topic(topic)
+
+    def record_followed(self, record: dict[str, Any]) -> None:
+        """The database's ``watch_followed`` watcher: the job-feed events another appliance
+        stored (a ``job.create`` or ``job.step`` record it appended) are published on the
+        job's topic, as :meth:`publish_job` publishes the runner's own. Never blocks."""
+        t = record.get("t")
+        if t != "job.create" and t != "job.step":
+            return
+        job_id = record["id"]
+        if not self.hub.has_subscribers(job_topic(job_id)):
+            return  # (nobody to tell, no topic to close)
+        stored: Sequence[list[Any]] = (
+            record["events"] if t == "job.step" else EventLog.from_stored(record["events"])
+        )
+        for event in stored:
+            self.publish_job("", job_id, event)
+
+    def record_applied(self, record: dict[str, Any], seq: int) -> None:
+        """A database watcher: the org feed's events of a record applied at ``seq`` (own or
+        followed): ``start`` (a ``job.create``'s first event) and ``job_complete`` (the last
+        event of a job, in a ``job.step``, or in a ``job.create`` that ended at once), with
+        the ids ``org-SEQ.K``. Never blocks."""
+        t = record.get("t")
+        if t != "job.create" and t != "job.step":
+            return
+        if seq != self._record_seq:
+            self._record_seq, self._record_index = seq, 0
+        job_id = record["id"]
+        if t == "job.create":
+            stored = EventLog.from_stored(record["events"])
+            org: str | None = record["org"]
+            ends = [stored[0]] if len(stored) else []
+            if len(stored) > 1 and stored[-1][1] == "job_complete":
+                ends.append(stored[-1])
+        else:
+            events = record["events"]
+            if not events or events[-1][1] != "job_complete":
+                return
+            org = self._job_org(job_id) if self._job_org is not None else None
+            ends = [events[-1]]
+        if org is None:
+            return
+        for _n, name, data in ends:
+            if name in ("start", "job_complete"):
+                self._publish_org(org, name, job_id, data, seq, self._record_index)
+                self._record_index += 1
 
     def close_job(self, job_id: str) -> None:
         """Close a job's topic (the job was purged): its readers end."""
         self.hub.close_topic(job_topic(job_id))
 
-    def _publish_org(self, org: str, name: str, job_id: str, data: Mapping[str, Any]) -> None:
+    def _publish_org(
+        self, org: str, name: str, job_id: str, data: Mapping[str, Any], seq: int, index: int
+    ) -> None:
         fields = {k: v for k, v in data.items() if k != "timestamp"}
         payload = {"timestamp": data["timestamp"], "job": job_id, **fields}
-        event = self.org_log(org).append(name, payload, self._now())
+        event = self.org_log(org).append(name, payload, self._now(), seq=seq, index=index)
         topic = org_topic(org)
         if self.hub.has_subscribers(topic):
             wire = event.encode()
-            self.hub.publish(topic, FeedEvent(event.seq, name, wire), len(wire))
+            self.hub.publish(topic, FeedEvent(event.order, name, wire), len(wire))
 
     # --- node events ------------------------------------------------------------------------
 

@@ -31,10 +31,11 @@ Typical feed handler::
 
 from __future__ import annotations
 
+import bisect
 import collections
 import dataclasses
-import itertools
 import logging
+import re
 from collections.abc import Mapping
 from types import TracebackType
 from typing import Any, Final
@@ -44,12 +45,14 @@ import trio
 from .sse import encode_event
 
 __all__ = [
+    "ORG_INDEX_BITS",
     "WAKE_BATCH",
     "Hub",
     "HubStatistics",
     "OrgEvent",
     "OrgEventLog",
     "Subscription",
+    "org_event_id",
 ]
 
 logger = logging.getLogger(__name__)
@@ -413,26 +416,43 @@ class Hub:
             del self._topics[sub.topic]
 
 
+ORG_INDEX_BITS: Final = 32
+"""Bits of an org event's order key (:attr:`OrgEvent.order`) that hold its index ``K``."""
+
+
+def org_event_id(order: int) -> str:
+    """The SSE id ``org-S.K`` of the org event whose order key is ``order``."""
+    return f"org-{order >> ORG_INDEX_BITS}.{order & ((1 << ORG_INDEX_BITS) - 1)}"
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class OrgEvent:
     """One event of an organization's feed.
 
     Attributes:
-        seq: its sequence number in the log (``N`` of ``org-N``).
+        seq: the seq of the stored record it comes from (``S`` of ``org-S.K``).
+        index: its index among the org events of that record (``K``; a batch record may
+            hold several jobs' events).
         name: the event type (``start`` or ``job_complete``).
         data: the payload, ``timestamp`` first then ``job`` (built by the caller).
         time: when it was appended, used for expiry.
     """
 
     seq: int
+    index: int
     name: str
     data: Mapping[str, Any]
     time: float
 
     @property
+    def order(self) -> int:
+        """``(seq, index)`` as one integer, increasing along the log."""
+        return (self.seq << ORG_INDEX_BITS) | self.index
+
+    @property
     def id(self) -> str:
-        """The SSE id, ``org-N``."""
-        return f"org-{self.seq}"
+        """The SSE id, ``org-S.K``: the same on every appliance that applied the record."""
+        return f"org-{self.seq}.{self.index}"
 
     def encode(self) -> bytes:
         """Encode this event for the wire.
@@ -446,11 +466,16 @@ class OrgEvent:
         return encode_event(self.name, self.id, self.data)
 
 
-_ORG_ID_PREFIX: Final = "org-"
+_ORG_ID: Final = re.compile(r"org-(0|[1-9][0-9]{0,17})\.(0|[1-9][0-9]{0,8})")
 
 
 class OrgEventLog:
     """The recent events of one organization's feed, for ``Last-Event-ID`` resume.
+
+    An event's id is ``org-S.K``: ``S`` the seq of the stored record it comes from, ``K`` its
+    index among that record's org events (``docs/FEEDS.md``). Every appliance on one log
+    derives the same events with the same ids from the same records, so a reader may resume
+    on any of them.
 
     Events expire ``retention`` seconds after they were appended; expiry happens on every
     call, from the ``now`` given, so the log is deterministic and needs no timer. The log
@@ -458,47 +483,50 @@ class OrgEventLog:
     memory when jobs start faster than retention expects.
     """
 
-    def __init__(self, retention: float, *, max_events: int = 65_536, first: int = 1) -> None:
-        """Create an empty log whose first event will be ``org-FIRST``.
+    def __init__(self, retention: float, *, max_events: int = 65_536) -> None:
+        """Create an empty log.
 
         Args:
             retention: seconds an event stays available (``feeds.org_retention``).
             max_events: most events kept regardless of age.
-            first: the number of the first event. The server starts each run's logs above
-                every number an earlier run can have issued, so that a reader resuming with
-                an id from before a restart gets ``start_of_history``, never the events
-                after some unrelated event that happens to have the same id.
 
         Raises:
-            ValueError: ``retention`` is negative, or ``max_events`` or ``first`` is less
-                than 1.
+            ValueError: ``retention`` is negative, or ``max_events`` is less than 1.
         """
         if retention < 0:
             raise ValueError(f"retention must not be negative, not {retention}")
         if max_events < 1:
             raise ValueError(f"max_events must be at least 1, not {max_events}")
-        if first < 1:
-            raise ValueError(f"first must be at least 1, not {first}")
         self.retention: Final = retention
         self.max_events: Final = max_events
         self._events: collections.deque[OrgEvent] = collections.deque()
-        self._first = first
-        self._last_seq = first - 1
+        self._last: OrgEvent | None = None
 
-    def append(self, name: str, data: Mapping[str, Any], now: float) -> OrgEvent:
-        """Record a new event with the next id.
+    def append(
+        self, name: str, data: Mapping[str, Any], now: float, *, seq: int, index: int
+    ) -> OrgEvent:
+        """Record a new event, ``org-SEQ.INDEX``.
 
         Args:
             name: the event type.
             data: the payload (``timestamp`` first, then ``job``).
             now: the current time in seconds (any clock, used consistently).
+            seq: the seq of the record it comes from.
+            index: its index among that record's org events.
 
         Returns:
-            The recorded event, ``org-N`` with ``N`` one more than the previous event's.
+            The recorded event.
+
+        Raises:
+            ValueError: ``(seq, index)`` is not after the newest event's (nothing recorded).
         """
+        if seq < 1 or not 0 <= index < 1 << ORG_INDEX_BITS:
+            raise ValueError(f"no org event org-{seq}.{index}")
+        event = OrgEvent(seq=seq, index=index, name=name, data=data, time=now)
+        if self._last is not None and event.order <= self._last.order:
+            raise ValueError(f"{event.id} is not after {self._last.id}")
         self._expire(now)
-        self._last_seq += 1
-        event = OrgEvent(seq=self._last_seq, name=name, data=data, time=now)
+        self._last = event
         self._events.append(event)
         if len(self._events) > self.max_events:
             self._events.popleft()
@@ -514,18 +542,18 @@ class OrgEventLog:
         Returns:
             ``(start_of_history, events)``: ``(False, [])`` without an id (live events
             only); ``(False, events after it)`` for an id still retained; ``(True, every
-            retained event)`` for an id that is malformed, never issued, or expired.
+            retained event)`` for an id that is malformed (the plain ``org-N`` of earlier
+            versions too), never issued, or expired.
         """
         self._expire(now)
         if last_event_id is None:
             return False, []
-        seq = _parse_org_id(last_event_id)
-        events = self._events
-        if seq is None or not events or not events[0].seq <= seq <= events[-1].seq:
-            return True, list(events)
-        # Sequence numbers are consecutive, so the retained event ``seq`` sits at this index.
-        start = seq - events[0].seq + 1
-        return False, list(itertools.islice(events, start, None))
+        order = _parse_org_id(last_event_id)
+        events = list(self._events)
+        at = bisect.bisect_left(events, order, key=_order) if order is not None else 0
+        if order is None or at == len(events) or events[at].order != order:
+            return True, events
+        return False, events[at + 1 :]
 
     def events(self, now: float) -> list[OrgEvent]:
         """Return every retained event, oldest first.
@@ -542,7 +570,12 @@ class OrgEventLog:
     @property
     def last_id(self) -> str | None:
         """The id of the newest event ever appended, or ``None`` for an empty log."""
-        return f"{_ORG_ID_PREFIX}{self._last_seq}" if self._last_seq >= self._first else None
+        return self._last.id if self._last is not None else None
+
+    @property
+    def last_order(self) -> int:
+        """The order key of the newest event ever appended (0 for an empty log)."""
+        return self._last.order if self._last is not None else 0
 
     def _expire(self, now: float) -> None:
         horizon = now - self.retention
@@ -551,10 +584,16 @@ class OrgEventLog:
             events.popleft()
 
 
+def _order(event: OrgEvent) -> int:
+    return event.order
+
+
 def _parse_org_id(event_id: str) -> int | None:
-    if not event_id.startswith(_ORG_ID_PREFIX):
+    """The order key of an ``org-S.K`` id; ``None`` when it is not one."""
+    found = _ORG_ID.fullmatch(event_id)
+    if found is None:
         return None
-    digits = event_id[len(_ORG_ID_PREFIX) :]
-    if not (digits.isascii() and digits.isdigit()) or (len(digits) > 1 and digits[0] == "0"):
+    seq, index = int(found[1]), int(found[2])
+    if index >= 1 << ORG_INDEX_BITS:
         return None
-    return int(digits)
+    return (seq << ORG_INDEX_BITS) | index

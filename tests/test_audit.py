@@ -10,6 +10,7 @@ from typing import Any
 
 import msgpack
 import trio
+from test_engine_outage import Disk
 from test_node_link import open_node, queued
 
 from pushy_appliance.appliance import new_database
@@ -153,6 +154,35 @@ async def test_recorder_batches_refusals_and_rehab(autojump_clock: trio.abc.Cloc
             rec.refused("1.2.3.4", peer="1.2.3.4", status=403, org="o1")
             await rec.flush()
             assert model.query("o1").entries[0].dropped == 1
+            nursery.cancel_scope.cancel()
+
+
+async def test_recorder_holds_its_batch_while_the_store_refuses(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    async with open_store(None) as store:
+        db = new_database(store)
+        disk = Disk(store)
+        rec = AuditRecorder(db, refusals_per_minute=10, refusal_peers=10, now=lambda: 100.0)
+        model = db.models["audit"]
+        assert isinstance(model, AuditModel)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(rec.run)
+            disk.full = True
+            rec.refused("1.2.3.4", peer="1.2.3.4", status=401, org="o1")
+            await trio.sleep(FLUSH_SECONDS + 0.1)
+            # the batch is taken and held: newer entries queue behind it, nothing is stored
+            rec.node_rehab("o1", "web1", "j1")
+            await trio.sleep(600.0)
+            assert model.query(None).entries == []
+            assert rec.statistics().queued == 1
+            disk.full = False
+            await trio.sleep(30.0)
+            assert [(e.action, e.target) for e in model.query("o1").entries] == [
+                ("node.rehab", "web1"),
+                ("refused", None),
+            ]
+            assert rec.statistics().queued == 0
             nursery.cancel_scope.cancel()
 
 

@@ -12,7 +12,7 @@ import dataclasses
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from contextlib import aclosing, asynccontextmanager
+from contextlib import asynccontextmanager
 from typing import Any
 
 import psycopg
@@ -66,16 +66,6 @@ class App:
         await self.link.node_frame(session, cls(seq=1, ts=time.time(), **fields))
 
 
-async def _follow(db: Database) -> None:
-    """Apply the records the other appliances append (the database's follower)."""
-    store = db.store
-    follow = getattr(store, "follow")  # noqa: B009 - the PostgreSQL store's
-    async with aclosing(follow()) as batches:
-        async for batch in batches:
-            for _seq, record in batch:
-                db._apply(record)
-
-
 @asynccontextmanager
 async def appliance(url: str, *, ttl: float) -> AsyncIterator[App]:
     async with open_postgres_store(url, exclusive=False) as store:
@@ -92,7 +82,7 @@ async def appliance(url: str, *, ttl: float) -> AsyncIterator[App]:
         db.watch(holds.applied)
         link.attach_cluster(cluster, holds, runner.drives)
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_follow, db)
+            await nursery.start(db.follower)
             await nursery.start(runner.run)
             scope = trio.CancelScope()
 

@@ -330,6 +330,15 @@ async def test_resume_at_every_point_during_and_after_a_job(tmp_path: Path) -> N
 # --- the organization feed ------------------------------------------------------------------
 
 
+def org_keys(events: list[Event]) -> list[tuple[int, int]]:
+    """``(S, K)`` of each ``org-S.K`` id."""
+    keys = []
+    for e in events:
+        seq, index = str(e.id).removeprefix("org-").split(".")
+        keys.append((int(seq), int(index)))
+    return keys
+
+
 async def test_org_feed_live_resume_and_start_of_history(tmp_path: Path) -> None:
     config = test_config(tmp_path, **{"feeds.keepalive": 0.2})
     async with running_server(config) as info, admin_client(info) as admin:
@@ -340,13 +349,11 @@ async def test_org_feed_live_resume_and_start_of_history(tmp_path: Path) -> None
                     await first.wait_comment()  # subscribed, and idle feeds keep alive
                     job1 = await start_job(admin, {"command": "one", "nodes": ["n1"]})
                     events = await first.wait_for(2)
-                    # ids start above any an earlier run of the server issued
-                    base = info.services.feeds.org_feed_first
-                    assert base > 1_700_000_000 * 10**6
-                    assert [(e.id, e.name) for e in events] == [
-                        (f"org-{base}", "start"),
-                        (f"org-{base + 1}", "job_complete"),
-                    ]
+                    # ids are org-S.K: the seq of the stored record the event comes from
+                    # (job.create, then the step that ended the job), and its index there
+                    assert [e.name for e in events] == ["start", "job_complete"]
+                    assert org_keys(events) == sorted(set(org_keys(events)))
+                    assert all(key[1] == 0 for key in org_keys(events))
                     for e in events:
                         assert isinstance(e.data, dict)
                         assert list(e.data)[:2] == ["timestamp", "job"]
@@ -363,10 +370,7 @@ async def test_org_feed_live_resume_and_start_of_history(tmp_path: Path) -> None
                         await second.wait_for(2)
                         await first.wait_for(4)
                         assert second.events == first.events[2:]
-                        assert [e.id for e in second.events] == [
-                            f"org-{base + 2}",
-                            f"org-{base + 3}",
-                        ]
+                        assert org_keys(first.events) == sorted(set(org_keys(first.events)))
                         assert shape(second.events)[1] == (
                             "job_complete",
                             {"job": job2, "status": "complete"},
@@ -374,12 +378,15 @@ async def test_org_feed_live_resume_and_start_of_history(tmp_path: Path) -> None
                     every = first.events
                 # A known id: the retained events after it, then live ones.
                 for known in range(1, 5):
-                    last = f"org-{base + known - 1}"
+                    last = str(every[known - 1].id)
                     async with open_feed(admin, path, last_event_id=last) as feed:
                         await feed.wait_comment()
                         assert feed.events == every[known:]
                 # Unknown ids: start_of_history, then every retained event.
-                for unknown in (f"org-{base + 4}", "org-1", "org-0", "job-3", "start_id", "x"):
+                newest = org_keys(every)[-1][0]
+                never = (f"org-{newest}.1", f"org-{newest + 100}.0", "org-0.0")
+                # (org-1: the plain ids of earlier versions)
+                for unknown in (*never, "org-1", "org-0", "job-3", "start_id", "x"):
                     async with open_feed(admin, path, last_event_id=unknown) as feed:
                         await feed.wait_comment()
                         head, *rest = feed.events
@@ -388,7 +395,7 @@ async def test_org_feed_live_resume_and_start_of_history(tmp_path: Path) -> None
                         assert rest == every
                 # Never ends on its own; the alias serves the same feed.
                 async with open_feed(
-                    admin, f"{ORG}/jobs_status_feed", last_event_id=f"org-{base + 1}"
+                    admin, f"{ORG}/jobs_status_feed", last_event_id=str(every[1].id)
                 ) as feed:
                     await feed.wait_comment()
                     assert feed.events == every[2:]
@@ -421,9 +428,10 @@ async def test_org_feed_ids_of_an_earlier_run_are_unknown_after_a_restart(
     ):
         with trio.fail_after(DEADLINE):
             after = await one_job(admin, "n2")
-            # New ids are above the old ones; an old id resumes from the top.
-            numbers = [int(str(e.id).removeprefix("org-")) for e in before + after]
-            assert numbers == sorted(numbers) and len(set(numbers)) == 4
+            # New ids are above the old ones (the log's seqs go on); an old id, not in the
+            # new run's org log, resumes from the top.
+            keys = org_keys(before + after)
+            assert keys == sorted(keys) and len(set(keys)) == 4
             for old in before:
                 async with open_feed(admin, path, last_event_id=old.id) as resumed:
                     await resumed.wait_comment()

@@ -1,4 +1,5 @@
-"""The Quart-trio application: every route registered, errors mapped, paths normalised."""
+"""The Quart-trio application: every route registered, errors mapped, paths normalised, and
+every request behind the database's read barrier (``Database.barrier``)."""
 
 from __future__ import annotations
 
@@ -137,6 +138,14 @@ def create_app(svc: Services) -> QuartTrio:
     app.config["PROPAGATE_EXCEPTIONS"] = False
     app.url_map.strict_slashes = False
     install_error_handlers(app, svc)
+
+    @app.before_request
+    async def read_barrier() -> None:
+        # read-your-writes across appliances (docs/SCALE-OUT.md §6): every request (and
+        # feed connect) reads the models only once what was acknowledged anywhere before it
+        # is applied here; at once on the file store
+        await svc.db.barrier()
+
     _status.register(app, svc)
     _identity.register(app, svc)
     _nodes.register(app, svc)

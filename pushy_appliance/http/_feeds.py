@@ -20,9 +20,12 @@ Ids and special events:
   job document) and ends. A finished job's feed takes no subscription: its history is
   complete. The runner closes a job's topic right after ``job_complete``, so no subscription
   outlives its job.
-* org feed: ids ``org-N``, ``N`` counting up from the server's start time in microseconds, so
-  ids never repeat across restarts; never ends on its own. Without ``Last-Event-ID`` only live
-  events are sent. An unknown or expired id gets ``start_of_history`` (id ``start_id``, data
+* org feed: ids ``org-S.K``, ``S`` the seq of the stored record the event comes from and
+  ``K`` its index among that record's org events, so ids never repeat and every appliance
+  on one shared log gives an event the same id (a reader resumes on any of them); never
+  ends on its own. Without ``Last-Event-ID`` only live
+  events are sent. An unknown or expired id (the plain ``org-N`` of earlier versions too) gets
+  ``start_of_history`` (id ``start_id``, data
   just the ``timestamp``) and then every retained event; a client that resumes with
   ``start_id`` gets the same again. With ``?node_events=true`` the reader also gets the live
   node events (``node_status``, ``nodes_changed``: see :mod:`..feeds`), which have no id.
@@ -78,7 +81,7 @@ from quart_trio import QuartTrio
 
 from ..auth import Principal
 from ..feeds import FeedEvent, FeedReader, Feeds, job_topic, org_topic
-from ..hub import Hub, OrgEvent, Subscription
+from ..hub import Hub, OrgEvent, Subscription, org_event_id
 from ..jobs.model import JobEntry
 from ..services import Services
 from ..sse import KEEPALIVE, encode_event, format_timestamp
@@ -240,7 +243,7 @@ class _Feeds:
         return self.cache.get(("job", job_id, n), lambda: encode_event(name, f"job-{n}", data))
 
     def _org_event(self, org: str, event: OrgEvent) -> bytes:
-        return self.cache.get(("org", org, event.seq), event.encode)
+        return self.cache.get(("org", org, event.order), event.encode)
 
     def _stored(self, entry: JobEntry, after: int) -> Iterator[bytes]:
         """The job's stored events after ``job-<after>``, encoded, up to ``job_complete``."""
@@ -338,11 +341,10 @@ class _Feeds:
         with reader.subscribe(org_topic(org)) as sub:
             org_log = self.feeds.org_log(org)
             # No await between subscribing and this read: every event published from now on
-            # has a sequence number above ``seen``.
+            # has an order key above ``seen``.
             start, retained = org_log.after(last_event_id, time.time())
-            newest = org_log.last_id
-            seen = int(newest.removeprefix("org-")) if newest else 0
-            last_id = newest or START_ID
+            seen = org_log.last_order
+            last_id = org_log.last_id or START_ID
             out: list[bytes] = []
             if start:
                 stamp = {"timestamp": format_timestamp(time.time())}
@@ -378,7 +380,7 @@ class _Feeds:
                     if item.seq <= seen:
                         continue
                     seen = item.seq
-                    last_id = f"org-{item.seq}"
+                    last_id = org_event_id(item.seq)
                     out.append(item.wire)
                 for chunk in _writes(out):
                     if not reader.still_allowed():

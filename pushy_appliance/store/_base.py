@@ -45,7 +45,8 @@ import abc
 import dataclasses
 import logging
 import math
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, Protocol
 
 import trio
@@ -142,6 +143,25 @@ class Store(Protocol):
 
     async def wait_writable(self) -> None:
         """Wait until the store takes writes (at once if it does, or once it is closed)."""
+        ...
+
+    @property
+    def appliance_id(self) -> str | None:
+        """The appliance's id in a cluster sharing the log (the PostgreSQL store's writer
+        UUID, new at every open); ``None`` when the store is its log's only appender."""
+        ...
+
+    def follow(self) -> AsyncGenerator[list[tuple[int, dict[str, Any]]], None]:
+        """Batches of ``(seq, record)`` other appenders appended, in seq order (only when
+        :attr:`appliance_id` is not ``None``)."""
+        ...
+
+    def key_lock(self, key: str) -> AbstractAsyncContextManager[None]:
+        """Hold ``key`` against every other appender of the log for the block."""
+        ...
+
+    async def take_compactor(self) -> bool:
+        """Whether this store is (now) the one of its log's appenders that snapshots."""
         ...
 
     async def head(self) -> int:
@@ -255,6 +275,33 @@ class GroupCommitStore(abc.ABC):
     def writable(self) -> bool:
         """Whether the store takes writes (false from a failed commit until a retry succeeds)."""
         return self._outage is None
+
+    @property
+    def appliance_id(self) -> str | None:
+        """``None``: this store is its log's only appender (the PostgreSQL store says
+        otherwise)."""
+        return None
+
+    async def follow(self) -> AsyncGenerator[list[tuple[int, dict[str, Any]]], None]:
+        """Nothing to follow: this store is its log's only appender.
+
+        Raises:
+            StoreError: always (check :attr:`appliance_id` first).
+        """
+        raise StoreError("this store is its log's only appender: there is nothing to follow")
+        yield []  # an async generator, as the PostgreSQL store's
+
+    @asynccontextmanager
+    async def key_lock(self, key: str) -> AsyncIterator[None]:
+        """Nothing to hold: no other appender shares this log (``Database.exclusive``'s
+        in-process lock is enough)."""
+        await trio.lowlevel.checkpoint()
+        yield
+
+    async def take_compactor(self) -> bool:
+        """``True``: this store is its log's only appender, so its owner snapshots it."""
+        await trio.lowlevel.checkpoint()
+        return True
 
     async def head(self) -> int:
         """Seq of the newest record in the log: here :attr:`last_seq`, since this store is

@@ -59,6 +59,9 @@ _CONNECT_DEFAULTS = {
 }
 _SCHEMA_LOCK = "SELECT pg_advisory_xact_lock(hashtext('pushy-store-schema:' || current_schema()))"
 _OPEN_LOCK = "SELECT pg_try_advisory_lock(hashtext('pushy-store-open:' || current_schema()))"
+_SHARED_OPEN_LOCK = (
+    "SELECT pg_try_advisory_lock_shared(hashtext('pushy-store-open:' || current_schema()))"
+)
 _UNREACHABLE_STATES = ("08", "57P")  # connection exceptions; admin shutdown, crash, starting
 
 
@@ -125,9 +128,11 @@ class Opened:
     bytes: int
 
 
-def take_open_lock(conn: psycopg.Connection[Any]) -> bool:
-    """Take the exclusive open's session lock; ``False`` when another session holds it."""
-    row = conn.execute(_OPEN_LOCK).fetchone()
+def take_open_lock(conn: psycopg.Connection[Any], *, exclusive: bool = True) -> bool:
+    """Take the open's session lock: exclusive (a maintenance command alone on the store) or
+    shared (an appliance of a cluster); ``False`` when a session holds it in the other mode
+    (or, exclusive, in any)."""
+    row = conn.execute(_OPEN_LOCK if exclusive else _SHARED_OPEN_LOCK).fetchone()
     conn.commit()
     return bool(row and row[0])
 
@@ -153,8 +158,12 @@ def recover(url: str, where: str, exclusive: bool) -> Opened:
                 row = conn.execute("SELECT value FROM pushy_meta WHERE key = 'format'").fetchone()
             if row is None or row[0] != FORMAT:
                 raise StoreError(f"{where}: unknown store format {row[0] if row else None!r}")
-            if exclusive and not take_open_lock(conn):
-                raise StoreError(f"{where} is already open (another pushy appliance?)")
+            if not take_open_lock(conn, exclusive=exclusive):
+                raise StoreError(
+                    f"{where} is already open (another pushy appliance?)"
+                    if exclusive
+                    else f"{where} is held alone by a maintenance command (pushy store compact?)"
+                )
             conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
             with conn.transaction():
                 opened = _read(conn, where)

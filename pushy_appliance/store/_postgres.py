@@ -44,21 +44,24 @@ Recovery: in one ``REPEATABLE READ`` transaction, the newest snapshot that passe
 there is no torn tail to cut: a record that fails its checks, or a missing seq, raises
 :class:`~pushy_appliance.errors.StoreCorruptError` and changes nothing.
 
-Exclusive opens (the default, until the cluster's engines follow each other) hold a session
-advisory lock keyed on the schema, so a second appliance on the same store is refused at open,
-as a second server on one data directory is.
+The open lock: a session advisory lock keyed on the schema, on the writer's connection. The
+appliances of a cluster hold it shared (``exclusive=False``); an exclusive open (the default:
+maintenance commands that must be alone, ``pushy store compact``) holds it alone, so it is
+refused while an appliance runs, and an appliance is refused while it runs.
 
 The code, by seam: connections, the tables and recovery in ``_pgopen``; the follower's reads
-and its doorbell in ``_pgfollow``; ``pushy store verify`` in ``_pgverify``; here the store
-itself: the group commit, in-doubt groups, snapshots, the head and the follower's loop.
+and its doorbell in ``_pgfollow``; the advisory locks in ``_pglocks``; ``pushy store verify``
+in ``_pgverify``; here the store itself: the group commit, in-doubt groups, snapshots, the
+head and the follower's loop.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import psycopg
@@ -69,6 +72,7 @@ from ._base import Fence, GroupCommitStore
 from ._format import BlobRef
 from ._outage import RETRY_FIRST, RETRY_MAX
 from ._pgfollow import FOLLOW_BATCH, FOLLOW_POLL, fetch, listen, wait_doorbell
+from ._pglocks import AdvisoryLocks
 from ._pgopen import FORMAT, Opened, connect, decode_frames, detail, reason, recover, take_open_lock
 from ._pgurl import redact_url
 from ._pgverify import verify
@@ -167,6 +171,7 @@ class PostgresStore(GroupCommitStore):
         self._followed = opened.head
         self._head_conn: psycopg.Connection[Any] | None = None
         self._head = SharedQuery(self._query_head)
+        self._locks = AdvisoryLocks(url, self._unavailable)
 
     @classmethod
     async def open(
@@ -206,14 +211,33 @@ class PostgresStore(GroupCommitStore):
         """The seq up to which :meth:`follow` has read the log (the head at open before)."""
         return self._followed
 
+    @property
+    def appliance_id(self) -> str:
+        """The writer's UUID, new at every open: the appliance's id in the cluster."""
+        return str(self._writer)
+
     def release(self) -> None:
-        """Close the writer's connection (and with it the open lock) and the head's."""
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
-        if self._head_conn is not None:
-            self._head_conn.close()
-            self._head_conn = None
+        """Close the writer's connection (and with it the open lock), the head's and the
+        locks' (and with it the compactor's lock and any key lock)."""
+        for conn in (self._conn, self._head_conn):
+            if conn is not None:
+                conn.close()
+        self._conn = self._head_conn = None
+        self._locks.close()
+
+    # --- advisory locks: keys across appliances, the compactor (``_pglocks``) ----------------
+
+    @contextlib.asynccontextmanager
+    async def key_lock(self, key: str) -> AsyncIterator[None]:
+        """Hold ``key`` against every store on the database for the block (check-then-commit
+        across appliances): :meth:`~._pglocks.AdvisoryLocks.key_lock`."""
+        async with self._locks.key_lock(key):
+            yield
+
+    async def take_compactor(self) -> bool:
+        """Whether this store holds the compactor's lock, trying to take it; see
+        :meth:`~._pglocks.AdvisoryLocks.take_compactor`."""
+        return await self._locks.take_compactor()
 
     # --- the head (the read barrier's target, docs/SCALE-OUT.md §6) ---------------------------
 
@@ -261,12 +285,23 @@ class PostgresStore(GroupCommitStore):
             return e
 
     def _head_sync(self) -> int:
-        if self._head_conn is None or self._head_conn.closed or self._head_conn.broken:
-            if self._head_conn is not None:
-                self._head_conn.close()
+        conn = self._head_conn
+        fresh = conn is None or conn.closed or conn.broken
+        if fresh:
+            if conn is not None:
+                conn.close()
             self._head_conn = None
-            self._head_conn = connect(self._url, autocommit=True)
-        row = self._head_conn.execute("SELECT seq FROM pushy_head WHERE id = 1").fetchone()
+            conn = self._head_conn = connect(self._url, autocommit=True)
+        assert conn is not None
+        try:
+            row = conn.execute("SELECT seq FROM pushy_head WHERE id = 1").fetchone()
+        except psycopg.OperationalError:
+            if fresh:
+                raise
+            # an idle connection the database closed (a restart): once more on a new one
+            conn.close()
+            self._head_conn = None
+            return self._head_sync()
         if row is None:
             raise StoreError(f"{self._where}: pushy_head has no row; not a pushy store any more")
         return int(row[0])
@@ -281,17 +316,14 @@ class PostgresStore(GroupCommitStore):
             conn = connect(self._url, autocommit=False)
         except psycopg.Error as e:
             raise self._unavailable(e) from e
-        if self._exclusive:
-            try:
-                held = take_open_lock(conn)
-            except psycopg.Error as e:
-                conn.close()
-                raise self._unavailable(e) from e
-            if not held:
-                conn.close()
-                raise StoreUnavailableError(
-                    "the database is held by another appliance", self._where
-                )
+        try:
+            held = take_open_lock(conn, exclusive=self._exclusive)
+        except psycopg.Error as e:
+            conn.close()
+            raise self._unavailable(e) from e
+        if not held:
+            conn.close()
+            raise StoreUnavailableError("the database is held by another appliance", self._where)
         self._conn = conn
         return conn
 
@@ -520,7 +552,7 @@ class PostgresStore(GroupCommitStore):
 
     # --- following ----------------------------------------------------------------------------
 
-    async def follow(self) -> AsyncIterator[list[tuple[int, dict[str, Any]]]]:
+    async def follow(self) -> AsyncGenerator[list[tuple[int, dict[str, Any]]], None]:
         """Yield, in seq order and in batches, every record appended after the open that this
         store did not acknowledge itself: other stores' records, and in-doubt groups of its
         own that committed (see the module doc).
