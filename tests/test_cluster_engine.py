@@ -247,6 +247,10 @@ async def test_a_stale_driver_s_step_is_refused_and_the_new_driver_ends_the_job(
                 # one vote per node in the log: a's refused step was never applied anywhere
                 votes = [d["node"] for _n, name, d in entry.events if name == "quorum_vote"]
                 assert sorted(votes) == ["n1", "n2"]
+                # the quorum was decided once, by the new driver
+                names = [name for _n, name, _d in entry.events]
+                assert names.count("quorum_succeeded") == 1
+                assert names.count("job_complete") == 1
             nursery.cancel_scope.cancel()
 
 
