@@ -140,9 +140,12 @@ RESULT = {
 async def test_a_job_over_nodes_on_two_appliances(pg_url: str) -> None:
     with trio.fail_after(TIMEOUT):
         async with appliance(pg_url, ttl=5.0) as a, appliance(pg_url, ttl=5.0) as b:
+            changed: list[str] = []  # b's org feed hears of nodes changing elsewhere too
+            b.link.watch(lambda org, node: changed.append(node))
             n1, out1 = await a.connect("n1")
             n3, out3 = await b.connect("n3")
             await until(lambda: a.cluster.routed("o", "n3") == b.cluster.appliance_id)
+            await until(lambda: "n1" in changed)  # n1's route, learnt by b
             assert not b.link.is_available("o", "n1") and b.link.is_available("o", "n3")
             # every appliance sees a node connected elsewhere online, through its route
             await until(lambda: b.link.status("o", "n1") == ("online", "available"))
@@ -156,6 +159,7 @@ async def test_a_job_over_nodes_on_two_appliances(pg_url: str) -> None:
             await until(lambda: job_id in b.jobs.jobs)
             assert not b.link.is_available("o", "n3") and job_id not in b.runner.live
             await until(lambda: b.link.status("o", "n1") == ("online", "unavailable"))
+            assert changed.count("n3") == 2  # its connect, then held by a's job
             await a.frame(n1, protocol.AckCommit, job_id=job_id)
             await b.frame(n3, protocol.AckCommit, job_id=job_id)  # forwarded to a
             assert isinstance(await next_frame(out3), protocol.Run)

@@ -76,6 +76,8 @@ def step(job_id: str, model: JobsModel, nodes: dict[str, str], **job: Any) -> di
 def test_log_holds_follows_the_jobs_records() -> None:
     model = JobsModel()
     holds = LogHolds(model)
+    changed: list[str] = []
+    holds.watch(lambda org, node: changed.append(node))
 
     def apply(r: dict[str, Any]) -> None:
         model.apply(r)
@@ -84,10 +86,12 @@ def test_log_holds_follows_the_jobs_records() -> None:
     apply(created("j1", ["a", "b", "c"], online=["a", "b"]))
     # c was down: it voted at once and holds nothing
     assert [holds.holders("o", n) for n in "abc"] == [("j1",), ("j1",), ()]
+    assert changed == ["a", "b"]  # each node that became held, once
     apply(created("j2", ["b", "d"], online=["b", "d"]))
     assert holds.holders("o", "b") == ("j1", "j2")  # the oldest first
     apply(step("j1", model, {"a": "succeeded"}))
     assert holds.holders("o", "a") == ()
+    assert changed[-1] == "a"  # freed
     # a node that owes a late result still holds
     apply({**step("j2", model, {}), "nodes": [["d", "crashed", True, None, None, True]]})
     assert holds.holders("o", "d") == ("j2",)

@@ -6,7 +6,7 @@ its store (the file and memory stores): every job is its own, every node local, 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import trio
@@ -109,6 +109,11 @@ class Coordinator(Protocol):
         """The node's connection here ended (its route is cleared soon, if still ours)."""
         ...
 
+    def watch_routes(self, changed: Callable[[str, str], None]) -> None:
+        """Call ``changed(org, node)`` whenever another appliance's route of a node is
+        learnt or cleared. It must not block or raise."""
+        ...
+
     async def send_frame(
         self, appliance: str, org: str, node: str, frame_type: str, fields: dict[str, Any]
     ) -> None:
@@ -167,6 +172,9 @@ class Solo:
         pass
 
     def node_down(self, org: str, node: str) -> None:
+        pass
+
+    def watch_routes(self, changed: Callable[[str, str], None]) -> None:
         pass
 
     async def send_frame(

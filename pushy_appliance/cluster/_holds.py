@@ -10,7 +10,7 @@ it about jobs it does not drive itself.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from ..jobs.model import JobEntry, JobsModel
@@ -19,6 +19,10 @@ from ..jobs.status import LIVE_NODE_STATUSES
 __all__ = ["LogHolds"]
 
 _LIVE = frozenset(str(s) for s in LIVE_NODE_STATUSES)
+
+
+def _ignore(org: str, node: str) -> None:
+    """The watcher of a :class:`LogHolds` nobody watches."""
 
 
 def _holds(entry: Sequence[Any]) -> bool:
@@ -35,12 +39,18 @@ class LogHolds:
 
     def __init__(self, jobs: JobsModel) -> None:
         self._jobs = jobs
+        self._changed: Callable[[str, str], None] = _ignore
         self._by_node: dict[tuple[str, str], dict[str, None]] = {}
         self._by_job: dict[str, tuple[str, set[str]]] = {}
         """job → (its org, the nodes it holds)"""
         for entry in list(jobs.jobs.values()):
             if not entry.closed:
                 self._load(entry)
+
+    def watch(self, changed: Callable[[str, str], None]) -> None:
+        """Call ``changed(org, node)`` from now on whenever a node becomes held by a job of
+        the log or stops being held by any. It must not block or raise."""
+        self._changed = changed
 
     def holders(self, org: str, node: str) -> Sequence[str]:
         """The unclosed jobs that hold the node, the oldest first."""
@@ -77,7 +87,10 @@ class LogHolds:
             if _holds(entry):
                 if name not in held:
                     held.add(name)
-                    self._by_node.setdefault(key, {})[job_id] = None
+                    jobs = self._by_node.setdefault(key, {})
+                    jobs[job_id] = None
+                    if len(jobs) == 1:
+                        self._changed(org, name)
             elif name in held:
                 held.discard(name)
                 self._unhold(key, job_id)
@@ -95,3 +108,4 @@ class LogHolds:
             jobs.pop(job_id, None)
             if not jobs:
                 del self._by_node[key]
+                self._changed(*key)

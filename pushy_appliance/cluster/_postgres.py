@@ -65,6 +65,10 @@ _ITEM_BYTES = 64
 Connect = Callable[[str], psycopg.Connection[Any]]
 
 
+def _ignore(org: str, node: str) -> None:
+    """The route watcher of a coordinator nobody watches."""
+
+
 def _connect(url: str) -> psycopg.Connection[Any]:
     conn: psycopg.Connection[Any] = connect_postgres(url, autocommit=True)
     return conn
@@ -106,6 +110,7 @@ class PostgresCoordinator:
         self._routes: dict[tuple[str, str], str] = {}
         """``(org, node)`` → the other appliance holding its connection."""
         self._route_rev = 0
+        self._route_changed: Callable[[str, str], None] = _ignore
         self._route_changes: dict[tuple[str, str], str | None] = {}
         """``(org, node)`` → the incarnation connected here, ``None``: the connection ended."""
         self._releases: list[str] = []
@@ -211,6 +216,9 @@ class PostgresCoordinator:
         self._route_changes[(org, node)] = incarnation
         self._routes.pop((org, node), None)
         self._wake.set()
+
+    def watch_routes(self, changed: Callable[[str, str], None]) -> None:
+        self._route_changed = changed
 
     def node_down(self, org: str, node: str) -> None:
         self._route_changes[(org, node)] = None
@@ -557,7 +565,10 @@ class PostgresCoordinator:
                 if appliance is None and why == "dead" and before is not None:
                     gone.append(key)
             else:
+                before = self._routes.get(key)
                 self._routes[key] = appliance
+            if before != self._routes.get(key) and appliance != self._me:
+                self._route_changed(org, node)
         if gone:
             engine.nodes_gone(gone)
 

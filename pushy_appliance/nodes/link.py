@@ -173,6 +173,13 @@ class NodeLink:
         self._cluster = cluster
         self._log_holds = holds
         self._drives = drives
+        # a node connected elsewhere comes and goes, a job driven elsewhere takes or frees a
+        # node: the node's status or availability here may change (the org feed's events)
+        cluster.watch_routes(self._changed_elsewhere)
+        holds.watch(self._changed_elsewhere)
+
+    def _changed_elsewhere(self, org: str, node: str) -> None:
+        self._changed(org, node)
 
     def _elsewhere(self, key: tuple[str, str]) -> list[str]:
         """The unclosed jobs holding the node ``key`` that another appliance drives."""
