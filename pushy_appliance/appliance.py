@@ -7,7 +7,9 @@ Shutdown (``stop`` set, e.g. by SIGTERM): the HTTP server stops accepting and dr
 requests for up to ``DRAIN_SECONDS``; agents are told the server is going away (close code
 1001); open feeds end at once (their clients resume after the restart); a connection still
 open when the drain deadline passes (a client that stopped reading: hypercorn shields its
-socket writes from cancellation) is shut down at the socket; the store is flushed under a
+socket writes from cancellation) is shut down at the socket; in a PostgreSQL cluster the
+appliance gives its job leases back (``Coordinator.leave``: the others take its jobs over at
+once); the store is flushed under a
 shielded, bounded cancel scope; ``run/server.json`` is removed. Cancellation of ``serve()``
 itself is the hard stop used by tests: the store still
 flushes what it had acknowledged (it fsyncs before acknowledging, so nothing acknowledged is
@@ -461,6 +463,8 @@ async def _serve_locked(
                 await _drain(http_done, bound_port)
                 with trio.move_on_after(SHUTDOWN_SNAPSHOT_SECONDS):
                     await recorder.flush()
+                # its jobs are taken over by the others at once, not after lease_ttl
+                await coordinator.leave()
                 if (
                     store.statistics().records >= SHUTDOWN_SNAPSHOT_RECORDS
                     and await store.take_compactor()

@@ -400,3 +400,22 @@ async def test_events_mailed_to_a_driver_that_died_reach_the_job_s_next_driver(
             assert eb.taken == [LeaseGrant("o", "j1", 2)]
             assert eb.events == [("o", "j1", NodeDown("n1", 1.0))]
             assert ea.events == []
+
+
+async def test_a_graceful_stop_gives_the_leases_and_routes_back_at_once(pg_url: str) -> None:
+    with trio.fail_after(TIMEOUT):
+        ea, eb = Engine(), Engine()
+        async with running(pg_url, ea, ttl=30.0) as (a, a_scope), running(pg_url, eb) as (b, _):
+            await a.claim("o", "j1")
+            a.node_up("o", "n1", "i")
+            await until(lambda: b.routed("o", "n1") == a.appliance_id)
+            await a.leave()
+            a_scope.cancel()
+            # taken over at b's next scan (ttl / 3), not after a's 30 s lease
+            await eb.until(lambda: bool(eb.taken) and bool(eb.gone))
+            assert eb.taken == [LeaseGrant("o", "j1", 2)]
+            assert eb.gone == [("o", "n1")]
+            assert a.fence("j1") == (("j1", 0),)
+            with psycopg.connect(pg_url, autocommit=True) as conn:
+                ids = [str(r[0]) for r in conn.execute("SELECT id FROM pushy_appliance")]
+            assert ids == [b.appliance_id]

@@ -130,6 +130,11 @@ class Coordinator(Protocol):
         """Mail an operator's abort of ``job_id`` to the appliance driving it."""
         ...
 
+    async def leave(self) -> None:
+        """A graceful stop: give this appliance's leases and routes back at once (a crash
+        leaves them to expire)."""
+        ...
+
     async def run(
         self,
         engine: ClusterEngine,
@@ -186,6 +191,9 @@ class Solo:
         await trio.lowlevel.checkpoint()
 
     async def forward_abort(self, org: str, job_id: str) -> None:
+        await trio.lowlevel.checkpoint()
+
+    async def leave(self) -> None:
         await trio.lowlevel.checkpoint()
 
     async def run(

@@ -35,6 +35,7 @@ __all__ = [
     "fetch_routes",
     "heartbeat",
     "lease_orphans",
+    "leave",
     "listen",
     "release",
     "renew",
@@ -249,6 +250,18 @@ def fetch_routes(conn: psycopg.Connection[Any], after: int) -> list[Route]:
         (after,),
     ).fetchall()
     return [(str(o), str(n), None if a is None else str(a), g, int(r)) for o, n, a, g, r in rows]
+
+
+def leave(conn: psycopg.Connection[Any], me: str) -> None:
+    """An appliance stopping: its leases expire now (the others take its jobs over at their
+    next scan), its routes are cleared as a dead appliance's, its row deleted (its mail is
+    orphaned: :func:`take_orphan_mail`)."""
+    with conn.transaction():
+        conn.execute(
+            "UPDATE pushy_lease SET expires_at = now() - interval '1 second' WHERE holder = %s",
+            (me,),
+        )
+    declare_dead(conn, me)
 
 
 def take_orphan_mail(conn: psycopg.Connection[Any]) -> list[bytes]:

@@ -57,6 +57,8 @@ MAIL_POLL = 1.0
 """Seconds after which the receiver looks for mail though its doorbell did not ring."""
 HOLD_SECONDS = 0.5
 """Seconds between two tries to send events held for a job whose lease is expired."""
+LEAVE_SECONDS = 2.0
+"""Seconds a stopping appliance gives its leases and routes back before it stops anyway."""
 TAKEOVER_BATCH = 100
 """Most expired leases one takeover scan takes."""
 _ITEM_BYTES = 64
@@ -302,6 +304,32 @@ class PostgresCoordinator:
             if self._claim_conn is not None:
                 self._claim_conn.close()
                 self._claim_conn = None
+
+    async def leave(self) -> None:
+        """A graceful stop: give the leases and routes back, so that the other appliances
+        take the jobs over at their next scan instead of after ``lease_ttl``; this
+        appliance drives nothing from then on (call it once its jobs may stop). Bounded by
+        ``LEAVE_SECONDS`` (the database away: the leases expire on their own).
+
+        Cancellation: shielded up to ``LEAVE_SECONDS``; a statement still running then is
+        left to finish in its thread.
+        """
+
+        def leave() -> None:
+            with _connect(self._url) as conn:
+                sql.leave(conn, self._me)
+
+        with trio.move_on_after(LEAVE_SECONDS, shield=True) as scope:
+            try:
+                await trio.to_thread.run_sync(leave, abandon_on_cancel=True)
+            except psycopg.Error as e:
+                log.warning("cluster: leases not given back at stop (%s)", e)
+                return
+        if scope.cancelled_caught:
+            log.warning("cluster: leases not given back within %.0f s", LEAVE_SECONDS)
+            return
+        self._epochs.clear()
+        log.info("cluster: appliance %s left (its leases given back)", self._me)
 
     def _listen_sync(self) -> psycopg.Connection[Any]:
         conn = _connect(self._url)
