@@ -132,6 +132,26 @@ async def test_the_driver_killed_mid_job_another_appliance_ends_it(
             assert taken_over(servers[1:], job_id) == 1
 
 
+async def test_the_driver_stopped_mid_job_gives_it_to_another_at_once(
+    tmp_path: Path, pg_url: str
+) -> None:
+    with trio.fail_after(LIMIT):
+        async with cluster(tmp_path, pg_url, 3, NODES) as (servers, admins):
+            job_id = await start_job(admins[0], {"command": f"nap {NAP}", "nodes": list(NODES)})
+            await wait_job(admins[0], job_id, {"running"}, running=3)
+            stopping = trio.current_time()
+            assert await servers[0].terminate() == 0  # SIGTERM: drained, leases given back
+            stopped = trio.current_time()
+            while not taken_over(servers[1:], job_id):  # noqa: ASYNC110 - polls log files
+                await trio.sleep(0.1)
+            # at the survivors' next scan, not once the lease expired
+            assert "its leases given back" in servers[0].log()
+            assert trio.current_time() - stopped <= TTL / 3 + MARGIN, stopped - stopping
+            doc = await wait_job(admins[1], job_id)
+            assert (doc["status"], doc["nodes"]) == ("complete", {"succeeded": sorted(NODES)})
+            assert taken_over(servers[1:], job_id) == 1
+
+
 async def test_an_appliance_holding_nodes_killed_mid_job(tmp_path: Path, pg_url: str) -> None:
     with trio.fail_after(LIMIT):
         async with cluster(tmp_path, pg_url, 3, NODES) as (servers, admins):
