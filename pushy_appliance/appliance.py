@@ -338,7 +338,7 @@ async def _serve_locked(
             node_state=link.status,
             job_org=lambda job_id: entry.org if (entry := jobs_model.jobs.get(job_id)) else None,
         )
-        # the org feed from every record applied (ids org-S.K: the same on every appliance),
+        # the org feed from every record applied (ids from the seq: the same on every appliance),
         # the job feeds of jobs other appliances drive from their records
         db.watch(lambda record: feeds.record_applied(record, db.applying_seq))
         db.watch_followed(feeds.record_followed)

@@ -18,9 +18,9 @@ store second sees every event once:
   a database watcher): each is appended to the organization's
   :class:`~.hub.OrgEventLog` (kept for ``feeds.org_retention`` seconds, so a client can
   resume with ``Last-Event-ID``) and then published on the org topic (:func:`org_topic`).
-  Its id is ``org-S.K``: ``S`` the seq of the record, ``K`` the event's index among the
-  record's org events; every appliance on one log derives the same ids, so a reader resumes
-  on any of them.
+  Its id is ``org-N``, ``N = S * 2**32 + K``: ``S`` the seq of the record, ``K`` the event's
+  index among the record's org events; every appliance on one log derives the same ids, so
+  a reader resumes on any of them.
 
 Node events (an addition to the org feed, ``docs/FEEDS.md``), sent only to the org feed's
 readers that ask for them (``?node_events=true``). The node link tells
@@ -306,7 +306,7 @@ class Feeds:
         """A database watcher: the org feed's events of a record applied at ``seq`` (own or
         followed): ``start`` (a ``job.create``'s first event) and ``job_complete`` (the last
         event of a job, in a ``job.step``, or in a ``job.create`` that ended at once), with
-        the ids ``org-SEQ.K``. Never blocks."""
+        the ids ``org-N``, ``N = seq * 2**32 + K``. Never blocks."""
         t = record.get("t")
         if t != "job.create" and t != "job.step":
             return

@@ -421,8 +421,8 @@ ORG_INDEX_BITS: Final = 32
 
 
 def org_event_id(order: int) -> str:
-    """The SSE id ``org-S.K`` of the org event whose order key is ``order``."""
-    return f"org-{order >> ORG_INDEX_BITS}.{order & ((1 << ORG_INDEX_BITS) - 1)}"
+    """The SSE id ``org-N`` of the org event whose order key is ``N``."""
+    return f"org-{order}"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -430,7 +430,8 @@ class OrgEvent:
     """One event of an organization's feed.
 
     Attributes:
-        seq: the seq of the stored record it comes from (``S`` of ``org-S.K``).
+        seq: the seq of the stored record it comes from (``S``: the id is ``org-N``,
+            ``N = S * 2**32 + K``).
         index: its index among the org events of that record (``K``; a batch record may
             hold several jobs' events).
         name: the event type (``start`` or ``job_complete``).
@@ -451,8 +452,9 @@ class OrgEvent:
 
     @property
     def id(self) -> str:
-        """The SSE id, ``org-S.K``: the same on every appliance that applied the record."""
-        return f"org-{self.seq}.{self.index}"
+        """The SSE id, ``org-N`` with ``N`` the :attr:`order`: the same on every appliance
+        that applied the record."""
+        return f"org-{self.order}"
 
     def encode(self) -> bytes:
         """Encode this event for the wire.
@@ -466,16 +468,16 @@ class OrgEvent:
         return encode_event(self.name, self.id, self.data)
 
 
-_ORG_ID: Final = re.compile(r"org-(0|[1-9][0-9]{0,17})\.(0|[1-9][0-9]{0,8})")
+_ORG_ID: Final = re.compile(r"org-(0|[1-9][0-9]{0,18})")
 
 
 class OrgEventLog:
     """The recent events of one organization's feed, for ``Last-Event-ID`` resume.
 
-    An event's id is ``org-S.K``: ``S`` the seq of the stored record it comes from, ``K`` its
-    index among that record's org events (``docs/FEEDS.md``). Every appliance on one log
-    derives the same events with the same ids from the same records, so a reader may resume
-    on any of them.
+    An event's id is ``org-N``, ``N = S * 2**32 + K``: ``S`` the seq of the stored record it
+    comes from, ``K`` its index among that record's org events (``docs/FEEDS.md``). Every
+    appliance on one log derives the same events with the same ids from the same records, so
+    a reader may resume on any of them.
 
     Events expire ``retention`` seconds after they were appended; expiry happens on every
     call, from the ``now`` given, so the log is deterministic and needs no timer. The log
@@ -505,7 +507,7 @@ class OrgEventLog:
     def append(
         self, name: str, data: Mapping[str, Any], now: float, *, seq: int, index: int
     ) -> OrgEvent:
-        """Record a new event, ``org-SEQ.INDEX``.
+        """Record a new event, ``org-N`` with ``N = seq * 2**32 + index``.
 
         Args:
             name: the event type.
@@ -521,7 +523,7 @@ class OrgEventLog:
             ValueError: ``(seq, index)`` is not after the newest event's (nothing recorded).
         """
         if seq < 1 or not 0 <= index < 1 << ORG_INDEX_BITS:
-            raise ValueError(f"no org event org-{seq}.{index}")
+            raise ValueError(f"no org event at seq {seq}, index {index}")
         event = OrgEvent(seq=seq, index=index, name=name, data=data, time=now)
         if self._last is not None and event.order <= self._last.order:
             raise ValueError(f"{event.id} is not after {self._last.id}")
@@ -542,8 +544,8 @@ class OrgEventLog:
         Returns:
             ``(start_of_history, events)``: ``(False, [])`` without an id (live events
             only); ``(False, events after it)`` for an id still retained; ``(True, every
-            retained event)`` for an id that is malformed (the plain ``org-N`` of earlier
-            versions too), never issued, or expired.
+            retained event)`` for an id that is malformed, never issued (the ids of earlier
+            versions, which counted from the process's start, too), or expired.
         """
         self._expire(now)
         if last_event_id is None:
@@ -589,11 +591,6 @@ def _order(event: OrgEvent) -> int:
 
 
 def _parse_org_id(event_id: str) -> int | None:
-    """The order key of an ``org-S.K`` id; ``None`` when it is not one."""
+    """The order key of an ``org-N`` id; ``None`` when it is not one."""
     found = _ORG_ID.fullmatch(event_id)
-    if found is None:
-        return None
-    seq, index = int(found[1]), int(found[2])
-    if index >= 1 << ORG_INDEX_BITS:
-        return None
-    return (seq << ORG_INDEX_BITS) | index
+    return int(found[1]) if found is not None else None

@@ -106,7 +106,7 @@ async def org_feed_resumes_on_another_appliance(admins: list[Signed]) -> None:
                 await on_a.wait_for(4)
                 assert on_c.events == on_b.events[1:] == on_a.events[2:]
                 assert [e.data["job"] for e in on_c.events] == [job2, job2]  # type: ignore[index]
-        # an id of earlier versions (plain org-N) is unknown: start_of_history, then the rest
+        # an id no record gave (seq 0) is unknown: start_of_history, then the rest
         async with open_feed(b, ORG_FEED, last_event_id="org-1") as old:
             head, *rest = await old.wait_for(5)
             assert (head.name, head.id) == ("start_of_history", "start_id")

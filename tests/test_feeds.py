@@ -331,11 +331,11 @@ async def test_resume_at_every_point_during_and_after_a_job(tmp_path: Path) -> N
 
 
 def org_keys(events: list[Event]) -> list[tuple[int, int]]:
-    """``(S, K)`` of each ``org-S.K`` id."""
+    """``(S, K)`` of each ``org-N`` id, ``N = S * 2**32 + K``."""
     keys = []
     for e in events:
-        seq, index = str(e.id).removeprefix("org-").split(".")
-        keys.append((int(seq), int(index)))
+        n = int(str(e.id).removeprefix("org-"))
+        keys.append((n >> 32, n & (2**32 - 1)))
     return keys
 
 
@@ -349,8 +349,9 @@ async def test_org_feed_live_resume_and_start_of_history(tmp_path: Path) -> None
                     await first.wait_comment()  # subscribed, and idle feeds keep alive
                     job1 = await start_job(admin, {"command": "one", "nodes": ["n1"]})
                     events = await first.wait_for(2)
-                    # ids are org-S.K: the seq of the stored record the event comes from
-                    # (job.create, then the step that ended the job), and its index there
+                    # ids are org-N, N = S * 2**32 + K: S the seq of the stored record the
+                    # event comes from (job.create, then the step that ended the job), K its
+                    # index there
                     assert [e.name for e in events] == ["start", "job_complete"]
                     assert org_keys(events) == sorted(set(org_keys(events)))
                     assert all(key[1] == 0 for key in org_keys(events))
@@ -384,9 +385,9 @@ async def test_org_feed_live_resume_and_start_of_history(tmp_path: Path) -> None
                         assert feed.events == every[known:]
                 # Unknown ids: start_of_history, then every retained event.
                 newest = org_keys(every)[-1][0]
-                never = (f"org-{newest}.1", f"org-{newest + 100}.0", "org-0.0")
-                # (org-1: the plain ids of earlier versions)
-                for unknown in (*never, "org-1", "org-0", "job-3", "start_id", "x"):
+                never = (f"org-{(newest << 32) + 1}", f"org-{(newest + 100) << 32}", "org-0")
+                # (org-1: no record has seq 0; org-N.0: the form of no id)
+                for unknown in (*never, "org-1", f"org-{newest}.0", "job-3", "start_id", "x"):
                     async with open_feed(admin, path, last_event_id=unknown) as feed:
                         await feed.wait_comment()
                         head, *rest = feed.events

@@ -1,6 +1,7 @@
 """The feeds from the records (``docs/SCALE-OUT.md`` §7): the org feed's events and their ids
-``org-S.K`` derived from the records applied (the same on every appliance that applies the
-same log), and the job feed of a job another appliance drives published from its records."""
+``org-N`` (``N = S * 2**32 + K``) derived from the records applied (the same on every
+appliance that applies the same log), and the job feed of a job another appliance drives
+published from its records."""
 
 from __future__ import annotations
 
@@ -59,10 +60,10 @@ def test_org_events_and_ids_come_from_the_records_alike_everywhere() -> None:
             apply(f, seq, record)
     events = first.org_log("o").events(0.0)
     assert [(e.id, e.name, e.data["job"]) for e in events] == [
-        ("org-3.0", "start", "j1"),
-        ("org-7.0", "job_complete", "j1"),
-        ("org-7.1", "start", "j2"),
-        ("org-7.2", "job_complete", "j2"),
+        ("org-12884901888", "start", "j1"),
+        ("org-30064771072", "job_complete", "j1"),
+        ("org-30064771073", "start", "j2"),
+        ("org-30064771074", "job_complete", "j2"),
     ]
     assert [e.encode() for e in second.org_log("o").events(0.0)] == [e.encode() for e in events]
     assert dict(events[1].data) == {"timestamp": TS, "job": "j1", "status": "complete"}
@@ -73,7 +74,7 @@ async def test_live_org_events_reach_the_org_topic() -> None:
     with trio.fail_after(5), f.hub.subscribe(org_topic("o")) as sub:
         apply(f, *LOG[0])
         item = await sub.receive()
-        assert b"id: org-3.0\n" in item.wire
+        assert b"id: org-12884901888\n" in item.wire
 
 
 async def test_a_followed_job_s_events_reach_its_feed_and_end_it() -> None:

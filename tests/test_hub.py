@@ -302,11 +302,16 @@ def test_buffer_must_be_positive() -> None:
 
 
 def make_log(times: list[float], retention: float = 60.0) -> OrgEventLog:
-    """One event per record, records 1, 2, …: ids ``org-1.0``, ``org-2.0``, …"""
+    """One event per record, records 1, 2, …: ids ``oid(1)``, ``oid(2)``, …"""
     log = OrgEventLog(retention)
     for n, t in enumerate(times, start=1):
         log.append("start", {"timestamp": f"t{n}", "job": f"job{n}"}, t, seq=n, index=0)
     return log
+
+
+def oid(seq: int, index: int = 0) -> str:
+    """The id of the org event of record ``seq`` with index ``index`` in it."""
+    return f"org-{seq * 2**32 + index}"
 
 
 def ids(events: list[OrgEvent]) -> list[str]:
@@ -320,23 +325,23 @@ def test_org_ids_are_the_record_s_seq_and_the_event_s_index_in_it() -> None:
     # one record (a batch) may hold several jobs' events
     second = log.append("job_complete", {"timestamp": "u", "job": "j"}, 1.0, seq=7, index=1)
     third = log.append("start", {"timestamp": "v", "job": "k"}, 1.0, seq=9, index=0)
-    assert (first.id, second.id, third.id) == ("org-7.0", "org-7.1", "org-9.0")
+    assert (first.id, second.id, third.id) == (oid(7), oid(7, 1), oid(9))
     assert first.order < second.order < third.order == log.last_order
     assert [org_event_id(e.order) for e in (first, second, third)] == ids(log.events(1.0))
-    assert log.last_id == "org-9.0"
+    assert log.last_id == oid(9)
     assert second.encode() == (
-        b'event: job_complete\nid: org-7.1\ndata: {"timestamp":"u","job":"j"}\n\n'
+        f'event: job_complete\nid: {oid(7, 1)}\ndata: {{"timestamp":"u","job":"j"}}\n\n'.encode()
     )
-    assert ids(log.after("org-7.0", 1.0)[1]) == ["org-7.1", "org-9.0"]
-    assert ids(log.after("org-7.1", 1.0)[1]) == ["org-9.0"]
+    assert ids(log.after(oid(7), 1.0)[1]) == [oid(7, 1), oid(9)]
+    assert ids(log.after(oid(7, 1), 1.0)[1]) == [oid(9)]
     # ids never issued, between and around those that were, are unknown
-    for unknown in ("org-7.2", "org-8.0", "org-6.0", "org-10.0"):
+    for unknown in (oid(7, 2), oid(8), oid(6), oid(10)):
         assert log.after(unknown, 1.0)[0], unknown
     # the log only grows
     for seq, index in ((9, 0), (8, 5), (0, 0)):
         with pytest.raises(ValueError):
             log.append("start", {"timestamp": "w", "job": "l"}, 1.0, seq=seq, index=index)
-    assert log.last_id == "org-9.0"
+    assert log.last_id == oid(9)
 
 
 def test_org_no_last_event_id_means_live_only() -> None:
@@ -346,54 +351,54 @@ def test_org_no_last_event_id_means_live_only() -> None:
 
 def test_org_known_id_gives_the_retained_events_after_it() -> None:
     log = make_log([0.0, 1.0, 2.0, 3.0])
-    start_of_history, events = log.after("org-2.0", 4.0)
+    start_of_history, events = log.after(oid(2), 4.0)
     assert not start_of_history
-    assert ids(events) == ["org-3.0", "org-4.0"]
+    assert ids(events) == [oid(3), oid(4)]
     assert events[0].data == {"timestamp": "t3", "job": "job3"}
-    assert log.after("org-4.0", 4.0) == (False, [])
+    assert log.after(oid(4), 4.0) == (False, [])
 
 
 @pytest.mark.parametrize(
     "bad",
-    # org-2: the plain ids of earlier versions
-    ["org-99.0", "org-5.0", "org-0.0", "org-2", "org-2.", "org-2.00", "org-02.0", "job-2", "org-x"],
+    # org-2: seq 0 is never a record's; org-2.0: the form is one number
+    [oid(99), oid(5), "org-0", "org-2", "org-2.0", "org-", "org-02", oid(2) + "0", "job-2", "x"],
 )
 def test_org_unknown_id_gives_start_of_history_and_everything(bad: str) -> None:
     log = make_log([0.0, 1.0, 2.0, 3.0])
     start_of_history, events = log.after(bad, 4.0)
     assert start_of_history
-    assert ids(events) == ["org-1.0", "org-2.0", "org-3.0", "org-4.0"]
+    assert ids(events) == [oid(1), oid(2), oid(3), oid(4)]
 
 
 def test_org_expired_id_gives_start_of_history_and_what_is_left() -> None:
     log = make_log([0.0, 10.0, 50.0, 70.0], retention=60.0)
     # At 75 the events of 0 and 10 are more than 60 s old.
-    start_of_history, events = log.after("org-1.0", 75.0)
+    start_of_history, events = log.after(oid(1), 75.0)
     assert start_of_history
-    assert ids(events) == ["org-3.0", "org-4.0"]
-    assert log.after("org-2.0", 75.0) == (True, events)
-    assert ids(log.after("org-3.0", 75.0)[1]) == ["org-4.0"]
-    assert not log.after("org-3.0", 75.0)[0]
+    assert ids(events) == [oid(3), oid(4)]
+    assert log.after(oid(2), 75.0) == (True, events)
+    assert ids(log.after(oid(3), 75.0)[1]) == [oid(4)]
+    assert not log.after(oid(3), 75.0)[0]
 
 
 def test_org_expiry_boundary_and_empty_log() -> None:
     log = make_log([100.0], retention=60.0)
-    assert log.after("org-1.0", 160.0) == (False, [])  # exactly 60 s old: still retained
-    assert log.after("org-1.0", 160.5) == (True, [])  # expired, nothing left
+    assert log.after(oid(1), 160.0) == (False, [])  # exactly 60 s old: still retained
+    assert log.after(oid(1), 160.5) == (True, [])  # expired, nothing left
     assert log.events(160.5) == []
     nxt = log.append("start", {"timestamp": "t", "job": "j"}, 161.0, seq=2, index=0)
-    assert nxt.id == "org-2.0"
-    assert log.last_id == "org-2.0"
-    assert ids(log.after("org-2.0", 161.0)[1]) == []
+    assert nxt.id == oid(2)
+    assert log.last_id == oid(2)
+    assert ids(log.after(oid(2), 161.0)[1]) == []
 
 
 def test_org_log_is_capped() -> None:
     log = OrgEventLog(3600.0, max_events=3)
     for t in range(5):
         log.append("start", {"timestamp": str(t), "job": str(t)}, float(t), seq=t + 1, index=0)
-    assert ids(log.events(5.0)) == ["org-3.0", "org-4.0", "org-5.0"]
-    assert log.after("org-2.0", 5.0)[0]
-    assert log.after("org-3.0", 5.0) == (False, log.events(5.0)[1:])
+    assert ids(log.events(5.0)) == [oid(3), oid(4), oid(5)]
+    assert log.after(oid(2), 5.0)[0]
+    assert log.after(oid(3), 5.0) == (False, log.events(5.0)[1:])
 
 
 def test_org_log_arguments_are_checked() -> None:

@@ -22,7 +22,7 @@ from test_webhooks import Jobs, hook
 from pushy_appliance.config import WebhooksConfig
 from pushy_appliance.db import Database
 from pushy_appliance.store import open_store
-from pushy_appliance.webhooks.engine import Outcome, WebhookEngine
+from pushy_appliance.webhooks.engine import DELIVERER_CHECK, Outcome, WebhookEngine
 from pushy_appliance.webhooks.model import DELIVERED, Delivery, Webhook, WebhooksModel
 
 
@@ -145,3 +145,35 @@ async def test_an_attempt_the_store_cannot_record_is_held_not_repeated(
         assert (d.state, d.attempts) == (DELIVERED, 1)
         assert engine.made == [did]
         assert engine.statistics().in_flight == 0
+
+
+async def test_only_the_cluster_s_deliverer_sends(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    url = "https://h.example.com/hook"
+    records = [to("w1", "o1", url), *jobs_of("o1", 1, "j")]
+    async with open_store(None) as store:
+        role = {"held": False}
+
+        async def take_compactor() -> bool:
+            await trio.lowlevel.checkpoint()
+            return role["held"]
+
+        store.take_compactor = take_compactor  # type: ignore[method-assign]
+        jobs = Jobs()
+        db = Database(store, {"jobs": jobs, "webhooks": WebhooksModel(jobs)})  # type: ignore[dict-item]
+        for r in records:
+            await db.commit(r)
+        engine = HeldEngine(db, WebhooksConfig())
+        async with trio.open_nursery() as nursery:
+            await nursery.start(engine.run)
+            [did] = pending_of(db, "w1")
+            engine.answer(did)
+            # another appliance of the cluster holds the role: this one sends nothing
+            await trio.sleep(10 * DELIVERER_CHECK)
+            assert engine.made == []
+            # its holder is gone and this appliance took it: sent within one check
+            role["held"] = True
+            await trio.sleep(DELIVERER_CHECK)
+            assert engine.made == [did] and pending_of(db, "w1") == []
+            nursery.cancel_scope.cancel()

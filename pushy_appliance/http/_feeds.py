@@ -20,11 +20,11 @@ Ids and special events:
   job document) and ends. A finished job's feed takes no subscription: its history is
   complete. The runner closes a job's topic right after ``job_complete``, so no subscription
   outlives its job.
-* org feed: ids ``org-S.K``, ``S`` the seq of the stored record the event comes from and
-  ``K`` its index among that record's org events, so ids never repeat and every appliance
-  on one shared log gives an event the same id (a reader resumes on any of them); never
-  ends on its own. Without ``Last-Event-ID`` only live
-  events are sent. An unknown or expired id (the plain ``org-N`` of earlier versions too) gets
+* org feed: ids ``org-N``, ``N = S * 2**32 + K``, ``S`` the seq of the stored record the
+  event comes from and ``K`` its index among that record's org events, so ids never repeat
+  and every appliance on one shared log gives an event the same id (a reader resumes on any
+  of them); never ends on its own. Without ``Last-Event-ID`` only live
+  events are sent. An unknown or expired id (those of earlier versions too) gets
   ``start_of_history`` (id ``start_id``, data
   just the ``timestamp``) and then every retained event; a client that resumes with
   ``start_id`` gets the same again. With ``?node_events=true`` the reader also gets the live

@@ -596,7 +596,7 @@ def _schemas() -> dict[str, Schema]:
             ),
             "properties": {
                 "event": {"enum": _EVENTS},
-                "id": {"type": "string", "pattern": "^(job-[0-9]+|org-[0-9]+[.][0-9]+|start_id)$"},
+                "id": {"type": "string", "pattern": "^(job-[0-9]+|org-[0-9]+|start_id)$"},
                 "data": {"type": "string", "contentMediaType": "application/json"},
             },
         },

@@ -24,6 +24,12 @@ resumed as it stands after a restart. This engine only sends:
   delivery ``dropped``. The ``webhook.attempt`` record is committed (waiting out a store
   outage) before the delivery can be taken again.
 
+* **One deliverer in a cluster.** Appliances sharing one PostgreSQL log all hold the same
+  queue; only the one holding the store's compactor role (``Store.take_compactor``: the
+  appliance that snapshots the log) sends, the others check every
+  :data:`DELIVERER_CHECK` seconds whether they hold it now (its holder died). On the file
+  store the appliance is always the one.
+
 The requests carry ``Content-Type: application/json``, ``User-Agent: pushy-appliance/V``,
 ``X-Pushy-Event``, ``X-Pushy-Delivery`` (the delivery id, the same on every attempt),
 ``X-Pushy-Attempt`` (1, 2, …) and ``X-Pushy-Signature`` (:func:`.rules.signature`).
@@ -63,9 +69,12 @@ from .rules import (
     signature,
 )
 
-__all__ = ["EngineStatistics", "Outcome", "WebhookEngine", "is_local_address"]
+__all__ = ["DELIVERER_CHECK", "EngineStatistics", "Outcome", "WebhookEngine", "is_local_address"]
 
 log = logging.getLogger(__name__)
+
+DELIVERER_CHECK = 15.0
+"""Seconds between two checks of whether this appliance is the cluster's deliverer."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -189,7 +198,13 @@ class WebhookEngine:
         self._wakeup.set()
 
     async def _dispatch(self) -> None:
+        deliverer_until = -math.inf
         while True:
+            if trio.current_time() >= deliverer_until:
+                if not await self.db.store.take_compactor():
+                    await trio.sleep(DELIVERER_CHECK)
+                    continue
+                deliverer_until = trio.current_time() + DELIVERER_CHECK
             now = self._now()
             self._promote(now)
             self._start_ready()
