@@ -20,7 +20,8 @@ network, subprocess, task or thread); ``tests/test_exports.py`` pins each packag
    matcher), ``facts`` (the node facts' names, config and size limit), ``agent.facts_parse``
    (facts from the system's files), ``agent.failover`` (which server the agent tries next,
    and when), ``cluster_secrets`` (the files a cluster's data directories share).
-2. Resources: ``store`` (files), ``hub`` (event fan-out), ``feeds`` (topic names, job-feed
+2. Resources: ``store`` (files), ``cluster`` (leases, node routes and mail between the
+   appliances sharing a PostgreSQL store), ``hub`` (event fan-out), ``feeds`` (topic names, job-feed
    publishing, the org feed's log), ``tls`` (key and certificate files), ``lockfile`` (one
    process per directory), ``fsutil`` (durable file writes), ``agent.state`` (the agent's
    state file), ``config_files`` (the configuration file and the default data directory),

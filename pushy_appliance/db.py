@@ -408,8 +408,12 @@ class Database:
         """
         await self.store.wait_writable()
 
-    async def commit(self, *records: dict[str, Any]) -> int:
+    async def commit(self, *records: dict[str, Any], fence: Sequence[tuple[str, int]] = ()) -> int:
         """Make ``records`` durable, then apply them to the models.
+
+        Args:
+            fence: ``(job_id, epoch)`` leases the records are fenced with (a job's driver in
+                a cluster, ``docs/SCALE-OUT.md`` §4); see ``Store.append_many``.
 
         Returns:
             The sequence number of the last record.
@@ -419,6 +423,8 @@ class Database:
                 now or earlier and it is not writable again yet). None of ``records`` is
                 stored and none was applied: the models are as before the call. The same
                 records may be committed again once :meth:`wait_writable` returns.
+            StaleLeaseError: a lease of ``fence`` has another epoch now; nothing was stored
+                or applied.
             StoreError: the store is closed; nothing was applied.
 
         Cancellation: once the records were handed to the store they are applied even if the
@@ -433,7 +439,10 @@ class Database:
                 list(records) if len(records) == 1 else [{"t": "batch", "records": list(records)}]
             )
             with trio.CancelScope(shield=True):
-                seq = await self.store.append_many(stored)
+                if fence:
+                    seq = await self.store.append_many(stored, fence=fence)
+                else:
+                    seq = await self.store.append_many(stored)
                 self._offer(seq, stored[0], followed=False)
                 if self.applied_seq < seq:
                     await self._wait_applied(seq)
@@ -458,7 +467,9 @@ class Database:
                 continue
             await trio.sleep(seconds)
 
-    async def commit_retrying(self, *records: dict[str, Any]) -> int:
+    async def commit_retrying(
+        self, *records: dict[str, Any], fence: Sequence[tuple[str, int]] = ()
+    ) -> int:
         """:meth:`commit`, waiting out store outages: the same ``records`` are committed again
         each time the store is writable again, until they are durable and applied.
 
@@ -469,6 +480,7 @@ class Database:
             The sequence number of the last record.
 
         Raises:
+            StaleLeaseError: a lease of ``fence`` has another epoch now (see :meth:`commit`).
             StoreError: the store is closed; nothing was applied.
 
         Cancellation: while waiting for the store nothing is applied, and nothing will be;
@@ -476,7 +488,7 @@ class Database:
         """
         while True:
             try:
-                return await self.commit(*records)
+                return await self.commit(*records, fence=fence)
             except StoreUnavailableError:
                 await self.wait_writable()
 

@@ -70,6 +70,7 @@ LAYERS = {
     "cluster_secrets": 1,
     "agent.facts_parse": 1,
     "store": 2,
+    "cluster": 2,
     "config_files": 2,
     "hub": 2,
     "feeds": 2,

@@ -10,6 +10,15 @@ held, with its effects, until the store writes again; the job goes on from there
 restart :meth:`JobRunner.resume` sends ``Resume`` to every unfinished job; the machine
 re-derives what a lost effect would have done.
 
+In a cluster (several appliances on one PostgreSQL store, ``docs/SCALE-OUT.md`` §4, §5) the
+runner drives only the jobs whose lease its :class:`~..cluster.Coordinator` holds: a new job
+claims its lease before its record is stored, every step is fenced with the lease's epoch (a
+step refused as stale drops the job: its task stops, the job is not closed), a job taken over
+from a dead appliance is adopted once the database caught up with the log, and a closed job's
+lease is given back. Frames for nodes connected to another appliance are mailed there, and
+node events for jobs driven elsewhere are forwarded to their driver. Alone on its store
+(:class:`~..cluster.Solo`) none of this costs anything.
+
 The runner only creates, aborts and drives jobs; a new job's state, first feed events and
 ``job.create`` record are built by :func:`.build.build_job` (pure). Node messages reach it
 from the node link (:mod:`..nodes.link`) through :meth:`JobRunner.post`, its
@@ -29,14 +38,21 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import trio
 
 from .. import protocol
+from ..cluster import Coordinator, LeaseGrant, Solo
 from ..db import Database
-from ..errors import JobCapacityError, JobFinishedError, NoSuchJobError, StoreUnavailableError
+from ..errors import (
+    JobCapacityError,
+    JobFinishedError,
+    NoSuchJobError,
+    StaleLeaseError,
+    StoreUnavailableError,
+)
 from ..feeds import Feeds
 from ..nodes.link import NodeLink
 from ..nodes.registry import NodeRegistry, NodeSession
@@ -72,7 +88,7 @@ from .live import LiveJob
 from .machine import transition
 from .model import JobEntry, JobsModel
 from .state import DEFAULT_LATE_RESULT_TIMEOUT, JobState, holds, is_closed, is_finished
-from .status import JobStatus
+from .status import FINISHED_JOB_STATUSES, JobStatus
 from .validation import JobRequest
 
 __all__ = [
@@ -94,6 +110,13 @@ FAN_OUT_CHUNK = 2_000
 """Feed events and commits a new job hands out between two checkpoints."""
 READ_IN_THREAD_BYTES = 64 * 1024
 """Archived details this large or larger are read and decoded in a worker thread."""
+ABORT_ELSEWHERE_SECONDS = 30.0
+"""Seconds an abort of a job another appliance drives waits for the job's end."""
+
+
+_HELD_STATES = {"new": "idle", "ready": "committed", "running": "running"}
+"""A live node's stored status → what its agent holds of the job (``NodeBack.job_state``),
+for a node that was not sent ``run`` (one that was holds it ``running``)."""
 
 
 class JobRunner:
@@ -108,6 +131,7 @@ class JobRunner:
         max_live_jobs, max_live_job_nodes: the caps on jobs that have not finished, and on
             their nodes together (``limits.*``).
         now: the clock (seconds since the epoch) of events and timers.
+        cluster: the coordinator of the appliances sharing the store (default: alone).
     """
 
     def __init__(
@@ -123,8 +147,10 @@ class JobRunner:
         max_live_jobs: int = 1000,
         max_live_job_nodes: int = 1_000_000,
         now: Callable[[], float] = time.time,
+        cluster: Coordinator | None = None,
     ) -> None:
         self.db = db
+        self.cluster: Coordinator = cluster if cluster is not None else Solo()
         self.registry = registry
         self.link = link
         self.feeds = feeds
@@ -138,6 +164,9 @@ class JobRunner:
         self._creating: list[int] = []
         """Node counts of the jobs being created (reserved against the caps)."""
         self._nursery: trio.Nursery | None = None
+        self._ending: dict[str, trio.Event] = {}
+        """Jobs driven elsewhere whose end an abort here waits for (set by :meth:`_applied`)."""
+        self._watching = False
         link.connect(self)
 
     @property
@@ -165,7 +194,15 @@ class JobRunner:
 
     async def resume(self) -> None:
         """Restart every unfinished job of the store (``Resume`` with its remaining time), and
-        every finished one that still waits for late results."""
+        every finished one that still waits for late results.
+
+        In a cluster the jobs are resumed as their leases are taken over instead (this
+        appliance holds none at start); a job without a lease (stored before the store was
+        shared) is given an expired one, so that the takeover hands it out."""
+        if self.cluster.clustered:
+            orphans = [(e.org, e.id) for e in self.model.jobs.values() if not e.closed]
+            await self.cluster.lease_orphans(orphans)
+            return
         now = self._now()
         stopped_at = self.model.last_at or None
         for entry in list(self.model.jobs.values()):
@@ -243,7 +280,7 @@ class JobRunner:
         try:
             job_id = secrets.token_hex(16)
             now = self._now()
-            online = self.link.reachable_nodes(org, req.nodes)
+            online = self._reachable(org, req.nodes)
             holders = self.link.holders(org, req.nodes)
             timers = JobTimers(self.voting_timeout, self.reconnect_grace, self.late_result_timeout)
             build = (job_id, org, req, requester, online, holders, now, rerun_of, timers)
@@ -254,6 +291,7 @@ class JobRunner:
             # Once stored, the job must also run: a client that hangs up (cancelling this
             # request) must not leave a stored job that nobody drives until the next restart.
             with trio.CancelScope(shield=True):
+                await self.cluster.claim(org, job_id)
                 await self.db.commit(built.record, *(riders(job_id) if riders is not None else ()))
                 log.info(
                     "job %s: started by %s in %s on %d node(s): %r",
@@ -300,6 +338,9 @@ class JobRunner:
         if entry is None or entry.org != org:
             raise NoSuchJobError(job_id)
         job = self.live.get(job_id)
+        if job is None and self.cluster.clustered and not entry.finished:
+            await self._abort_elsewhere(entry, riders)
+            return
         # (the job's own task may be storing the step that ends it: its riders are taken)
         if job is None or entry.finished or is_finished(job.state):
             raise JobFinishedError(job_id)
@@ -309,6 +350,41 @@ class JobRunner:
         job.riders.extend(riders)
         job.post(Abort(self._now()))
         await job.ended.wait()
+        if job.dropped:
+            raise StoreUnavailableError("the job is driven by another appliance now; try again")
+
+    async def _abort_elsewhere(self, entry: JobEntry, riders: Iterable[dict[str, Any]]) -> None:
+        """Abort a job another appliance drives: mail the abort to its driver, wait until
+        the job's end is applied here, then store ``riders``.
+
+        Raises:
+            StoreUnavailableError: the store refuses writes, or the job did not end within
+                :data:`ABORT_ELSEWHERE_SECONDS` (its driver is away: try again).
+        """
+        if not self.db.writable:
+            await self.db.store.append_many([])
+        if not self._watching:
+            self.db.watch(self._applied)
+            self._watching = True
+        ended = self._ending.setdefault(entry.id, trio.Event())
+        await self.cluster.forward_abort(entry.org, entry.id)
+        with trio.move_on_after(ABORT_ELSEWHERE_SECONDS):
+            while not entry.finished:
+                await ended.wait()
+        if not entry.finished:  # (its event stays for the other waiters, set at the end)
+            raise StoreUnavailableError("the job's appliance did not end it in time; try again")
+        riders = list(riders)
+        if riders:
+            await self.db.commit(*riders)
+
+    def _applied(self, r: dict[str, Any]) -> None:
+        """A database watcher (registered once an abort waits for a job driven elsewhere):
+        wake the abort when the job's end is applied."""
+        if r.get("t") == "job.step":
+            ended = self._ending.get(r["id"])
+            if ended is not None and r["job"]["status"] in FINISHED_JOB_STATUSES:
+                del self._ending[r["id"]]
+                ended.set()
 
     async def load_details(self, entry: JobEntry) -> None:
         """Have an archived job's details in memory (the model's cache) before they are
@@ -350,12 +426,148 @@ class JobRunner:
         """
         job = self.live.get(job_id)
         if job is None or job.entry.org != org or event.node not in job.state.nodes:
+            if not self.cluster.clustered:
+                return False
+            if job_id not in self.model.jobs:
+                await self.db.barrier()  # a job just created elsewhere, not applied yet?
+            if self._driven_elsewhere(org, job_id, event.node):
+                await self.cluster.forward(org, job_id, event)
+                return True
             return False
         if isinstance(event, NodeBack | NodeDown):
             job.post(event)
             return True
         await job.post_from_node(event, self.registry.get(org, event.node))
         return self.live.get(job_id) is job
+
+    def _reachable(self, org: str, nodes: Iterable[str]) -> frozenset[str]:
+        """The nodes that can take a commit: reachable here (``NodeLink.reachable``), or
+        connected to another live appliance of the cluster."""
+        online = self.link.reachable_nodes(org, nodes)
+        if not self.cluster.clustered:
+            return online
+        routed = self.cluster.routed
+        return online | {n for n in nodes if routed(org, n) is not None}
+
+    def drives(self, job_id: str) -> bool:
+        """Whether this appliance drives the job now (it is live here)."""
+        return job_id in self.live
+
+    def _driven_elsewhere(self, org: str, job_id: str, node: str) -> bool:
+        """Whether ``job_id`` of ``org`` is an unclosed job of the log that has ``node``,
+        not driven here (so another appliance drives it, or will once it takes it over)."""
+        entry = self.model.jobs.get(job_id)
+        return (
+            entry is not None
+            and entry.org == org
+            and not entry.closed
+            and job_id not in self.live
+            and node in entry.nodes
+        )
+
+    # --- the cluster's calls (ClusterEngine) ------------------------------------------------
+
+    def leases_lost(self, job_ids: Sequence[str]) -> None:
+        """Stop driving these jobs at once, without closing them: another appliance holds
+        their leases now (or may: this one could not renew them)."""
+        for job_id in job_ids:
+            job = self.live.get(job_id)
+            if job is not None:
+                self._stop_driving(job)
+
+    def _stop_driving(self, job: LiveJob) -> None:
+        job.dropped = True
+        if self.live.get(job.id) is job:
+            del self.live[job.id]  # a takeover may adopt it again before its task unwound
+        if job.nursery is not None:
+            job.nursery.cancel_scope.cancel()
+
+    async def take_over(self, grants: Sequence[LeaseGrant]) -> None:
+        """Drive jobs whose leases this appliance took over: once the database applied the
+        log up to its head (the dead driver's last steps), rebuild each job from the model
+        and post ``Resume`` (or ``Start`` to a job that never started).
+
+        ``Resume`` puts every live node away (as after a restart, when every connection was
+        lost); but here the nodes stayed connected, to this appliance or another: each one
+        that is gets ``NodeBack`` at once, holding what the log says it acknowledged (a node
+        ``ready`` holds the commit, one sent ``run`` is running), so the machine re-sends
+        only what such a node may have missed."""
+        await self.db.barrier()
+        now = self._now()
+        for grant in grants:
+            entry = self.model.jobs.get(grant.job_id)
+            if entry is None or entry.closed or entry.org != grant.org:
+                self.cluster.release(grant.job_id)  # closed (or purged) meanwhile
+                continue
+            if grant.job_id in self.live:
+                continue
+            state = record.from_record(entry.state_record())
+            job = await self._adopt(entry, state)
+            if state.status == JobStatus.NEW:
+                job.post(Start(now, self._reachable(entry.org, state.nodes)))
+            else:
+                job.post(Resume(now, None))
+                connected = self._reachable(entry.org, state.nodes)
+                for name in state.nodes:
+                    stored = entry.nodes[name]
+                    if name in connected and stored[1] in _HELD_STATES:
+                        job_state = _HELD_STATES[stored[1]] if not stored[2] else "running"
+                        job.post(NodeBack(name, now, True, job_state))
+            log.info(
+                "job %s: taken over with lease epoch %d (%s, %d nodes)",
+                entry.id,
+                grant.epoch,
+                state.status,
+                len(state.nodes),
+            )
+
+    async def deliver(self, org: str, node: str, frame_type: str, fields: dict[str, Any]) -> None:
+        """Write a frame a job driven by another appliance sends to a node connected here (a
+        node that left meanwhile is skipped: its driver learns of it by its ``NodeDown``)."""
+        job_id = fields.get("job_id")
+        if isinstance(job_id, str) and job_id not in self.model.jobs:
+            # the node's answer is forwarded to the job's driver only once the job is
+            # applied here: catch up with the log first
+            await self.db.barrier()
+        s = self.registry.get(org, node)
+        cls = protocol.FRAME_TYPES.get(frame_type)
+        if s is None or s.close_code is not None or cls is None:
+            await trio.lowlevel.checkpoint()
+            return
+        if cls is protocol.Abort:
+            self.link.expect_aborted(s)
+        await s.send_now(protocol.encode(cls(seq=s.next_seq(), ts=time.time(), **fields)))
+
+    async def post_remote(self, org: str, job_id: str, event: NodeEvent) -> None:
+        """A node's event another appliance forwarded to a job driven here."""
+        job = self.live.get(job_id)
+        if job is None or job.entry.org != org or event.node not in job.state.nodes:
+            log.debug("job %s: forwarded %s dropped (not driven here)", job_id, event)
+            await trio.lowlevel.checkpoint()
+            return
+        if isinstance(event, NodeBack | NodeDown):
+            job.post(event)
+            await trio.lowlevel.checkpoint()
+            return
+        await job.post_from_node(event, None)
+
+    def abort_remote(self, org: str, job_id: str) -> None:
+        """Another appliance's operator aborts a job driven here."""
+        job = self.live.get(job_id)
+        if job is not None and job.entry.org == org and not is_finished(job.state):
+            job.post(Abort(self._now()))
+
+    def nodes_gone(self, nodes: Sequence[tuple[str, str]]) -> None:
+        """Nodes of an appliance declared dead: ``NodeDown`` for the jobs driven here that
+        hold them (unless they are connected here by now)."""
+        now = self._now()
+        for org, node in nodes:
+            if self.registry.get(org, node) is not None:
+                continue
+            for job_id in self.link.held_by(org, node):
+                job = self.live.get(job_id)
+                if job is not None:
+                    job.post(NodeDown(node, now))
 
     # --- the per-job task -------------------------------------------------------------------
 
@@ -372,7 +584,7 @@ class JobRunner:
                 await self._perform_first(job, *first)
             task_status.started()
             try:
-                while True:
+                while not job.dropped:
                     await self._write(job)
                     if is_closed(job.state):
                         break
@@ -381,7 +593,10 @@ class JobRunner:
                     await self._batch(job)
             finally:
                 nursery.cancel_scope.cancel()
-        self._retire(job)
+        if job.dropped:
+            self._drop(job)
+        else:
+            self._retire(job)
 
     async def _batch(self, job: LiveJob) -> None:
         """Run every queued event through the machine; store the batch as one ``job.step``
@@ -442,15 +657,35 @@ class JobRunner:
             "results": results,
             "at": now,
         }
+        fence = self.cluster.fence(job.id)
         try:
-            await self.db.commit(step, *riders)
-        except StoreUnavailableError as e:
-            # Nothing of the step is stored or applied: hold it, and its effects, until the
-            # store writes again. Meanwhile the inbox fills, and above its high-water mark the
-            # nodes' frames wait (they are not timed out for it: see ``post_from_node``).
-            log.warning("job %s: step held until the store can write (%s)", job.id, e.reason)
-            await self.db.commit_retrying(step, *riders)
-            log.info("job %s: held step stored", job.id)
+            try:
+                if fence:
+                    await self.db.commit(step, *riders, fence=fence)
+                else:
+                    await self.db.commit(step, *riders)
+            except StoreUnavailableError as e:
+                # Nothing of the step is stored or applied: hold it, and its effects, until
+                # the store writes again. Meanwhile the inbox fills, and above its high-water
+                # mark the nodes' frames wait (they are not timed out for it: see
+                # ``post_from_node``).
+                log.warning("job %s: step held until the store can write (%s)", job.id, e.reason)
+                if fence:
+                    await self.db.commit_retrying(step, *riders, fence=fence)
+                else:
+                    await self.db.commit_retrying(step, *riders)
+                log.info("job %s: held step stored", job.id)
+        except StaleLeaseError as e:
+            # another appliance took the job over: this step never happened, nor its effects;
+            # the nodes' events it took go to the new driver
+            log.warning("job %s: step refused (%s); driven elsewhere now", job.id, e)
+            job.dropped = True  # the drive loop ends after this batch
+            if self.live.get(job.id) is job:
+                del self.live[job.id]  # the node events that come now are forwarded
+            for event in (*batch, *job.inbox):
+                if isinstance(event, NodeEvent):
+                    await self.cluster.forward(job.entry.org, job.id, event)
+            return
         if is_finished(state):
             job.ended.set()
         released = [name for name in touched if not holds(state, name)]
@@ -461,8 +696,20 @@ class JobRunner:
         self.live.pop(job.id, None)
         job.room.set()  # nobody drains this inbox any more: let waiting nodes go on
         self.link.release(job.entry.org, job.id, job.state.nodes)
+        self.cluster.release(job.id)
         job.done.set()
         log.info("job %s: finished %s", job.id, job.state.status)
+
+    def _drop(self, job: LiveJob) -> None:
+        """Stop driving a job another appliance drives now (it is not closed)."""
+        if self.live.get(job.id) is job:
+            del self.live[job.id]
+        job.room.set()
+        if job.id not in self.live:  # (not adopted again meanwhile: its holds are the new one's)
+            self.link.release(job.entry.org, job.id, job.state.nodes)
+        job.ended.set()  # an abort waiting for it is answered (``abort``)
+        job.done.set()
+        log.warning("job %s: no longer driven here (its lease is another appliance's)", job.id)
 
     # --- effects ----------------------------------------------------------------------------
 
@@ -532,7 +779,12 @@ class JobRunner:
         """Queue a frame for the node's current session (if it has one that is not closing)
         on the job's outgoing list; returns that session."""
         s = self.registry.get(job.entry.org, node)
-        if s is None or s.close_code is not None:
+        if s is None:
+            appliance = self.cluster.routed(job.entry.org, node)
+            if appliance is not None:
+                job.remote.append((appliance, node, cls.TYPE, fields))
+            return None
+        if s.close_code is not None:
             return None
         job.outgoing.append((s, cls, fields))
         return s
@@ -558,6 +810,10 @@ class JobRunner:
                     await s.send_now(protocol.encode(cls(seq=s.next_seq(), ts=ts, **fields)))
                 if i % FAN_OUT_CHUNK == 0:
                     await trio.lowlevel.checkpoint()
+        while job.remote:
+            mail, job.remote = job.remote, []
+            for appliance, node, frame_type, fields in mail:
+                await self.cluster.send_frame(appliance, job.entry.org, node, frame_type, fields)
 
     def _arm(self, job: LiveJob, kind: str, deadline: float) -> None:
         old = job.timers.pop(kind, None)
