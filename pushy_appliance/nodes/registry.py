@@ -382,7 +382,8 @@ class NodeRegistry:
         """
         send, receive = trio.open_memory_channel[bytes](self.outbox_size)
         session = NodeSession(org, name, hello, send, self._on_close_requested, sender, room, key)
-        session.previous_incarnation = self.model.nodes.get((org, name), {}).get("incarnation")
+        stored = self.model.nodes.get((org, name))
+        session.previous_incarnation = None if stored is None else stored.incarnation
         self._closers[session] = closer
         old = self.sessions.get((org, name))
         if old is not None:
