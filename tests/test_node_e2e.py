@@ -302,7 +302,8 @@ async def test_agent_online_offline_and_back(
                     await wait_state(admin, "node1", "online", "available")
                 session = info.services.nodes.get("default", "node1")
                 assert session is not None
-                facts = session.facts
+                facts = info.services.nodes.model.facts("default", "node1")  # hello's
+                assert facts is not None
                 assert facts["hostname"] == socket.gethostname()
                 assert facts["os"] == "linux"  # ohai's names and values (docs/SEARCH.md)
                 # heartbeats keep it online past the offline threshold: its first connection
