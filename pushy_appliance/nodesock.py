@@ -273,9 +273,14 @@ async def serve_nodes(
             if m is None:
                 raise NotFoundError("not found")
             org, node = m.group(1), m.group(2)
-            headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in request.headers}
+            # no local for the headers: this frame lives as long as the connection
             who = auth.authenticate(
-                org, method="GET", path=path, headers=headers, body=b"", now=datetime.now(UTC)
+                org,
+                method="GET",
+                path=path,
+                headers={k.decode("latin-1"): v.decode("latin-1") for k, v in request.headers},
+                body=b"",
+                now=datetime.now(UTC),
             )
             if who.kind != "client" or who.name != node:
                 raise AuthError(403, "Client and node name must match")

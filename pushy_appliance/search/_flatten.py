@@ -152,40 +152,11 @@ def flatten_facts(facts: Mapping[str, Any]) -> FlatFacts:
     Returns:
         Flattened key → value or tuple of values (see the module docstring).
     """
+    # module functions, not closures over ``acc``: nested functions that call each other
+    # form a reference cycle, which kept every node's working lists alive until a full
+    # collection (never, once the appliance's collector has frozen them)
     acc: dict[str, list[str]] = {}
-
-    def put(key: str, value: str) -> None:
-        if key in _RESERVED:
-            return
-        values = acc.get(key)
-        if values is None:
-            acc[sys.intern(key)] = [value]
-        else:
-            values.append(value)
-
-    def add(path: tuple[str, ...], value: str) -> None:
-        if len(value) <= _INTERN_MAX:
-            value = sys.intern(value)
-        put("_".join(path), value)
-        if len(path) > 1:
-            put(path[-1], value)
-
-    def walk(path: tuple[str, ...], obj: Any, depth: int) -> None:
-        if depth > MAX_DEPTH:
-            return
-        if isinstance(obj, Mapping):
-            for k, v in obj.items():
-                key = value_text(k).replace(".", "_")
-                if path:
-                    add(path, key)
-                walk((*path, key), v, depth + 1)
-        elif isinstance(obj, list | tuple):
-            for item in obj:
-                walk(path, item, depth + 1)
-        elif path:
-            add(path, value_text(obj))
-
-    walk((), facts, 0)
+    _walk(acc, (), facts, 0)
     keys: list[str] = []
     counts: list[int] = []
     cells: list[str] = []
@@ -195,3 +166,38 @@ def flatten_facts(facts: Mapping[str, Any]) -> FlatFacts:
         counts.append(len(distinct))
         cells += distinct
     return FlatFacts(_shape(tuple(keys), tuple(counts)), tuple(cells))
+
+
+def _walk(acc: dict[str, list[str]], path: tuple[str, ...], obj: Any, depth: int) -> None:
+    if depth > MAX_DEPTH:
+        return
+    if isinstance(obj, Mapping):
+        for k, v in obj.items():
+            key = value_text(k).replace(".", "_")
+            if path:
+                _add(acc, path, key)
+            _walk(acc, (*path, key), v, depth + 1)
+    elif isinstance(obj, list | tuple):
+        for item in obj:
+            _walk(acc, path, item, depth + 1)
+    elif path:
+        _add(acc, path, value_text(obj))
+
+
+def _add(acc: dict[str, list[str]], path: tuple[str, ...], value: str) -> None:
+    """File ``value`` under the whole path and under its last key."""
+    if len(value) <= _INTERN_MAX:
+        value = sys.intern(value)
+    _put(acc, "_".join(path), value)
+    if len(path) > 1:
+        _put(acc, path[-1], value)
+
+
+def _put(acc: dict[str, list[str]], key: str, value: str) -> None:
+    if key in _RESERVED:
+        return
+    values = acc.get(key)
+    if values is None:
+        acc[sys.intern(key)] = [value]
+    else:
+        values.append(value)
