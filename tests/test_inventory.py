@@ -95,6 +95,26 @@ def test_snapshot_keeps_packed_facts_and_loads_old_snapshots() -> None:
     assert old.names("o") == ["b"]
 
 
+def test_a_loaded_snapshot_keeps_each_node_beside_its_own_facts() -> None:
+    model = NodeModel()
+    for name in ("c", "a", "d", "b"):
+        model.apply(seen(name, facts=None if name == "d" else {"me": name}))
+    model.apply(seen("x", org="other", facts={"me": "x"}))
+    restored = NodeModel()
+    restored.load(model.snapshot())
+    assert restored.names("o") == ["a", "b", "c", "d"]
+    assert [restored.flat("o", n).get("me") for n in "abcd"] == ["a", "b", "c", None]
+    assert restored.flat("other", "x")["me"] == "x"
+    assert restored.nodes[("o", "c")]["status"] == "online" and ("o", "e") not in restored.nodes
+    assert sorted(restored.nodes) == [
+        ("o", "a"),
+        ("o", "b"),
+        ("o", "c"),
+        ("o", "d"),
+        ("other", "x"),
+    ]
+
+
 # --- search over a fleet --------------------------------------------------------------------
 
 

@@ -257,17 +257,24 @@ class NodeModel:
 
     def load(self, snap: list[dict[str, Any]]) -> None:
         self._orgs.clear()
+        flats: dict[str, dict[str, FlatFacts]] = {}
         for stored in snap:
             org, name = stored["org"], stored["name"]
             table = self._orgs.get(org)
             if table is None:
                 table = self._orgs[org] = OrgNodes()
-            entry = table.rows.get(name) or table.add(name)
+            entry = table.rows[name] = NodeEntry()
             for key in ("status", "at", "incarnation"):
                 if stored.get(key) is not None:
                     setattr(entry, key, stored[key])
             facts = stored.get("facts")
             if facts is not None:
                 # snapshots before the inventory held the facts as a map
-                packed = facts if isinstance(facts, bytes) else pack_facts(facts)
-                table.set_facts(name, entry, packed)
+                entry.facts = facts if isinstance(facts, bytes) else pack_facts(facts)
+                unpacked = msgpack.unpackb(entry.facts, raw=False)
+                flats.setdefault(org, {})[name] = flatten_facts(unpacked)
+        # sorted once, not one insertion at a time
+        for org, table in self._orgs.items():
+            table.names = sorted(table.rows)
+            own = flats.get(org, {})
+            table.flats = [own.get(name, EMPTY) for name in table.names]
