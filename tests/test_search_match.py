@@ -356,6 +356,17 @@ def test_flatten_leaves_no_garbage_for_the_collector() -> None:
         gc.enable()
 
 
+def test_flatten_keeps_a_node_s_own_values_uninterned_and_the_same() -> None:
+    def facts() -> dict[str, Any]:
+        return {"hostname": "".join(["web", "-7"]), "os": "".join(["lin", "ux"])}
+
+    one, two = flatten_facts(facts(), {"hostname"}), flatten_facts(facts(), {"hostname"})
+    assert dict(one) == dict(flatten_facts(facts())) == {"hostname": "web-7", "os": "linux"}
+    assert one["hostname"] is not two["hostname"]  # its own, not interned
+    assert one["os"] is two["os"]
+    assert flatten_facts(facts())["hostname"] is flatten_facts(facts())["hostname"]
+
+
 def test_flatten_stops_at_depth() -> None:
     deep: dict[str, Any] = {"leaf": "x"}
     for _ in range(40):

@@ -32,7 +32,7 @@ from typing import Any
 
 import msgpack
 
-from ..facts import VOLATILE_FACTS
+from ..facts import UNIQUE_FACTS, VOLATILE_FACTS
 from ..search import EMPTY, FlatFacts, flatten_facts
 
 __all__ = ["NodeEntry", "NodeModel", "OrgNodes", "pack_facts"]
@@ -137,7 +137,7 @@ class OrgNodes:
         if entry.facts == packed:
             return
         entry.facts = packed
-        flat = flatten_facts(msgpack.unpackb(packed, raw=False))
+        flat = flatten_facts(msgpack.unpackb(packed, raw=False), UNIQUE_FACTS)
         self.flats[bisect.bisect_left(self.names, name)] = flat
 
 
@@ -272,7 +272,7 @@ class NodeModel:
                 # snapshots before the inventory held the facts as a map
                 entry.facts = facts if isinstance(facts, bytes) else pack_facts(facts)
                 unpacked = msgpack.unpackb(entry.facts, raw=False)
-                flats.setdefault(org, {})[name] = flatten_facts(unpacked)
+                flats.setdefault(org, {})[name] = flatten_facts(unpacked, UNIQUE_FACTS)
         # sorted once, not one insertion at a time
         for org, table in self._orgs.items():
             table.names = sorted(table.rows)

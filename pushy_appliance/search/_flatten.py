@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import sys
 import weakref
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from typing import Any
 
 __all__ = [
@@ -143,11 +143,14 @@ def value_text(value: Any) -> str:
     return str(value)
 
 
-def flatten_facts(facts: Mapping[str, Any]) -> FlatFacts:
+def flatten_facts(facts: Mapping[str, Any], unshared: Collection[str] = ()) -> FlatFacts:
     """Flatten one node's facts (nested maps, lists and scalars) for matching.
 
     Args:
         facts: the facts as the node reported them.
+        unshared: top-level keys whose string values are the node's own (a host name, an
+            address): kept as they are, not interned (interning would add one entry per node
+            to the interpreter's table and share nothing).
 
     Returns:
         Flattened key → value or tuple of values (see the module docstring).
@@ -156,7 +159,12 @@ def flatten_facts(facts: Mapping[str, Any]) -> FlatFacts:
     # form a reference cycle, which kept every node's working lists alive until a full
     # collection (never, once the appliance's collector has frozen them)
     acc: dict[str, list[str]] = {}
-    _walk(acc, (), facts, 0)
+    for k, v in facts.items():
+        key = value_text(k).replace(".", "_")
+        if v.__class__ is str and key in unshared:
+            _put(acc, key, v)
+        else:
+            _walk(acc, (key,), v, 1)
     keys: list[str] = []
     counts: list[int] = []
     cells: list[str] = []
