@@ -86,6 +86,7 @@ LAYERS = {
     "nodes": 3,
     "nodes.model": 1,
     "jobs.runner": 3,
+    "jobs.cluster_port": 3,
     "jobs.live": 3,
     "jobs.retention": 3,
     "agent.executor": 3,
