@@ -29,8 +29,8 @@ network, subprocess, task or thread); ``tests/test_exports.py`` pins each packag
    cap on a listener's connections still in their handshake), ``agent.facts`` (runs ohai,
    reads the system's files).
 3. Engines: ``db`` (store + models), ``nodes.registry``, ``nodes.sendroom``, ``nodes.link``
-   (the node↔job link), ``jobs.runner`` (with ``jobs.live`` and
-   ``jobs.cluster_port``, its side of a cluster), ``jobs.retention``,
+   (the node↔job link), ``jobs.runner`` (with ``jobs.live``,
+   ``jobs.effects`` and ``jobs.cluster_port``, its side of a cluster), ``jobs.retention``,
    ``agent.executor``, ``agent.jobspec``, ``agent.procgroup``, ``agent.outstream`` (what of a
    running job's output each connection has had) and ``agent.runtime`` (the node side's
    engine);

@@ -87,6 +87,7 @@ LAYERS = {
     "nodes.model": 1,
     "jobs.runner": 3,
     "jobs.cluster_port": 3,
+    "jobs.effects": 3,
     "jobs.live": 3,
     "jobs.retention": 3,
     "agent.executor": 3,

@@ -4,11 +4,12 @@ Each live job has one task that drains the job's inbox in batches: every event i
 goes through :func:`.machine.transition`; the changes of the whole batch (job fields, changed
 nodes, published feed events, output chunks, results) become ONE ``job.step`` record,
 committed durably; only then are the effects performed (frames sent, timers armed, events
-published on the feeds). So a crash loses effects, never state, and a fan-out to thousands of
-nodes costs a handful of fsyncs, not one per vote. A step the store refuses (disk full) is
-held, with its effects, until the store writes again; the job goes on from there. After a
-restart :meth:`JobRunner.resume` sends ``Resume`` to every unfinished job; the machine
-re-derives what a lost effect would have done.
+published on the feeds: :class:`~.effects.Effects`, :attr:`JobRunner.effects`). So a crash
+loses effects, never state, and a fan-out to thousands of nodes costs a handful of fsyncs,
+not one per vote. A step the store refuses (disk full) is held, with its effects, until the
+store writes again; the job goes on from there. After a restart :meth:`JobRunner.resume`
+sends ``Resume`` to every unfinished job; the machine re-derives what a lost effect would
+have done.
 
 In a cluster (several appliances on one PostgreSQL store, ``docs/SCALE-OUT.md`` §4, §5) the
 runner drives only the jobs whose lease its :class:`~..cluster.Coordinator` holds: a new job
@@ -45,7 +46,6 @@ from typing import Any
 
 import trio
 
-from .. import protocol
 from ..cluster import Coordinator, Solo
 from ..db import Database
 from ..errors import (
@@ -57,35 +57,24 @@ from ..errors import (
 )
 from ..feeds import Feeds
 from ..nodes.link import NodeLink
-from ..nodes.registry import NodeRegistry, NodeSession
+from ..nodes.registry import NodeRegistry
 from ..sse import MonotonicStamper
 from . import record
 from .build import JobTimers, build_job, feed_event
 from .cluster_port import ClusterPort
 from .details import JobDetails
+from .effects import Effects
 from .events import (
     Abort,
-    CancelTimer,
     Effect,
-    GraceExpired,
     KeepOutput,
-    LateTimeout,
     NodeBack,
     NodeDown,
     NodeEvent,
     Publish,
-    ReleaseNodes,
     Result,
     Resume,
-    RunTimeout,
-    SendAbort,
-    SendCommit,
-    SendRehab,
-    SendResultAck,
-    SendRun,
     Start,
-    StartTimer,
-    VotingTimeout,
 )
 from .live import LiveJob
 from .machine import transition
@@ -96,7 +85,6 @@ from .validation import JobRequest
 
 __all__ = [
     "BUILD_IN_THREAD_NODES",
-    "FAN_OUT_CHUNK",
     "INBOX_HIGH_WATER",
     "READ_IN_THREAD_BYTES",
     "JobRunner",
@@ -109,8 +97,6 @@ INBOX_HIGH_WATER = 10_000
 BUILD_IN_THREAD_NODES = 2_000
 """Jobs of more nodes are built in a worker thread (a 100,000-node job takes about a second
 of CPU to build; the event loop serves other requests meanwhile)."""
-FAN_OUT_CHUNK = 2_000
-"""Feed events and commits a new job hands out between two checkpoints."""
 READ_IN_THREAD_BYTES = 64 * 1024
 """Archived details this large or larger are read and decoded in a worker thread."""
 
@@ -160,6 +146,8 @@ class JobRunner:
         self._creating: list[int] = []
         """Node counts of the jobs being created (reserved against the caps)."""
         self._nursery: trio.Nursery | None = None
+        self.effects = Effects(registry, link, feeds, self.cluster, now)
+        """Performs the effects of the jobs' steps."""
         self.cluster_port = ClusterPort(self, db, registry, link, self.cluster, now)
         """What the coordinator calls back (give it to ``Coordinator.run``), and the runner's
         dealings with jobs driven by other appliances."""
@@ -257,7 +245,7 @@ class JobRunner:
         ``Start``, its first feed events, its ``job.create`` record) in a worker thread:
         nothing else sees it before it is stored, and the event loop goes on serving
         meanwhile. Its first feed events and commits are then handed out in chunks of
-        :data:`FAN_OUT_CHUNK` with a checkpoint between two.
+        :data:`~.effects.FAN_OUT_CHUNK` with a checkpoint between two.
 
         Args:
             rerun_of: the job this one re-runs (kept in its spec).
@@ -407,11 +395,11 @@ class JobRunner:
         async with trio.open_nursery() as nursery:
             job.nursery = nursery
             if first is not None:
-                await self._perform_first(job, *first)
+                await self.effects.perform_first(job, *first)
             task_status.started()
             try:
                 while not job.dropped:
-                    await self._write(job)
+                    await self.effects.write(job)
                     if is_closed(job.state):
                         break
                     await job.wakeup.wait()
@@ -471,7 +459,7 @@ class JobRunner:
         if not changed and not results and not outputs:
             if riders:
                 await self.db.commit(*riders)
-            self._perform(job, effects, [])
+            self.effects.perform(job, effects, [])
             return
         step = {
             "t": "job.step",
@@ -511,7 +499,7 @@ class JobRunner:
             job.ended.set()
         released = [name for name in touched if not holds(state, name)]
         self.link.release(job.entry.org, job.id, released)
-        self._perform(job, effects, events)
+        self.effects.perform(job, effects, events)
 
     def forget(self, job: LiveJob) -> None:
         """The job is no longer live here (unless another was adopted under its id since)."""
@@ -525,135 +513,3 @@ class JobRunner:
         self.cluster.release(job.id)
         job.done.set()
         log.info("job %s: finished %s", job.id, job.state.status)
-
-    # --- effects ----------------------------------------------------------------------------
-
-    async def _perform_first(
-        self, job: LiveJob, effects: Iterable[Effect], events: list[list[Any]]
-    ) -> None:
-        """:meth:`_perform` for the step that created the job, in chunks: a 100,000-node
-        job's first events (a vote for every node that was down) and commits are handed
-        out :data:`FAN_OUT_CHUNK` at a time, with a checkpoint between two."""
-        chunk = FAN_OUT_CHUNK
-        for start in range(0, len(events), chunk):
-            if start:
-                await trio.lowlevel.checkpoint()
-            self._perform(job, (), events[start : start + chunk])
-        for fx in effects:
-            if isinstance(fx, Publish):
-                continue  # its event is one of ``events``
-            if isinstance(fx, SendCommit) and len(fx.nodes) > chunk:
-                for start in range(0, len(fx.nodes), chunk):
-                    await trio.lowlevel.checkpoint()
-                    self._perform(job, (SendCommit(fx.nodes[start : start + chunk]),), [])
-            else:
-                self._perform(job, (fx,), [])
-
-    def _perform(self, job: LiveJob, effects: Iterable[Effect], events: list[list[Any]]) -> None:
-        org = job.entry.org
-        for ev in events:
-            self.feeds.publish_job(org, job.id, ev)
-        for fx in effects:
-            if isinstance(fx, SendCommit):
-                spec = job.entry.spec
-                fields: dict[str, Any] = {
-                    "job_id": job.id,
-                    "command": spec["command"],
-                    "capture": spec["capture"],
-                    "run_timeout": float(spec["run_timeout"]),
-                    "env": spec["env"] or {},
-                }
-                for key in ("user", "dir", "file"):
-                    if spec[key] is not None:
-                        fields[key] = spec[key]
-                for node in fx.nodes:
-                    self._send(job, node, protocol.Commit, fields)
-            elif isinstance(fx, SendRun):
-                run = {"job_id": job.id}
-                for node in fx.nodes:
-                    self._send(job, node, protocol.Run, run)
-            elif isinstance(fx, SendAbort | ReleaseNodes):
-                abort = {"job_id": job.id}
-                for node in fx.nodes:
-                    self._send_abort(job, node, abort)
-            elif isinstance(fx, SendRehab):
-                self._send_abort(job, fx.node, {"job_id": None})
-                self.link.on_rehab(org, fx.node, job.id)
-            elif isinstance(fx, SendResultAck):
-                self._send(job, fx.node, protocol.ResultAck, {"job_id": job.id})
-            elif isinstance(fx, StartTimer):
-                self._arm(job, fx.kind, fx.deadline)
-            elif isinstance(fx, CancelTimer):
-                scope = job.timers.pop(fx.kind, None)
-                if scope is not None:
-                    scope.cancel()
-
-    def _send(
-        self, job: LiveJob, node: str, cls: type[Any], fields: dict[str, Any]
-    ) -> NodeSession | None:
-        """Queue a frame for the node's current session (if it has one that is not closing)
-        on the job's outgoing list; returns that session."""
-        s = self.registry.get(job.entry.org, node)
-        if s is None:
-            appliance = self.cluster.routed(job.entry.org, node)
-            if appliance is not None:
-                job.remote.append((appliance, node, cls.TYPE, fields))
-            return None
-        if s.close_code is not None:
-            return None
-        job.outgoing.append((s, cls, fields))
-        return s
-
-    def _send_abort(self, job: LiveJob, node: str, fields: dict[str, Any]) -> None:
-        """Queue an ``abort`` (of the job, or ``job_id: nil`` for rehab); the link holds the
-        node unavailable until its agent answers ``aborted``."""
-        s = self._send(job, node, protocol.Abort, fields)
-        if s is not None:
-            self.link.expect_aborted(s)
-
-    async def _write(self, job: LiveJob) -> None:
-        """Write the job's outgoing frames, in order. Each frame's ``seq`` is taken just before
-        its write, so that frames other tasks send the node (heartbeats, …) stay in order.
-        A write never waits for a node that stopped reading (see ``NodeSession.send_now``);
-        one queued for its writer does not checkpoint, so a fan-out checkpoints after every
-        :data:`FAN_OUT_CHUNK` frames."""
-        while job.outgoing:
-            batch, job.outgoing = job.outgoing, []
-            ts = time.time()
-            for i, (s, cls, fields) in enumerate(batch, 1):
-                if s.close_code is None:
-                    await s.send_now(protocol.encode(cls(seq=s.next_seq(), ts=ts, **fields)))
-                if i % FAN_OUT_CHUNK == 0:
-                    await trio.lowlevel.checkpoint()
-        while job.remote:
-            mail, job.remote = job.remote, []
-            for appliance, node, frame_type, fields in mail:
-                await self.cluster.send_frame(appliance, job.entry.org, node, frame_type, fields)
-
-    def _arm(self, job: LiveJob, kind: str, deadline: float) -> None:
-        old = job.timers.pop(kind, None)
-        if old is not None:
-            old.cancel()
-        if is_closed(job.state):
-            return
-        scope = trio.CancelScope()
-        job.timers[kind] = scope
-        assert job.nursery is not None
-        job.nursery.start_soon(self._timer, job, kind, deadline, scope)
-
-    async def _timer(
-        self, job: LiveJob, kind: str, deadline: float, scope: trio.CancelScope
-    ) -> None:
-        with scope:
-            await trio.sleep(max(0.0, deadline - self._now()))
-            if job.timers.get(kind) is scope:
-                del job.timers[kind]
-            now = self._now()
-            if kind == "voting":
-                job.post(VotingTimeout(now))
-            elif kind == "run":
-                job.post(RunTimeout(now))
-            elif kind == "late":
-                job.post(LateTimeout(now))
-            elif kind.startswith("grace:"):
-                job.post(GraceExpired(kind[len("grace:") :], now))
