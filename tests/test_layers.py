@@ -82,6 +82,7 @@ LAYERS = {
     "agent.state": 2,
     "agent.facts": 2,
     "db": 3,
+    "db_archive": 3,
     "services": 3,
     "nodes": 3,
     "nodes.model": 1,
