@@ -28,8 +28,10 @@ network, subprocess, task or thread); ``tests/test_exports.py`` pins each packag
    ``frame_reader`` (the read loop of both ends of a node connection), ``handshakes`` (the
    cap on a listener's connections still in their handshake), ``agent.facts`` (runs ohai,
    reads the system's files).
-3. Engines: ``db`` (store + models), ``nodes.registry``, ``nodes.sendroom``, ``nodes.link``
-   (the node↔job link), ``jobs.runner`` (with ``jobs.live``), ``jobs.retention``,
+3. Engines: ``db`` (store + models, with ``db_archive``: the models' archive),
+   ``nodes.registry``, ``nodes.sendroom``, ``nodes.link`` (the node↔job link),
+   ``jobs.runner`` (with ``jobs.live``, ``jobs.effects`` and ``jobs.cluster_port``, its side
+   of a cluster), ``jobs.retention``,
    ``agent.executor``, ``agent.jobspec``, ``agent.procgroup``, ``agent.outstream`` (what of a
    running job's output each connection has had) and ``agent.runtime`` (the node side's
    engine);

@@ -367,7 +367,7 @@ async def _serve_locked(
         if coordinator.clustered:
             holds = LogHolds(jobs_model)
             db.watch(holds.applied)
-            link.attach_cluster(coordinator, holds, runner.drives)
+            link.attach_cluster(coordinator, holds, runner.cluster_port.drives)
         retention = Retention(db, feeds, retention_days=config.jobs.retention_days)
         recorder = AuditRecorder(
             db,
@@ -433,7 +433,9 @@ async def _serve_locked(
             url = f"{scheme}://{_url_host(host)}:{bound_port}"
             node_url = f"{node_scheme}://{_url_host(host)}:{bound_node_port}"
             await nursery.start(
-                functools.partial(coordinator.run, runner, api_url=url, node_url=node_url)
+                functools.partial(
+                    coordinator.run, runner.cluster_port, api_url=url, node_url=node_url
+                )
             )
             ca_file = None if config.insecure_http else data_dir / "tls" / "ca.pem"
             write_credentials(data_dir, url, config.bootstrap.org, ca_file=ca_file)

@@ -80,7 +80,7 @@ async def appliance(url: str, *, ttl: float) -> AsyncIterator[App]:
         )
         holds = LogHolds(runner.model)
         db.watch(holds.applied)
-        link.attach_cluster(cluster, holds, runner.drives)
+        link.attach_cluster(cluster, holds, runner.cluster_port.drives)
         async with trio.open_nursery() as nursery:
             await nursery.start(db.follower)
             await nursery.start(runner.run)
@@ -88,7 +88,7 @@ async def appliance(url: str, *, ttl: float) -> AsyncIterator[App]:
 
             async def run(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
                 with scope:
-                    await cluster.run(runner, task_status=task_status)
+                    await cluster.run(runner.cluster_port, task_status=task_status)
 
             await nursery.start(run)
             yield App(db, registry, link, runner, cluster, scope)

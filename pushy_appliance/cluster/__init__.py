@@ -6,7 +6,8 @@ The engines (``jobs.runner``, ``nodes.link``) ask a :class:`Coordinator`:
 * **leases**: :meth:`~Coordinator.claim` when a job is created (epoch 1),
   :meth:`~Coordinator.fence` for each step's records (``Database.commit(..., fence=)``: a
   stale driver's step is refused with ``StaleLeaseError``), :meth:`~Coordinator.release`
-  once the job is closed; the coordinator calls back :meth:`ClusterEngine.leases_lost` and
+  once the job is closed; the coordinator calls back (the runner's ``jobs.cluster_port``)
+  :meth:`ClusterEngine.leases_lost` and
   :meth:`ClusterEngine.take_over`;
 * **routes**: :meth:`~Coordinator.node_up` / :meth:`~Coordinator.node_down` as nodes connect
   and leave, :meth:`~Coordinator.routed` for a node connected to another appliance;

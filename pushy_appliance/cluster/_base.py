@@ -26,7 +26,8 @@ class LeaseGrant:
 
 
 class ClusterEngine(Protocol):
-    """What the coordinator calls (the job runner implements it)."""
+    """What the coordinator calls (the job runner's ``jobs.cluster_port.ClusterPort``
+    implements it)."""
 
     def leases_lost(self, job_ids: Sequence[str]) -> None:
         """Stop driving these jobs at once, without closing them (another appliance took

@@ -4,19 +4,22 @@ Each live job has one task that drains the job's inbox in batches: every event i
 goes through :func:`.machine.transition`; the changes of the whole batch (job fields, changed
 nodes, published feed events, output chunks, results) become ONE ``job.step`` record,
 committed durably; only then are the effects performed (frames sent, timers armed, events
-published on the feeds). So a crash loses effects, never state, and a fan-out to thousands of
-nodes costs a handful of fsyncs, not one per vote. A step the store refuses (disk full) is
-held, with its effects, until the store writes again; the job goes on from there. After a
-restart :meth:`JobRunner.resume` sends ``Resume`` to every unfinished job; the machine
-re-derives what a lost effect would have done.
+published on the feeds: :class:`~.effects.Effects`, :attr:`JobRunner.effects`). So a crash
+loses effects, never state, and a fan-out to thousands of nodes costs a handful of fsyncs,
+not one per vote. A step the store refuses (disk full) is held, with its effects, until the
+store writes again; the job goes on from there. After a restart :meth:`JobRunner.resume`
+sends ``Resume`` to every unfinished job; the machine re-derives what a lost effect would
+have done.
 
 In a cluster (several appliances on one PostgreSQL store, ``docs/SCALE-OUT.md`` §4, §5) the
 runner drives only the jobs whose lease its :class:`~..cluster.Coordinator` holds: a new job
 claims its lease before its record is stored, every step is fenced with the lease's epoch (a
-step refused as stale drops the job: its task stops, the job is not closed), a job taken over
-from a dead appliance is adopted once the database caught up with the log, and a closed job's
-lease is given back. Frames for nodes connected to another appliance are mailed there, and
-node events for jobs driven elsewhere are forwarded to their driver. Alone on its store
+step refused as stale drops the job: its task stops, the job is not closed), a closed job's
+lease is given back, and frames for nodes connected to another appliance are mailed there.
+The rest of the cluster's business (takeover, lost leases, frames and node events from other
+appliances, forwarding node events and aborts to a job's driver) is the runner's
+:class:`~.cluster_port.ClusterPort` (:attr:`JobRunner.cluster_port`), the
+:class:`~..cluster.ClusterEngine` the coordinator calls back. Alone on its store
 (:class:`~..cluster.Solo`) none of this costs anything.
 
 The runner only creates, aborts and drives jobs; a new job's state, first feed events and
@@ -38,13 +41,12 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import trio
 
-from .. import protocol
-from ..cluster import Coordinator, LeaseGrant, Solo
+from ..cluster import Coordinator, Solo
 from ..db import Database
 from ..errors import (
     JobCapacityError,
@@ -55,45 +57,34 @@ from ..errors import (
 )
 from ..feeds import Feeds
 from ..nodes.link import NodeLink
-from ..nodes.registry import NodeRegistry, NodeSession
+from ..nodes.registry import NodeRegistry
 from ..sse import MonotonicStamper
 from . import record
 from .build import JobTimers, build_job, feed_event
+from .cluster_port import ClusterPort
 from .details import JobDetails
+from .effects import Effects
 from .events import (
     Abort,
-    CancelTimer,
     Effect,
-    GraceExpired,
     KeepOutput,
-    LateTimeout,
     NodeBack,
     NodeDown,
     NodeEvent,
     Publish,
-    ReleaseNodes,
     Result,
     Resume,
-    RunTimeout,
-    SendAbort,
-    SendCommit,
-    SendRehab,
-    SendResultAck,
-    SendRun,
     Start,
-    StartTimer,
-    VotingTimeout,
 )
 from .live import LiveJob
 from .machine import transition
 from .model import JobEntry, JobsModel
 from .state import DEFAULT_LATE_RESULT_TIMEOUT, JobState, holds, is_closed, is_finished
-from .status import FINISHED_JOB_STATUSES, JobStatus
+from .status import JobStatus
 from .validation import JobRequest
 
 __all__ = [
     "BUILD_IN_THREAD_NODES",
-    "FAN_OUT_CHUNK",
     "INBOX_HIGH_WATER",
     "READ_IN_THREAD_BYTES",
     "JobRunner",
@@ -106,17 +97,8 @@ INBOX_HIGH_WATER = 10_000
 BUILD_IN_THREAD_NODES = 2_000
 """Jobs of more nodes are built in a worker thread (a 100,000-node job takes about a second
 of CPU to build; the event loop serves other requests meanwhile)."""
-FAN_OUT_CHUNK = 2_000
-"""Feed events and commits a new job hands out between two checkpoints."""
 READ_IN_THREAD_BYTES = 64 * 1024
 """Archived details this large or larger are read and decoded in a worker thread."""
-ABORT_ELSEWHERE_SECONDS = 30.0
-"""Seconds an abort of a job another appliance drives waits for the job's end."""
-
-
-_HELD_STATES = {"new": "idle", "ready": "committed", "running": "running"}
-"""A live node's stored status → what its agent holds of the job (``NodeBack.job_state``),
-for a node that was not sent ``run`` (one that was holds it ``running``)."""
 
 
 class JobRunner:
@@ -164,9 +146,11 @@ class JobRunner:
         self._creating: list[int] = []
         """Node counts of the jobs being created (reserved against the caps)."""
         self._nursery: trio.Nursery | None = None
-        self._ending: dict[str, trio.Event] = {}
-        """Jobs driven elsewhere whose end an abort here waits for (set by :meth:`_applied`)."""
-        self._watching = False
+        self.effects = Effects(registry, link, feeds, self.cluster, now)
+        """Performs the effects of the jobs' steps."""
+        self.cluster_port = ClusterPort(self, db, registry, link, self.cluster, now)
+        """What the coordinator calls back (give it to ``Coordinator.run``), and the runner's
+        dealings with jobs driven by other appliances."""
         link.connect(self)
 
     @property
@@ -200,8 +184,7 @@ class JobRunner:
         appliance holds none at start); a job without a lease (stored before the store was
         shared) is given an expired one, so that the takeover hands it out."""
         if self.cluster.clustered:
-            orphans = [(e.org, e.id) for e in self.model.jobs.values() if not e.closed]
-            await self.cluster.lease_orphans(orphans)
+            await self.cluster_port.lease_orphans()
             return
         now = self._now()
         stopped_at = self.model.last_at or None
@@ -209,14 +192,14 @@ class JobRunner:
             if entry.closed:
                 continue
             state = record.from_record(entry.state_record())
-            job = await self._adopt(entry, state)
+            job = await self.adopt(entry, state)
             if state.status == JobStatus.NEW:
                 job.post(Start(now, self.link.reachable_nodes(entry.org, state.nodes)))
             else:
                 job.post(Resume(now, stopped_at))
             log.info("job %s: resumed (%s, %d nodes)", entry.id, state.status, len(state.nodes))
 
-    async def _adopt(
+    async def adopt(
         self,
         entry: JobEntry,
         state: JobState,
@@ -262,7 +245,7 @@ class JobRunner:
         ``Start``, its first feed events, its ``job.create`` record) in a worker thread:
         nothing else sees it before it is stored, and the event loop goes on serving
         meanwhile. Its first feed events and commits are then handed out in chunks of
-        :data:`FAN_OUT_CHUNK` with a checkpoint between two.
+        :data:`~.effects.FAN_OUT_CHUNK` with a checkpoint between two.
 
         Args:
             rerun_of: the job this one re-runs (kept in its spec).
@@ -280,7 +263,7 @@ class JobRunner:
         try:
             job_id = secrets.token_hex(16)
             now = self._now()
-            online = self._reachable(org, req.nodes)
+            online = self.cluster_port.reachable(org, req.nodes)
             holders = self.link.holders(org, req.nodes)
             timers = JobTimers(self.voting_timeout, self.reconnect_grace, self.late_result_timeout)
             build = (job_id, org, req, requester, online, holders, now, rerun_of, timers)
@@ -302,7 +285,7 @@ class JobRunner:
                     req.command,
                 )
                 first = (built.effects, built.events)
-                await self._adopt(
+                await self.adopt(
                     self.model.jobs[job_id], built.state, built.stamper, first, built.held
                 )
         finally:
@@ -339,7 +322,7 @@ class JobRunner:
             raise NoSuchJobError(job_id)
         job = self.live.get(job_id)
         if job is None and self.cluster.clustered and not entry.finished:
-            await self._abort_elsewhere(entry, riders)
+            await self.cluster_port.abort_elsewhere(entry, riders)
             return
         # (the job's own task may be storing the step that ends it: its riders are taken)
         if job is None or entry.finished or is_finished(job.state):
@@ -352,39 +335,6 @@ class JobRunner:
         await job.ended.wait()
         if job.dropped:
             raise StoreUnavailableError("the job is driven by another appliance now; try again")
-
-    async def _abort_elsewhere(self, entry: JobEntry, riders: Iterable[dict[str, Any]]) -> None:
-        """Abort a job another appliance drives: mail the abort to its driver, wait until
-        the job's end is applied here, then store ``riders``.
-
-        Raises:
-            StoreUnavailableError: the store refuses writes, or the job did not end within
-                :data:`ABORT_ELSEWHERE_SECONDS` (its driver is away: try again).
-        """
-        if not self.db.writable:
-            await self.db.store.append_many([])
-        if not self._watching:
-            self.db.watch(self._applied)
-            self._watching = True
-        ended = self._ending.setdefault(entry.id, trio.Event())
-        await self.cluster.forward_abort(entry.org, entry.id)
-        with trio.move_on_after(ABORT_ELSEWHERE_SECONDS):
-            while not entry.finished:
-                await ended.wait()
-        if not entry.finished:  # (its event stays for the other waiters, set at the end)
-            raise StoreUnavailableError("the job's appliance did not end it in time; try again")
-        riders = list(riders)
-        if riders:
-            await self.db.commit(*riders)
-
-    def _applied(self, r: dict[str, Any]) -> None:
-        """A database watcher (registered once an abort waits for a job driven elsewhere):
-        wake the abort when the job's end is applied."""
-        if r.get("t") == "job.step":
-            ended = self._ending.get(r["id"])
-            if ended is not None and r["job"]["status"] in FINISHED_JOB_STATUSES:
-                del self._ending[r["id"]]
-                ended.set()
 
     async def load_details(self, entry: JobEntry) -> None:
         """Have an archived job's details in memory (the model's cache) before they are
@@ -426,148 +376,12 @@ class JobRunner:
         """
         job = self.live.get(job_id)
         if job is None or job.entry.org != org or event.node not in job.state.nodes:
-            if not self.cluster.clustered:
-                return False
-            if job_id not in self.model.jobs:
-                await self.db.barrier()  # a job just created elsewhere, not applied yet?
-            if self._driven_elsewhere(org, job_id, event.node):
-                await self.cluster.forward(org, job_id, event)
-                return True
-            return False
+            return await self.cluster_port.forward(org, job_id, event)
         if isinstance(event, NodeBack | NodeDown):
             job.post(event)
             return True
         await job.post_from_node(event, self.registry.get(org, event.node))
         return self.live.get(job_id) is job
-
-    def _reachable(self, org: str, nodes: Iterable[str]) -> frozenset[str]:
-        """The nodes that can take a commit: reachable here (``NodeLink.reachable``), or
-        connected to another live appliance of the cluster."""
-        online = self.link.reachable_nodes(org, nodes)
-        if not self.cluster.clustered:
-            return online
-        routed = self.cluster.routed
-        return online | {n for n in nodes if routed(org, n) is not None}
-
-    def drives(self, job_id: str) -> bool:
-        """Whether this appliance drives the job now (it is live here)."""
-        return job_id in self.live
-
-    def _driven_elsewhere(self, org: str, job_id: str, node: str) -> bool:
-        """Whether ``job_id`` of ``org`` is an unclosed job of the log that has ``node``,
-        not driven here (so another appliance drives it, or will once it takes it over)."""
-        entry = self.model.jobs.get(job_id)
-        return (
-            entry is not None
-            and entry.org == org
-            and not entry.closed
-            and job_id not in self.live
-            and node in entry.nodes
-        )
-
-    # --- the cluster's calls (ClusterEngine) ------------------------------------------------
-
-    def leases_lost(self, job_ids: Sequence[str]) -> None:
-        """Stop driving these jobs at once, without closing them: another appliance holds
-        their leases now (or may: this one could not renew them)."""
-        for job_id in job_ids:
-            job = self.live.get(job_id)
-            if job is not None:
-                self._stop_driving(job)
-
-    def _stop_driving(self, job: LiveJob) -> None:
-        job.dropped = True
-        if self.live.get(job.id) is job:
-            del self.live[job.id]  # a takeover may adopt it again before its task unwound
-        if job.nursery is not None:
-            job.nursery.cancel_scope.cancel()
-
-    async def take_over(self, grants: Sequence[LeaseGrant]) -> None:
-        """Drive jobs whose leases this appliance took over: once the database applied the
-        log up to its head (the dead driver's last steps), rebuild each job from the model
-        and post ``Resume`` (or ``Start`` to a job that never started).
-
-        ``Resume`` puts every live node away (as after a restart, when every connection was
-        lost); but here the nodes stayed connected, to this appliance or another: each one
-        that is gets ``NodeBack`` at once, holding what the log says it acknowledged (a node
-        ``ready`` holds the commit, one sent ``run`` is running), so the machine re-sends
-        only what such a node may have missed."""
-        await self.db.barrier()
-        now = self._now()
-        for grant in grants:
-            entry = self.model.jobs.get(grant.job_id)
-            if entry is None or entry.closed or entry.org != grant.org:
-                self.cluster.release(grant.job_id)  # closed (or purged) meanwhile
-                continue
-            if grant.job_id in self.live:
-                continue
-            state = record.from_record(entry.state_record())
-            job = await self._adopt(entry, state)
-            if state.status == JobStatus.NEW:
-                job.post(Start(now, self._reachable(entry.org, state.nodes)))
-            else:
-                job.post(Resume(now, None))
-                connected = self._reachable(entry.org, state.nodes)
-                for name in state.nodes:
-                    stored = entry.nodes[name]
-                    if name in connected and stored[1] in _HELD_STATES:
-                        job_state = _HELD_STATES[stored[1]] if not stored[2] else "running"
-                        job.post(NodeBack(name, now, True, job_state))
-            log.info(
-                "job %s: taken over with lease epoch %d (%s, %d nodes)",
-                entry.id,
-                grant.epoch,
-                state.status,
-                len(state.nodes),
-            )
-
-    async def deliver(self, org: str, node: str, frame_type: str, fields: dict[str, Any]) -> None:
-        """Write a frame a job driven by another appliance sends to a node connected here (a
-        node that left meanwhile is skipped: its driver learns of it by its ``NodeDown``)."""
-        job_id = fields.get("job_id")
-        if isinstance(job_id, str) and job_id not in self.model.jobs:
-            # the node's answer is forwarded to the job's driver only once the job is
-            # applied here: catch up with the log first
-            await self.db.barrier()
-        s = self.registry.get(org, node)
-        cls = protocol.FRAME_TYPES.get(frame_type)
-        if s is None or s.close_code is not None or cls is None:
-            await trio.lowlevel.checkpoint()
-            return
-        if cls is protocol.Abort:
-            self.link.expect_aborted(s)
-        await s.send_now(protocol.encode(cls(seq=s.next_seq(), ts=time.time(), **fields)))
-
-    async def post_remote(self, org: str, job_id: str, event: NodeEvent) -> None:
-        """A node's event another appliance forwarded to a job driven here."""
-        job = self.live.get(job_id)
-        if job is None or job.entry.org != org or event.node not in job.state.nodes:
-            log.debug("job %s: forwarded %s dropped (not driven here)", job_id, event)
-            await trio.lowlevel.checkpoint()
-            return
-        if isinstance(event, NodeBack | NodeDown):
-            job.post(event)
-            await trio.lowlevel.checkpoint()
-            return
-        await job.post_from_node(event, None)
-
-    def abort_remote(self, org: str, job_id: str) -> None:
-        """Another appliance's operator aborts a job driven here."""
-        job = self.live.get(job_id)
-        if job is not None and job.entry.org == org and not is_finished(job.state):
-            job.post(Abort(self._now()))
-
-    def nodes_gone(self, nodes: Sequence[tuple[str, str]]) -> None:
-        """Nodes of an appliance declared dead: ``NodeDown`` for the jobs driven here that
-        hold them (unless they are connected here by now)."""
-        now = self._now()
-        for org, node in nodes:
-            if self.registry.get(org, node) is not None:
-                continue
-            for job_id in self.link.held_by(org, node):
-                job = self.live.get(job_id)
-                if job is not None:
-                    job.post(NodeDown(node, now))
 
     # --- the per-job task -------------------------------------------------------------------
 
@@ -581,11 +395,11 @@ class JobRunner:
         async with trio.open_nursery() as nursery:
             job.nursery = nursery
             if first is not None:
-                await self._perform_first(job, *first)
+                await self.effects.perform_first(job, *first)
             task_status.started()
             try:
                 while not job.dropped:
-                    await self._write(job)
+                    await self.effects.write(job)
                     if is_closed(job.state):
                         break
                     await job.wakeup.wait()
@@ -594,7 +408,7 @@ class JobRunner:
             finally:
                 nursery.cancel_scope.cancel()
         if job.dropped:
-            self._drop(job)
+            self.cluster_port.drop(job)
         else:
             self._retire(job)
 
@@ -645,7 +459,7 @@ class JobRunner:
         if not changed and not results and not outputs:
             if riders:
                 await self.db.commit(*riders)
-            self._perform(job, effects, [])
+            self.effects.perform(job, effects, [])
             return
         step = {
             "t": "job.step",
@@ -679,18 +493,18 @@ class JobRunner:
             # another appliance took the job over: this step never happened, nor its effects;
             # the nodes' events it took go to the new driver
             log.warning("job %s: step refused (%s); driven elsewhere now", job.id, e)
-            job.dropped = True  # the drive loop ends after this batch
-            if self.live.get(job.id) is job:
-                del self.live[job.id]  # the node events that come now are forwarded
-            for event in (*batch, *job.inbox):
-                if isinstance(event, NodeEvent):
-                    await self.cluster.forward(job.entry.org, job.id, event)
+            await self.cluster_port.step_refused(job, (*batch, *job.inbox))
             return
         if is_finished(state):
             job.ended.set()
         released = [name for name in touched if not holds(state, name)]
         self.link.release(job.entry.org, job.id, released)
-        self._perform(job, effects, events)
+        self.effects.perform(job, effects, events)
+
+    def forget(self, job: LiveJob) -> None:
+        """The job is no longer live here (unless another was adopted under its id since)."""
+        if self.live.get(job.id) is job:
+            del self.live[job.id]
 
     def _retire(self, job: LiveJob) -> None:
         self.live.pop(job.id, None)
@@ -699,146 +513,3 @@ class JobRunner:
         self.cluster.release(job.id)
         job.done.set()
         log.info("job %s: finished %s", job.id, job.state.status)
-
-    def _drop(self, job: LiveJob) -> None:
-        """Stop driving a job another appliance drives now (it is not closed)."""
-        if self.live.get(job.id) is job:
-            del self.live[job.id]
-        job.room.set()
-        if job.id not in self.live:  # (not adopted again meanwhile: its holds are the new one's)
-            self.link.release(job.entry.org, job.id, job.state.nodes)
-        job.ended.set()  # an abort waiting for it is answered (``abort``)
-        job.done.set()
-        log.warning("job %s: no longer driven here (its lease is another appliance's)", job.id)
-
-    # --- effects ----------------------------------------------------------------------------
-
-    async def _perform_first(
-        self, job: LiveJob, effects: Iterable[Effect], events: list[list[Any]]
-    ) -> None:
-        """:meth:`_perform` for the step that created the job, in chunks: a 100,000-node
-        job's first events (a vote for every node that was down) and commits are handed
-        out :data:`FAN_OUT_CHUNK` at a time, with a checkpoint between two."""
-        chunk = FAN_OUT_CHUNK
-        for start in range(0, len(events), chunk):
-            if start:
-                await trio.lowlevel.checkpoint()
-            self._perform(job, (), events[start : start + chunk])
-        for fx in effects:
-            if isinstance(fx, Publish):
-                continue  # its event is one of ``events``
-            if isinstance(fx, SendCommit) and len(fx.nodes) > chunk:
-                for start in range(0, len(fx.nodes), chunk):
-                    await trio.lowlevel.checkpoint()
-                    self._perform(job, (SendCommit(fx.nodes[start : start + chunk]),), [])
-            else:
-                self._perform(job, (fx,), [])
-
-    def _perform(self, job: LiveJob, effects: Iterable[Effect], events: list[list[Any]]) -> None:
-        org = job.entry.org
-        for ev in events:
-            self.feeds.publish_job(org, job.id, ev)
-        for fx in effects:
-            if isinstance(fx, SendCommit):
-                spec = job.entry.spec
-                fields: dict[str, Any] = {
-                    "job_id": job.id,
-                    "command": spec["command"],
-                    "capture": spec["capture"],
-                    "run_timeout": float(spec["run_timeout"]),
-                    "env": spec["env"] or {},
-                }
-                for key in ("user", "dir", "file"):
-                    if spec[key] is not None:
-                        fields[key] = spec[key]
-                for node in fx.nodes:
-                    self._send(job, node, protocol.Commit, fields)
-            elif isinstance(fx, SendRun):
-                run = {"job_id": job.id}
-                for node in fx.nodes:
-                    self._send(job, node, protocol.Run, run)
-            elif isinstance(fx, SendAbort | ReleaseNodes):
-                abort = {"job_id": job.id}
-                for node in fx.nodes:
-                    self._send_abort(job, node, abort)
-            elif isinstance(fx, SendRehab):
-                self._send_abort(job, fx.node, {"job_id": None})
-                self.link.on_rehab(org, fx.node, job.id)
-            elif isinstance(fx, SendResultAck):
-                self._send(job, fx.node, protocol.ResultAck, {"job_id": job.id})
-            elif isinstance(fx, StartTimer):
-                self._arm(job, fx.kind, fx.deadline)
-            elif isinstance(fx, CancelTimer):
-                scope = job.timers.pop(fx.kind, None)
-                if scope is not None:
-                    scope.cancel()
-
-    def _send(
-        self, job: LiveJob, node: str, cls: type[Any], fields: dict[str, Any]
-    ) -> NodeSession | None:
-        """Queue a frame for the node's current session (if it has one that is not closing)
-        on the job's outgoing list; returns that session."""
-        s = self.registry.get(job.entry.org, node)
-        if s is None:
-            appliance = self.cluster.routed(job.entry.org, node)
-            if appliance is not None:
-                job.remote.append((appliance, node, cls.TYPE, fields))
-            return None
-        if s.close_code is not None:
-            return None
-        job.outgoing.append((s, cls, fields))
-        return s
-
-    def _send_abort(self, job: LiveJob, node: str, fields: dict[str, Any]) -> None:
-        """Queue an ``abort`` (of the job, or ``job_id: nil`` for rehab); the link holds the
-        node unavailable until its agent answers ``aborted``."""
-        s = self._send(job, node, protocol.Abort, fields)
-        if s is not None:
-            self.link.expect_aborted(s)
-
-    async def _write(self, job: LiveJob) -> None:
-        """Write the job's outgoing frames, in order. Each frame's ``seq`` is taken just before
-        its write, so that frames other tasks send the node (heartbeats, …) stay in order.
-        A write never waits for a node that stopped reading (see ``NodeSession.send_now``);
-        one queued for its writer does not checkpoint, so a fan-out checkpoints after every
-        :data:`FAN_OUT_CHUNK` frames."""
-        while job.outgoing:
-            batch, job.outgoing = job.outgoing, []
-            ts = time.time()
-            for i, (s, cls, fields) in enumerate(batch, 1):
-                if s.close_code is None:
-                    await s.send_now(protocol.encode(cls(seq=s.next_seq(), ts=ts, **fields)))
-                if i % FAN_OUT_CHUNK == 0:
-                    await trio.lowlevel.checkpoint()
-        while job.remote:
-            mail, job.remote = job.remote, []
-            for appliance, node, frame_type, fields in mail:
-                await self.cluster.send_frame(appliance, job.entry.org, node, frame_type, fields)
-
-    def _arm(self, job: LiveJob, kind: str, deadline: float) -> None:
-        old = job.timers.pop(kind, None)
-        if old is not None:
-            old.cancel()
-        if is_closed(job.state):
-            return
-        scope = trio.CancelScope()
-        job.timers[kind] = scope
-        assert job.nursery is not None
-        job.nursery.start_soon(self._timer, job, kind, deadline, scope)
-
-    async def _timer(
-        self, job: LiveJob, kind: str, deadline: float, scope: trio.CancelScope
-    ) -> None:
-        with scope:
-            await trio.sleep(max(0.0, deadline - self._now()))
-            if job.timers.get(kind) is scope:
-                del job.timers[kind]
-            now = self._now()
-            if kind == "voting":
-                job.post(VotingTimeout(now))
-            elif kind == "run":
-                job.post(RunTimeout(now))
-            elif kind == "late":
-                job.post(LateTimeout(now))
-            elif kind.startswith("grace:"):
-                job.post(GraceExpired(kind[len("grace:") :], now))
