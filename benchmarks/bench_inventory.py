@@ -9,9 +9,17 @@ default fact set in ohai's names and formats) connect; past 10,000 nodes (this m
 descriptor limit is 20,000 per process) the first 10,000 connect, report their facts and leave,
 then the next ones connect: the server then holds every node's facts, half of them offline.
 Each query is then sent ``--repeat`` times as a signed ``GET …/pushy/nodes?q=QUERY&rows=10``
-on a keep-alive TLS connection: the latency is the whole request as the client sees it
-(signature check, search over every node, the first ten rows). Memory: ``tracemalloc`` over
-the server's node model holding 20,000 nodes' default facts (packed and flattened), per node.
+on a keep-alive TLS connection, and two times are reported per query: the *server time*, what
+the route measured from its start to its response (signature check, search over every node,
+the first ten rows, JSON; the ``app`` of its ``Server-Timing`` header), and the *client time*,
+the whole request as the client sees it (plus TLS, HTTP parsing, the event loop's other work).
+Memory: ``tracemalloc`` over the server's node model holding 20,000 nodes' default facts
+(packed and flattened), per node.
+
+``--in-process`` measures instead what the search itself costs, without a server: the CPU
+milliseconds (``time.process_time``) of ``Inventory.search`` — the route's code path — over a
+node model holding each fleet size's default facts, half the nodes online (the node link's
+answer from a set), median and p95 of ``--repeat`` runs.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ import sys
 import tempfile
 import time
 import tracemalloc
+import types
 from pathlib import Path
 from urllib.parse import quote
 
@@ -46,7 +55,9 @@ from harness import (
 )
 
 from pushy_appliance import chef_auth
+from pushy_appliance.nodes.inventory import Inventory
 from pushy_appliance.nodes.model import NodeModel
+from pushy_appliance.search import compile_query
 
 QUERIES = [
     "*:*",
@@ -90,7 +101,60 @@ def model_bytes_per_node(count: int) -> float:
     return (after - before) / count
 
 
-async def measure(size: int, repeat: int, work: Path) -> dict[str, list[float]]:
+class _Link:
+    """The node link's ``status``: online for the names in ``online``."""
+
+    def __init__(self, online: set[str]) -> None:
+        self.online = online
+
+    def status(self, org: str, name: str) -> tuple[str, str]:
+        return ("online", "available") if name in self.online else ("offline", "unavailable")
+
+
+async def search_cpu(size: int, repeat: int) -> dict[str, list[float]]:
+    """``{query: CPU ms of each run}`` of ``Inventory.search`` over ``size`` nodes."""
+    rng = random.Random(1)
+    model = NodeModel()
+    names = node_names(size)
+    for i, name in enumerate(names):
+        model.apply({"t": "node.seen", "org": ORG, "name": name, "status": "online", "at": 1.0,
+                     "incarnation": f"{i:032x}", "facts": node_facts(i, rng)})  # fmt: skip
+    db = types.SimpleNamespace(models={"nodes": model})
+    inventory = Inventory(db, None, _Link(set(names[::2])))  # type: ignore[arg-type]
+    out: dict[str, list[float]] = {}
+    for text in QUERIES:
+        runs = []
+        for _ in range(repeat):
+            t0 = time.process_time()
+            await inventory.search(ORG, compile_query(text))
+            runs.append((time.process_time() - t0) * 1000)
+        out[text] = runs
+    return out
+
+
+def print_table(title: str, sizes: list[int], results: dict[int, dict[str, list[float]]]) -> None:
+    print()
+    print(f"{title}, median / p95 ms".ljust(60) + "".join(f"{n:>16,}" for n in sizes))
+    for text in QUERIES:
+        cells = []
+        for n in sizes:
+            runs = sorted(results[n][text])
+            p95 = runs[min(len(runs) - 1, int(len(runs) * 0.95))]
+            cells.append(f"{statistics.median(runs):6.1f} / {p95:5.1f}")
+        print(text.ljust(60) + "".join(f"{c:>16}" for c in cells))
+
+
+def server_ms(header: str) -> float:
+    """The ``app`` duration of a ``Server-Timing`` header, in milliseconds."""
+    for part in header.split(","):
+        name, _, dur = part.strip().partition(";dur=")
+        if name == "app":
+            return float(dur)
+    raise ValueError(f"no app duration in Server-Timing: {header!r}")
+
+
+async def measure(size: int, repeat: int, work: Path) -> dict[str, tuple[list[float], list[float]]]:
+    """``{query: (client ms, server ms)}`` of ``repeat`` requests each over ``size`` nodes."""
     data = work / f"inv-{size}"
     key = chef_auth.generate_private_key()
     key_file = work / f"node-{size}.pem"
@@ -99,7 +163,7 @@ async def measure(size: int, repeat: int, work: Path) -> dict[str, list[float]]:
     names = node_names(size)
     await provision_clients(data, names, chef_auth.public_key_pem(key.public_key()))
     await server.start()
-    out: dict[str, list[float]] = {}
+    out: dict[str, tuple[list[float], list[float]]] = {}
     try:
         waves = [(f, min(WAVE, size - f)) for f in range(0, size, WAVE)]
         for n, (first, count) in enumerate(waves):
@@ -122,13 +186,15 @@ async def measure(size: int, repeat: int, work: Path) -> dict[str, list[float]]:
                         "GET", path, f"{host}:{port}", "admin", admin,
                         query=f"q={quote(text, safe='')}&rows=10",
                     )  # fmt: skip
-                    runs = []
+                    runs: list[float] = []
+                    served: list[float] = []
                     for _ in range(repeat):
                         t0 = time.perf_counter()
                         status, body = await conn.request(request)
                         runs.append((time.perf_counter() - t0) * 1000)
                         assert status == 200, body[:200]
-                    out[text] = runs
+                        served.append(server_ms(conn.headers["server-timing"]))
+                    out[text] = (runs, served)
                 await conn.aclose()
     finally:
         await server.stop()
@@ -138,22 +204,19 @@ async def measure(size: int, repeat: int, work: Path) -> dict[str, list[float]]:
 async def main_async(args: argparse.Namespace) -> None:
     sizes = [int(x) for x in args.nodes.split(",")]
     print(f"node model, default facts: {model_bytes_per_node(20_000):.0f} B per node (20,000)")
-    results: dict[int, dict[str, list[float]]] = {}
+    if args.in_process:
+        cpu = {size: await search_cpu(size, args.repeat) for size in sizes}
+        print_table("Inventory.search in process, CPU", sizes, cpu)
+        return
+    results: dict[int, dict[str, tuple[list[float], list[float]]]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-inventory-") as tmp:
         for size in sizes:
             t0 = time.perf_counter()
             results[size] = await measure(size, args.repeat, Path(tmp))
             print(f"  {size:,} nodes measured in {time.perf_counter() - t0:.0f} s", flush=True)
-    print()
-    print("GET pushy/nodes?q=QUERY&rows=10, median / p95 ms".ljust(60)
-          + "".join(f"{n:>16,}" for n in sizes))  # fmt: skip
-    for text in QUERIES:
-        cells = []
-        for n in sizes:
-            runs = sorted(results[n][text])
-            p95 = runs[min(len(runs) - 1, int(len(runs) * 0.95))]
-            cells.append(f"{statistics.median(runs):6.1f} / {p95:5.1f}")
-        print(text.ljust(60) + "".join(f"{c:>16}" for c in cells))
+    for label, which in (("server", 1), ("client", 0)):
+        table = {n: {q: results[n][q][which] for q in QUERIES} for n in sizes}
+        print_table(f"GET pushy/nodes?q=QUERY&rows=10, {label} time", sizes, table)
 
 
 def main() -> None:
@@ -162,6 +225,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nodes", default="1000,10000,20000", help="fleet sizes, comma-separated")
     parser.add_argument("--repeat", type=int, default=20, help="requests per query and size")
+    parser.add_argument(
+        "--in-process", action="store_true", help="the search's CPU in process, no server"
+    )
     trio.run(main_async, parser.parse_args())
 
 

@@ -341,6 +341,8 @@ class HttpConnection:
     def __init__(self, stream: trio.SSLStream[trio.SocketStream]) -> None:
         self.stream = stream
         self.buf = bytearray()
+        self.headers: dict[str, str] = {}
+        """The last response's headers (names in lower case)."""
 
     @classmethod
     async def connect(cls, host: str, port: int, ca_file: Path, index: int = 0) -> HttpConnection:
@@ -366,11 +368,11 @@ class HttpConnection:
         head = bytes(self.buf[:end]).decode("latin-1")
         lines = head.split("\r\n")
         status = int(lines[0].split(" ", 2)[1])
-        length = None
+        self.headers = {}
         for line in lines[1:]:
             name, _, value = line.partition(":")
-            if name.strip().lower() == "content-length":
-                length = int(value)
+            self.headers[name.strip().lower()] = value.strip()
+        length = int(self.headers["content-length"]) if "content-length" in self.headers else None
         if length is None:
             raise ConnectionError(f"response without Content-Length: {lines[0]}")
         total = end + 4 + length

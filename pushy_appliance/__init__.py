@@ -20,15 +20,18 @@ network, subprocess, task or thread); ``tests/test_exports.py`` pins each packag
    matcher), ``facts`` (the node facts' names, config and size limit), ``agent.facts_parse``
    (facts from the system's files), ``agent.failover`` (which server the agent tries next,
    and when), ``cluster_secrets`` (the files a cluster's data directories share).
-2. Resources: ``store`` (files), ``hub`` (event fan-out), ``feeds`` (topic names, job-feed
+2. Resources: ``store`` (files), ``cluster`` (leases, node routes and mail between the
+   appliances sharing a PostgreSQL store), ``hub`` (event fan-out), ``feeds`` (topic names, job-feed
    publishing, the org feed's log), ``tls`` (key and certificate files), ``lockfile`` (one
    process per directory), ``fsutil`` (durable file writes), ``agent.state`` (the agent's
    state file), ``config_files`` (the configuration file and the default data directory),
    ``frame_reader`` (the read loop of both ends of a node connection), ``handshakes`` (the
    cap on a listener's connections still in their handshake), ``agent.facts`` (runs ohai,
    reads the system's files).
-3. Engines: ``db`` (store + models), ``nodes.registry``, ``nodes.sendroom``, ``nodes.link``
-   (the node↔job link), ``jobs.runner`` (with ``jobs.live``), ``jobs.retention``,
+3. Engines: ``db`` (store + models, with ``db_archive``: the models' archive),
+   ``nodes.registry``, ``nodes.sendroom``, ``nodes.link`` (the node↔job link),
+   ``jobs.runner`` (with ``jobs.live``, ``jobs.effects`` and ``jobs.cluster_port``, its side
+   of a cluster), ``jobs.retention``,
    ``agent.executor``, ``agent.jobspec``, ``agent.procgroup``, ``agent.outstream`` (what of a
    running job's output each connection has had) and ``agent.runtime`` (the node side's
    engine);

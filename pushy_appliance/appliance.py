@@ -7,7 +7,9 @@ Shutdown (``stop`` set, e.g. by SIGTERM): the HTTP server stops accepting and dr
 requests for up to ``DRAIN_SECONDS``; agents are told the server is going away (close code
 1001); open feeds end at once (their clients resume after the restart); a connection still
 open when the drain deadline passes (a client that stopped reading: hypercorn shields its
-socket writes from cancellation) is shut down at the socket; the store is flushed under a
+socket writes from cancellation) is shut down at the socket; in a PostgreSQL cluster the
+appliance gives its job leases back (``Coordinator.leave``: the others take its jobs over at
+once); the store is flushed under a
 shielded, bounded cancel scope; ``run/server.json`` is removed. Cancellation of ``serve()``
 itself is the hard stop used by tests: the store still
 flushes what it had acknowledged (it fsyncs before acknowledging, so nothing acknowledged is
@@ -43,6 +45,7 @@ from .audit.recorder import AuditRecorder
 from .audit.retention import AuditRetention
 from .auth import Authenticator
 from .bootstrap import bootstrap, write_credentials
+from .cluster import Coordinator, LogHolds, Solo, open_coordinator
 from .config import AuditConfig, ServerConfig, WebhooksConfig, parse_host_port
 from .config_files import resolve_data_dir
 from .db import Database
@@ -348,6 +351,7 @@ async def _serve_locked(
         # open feeds re-check their readers' permission when identities or sessions change
         identity.watch(feeds.permissions_changed)
         web_sessions.watch(feeds.permissions_changed)
+        coordinator = await _coordinator(config, store.appliance_id)
         runner = JobRunner(
             db,
             registry,
@@ -358,7 +362,12 @@ async def _serve_locked(
             late_result_timeout=config.jobs.late_result_timeout,
             max_live_jobs=config.limits.max_live_jobs,
             max_live_job_nodes=config.limits.max_live_job_nodes,
+            cluster=coordinator,
         )
+        if coordinator.clustered:
+            holds = LogHolds(jobs_model)
+            db.watch(holds.applied)
+            link.attach_cluster(coordinator, holds, runner.cluster_port.drives)
         retention = Retention(db, feeds, retention_days=config.jobs.retention_days)
         recorder = AuditRecorder(
             db,
@@ -423,6 +432,11 @@ async def _serve_locked(
             scheme = "http" if config.insecure_http else "https"
             url = f"{scheme}://{_url_host(host)}:{bound_port}"
             node_url = f"{node_scheme}://{_url_host(host)}:{bound_node_port}"
+            await nursery.start(
+                functools.partial(
+                    coordinator.run, runner.cluster_port, api_url=url, node_url=node_url
+                )
+            )
             ca_file = None if config.insecure_http else data_dir / "tls" / "ca.pem"
             write_credentials(data_dir, url, config.bootstrap.org, ca_file=ca_file)
             info = ServerInfo(url, node_url, os.getpid(), incarnation, __version__, data_dir, svc)
@@ -451,6 +465,8 @@ async def _serve_locked(
                 await _drain(http_done, bound_port)
                 with trio.move_on_after(SHUTDOWN_SNAPSHOT_SECONDS):
                     await recorder.flush()
+                # its jobs are taken over by the others at once, not after lease_ttl
+                await coordinator.leave()
                 if (
                     store.statistics().records >= SHUTDOWN_SNAPSHOT_RECORDS
                     and await store.take_compactor()
@@ -462,6 +478,17 @@ async def _serve_locked(
                 server_json.unlink(missing_ok=True)
                 nursery.cancel_scope.cancel()
         root.cancel_scope.cancel()  # the follower
+
+
+async def _coordinator(config: ServerConfig, appliance_id: str | None) -> Coordinator:
+    """The cluster's coordinator: on a store whose log other appliances may share (it has
+    an ``appliance_id``: PostgreSQL) the PostgreSQL coordinator, its tables created if
+    needed; else :class:`Solo`."""
+    if appliance_id is None or config.store.url is None:
+        return Solo()
+    return await open_coordinator(
+        config.store.url, appliance_id, lease_ttl=config.cluster.lease_ttl
+    )
 
 
 async def _end_feeds(feeds: Feeds, port: int) -> None:

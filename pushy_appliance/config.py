@@ -43,6 +43,7 @@ __all__ = [
     "AllowEntry",
     "AuditConfig",
     "AuthConfig",
+    "ClusterConfig",
     "FeedsConfig",
     "HeartbeatConfig",
     "JobsConfig",
@@ -74,6 +75,14 @@ class StoreConfig:
     url: str | None = None
     """``postgresql://…``: keep the store in that PostgreSQL database (docs/SCALE-OUT.md);
     unset: the file store in ``DATA/store``."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ClusterConfig:
+    lease_ttl: float = 15.0
+    """Seconds a job's lease lasts without renewal: a job whose appliance died is driven
+    again by another within ``lease_ttl * 4 / 3`` (PostgreSQL store only, docs/SCALE-OUT.md
+    §4)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -242,6 +251,7 @@ class ServerConfig:
     """Serve plain HTTP (development only)."""
     tls: TLSConfig = TLSConfig()
     store: StoreConfig = StoreConfig()
+    cluster: ClusterConfig = ClusterConfig()
     bootstrap: BootstrapConfig = BootstrapConfig()
     heartbeat: HeartbeatConfig = HeartbeatConfig()
     jobs: JobsConfig = JobsConfig()
@@ -274,6 +284,8 @@ def _check_server(c: ServerConfig) -> ServerConfig:
         raise ConfigError(
             "config", "store.url", "expected a postgresql:// URL (unset: the file store)"
         )
+    if not c.cluster.lease_ttl > 0:
+        raise ConfigError("config", "cluster.lease_ttl", "must be positive")
     if not 0.05 <= c.heartbeat.interval <= 3600:
         raise ConfigError("config", "heartbeat.interval", "must be between 0.05 and 3600")
     if c.heartbeat.offline_threshold < 1:

@@ -12,16 +12,10 @@ applied it: what lives only in memory and depends on stored facts (a node's sess
 client's key) follows the change before the commit returns.
 
 A model may also keep the bulk of items that no longer change in the store's archive
-(:class:`ArchivingModel`: the jobs model, for closed jobs' details). :meth:`Database.archive`
-moves what such a model offers there: the items are packed in a worker thread (they no
-longer change, and the event loop goes on), appended to the archive in groups of about
-``ARCHIVE_GROUP_BYTES``, and handed back to the model with their references, which then
-reads them back through the store (``read_archived``). Each :meth:`Database.snapshot` first
-does the same, then re-archives the items of archives that are mostly unused (purged jobs)
-or small, so that the archives a snapshot needs stay dense; the store deletes an archive
-once neither kept snapshot refers to it. Nothing in the log refers to the archive: a crash
-before the next snapshot loses only the archive's new copies, and replay rebuilds the items
-in memory from their records.
+(:class:`~.db_archive.ArchivingModel`: the jobs model, for closed jobs' details).
+:meth:`Database.archive` moves what such a model offers there, and each
+:meth:`Database.snapshot` first does the same and re-archives sparse archives; how, in
+:mod:`.db_archive` (the database's :class:`~.db_archive.Archiver`).
 
 Several appliances on one log (the PostgreSQL store, ``docs/SCALE-OUT.md`` §3, §6). Every
 record is applied in seq order, own or another appliance's: :meth:`Database.follower` applies
@@ -55,23 +49,18 @@ import itertools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Mapping, Sequence
 from contextlib import aclosing, asynccontextmanager
-from typing import Any, NoReturn, Protocol, runtime_checkable
+from typing import Any, NoReturn, Protocol
 
 import trio
 
-from .errors import StoreCorruptError, StoreError, StoreUnavailableError
-from .store import BlobRef, Store
+from .db_archive import Archiver
+from .errors import StoreError, StoreUnavailableError
+from .store import Store
 
-__all__ = ["ARCHIVE_GROUP_BYTES", "BARRIER_WAIT", "ArchivingModel", "Database", "Model"]
+__all__ = ["BARRIER_WAIT", "Database", "Model"]
 
 log = logging.getLogger(__name__)
 
-ARCHIVE_GROUP_BYTES = 8 * 1024 * 1024
-"""Blob bytes appended to the archive with one write and fsync (and held at once)."""
-SPARSE_ARCHIVE = 0.5
-"""An archive whose blobs in use are less than this share of its size is re-archived."""
-SMALL_ARCHIVE = 1024 * 1024
-"""An archive smaller than this (not the newest) is re-archived into the newest."""
 REPLAY_COMPACT_RECORDS = 10_000
 """Records replayed between two packings of what the archiving models will archive."""
 BARRIER_WAIT = 10.0
@@ -87,61 +76,6 @@ class Model(Protocol):
     def snapshot(self) -> Any: ...
 
     def load(self, snapshot: Any) -> None: ...
-
-
-class Archivable(Protocol):
-    """An item an :class:`ArchivingModel` offers for the archive."""
-
-    def pack(self) -> bytes:
-        """Its bulk as one msgpack blob; must be safe to call from a worker thread."""
-        ...
-
-
-@runtime_checkable
-class ArchivingModel(Protocol):
-    """A model that keeps the bulk of items that no longer change in the store's archive."""
-
-    def attach_archive(self, read: Callable[[BlobRef], bytes]) -> None:
-        """Read archived bulk with ``read`` from now on."""
-        ...
-
-    def to_archive(self) -> Sequence[Archivable]:
-        """The items to archive now (they no longer change)."""
-        ...
-
-    def archived(self, item: Any, ref: BlobRef) -> bool:
-        """``item``'s bulk is at ``ref`` now; ``False`` if the item is gone meanwhile."""
-        ...
-
-    def archive_use(self) -> dict[int, int]:
-        """Archive number → end of the last blob the model refers to there."""
-        ...
-
-    def compact(self) -> int:
-        """Hold the items to archive in their packed form until they are (a replay)."""
-        ...
-
-    def archived_bytes(self) -> dict[int, int]:
-        """Archive number → bytes of the blobs the model refers to there."""
-        ...
-
-    def archived_in(self, numbers: set[int]) -> Sequence[tuple[Any, BlobRef]]:
-        """The archived items whose blobs are in archives ``numbers``, with their refs."""
-        ...
-
-
-def _pack_group(items: Sequence[Archivable], start: int) -> tuple[list[bytes], int]:
-    """Pack items from ``start`` until about :data:`ARCHIVE_GROUP_BYTES`; the blobs and the
-    index of the first item not packed. Runs in a worker thread."""
-    blobs: list[bytes] = []
-    size = 0
-    index = start
-    while index < len(items) and size < ARCHIVE_GROUP_BYTES:
-        blob = items[index].pack()
-        blobs.append(blob)
-        size += len(blob)
-        index += 1
-    return blobs, index
 
 
 class Database:
@@ -178,10 +112,7 @@ class Database:
         self._tick = itertools.count()
         self._barrier_failing = False
         self._follower_error: StoreError | None = None
-        self._archive_lock = trio.Lock()
-        self._archiving = [m for m in self.models.values() if isinstance(m, ArchivingModel)]
-        for model in self._archiving:
-            model.attach_archive(store.read_archived)
+        self._archiver = Archiver(store, self.models.values())
 
     def watch(self, watcher: Callable[[dict[str, Any]], None]) -> None:
         """Call ``watcher(record)`` for every record committed from now on (a batch's records
@@ -346,10 +277,8 @@ class Database:
             self._apply(record)
             count += 1
             if count % REPLAY_COMPACT_RECORDS == 0:
-                for model in self._archiving:
-                    model.compact()
-        for model in self._archiving:
-            model.compact()
+                self._archiver.compact()
+        self._archiver.compact()
         self.applied_seq = self.store.last_seq
         return count
 
@@ -408,8 +337,12 @@ class Database:
         """
         await self.store.wait_writable()
 
-    async def commit(self, *records: dict[str, Any]) -> int:
+    async def commit(self, *records: dict[str, Any], fence: Sequence[tuple[str, int]] = ()) -> int:
         """Make ``records`` durable, then apply them to the models.
+
+        Args:
+            fence: ``(job_id, epoch)`` leases the records are fenced with (a job's driver in
+                a cluster, ``docs/SCALE-OUT.md`` §4); see ``Store.append_many``.
 
         Returns:
             The sequence number of the last record.
@@ -419,6 +352,8 @@ class Database:
                 now or earlier and it is not writable again yet). None of ``records`` is
                 stored and none was applied: the models are as before the call. The same
                 records may be committed again once :meth:`wait_writable` returns.
+            StaleLeaseError: a lease of ``fence`` has another epoch now; nothing was stored
+                or applied.
             StoreError: the store is closed; nothing was applied.
 
         Cancellation: once the records were handed to the store they are applied even if the
@@ -433,7 +368,10 @@ class Database:
                 list(records) if len(records) == 1 else [{"t": "batch", "records": list(records)}]
             )
             with trio.CancelScope(shield=True):
-                seq = await self.store.append_many(stored)
+                if fence:
+                    seq = await self.store.append_many(stored, fence=fence)
+                else:
+                    seq = await self.store.append_many(stored)
                 self._offer(seq, stored[0], followed=False)
                 if self.applied_seq < seq:
                     await self._wait_applied(seq)
@@ -458,7 +396,9 @@ class Database:
                 continue
             await trio.sleep(seconds)
 
-    async def commit_retrying(self, *records: dict[str, Any]) -> int:
+    async def commit_retrying(
+        self, *records: dict[str, Any], fence: Sequence[tuple[str, int]] = ()
+    ) -> int:
         """:meth:`commit`, waiting out store outages: the same ``records`` are committed again
         each time the store is writable again, until they are durable and applied.
 
@@ -469,6 +409,7 @@ class Database:
             The sequence number of the last record.
 
         Raises:
+            StaleLeaseError: a lease of ``fence`` has another epoch now (see :meth:`commit`).
             StoreError: the store is closed; nothing was applied.
 
         Cancellation: while waiting for the store nothing is applied, and nothing will be;
@@ -476,93 +417,14 @@ class Database:
         """
         while True:
             try:
-                return await self.commit(*records)
+                return await self.commit(*records, fence=fence)
             except StoreUnavailableError:
                 await self.wait_writable()
 
     async def archive(self) -> int:
-        """Move what the archiving models offer to the store's archive.
-
-        Returns:
-            How many items were archived.
-
-        Raises:
-            StoreError: the archive could not be written (``StoreUnavailableError`` while
-                the store is not writable); the items not archived stay in memory and are
-                offered again next time.
-
-        Cancellation: a group being written is written to its end; its items are handed
-        back to their model only if the call was not cancelled (their blobs are then never
-        referred to).
-        """
-        async with self._archive_lock:
-            return await self._archive()
-
-    async def _archive(self) -> int:
-        moved = 0
-        if not self.store.keeps_archive:
-            return moved
-        for model in self._archiving:
-            items = model.to_archive()
-            index = 0
-            while index < len(items):
-                blobs, end = await trio.to_thread.run_sync(_pack_group, items, index)
-                refs = await self.store.archive(blobs)
-                moved += sum(
-                    model.archived(i, r) for i, r in zip(items[index:end], refs, strict=True)
-                )
-                index = end
-        return moved
-
-    async def _rearchive(self, model: ArchivingModel) -> int:
-        """Copy the blobs in use of sparse and small archives to the newest one."""
-        sizes = self.store.archive_sizes()
-        if len(sizes) < 2:
-            return 0
-        newest = max(sizes)
-        used = model.archived_bytes()
-        victims = {
-            n
-            for n, size in sizes.items()
-            if n != newest
-            and used.get(n, 0) > 0
-            and (used[n] < SPARSE_ARCHIVE * size or size < SMALL_ARCHIVE)
-        }
-        if not victims:
-            return 0
-        pairs = list(model.archived_in(victims))
-        moved = 0
-        index = 0
-        while index < len(pairs):
-            group, index = await trio.to_thread.run_sync(self._read_group, pairs, index)
-            refs = await self.store.archive([blob for _item, blob in group])
-            moved += sum(
-                model.archived(item, ref) for (item, _), ref in zip(group, refs, strict=True)
-            )
-        log.info(
-            "archive: %d item(s) copied out of %d sparse or small archive(s)", moved, len(victims)
-        )
-        return moved
-
-    def _read_group(
-        self, pairs: Sequence[tuple[Any, BlobRef]], start: int
-    ) -> tuple[list[tuple[Any, bytes]], int]:
-        """Read blobs from ``start`` until about :data:`ARCHIVE_GROUP_BYTES` (a worker
-        thread); a blob that does not check out stays where it is."""
-        group: list[tuple[Any, bytes]] = []
-        size = 0
-        index = start
-        while index < len(pairs) and size < ARCHIVE_GROUP_BYTES:
-            item, ref = pairs[index]
-            index += 1
-            try:
-                blob = self.store.read_archived(ref)
-            except StoreCorruptError as e:
-                log.error("archive: a blob in use is damaged, left where it is: %s", e)
-                continue
-            group.append((item, blob))
-            size += len(blob)
-        return group, index
+        """Move what the archiving models offer to the store's archive; returns how many
+        items were archived. Raises and cancels as :meth:`~.db_archive.Archiver.archive`."""
+        return await self._archiver.archive()
 
     async def snapshot(self) -> int:
         """Write a snapshot of every model at the store's newest record (on a shared log, at
@@ -580,15 +442,8 @@ class Database:
                 the store is not writable). The log still holds every record: nothing is
                 lost, a restart only replays more.
         """
-        async with self._archive_lock:
-            try:
-                await self._archive()
-                for model in self._archiving:
-                    await self._rearchive(model)
-            except StoreUnavailableError:
-                raise
-            except StoreError as e:
-                log.warning("archive: not written before the snapshot (%s)", e)
+        async with self._archiver.lock:
+            await self._archiver.before_snapshot()
             if self._ordered:
                 # applied in order: the models are exactly the records up to applied_seq
                 # (commits in flight wait for the follower, which a gate would not stop)
@@ -612,11 +467,7 @@ class Database:
 
     def _copy_models(self) -> tuple[dict[str, Any], dict[int, int]]:
         state = {name: model.snapshot() for name, model in self.models.items()}
-        archives: dict[int, int] = {}
-        for model in self._archiving:
-            for number, end in model.archive_use().items():
-                archives[number] = max(end, archives.get(number, 0))
-        return state, archives
+        return state, self._archiver.archive_use()
 
 
 def _records_of(record: dict[str, Any]) -> list[dict[str, Any]]:

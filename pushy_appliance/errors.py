@@ -10,7 +10,8 @@ map the tree to status codes in one place (``http/_errors.py``)::
     ├── StoreError               the store cannot be opened, read or written
     │   ├── StoreCorruptError    a record failed its CRC or could not be decoded
     │   ├── DataDirBusyError     another process holds the data directory
-    │   └── StoreUnavailableError a write or fsync failed: writes refused until one succeeds
+    │   ├── StoreUnavailableError a write or fsync failed: writes refused until one succeeds
+    │   └── StaleLeaseError      a job step fenced with a lease epoch another appliance took
     ├── ProtocolError            a node frame that is not what the protocol says
     │   └── FrameTooLargeError   a frame over the size cap
     ├── DomainError              what a model or engine refuses, whoever asked; no status code
@@ -131,6 +132,22 @@ class StoreUnavailableError(StoreError):
         self.reason = reason
         self.path = path
         super().__init__(f"store unavailable: {reason}")
+
+
+class StaleLeaseError(StoreError):
+    """A job's records were refused: they were fenced with a lease epoch that is no longer
+    the job's (another appliance took the job over, ``docs/SCALE-OUT.md`` §4). Nothing of
+    the refused call was stored; the appliance that sent it stops driving the job.
+
+    Attributes:
+        job_id: the job.
+        epoch: the stale epoch the records carried.
+    """
+
+    def __init__(self, job_id: str, epoch: int) -> None:
+        self.job_id = job_id
+        self.epoch = epoch
+        super().__init__(f"job {job_id}: lease epoch {epoch} is stale (taken over)")
 
 
 class ProtocolError(PushyError):

@@ -38,6 +38,7 @@ __all__ = [
     "MAX_FACTS_BYTES",
     "OHAI_MODES",
     "OPERATOR_FACTS",
+    "UNIQUE_FACTS",
     "VOLATILE_FACTS",
     "FactsConfig",
     "Fitted",
@@ -79,6 +80,10 @@ OPERATOR_FACTS = ("tags", "roles", "chef_environment")
 
 VOLATILE_FACTS = frozenset({"uptime_seconds"})
 """Facts that change on every collection; a change of these alone is not worth a frame."""
+
+UNIQUE_FACTS = frozenset({"hostname", "fqdn", "ipaddress", "ip6address", "macaddress"})
+"""Facts whose value is one node's own: no two nodes share it, so the server does not intern
+it (an entry in the interpreter's table per node, sharing nothing)."""
 
 OHAI_MODES = ("auto", "on", "off")
 

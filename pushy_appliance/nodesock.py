@@ -140,6 +140,7 @@ class _Connection:
                 if not isinstance(frame, protocol.Hello):
                     raise ProtocolError(f"first frame must be hello, got {frame.TYPE}")
                 hello = frame
+                del first, frame  # this frame lives as long as the connection: keep only hello
             except ProtocolError as e:
                 log.warning("node %s: bad first frame: %s", who, e.reason)
                 await self.ws.aclose(CLOSE_PROTOCOL, e.reason[:120])
@@ -190,14 +191,17 @@ class _Connection:
         )
         try:
             # the facts go with the status only when they changed (the inventory's model)
-            same = self.registry.model.same_facts(org, node, session.facts)
+            same = self.registry.model.same_facts(org, node, hello.facts)
             await self.registry.record_status(
-                org, node, "online", None if same else session.facts, hello.incarnation_id
+                org, node, "online", None if same else hello.facts, hello.incarnation_id
             )
             with self.scope:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(session.run_writer, outbox)
                     await self.link.node_hello(session, hello)
+                    # the model holds the facts now; the decoded hello would be a second copy
+                    # for as long as the node stays connected
+                    del hello
                     reader = FrameReader(
                         self.ws.get_message,
                         session,
@@ -269,9 +273,14 @@ async def serve_nodes(
             if m is None:
                 raise NotFoundError("not found")
             org, node = m.group(1), m.group(2)
-            headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in request.headers}
+            # no local for the headers: this frame lives as long as the connection
             who = auth.authenticate(
-                org, method="GET", path=path, headers=headers, body=b"", now=datetime.now(UTC)
+                org,
+                method="GET",
+                path=path,
+                headers={k.decode("latin-1"): v.decode("latin-1") for k, v in request.headers},
+                body=b"",
+                now=datetime.now(UTC),
             )
             if who.kind != "client" or who.name != node:
                 raise AuthError(403, "Client and node name must match")

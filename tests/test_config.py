@@ -140,6 +140,18 @@ def test_store_url_from_file_environment_and_flag(tmp_path: Path) -> None:
     assert load_server_config(f, environ=env, flags=flags).store.url == "postgresql://flag/db"
 
 
+def test_cluster_lease_ttl_from_file_and_environment_and_validated(tmp_path: Path) -> None:
+    assert load_server_config().cluster.lease_ttl == 15.0
+    f = tmp_path / "c.toml"
+    f.write_text("[cluster]\nlease_ttl = 3\n")
+    assert load_server_config(f).cluster.lease_ttl == 3.0
+    env = {"PUSHY_CLUSTER_LEASE_TTL": "4.5"}
+    assert load_server_config(f, environ=env).cluster.lease_ttl == 4.5
+    for bad in ("0", "-1"):
+        with pytest.raises(ConfigError, match=r"cluster\.lease_ttl"):
+            load_server_config(environ={"PUSHY_CLUSTER_LEASE_TTL": bad})
+
+
 def test_reconnect_grace_default_follows_interval() -> None:
     c = load_server_config(environ={"PUSHY_HEARTBEAT_INTERVAL": "0.5"})
     assert c.reconnect_grace == 11.0

@@ -95,6 +95,26 @@ def test_snapshot_keeps_packed_facts_and_loads_old_snapshots() -> None:
     assert old.names("o") == ["b"]
 
 
+def test_a_loaded_snapshot_keeps_each_node_beside_its_own_facts() -> None:
+    model = NodeModel()
+    for name in ("c", "a", "d", "b"):
+        model.apply(seen(name, facts=None if name == "d" else {"me": name}))
+    model.apply(seen("x", org="other", facts={"me": "x"}))
+    restored = NodeModel()
+    restored.load(model.snapshot())
+    assert restored.names("o") == ["a", "b", "c", "d"]
+    assert [restored.flat("o", n).get("me") for n in "abcd"] == ["a", "b", "c", None]
+    assert restored.flat("other", "x")["me"] == "x"
+    assert restored.nodes[("o", "c")]["status"] == "online" and ("o", "e") not in restored.nodes
+    assert sorted(restored.nodes) == [
+        ("o", "a"),
+        ("o", "b"),
+        ("o", "c"),
+        ("o", "d"),
+        ("other", "x"),
+    ]
+
+
 # --- search over a fleet --------------------------------------------------------------------
 
 
@@ -155,6 +175,64 @@ async def test_a_search_over_many_nodes_yields_between_chunks(
             assert checkpoints - before >= 3  # 35 nodes, 10 a chunk: four chunks
             nursery.cancel_scope.cancel()
         assert hits == [f"n{i:02d}" for i in range(1, 35, 2)]
+
+
+class CountingLink:
+    """The node link's ``status``, counting the nodes it is asked about."""
+
+    def __init__(self, online: set[str]) -> None:
+        self.online = online
+        self.asked: list[str] = []
+
+    def status(self, org: str, name: str) -> tuple[str, str]:
+        self.asked.append(name)
+        return ("online", "available") if name in self.online else ("offline", "unavailable")
+
+
+async def test_search_asks_for_the_live_state_only_when_the_query_can_read_it() -> None:
+    async with memory_registry() as registry:
+        link = CountingLink({"n1", "n2"})
+        inventory = Inventory(registry.db, registry, link)  # type: ignore[arg-type]
+        for i in range(6):
+            facts = {"tags": ["web"] if i % 3 == 0 else ["db"], "kernel": {"machine": "arm"}}
+            await registry.record_status("o", f"n{i}", "online", facts, "x")
+
+        async def found(text: str) -> list[str]:
+            link.asked.clear()
+            return await inventory.search("o", compile_query(text))
+
+        # no field, a wildcard field, a status that cannot be: never asked
+        for text in ("web", "kernel_*:arm", "status:nonsense", "NOT availability:x*"):
+            await found(text)
+            assert link.asked == [], text
+        # asked after the facts' part passed, once per node though two fields read it
+        assert await found("status:online AND availability:available AND tags:db") == [
+            "n1",
+            "n2",
+        ]
+        assert link.asked == ["n1", "n2", "n4", "n5"]
+        # a term without a field that a live value can pass reads it for every node
+        assert await found("*line") == ["n0", "n1", "n2", "n3", "n4", "n5"]
+        assert len(link.asked) == 6
+
+
+async def test_a_search_leaves_out_nodes_forgotten_while_it_waited(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(inventory_module, "CHUNK", 10)
+    async with memory_registry() as registry:
+        inventory = Inventory(registry.db, registry, NodeLink(registry))
+        for i in range(30):
+            await registry.record_status("o", f"n{i:02d}", "online", {"i": 1}, "x")
+
+        async def forget() -> None:
+            await trio.lowlevel.checkpoint()  # the search has started its walk
+            registry.model.apply({"t": "client.del", "org": "o", "name": "n25"})
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(forget)
+            hits = await inventory.search("o", compile_query("i:1"))
+        assert hits == [f"n{i:02d}" for i in range(30) if i != 25]
 
 
 # --- POST jobs with search ------------------------------------------------------------------

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import sys
@@ -237,6 +238,9 @@ async def test_agents_are_found_by_their_facts_through_api_cli_and_chef_search(
             assert await names(admin, "pushy_agent_version:* AND os:linux") == sorted(FLEET)
             r = await admin.get(f"{NODES}?q=tags:web&start=1&rows=5")
             assert (r.json()["total"], [x["name"] for x in r.json()["rows"]]) == (2, ["web-2"])
+            timing = re.fullmatch(r"search;dur=(\d+\.\d\d), app;dur=(\d+\.\d\d)",
+                                  r.headers["server-timing"])  # fmt: skip
+            assert timing is not None and float(timing[1]) <= float(timing[2])
             r = await admin.get(f"{NODES}?q={_quote('tags:(web')}")
             assert r.status_code == 400
             assert r.json() == {"error": ["invalid search query: unclosed '(' at position 5"]}

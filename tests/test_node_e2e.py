@@ -302,7 +302,15 @@ async def test_agent_online_offline_and_back(
                     await wait_state(admin, "node1", "online", "available")
                 session = info.services.nodes.get("default", "node1")
                 assert session is not None
-                facts = session.facts
+                # hello's facts, stored with the online status (committed after the session
+                # opened, so possibly a moment after the state reads online)
+                model = info.services.nodes.model
+                for _ in range(200):  # 2 s
+                    facts = model.facts("default", "node1")
+                    if facts is not None:
+                        break
+                    await trio.sleep(0.01)
+                assert facts is not None
                 assert facts["hostname"] == socket.gethostname()
                 assert facts["os"] == "linux"  # ohai's names and values (docs/SEARCH.md)
                 # heartbeats keep it online past the offline threshold: its first connection

@@ -4,6 +4,7 @@ raises."""
 
 from __future__ import annotations
 
+import gc
 from typing import Any
 
 import pytest
@@ -343,6 +344,29 @@ def test_flatten_shares_keys_and_short_values_between_nodes() -> None:
     assert k1 is k2
 
 
+def test_flatten_leaves_no_garbage_for_the_collector() -> None:
+    # the server flattens every node's facts and its collector freezes what is alive: a
+    # reference cycle here (closures calling each other) kept every node's work lists
+    gc.collect()
+    gc.disable()
+    try:
+        flatten_facts({"kernel": {"machine": "x86_64"}, "tags": ["a", "b"], "l": [{"k": 1}]})
+        assert gc.collect() == 0
+    finally:
+        gc.enable()
+
+
+def test_flatten_keeps_a_node_s_own_values_uninterned_and_the_same() -> None:
+    def facts() -> dict[str, Any]:
+        return {"hostname": "".join(["web", "-7"]), "os": "".join(["lin", "ux"])}
+
+    one, two = flatten_facts(facts(), {"hostname"}), flatten_facts(facts(), {"hostname"})
+    assert dict(one) == dict(flatten_facts(facts())) == {"hostname": "web-7", "os": "linux"}
+    assert one["hostname"] is not two["hostname"]  # its own, not interned
+    assert one["os"] is two["os"]
+    assert flatten_facts(facts())["hostname"] is flatten_facts(facts())["hostname"]
+
+
 def test_flatten_stops_at_depth() -> None:
     deep: dict[str, Any] = {"leaf": "x"}
     for _ in range(40):
@@ -358,6 +382,57 @@ def test_query_keeps_text_and_tree() -> None:
     assert repr(q) == "Query('tags:web')"
     assert q.predicate("n", "online", "available", FLAT["web1"]) is True
     assert q.matches("n", EMPTY) is False
+
+
+@pytest.mark.parametrize(
+    ("query", "reads"),
+    [
+        ("web", False),
+        ("kernel_*:aarch64", False),
+        ("name:web* AND platform:debian", False),
+        ("status:nonsense OR availability:x", False),
+        ("NOT (tags:web OR roles:db)", False),
+        ("*:*", False),
+        ("status:online", True),
+        ("NOT availability:unavailable", True),
+        ("st*:online", True),
+        ("*line", True),
+        ("available", True),
+        ("*:[a TO p]", True),
+        ("tags:web AND (status:offline OR x)", True),
+    ],
+)
+def test_query_says_whether_it_reads_the_live_state(query: str, reads: bool) -> None:
+    assert compile_query(query).reads_live is reads
+
+
+def test_one_query_over_many_shapes_answers_as_a_fresh_one() -> None:
+    # a query specialises itself to each facts shape it meets, and keeps the specialisation:
+    # going over every node twice, in both orders, must answer as a new query per node
+    for text, _ in CASES:
+        q = compile_query(text)
+        order = [*NODES, *reversed(NODES)]
+        for name in order:
+            status, availability, _ = NODES[name]
+            fresh = compile_query(text).matches(
+                name, FLAT[name], status=status, availability=availability
+            )
+            assert q.matches(name, FLAT[name], status=status, availability=availability) is (
+                fresh
+            ), (text, name)
+
+
+def test_flat_facts_share_their_shape_and_read_like_a_map() -> None:
+    one = flatten_facts({"kernel": {"machine": "x86_64"}, "tags": ["a", "b"]})
+    two = flatten_facts({"kernel": {"machine": "aarch64"}, "tags": ["c", "d"]})
+    three = flatten_facts({"kernel": {"machine": "aarch64"}, "tags": "c"})
+    assert one.shape is two.shape and three.shape is not one.shape
+    assert dict(two) == {"kernel": "machine", "kernel_machine": "aarch64", "machine": "aarch64",
+                         "tags": ("c", "d")}  # fmt: skip
+    assert len(two) == 4 and "tags" in two and "nope" not in two and two.get("nope") is None
+    assert compile_query("tags:d").matches("n", two) and not compile_query("tags:d").matches(
+        "n", three
+    )
 
 
 def test_compile_query_applies_limits() -> None:

@@ -17,6 +17,11 @@
   looked up in the node's merged attributes (:func:`partial_data`). It changes nothing, so
   its signature may be sent again (knife pages through results with the same body).
 
+The search routes answer with a ``Server-Timing`` header (``search;dur=MS, app;dur=MS``): the
+milliseconds the search took (the walk over the org's nodes, with its checkpoints) and the
+whole handler (authorization, search, rows, JSON), for measuring them apart from the network
+and TLS (``benchmarks/bench_inventory.py``).
+
 Every route is signed and authorized like the push-jobs reads (``read``). A query that does
 not parse is 400 ``{"error": ["invalid search query: … at position N"]}``; a bad ``start``
 or ``rows`` on the Chef routes is Chef's 400 ``{"error": ["invalid 'rows' value: 'x'"]}``,
@@ -25,6 +30,7 @@ a bad partial-search body ``{"error": ["invalid partial search request body"]}``
 
 from __future__ import annotations
 
+import time
 from typing import Any
 from urllib.parse import quote, unquote
 
@@ -136,6 +142,18 @@ def _page(names: list[str], start: int, rows: int | None) -> list[str]:
     return names[start:] if rows is None else names[start : start + rows]
 
 
+async def _search(inventory: Inventory, org: str, text: str | None) -> tuple[list[str], float]:
+    """The names ``text`` matches (every node when ``None``), and the seconds it took."""
+    began = time.perf_counter()
+    found = await inventory.search(org, _query(text))
+    return found, time.perf_counter() - began
+
+
+def _server_timing(began: float, search: float) -> dict[str, str]:
+    app = time.perf_counter() - began
+    return {"Server-Timing": f"search;dur={search * 1000:.2f}, app;dur={app * 1000:.2f}"}
+
+
 def register(app: QuartTrio, svc: Services) -> None:
     """Register the inventory routes on ``app``."""
     inventory: Inventory = svc.inventory
@@ -145,16 +163,18 @@ def register(app: QuartTrio, svc: Services) -> None:
 
     @app.route("/organizations/<org>/pushy/nodes", methods=["GET"])
     async def nodes(org: str) -> Response:
+        began = time.perf_counter()
         await authorized(svc, org, "read")
         start = _count("start", 0, chef=False) or 0
         rows = _count("rows", None, chef=False)
-        found = await inventory.search(org, _query(request.args.get("q")))
+        found, took = await _search(inventory, org, request.args.get("q"))
         docs = []
         for name in _page(found, start, rows):
             row = row_of(org, name)
             if row is not None:
                 docs.append(node_document(row))
-        return json_response({"total": len(found), "start": start, "rows": docs})
+        body = {"total": len(found), "start": start, "rows": docs}
+        return json_response(body, headers=_server_timing(began, took))
 
     @app.route("/organizations/<org>/pushy/nodes/<node>", methods=["GET"])
     async def node(org: str, node: str) -> Response:
@@ -166,6 +186,7 @@ def register(app: QuartTrio, svc: Services) -> None:
 
     @app.route("/organizations/<org>/search/node", methods=["GET", "POST"])
     async def chef_search(org: str) -> Response:
+        began = time.perf_counter()
         partial = request.method == "POST"
         await authorized(svc, org, "read", read_only=partial)
         paths = None
@@ -177,7 +198,7 @@ def register(app: QuartTrio, svc: Services) -> None:
         rows = _count("rows", CHEF_DEFAULT_ROWS, chef=True)
         text = request.args.get("q")
         # Chef Server decodes q once more: knife-push escapes it before Chef's client does
-        found = await inventory.search(org, _query(None if text is None else unquote(text)))
+        found, took = await _search(inventory, org, None if text is None else unquote(text))
         base = f"{base_url(svc)}/organizations/{org}/nodes/"
         out: list[dict[str, Any]] = []
         for name in _page(found, start, rows):
@@ -189,7 +210,8 @@ def register(app: QuartTrio, svc: Services) -> None:
                 out.append(doc)
             else:
                 out.append({"url": base + quote(name, safe=""), "data": partial_data(doc, paths)})
-        return json_response({"total": len(found), "start": start, "rows": out})
+        body = {"total": len(found), "start": start, "rows": out}
+        return json_response(body, headers=_server_timing(began, took))
 
 
 def _partial_paths(body: Any) -> dict[str, list[str]]:

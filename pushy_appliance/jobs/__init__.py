@@ -17,7 +17,9 @@ Pure (layer 1 of ``pushy_appliance``: no I/O, no trio tasks):
 * ``jobs.validation``: ``POST jobs`` bodies.
 
 Engines (layer 3): ``jobs.runner`` drives the machine (feeds it events, stores each new state,
-then performs the effects); ``jobs.retention`` purges jobs past ``jobs.retention_days``.
+then performs the effects with ``jobs.effects``), with ``jobs.cluster_port`` (its side of a
+cluster: the ``ClusterEngine``); ``jobs.retention`` purges jobs past
+``jobs.retention_days``.
 This package module imports nothing, so importing a pure submodule never drags in the
 runner.
 """

@@ -51,6 +51,11 @@ class LiveJob:
         (directly to each node's connection when that cannot block)."""
         self.riders: list[dict[str, Any]] = []
         """Records to store in the job's next step (an abort's audit record)."""
+        self.remote: list[tuple[str, str, str, dict[str, Any]]] = []
+        """Frames for nodes connected to other appliances of the cluster, written with
+        :attr:`outgoing`: ``(appliance, node, frame type, fields)``."""
+        self.dropped = False
+        """Another appliance drives the job now: its task stops without closing it."""
 
     @property
     def id(self) -> str:

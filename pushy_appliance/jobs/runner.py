@@ -4,11 +4,23 @@ Each live job has one task that drains the job's inbox in batches: every event i
 goes through :func:`.machine.transition`; the changes of the whole batch (job fields, changed
 nodes, published feed events, output chunks, results) become ONE ``job.step`` record,
 committed durably; only then are the effects performed (frames sent, timers armed, events
-published on the feeds). So a crash loses effects, never state, and a fan-out to thousands of
-nodes costs a handful of fsyncs, not one per vote. A step the store refuses (disk full) is
-held, with its effects, until the store writes again; the job goes on from there. After a
-restart :meth:`JobRunner.resume` sends ``Resume`` to every unfinished job; the machine
-re-derives what a lost effect would have done.
+published on the feeds: :class:`~.effects.Effects`, :attr:`JobRunner.effects`). So a crash
+loses effects, never state, and a fan-out to thousands of nodes costs a handful of fsyncs,
+not one per vote. A step the store refuses (disk full) is held, with its effects, until the
+store writes again; the job goes on from there. After a restart :meth:`JobRunner.resume`
+sends ``Resume`` to every unfinished job; the machine re-derives what a lost effect would
+have done.
+
+In a cluster (several appliances on one PostgreSQL store, ``docs/SCALE-OUT.md`` §4, §5) the
+runner drives only the jobs whose lease its :class:`~..cluster.Coordinator` holds: a new job
+claims its lease before its record is stored, every step is fenced with the lease's epoch (a
+step refused as stale drops the job: its task stops, the job is not closed), a closed job's
+lease is given back, and frames for nodes connected to another appliance are mailed there.
+The rest of the cluster's business (takeover, lost leases, frames and node events from other
+appliances, forwarding node events and aborts to a job's driver) is the runner's
+:class:`~.cluster_port.ClusterPort` (:attr:`JobRunner.cluster_port`), the
+:class:`~..cluster.ClusterEngine` the coordinator calls back. Alone on its store
+(:class:`~..cluster.Solo`) none of this costs anything.
 
 The runner only creates, aborts and drives jobs; a new job's state, first feed events and
 ``job.create`` record are built by :func:`.build.build_job` (pure). Node messages reach it
@@ -34,39 +46,35 @@ from typing import Any
 
 import trio
 
-from .. import protocol
+from ..cluster import Coordinator, Solo
 from ..db import Database
-from ..errors import JobCapacityError, JobFinishedError, NoSuchJobError, StoreUnavailableError
+from ..errors import (
+    JobCapacityError,
+    JobFinishedError,
+    NoSuchJobError,
+    StaleLeaseError,
+    StoreUnavailableError,
+)
 from ..feeds import Feeds
 from ..nodes.link import NodeLink
-from ..nodes.registry import NodeRegistry, NodeSession
+from ..nodes.registry import NodeRegistry
 from ..sse import MonotonicStamper
 from . import record
 from .build import JobTimers, build_job, feed_event
+from .cluster_port import ClusterPort
 from .details import JobDetails
+from .effects import Effects
 from .events import (
     Abort,
-    CancelTimer,
     Effect,
-    GraceExpired,
     KeepOutput,
-    LateTimeout,
     NodeBack,
     NodeDown,
     NodeEvent,
     Publish,
-    ReleaseNodes,
     Result,
     Resume,
-    RunTimeout,
-    SendAbort,
-    SendCommit,
-    SendRehab,
-    SendResultAck,
-    SendRun,
     Start,
-    StartTimer,
-    VotingTimeout,
 )
 from .live import LiveJob
 from .machine import transition
@@ -77,7 +85,6 @@ from .validation import JobRequest
 
 __all__ = [
     "BUILD_IN_THREAD_NODES",
-    "FAN_OUT_CHUNK",
     "INBOX_HIGH_WATER",
     "READ_IN_THREAD_BYTES",
     "JobRunner",
@@ -90,8 +97,6 @@ INBOX_HIGH_WATER = 10_000
 BUILD_IN_THREAD_NODES = 2_000
 """Jobs of more nodes are built in a worker thread (a 100,000-node job takes about a second
 of CPU to build; the event loop serves other requests meanwhile)."""
-FAN_OUT_CHUNK = 2_000
-"""Feed events and commits a new job hands out between two checkpoints."""
 READ_IN_THREAD_BYTES = 64 * 1024
 """Archived details this large or larger are read and decoded in a worker thread."""
 
@@ -108,6 +113,7 @@ class JobRunner:
         max_live_jobs, max_live_job_nodes: the caps on jobs that have not finished, and on
             their nodes together (``limits.*``).
         now: the clock (seconds since the epoch) of events and timers.
+        cluster: the coordinator of the appliances sharing the store (default: alone).
     """
 
     def __init__(
@@ -123,8 +129,10 @@ class JobRunner:
         max_live_jobs: int = 1000,
         max_live_job_nodes: int = 1_000_000,
         now: Callable[[], float] = time.time,
+        cluster: Coordinator | None = None,
     ) -> None:
         self.db = db
+        self.cluster: Coordinator = cluster if cluster is not None else Solo()
         self.registry = registry
         self.link = link
         self.feeds = feeds
@@ -138,6 +146,11 @@ class JobRunner:
         self._creating: list[int] = []
         """Node counts of the jobs being created (reserved against the caps)."""
         self._nursery: trio.Nursery | None = None
+        self.effects = Effects(registry, link, feeds, self.cluster, now)
+        """Performs the effects of the jobs' steps."""
+        self.cluster_port = ClusterPort(self, db, registry, link, self.cluster, now)
+        """What the coordinator calls back (give it to ``Coordinator.run``), and the runner's
+        dealings with jobs driven by other appliances."""
         link.connect(self)
 
     @property
@@ -165,21 +178,28 @@ class JobRunner:
 
     async def resume(self) -> None:
         """Restart every unfinished job of the store (``Resume`` with its remaining time), and
-        every finished one that still waits for late results."""
+        every finished one that still waits for late results.
+
+        In a cluster the jobs are resumed as their leases are taken over instead (this
+        appliance holds none at start); a job without a lease (stored before the store was
+        shared) is given an expired one, so that the takeover hands it out."""
+        if self.cluster.clustered:
+            await self.cluster_port.lease_orphans()
+            return
         now = self._now()
         stopped_at = self.model.last_at or None
         for entry in list(self.model.jobs.values()):
             if entry.closed:
                 continue
             state = record.from_record(entry.state_record())
-            job = await self._adopt(entry, state)
+            job = await self.adopt(entry, state)
             if state.status == JobStatus.NEW:
                 job.post(Start(now, self.link.reachable_nodes(entry.org, state.nodes)))
             else:
                 job.post(Resume(now, stopped_at))
             log.info("job %s: resumed (%s, %d nodes)", entry.id, state.status, len(state.nodes))
 
-    async def _adopt(
+    async def adopt(
         self,
         entry: JobEntry,
         state: JobState,
@@ -225,7 +245,7 @@ class JobRunner:
         ``Start``, its first feed events, its ``job.create`` record) in a worker thread:
         nothing else sees it before it is stored, and the event loop goes on serving
         meanwhile. Its first feed events and commits are then handed out in chunks of
-        :data:`FAN_OUT_CHUNK` with a checkpoint between two.
+        :data:`~.effects.FAN_OUT_CHUNK` with a checkpoint between two.
 
         Args:
             rerun_of: the job this one re-runs (kept in its spec).
@@ -243,7 +263,7 @@ class JobRunner:
         try:
             job_id = secrets.token_hex(16)
             now = self._now()
-            online = self.link.reachable_nodes(org, req.nodes)
+            online = self.cluster_port.reachable(org, req.nodes)
             holders = self.link.holders(org, req.nodes)
             timers = JobTimers(self.voting_timeout, self.reconnect_grace, self.late_result_timeout)
             build = (job_id, org, req, requester, online, holders, now, rerun_of, timers)
@@ -254,6 +274,7 @@ class JobRunner:
             # Once stored, the job must also run: a client that hangs up (cancelling this
             # request) must not leave a stored job that nobody drives until the next restart.
             with trio.CancelScope(shield=True):
+                await self.cluster.claim(org, job_id)
                 await self.db.commit(built.record, *(riders(job_id) if riders is not None else ()))
                 log.info(
                     "job %s: started by %s in %s on %d node(s): %r",
@@ -264,7 +285,7 @@ class JobRunner:
                     req.command,
                 )
                 first = (built.effects, built.events)
-                await self._adopt(
+                await self.adopt(
                     self.model.jobs[job_id], built.state, built.stamper, first, built.held
                 )
         finally:
@@ -300,6 +321,9 @@ class JobRunner:
         if entry is None or entry.org != org:
             raise NoSuchJobError(job_id)
         job = self.live.get(job_id)
+        if job is None and self.cluster.clustered and not entry.finished:
+            await self.cluster_port.abort_elsewhere(entry, riders)
+            return
         # (the job's own task may be storing the step that ends it: its riders are taken)
         if job is None or entry.finished or is_finished(job.state):
             raise JobFinishedError(job_id)
@@ -309,6 +333,8 @@ class JobRunner:
         job.riders.extend(riders)
         job.post(Abort(self._now()))
         await job.ended.wait()
+        if job.dropped:
+            raise StoreUnavailableError("the job is driven by another appliance now; try again")
 
     async def load_details(self, entry: JobEntry) -> None:
         """Have an archived job's details in memory (the model's cache) before they are
@@ -350,7 +376,7 @@ class JobRunner:
         """
         job = self.live.get(job_id)
         if job is None or job.entry.org != org or event.node not in job.state.nodes:
-            return False
+            return await self.cluster_port.forward(org, job_id, event)
         if isinstance(event, NodeBack | NodeDown):
             job.post(event)
             return True
@@ -369,11 +395,11 @@ class JobRunner:
         async with trio.open_nursery() as nursery:
             job.nursery = nursery
             if first is not None:
-                await self._perform_first(job, *first)
+                await self.effects.perform_first(job, *first)
             task_status.started()
             try:
-                while True:
-                    await self._write(job)
+                while not job.dropped:
+                    await self.effects.write(job)
                     if is_closed(job.state):
                         break
                     await job.wakeup.wait()
@@ -381,7 +407,10 @@ class JobRunner:
                     await self._batch(job)
             finally:
                 nursery.cancel_scope.cancel()
-        self._retire(job)
+        if job.dropped:
+            self.cluster_port.drop(job)
+        else:
+            self._retire(job)
 
     async def _batch(self, job: LiveJob) -> None:
         """Run every queued event through the machine; store the batch as one ``job.step``
@@ -430,7 +459,7 @@ class JobRunner:
         if not changed and not results and not outputs:
             if riders:
                 await self.db.commit(*riders)
-            self._perform(job, effects, [])
+            self.effects.perform(job, effects, [])
             return
         step = {
             "t": "job.step",
@@ -442,147 +471,45 @@ class JobRunner:
             "results": results,
             "at": now,
         }
+        fence = self.cluster.fence(job.id)
         try:
-            await self.db.commit(step, *riders)
-        except StoreUnavailableError as e:
-            # Nothing of the step is stored or applied: hold it, and its effects, until the
-            # store writes again. Meanwhile the inbox fills, and above its high-water mark the
-            # nodes' frames wait (they are not timed out for it: see ``post_from_node``).
-            log.warning("job %s: step held until the store can write (%s)", job.id, e.reason)
-            await self.db.commit_retrying(step, *riders)
-            log.info("job %s: held step stored", job.id)
+            try:
+                if fence:
+                    await self.db.commit(step, *riders, fence=fence)
+                else:
+                    await self.db.commit(step, *riders)
+            except StoreUnavailableError as e:
+                # Nothing of the step is stored or applied: hold it, and its effects, until
+                # the store writes again. Meanwhile the inbox fills, and above its high-water
+                # mark the nodes' frames wait (they are not timed out for it: see
+                # ``post_from_node``).
+                log.warning("job %s: step held until the store can write (%s)", job.id, e.reason)
+                if fence:
+                    await self.db.commit_retrying(step, *riders, fence=fence)
+                else:
+                    await self.db.commit_retrying(step, *riders)
+                log.info("job %s: held step stored", job.id)
+        except StaleLeaseError as e:
+            # another appliance took the job over: this step never happened, nor its effects;
+            # the nodes' events it took go to the new driver
+            log.warning("job %s: step refused (%s); driven elsewhere now", job.id, e)
+            await self.cluster_port.step_refused(job, (*batch, *job.inbox))
+            return
         if is_finished(state):
             job.ended.set()
         released = [name for name in touched if not holds(state, name)]
         self.link.release(job.entry.org, job.id, released)
-        self._perform(job, effects, events)
+        self.effects.perform(job, effects, events)
+
+    def forget(self, job: LiveJob) -> None:
+        """The job is no longer live here (unless another was adopted under its id since)."""
+        if self.live.get(job.id) is job:
+            del self.live[job.id]
 
     def _retire(self, job: LiveJob) -> None:
         self.live.pop(job.id, None)
         job.room.set()  # nobody drains this inbox any more: let waiting nodes go on
         self.link.release(job.entry.org, job.id, job.state.nodes)
+        self.cluster.release(job.id)
         job.done.set()
         log.info("job %s: finished %s", job.id, job.state.status)
-
-    # --- effects ----------------------------------------------------------------------------
-
-    async def _perform_first(
-        self, job: LiveJob, effects: Iterable[Effect], events: list[list[Any]]
-    ) -> None:
-        """:meth:`_perform` for the step that created the job, in chunks: a 100,000-node
-        job's first events (a vote for every node that was down) and commits are handed
-        out :data:`FAN_OUT_CHUNK` at a time, with a checkpoint between two."""
-        chunk = FAN_OUT_CHUNK
-        for start in range(0, len(events), chunk):
-            if start:
-                await trio.lowlevel.checkpoint()
-            self._perform(job, (), events[start : start + chunk])
-        for fx in effects:
-            if isinstance(fx, Publish):
-                continue  # its event is one of ``events``
-            if isinstance(fx, SendCommit) and len(fx.nodes) > chunk:
-                for start in range(0, len(fx.nodes), chunk):
-                    await trio.lowlevel.checkpoint()
-                    self._perform(job, (SendCommit(fx.nodes[start : start + chunk]),), [])
-            else:
-                self._perform(job, (fx,), [])
-
-    def _perform(self, job: LiveJob, effects: Iterable[Effect], events: list[list[Any]]) -> None:
-        org = job.entry.org
-        for ev in events:
-            self.feeds.publish_job(org, job.id, ev)
-        for fx in effects:
-            if isinstance(fx, SendCommit):
-                spec = job.entry.spec
-                fields: dict[str, Any] = {
-                    "job_id": job.id,
-                    "command": spec["command"],
-                    "capture": spec["capture"],
-                    "run_timeout": float(spec["run_timeout"]),
-                    "env": spec["env"] or {},
-                }
-                for key in ("user", "dir", "file"):
-                    if spec[key] is not None:
-                        fields[key] = spec[key]
-                for node in fx.nodes:
-                    self._send(job, node, protocol.Commit, fields)
-            elif isinstance(fx, SendRun):
-                run = {"job_id": job.id}
-                for node in fx.nodes:
-                    self._send(job, node, protocol.Run, run)
-            elif isinstance(fx, SendAbort | ReleaseNodes):
-                abort = {"job_id": job.id}
-                for node in fx.nodes:
-                    self._send_abort(job, node, abort)
-            elif isinstance(fx, SendRehab):
-                self._send_abort(job, fx.node, {"job_id": None})
-                self.link.on_rehab(org, fx.node, job.id)
-            elif isinstance(fx, SendResultAck):
-                self._send(job, fx.node, protocol.ResultAck, {"job_id": job.id})
-            elif isinstance(fx, StartTimer):
-                self._arm(job, fx.kind, fx.deadline)
-            elif isinstance(fx, CancelTimer):
-                scope = job.timers.pop(fx.kind, None)
-                if scope is not None:
-                    scope.cancel()
-
-    def _send(
-        self, job: LiveJob, node: str, cls: type[Any], fields: dict[str, Any]
-    ) -> NodeSession | None:
-        """Queue a frame for the node's current session (if it has one that is not closing)
-        on the job's outgoing list; returns that session."""
-        s = self.registry.get(job.entry.org, node)
-        if s is None or s.close_code is not None:
-            return None
-        job.outgoing.append((s, cls, fields))
-        return s
-
-    def _send_abort(self, job: LiveJob, node: str, fields: dict[str, Any]) -> None:
-        """Queue an ``abort`` (of the job, or ``job_id: nil`` for rehab); the link holds the
-        node unavailable until its agent answers ``aborted``."""
-        s = self._send(job, node, protocol.Abort, fields)
-        if s is not None:
-            self.link.expect_aborted(s)
-
-    async def _write(self, job: LiveJob) -> None:
-        """Write the job's outgoing frames, in order. Each frame's ``seq`` is taken just before
-        its write, so that frames other tasks send the node (heartbeats, …) stay in order.
-        A write never waits for a node that stopped reading (see ``NodeSession.send_now``);
-        one queued for its writer does not checkpoint, so a fan-out checkpoints after every
-        :data:`FAN_OUT_CHUNK` frames."""
-        while job.outgoing:
-            batch, job.outgoing = job.outgoing, []
-            ts = time.time()
-            for i, (s, cls, fields) in enumerate(batch, 1):
-                if s.close_code is None:
-                    await s.send_now(protocol.encode(cls(seq=s.next_seq(), ts=ts, **fields)))
-                if i % FAN_OUT_CHUNK == 0:
-                    await trio.lowlevel.checkpoint()
-
-    def _arm(self, job: LiveJob, kind: str, deadline: float) -> None:
-        old = job.timers.pop(kind, None)
-        if old is not None:
-            old.cancel()
-        if is_closed(job.state):
-            return
-        scope = trio.CancelScope()
-        job.timers[kind] = scope
-        assert job.nursery is not None
-        job.nursery.start_soon(self._timer, job, kind, deadline, scope)
-
-    async def _timer(
-        self, job: LiveJob, kind: str, deadline: float, scope: trio.CancelScope
-    ) -> None:
-        with scope:
-            await trio.sleep(max(0.0, deadline - self._now()))
-            if job.timers.get(kind) is scope:
-                del job.timers[kind]
-            now = self._now()
-            if kind == "voting":
-                job.post(VotingTimeout(now))
-            elif kind == "run":
-                job.post(RunTimeout(now))
-            elif kind == "late":
-                job.post(LateTimeout(now))
-            elif kind.startswith("grace:"):
-                job.post(GraceExpired(kind[len("grace:") :], now))

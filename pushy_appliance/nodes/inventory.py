@@ -12,10 +12,13 @@ routes, ``POST jobs`` with ``search``). It reads:
 So an offline node still matches on its last-known facts (and a job it is picked for ends it
 ``unavailable``, as knife-push's do).
 
-A query visits every node of the org in name order, in chunks of :data:`CHUNK` nodes with a
-checkpoint between them, so a search over a large fleet never holds the event loop for long;
-the live state is looked up only when the query can read it (a ``status`` or
-``availability`` field, a bare term, a wildcard field).
+A query walks the org's names in order beside their flattened facts (the node model's
+:class:`~.model.OrgNodes`: no look-up per node), in chunks of :data:`CHUNK` nodes with a
+checkpoint between them, so a search over a large fleet never holds the event loop for long.
+The query is specialised once per facts shape (:class:`~pushy_appliance.search.Query`), and
+the live state is looked up only for the nodes whose answer can depend on it (a ``status``
+or ``availability`` field, a term without a field or a wildcard field that could match their
+values), after the facts' part of the query has passed.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import trio
 
 from ..db import Database
 from ..errors import StoreUnavailableError
-from ..search import And, MatchAll, Node, Not, Or, Query
+from ..search import Live, Query
 from .link import NodeLink
 from .model import NodeModel
 from .registry import NodeRegistry, NodeSession
@@ -41,8 +44,6 @@ log = logging.getLogger(__name__)
 
 CHUNK = 2048
 """Nodes a search visits between two checkpoints."""
-
-_LIVE_FIELDS = frozenset({"status", "availability"})
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -148,38 +149,46 @@ class Inventory:
 
         Cancellation: safe (nothing is changed); a checkpoint every :data:`CHUNK` nodes.
         """
-        model = self.model
-        names = model.names(org)
+        table = self.model.table(org)
+        if table is None:
+            await trio.lowlevel.checkpoint()
+            return []
+        names = list(table.names)
         if query is None:
             await trio.lowlevel.checkpoint()
             return names
-        predicate = query.predicate
-        nodes = model.nodes
-        live = _reads_live_state(query.tree)
-        live_status = self.link.status
+        flats = list(table.flats)
+        changes = table.changes
+        test = query.test
+        live = self._live(org) if query.reads_live else _no_live
         hits: list[str] = []
         for start in range(0, len(names), CHUNK):
-            for name in names[start : start + CHUNK]:
-                entry = nodes.get((org, name))
-                if entry is None:
-                    continue  # forgotten while this search waited at a checkpoint
-                status = availability = ""
-                if live:
-                    status, availability = live_status(org, name)
-                if predicate(name, status, availability, entry["flat"]):
-                    hits.append(name)
+            end = start + CHUNK
+            hits += [
+                name
+                for name, flat in zip(names[start:end], flats[start:end], strict=True)
+                if test(name, live, flat)
+            ]
             await trio.lowlevel.checkpoint()
+        if table.changes != changes:
+            hits = [n for n in hits if n in table.rows]  # forgotten while this search waited
         return hits
 
+    def _live(self, org: str) -> Live:
+        """``live(name) -> (status, availability)`` for one search: the node link's answer,
+        remembered for the last node (a query may read both)."""
+        status = self.link.status
+        last: list[Any] = [None, None]
 
-def _reads_live_state(node: Node) -> bool:
-    """Whether a query can read ``status`` or ``availability`` (a field naming them, no field,
-    or a wildcard field)."""
-    if isinstance(node, MatchAll):
-        return False
-    if isinstance(node, Not):
-        return _reads_live_state(node.child)
-    if isinstance(node, And | Or):
-        return any(_reads_live_state(c) for c in node.children)
-    field = node.field
-    return field is None or field in _LIVE_FIELDS or "*" in field or "?" in field
+        def live(name: str) -> tuple[str, str]:
+            if last[0] is not name:
+                last[0] = name
+                last[1] = status(org, name)
+            answer: tuple[str, str] = last[1]
+            return answer
+
+        return live
+
+
+def _no_live(name: str) -> tuple[str, str]:
+    raise AssertionError("a query that cannot read the live state asked for it")

@@ -52,6 +52,13 @@ knows each job's nodes. Between them this module owns:
   The watcher given to :meth:`NodeLink.watch` is told of every node whose status or
   availability may have changed (the org feed's ``node_status`` events).
 
+* **The cluster** (several appliances on one PostgreSQL store, ``docs/SCALE-OUT.md`` §4,
+  §5), once :meth:`NodeLink.attach_cluster` was called: a node is also held by the unclosed
+  jobs of the log that another appliance drives (:class:`~..cluster.LogHolds`), so it is
+  unavailable here too, and its ``hello``, frames and lost connection go to those jobs as
+  well (the port forwards them to their driver); the node's route is written as it
+  connects and leaves.
+
 Without a job engine (registry-only tests, tools) the link runs with :class:`NoJobs`, a
 port that knows no job: every job a node reports is sent to rehab, every result
 acknowledged.
@@ -66,6 +73,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
 
 from .. import protocol
+from ..cluster import Coordinator, LogHolds
 from ..errors import ProtocolError
 from ..jobs.events import (
     AckCommit,
@@ -153,6 +161,32 @@ class NodeLink:
         self.on_rehab: Callable[[str, str, str | None], None] = _no_observer
         """Told ``(org, node, job_id)`` each time a node is sent to rehab, by the link
         (``job_id`` ``None``) or for a live job by the runner (the audit log's node event)."""
+        self._cluster: Coordinator | None = None
+        self._log_holds: LogHolds | None = None
+        self._drives: Callable[[str], bool] = _never
+
+    def attach_cluster(
+        self, cluster: Coordinator, holds: LogHolds, drives: Callable[[str], bool]
+    ) -> None:
+        """Take part in a cluster: write the nodes' routes through ``cluster``; count as
+        holders of a node the jobs of ``holds`` that this appliance does not ``drives``."""
+        self._cluster = cluster
+        self._log_holds = holds
+        self._drives = drives
+        # a node connected elsewhere comes and goes, a job driven elsewhere takes or frees a
+        # node: the node's status or availability here may change (the org feed's events)
+        cluster.watch_routes(self._changed_elsewhere)
+        holds.watch(self._changed_elsewhere)
+
+    def _changed_elsewhere(self, org: str, node: str) -> None:
+        self._changed(org, node)
+
+    def _elsewhere(self, key: tuple[str, str]) -> list[str]:
+        """The unclosed jobs holding the node ``key`` that another appliance drives."""
+        if self._log_holds is None:
+            return []
+        drives = self._drives
+        return [j for j in self._log_holds.holders(*key) if not drives(j)]
 
     def watch(self, changed: Callable[[str, str], None]) -> None:
         """Call ``changed(org, node)`` from now on whenever the node's status (online,
@@ -181,7 +215,10 @@ class NodeLink:
 
         What ``node_states``, ``_status`` and :meth:`statistics` report.
         """
-        return self.reachable(session) and (session.org, session.name) not in self._held
+        key = (session.org, session.name)
+        if not self.reachable(session) or key in self._held:
+            return False
+        return self._log_holds is None or not self._elsewhere(key)
 
     def is_available(self, org: str, name: str) -> bool:
         """Whether the node ``name`` of ``org`` is online and :meth:`available`."""
@@ -203,11 +240,12 @@ class NodeLink:
         return frozenset(self._holding((org, node)))
 
     def _holding(self, key: tuple[str, str]) -> list[str]:
-        """The live jobs that hold the node ``key``, sorted."""
+        """The live jobs that hold the node ``key``, sorted (then those driven elsewhere)."""
         jobs = self._held.get(key)
-        if jobs is None:
-            return []
-        return [jobs] if isinstance(jobs, str) else sorted(jobs)
+        here = [] if jobs is None else [jobs] if isinstance(jobs, str) else sorted(jobs)
+        if self._log_holds is None:
+            return here
+        return here + [j for j in self._elsewhere(key) if j not in here]
 
     def holder(self, org: str, node: str, *, besides: str | None = None) -> str | None:
         """The live job (other than ``besides``) that has held the node longest, if any: the
@@ -227,11 +265,15 @@ class NodeLink:
         return out
 
     def _jobs_holding(self, key: tuple[str, str]) -> Sequence[str]:
-        """The live jobs that hold the node ``key``, the oldest first."""
+        """The live jobs that hold the node ``key``, the oldest first (then those driven
+        elsewhere)."""
         jobs = self._held.get(key)
-        if jobs is None:
-            return ()
-        return (jobs,) if isinstance(jobs, str) else tuple(jobs)
+        here: tuple[str, ...] = (
+            () if jobs is None else (jobs,) if isinstance(jobs, str) else tuple(jobs)
+        )
+        if self._log_holds is None:
+            return here
+        return here + tuple(j for j in self._elsewhere(key) if j not in here)
 
     def statistics(self) -> LinkStatistics:
         sessions = self.registry.sessions.values()
@@ -239,10 +281,17 @@ class NodeLink:
 
     def status(self, org: str, name: str) -> tuple[str, str]:
         """``(status, availability)`` of the node ``name`` of ``org``: ``online`` or
-        ``offline``, ``available`` (online and :meth:`available`) or ``unavailable``."""
+        ``offline``, ``available`` (online and :meth:`available`) or ``unavailable``. In a
+        cluster a node connected to another appliance is ``online`` too, ``available`` when
+        no job holds it (its rehab there is that appliance's to know)."""
         s = self.registry.get(org, name)
         if s is None:
-            return "offline", "unavailable"
+            if self._cluster is None or self._cluster.routed(org, name) is None:
+                return "offline", "unavailable"
+            # connected to another appliance of the cluster
+            key = (org, name)
+            held = key in self._held or bool(self._elsewhere(key))
+            return "online", "unavailable" if held else "available"
         return "online", "available" if self.available(s) else "unavailable"
 
     def node_state(self, org: str, name: str) -> dict[str, Any]:
@@ -322,6 +371,8 @@ class NodeLink:
         job takes."""
         org, node = session.org, session.name
         self._changed(org, node)
+        if self._cluster is not None:
+            self._cluster.node_up(org, node, hello.incarnation_id)
         key = (org, node)
         stale = self._rehab.get(key)
         if stale is not None and stale is not session:
@@ -440,6 +491,8 @@ class NodeLink:
         """The node's current session ended: tell every job that holds it."""
         org, node = session.org, session.name
         self._changed(org, node)
+        if self._cluster is not None:
+            self._cluster.node_down(org, node)
         if self._rehab.get((org, node)) is session:
             del self._rehab[(org, node)]
         for stream in self._streams.get((org, node), {}).values():
@@ -452,6 +505,11 @@ class NodeLink:
 
 def _ignore(org: str, node: str) -> None:
     """The watcher of a link nobody watches."""
+
+
+def _never(job_id: str) -> bool:
+    """:meth:`NodeLink.attach_cluster`'s ``drives`` before it is called."""
+    return False
 
 
 def _no_observer(org: str, node: str, job_id: str | None) -> None:

@@ -122,8 +122,8 @@ class NodeSession:
         key: the client's public key (PEM) that verified the connection's signature, or
             ``None`` (a session opened without authentication, in tests): the session lives
             while the organization, the client and this key do.
-        incarnation_id: the agent's incarnation from ``hello``.
-        facts: the node facts from ``hello``.
+        incarnation_id: the agent's incarnation from ``hello``. (Its facts are not kept
+            here: the node model holds them, once, packed and flattened.)
         close_code: set once the session is closing.
     """
 
@@ -139,7 +139,6 @@ class NodeSession:
         "close_code",
         "close_reason",
         "connected_at",
-        "facts",
         "incarnation_id",
         "key",
         "last_received",
@@ -164,7 +163,6 @@ class NodeSession:
         self.name = name
         self.key = key
         self.incarnation_id = hello.incarnation_id
-        self.facts = dict(hello.facts)
         self.connected_at = trio.current_time()
         self.last_received = self.connected_at
         self.last_sent = self.connected_at
@@ -382,7 +380,8 @@ class NodeRegistry:
         """
         send, receive = trio.open_memory_channel[bytes](self.outbox_size)
         session = NodeSession(org, name, hello, send, self._on_close_requested, sender, room, key)
-        session.previous_incarnation = self.model.nodes.get((org, name), {}).get("incarnation")
+        stored = self.model.nodes.get((org, name))
+        session.previous_incarnation = None if stored is None else stored.incarnation
         self._closers[session] = closer
         old = self.sessions.get((org, name))
         if old is not None:

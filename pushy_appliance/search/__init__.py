@@ -3,9 +3,10 @@
 The public face:
 
 * :func:`compile_query` — parse a query once (:class:`SearchSyntaxError` if it does not) into a
-  :class:`Query`, whose :meth:`Query.matches` (or raw :attr:`Query.predicate`) answers for one
-  node;
-* :func:`flatten_facts` — a node's facts in the form the matcher reads; call it when the facts
+  :class:`Query`, whose :meth:`Query.matches` answers for one node, and :meth:`Query.test`
+  for many (the live state asked only when the query can read it);
+* :func:`flatten_facts` — a node's facts in the form the matcher reads (:class:`FlatFacts`,
+  whose keys are a :class:`Shape` shared by nodes with the same keys); call it when the facts
   change, keep the result beside the node;
 * :func:`parse` and the tree classes, :class:`SearchLimits`.
 
@@ -18,8 +19,8 @@ from __future__ import annotations
 
 from ..errors import SearchSyntaxError
 from ._ast import And, MatchAll, Node, Not, Or, Phrase, Range, Term
-from ._flatten import EMPTY, RESERVED_FIELDS, FlatFacts, flatten_facts
-from ._match import Predicate, compile_tree
+from ._flatten import EMPTY, RESERVED_FIELDS, FlatFacts, Shape, flatten_facts
+from ._match import Live, Matcher, Predicate, compile_tree
 from ._parser import DEFAULT_LIMITS, SearchLimits, parse
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "RESERVED_FIELDS",
     "And",
     "FlatFacts",
+    "Live",
     "MatchAll",
     "Node",
     "Not",
@@ -38,6 +40,7 @@ __all__ = [
     "Range",
     "SearchLimits",
     "SearchSyntaxError",
+    "Shape",
     "Term",
     "compile_query",
     "compile_tree",
@@ -52,16 +55,21 @@ class Query:
     Attributes:
         text: the query as given.
         tree: its syntax tree.
-        predicate: ``predicate(name, status, availability, facts) -> bool`` — the fastest way
-            to test many nodes.
+        predicate: ``predicate(name, status, availability, facts) -> bool``.
+        test: ``test(name, live, facts) -> bool``, ``live(name) -> (status, availability)``
+            asked only when the query can read them — the fastest way to test many nodes.
+        reads_live: whether the answer can depend on ``status`` or ``availability``.
     """
 
-    __slots__ = ("predicate", "text", "tree")
+    __slots__ = ("predicate", "reads_live", "test", "text", "tree")
 
     def __init__(self, text: str, tree: Node) -> None:
         self.text = text
         self.tree = tree
-        self.predicate: Predicate = compile_tree(tree)
+        matcher = Matcher(tree)
+        self.predicate: Predicate = matcher.predicate
+        self.test = matcher.test
+        self.reads_live = matcher.reads_live
 
     def matches(
         self, name: str, facts: FlatFacts, *, status: str = "", availability: str = ""

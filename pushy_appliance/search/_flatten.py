@@ -9,37 +9,111 @@ and ``kernel:machine``; list elements are filed under the list's path, which is 
 dictionary look-ups.
 
 The result (:class:`FlatFacts`) maps each flattened key to one string, or to a tuple of
-distinct strings when the key has several values, and keeps every distinct value once more in
-:attr:`FlatFacts.every` for the queries that name no field. Keys (shared by every node) and
-short values are interned, so a thousand nodes on ``debian`` hold one ``"debian"``. Dots in
-keys become ``_`` (queries do the same with ``kernel.machine``). ``name``, ``status`` and
-``availability`` are the registry's facts, never a node's: such keys are dropped.
+distinct strings when the key has several values. It is kept compact, since the server holds
+one per node: a :class:`Shape` (the keys in order and how many values each has), shared by
+every node whose facts have the same keys and counts, and one tuple of every value in the
+shape's order (:attr:`FlatFacts.cells`). A query is specialised once per shape
+(:mod:`._match`), so a fleet of a few shapes costs a few compilations and then a tuple index
+per field per node, and a term without a field one ``in`` over the tuple. Keys and short
+values are interned, so a thousand nodes on ``debian`` hold one ``"debian"``. Dots in keys
+become ``_`` (queries do the same with ``kernel.machine``).
+``name``, ``status`` and ``availability`` are the registry's facts, never a node's: such keys
+are dropped.
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping
+import weakref
+from collections.abc import Collection, Iterator, Mapping
 from typing import Any
 
-__all__ = ["EMPTY", "MAX_DEPTH", "RESERVED_FIELDS", "FlatFacts", "flatten_facts", "value_text"]
+__all__ = [
+    "EMPTY",
+    "MAX_DEPTH",
+    "RESERVED_FIELDS",
+    "FlatFacts",
+    "Shape",
+    "flatten_facts",
+    "value_text",
+]
 
 
-class FlatFacts(dict[str, str | tuple[str, ...]]):
+class Shape:
+    """The keys of one or more nodes' flattened facts, shared by those nodes.
+
+    Attributes:
+        keys: the flattened keys, in the order their values are kept.
+        counts: how many distinct values each key has.
+        spans: key → ``(start, stop)``, where its values are in :attr:`FlatFacts.cells`.
+    """
+
+    __slots__ = ("__weakref__", "counts", "keys", "spans")
+
+    def __init__(self, keys: tuple[str, ...], counts: tuple[int, ...]) -> None:
+        self.keys = keys
+        self.counts = counts
+        self.spans: dict[str, tuple[int, int]] = {}
+        start = 0
+        for key, count in zip(keys, counts, strict=True):
+            self.spans[key] = (start, start + count)
+            start += count
+
+    def __repr__(self) -> str:
+        return f"Shape({self.keys!r}, {self.counts!r})"
+
+
+_SHAPES: weakref.WeakValueDictionary[tuple[tuple[str, ...], tuple[int, ...]], Shape] = (
+    weakref.WeakValueDictionary()
+)
+"""Every shape some facts hold, so nodes with the same keys share one."""
+
+
+def _shape(keys: tuple[str, ...], counts: tuple[int, ...]) -> Shape:
+    found = _SHAPES.get((keys, counts))
+    if found is None:
+        found = _SHAPES[(keys, counts)] = Shape(keys, counts)
+    return found
+
+
+class FlatFacts(Mapping[str, "str | tuple[str, ...]"]):
     """Flattened key → its value, or its distinct values in first-seen order.
 
     Attributes:
-        every: every distinct value of every key, for a term without a field.
+        shape: the keys (shared with other nodes that have the same ones).
+        cells: every key's values one after the other, in the shape's order (a key with
+            several values has a run of them: :attr:`Shape.spans`).
     """
 
-    __slots__ = ("every",)
+    __slots__ = ("cells", "shape")
 
-    def __init__(self, items: dict[str, str | tuple[str, ...]], every: tuple[str, ...]) -> None:
-        super().__init__(items)
-        self.every = every
+    def __init__(self, shape: Shape, cells: tuple[str, ...]) -> None:
+        self.shape = shape
+        self.cells = cells
+
+    def __getitem__(self, key: str) -> str | tuple[str, ...]:
+        start, stop = self.shape.spans[key]
+        return self.cells[start] if stop - start == 1 else self.cells[start:stop]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.shape.keys)
+
+    def __len__(self) -> int:
+        return len(self.shape.keys)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.shape.spans
+
+    @property
+    def every(self) -> tuple[str, ...]:
+        """Every distinct value of every key (what a term without a field is tested on)."""
+        return tuple(dict.fromkeys(self.cells))
+
+    def __repr__(self) -> str:
+        return f"FlatFacts({dict(self)!r})"
 
 
-EMPTY = FlatFacts({}, ())
+EMPTY = FlatFacts(_shape((), ()), ())
 """The facts of a node that reported none."""
 
 RESERVED_FIELDS = ("name", "status", "availability")
@@ -69,53 +143,69 @@ def value_text(value: Any) -> str:
     return str(value)
 
 
-def flatten_facts(facts: Mapping[str, Any]) -> FlatFacts:
+def flatten_facts(facts: Mapping[str, Any], unshared: Collection[str] = ()) -> FlatFacts:
     """Flatten one node's facts (nested maps, lists and scalars) for matching.
 
     Args:
         facts: the facts as the node reported them.
+        unshared: top-level keys whose string values are the node's own (a host name, an
+            address): kept as they are, not interned (interning would add one entry per node
+            to the interpreter's table and share nothing).
 
     Returns:
         Flattened key → value or tuple of values (see the module docstring).
     """
+    # module functions, not closures over ``acc``: nested functions that call each other
+    # form a reference cycle, which kept every node's working lists alive until a full
+    # collection (never, once the appliance's collector has frozen them)
     acc: dict[str, list[str]] = {}
-
-    def put(key: str, value: str) -> None:
-        if key in _RESERVED:
-            return
-        values = acc.get(key)
-        if values is None:
-            acc[sys.intern(key)] = [value]
+    for k, v in facts.items():
+        key = value_text(k).replace(".", "_")
+        if v.__class__ is str and key in unshared:
+            _put(acc, key, v)
         else:
-            values.append(value)
+            _walk(acc, (key,), v, 1)
+    keys: list[str] = []
+    counts: list[int] = []
+    cells: list[str] = []
+    for key, found in acc.items():
+        distinct = list(dict.fromkeys(found)) if len(found) > 1 else found
+        keys.append(key)
+        counts.append(len(distinct))
+        cells += distinct
+    return FlatFacts(_shape(tuple(keys), tuple(counts)), tuple(cells))
 
-    def add(path: tuple[str, ...], value: str) -> None:
-        if len(value) <= _INTERN_MAX:
-            value = sys.intern(value)
-        put("_".join(path), value)
-        if len(path) > 1:
-            put(path[-1], value)
 
-    def walk(path: tuple[str, ...], obj: Any, depth: int) -> None:
-        if depth > MAX_DEPTH:
-            return
-        if isinstance(obj, Mapping):
-            for k, v in obj.items():
-                key = value_text(k).replace(".", "_")
-                if path:
-                    add(path, key)
-                walk((*path, key), v, depth + 1)
-        elif isinstance(obj, list | tuple):
-            for item in obj:
-                walk(path, item, depth + 1)
-        elif path:
-            add(path, value_text(obj))
+def _walk(acc: dict[str, list[str]], path: tuple[str, ...], obj: Any, depth: int) -> None:
+    if depth > MAX_DEPTH:
+        return
+    if isinstance(obj, Mapping):
+        for k, v in obj.items():
+            key = value_text(k).replace(".", "_")
+            if path:
+                _add(acc, path, key)
+            _walk(acc, (*path, key), v, depth + 1)
+    elif isinstance(obj, list | tuple):
+        for item in obj:
+            _walk(acc, path, item, depth + 1)
+    elif path:
+        _add(acc, path, value_text(obj))
 
-    walk((), facts, 0)
-    out: dict[str, str | tuple[str, ...]] = {}
-    every: dict[str, None] = {}
-    for key, values in acc.items():
-        distinct = tuple(dict.fromkeys(values)) if len(values) > 1 else tuple(values)
-        out[key] = distinct[0] if len(distinct) == 1 else distinct
-        every.update(dict.fromkeys(distinct))
-    return FlatFacts(out, tuple(every))
+
+def _add(acc: dict[str, list[str]], path: tuple[str, ...], value: str) -> None:
+    """File ``value`` under the whole path and under its last key."""
+    if len(value) <= _INTERN_MAX:
+        value = sys.intern(value)
+    _put(acc, "_".join(path), value)
+    if len(path) > 1:
+        _put(acc, path[-1], value)
+
+
+def _put(acc: dict[str, list[str]], key: str, value: str) -> None:
+    if key in _RESERVED:
+        return
+    values = acc.get(key)
+    if values is None:
+        acc[sys.intern(key)] = [value]
+    else:
+        values.append(value)

@@ -1,8 +1,13 @@
-"""Compile a query tree into one predicate over a node, built from closures, once per query.
+"""Compile a query tree into a test of one node, specialised once per facts shape.
 
-The predicate takes ``(name, status, availability, facts)``: the node name and its live state
-as the registry knows them, and the node's facts from :func:`._flatten.flatten_facts`. It
-never raises for facts in that form. How values compare (see ``docs/SEARCH.md``):
+A query is compiled once (:class:`Matcher`): each leaf's value test is built then. The test of
+a node takes ``(name, live, facts)``: the node name, ``live(name) -> (status, availability)``
+(asked only when the query can read them), and the node's facts from
+:func:`._flatten.flatten_facts`. The first time it meets a facts :class:`~._flatten.Shape` it
+specialises the tree to it: a field the shape lacks is a constant ``False`` folded away, a
+field it has is a tuple index (or slice), a wildcard field name is matched against the
+shape's keys once, and parts that read the live state are tested after the others in ``AND``
+and ``OR``. It never raises for facts in that form. How values compare (see ``docs/SEARCH.md``):
 
 * exact and case-sensitive, like Chef Server's Elasticsearch index;
 * ``*`` and ``?`` wildcards over the whole value, matched in linear time (segments found in
@@ -17,24 +22,167 @@ never raises for facts in that form. How values compare (see ``docs/SEARCH.md``)
 from __future__ import annotations
 
 import ipaddress
+import operator
 import re
 import socket
 from collections.abc import Callable
 from typing import TypeAlias
 
 from ._ast import And, MatchAll, Node, Not, Or, Phrase, Range, Term
-from ._flatten import RESERVED_FIELDS, FlatFacts
+from ._flatten import RESERVED_FIELDS, FlatFacts, Shape
 
-__all__ = ["Predicate", "compile_tree"]
+__all__ = ["LIVE_VALUES", "Live", "Matcher", "Predicate", "compile_tree"]
 
 Predicate: TypeAlias = Callable[[str, str, str, FlatFacts], bool]
 """``predicate(name, status, availability, facts) -> bool``."""
 
+Live: TypeAlias = Callable[[str], tuple[str, str]]
+"""``live(name) -> (status, availability)``."""
+
 _Test: TypeAlias = Callable[[str], bool]
+_Values: TypeAlias = tuple[str, ...]
+_Row: TypeAlias = Callable[[str, Live, _Values], bool]
+_Spec: TypeAlias = "_Row | bool"
+"""A tree specialised to a shape: a test of ``(name, live, values)``, or a constant."""
+
+LIVE_VALUES = ("online", "offline", "available", "unavailable")
+"""Every value ``status`` and ``availability`` can have."""
 
 _NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
 _ADDRESS = re.compile(r"[0-9A-Fa-f:.]+(?:/\d{1,3})?")
-_KEY_MEMO_MAX = 4096
+_SHAPES_MAX = 1024
+"""Shapes a matcher keeps its specialisations for (a fleet has a few)."""
+
+
+class _Leaf:
+    """One leaf, compiled once: its field, its value test, and its text when the test is
+    plain equality (then ``in`` and ``==`` do the work)."""
+
+    __slots__ = ("equal", "field", "key_matches", "reads_live", "reserved", "test")
+
+    def __init__(self, node: Term | Phrase | Range) -> None:
+        self.field = field = node.field
+        self.equal: str | None = None
+        if isinstance(node, Term) and node.wildcards:
+            self.test = _glob(node.text, frozenset(node.wildcards))
+        elif isinstance(node, Term | Phrase):
+            network = _network(node.text) if isinstance(node, Term) else None
+            if network is None:
+                self.equal = node.text
+                self.test = node.text.__eq__
+            else:
+                self.test = _address_test(node.text, network)
+        else:
+            self.test = _range_test(node)
+        self.key_matches: _Test | None = None
+        self.reserved: tuple[int, ...]
+        if field is None:
+            self.reserved = (0, 1, 2)
+        elif "*" in field or "?" in field:
+            self.key_matches = _glob(field, frozenset(i for i, c in enumerate(field) if c in "*?"))
+            self.reserved = tuple(
+                i for i, name in enumerate(RESERVED_FIELDS) if self.key_matches(name)
+            )
+        elif field in RESERVED_FIELDS:
+            self.reserved = (RESERVED_FIELDS.index(field),)
+        else:
+            self.reserved = ()
+        # the live state can change the answer only if a value it can have passes the test
+        self.reads_live = any(i > 0 for i in self.reserved) and any(map(self.test, LIVE_VALUES))
+
+
+class Matcher:
+    """A query compiled for testing many nodes.
+
+    Args:
+        tree: a tree from :func:`~pushy_appliance.search.parse`.
+
+    Attributes:
+        reads_live: whether the answer can depend on a node's ``status`` or
+            ``availability`` (if not, ``live`` is never called).
+    """
+
+    __slots__ = ("_leaves", "_specs", "reads_live", "tree")
+
+    def __init__(self, tree: Node) -> None:
+        self.tree = tree
+        self._leaves: dict[int, _Leaf] = {}
+        self._specs: dict[Shape, _Spec] = {}
+        self.reads_live = self._compile(tree)
+
+    def _compile(self, node: Node) -> bool:
+        if isinstance(node, MatchAll):
+            return False
+        if isinstance(node, Not):
+            return self._compile(node.child)
+        if isinstance(node, And | Or):
+            return any([self._compile(c) for c in node.children])
+        leaf = self._leaves[id(node)] = _Leaf(node)
+        return leaf.reads_live
+
+    def test(self, name: str, live: Live, facts: FlatFacts) -> bool:
+        """Whether the node matches.
+
+        Args:
+            name: the node name.
+            live: ``live(name) -> (status, availability)``.
+            facts: the node's flattened facts.
+        """
+        spec = self._specs.get(facts.shape)
+        if spec is None:
+            spec = self._specialise(self.tree, facts.shape)
+            if len(self._specs) < _SHAPES_MAX:
+                self._specs[facts.shape] = spec
+        if spec is True or spec is False:
+            return spec
+        return spec(name, live, facts.cells)
+
+    def predicate(self, name: str, status: str, availability: str, facts: FlatFacts) -> bool:
+        """:meth:`test` with the live state given."""
+        state = (status, availability)
+        return self.test(name, lambda n: state, facts)
+
+    # --- specialisation ---------------------------------------------------------------------
+
+    def _specialise(self, node: Node, shape: Shape) -> _Spec:
+        if isinstance(node, MatchAll):
+            return True
+        if isinstance(node, Not):
+            inner = self._specialise(node.child, shape)
+            if inner is True or inner is False:
+                return not inner
+            return lambda n, live, v: not inner(n, live, v)
+        if isinstance(node, And | Or):
+            return self._combine(node, shape)
+        return _leaf_spec(self._leaves[id(node)], shape)
+
+    def _combine(self, node: And | Or, shape: Shape) -> _Spec:
+        conj = isinstance(node, And)
+        rows: list[tuple[bool, _Row]] = []
+        for child in node.children:
+            spec = self._specialise(child, shape)
+            if spec is True or spec is False:
+                if spec is not conj:
+                    return spec  # False in an AND, True in an OR: decided
+                continue
+            rows.append((self._reads_live(child), spec))
+        if not rows:
+            return conj
+        # the live state costs a look-up per node: test what the facts decide first
+        ordered = [r for lv, r in rows if not lv] + [r for lv, r in rows if lv]
+        result = ordered[0]
+        for q in ordered[1:]:
+            result = _both(result, q) if conj else _either(result, q)
+        return result
+
+    def _reads_live(self, node: Node) -> bool:
+        if isinstance(node, MatchAll):
+            return False
+        if isinstance(node, Not):
+            return self._reads_live(node.child)
+        if isinstance(node, And | Or):
+            return any(self._reads_live(c) for c in node.children)
+        return self._leaves[id(node)].reads_live
 
 
 def compile_tree(node: Node) -> Predicate:
@@ -46,141 +194,88 @@ def compile_tree(node: Node) -> Predicate:
     Returns:
         ``predicate(name, status, availability, facts)``.
     """
-    if isinstance(node, MatchAll):
-        return _always
-    if isinstance(node, Not):
-        inner = compile_tree(node.child)
-        return lambda n, s, a, f: not inner(n, s, a, f)
-    if isinstance(node, And):
-        return _all([compile_tree(c) for c in node.children])
-    if isinstance(node, Or):
-        return _any([compile_tree(c) for c in node.children])
-    if isinstance(node, Term):
-        if node.wildcards:
-            return _leaf(node.field, _glob(node.text, frozenset(node.wildcards)))
-        network = _network(node.text)
-        if network is None:
-            return _equal(node.field, node.text)
-        return _leaf(node.field, _address_test(node.text, network))
-    if isinstance(node, Phrase):
-        return _equal(node.field, node.text)
-    return _leaf(node.field, _range_test(node))
+    return Matcher(node).predicate
 
 
-def _always(n: str, s: str, a: str, f: FlatFacts) -> bool:
-    return True
+def _both(p: _Row, q: _Row) -> _Row:
+    return lambda n, live, v: p(n, live, v) and q(n, live, v)
 
 
-def _all(preds: list[Predicate]) -> Predicate:
-    """Conjunction, folded pairwise: a chain of closures is faster than a loop over a list."""
-    result = preds[0]
-    for q in preds[1:]:
-        result = _both(result, q)
-    return result
+def _either(p: _Row, q: _Row) -> _Row:
+    return lambda n, live, v: p(n, live, v) or q(n, live, v)
 
 
-def _both(p: Predicate, q: Predicate) -> Predicate:
-    return lambda n, s, a, f: p(n, s, a, f) and q(n, s, a, f)
+# --- leaves ---------------------------------------------------------------------------------
 
 
-def _any(preds: list[Predicate]) -> Predicate:
-    """Disjunction, folded pairwise."""
-    result = preds[0]
-    for q in preds[1:]:
-        result = _either(result, q)
-    return result
-
-
-def _either(p: Predicate, q: Predicate) -> Predicate:
-    return lambda n, s, a, f: p(n, s, a, f) or q(n, s, a, f)
-
-
-# --- fields ---------------------------------------------------------------------------------
-
-
-def _equal(field: str | None, text: str) -> Predicate:
-    """Exact equality, with a dictionary look-up and ``in`` for the common case."""
-    if field is None:
-        return _every_field(text.__eq__, text)
-    if "*" in field or "?" in field or field in RESERVED_FIELDS:
-        return _leaf(field, text.__eq__)
-
-    def pred(n: str, s: str, a: str, f: FlatFacts) -> bool:
-        v = f.get(field)
-        if v is None:
-            return False
-        return v == text or (v.__class__ is tuple and text in v)
-
-    return pred
-
-
-def _leaf(field: str | None, test: _Test) -> Predicate:
-    """Apply ``test`` to the values of ``field`` (``None``: every field, ``*``/``?``: those
-    whose key matches)."""
-    if field is None:
-        return _every_field(test)
-    if "*" in field or "?" in field:
-        return _matching_fields(field, test)
-    if field in RESERVED_FIELDS:
-        index = RESERVED_FIELDS.index(field)
-        if index == 0:
-            return lambda n, s, a, f: test(n)
-        if index == 1:
-            return lambda n, s, a, f: test(s)
-        return lambda n, s, a, f: test(a)
-
-    def pred(n: str, s: str, a: str, f: FlatFacts) -> bool:
-        v = f.get(field)
-        if v is None:
-            return False
-        if v.__class__ is str:
-            return test(v)
-        return any(map(test, v))
-
-    return pred
-
-
-def _any_value(test: _Test, v: str | tuple[str, ...]) -> bool:
-    if isinstance(v, str):
-        return test(v)
-    return any(map(test, v))
-
-
-def _every_field(test: _Test, text: str | None = None) -> Predicate:
-    """Name, status, availability and every fact value; ``text``: plain equality with it."""
-    if text is not None:
-        return lambda n, s, a, f: text in (n, s, a) or text in f.every
-
-    def pred(n: str, s: str, a: str, f: FlatFacts) -> bool:
-        return test(n) or test(s) or test(a) or any(map(test, f.every))
-
-    return pred
-
-
-def _matching_fields(pattern: str, test: _Test) -> Predicate:
-    """A field name with wildcards: the keys it matches are remembered across nodes (keys are
-    shared by the fleet), up to a bound."""
-    key_matches = _glob(pattern, frozenset(i for i, c in enumerate(pattern) if c in "*?"))
-    reserved = tuple(i for i, name in enumerate(RESERVED_FIELDS) if key_matches(name))
-    memo: dict[str, bool] = {}
-
-    def pred(n: str, s: str, a: str, f: FlatFacts) -> bool:
-        if reserved:
-            live = (n, s, a)
-            for i in reserved:
-                if test(live[i]):
-                    return True
-        for key, v in f.items():
-            hit = memo.get(key)
-            if hit is None:
-                hit = key_matches(key)
-                if len(memo) < _KEY_MEMO_MAX:
-                    memo[key] = hit
-            if hit and _any_value(test, v):
-                return True
+def _leaf_spec(leaf: _Leaf, shape: Shape) -> _Spec:
+    """A leaf on the facts of ``shape``: the values it reads, by position."""
+    test, equal, field = leaf.test, leaf.equal, leaf.field
+    if field is not None and leaf.key_matches is None:
+        if field in RESERVED_FIELDS:
+            return _reserved_spec(leaf)
+        span = shape.spans.get(field)
+        if span is None:
+            return False  # a field the node lacks never matches
+        return _values_spec(test, equal, list(range(*span)))
+    # every field, or the fields whose key matches the pattern
+    key_matches = leaf.key_matches
+    if key_matches is None:
+        facts = _values_spec(test, equal, None)
+    else:
+        at = [i for k in shape.keys if key_matches(k) for i in range(*shape.spans[k])]
+        facts = _values_spec(test, equal, at)
+    reserved = [_reserved_spec(leaf)] if leaf.reserved else []
+    parts = [p for p in (facts, *reserved) if p is not False]
+    if not parts:
         return False
+    if len(parts) == 1:
+        return parts[0]
+    p, q = parts
+    assert p is not True and q is not True
+    return _either(p, q)
 
-    return pred
+
+def _values_spec(test: _Test, equal: str | None, at: list[int] | None) -> _Spec:
+    """``test`` over the values at positions ``at`` (``None``: every value)."""
+    if at is None:
+        if equal is not None:
+            return lambda n, live, v: equal in v
+        return lambda n, live, v: any(map(test, v))
+    if not at:
+        return False
+    if len(at) == 1:
+        (i,) = at
+        if equal is not None:
+            return lambda n, live, v: v[i] == equal
+        return lambda n, live, v: test(v[i])
+    if at == list(range(at[0], at[-1] + 1)):
+        start, stop = at[0], at[-1] + 1
+        if equal is not None:
+            return lambda n, live, v: equal in v[start:stop]
+        return lambda n, live, v: any(map(test, v[start:stop]))
+    pick = operator.itemgetter(*at)
+    if equal is not None:
+        return lambda n, live, v: equal in pick(v)
+    return lambda n, live, v: any(map(test, pick(v)))
+
+
+def _reserved_spec(leaf: _Leaf) -> _Spec:
+    """The leaf's test on the name and, when the test can pass one of their values, on the
+    status and availability."""
+    test = leaf.test
+    name = 0 in leaf.reserved
+    live_at = tuple(i - 1 for i in leaf.reserved if i > 0) if leaf.reads_live else ()
+    if not live_at:
+        return (lambda n, live, v: test(n)) if name else False
+    if len(live_at) == 1:
+        (j,) = live_at
+        if name:
+            return lambda n, live, v: test(n) or test(live(n)[j])
+        return lambda n, live, v: test(live(n)[j])
+    if name:
+        return lambda n, live, v: test(n) or any(map(test, live(n)))
+    return lambda n, live, v: any(map(test, live(n)))
 
 
 # --- values ---------------------------------------------------------------------------------

@@ -43,7 +43,7 @@ import logging
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -69,6 +69,7 @@ __all__ = [
     "Store",
     "StoreStatistics",
     "VerifyReport",
+    "connect_postgres",
     "open_postgres_store",
     "open_store",
     "redact_url",
@@ -175,6 +176,22 @@ async def open_postgres_store(
     store = await PostgresStore.open(url, exclusive=exclusive, queue_size=queue_size)
     async with _running(store, close_timeout):
         yield store
+
+
+def connect_postgres(url: str, *, autocommit: bool) -> Any:
+    """A ``psycopg`` connection to the store's database with the store's session settings
+    (keepalives, timeouts, ``synchronous_commit = on``), for what lives beside the log (the
+    cluster's tables, ``pushy_appliance.cluster``). Blocking: call it in a worker thread.
+
+    Raises:
+        StoreError: the driver is not installed.
+        psycopg.Error: the database cannot be reached.
+    """
+    try:
+        from ._pgopen import connect
+    except ImportError as e:
+        raise StoreError(_NO_DRIVER) from e
+    return connect(url, autocommit=autocommit)
 
 
 def verify_postgres_store(url: str) -> VerifyReport:

@@ -51,15 +51,18 @@ from typing import Any, Protocol
 
 import trio
 
-from ..errors import StoreError, StoreUnavailableError
+from ..errors import StaleLeaseError, StoreError, StoreUnavailableError
 from ._format import BlobRef, encode_blob, encode_record, encode_snapshot
 from ._outage import Outage, unavailable
 
-__all__ = ["GroupCommitStore", "Recovered", "Store", "StoreStatistics"]
+__all__ = ["Fence", "GroupCommitStore", "Recovered", "Store", "StoreStatistics"]
 
 log = logging.getLogger(__name__)
 
 _CLOSED_BEFORE_DURABLE = "the store closed before the record was durable"
+
+Fence = Sequence[tuple[str, int]]
+"""``(job_id, epoch)`` pairs an append is fenced with (``docs/SCALE-OUT.md`` §4)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -170,8 +173,10 @@ class Store(Protocol):
         """Append one record; return its seq once it is durable."""
         ...
 
-    async def append_many(self, records: list[dict[str, Any]]) -> int:
-        """Append records as one group; return the last seq once all are durable."""
+    async def append_many(self, records: list[dict[str, Any]], *, fence: Fence = ()) -> int:
+        """Append records as one group; return the last seq once all are durable.
+        ``fence``: refuse them (``StaleLeaseError``) unless each job's lease still has that
+        epoch (checked by a store shared by several appliances; ignored by the others)."""
         ...
 
     async def write_snapshot(
@@ -203,7 +208,8 @@ class _Append:
     frames: list[bytes]
     done: trio.Event = dataclasses.field(default_factory=trio.Event)
     last_seq: int = 0
-    error: str | StoreUnavailableError | None = None
+    error: str | StoreUnavailableError | StaleLeaseError | None = None
+    fence: Fence = ()
 
 
 @dataclasses.dataclass(eq=False, slots=True)
@@ -345,11 +351,15 @@ class GroupCommitStore(abc.ABC):
         """
         return await self.append_many([record])
 
-    async def append_many(self, records: list[dict[str, Any]]) -> int:
+    async def append_many(self, records: list[dict[str, Any]], *, fence: Fence = ()) -> int:
         """Append records as one group: all become durable with the same fsync.
 
         Args:
             records: dicts as for :meth:`append`. An empty list writes nothing.
+            fence: ``(job_id, epoch)`` pairs: a store whose log several appliances share
+                (PostgreSQL) stores the records only if each job's lease still has that
+                epoch, checked in the transaction that appends them (``docs/SCALE-OUT.md``
+                §4); the file and memory stores ignore it.
 
         Returns:
             The seq of the last record (``last_seq`` for an empty list).
@@ -358,6 +368,8 @@ class GroupCommitStore(abc.ABC):
             TypeError, ValueError, StoreUnavailableError, StoreError: as for :meth:`append`;
             a record that cannot be encoded fails the call before anything is queued. When
             the call fails, none of its records is stored.
+            StaleLeaseError: a job of ``fence`` is leased with another epoch now (or not at
+                all): nothing of the call was stored; the rest of its group was.
 
         Cancellation: as for :meth:`append`.
         """
@@ -370,7 +382,7 @@ class GroupCommitStore(abc.ABC):
         if not frames:
             await trio.lowlevel.checkpoint()
             return self._last_seq
-        request = _Append(frames)
+        request = _Append(frames, fence=fence)
         # Counted before the send: the writer may commit it before send() returns.
         self._pending += len(frames)
         try:
@@ -384,6 +396,8 @@ class GroupCommitStore(abc.ABC):
         await request.done.wait()
         if isinstance(request.error, StoreUnavailableError):
             raise StoreUnavailableError(request.error.reason, request.error.path)
+        if isinstance(request.error, StaleLeaseError):
+            raise StaleLeaseError(request.error.job_id, request.error.epoch)
         if request.error is not None:
             raise StoreError(request.error)
         return request.last_seq
@@ -522,6 +536,19 @@ class GroupCommitStore(abc.ABC):
                 :meth:`_repair` to cut it back there before anything else is written.
         """
 
+    async def _commit_fenced(
+        self, requests: list[tuple[list[bytes], Fence]], first_seq: int
+    ) -> tuple[int | None, dict[int, StaleLeaseError]]:
+        """:meth:`_commit` for a group of which some requests carry a fence: here (a store
+        that is its log's only appender) every fence holds and the group is committed whole.
+
+        Returns:
+            What :meth:`_commit` returns, and the requests refused (by index in
+            ``requests``) with their error; the others got consecutive seqs in order.
+        """
+        frames = [f for request_frames, _fence in requests for f in request_frames]
+        return await self._commit(frames, first_seq), {}
+
     @abc.abstractmethod
     async def _repair(self, probe_bytes: int) -> None:
         """In the writer, after a failed commit: cut the log back to its last durable group
@@ -640,12 +667,17 @@ class GroupCommitStore(abc.ABC):
             return
         frames = [f for request in group for f in request.frames]
         error: str | StoreUnavailableError | None = _CLOSED_BEFORE_DURABLE
+        stale: dict[int, StaleLeaseError] = {}
         try:
             if self._outage is None:
                 first = self._last_seq + 1
                 try:
                     # a shared log (PostgreSQL) gives the group the seqs after other writers'
-                    assigned = await self._commit(frames, first)
+                    if any(request.fence for request in group):
+                        pairs = [(request.frames, request.fence) for request in group]
+                        assigned, stale = await self._commit_fenced(pairs, first)
+                    else:
+                        assigned = await self._commit(frames, first)
                     if assigned is not None:
                         first = assigned
                 except StoreError as e:
@@ -659,16 +691,19 @@ class GroupCommitStore(abc.ABC):
                 return
             error = None
             self._groups += 1
-            self._last_seq = max(self._last_seq, first + len(frames) - 1)
+            stored = len(frames) - sum(len(group[i].frames) for i in stale)
+            if stored:
+                self._last_seq = max(self._last_seq, first + stored - 1)
             seq = first - 1
-            for request in group:
-                seq += len(request.frames)
-                request.last_seq = seq
+            for index, request in enumerate(group):
+                if index not in stale:
+                    seq += len(request.frames)
+                    request.last_seq = seq
         finally:
             # Whatever happened (even cancellation), every caller of the group hears of it.
             self._pending -= len(frames)
-            for request in group:
-                request.error = error
+            for index, request in enumerate(group):
+                request.error = stale.get(index, error)
                 request.frames = []  # the writer's batch outlives the group: let them go
                 request.done.set()
 

@@ -67,8 +67,8 @@ from typing import Any
 import psycopg
 import trio
 
-from ..errors import StoreCorruptError, StoreError, StoreUnavailableError
-from ._base import GroupCommitStore
+from ..errors import StaleLeaseError, StoreCorruptError, StoreError, StoreUnavailableError
+from ._base import Fence, GroupCommitStore
 from ._format import BlobRef
 from ._outage import RETRY_FIRST, RETRY_MAX
 from ._pgfollow import FOLLOW_BATCH, FOLLOW_POLL, fetch, listen, wait_doorbell
@@ -103,6 +103,10 @@ WITH ins AS (
 )
 SELECT pg_notify('pushy_log', %(head)s)
 """
+_FENCE = "SELECT job_id, epoch FROM pushy_lease WHERE job_id = ANY(%s) ORDER BY job_id FOR SHARE"
+"""The leases a group is fenced with, share-locked until COMMIT: a takeover's ``UPDATE``
+waits for this group, so a write checked against the old epoch lands before the takeover
+(and the new driver reads it) or not at all (``docs/SCALE-OUT.md`` §4)."""
 _SAVE_SNAPSHOT = (
     "INSERT INTO pushy_snapshot (seq, state) VALUES (%s, %s) "
     "ON CONFLICT (seq) DO UPDATE SET state = EXCLUDED.state"
@@ -344,8 +348,22 @@ class PostgresStore(GroupCommitStore):
     # --- writing ------------------------------------------------------------------------------
 
     async def _commit(self, frames: list[bytes], first_seq: int) -> int | None:
+        first, _stale = await self._commit_requests([(frames, ())])
+        return first
+
+    async def _commit_fenced(
+        self, requests: list[tuple[list[bytes], Fence]], first_seq: int
+    ) -> tuple[int | None, dict[int, StaleLeaseError]]:
+        return await self._commit_requests(requests)
+
+    async def _commit_requests(
+        self, requests: list[tuple[list[bytes], Fence]]
+    ) -> tuple[int | None, dict[int, StaleLeaseError]]:
+        """Commit the requests whose fences hold (all of them when none is fenced) as one
+        group; the first seq given (``None`` when every request was refused) and the
+        refused ones."""
         try:
-            first = await trio.to_thread.run_sync(self._commit_sync, frames)
+            first, stale, frames = await trio.to_thread.run_sync(self._commit_sync, requests)
         except _InDoubtError as e:
             self._doubts.append(_Doubt(e.first, e.last, e.xid))
             self._settled()
@@ -356,28 +374,49 @@ class PostgresStore(GroupCommitStore):
                 e.last,
             )
             raise e.error from None
+        if not frames:
+            return None, stale
         self._acked_max = first + len(frames) - 1
         self._bytes += sum(map(len, frames))
         self._settled()
-        return first
+        return first, stale
 
     def _settled(self) -> None:
         self._verdict.set()
         self._verdict = trio.Event()
 
-    def _commit_sync(self, frames: list[bytes]) -> int:
+    def _commit_sync(
+        self, requests: list[tuple[list[bytes], Fence]]
+    ) -> tuple[int, dict[int, StaleLeaseError], list[bytes]]:
         try:
-            return self._try_commit(frames)
+            return self._try_commit(requests)
         except _StaleConnectionError:
             # an idle connection that died (a database restart): nothing was sent, try anew
             self._drop_conn()
-            return self._try_commit(frames)
+            return self._try_commit(requests)
 
-    def _try_commit(self, frames: list[bytes]) -> int:
+    def _try_commit(
+        self, requests: list[tuple[list[bytes], Fence]]
+    ) -> tuple[int, dict[int, StaleLeaseError], list[bytes]]:
+        """The group's transaction; returns its first seq, the requests refused by their
+        fence, and the frames committed."""
         fresh = self._conn is None or self._conn.closed or self._conn.broken
         conn = self._writer_conn()
-        n = len(frames)
+        stale: dict[int, StaleLeaseError] = {}
         try:
+            jobs = sorted({job for _frames, fence in requests for job, _epoch in fence})
+            if jobs:
+                leased = {str(j): int(e) for j, e in conn.execute(_FENCE, (jobs,)).fetchall()}
+                for index, (_frames, fence) in enumerate(requests):
+                    for job, epoch in fence:
+                        if leased.get(job) != epoch:
+                            stale[index] = StaleLeaseError(job, epoch)
+                            break
+            frames = [f for i, (fs, _fence) in enumerate(requests) if i not in stale for f in fs]
+            if not frames:
+                conn.rollback()
+                return 0, stale, []
+            n = len(frames)
             row = conn.execute(_NEXT_SEQS, (n,)).fetchone()
             assert row is not None
             head, xid = int(row[0]), str(row[1])
@@ -396,7 +435,7 @@ class PostgresStore(GroupCommitStore):
         except psycopg.Error as e:
             self._drop_conn()
             raise _InDoubtError(first, head, xid, self._unavailable(e)) from e
-        return first
+        return first, stale, frames
 
     async def _repair(self, probe_bytes: int) -> None:
         doubts = [d for d in self._doubts if d.committed is None]
