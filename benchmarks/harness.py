@@ -400,6 +400,7 @@ class LoadResult:
     latencies: list[float]
     server_cpu_s: float = 0.0
     client_cpu_s: float = 0.0
+    server_cpu_each: list[float] = dataclasses.field(default_factory=list)
 
     @property
     def rate(self) -> float:
@@ -413,30 +414,41 @@ class LoadResult:
 
 
 async def http_load(
-    host: str,
+    host: str | Sequence[tuple[str, int]],
     port: int,
     ca_file: Path,
     requests: Sequence[bytes],
     *,
     seconds: float,
     expect: int,
-    server_pid: int,
+    server_pid: int | Sequence[int],
     warmup: float = 1.0,
 ) -> LoadResult:
     """One keep-alive connection per entry of ``requests``, each sending its request in a
     closed loop for ``warmup`` + ``seconds``; only the last ``seconds`` are counted, and the
-    CPU of the server (``server_pid``) and of this client process over that window."""
+    CPU of the server (``server_pid``) and of this client process over that window.
+
+    Several servers (the appliances of a cluster): ``host`` is their ``(host, port)``
+    addresses (``port`` is then ignored), connection ``i`` goes to the ``i mod N``-th (its
+    request, ``requests[i]``, names that one in its ``Host``), and ``server_pid`` lists their
+    processes, whose CPU is added up (``LoadResult.server_cpu_each`` keeps each)."""
     result = LoadResult(0, 0, seconds, [])
-    conns = [await HttpConnection.connect(host, port, ca_file, i) for i in range(len(requests))]
+    addresses = [(host, port)] if isinstance(host, str) else list(host)
+    pids = [server_pid] if isinstance(server_pid, int) else list(server_pid)
+    conns = [
+        await HttpConnection.connect(*addresses[i % len(addresses)], ca_file, i)
+        for i in range(len(requests))
+    ]
     start = time.perf_counter() + warmup
     stop = start + seconds
 
     async def sample() -> None:
         await trio.sleep_until(trio.current_time() + warmup)
-        s0, c0 = proc_stats(server_pid), proc_stats(os.getpid())
+        s0, c0 = [proc_stats(p) for p in pids], proc_stats(os.getpid())
         await trio.sleep(seconds)
-        s1, c1 = proc_stats(server_pid), proc_stats(os.getpid())
-        result.server_cpu_s = s1.cpu_s - s0.cpu_s
+        s1, c1 = [proc_stats(p) for p in pids], proc_stats(os.getpid())
+        result.server_cpu_each = [b.cpu_s - a.cpu_s for a, b in zip(s0, s1, strict=True)]
+        result.server_cpu_s = sum(result.server_cpu_each)
         result.client_cpu_s = c1.cpu_s - c0.cpu_s
 
     async def client(conn: HttpConnection, data: bytes) -> None:
@@ -469,7 +481,8 @@ class SimFleet:
     """Node-simulator worker processes (``nodesim.py --worker``), their status aggregated.
 
     Args:
-        node_url: ``wss://127.0.0.1:PORT``.
+        node_url: ``wss://127.0.0.1:PORT``, or several (the appliances of a cluster): node
+            ``i`` connects to the ``i mod N``-th, and :meth:`by_url` counts per URL.
         ca_file: the CA that signed the node listener's certificate.
         key_file: the private key every simulated node signs with.
         count: nodes in total, split evenly over ``procs`` processes.
@@ -478,7 +491,7 @@ class SimFleet:
 
     def __init__(
         self,
-        node_url: str,
+        node_url: str | Sequence[str],
         ca_file: Path,
         key_file: Path,
         count: int,
@@ -491,6 +504,8 @@ class SimFleet:
         self.procs: list[trio.Process] = []
         self.status: dict[int, dict[str, Any]] = {}
         self.argvs: list[list[str]] = []
+        self.urls = [node_url] if isinstance(node_url, str) else list(node_url)
+        url_args = [arg for url in self.urls for arg in ("--node-url", url)]
         per, extra = divmod(count, procs)
         first = 0
         for w in range(procs):
@@ -500,8 +515,7 @@ class SimFleet:
                     sys.executable,
                     str(REPO / "benchmarks" / "nodesim.py"),
                     "--worker",
-                    "--node-url",
-                    node_url,
+                    *url_args,
                     "--ca",
                     str(ca_file),
                     "--key",
@@ -538,22 +552,48 @@ class SimFleet:
                 if line.strip():
                     self.status[index] = json.loads(line)
 
-    async def wait_for(self, key: str, value: int, within: float) -> float:
+    async def wait_for(
+        self, key: str, value: int, within: float, *, tolerate_losses: bool = False
+    ) -> float:
         """Wait until the workers' ``key`` counters add up to ``value``. Returns seconds.
 
+        Args:
+            tolerate_losses: wait instead until every node connected or failed or lost its
+                connection (``key`` then counts those that failed or were lost too): the
+                caller reports the losses (:meth:`errors`) rather than give up.
+
         Raises:
-            RuntimeError: nodes failed to connect or lost their connection meanwhile.
+            RuntimeError: nodes failed to connect or lost their connection meanwhile, or a
+                worker process exited.
             trio.TooSlowError: not reached within ``within`` seconds.
         """
         t0 = time.perf_counter()
         with trio.fail_after(within):
             while True:
-                if self.total("lost") or self.total("failed"):
-                    raise RuntimeError(f"nodes failed: {self.summary()}")
-                if self.total(key) >= value:
+                dead = [p.returncode for p in self.procs if p.returncode is not None]
+                if dead:
+                    raise RuntimeError(f"a simulator worker exited ({dead}): {self.summary()}")
+                gone = self.total("lost") + self.total("failed")
+                if gone and not tolerate_losses:
+                    raise RuntimeError(f"nodes failed: {self.summary()}: {self.errors()[:5]}")
+                if self.total(key) + (gone if tolerate_losses else 0) >= value:
                     break
                 await trio.sleep(0.05)
         return time.perf_counter() - t0
+
+    def errors(self) -> list[str]:
+        """The first errors each worker reported (a node that failed or was lost)."""
+        return [e for s in self.status.values() for e in s.get("errors", ())]
+
+    def by_url(self) -> list[dict[str, int]]:
+        """The workers' per-URL counters (``connected``, ``lost``, ``hb_sent``, ``hb_recv``)
+        added up, one dict per node URL in the order given."""
+        out: list[dict[str, int]] = [{} for _ in self.urls]
+        for s in self.status.values():
+            for total, counters in zip(out, s.get("by_url", ()), strict=True):
+                for k, v in counters.items():
+                    total[k] = total.get(k, 0) + int(v)
+        return out
 
     def summary(self) -> dict[str, int]:
         keys = ("connected", "failed", "lost", "hb_sent", "hb_recv", "commits", "runs", "aborts")

@@ -20,7 +20,10 @@ Standalone::
     python3 benchmarks/nodesim.py --node-url wss://127.0.0.1:PORT --ca DATA/tls/ca.pem \\
         --key node.pem --count 1000 --procs 2 --lifetime 120
 
-prints one JSON status line per second (totals of all workers) and exits after ``--lifetime``
+``--node-url`` given several times (the appliances of a cluster, or several bare servers)
+spreads the nodes: node ``i`` connects to the ``i mod N``-th URL, and the status lines count
+per URL too (``by_url``). It prints one JSON status line per second (totals of all workers)
+and exits after ``--lifetime``
 seconds or when its standard input closes. The nodes' clients must exist with the public key
 of ``--key`` (``run.py`` provisions them). ``--worker`` is the per-process mode the fleet in
 ``harness.py`` uses.
@@ -53,6 +56,7 @@ from wsproto.events import (
     Request,
     TextMessage,
 )
+from wsproto.utilities import LocalProtocolError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -63,15 +67,18 @@ from harness import ORG, SimFleet, node_names, source_address
 from pushy_appliance import chef_auth, protocol
 
 COUNTERS = ("connected", "failed", "lost", "hb_sent", "hb_recv", "commits", "runs", "aborts")
+URL_COUNTERS = ("connected", "lost", "hb_sent", "hb_recv")
+"""The counters kept per node URL as well (``by_url`` in the status line)."""
 
 
 class Worker:
     """The nodes of one process and their counters."""
 
     def __init__(self, args: argparse.Namespace) -> None:
-        url = urlsplit(args.node_url)
-        self.host = url.hostname or "127.0.0.1"
-        self.port = url.port or 443
+        self.addresses = []
+        for node_url in args.node_url:
+            url = urlsplit(node_url)
+            self.addresses.append((url.hostname or "127.0.0.1", url.port or 443))
         self.key = chef_auth.load_private_key(Path(args.key).read_bytes())
         self.ssl = ssl.create_default_context(cafile=args.ca)
         self.first: int = args.first
@@ -79,10 +86,11 @@ class Worker:
         self.names = node_names(self.first + self.count)[self.first :]
         self.connect_limit = trio.Semaphore(args.connect_concurrency)
         self.counters = dict.fromkeys(COUNTERS, 0)
+        self.by_url = [dict.fromkeys(URL_COUNTERS, 0) for _ in self.addresses]
         self.errors: list[str] = []
 
     def status_line(self) -> bytes:
-        doc: dict[str, Any] = {"t": time.time(), **self.counters}
+        doc: dict[str, Any] = {"t": time.time(), **self.counters, "by_url": self.by_url}
         if self.errors:
             doc["errors"] = self.errors[:5]
         return json.dumps(doc).encode() + b"\n"
@@ -127,6 +135,8 @@ class _Node:
         self.w = worker
         self.name = name
         self.index = index
+        self.host, self.port = worker.addresses[index % len(worker.addresses)]
+        self.url_counters = worker.by_url[index % len(worker.addresses)]
         # the default fact set with ohai's names and formats, as a real agent's hello has
         self.facts = {**node_facts(index, random.Random(index)), "hostname": name}
         self.path = f"/organizations/{ORG}/pushy/connect/{name}"
@@ -146,34 +156,43 @@ class _Node:
         try:
             async with self.w.connect_limit:
                 await self._connect()
-        except (OSError, trio.BrokenResourceError, ConnectionError) as e:
+        except (OSError, trio.BrokenResourceError, ConnectionError, LocalProtocolError) as e:
             c["failed"] += 1
             self.w.errors.append(f"{self.name}: connect: {e!r}")
             return
         c["connected"] += 1
+        u = self.url_counters
+        u["connected"] += 1
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._heartbeats)
                 await self._read()
                 nursery.cancel_scope.cancel()
-        except* (OSError, trio.BrokenResourceError, ConnectionError) as group:
+        except* (
+            OSError,
+            trio.BrokenResourceError,
+            ConnectionError,
+            # a heartbeat sent after the server's close frame arrived: the node is lost too
+            LocalProtocolError,
+        ) as group:
             self.w.errors.append(f"{self.name}: {group.exceptions[0]!r}")
         c["lost"] += 1
         c["connected"] -= 1
+        u["lost"] += 1
+        u["connected"] -= 1
 
     async def _connect(self) -> None:
         w = self.w
-        tcp = await trio.open_tcp_stream(w.host, w.port, local_address=source_address(self.index))
-        self.stream = trio.SSLStream(tcp, w.ssl, server_hostname=w.host, https_compatible=True)
+        host, port = self.host, self.port
+        tcp = await trio.open_tcp_stream(host, port, local_address=source_address(self.index))
+        self.stream = trio.SSLStream(tcp, w.ssl, server_hostname=host, https_compatible=True)
         await self.stream.do_handshake()
         signed = chef_auth.sign_request(
             "GET", self.path, b"", self.name, w.key, timestamp=datetime.now(UTC)
         )
         headers = [(k.encode(), v.encode()) for k, v in signed.items()]
         await self.stream.send_all(
-            self.ws.send(
-                Request(host=f"{w.host}:{w.port}", target=self.path, extra_headers=headers)
-            )
+            self.ws.send(Request(host=f"{host}:{port}", target=self.path, extra_headers=headers))
         )
         while True:
             data = await self.stream.receive_some(65536)
@@ -222,6 +241,7 @@ class _Node:
                 job_state=self.job_state if self.job is not None else "idle",
             )
             self.w.counters["hb_sent"] += 1
+            self.url_counters["hb_sent"] += 1
             await trio.sleep(self.interval)
 
     async def _read(self) -> None:
@@ -255,6 +275,7 @@ class _Node:
         c = self.w.counters
         if kind == "heartbeat":
             c["hb_recv"] += 1
+            self.url_counters["hb_recv"] += 1
         elif kind == "welcome":
             self.interval = float(f["heartbeat_interval"])
             self.welcomed = True
@@ -310,7 +331,12 @@ async def _fleet_main(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--node-url", required=True, help="wss://127.0.0.1:PORT")
+    parser.add_argument(
+        "--node-url",
+        required=True,
+        action="append",
+        help="wss://127.0.0.1:PORT (several: node i connects to the (i mod N)-th)",
+    )
     parser.add_argument("--ca", required=True, help="CA file for the node listener")
     parser.add_argument("--key", required=True, help="private key of every simulated node")
     parser.add_argument("--count", type=int, default=100, help="nodes (default 100)")

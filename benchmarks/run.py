@@ -8,6 +8,21 @@
     python3 benchmarks/run.py huge --job-size 100000 --huge-jobs 3
     python3 benchmarks/run.py smoke            # all six, small, in about two minutes
 
+Several appliances on PostgreSQL (issue 17)::
+
+    python3 benchmarks/run.py presence --postgres --appliances 3 --nodes 50000 --intervals 10 \\
+        --procs 4 --connect-concurrency 16
+    python3 benchmarks/run.py api --postgres --with-file-store --appliances 1,3
+    python3 benchmarks/run.py store --postgres --with-file-store --appliances 1,3
+    python3 benchmarks/run.py fanout --postgres --with-file-store --appliances 1,3 --sizes 10000
+
+``--postgres`` starts a private PostgreSQL for the run (``--store URL`` uses a database of
+yours); each setup measured gets a new schema in it. ``--appliances N`` starts N appliances
+sharing the keys and CA (``pushy cluster join``) and one store, and spreads the load: node
+``i`` on appliance ``i mod N``, HTTP connection ``i`` likewise, a fan-out job posted to the
+first; the bare ceilings are N bare servers. ``presence`` also reports each appliance and the
+database's work over the window (``benchmarks/cluster.py``).
+
 Every scenario starts ``pushy serve`` as a subprocess on 127.0.0.1 with a fresh data
 directory under ``--workdir`` (removed afterwards unless ``--keep``), drives it from other
 processes (node simulator workers, this process as HTTP client), and prints the server's CPU
@@ -20,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import resource
 import secrets
@@ -36,6 +52,7 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from cluster import DbCounters, db_counters, join_cluster, new_schema_url, private_postgres
 from harness import (
     ORG,
     REPO,
@@ -71,9 +88,12 @@ def _join(values: Any, digits: int = 3) -> str:
 
 def _cpu(r: Any) -> str:
     per = 1000 * r.server_cpu_s / max(r.requests, 1)
+    each = ""
+    if len(r.server_cpu_each) > 1:
+        each = "; each " + ", ".join(f"{c:.2f} s" for c in r.server_cpu_each)
     return (
         f"server CPU {r.server_cpu_s:.2f} s ({per:.2f} ms/req: {1000 / per:,.0f} req/s per "
-        "busy core), "
+        f"busy core{each}), "
         f"load-generator CPU {r.client_cpu_s:.2f} s"
     )
 
@@ -82,10 +102,37 @@ def kib(n: float) -> str:
     return f"{n / 1024:,.1f} MiB" if n >= 10240 else f"{n:,.0f} KiB"
 
 
-class Bench:
-    """Shared state of one ``run.py`` invocation: work directory, node key, results."""
+@dataclasses.dataclass(frozen=True, slots=True)
+class Setup:
+    """One configuration measured: the store (file or PostgreSQL) and how many appliances.
 
-    def __init__(self, args: argparse.Namespace) -> None:
+    Attributes:
+        postgres: the appliances' store is in PostgreSQL (``--postgres`` or ``--store``).
+        appliances: appliances started, sharing keys and CA (``pushy cluster join``) and, on
+            PostgreSQL, one store (or a store each with ``--separate-schemas``).
+    """
+
+    postgres: bool
+    appliances: int
+
+    @property
+    def key(self) -> str:
+        return f"{'pg' if self.postgres else 'file'}{self.appliances}"
+
+    def label(self, separate: bool) -> str:
+        n = self.appliances
+        what = "PostgreSQL" if self.postgres else "file store"
+        if n == 1:
+            return f"{what}, 1 appliance"
+        share = "a store each" if separate or not self.postgres else "one store"
+        return f"{what}, {n} appliances ({share})"
+
+
+class Bench:
+    """Shared state of one ``run.py`` invocation: work directory, node key, results, the
+    PostgreSQL database its setups' stores are made in."""
+
+    def __init__(self, args: argparse.Namespace, postgres_url: str | None = None) -> None:
         self.args = args
         self.root = Path(tempfile.mkdtemp(prefix="pushy-bench-", dir=args.workdir))
         self.results: list[dict[str, Any]] = []
@@ -93,6 +140,11 @@ class Bench:
         self.node_key_file = self.root / "node.pem"
         self.node_key_file.write_text(chef_auth.private_key_pem(key))
         self.node_public = chef_auth.public_key_pem(key)
+        self.postgres_url = postgres_url
+        """The database (``--store``, or the private server's with ``--postgres``) in which
+        each setup gets a store of its own: a new schema (:func:`cluster.new_schema_url`)."""
+        self.store_urls: dict[Path, str] = {}
+        """The store URL of each data directory whose store is in PostgreSQL."""
 
     def close(self) -> None:
         if not self.args.keep:
@@ -107,13 +159,27 @@ class Bench:
             with open(self.args.json, "a") as f:
                 f.write(json.dumps(doc) + "\n")
 
+    def setups(self) -> list[Setup]:
+        """The configurations to measure: each ``--appliances`` count on the store chosen
+        (PostgreSQL with ``--postgres``/``--store``), after the file store with one
+        appliance when ``--with-file-store``."""
+        a = self.args
+        postgres = self.postgres_url is not None
+        out = [Setup(False, 1)] if a.with_file_store and postgres else []
+        out += [Setup(postgres, n) for n in a.appliances]
+        return out
+
+    def separate(self, setup: Setup) -> bool:
+        """Whether the setup's appliances each have a store of their own."""
+        return setup.appliances > 1 and (self.args.separate_schemas or not setup.postgres)
+
     def server(self, d: Path, env: dict[str, str] | None = None) -> ServerProcess:
         """The server under test on ``d``, with the ``--gc-*`` experiment settings (and its
-        store in PostgreSQL with ``--store``)."""
+        store in PostgreSQL when ``d`` has one there)."""
         env = dict(env or {})
         a = self.args
-        if a.store:
-            env["PUSHY_STORE_URL"] = a.store
+        if d in self.store_urls:
+            env["PUSHY_STORE_URL"] = self.store_urls[d]
         if a.gc_stats:
             env["BENCH_GC_STATS"] = str(self.root / f"{d.name}.gc.json")
         if a.gc_threshold:
@@ -124,17 +190,64 @@ class Bench:
             env.setdefault("BENCH_GC_STATS", str(self.root / f"{d.name}.gc.json"))
         return ServerProcess(d, env)
 
-    async def data_dir(self, name: str, nodes: int) -> Path:
-        """A bootstrapped data directory with ``nodes`` node clients sharing one key."""
-        d = self.root / name
-        server = self.server(d)
-        await server.start()
-        await server.stop()
-        if nodes:
-            await provision_clients(d, node_names(nodes), self.node_public, self.args.store)
-        return d
+    async def new_store(self) -> str:
+        """The URL of a new, empty store in the PostgreSQL database."""
+        assert self.postgres_url is not None
+        return await trio.to_thread.run_sync(new_schema_url, self.postgres_url)
 
-    def fleet(self, node_url: str, ca: Path, count: int, lifetime: float) -> SimFleet:
+    async def data_dir(self, name: str, nodes: int, *, postgres: bool | None = None) -> Path:
+        """A bootstrapped data directory with ``nodes`` node clients sharing one key (its
+        store in PostgreSQL when the run has a database, unless ``postgres`` is false)."""
+        if postgres is None:
+            postgres = self.postgres_url is not None
+        return (await self.data_dirs(name, nodes, Setup(postgres, 1)))[0]
+
+    async def data_dirs(self, name: str, nodes: int, setup: Setup) -> list[Path]:
+        """The data directories of ``setup``'s appliances, bootstrapped one after the other:
+        the first as a new appliance, each other after ``pushy cluster join`` of the first
+        (its keys and CA); ``nodes`` node clients provisioned once in each store."""
+        shared = None
+        if setup.postgres and not self.separate(setup):
+            shared = await self.new_store()
+        dirs: list[Path] = []
+        for i in range(setup.appliances):
+            d = self.root / (f"{name}-{setup.key}" + (f"-{i + 1}" if setup.appliances > 1 else ""))
+            if setup.postgres:
+                self.store_urls[d] = shared or await self.new_store()
+            if dirs:
+                await join_cluster(dirs[0], d)
+            server = self.server(d)
+            await server.start()
+            await server.stop()
+            dirs.append(d)
+        if nodes:
+            provisioned: set[str] = set()
+            for d in dirs:
+                url = self.store_urls.get(d)
+                if url is not None and url in provisioned:
+                    continue
+                await provision_clients(d, node_names(nodes), self.node_public, url)
+                if url is not None:
+                    provisioned.add(url)
+        return dirs
+
+    @contextlib.asynccontextmanager
+    async def running(
+        self, dirs: list[Path], env: dict[str, str] | None = None
+    ) -> AsyncIterator[list[ServerProcess]]:
+        """Start an appliance on each of ``dirs`` (one after the other); stop them all at the
+        end."""
+        servers: list[ServerProcess] = []
+        try:
+            for d in dirs:
+                servers.append(self.server(d, env))
+                await servers[-1].start()
+            yield servers
+        finally:
+            for server in servers:
+                await server.stop()
+
+    def fleet(self, node_url: str | list[str], ca: Path, count: int, lifetime: float) -> SimFleet:
         return SimFleet(
             node_url,
             ca,
@@ -240,93 +353,239 @@ def bare_http_argv(data_dir: Path, lifetime: float) -> list[str]:
 # --- 1. presence ------------------------------------------------------------------------------
 
 
+def _spread(nodes: int, servers: int) -> list[int]:
+    """How many of ``nodes`` go to each of ``servers`` (node ``i`` to server ``i mod N``)."""
+    return [len(range(k, nodes, servers)) for k in range(servers)]
+
+
+async def _online(address: tuple[str, int], ca: Path) -> int:
+    """The nodes an appliance holds online, by its own account (``GET /pushy/_status``)."""
+    host, port = address
+    conn = await HttpConnection.connect(host, port, ca)
+    try:
+        status, raw = await conn.request(plain_request_bytes("GET", "/pushy/_status", host))
+    finally:
+        await conn.aclose()
+    if status != 200:
+        raise RuntimeError(f"GET /pushy/_status: {status}")
+    return int(json.loads(raw)["nodes"]["online"])
+
+
 async def _hold(
     bench: Bench,
-    pid: int,
-    node_url: str,
+    pids: list[int],
+    node_urls: list[str],
     ca: Path,
     nodes: int,
     interval: float,
     seconds: float,
+    *,
+    http: list[tuple[str, int]] | None = None,
+    db_url: str | None = None,
 ) -> dict[str, Any]:
-    """Connect ``nodes`` simulated nodes, hold them ``seconds`` and measure the server."""
-    base = proc_stats(pid)
+    """Connect ``nodes`` simulated nodes (node ``i`` to server ``i mod N``), hold them
+    ``seconds`` and measure the servers: each (``servers``) and in total; with ``http`` (the
+    appliances' API addresses) each one's own count of online nodes, with ``db_url`` the
+    database's work over the window."""
+    base = [proc_stats(p) for p in pids]
     lifetime = seconds + interval + 120 + nodes / 50
-    fleet = bench.fleet(node_url, ca, nodes, lifetime)
+    fleet = bench.fleet(node_urls, ca, nodes, lifetime)
     async with fleet.running():
-        connect_s = await fleet.wait_for("connected", nodes, within=60 + nodes / 50)
-        after_connect = proc_stats(pid)
+        # a node lost meanwhile is reported (all online: False, its error), not fatal
+        connect_s = await fleet.wait_for(
+            "connected", nodes, within=60 + nodes / 50, tolerate_losses=True
+        )
+        after_connect = [proc_stats(p) for p in pids]
         await trio.sleep(min(interval, 10) + 1)  # every node past its first heartbeat phase
-        s0, f0, hb0 = proc_stats(pid), fleet.cpu_s(), fleet.summary()
+        db0: DbCounters | None = await db_counters(db_url) if db_url else None
+        s0, f0, hb0, u0 = (
+            [proc_stats(p) for p in pids],
+            fleet.cpu_s(),
+            fleet.summary(),
+            fleet.by_url(),
+        )
         await trio.sleep(seconds)
-        s1, f1, hb1 = proc_stats(pid), fleet.cpu_s(), fleet.summary()
+        s1, f1, hb1, u1 = (
+            [proc_stats(p) for p in pids],
+            fleet.cpu_s(),
+            fleet.summary(),
+            fleet.by_url(),
+        )
+        db1 = await db_counters(db_url) if db_url else None
+        held = [await _online(address, ca) for address in http] if http else None
     online = hb1["connected"] == nodes and hb1["lost"] == 0 and hb1["failed"] == 0
-    return {
+    servers = []
+    for k, share in enumerate(_spread(nodes, len(pids))):
+        servers.append(
+            {
+                "nodes": share,
+                "cpu_s": s1[k].cpu_s - s0[k].cpu_s,
+                "connect_cpu_s": after_connect[k].cpu_s - base[k].cpu_s,
+                "base_rss_kib": base[k].rss_kib,
+                "rss_kib": s1[k].rss_kib,
+                "hwm_kib": s1[k].hwm_kib,
+                "per_node_kib": (s1[k].rss_kib - base[k].rss_kib) / max(share, 1),
+                "connected": u1[k]["connected"],
+                "online": None if held is None else held[k],
+                "hb_sent": u1[k]["hb_sent"] - u0[k]["hb_sent"],
+                "hb_recv": u1[k]["hb_recv"] - u0[k]["hb_recv"],
+                "all_online": u1[k]["connected"] == share
+                and u1[k]["lost"] == 0
+                and (held is None or held[k] == share),
+            }
+        )
+    result: dict[str, Any] = {
         "nodes": nodes,
         "interval": interval,
         "seconds": seconds,
         "connect_s": connect_s,
-        "connect_cpu_s": after_connect.cpu_s - base.cpu_s,
-        "cpu_s": s1.cpu_s - s0.cpu_s,
-        "base_rss_kib": base.rss_kib,
-        "rss_kib": s1.rss_kib,
-        "hwm_kib": s1.hwm_kib,
-        "per_node_kib": (s1.rss_kib - base.rss_kib) / nodes,
+        "connect_cpu_s": sum(r["connect_cpu_s"] for r in servers),
+        "cpu_s": sum(r["cpu_s"] for r in servers),
+        "base_rss_kib": sum(r["base_rss_kib"] for r in servers),
+        "rss_kib": sum(r["rss_kib"] for r in servers),
+        "hwm_kib": sum(r["hwm_kib"] for r in servers),
+        "per_node_kib": sum(r["rss_kib"] - r["base_rss_kib"] for r in servers) / nodes,
         "sim_cpu_s": f1 - f0,
         "hb_sent": hb1["hb_sent"] - hb0["hb_sent"],
         "hb_recv": hb1["hb_recv"] - hb0["hb_recv"],
-        "all_online": online,
+        "all_online": online and all(r["all_online"] for r in servers),
         "sim": hb1,
+        "errors": fleet.errors()[:10],
+        "servers": servers,
     }
+    if db0 is not None and db1 is not None:
+        result["db"] = db1.minus(db0)
+    return result
+
+
+def _presence_line(label: str, r: dict[str, Any], seconds: float) -> str:
+    return (
+        f"  {label}: server CPU {r['cpu_s']:.2f} s "
+        f"({100 * r['cpu_s'] / seconds:.1f}% of a core; "
+        f"{1e6 * r['cpu_s'] / seconds / r['nodes']:.1f} µs per node per s), "
+        f"RSS {kib(r['rss_kib'])} "
+        f"(peak {kib(r['hwm_kib'])}), "
+        f"{r['per_node_kib']:.1f} KiB/node, connect {r['connect_s']:.1f} s "
+        f"(server CPU {r['connect_cpu_s']:.1f} s), all online: {r['all_online']}, "
+        f"heartbeats sent/received by nodes {r['hb_sent']}/{r['hb_recv']}, "
+        f"simulator CPU {r['sim_cpu_s']:.1f} s"
+    )
+
+
+def _presence_servers(r: dict[str, Any], seconds: float) -> None:
+    """One line per server of a several-server measurement."""
+    if len(r["servers"]) < 2:
+        return
+    for k, s in enumerate(r["servers"], 1):
+        held = "" if s["online"] is None else f", online by its _status {s['online']}"
+        emit(
+            f"    #{k}: {s['nodes']} nodes, CPU {s['cpu_s']:.2f} s "
+            f"({100 * s['cpu_s'] / seconds:.1f}% of a core), RSS {kib(s['rss_kib'])} "
+            f"(peak {kib(s['hwm_kib'])}), {s['per_node_kib']:.1f} KiB/node, "
+            f"connected {s['connected']}{held}, all online: {s['all_online']}, "
+            f"heartbeats sent/received {s['hb_sent']}/{s['hb_recv']}"
+        )
+
+
+def _presence_rows(name: str, r: dict[str, Any], seconds: float) -> None:
+    """The lines of one measurement: the total, each server, the nodes not online."""
+    emit(_presence_line(name, r, seconds))
+    _presence_servers(r, seconds)
+    if r["errors"]:
+        sim = r["sim"]
+        emit(
+            f"    NOT all online: {sim['failed']} failed, {sim['lost']} lost; "
+            f"first errors {r['errors'][:3]}"
+        )
+
+
+def _db_line(db: dict[str, Any], seconds: float) -> str:
+    statements = (
+        "statements not counted (no pg_stat_statements)"
+        if db["statements"] is None
+        else f"{db['statements']} statements ({db['statements'] / seconds:.2f}/s)"
+    )
+    return (
+        f"  database over the window: {statements}, {db['transactions']} transactions "
+        f"(the sampler's 2 and autovacuum's included), {db['rows_written']} rows written "
+        f"({db['rows_written'] / seconds:.2f}/s; {db['store_rows_written']} in the store's tables)"
+    )
 
 
 async def presence(bench: Bench) -> None:
+    for setup in bench.setups():
+        await _presence(bench, setup)
+
+
+async def _presence(bench: Bench, setup: Setup) -> None:
     a = bench.args
     intervals = [float(x) for x in a.intervals.split(",")]
-    d = await bench.data_dir("presence", a.nodes)
+    dirs = await bench.data_dirs("presence", a.nodes, setup)
+    ca = dirs[0] / "tls" / "ca.pem"  # the cluster's CA: every appliance's certificate chains to it
+    n = len(dirs)
+    label = "pushy" if n == 1 else f"pushy x {n}"
     for interval in intervals:
-        server = bench.server(d, {"PUSHY_HEARTBEAT_INTERVAL": str(interval)})
-        await server.start()
-        try:
+        env = {"PUSHY_HEARTBEAT_INTERVAL": str(interval)}
+        async with bench.running(dirs, env) as servers:
             prod = await _hold(
-                bench, server.pid, server.node_url, server.ca_file, a.nodes, interval, a.seconds
+                bench,
+                [s.pid for s in servers],
+                [s.node_url for s in servers],
+                ca,
+                a.nodes,
+                interval,
+                a.seconds,
+                http=[s.http_address for s in servers] if n > 1 else None,
+                db_url=bench.store_urls.get(dirs[0]),
             )
-        finally:
-            await server.stop()
+        # the appliances' figures go out before the ceiling is measured: a long run that
+        # fails in its comparator keeps them
+        emit(
+            f"\n== presence: {a.nodes} nodes, heartbeat every {interval:g} s, {a.seconds:g} s, "
+            f"{setup.label(bench.separate(setup))} =="
+        )
+        emit(f"$ {command_line()}")
+        _presence_rows(label, prod, a.seconds)
+        if "db" in prod:
+            emit(_db_line(prod["db"], a.seconds))
+            for query, calls in list(prod["db"]["by_query"].items())[:5]:
+                emit(f"    {calls:>6} x {query[:110]}")
+        bench.record("presence-appliances", setup=setup.key, appliances=n, pushy=prod)
         ceilings: dict[str, dict[str, Any]] = {}
+        bare_label = "bare" if n == 1 else f"bare x {n}"
         for mode in _gc_modes(a):
-            bare = LineProcess(bare_ws_argv(d, interval, 3600, mode == "tuned"))
-            async with bare.running():
-                port = (await bare.wait_event("listening"))["port"]
+            async with contextlib.AsyncExitStack() as stack:
+                bares = [
+                    await stack.enter_async_context(
+                        LineProcess(bare_ws_argv(d, interval, 3600, mode == "tuned")).running()
+                    )
+                    for d in dirs
+                ]
+                ports = [(await bare.wait_event("listening"))["port"] for bare in bares]
                 ceilings[mode] = await _hold(
                     bench,
-                    bare.pid,
-                    f"wss://127.0.0.1:{port}",
-                    d / "tls" / "ca.pem",
+                    [bare.pid for bare in bares],
+                    [f"wss://127.0.0.1:{port}" for port in ports],
+                    ca,
                     a.nodes,
                     interval,
                     a.seconds,
                 )
-        emit(f"\n== presence: {a.nodes} nodes, heartbeat every {interval:g} s, {a.seconds:g} s ==")
-        emit(f"$ {command_line()}")
-        rows = [("pushy", prod)] + [(f"bare ({m} GC)", r) for m, r in ceilings.items()]
-        for label, r in rows:
-            emit(
-                f"  {label}: server CPU {r['cpu_s']:.2f} s "
-                f"({100 * r['cpu_s'] / a.seconds:.1f}% of a core), RSS {kib(r['rss_kib'])} "
-                f"(peak {kib(r['hwm_kib'])}), "
-                f"{r['per_node_kib']:.1f} KiB/node, connect {r['connect_s']:.1f} s "
-                f"(server CPU {r['connect_cpu_s']:.1f} s), all online: {r['all_online']}, "
-                f"heartbeats sent/received by nodes {r['hb_sent']}/{r['hb_recv']}, "
-                f"simulator CPU {r['sim_cpu_s']:.1f} s"
-            )
+            _presence_rows(f"{bare_label} ({mode} GC)", ceilings[mode], a.seconds)
         ratios = {m: prod["cpu_s"] / max(r["cpu_s"], 1e-9) for m, r in ceilings.items()}
         emit(
             "  ratio CPU pushy/bare "
             + ", ".join(f"{r:.2f} ({m} GC)" for m, r in ratios.items())
             + f" (target <= 1.25); RSS/node pushy {prod['per_node_kib']:.1f} KiB (target <= 60)"
         )
-        bench.record("presence", pushy=prod, bare=ceilings, cpu_ratio=ratios)
+        bench.record(
+            "presence",
+            setup=setup.key,
+            appliances=n,
+            pushy=prod,
+            bare=ceilings,
+            cpu_ratio=ratios,
+        )
 
 
 def _gc_modes(a: argparse.Namespace) -> list[str]:
@@ -357,18 +616,22 @@ async def _run_job(
     return time.perf_counter() - t0, job_id, doc["status"]
 
 
-async def fanout(bench: Bench) -> None:
+async def _fanout(
+    bench: Bench, setup: Setup, sizes: list[int]
+) -> tuple[dict[int, list[dict[str, Any]]], int, list[Path]]:
+    """Run the jobs of ``sizes`` (``--repeat`` times) on ``setup``: the nodes spread over its
+    appliances (node ``i`` on appliance ``i mod N``), every job posted to the first one and
+    followed there. Returns the runs per size, the largest peak RSS and the data directories."""
     a = bench.args
-    sizes = [int(x) for x in a.sizes.split(",")]
     most = max(sizes)
     names = node_names(most)
-    d = await bench.data_dir("fanout", most)
-    key = admin_key(d)
+    dirs = await bench.data_dirs("fanout", most, setup)
+    key = admin_key(dirs[0])
     prod: dict[int, list[dict[str, Any]]] = {n: [] for n in sizes}
-    server = bench.server(d)
-    await server.start()
-    try:
-        fleet = bench.fleet(server.node_url, server.ca_file, most, 600 + most / 20)
+    async with bench.running(dirs) as servers:
+        server = servers[0]
+        urls = [s.node_url for s in servers]
+        fleet = bench.fleet(urls, server.ca_file, most, 600 + most / 20)
         async with fleet.running():
             await fleet.wait_for("connected", most, within=60 + most / 50)
             host, port = server.http_address
@@ -377,30 +640,59 @@ async def fanout(bench: Bench) -> None:
             async with profiled(server.pid, a.profile):
                 for _ in range(a.repeat):
                     for n in sizes:
-                        s0, g0, d0 = server.stats(), server.gc_seconds(), server.gc_detail()
+                        s0 = [(s.stats(), s.gc_seconds(), s.gc_detail()) for s in servers]
                         seconds, _id, status = await _run_job(conn, hosthdr, key, names[:n], a.poll)
                         await trio.sleep(0.6)  # the GC statistics file is rewritten each 0.5 s
-                        s1, g1, d1 = server.stats(), server.gc_seconds(), server.gc_detail()
+                        s1 = [(s.stats(), s.gc_seconds(), s.gc_detail()) for s in servers]
+                        each = [b[0].cpu_s - e[0].cpu_s for e, b in zip(s0, s1, strict=True)]
                         prod[n].append(
                             {
                                 "seconds": seconds,
                                 "status": status,
-                                "cpu_s": s1.cpu_s - s0.cpu_s,
-                                "gc_s": g1 - g0,
+                                "cpu_s": sum(each),
+                                "cpu_each_s": each,
+                                "gc_s": sum(b[1] - e[1] for e, b in zip(s0, s1, strict=True)),
                                 "gc_by_generation": [
-                                    [d1[0][i] - d0[0][i], round(d1[1][i] - d0[1][i], 3)]
-                                    for i in range(3)
+                                    [
+                                        sum(
+                                            b[2][0][i] - e[2][0][i]
+                                            for e, b in zip(s0, s1, strict=True)
+                                        )
+                                        for i in range(3)
+                                    ],
+                                    [
+                                        round(
+                                            sum(
+                                                b[2][1][i] - e[2][1][i]
+                                                for e, b in zip(s0, s1, strict=True)
+                                            ),
+                                            3,
+                                        )
+                                        for i in range(3)
+                                    ],
                                 ],
                             }
                         )
             await conn.aclose()
-            hwm = server.stats().hwm_kib
-    finally:
-        await server.stop()
+            hwm = max(s.stats().hwm_kib for s in servers)
+    return prod, hwm, dirs
+
+
+async def fanout(bench: Bench) -> None:
+    a = bench.args
+    sizes = [int(x) for x in a.sizes.split(",")]
+    most = max(sizes)
+    for setup in bench.setups():
+        if bench.separate(setup):
+            raise SystemExit(
+                "fanout: a job spans appliances only on one store (no --separate-schemas)"
+            )
+    runs = [(setup, *await _fanout(bench, setup, sizes)) for setup in bench.setups()]
+    d = runs[0][3][0]
     bare_runs: dict[str, dict[int, list[float]]] = {}
     bare_jobs: dict[str, dict[int, list[float]]] = {}
     for mode in _gc_modes(a):
-        runs = bare_runs[mode] = {n: [] for n in sizes}
+        broadcasts = bare_runs[mode] = {n: [] for n in sizes}
         jobs = bare_jobs[mode] = {n: [] for n in sizes}
         bare = LineProcess(bare_ws_argv(d, 10.0, 3600, mode == "tuned"))
         async with bare.running():
@@ -414,208 +706,308 @@ async def fanout(bench: Bench) -> None:
                     for n in sizes:
                         mark = len(bare.events)
                         await bare.command(f"broadcast {n}")
-                        runs[n].append((await bare.wait_event("broadcast", mark))["seconds"])
+                        broadcasts[n].append((await bare.wait_event("broadcast", mark))["seconds"])
                         mark = len(bare.events)
                         await bare.command(f"job {n}")
                         jobs[n].append((await bare.wait_event("job", mark))["seconds"])
-    emit(f"\n== fan-out: one job to N nodes (quorum all), POST to complete, best of {a.repeat} ==")
-    emit(f"$ {command_line()}")
-    for n in sizes:
-        best = min(prod[n], key=lambda r: r["seconds"])
-        target = 1.5 if n <= 1000 else 5.0
+    for setup, prod, hwm, dirs in runs:
         emit(
-            f"  {n:>6} nodes: pushy {best['seconds']:.3f} s (target < {target:g} s; server CPU "
-            f"{best['cpu_s']:.2f} s, GC {best['gc_s']:.2f} s, {best['status']}; "
-            f"all runs {_join(r['seconds'] for r in prod[n])})"
+            f"\n== fan-out: one job to N nodes (quorum all), POST to complete, best of "
+            f"{a.repeat}, {setup.label(bench.separate(setup))} =="
         )
-        ratios: dict[str, float] = {}
-        for mode in bare_runs:
-            b, j = min(bare_runs[mode][n]), min(bare_jobs[mode][n])
-            ratios[mode] = best["seconds"] / b
+        if len(dirs) > 1:
+            emit(f"  (node i on appliance i mod {len(dirs)}; every job posted to appliance 1)")
+        emit(f"$ {command_line()}")
+        for n in sizes:
+            best = min(prod[n], key=lambda r: r["seconds"])
+            target = 1.5 if n <= 1000 else 5.0
+            each = ""
+            if len(dirs) > 1:
+                each = " (each " + ", ".join(f"{c:.2f}" for c in best["cpu_each_s"]) + ")"
             emit(
-                f"          bare ({mode} GC): broadcast-and-collect {b:.3f} s "
-                f"(all {_join(bare_runs[mode][n])}), ratio {best['seconds'] / b:.2f} "
-                f"(target <= 1.5); a job's frames without bookkeeping {j:.3f} s "
-                f"(all {_join(bare_jobs[mode][n])}), ratio {best['seconds'] / j:.2f}"
+                f"  {n:>6} nodes: pushy {best['seconds']:.3f} s (target < {target:g} s; server "
+                f"CPU {best['cpu_s']:.2f} s{each}, GC {best['gc_s']:.2f} s, {best['status']}; "
+                f"all runs {_join(r['seconds'] for r in prod[n])})"
             )
-        bench.record(
-            "fanout",
-            nodes=n,
-            pushy=prod[n],
-            bare={m: r[n] for m, r in bare_runs.items()},
-            bare_job={m: r[n] for m, r in bare_jobs.items()},
-            ratio=ratios,
-        )
-    emit(f"  server peak RSS {kib(hwm)}")
+            ratios: dict[str, float] = {}
+            for mode in bare_runs:
+                b, j = min(bare_runs[mode][n]), min(bare_jobs[mode][n])
+                ratios[mode] = best["seconds"] / b
+                emit(
+                    f"          bare ({mode} GC): broadcast-and-collect {b:.3f} s "
+                    f"(all {_join(bare_runs[mode][n])}), ratio {best['seconds'] / b:.2f} "
+                    f"(target <= 1.5); a job's frames without bookkeeping {j:.3f} s "
+                    f"(all {_join(bare_jobs[mode][n])}), ratio {best['seconds'] / j:.2f}"
+                )
+            bench.record(
+                "fanout",
+                setup=setup.key,
+                appliances=len(dirs),
+                nodes=n,
+                pushy=prod[n],
+                bare={m: r[n] for m, r in bare_runs.items()},
+                bare_job={m: r[n] for m, r in bare_jobs.items()},
+                ratio=ratios,
+            )
+        emit(f"  server peak RSS {kib(hwm)}" + (" (the largest)" if len(dirs) > 1 else ""))
+    if len(runs) > 1:
+        emit("  side by side (same invocation), best POST → complete:")
+        for n in sizes:
+            emit(
+                f"    {n:>6} nodes: "
+                + "; ".join(
+                    f"{setup.label(bench.separate(setup))} "
+                    f"{min(r['seconds'] for r in prod[n]):.3f} s"
+                    for setup, prod, _hwm, _dirs in runs
+                )
+            )
 
 
 # --- 3. API and 4. store ----------------------------------------------------------------------
 
 
 async def _bare_http_load(
-    bench: Bench, d: Path, method: str, clients: int, seconds: float
+    bench: Bench, dirs: list[Path], method: str, clients: int, seconds: float
 ) -> tuple[Any, int]:
-    bare = LineProcess(bare_http_argv(d, 3600))
-    async with bare.running():
-        port = (await bare.wait_event("listening"))["port"]
-        host = f"127.0.0.1:{port}"
+    """The bare quart-trio app's rate: one server per data directory (its certificate), the
+    connections spread over them as over the appliances."""
+    async with contextlib.AsyncExitStack() as stack:
+        bares = [
+            await stack.enter_async_context(LineProcess(bare_http_argv(d, 3600)).running())
+            for d in dirs
+        ]
+        ports = [(await bare.wait_event("listening"))["port"] for bare in bares]
         body = b'{"hello":"world"}' if method == "POST" else b""
-        reqs = [plain_request_bytes(method, "/hello", host, body) for _ in range(clients)]
+        reqs = [
+            plain_request_bytes(method, "/hello", f"127.0.0.1:{ports[i % len(ports)]}", body)
+            for i in range(clients)
+        ]
         result = await http_load(
-            "127.0.0.1",
-            port,
-            d / "tls" / "ca.pem",
+            [("127.0.0.1", port) for port in ports],
+            0,
+            dirs[0] / "tls" / "ca.pem",
             reqs,
             seconds=seconds,
             expect=200,
-            server_pid=bare.pid,
+            server_pid=[bare.pid for bare in bares],
         )
-        hwm = proc_stats(bare.pid).hwm_kib
+        hwm = sum(proc_stats(bare.pid).hwm_kib for bare in bares)
     return result, hwm
 
 
 def _store_kind(a: argparse.Namespace) -> str:
-    return "store in PostgreSQL" if a.store else "file store"
+    return "store in PostgreSQL" if a.store or a.postgres else "file store"
+
+
+def _host(server: ServerProcess) -> str:
+    host, port = server.http_address
+    return f"{host}:{port}"
 
 
 async def api(bench: Bench) -> None:
     a = bench.args
-    d = await bench.data_dir("api", 10)
-    key = admin_key(d)
-    server = bench.server(d)
-    await server.start()
-    try:
-        host, port = server.http_address
-        hosthdr = f"{host}:{port}"
-        conn = await HttpConnection.connect(host, port, server.ca_file)
-        _s, job_id, _status = await _run_job(conn, hosthdr, key, node_names(10), 0.05)
-        await conn.aclose()
-        path = f"{JOBS_PATH}/{job_id}"
-        reqs = [signed_request_bytes("GET", path, hosthdr, "admin", key) for _ in range(a.clients)]
-        prod = await http_load(
-            host,
-            port,
-            server.ca_file,
-            reqs,
-            seconds=a.seconds,
-            expect=200,
-            server_pid=server.pid,
+    runs: list[tuple[Setup, Any, int, list[Path]]] = []
+    for setup in bench.setups():
+        dirs = await bench.data_dirs("api", 10, setup)
+        key = admin_key(dirs[0])  # the cluster's admin: the same key on every appliance
+        async with bench.running(dirs) as servers:
+            # one job read by every client; with a store each, one per appliance
+            owners = servers if bench.separate(setup) else servers[:1]
+            jobs: list[str] = []
+            for server in owners:
+                host, port = server.http_address
+                conn = await HttpConnection.connect(host, port, server.ca_file)
+                _s, job_id, _status = await _run_job(conn, _host(server), key, node_names(10), 0.05)
+                await conn.aclose()
+                jobs.append(job_id)
+            reqs = [
+                signed_request_bytes(
+                    "GET",
+                    f"{JOBS_PATH}/{jobs[i % len(servers) % len(jobs)]}",
+                    _host(servers[i % len(servers)]),
+                    "admin",
+                    key,
+                )
+                for i in range(a.clients)
+            ]
+            prod = await http_load(
+                [s.http_address for s in servers],
+                0,
+                servers[0].ca_file,
+                reqs,
+                seconds=a.seconds,
+                expect=200,
+                server_pid=[s.pid for s in servers],
+            )
+            hwm = max(s.stats().hwm_kib for s in servers)
+        runs.append((setup, prod, hwm, dirs))
+    bares: dict[int, Any] = {}
+    for _setup, _prod, _hwm, dirs in runs:
+        if len(dirs) not in bares:
+            bares[len(dirs)], _bare_hwm = await _bare_http_load(
+                bench, dirs, "GET", a.clients, a.seconds
+            )
+    for setup, prod, hwm, dirs in runs:
+        n = len(dirs)
+        bare = bares[n]
+        ratio = prod.rate / bare.rate
+        emit(
+            f"\n== API: signed GET jobs/ID, {a.clients} concurrent keep-alive clients, "
+            f"{a.seconds:g} s, {setup.label(bench.separate(setup))} =="
         )
-        hwm = server.stats().hwm_kib
-    finally:
-        await server.stop()
-    bare, _bare_hwm = await _bare_http_load(bench, d, "GET", a.clients, a.seconds)
-    ratio = prod.rate / bare.rate
-    emit(
-        f"\n== API: signed GET jobs/ID, {a.clients} concurrent keep-alive clients, "
-        f"{a.seconds:g} s, {_store_kind(a)} =="
-    )
-    emit(f"$ {command_line()}")
-    emit(
-        f"  pushy: {prod.rate:,.0f} req/s, p50 {1000 * prod.percentile(50):.1f} ms, "
-        f"p99 {1000 * prod.percentile(99):.1f} ms, errors {prod.errors}, {_cpu(prod)}, "
-        f"peak RSS {kib(hwm)}"
-    )
-    emit(
-        f"  bare hello: {bare.rate:,.0f} req/s, p50 {1000 * bare.percentile(50):.1f} ms, "
-        f"p99 {1000 * bare.percentile(99):.1f} ms, {_cpu(bare)}"
-    )
-    emit(f"  ratio {ratio:.2f} (target >= 0.60; rate target >= 1,000 req/s)")
-    bench.record(
-        "api",
-        rate=prod.rate,
-        p50_ms=1000 * prod.percentile(50),
-        p99_ms=1000 * prod.percentile(99),
-        errors=prod.errors,
-        cpu_s=prod.server_cpu_s,
-        client_cpu_s=prod.client_cpu_s,
-        hwm_kib=hwm,
-        bare_rate=bare.rate,
-        bare_p99_ms=1000 * bare.percentile(99),
-        bare_cpu_s=bare.server_cpu_s,
-        ratio=ratio,
-    )
+        emit(f"$ {command_line()}")
+        emit(
+            f"  pushy: {prod.rate:,.0f} req/s, p50 {1000 * prod.percentile(50):.1f} ms, "
+            f"p99 {1000 * prod.percentile(99):.1f} ms, errors {prod.errors}, {_cpu(prod)}, "
+            f"peak RSS {kib(hwm)}" + (" (the largest)" if n > 1 else "")
+        )
+        emit(
+            f"  bare hello{'' if n == 1 else f' x {n}'}: {bare.rate:,.0f} req/s, "
+            f"p50 {1000 * bare.percentile(50):.1f} ms, "
+            f"p99 {1000 * bare.percentile(99):.1f} ms, {_cpu(bare)}"
+        )
+        emit(f"  ratio {ratio:.2f} (target >= 0.60; rate target >= 1,000 req/s)")
+        bench.record(
+            "api",
+            setup=setup.key,
+            appliances=n,
+            rate=prod.rate,
+            p50_ms=1000 * prod.percentile(50),
+            p99_ms=1000 * prod.percentile(99),
+            errors=prod.errors,
+            cpu_s=prod.server_cpu_s,
+            cpu_each_s=prod.server_cpu_each,
+            client_cpu_s=prod.client_cpu_s,
+            hwm_kib=hwm,
+            bare_rate=bare.rate,
+            bare_p99_ms=1000 * bare.percentile(99),
+            bare_cpu_s=bare.server_cpu_s,
+            ratio=ratio,
+        )
+    _summary(bench, runs, "req/s")
+
+
+def _summary(bench: Bench, runs: list[tuple[Setup, Any, int, list[Path]]], unit: str) -> None:
+    """The setups of one invocation side by side."""
+    if len(runs) < 2:
+        return
+    emit("  side by side (same invocation):")
+    for setup, prod, _hwm, _dirs in runs:
+        per = 1000 * prod.server_cpu_s / max(prod.requests, 1)
+        emit(
+            f"    {setup.label(bench.separate(setup))}: {prod.rate:,.0f} {unit}, "
+            f"p99 {1000 * prod.percentile(99):.1f} ms, {per:.2f} ms server CPU per request, "
+            f"errors {prod.errors}"
+        )
 
 
 async def _store_ceiling(
-    directory: Path, clients: int, seconds: float, store_url: str | None = None
+    directory: Path, clients: int, seconds: float, store_urls: list[str] | None = None
 ) -> float:
-    """Durable appends/s of job-create-sized records by ``clients`` tasks, store alone (the
-    PostgreSQL store at ``store_url`` when given)."""
+    """Durable appends/s of job-create-sized records by ``clients`` tasks, store alone: the
+    file store in ``directory``, or one store per URL of ``store_urls`` (the same URL
+    several times: stores sharing one log, as a cluster's appliances do), opened in this
+    process with the appenders spread over them."""
     record = {"t": "bench", "data": "x" * 900}
     count = 0
-    opened = open_store(directory) if store_url is None else open_postgres_store(store_url)
-    async with opened as store:
+    async with contextlib.AsyncExitStack() as stack:
+        if store_urls is None:
+            stores: list[Any] = [await stack.enter_async_context(open_store(directory))]
+        else:
+            exclusive = len(store_urls) == 1
+            stores = [
+                await stack.enter_async_context(open_postgres_store(url, exclusive=exclusive))
+                for url in store_urls
+            ]
         stop = time.perf_counter() + seconds
 
-        async def appender() -> None:
+        async def appender(store: Any) -> None:
             nonlocal count
             while time.perf_counter() < stop:
                 await store.append(record)
                 count += 1
 
         async with trio.open_nursery() as nursery:
-            for _ in range(clients):
-                nursery.start_soon(appender)
+            for i in range(clients):
+                nursery.start_soon(appender, stores[i % len(stores)])
     return count / seconds
 
 
 async def store(bench: Bench) -> None:
     a = bench.args
-    d = await bench.data_dir("store", 1)
-    key = admin_key(d)
-    # Each connection sends its one signed POST again and again: a replay, which the server
-    # refuses by default (auth.replay_cache). The guard's cost per request is a digest and a
-    # set lookup; this load measures the store path, so it runs with the guard off.
-    server = bench.server(d, {"PUSHY_AUTH_REPLAY_CACHE": "0"})
-    await server.start()
-    try:
-        host, port = server.http_address
-        hosthdr = f"{host}:{port}"
-        body = json.dumps({"command": "chef-client", "nodes": node_names(1)}).encode()
-        reqs = [
-            signed_request_bytes("POST", JOBS_PATH, hosthdr, "admin", key, body)
-            for _ in range(a.clients)
-        ]
-        prod = await http_load(
-            host,
-            port,
-            server.ca_file,
-            reqs,
-            seconds=a.seconds,
-            expect=201,
-            server_pid=server.pid,
+    runs: list[tuple[Setup, Any, int, list[Path]]] = []
+    for setup in bench.setups():
+        dirs = await bench.data_dirs("store", 1, setup)
+        key = admin_key(dirs[0])
+        # Each connection sends its one signed POST again and again: a replay, which the
+        # server refuses by default (auth.replay_cache). The guard's cost per request is a
+        # digest and a set lookup; this load measures the store path, so it runs with the
+        # guard off.
+        async with bench.running(dirs, {"PUSHY_AUTH_REPLAY_CACHE": "0"}) as servers:
+            body = json.dumps({"command": "chef-client", "nodes": node_names(1)}).encode()
+            reqs = [
+                signed_request_bytes(
+                    "POST", JOBS_PATH, _host(servers[i % len(servers)]), "admin", key, body
+                )
+                for i in range(a.clients)
+            ]
+            prod = await http_load(
+                [s.http_address for s in servers],
+                0,
+                servers[0].ca_file,
+                reqs,
+                seconds=a.seconds,
+                expect=201,
+                server_pid=[s.pid for s in servers],
+            )
+            hwm = max(s.stats().hwm_kib for s in servers)
+        runs.append((setup, prod, hwm, dirs))
+    bares: dict[int, Any] = {}
+    for _setup, _prod, _hwm, dirs in runs:
+        if len(dirs) not in bares:
+            bares[len(dirs)], _bare_hwm = await _bare_http_load(
+                bench, dirs, "POST", a.clients, a.seconds
+            )
+    for setup, prod, hwm, dirs in runs:
+        n = len(dirs)
+        urls: list[str] | None = None
+        if setup.postgres:
+            shared = None if bench.separate(setup) else await bench.new_store()
+            urls = [shared or await bench.new_store() for _ in range(n)]
+        ceiling = await _store_ceiling(
+            bench.root / f"store-ceiling-{setup.key}", a.clients, a.seconds, urls
         )
-        hwm = server.stats().hwm_kib
-    finally:
-        await server.stop()
-    ceiling = await _store_ceiling(bench.root / "store-ceiling", a.clients, a.seconds, a.store)
-    bare, _bare_hwm = await _bare_http_load(bench, d, "POST", a.clients, a.seconds)
-    emit(
-        f"\n== store: durable job creations, {a.clients} concurrent POST jobs, {a.seconds:g} s, "
-        f"{_store_kind(a)} =="
-    )
-    emit(f"$ {command_line()}")
-    emit(
-        f"  pushy: {prod.rate:,.0f} jobs/s, p50 {1000 * prod.percentile(50):.1f} ms, "
-        f"p99 {1000 * prod.percentile(99):.1f} ms, errors {prod.errors}, {_cpu(prod)}, "
-        f"peak RSS {kib(hwm)}"
-    )
-    emit(
-        f"  ceilings: store alone {ceiling:,.0f} durable appends/s; bare POST {bare.rate:,.0f}"
-        f" req/s; ratios {prod.rate / ceiling:.2f} / {prod.rate / bare.rate:.2f}"
-        " (target >= 300 jobs/s)"
-    )
-    bench.record(
-        "store",
-        rate=prod.rate,
-        p99_ms=1000 * prod.percentile(99),
-        errors=prod.errors,
-        cpu_s=prod.server_cpu_s,
-        hwm_kib=hwm,
-        store_ceiling=ceiling,
-        bare_post_rate=bare.rate,
-    )
+        bare = bares[n]
+        emit(
+            f"\n== store: durable job creations, {a.clients} concurrent POST jobs, "
+            f"{a.seconds:g} s, {setup.label(bench.separate(setup))} =="
+        )
+        emit(f"$ {command_line()}")
+        emit(
+            f"  pushy: {prod.rate:,.0f} jobs/s, p50 {1000 * prod.percentile(50):.1f} ms, "
+            f"p99 {1000 * prod.percentile(99):.1f} ms, errors {prod.errors}, {_cpu(prod)}, "
+            f"peak RSS {kib(hwm)}" + (" (the largest)" if n > 1 else "")
+        )
+        stores = "store alone" if n == 1 else f"{n} stores in one process"
+        emit(
+            f"  ceilings: {stores} {ceiling:,.0f} durable appends/s; bare POST"
+            f"{'' if n == 1 else f' x {n}'} {bare.rate:,.0f} req/s; ratios "
+            f"{prod.rate / ceiling:.2f} / {prod.rate / bare.rate:.2f} (target >= 300 jobs/s)"
+        )
+        bench.record(
+            "store",
+            setup=setup.key,
+            appliances=n,
+            rate=prod.rate,
+            p99_ms=1000 * prod.percentile(99),
+            errors=prod.errors,
+            cpu_s=prod.server_cpu_s,
+            cpu_each_s=prod.server_cpu_each,
+            hwm_kib=hwm,
+            store_ceiling=ceiling,
+            bare_post_rate=bare.rate,
+        )
+    _summary(bench, runs, "jobs/s")
 
 
 # --- 5. start-up ------------------------------------------------------------------------------
@@ -703,7 +1095,7 @@ def _restore_store(d: Path, pristine: Path) -> None:
 
 async def startup(bench: Bench) -> None:
     a = bench.args
-    d = await bench.data_dir("startup", a.job_nodes)
+    d = await bench.data_dir("startup", a.job_nodes, postgres=False)
     ceiling, c_hwm, c_cpu, c_rss = await _time_start(d, a.repeat)
     job_id = await _template_job(bench, d, a.job_nodes)
     with trio.fail_after(600):
@@ -812,7 +1204,7 @@ async def huge(bench: Bench) -> None:
     connection polls ``/pushy/_status``; then restart from the log and from a snapshot."""
     a = bench.args
     size, count = a.job_size, a.huge_jobs
-    d = await bench.data_dir("huge", 0)
+    d = await bench.data_dir("huge", 0, postgres=False)
     loop_file = bench.root / "huge.loop.json"
     body_limit = str(max(1_000_000, 40 * size))
     env = {
@@ -1021,7 +1413,33 @@ def main() -> None:
         "--store",
         default=None,
         metavar="URL",
-        help="api/store: the server's store in this PostgreSQL database (an empty one)",
+        help="presence/fanout/api/store: the appliances' stores in this PostgreSQL database "
+        "(a new schema for each setup measured)",
+    )
+    parser.add_argument(
+        "--postgres",
+        action="store_true",
+        help="as --store, in a private PostgreSQL server started for the run (initdb, "
+        "pg_ctl: tests/pgserver.py) and removed after",
+    )
+    parser.add_argument(
+        "--appliances",
+        default="1",
+        type=_counts,
+        metavar="N[,N...]",
+        help="presence/fanout/api/store: appliances sharing keys, CA and (on PostgreSQL) one "
+        "store, load spread over them (node i to appliance i mod N); several counts are "
+        "measured in turn",
+    )
+    parser.add_argument(
+        "--with-file-store",
+        action="store_true",
+        help="with --postgres/--store: measure the file store with one appliance first",
+    )
+    parser.add_argument(
+        "--separate-schemas",
+        action="store_true",
+        help="several appliances on PostgreSQL: a store each (a schema each), not one",
     )
     parser.add_argument("--jobs", type=int, default=100_000, help="startup: finished jobs")
     parser.add_argument("--job-nodes", type=int, default=10, help="startup: nodes per job")
@@ -1031,12 +1449,29 @@ def main() -> None:
     if args.scenario in ("api", "store") and args.seconds == 60.0:
         args.seconds = 10.0
     if args.scenario == "presence":
-        _raise_fd_limit(args.nodes + 2_000)
-    bench = Bench(args)
+        # each server holds its share (node i on server i mod N), each simulator process its own
+        _raise_fd_limit(
+            max(_spread(args.nodes, min(args.appliances))[0], args.nodes // args.procs) + 2_000
+        )
+    if args.store and args.postgres:
+        parser.error("--store and --postgres: one or the other")
+    with contextlib.ExitStack() as stack:
+        url = stack.enter_context(private_postgres()) if args.postgres else args.store
+        bench = Bench(args, url)
+        try:
+            trio.run(SCENARIOS[args.scenario], bench)
+        finally:
+            bench.close()
+
+
+def _counts(text: str) -> list[int]:
     try:
-        trio.run(SCENARIOS[args.scenario], bench)
-    finally:
-        bench.close()
+        counts = [int(x) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of counts: {text!r}") from None
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"counts must be 1 or more: {text!r}")
+    return counts
 
 
 if __name__ == "__main__":
