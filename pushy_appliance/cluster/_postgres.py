@@ -30,7 +30,7 @@ import trio
 
 from ..errors import ProtocolError, StoreError, StoreUnavailableError
 from ..jobs.events import NodeEvent, Output
-from ..store import connect_postgres, redact_url
+from ..store import connect_postgres, redact_url, wait_postgres_doorbell
 from . import _pgsql as sql
 from ._base import ClusterEngine, LeaseGrant
 from ._wire import AbortItem, EventItem, FrameItem, MailItem, decode_mail, encode_mail
@@ -579,7 +579,7 @@ class PostgresCoordinator:
                     continue
                 for item in items:
                     await _hand(engine, item)
-            if not await _wait_doorbell(conn):
+            if not await wait_postgres_doorbell(conn, MAIL_POLL):
                 conn = await self._reconnect(conn, "listen")
 
     async def _follow_routes(self, conn: psycopg.Connection[Any], engine: ClusterEngine) -> None:
@@ -610,20 +610,3 @@ async def _hand(engine: ClusterEngine, item: MailItem) -> None:
         await trio.lowlevel.checkpoint()
     else:
         await engine.post_remote(item.org, item.job_id, item.event)
-
-
-async def _wait_doorbell(conn: psycopg.Connection[Any]) -> bool:
-    """Wait for a notification (or ``MAIL_POLL`` seconds); ``False`` when the connection
-    broke."""
-    try:
-        if list(conn.notifies(timeout=0)):
-            return True
-    except psycopg.Error:
-        return False
-    with trio.move_on_after(MAIL_POLL):
-        await trio.lowlevel.wait_readable(conn.fileno())
-    try:
-        list(conn.notifies(timeout=0))
-    except psycopg.Error:
-        return False
-    return True

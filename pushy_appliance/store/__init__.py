@@ -75,6 +75,7 @@ __all__ = [
     "redact_url",
     "verify_postgres_store",
     "verify_store",
+    "wait_postgres_doorbell",
 ]
 
 _NO_DRIVER = (
@@ -192,6 +193,15 @@ def connect_postgres(url: str, *, autocommit: bool) -> Any:
     except ImportError as e:
         raise StoreError(_NO_DRIVER) from e
     return connect(url, autocommit=autocommit)
+
+
+async def wait_postgres_doorbell(conn: Any, poll: float) -> bool:
+    """Wait for a notification on the LISTENing connection ``conn`` (one of
+    :func:`connect_postgres`'s), or ``poll`` seconds; ``False`` when the connection broke
+    (the follower's doorbell, for the cluster's)."""
+    from ._pgfollow import wait_doorbell
+
+    return await wait_doorbell(conn, poll)
 
 
 def verify_postgres_store(url: str) -> VerifyReport:

@@ -52,15 +52,15 @@ def fetch(conn: psycopg.Connection[Any], after: int) -> list[tuple[int, Any, byt
     return [(int(s), w, bytes(r)) for s, w, r in rows]
 
 
-async def wait_doorbell(conn: psycopg.Connection[Any]) -> bool:
-    """Wait for a notification (or ``FOLLOW_POLL`` seconds); ``False`` when the
-    connection broke."""
+async def wait_doorbell(conn: psycopg.Connection[Any], poll: float = FOLLOW_POLL) -> bool:
+    """Wait for a notification on the LISTENing ``conn`` (or ``poll`` seconds); ``False``
+    when the connection broke. The follower's doorbell, and the cluster's mail's."""
     try:
         if list(conn.notifies(timeout=0)):
             return True  # rang during the last read
     except psycopg.Error:
         return False
-    with trio.move_on_after(FOLLOW_POLL):
+    with trio.move_on_after(poll):
         await trio.lowlevel.wait_readable(conn.fileno())
     try:
         list(conn.notifies(timeout=0))
