@@ -114,7 +114,7 @@ PUBLIC = {
         "StoreStatistics",
         "VerifyReport",
         "connect_postgres",
-            "wait_postgres_doorbell",
+        "wait_postgres_doorbell",
         "open_postgres_store",
         "open_store",
         "redact_url",
